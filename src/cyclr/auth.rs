@@ -1,0 +1,195 @@
+//! The OAuth access token, cached and shared by every clone of a client.
+
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use tokio::sync::Mutex;
+
+use super::error::Result;
+use super::types::TokenResponse;
+
+/// Renew this long before the token runs out: a tenth of its life, at most a minute, so a
+/// token is never sent in its last moments (requests take time; clocks differ).
+const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(60);
+/// Cyclr's tokens live about 14 days; a bogus `expires_in` must not overflow the clock.
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// An access token and the cache generation that produced it, so that a caller refused with
+/// it (401) can ask for a newer one without discarding one a concurrent caller just fetched.
+#[derive(Clone)]
+pub(crate) struct BearerToken {
+    pub(crate) secret: SecretString,
+    pub(crate) generation: u64,
+}
+
+struct Cached {
+    token: BearerToken,
+    renew_at: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    /// Held across a renewal: only one token request is in flight, concurrent callers wait
+    /// for its result instead of each fetching their own.
+    slot: Mutex<Option<Cached>>,
+}
+
+impl TokenCache {
+    /// The generation of the token cached now, if any.
+    pub(crate) async fn generation(&self) -> Option<u64> {
+        self.slot
+            .lock()
+            .await
+            .as_ref()
+            .map(|cached| cached.token.generation)
+    }
+
+    /// A usable token: the cached one unless it is due for renewal or is generation `stale`,
+    /// else a new one from `fetch`. `fetch` runs while the cache is locked.
+    pub(crate) async fn get(
+        &self,
+        stale: Option<u64>,
+        fetch: impl AsyncFnOnce() -> Result<TokenResponse>,
+    ) -> Result<BearerToken> {
+        let mut slot = self.slot.lock().await;
+        if let Some(cached) = slot.as_ref()
+            && Some(cached.token.generation) != stale
+            && Instant::now() < cached.renew_at
+        {
+            return Ok(cached.token.clone());
+        }
+        // Measured from before the request, so the renewal time errs on the early side.
+        let requested_at = Instant::now();
+        let response = fetch().await?;
+        let lifetime = Duration::from_secs(response.expires_in).min(MAX_LIFETIME);
+        let token = BearerToken {
+            secret: response.access_token,
+            generation: slot
+                .as_ref()
+                .map_or(1, |cached| cached.token.generation + 1),
+        };
+        *slot = Some(Cached {
+            token: token.clone(),
+            renew_at: requested_at + lifetime - renewal_margin(lifetime),
+        });
+        Ok(token)
+    }
+}
+
+fn renewal_margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(MAX_RENEWAL_MARGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+    use crate::cyclr::CyclrError;
+
+    fn response(secret: &str, expires_in: u64) -> TokenResponse {
+        TokenResponse {
+            access_token: secret.into(),
+            token_type: Some("bearer".into()),
+            expires_in,
+        }
+    }
+
+    #[test]
+    fn renews_a_tenth_early_but_at_most_a_minute_early() {
+        assert_eq!(
+            renewal_margin(Duration::from_secs(1_209_599)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            renewal_margin(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            renewal_margin(Duration::from_secs(2)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(renewal_margin(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn reuses_a_fresh_token_and_renews_a_stale_generation_once() {
+        let cache = TokenCache::default();
+        let fetches = AtomicU32::new(0);
+        let fetch = async || {
+            let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(response(&format!("token-{n}"), 3600))
+        };
+        let first = cache.get(None, fetch).await.unwrap();
+        let again = cache.get(None, fetch).await.unwrap();
+        assert_eq!(again.secret.expose_secret(), "token-1");
+        assert_eq!(cache.generation().await, Some(first.generation));
+
+        let renewed = cache.get(Some(first.generation), fetch).await.unwrap();
+        assert_eq!(renewed.secret.expose_secret(), "token-2");
+        // A second caller refused with the old token gets the new one, not a third fetch.
+        let other = cache.get(Some(first.generation), fetch).await.unwrap();
+        assert_eq!(other.secret.expose_secret(), "token-2");
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_token_past_its_renewal_time_is_replaced() {
+        let cache = TokenCache::default();
+        let fetches = AtomicU32::new(0);
+        let fetch = async || {
+            fetches.fetch_add(1, Ordering::SeqCst);
+            Ok(response("short", 0))
+        };
+        cache.get(None, fetch).await.unwrap();
+        cache.get(None, fetch).await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_renewal() {
+        let cache = Arc::new(TokenCache::default());
+        let fetches = Arc::new(AtomicU32::new(0));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (cache, fetches) = (cache.clone(), fetches.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get(None, async || {
+                            fetches.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok(response("shared", 3600))
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().secret.expose_secret(), "shared");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_renewal_is_not_cached() {
+        let cache = TokenCache::default();
+        let error = cache
+            .get(None, async || {
+                Err(CyclrError::Unauthorized {
+                    message: "invalid_client".into(),
+                })
+            })
+            .await;
+        assert!(matches!(error, Err(CyclrError::Unauthorized { .. })));
+        assert_eq!(cache.generation().await, None);
+        let token = cache
+            .get(None, async || Ok(response("after", 3600)))
+            .await
+            .unwrap();
+        assert_eq!(token.secret.expose_secret(), "after");
+    }
+}

@@ -1,0 +1,871 @@
+//! The Cyclr Partner API client: every call goes through one path (`send`) that adds the
+//! token, waits for the rate limiter, applies the timeout, maps errors and retries.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::debug;
+
+use super::auth::{BearerToken, TokenCache};
+use super::error::{CyclrError, Result};
+pub use super::retry::RetryPolicy;
+use super::retry::parse_retry_after;
+use super::types::{
+    Account, AccountFields, AccountId, AccountUsage, IdResponse, InstallConnectorRequest,
+    InstalledConnector, PartnerDetails, PricePlan, SignInToken, SignInTokenRequest, TokenResponse,
+};
+
+/// How to reach one Cyclr partner console.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// e.g. `https://api.cyclr.com`; the API paths are appended to it.
+    pub api_url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub requests_per_second: u32,
+    pub burst: u32,
+    /// Per HTTP request, from connecting until the whole body is read.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    pub fn new(
+        api_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: SecretString,
+    ) -> Self {
+        ClientConfig {
+            api_url: api_url.into(),
+            client_id: client_id.into(),
+            client_secret,
+            requests_per_second: 10,
+            burst: 20,
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    /// By hand, so neither half of the credential pair can reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("api_url", &self.api_url)
+            .field("client_id", &format_args!("[redacted]"))
+            .field("client_secret", &format_args!("[redacted]"))
+            .field("requests_per_second", &self.requests_per_second)
+            .field("burst", &self.burst)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// Told about every HTTP request the client makes (token requests and retries included).
+pub trait CallObserver: Send + Sync {
+    fn observe(&self, call: &CallRecord);
+}
+
+/// One HTTP request to Cyclr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The client operation, e.g. `"create_account"`, or `"oauth_token"`.
+    pub endpoint: &'static str,
+    pub method: &'static str,
+    /// `None` when no response arrived (timeout, connection failure).
+    pub status: Option<u16>,
+    pub latency: Duration,
+    /// 1-based attempt of the operation this request belongs to.
+    pub attempt: u32,
+}
+
+/// A Cyclr Partner API client. Clones share the token, the rate limiter and the 429 hold.
+#[derive(Clone)]
+pub struct CyclrClient {
+    inner: Arc<Inner>,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    base: Url,
+    http: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+    tokens: TokenCache,
+    /// Nanoseconds after `epoch` before which no request may be sent (set by a 429): an
+    /// atomic so every caller can read it and extend it without a lock.
+    held_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl fmt::Debug for CyclrClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CyclrClient")
+            .field("api_url", &self.inner.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Verb {
+    Get,
+    Post,
+    Put,
+}
+
+impl Verb {
+    fn name(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Put => "PUT",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Verb::Get => Method::GET,
+            Verb::Post => Method::POST,
+            Verb::Put => Method::PUT,
+        }
+    }
+}
+
+/// One logical operation; `send` turns it into one or more HTTP requests.
+struct Call {
+    endpoint: &'static str,
+    /// `None` for `authenticate`, whose whole work is getting the token.
+    request: Option<ApiRequest>,
+    /// Safe to re-send after an ambiguous failure (timeout, 5xx, lost response).
+    idempotent: bool,
+    /// A token generation to replace even though it has not expired.
+    stale_token: Option<u64>,
+}
+
+struct ApiRequest {
+    verb: Verb,
+    url: Url,
+    /// Serialised once; may hold connector credentials, so `Call` has no `Debug`.
+    json: Option<Vec<u8>>,
+    /// Sent as `X-Cyclr-Account` for account-level (v1.0) calls.
+    account: Option<String>,
+}
+
+impl Call {
+    fn new(endpoint: &'static str, verb: Verb, url: Url) -> Self {
+        Call {
+            endpoint,
+            request: Some(ApiRequest {
+                verb,
+                url,
+                json: None,
+                account: None,
+            }),
+            idempotent: true,
+            stale_token: None,
+        }
+    }
+
+    fn json(mut self, body: &impl Serialize) -> Result<Self> {
+        let json = serde_json::to_vec(body).map_err(|e| {
+            CyclrError::Config(format!("cannot encode the {} request: {e}", self.endpoint))
+        })?;
+        if let Some(request) = &mut self.request {
+            request.json = Some(json);
+        }
+        Ok(self)
+    }
+
+    fn account(mut self, account_id: &str) -> Self {
+        if let Some(request) = &mut self.request {
+            request.account = Some(account_id.to_owned());
+        }
+        self
+    }
+
+    /// A write that must not happen twice: re-sent only when Cyclr certainly did not apply it.
+    fn at_most_once(mut self) -> Self {
+        self.idempotent = false;
+        self
+    }
+}
+
+/// A failed HTTP attempt, with what `send` needs to decide on a retry.
+struct Failure {
+    error: CyclrError,
+    /// Cyclr certainly did not apply the request (refused it, or it was never sent).
+    not_applied: bool,
+    /// The generation of a token Cyclr answered 401 to.
+    refused_token: Option<u64>,
+}
+
+impl Failure {
+    fn not_sent(error: CyclrError) -> Self {
+        Failure {
+            error,
+            not_applied: true,
+            refused_token: None,
+        }
+    }
+
+    fn network(error: reqwest::Error) -> Self {
+        // A connection that was never made carried no request; anything later is ambiguous.
+        let not_applied = error.is_connect() || error.is_builder();
+        let description = describe(&error);
+        let error = if error.is_builder() {
+            CyclrError::Config(description)
+        } else if error.is_timeout() {
+            CyclrError::Timeout(description)
+        } else {
+            CyclrError::Transport(description)
+        };
+        Failure {
+            error,
+            not_applied,
+            refused_token: None,
+        }
+    }
+}
+
+impl CyclrClient {
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        // reqwest is built without a default crypto provider; a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = parse_base_url(&config.api_url)?;
+        let rate = NonZeroU32::new(config.requests_per_second)
+            .ok_or_else(|| CyclrError::Config("requests_per_second must be at least 1".into()))?;
+        let burst = NonZeroU32::new(config.burst)
+            .ok_or_else(|| CyclrError::Config("burst must be at least 1".into()))?;
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            // A redirect would turn a POST into a GET and hide a wrong apiUrl: report it instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cyclr-operator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CyclrError::Config(describe(&e)))?;
+        Ok(CyclrClient {
+            inner: Arc::new(Inner {
+                limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+                config,
+                base,
+                http,
+                tokens: TokenCache::default(),
+                held_until: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
+            observer: None,
+        })
+    }
+
+    /// Reports every HTTP request of this client value and of clones made from it afterwards.
+    pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Fetches a new token now, replacing the cached one: checks the credentials.
+    pub async fn authenticate(&self) -> Result<()> {
+        let current = self.inner.tokens.generation().await;
+        let call = Call {
+            endpoint: "authenticate",
+            request: None,
+            idempotent: true,
+            stale_token: current,
+        };
+        self.send(&call).await.map(drop)
+    }
+
+    pub async fn list_accounts(&self) -> Result<Vec<Account>> {
+        self.send_json(Call::new(
+            "list_accounts",
+            Verb::Get,
+            self.url(&["api", "partner", "accounts"]),
+        ))
+        .await
+    }
+
+    pub async fn partner_details(&self) -> Result<PartnerDetails> {
+        self.send_json(Call::new(
+            "partner_details",
+            Verb::Get,
+            self.url(&["api", "partner", "details"]),
+        ))
+        .await
+    }
+
+    /// Never re-sent after an ambiguous failure (`CyclrError::outcome_unknown`): the account
+    /// may exist, and only the caller can look for it.
+    pub async fn create_account(&self, fields: &AccountFields) -> Result<AccountId> {
+        let url = self.url(&["api", "partner", "createaccount"]);
+        let call = Call::new("create_account", Verb::Post, url)
+            .json(fields)?
+            .at_most_once();
+        self.send_json::<IdResponse>(call)
+            .await
+            .map(|response| response.id)
+    }
+
+    /// Sends only the fields that are set; the others keep their values in Cyclr.
+    pub async fn update_account(&self, id: &str, fields: &AccountFields) -> Result<AccountId> {
+        let url = self.url(&["api", "partner", "accounts", id]);
+        let call = Call::new("update_account", Verb::Put, url).json(fields)?;
+        self.send_json::<IdResponse>(call)
+            .await
+            .map(|response| response.id)
+    }
+
+    pub async fn create_signin_token(
+        &self,
+        account_id: &str,
+        username: &str,
+    ) -> Result<SignInToken> {
+        let url = self.url(&["api", "partner", "createaccountsignintoken"]);
+        let body = SignInTokenRequest {
+            account_id: account_id.to_owned(),
+            username: username.to_owned(),
+        };
+        self.send_json(
+            Call::new("create_signin_token", Verb::Post, url)
+                .json(&body)?
+                .at_most_once(),
+        )
+        .await
+    }
+
+    /// Never re-sent after an ambiguous failure: installing twice makes two connectors.
+    pub async fn install_connector(&self, request: &InstallConnectorRequest) -> Result<()> {
+        let url = self.url(&["api", "partner", "installconnector"]);
+        let call = Call::new("install_connector", Verb::Post, url)
+            .json(request)?
+            .at_most_once();
+        self.send(&call).await.map(drop)
+    }
+
+    pub async fn price_plans(&self) -> Result<Vec<PricePlan>> {
+        self.send_json(Call::new(
+            "price_plans",
+            Verb::Get,
+            self.url(&["api", "partner", "priceplans"]),
+        ))
+        .await
+    }
+
+    /// Usage since `from_date`, or since the last bill date when `None`.
+    pub async fn account_usage(
+        &self,
+        account_id: &str,
+        from_date: Option<chrono::NaiveDate>,
+    ) -> Result<AccountUsage> {
+        let mut url = self.url(&["api", "partner", "accounts", account_id, "billing"]);
+        if let Some(date) = from_date {
+            url.query_pairs_mut()
+                .append_pair("fromDate", &date.format("%Y-%m-%d").to_string());
+        }
+        self.send_json(Call::new("account_usage", Verb::Get, url))
+            .await
+    }
+
+    /// The connectors installed into an account (v1.0 API), to check before installing.
+    pub async fn installed_connectors(&self, account_id: &str) -> Result<Vec<InstalledConnector>> {
+        let url = self.url(&["v1.0", "account", "connectors"]);
+        self.send_json(Call::new("installed_connectors", Verb::Get, url).account(account_id))
+            .await
+    }
+
+    /// `api_url` plus path segments, each percent-encoded (account ids are opaque strings).
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        url.path_segments_mut()
+            .expect("parse_base_url accepts only base URLs")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    async fn send_json<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
+        let body = self.send(&call).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
+    }
+
+    /// The one path every operation takes: attempts, the single token renewal on a 401, and
+    /// backoff retries bounded by the policy. Returns the response body.
+    async fn send(&self, call: &Call) -> Result<Vec<u8>> {
+        let policy = &self.inner.config.retry;
+        let deadline = Instant::now() + policy.max_elapsed;
+        let mut stale_token = call.stale_token;
+        let mut renewed_after_401 = false;
+        let mut failures = 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self.attempt(call, attempt, stale_token, deadline).await {
+                Ok(body) => return Ok(body),
+                Err(failure) => failure,
+            };
+            // Tokens can be revoked or expire early; Cyclr refused the request, so repeating
+            // it once with a new token is safe even for a create.
+            if let Some(generation) = failure.refused_token
+                && !renewed_after_401
+            {
+                renewed_after_401 = true;
+                stale_token = Some(generation);
+                continue;
+            }
+            failures += 1;
+            let retry = failure.error.is_retryable()
+                && (call.idempotent || failure.not_applied)
+                && failures < policy.max_attempts;
+            let delay = policy.delay(failures, failure.error.retry_after());
+            if !retry || Instant::now() + delay > deadline {
+                return Err(failure.error);
+            }
+            debug!(endpoint = call.endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "retrying Cyclr call");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        call: &Call,
+        attempt: u32,
+        stale_token: Option<u64>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, Failure> {
+        let token = self
+            .inner
+            .tokens
+            .get(stale_token, async || {
+                self.fetch_token(attempt, deadline).await
+            })
+            .await
+            .map_err(Failure::not_sent)?;
+        let Some(request) = &call.request else {
+            return Ok(Vec::new());
+        };
+        let mut builder = self
+            .inner
+            .http
+            .request(request.verb.method(), request.url.clone())
+            .header(header::ACCEPT, "application/json");
+        if let Some(json) = &request.json {
+            builder = builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(json.clone());
+        }
+        if let Some(account) = &request.account {
+            builder = builder.header("X-Cyclr-Account", account);
+        }
+        self.execute(
+            call.endpoint,
+            request.verb,
+            builder,
+            Some(&token),
+            attempt,
+            deadline,
+        )
+        .await
+    }
+
+    /// One token request (`send` retries the operation it belongs to).
+    async fn fetch_token(&self, attempt: u32, deadline: Instant) -> Result<TokenResponse> {
+        let config = &self.inner.config;
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", config.client_id.as_str()),
+            ("client_secret", config.client_secret.expose_secret()),
+        ];
+        let builder = self
+            .inner
+            .http
+            .post(self.url(&["oauth", "token"]))
+            .header(header::ACCEPT, "application/json")
+            .form(&form);
+        let body = self
+            .execute("oauth_token", Verb::Post, builder, None, attempt, deadline)
+            .await
+            .map_err(|failure| match failure.error {
+                // OAuth answers refused client credentials with 400 (RFC 6749 §5.2) or 401.
+                CyclrError::Validation { message, .. } => CyclrError::Unauthorized { message },
+                CyclrError::NotFound { .. } => CyclrError::Config(format!(
+                    "no OAuth token endpoint under {}: check apiUrl",
+                    self.inner.base
+                )),
+                error => error,
+            })?;
+        serde_json::from_slice(&body).map_err(|e| CyclrError::Decode(format!("oauth_token: {e}")))
+    }
+
+    /// Sends one HTTP request: waits out a 429 hold and the rate limiter, reports the request
+    /// to the observer and the log, and maps the outcome.
+    async fn execute(
+        &self,
+        endpoint: &'static str,
+        verb: Verb,
+        builder: RequestBuilder,
+        token: Option<&BearerToken>,
+        attempt: u32,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, Failure> {
+        self.wait_while_held(deadline).await?;
+        self.inner.limiter.until_ready().await;
+        let builder = match token {
+            Some(token) => builder.bearer_auth(token.secret.expose_secret()),
+            None => builder,
+        };
+        let started = Instant::now();
+        let mut status = None;
+        let outcome = match builder.send().await {
+            Ok(response) => {
+                status = Some(response.status());
+                let headers = response.headers().clone();
+                response.bytes().await.map(|body| (headers, body))
+            }
+            Err(error) => Err(error),
+        };
+        let latency = started.elapsed();
+        let status_code = status.map(|s| s.as_u16());
+        debug!(
+            endpoint,
+            method = verb.name(),
+            status = status_code,
+            latency_ms = latency.as_millis() as u64,
+            attempt,
+            "Cyclr API call"
+        );
+        if let Some(observer) = &self.observer {
+            observer.observe(&CallRecord {
+                endpoint,
+                method: verb.name(),
+                status: status_code,
+                latency,
+                attempt,
+            });
+        }
+        let (headers, body) = outcome.map_err(Failure::network)?;
+        let status = status.unwrap_or_default();
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        let error = error_for_status(status, &headers, &body, SystemTime::now());
+        if let CyclrError::RateLimited { retry_after } = &error {
+            self.hold_back(retry_after.unwrap_or(self.inner.config.retry.initial_backoff));
+        }
+        Err(Failure {
+            error,
+            not_applied: !status.is_server_error(),
+            refused_token: token
+                .filter(|_| status == StatusCode::UNAUTHORIZED)
+                .map(|t| t.generation),
+        })
+    }
+
+    /// After a 429 every clone stops sending until `wait` has passed.
+    fn hold_back(&self, wait: Duration) {
+        let until = (Instant::now() + wait).duration_since(self.inner.epoch);
+        self.inner
+            .held_until
+            .fetch_max(until.as_nanos() as u64, Ordering::SeqCst);
+    }
+
+    /// Waits out a 429 hold, or fails at once when it lasts past this call's deadline so the
+    /// caller can requeue instead of blocking.
+    async fn wait_while_held(&self, deadline: Instant) -> Result<(), Failure> {
+        let until =
+            self.inner.epoch + Duration::from_nanos(self.inner.held_until.load(Ordering::SeqCst));
+        let now = Instant::now();
+        if until <= now {
+            return Ok(());
+        }
+        if until > deadline {
+            return Err(Failure::not_sent(CyclrError::RateLimited {
+                retry_after: Some(until - now),
+            }));
+        }
+        tokio::time::sleep_until(until.into()).await;
+        Ok(())
+    }
+}
+
+fn parse_base_url(api_url: &str) -> Result<Url> {
+    let url = Url::parse(api_url.trim())
+        .map_err(|e| CyclrError::Config(format!("apiUrl {api_url:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(CyclrError::Config(format!(
+            "apiUrl {api_url:?} is not an http(s) URL"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(CyclrError::Config(format!(
+            "apiUrl {api_url:?} must not have a query or fragment"
+        )));
+    }
+    Ok(url)
+}
+
+/// Maps a non-2xx response to the error the rest of the operator reasons about.
+fn error_for_status(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> CyclrError {
+    let code = status.as_u16();
+    match code {
+        401 | 403 => CyclrError::Unauthorized {
+            message: error_message(status, body),
+        },
+        404 => CyclrError::NotFound {
+            message: error_message(status, body),
+        },
+        429 => CyclrError::RateLimited {
+            retry_after: headers
+                .get(header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| parse_retry_after(value, now)),
+        },
+        400..=499 => CyclrError::Validation {
+            status: code,
+            message: error_message(status, body),
+        },
+        300..=399 => {
+            let location = headers
+                .get(header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("?");
+            CyclrError::Config(format!(
+                "Cyclr redirects ({code}) to {location}: set apiUrl to the final URL"
+            ))
+        }
+        _ => CyclrError::Server {
+            status: code,
+            message: error_message(status, body),
+        },
+    }
+}
+
+/// Cyclr's `{"Message": …}` (or OAuth's `error_description`/`error`), else a short excerpt
+/// of the body, else the status's reason phrase.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    const KEYS: [&str; 4] = ["Message", "message", "error_description", "error"];
+    const MAX_EXCERPT: usize = 200;
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body)
+        && let Some(message) = KEYS.iter().find_map(|key| fields.get(*key)?.as_str())
+    {
+        return message.to_owned();
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return status.canonical_reason().unwrap_or("no message").to_owned();
+    }
+    match text.char_indices().nth(MAX_EXCERPT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// reqwest's own message is terse ("error sending request"); the causes say what happened.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).unwrap()
+    }
+
+    fn map(code: u16, body: &str) -> CyclrError {
+        error_for_status(
+            status(code),
+            &HeaderMap::new(),
+            body.as_bytes(),
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn status_codes_map_to_typed_errors_with_cyclrs_message() {
+        let denied = r#"{"Message":"Authorization has been denied for this request."}"#;
+        assert!(
+            matches!(map(401, denied), CyclrError::Unauthorized { message } if message == "Authorization has been denied for this request.")
+        );
+        assert!(matches!(map(403, "{}"), CyclrError::Unauthorized { message } if message == "{}"));
+        assert!(
+            matches!(map(404, r#"{"Message":"Account not found"}"#), CyclrError::NotFound { message } if message == "Account not found")
+        );
+        assert!(
+            matches!(map(400, r#"{"Message":"Name is required."}"#), CyclrError::Validation { status: 400, message } if message == "Name is required.")
+        );
+        assert!(
+            matches!(map(422, ""), CyclrError::Validation { status: 422, message } if message == "Unprocessable Entity")
+        );
+        assert!(
+            matches!(map(503, "<html>down</html>"), CyclrError::Server { status: 503, message } if message == "<html>down</html>")
+        );
+        assert!(
+            matches!(map(500, ""), CyclrError::Server { status: 500, message } if message == "Internal Server Error")
+        );
+        assert!(matches!(
+            map(429, ""),
+            CyclrError::RateLimited { retry_after: None }
+        ));
+        assert!(matches!(map(302, ""), CyclrError::Config(_)));
+    }
+
+    #[test]
+    fn oauth_error_fields_are_messages_too() {
+        let body = r#"{"error":"invalid_client","error_description":"bad client"}"#;
+        assert!(
+            matches!(map(400, body), CyclrError::Validation { message, .. } if message == "bad client")
+        );
+        assert!(
+            matches!(map(401, r#"{"error":"invalid_client"}"#), CyclrError::Unauthorized { message } if message == "invalid_client")
+        );
+    }
+
+    #[test]
+    fn long_bodies_are_cut() {
+        let body = "é".repeat(500);
+        let CyclrError::Server { message, .. } = map(502, &body) else {
+            panic!("not a server error")
+        };
+        assert_eq!(message.chars().count(), 201);
+        assert!(message.ends_with('…'));
+    }
+
+    #[test]
+    fn retryability_follows_the_mapping() {
+        assert!(map(429, "").is_retryable());
+        assert!(map(500, "").is_retryable());
+        assert!(!map(400, "").is_retryable());
+        assert!(!map(401, "").is_retryable());
+        assert!(!map(404, "").is_retryable());
+    }
+
+    #[test]
+    fn retry_after_header_is_read_in_both_forms() {
+        let now = SystemTime::now();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        let error = error_for_status(status(429), &headers, b"", now);
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let wait = error_for_status(status(429), &headers, b"", now)
+            .retry_after()
+            .unwrap();
+        // HTTP dates have whole seconds, so up to one second is lost.
+        assert!(
+            wait > Duration::from_secs(88) && wait <= Duration::from_secs(90),
+            "{wait:?}"
+        );
+
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("whenever"));
+        assert_eq!(
+            error_for_status(status(429), &headers, b"", now).retry_after(),
+            None
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_credentials() {
+        let mut config = ClientConfig::new(
+            "https://api.cyclr.com",
+            "client-id-1234",
+            "s3cr3t-value".into(),
+        );
+        config.retry.max_attempts = 2;
+        let text = format!("{config:?} {config:#?}");
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        assert!(!text.contains("client-id-1234"), "{text}");
+        assert!(
+            text.contains("https://api.cyclr.com") && text.contains("max_attempts: 2"),
+            "{text}"
+        );
+
+        let client = CyclrClient::new(config).unwrap();
+        let text = format!("{client:?}");
+        assert!(
+            !text.contains("s3cr3t-value") && !text.contains("client-id-1234"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = ClientConfig::new("https://api.cyclr.com", "id", "secret".into());
+        assert_eq!((config.requests_per_second, config.burst), (10, 20));
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn paths_are_appended_to_the_api_url_and_ids_escaped() {
+        for base in [
+            "https://api.cyclr.com",
+            "https://api.cyclr.com/",
+            "https://host.example/cyclr/",
+        ] {
+            let client = CyclrClient::new(ClientConfig::new(base, "id", "secret".into())).unwrap();
+            let url = client.url(&["api", "partner", "accounts", "a/b?c", "billing"]);
+            let prefix = base.trim_end_matches('/');
+            assert_eq!(
+                url.as_str(),
+                format!("{prefix}/api/partner/accounts/a%2Fb%3Fc/billing")
+            );
+        }
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        let config = |url: &str| ClientConfig::new(url, "id", "secret".into());
+        for url in [
+            "not a url",
+            "ftp://api.cyclr.com",
+            "mailto:x@example.com",
+            "https://api.cyclr.com/?x=1",
+        ] {
+            assert!(
+                matches!(CyclrClient::new(config(url)), Err(CyclrError::Config(_))),
+                "{url}"
+            );
+        }
+        let mut zero_rate = config("https://api.cyclr.com");
+        zero_rate.requests_per_second = 0;
+        assert!(matches!(
+            CyclrClient::new(zero_rate),
+            Err(CyclrError::Config(_))
+        ));
+        let mut zero_burst = config("https://api.cyclr.com");
+        zero_burst.burst = 0;
+        assert!(matches!(
+            CyclrClient::new(zero_burst),
+            Err(CyclrError::Config(_))
+        ));
+    }
+}

@@ -1,0 +1,70 @@
+//! What can go wrong talking to Cyclr, and which failures are worth retrying.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CyclrError {
+    /// 401/403: the credentials or the token were refused.
+    #[error("Cyclr refused the credentials: {message}")]
+    Unauthorized { message: String },
+    /// 404: usually an unknown account id.
+    #[error("Cyclr found no such object: {message}")]
+    NotFound { message: String },
+    /// 400 and other 4xx: Cyclr rejected the request; `message` is Cyclr's own.
+    #[error("Cyclr rejected the request: {message}")]
+    Validation { status: u16, message: String },
+    /// 429: Cyclr asks us to slow down, maybe saying for how long.
+    #[error("Cyclr rate limit reached{}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx.
+    #[error("Cyclr server error {status}: {message}")]
+    Server { status: u16, message: String },
+    /// No answer within the request timeout: the request may or may not have been applied.
+    #[error("Cyclr did not answer in time: {0}")]
+    Timeout(String),
+    /// The request never completed at the network level.
+    #[error("could not reach Cyclr: {0}")]
+    Transport(String),
+    /// Cyclr answered 2xx with a body we cannot read.
+    #[error("unexpected response from Cyclr: {0}")]
+    Decode(String),
+    /// The client was configured wrongly (bad URL, …).
+    #[error("invalid Cyclr client configuration: {0}")]
+    Config(String),
+}
+
+impl CyclrError {
+    /// The one place that decides whether a failure is transient.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            CyclrError::RateLimited { .. } | CyclrError::Server { .. } | CyclrError::Timeout(_) | CyclrError::Transport(_)
+        )
+    }
+
+    /// A failure after which a write may or may not have happened: never re-send a create.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, CyclrError::Server { .. } | CyclrError::Timeout(_) | CyclrError::Transport(_) | CyclrError::Decode(_))
+    }
+
+    /// How long Cyclr asked us to wait, when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CyclrError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Cyclr's own message, for conditions and Events.
+    pub fn cyclr_message(&self) -> Option<&str> {
+        match self {
+            CyclrError::Unauthorized { message }
+            | CyclrError::NotFound { message }
+            | CyclrError::Validation { message, .. }
+            | CyclrError::Server { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = CyclrError> = std::result::Result<T, E>;

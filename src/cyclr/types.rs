@@ -1,0 +1,321 @@
+//! The Cyclr Partner API's wire types, shared by the client and the simulator.
+//!
+//! Field names follow the API's PascalCase. Deserialisation is lenient where the real
+//! service is: both date forms, `PricePlanId` as a number or a string, unknown fields ignored.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A Cyclr account id. Opaque: 32 hex characters in the seed, caller-chosen on v1.0.
+pub type AccountId = String;
+
+/// A price plan id: an integer in account bodies, a string in the price-plan list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PricePlanId(pub i64);
+
+impl fmt::Display for PricePlanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for PricePlanId {
+    /// Account bodies carry an integer; Cyclr may silently ignore a wrongly typed field.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PricePlanId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum NumberOrString {
+            Number(i64),
+            String(String),
+        }
+        match NumberOrString::deserialize(d)? {
+            NumberOrString::Number(n) => Ok(PricePlanId(n)),
+            NumberOrString::String(s) => s
+                .trim()
+                .parse()
+                .map(PricePlanId)
+                .map_err(|_| serde::de::Error::custom(format!("PricePlanId {s:?} is not a number"))),
+        }
+    }
+}
+
+/// Writes a price plan id as a string, the way Get Price Plans does.
+pub fn serialize_price_plan_id_as_string<S: Serializer>(id: &PricePlanId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.0.to_string())
+}
+
+/// A UTC timestamp. Reads the legacy form (`2017-02-09T16:23:08`, no offset) and the v1.0
+/// form (`2017-12-06T15:54:06.6440352Z`); always writes the legacy form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CyclrDate(pub DateTime<Utc>);
+
+impl CyclrDate {
+    pub const LEGACY_FORMAT: &'static str = "%Y-%m-%dT%H:%M:%S";
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if let Ok(with_offset) = DateTime::parse_from_rfc3339(text) {
+            return Some(CyclrDate(with_offset.with_timezone(&Utc)));
+        }
+        if let Ok(naive) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f") {
+            return Some(CyclrDate(naive.and_utc()));
+        }
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|naive| CyclrDate(naive.and_utc()))
+    }
+
+    pub fn to_legacy_string(&self) -> String {
+        self.0.format(Self::LEGACY_FORMAT).to_string()
+    }
+}
+
+impl fmt::Display for CyclrDate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_legacy_string())
+    }
+}
+
+impl Serialize for CyclrDate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_legacy_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for CyclrDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        CyclrDate::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("unrecognised Cyclr date {text:?}")))
+    }
+}
+
+/// One account, as List Accounts returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_plan_id: Option<PricePlanId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_bill_date: Option<CyclrDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_bill_date: Option<CyclrDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_info: Option<String>,
+}
+
+/// The writable fields of an account: the body of Create Account (where `Name` is required)
+/// and of Update Account (where every field is optional and only those present change).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AccountFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_plan_id: Option<PricePlanId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_bill_date: Option<CyclrDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_info: Option<String>,
+}
+
+impl AccountFields {
+    pub fn is_empty(&self) -> bool {
+        *self == AccountFields::default()
+    }
+}
+
+/// The body of Create Account and Update Account responses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IdResponse {
+    pub id: AccountId,
+}
+
+/// Partner Details, without the Intercom keys the API also returns: those are secrets and
+/// are never read into memory.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PartnerDetails {
+    #[serde(default)]
+    pub anonymous_accounts_enabled: bool,
+    #[serde(default)]
+    pub application_display_name: Option<String>,
+    #[serde(default)]
+    pub coming_soon_connectors_enabled: bool,
+    #[serde(default)]
+    pub custom_connectors_enabled: bool,
+    #[serde(default)]
+    pub cycle_noun: Option<String>,
+    #[serde(default)]
+    pub cycle_sharing_enabled: bool,
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PricePlan {
+    #[serde(serialize_with = "serialize_price_plan_id_as_string")]
+    pub id: PricePlanId,
+    pub name: String,
+}
+
+/// Get Account Usage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AccountUsage {
+    pub task_count: u64,
+    pub cycle_count: u64,
+    #[serde(default)]
+    pub from_date: Option<CyclrDate>,
+    #[serde(default)]
+    pub to_date: Option<CyclrDate>,
+    #[serde(default)]
+    pub current_price_plan_id: Option<PricePlanId>,
+    #[serde(default)]
+    pub audit_info: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SignInTokenRequest {
+    pub account_id: AccountId,
+    pub username: String,
+}
+
+/// A sign-in token: single use, valid for five minutes. The token is a credential.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SignInToken {
+    pub expires_at_utc: CyclrDate,
+    pub token: SecretString,
+}
+
+/// How an installed connector authenticates. Values are secrets.
+#[derive(Clone, Debug, Default)]
+pub enum ConnectorAuth {
+    #[default]
+    None,
+    ApiKey(SecretString),
+    Basic { username: String, password: SecretString },
+}
+
+/// The body of Install Connector.
+#[derive(Clone, Debug)]
+pub struct InstallConnectorRequest {
+    pub account_id: AccountId,
+    pub connector_name: String,
+    pub connector_version: String,
+    pub installed_name: String,
+    pub auth: ConnectorAuth,
+}
+
+impl Serialize for InstallConnectorRequest {
+    /// The one place a connector credential is exposed: on its way into the request body.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("AccountId", &self.account_id)?;
+        map.serialize_entry("ConnectorName", &self.connector_name)?;
+        map.serialize_entry("ConnectorVersion", &self.connector_version)?;
+        map.serialize_entry("InstalledName", &self.installed_name)?;
+        match &self.auth {
+            ConnectorAuth::None => {}
+            ConnectorAuth::ApiKey(key) => map.serialize_entry("ApiKey", key.expose_secret())?,
+            ConnectorAuth::Basic { username, password } => {
+                map.serialize_entry("Username", username)?;
+                map.serialize_entry("Password", password.expose_secret())?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// The body of Install Connector as a server reads it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstallConnectorBody {
+    #[serde(default)]
+    pub account_id: Option<AccountId>,
+    #[serde(default)]
+    pub connector_name: Option<String>,
+    #[serde(default)]
+    pub connector_version: Option<String>,
+    #[serde(default)]
+    pub installed_name: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<SecretString>,
+}
+
+/// One connector installed into an account, from v1.0 `GET /v1.0/account/connectors`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstalledConnector {
+    #[serde(deserialize_with = "id_as_string")]
+    pub id: String,
+    /// The installed name.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub authenticated: bool,
+    pub connector: ConnectorSummary,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConnectorSummary {
+    #[serde(default, deserialize_with = "id_as_string")]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+fn id_as_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!("unexpected id {other}"))),
+    }
+}
+
+/// `POST /oauth/token` response.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: SecretString,
+    #[serde(default)]
+    pub token_type: Option<String>,
+    pub expires_in: u64,
+}
+
+/// The `{"Message": "…"}` body Cyclr sends with errors.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ErrorBody {
+    #[serde(rename = "Message", alias = "message", default)]
+    pub message: String,
+}

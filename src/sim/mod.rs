@@ -1,0 +1,335 @@
+//! `cyclr-sim`: a faithful simulator of the Cyclr Partner API, for tests, benchmarks and the demo.
+//!
+//! It serves plain HTTP: `POST /oauth/token`, the seed's eight endpoints under `/api/partner/`,
+//! a few v1.0 calls (`GET /v1.0/account/connectors`, `GET`/`DELETE /v1.0/accounts/{id}`), and
+//! an unauthenticated admin API under `/_sim/` for tests only (faults and request statistics).
+//! See `docs/simulator.md`.
+//!
+//! Tests start it in-process:
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use cyclr_operator::sim::{SimConfig, Simulator};
+//! let sim = Simulator::start(SimConfig::new("id", "secret"), "127.0.0.1:0".parse()?).await?;
+//! let api_url = sim.base_url(); // http://127.0.0.1:PORT
+//! # sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod faults;
+mod store;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use faults::{Faults, LostResponse};
+
+use crate::cyclr::types::{Account, InstalledConnector};
+use faults::FaultState;
+use store::{Persister, Store};
+
+/// The token lifetime Cyclr gives: about 14 days.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(1_209_599);
+
+/// How a simulator starts.
+#[derive(Clone)]
+pub struct SimConfig {
+    /// The partner credentials `POST /oauth/token` accepts.
+    pub client_id: String,
+    pub client_secret: String,
+    pub token_ttl: Duration,
+    pub faults: Faults,
+    /// Load state from this file at start and rewrite it after each change.
+    pub state_file: Option<PathBuf>,
+}
+
+impl SimConfig {
+    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
+        SimConfig {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            token_ttl: DEFAULT_TOKEN_TTL,
+            faults: Faults::default(),
+            state_file: None,
+        }
+    }
+}
+
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[REDACTED]")
+            .field("token_ttl", &self.token_ttl)
+            .field("faults", &self.faults)
+            .field("state_file", &self.state_file)
+            .finish()
+    }
+}
+
+/// What the simulator has been asked, for assertions such as "no idle writes".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimStats {
+    /// API requests received (faulted ones included), keyed by method and route template,
+    /// e.g. `"POST /api/partner/createaccount"`, `"PUT /api/partner/accounts/{id}"`.
+    pub requests: BTreeMap<String, u64>,
+    /// API responses sent, by status code.
+    pub responses: BTreeMap<u16, u64>,
+    /// Writes applied: account create, update and delete, connector install (including those
+    /// whose response "commit then fail" lost). Rejected writes do not count.
+    pub writes: u64,
+}
+
+impl SimStats {
+    /// Requests received for one endpoint, e.g. `"GET /api/partner/accounts"`.
+    pub fn requests_to(&self, endpoint: &str) -> u64 {
+        self.requests.get(endpoint).copied().unwrap_or(0)
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.requests.values().sum()
+    }
+}
+
+/// The simulator. Start one with [`Simulator::start`].
+pub struct Simulator;
+
+impl Simulator {
+    /// Binds `listen` (port 0 picks a free port) and serves until [`SimHandle::shutdown`] or
+    /// until the handle is dropped.
+    pub async fn start(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimHandle> {
+        let shared = Arc::new(Shared::new(config)?);
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        let app = api::router(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    // A dropped sender stops the server too.
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "cyclr-sim listening");
+        Ok(SimHandle {
+            shared,
+            addr,
+            stop: Some(stop),
+            server: Some(server),
+        })
+    }
+}
+
+/// A running simulator. Dropping it stops the server; [`SimHandle::shutdown`] also waits
+/// until it has stopped.
+pub struct SimHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl SimHandle {
+    /// `http://127.0.0.1:PORT`, the simulator's `apiUrl`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.shared.faults()
+    }
+
+    /// Replaces the faults in force (also `PUT /_sim/faults`).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.set_faults(faults);
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats()
+    }
+
+    /// Zeroes the statistics (also `POST /_sim/stats/reset`).
+    pub fn reset_stats(&self) {
+        self.shared.reset_stats();
+    }
+
+    /// All accounts, in creation order.
+    pub fn accounts(&self) -> Vec<Account> {
+        self.shared
+            .read_store()
+            .accounts()
+            .map(|r| r.account.clone())
+            .collect()
+    }
+
+    /// Deletes an account behind the operator's back, as someone in the Cyclr console would.
+    /// Returns whether it existed.
+    pub fn delete_account(&self, id: &str) -> bool {
+        self.shared.mutate(|store| store.delete_account(id)).is_ok()
+    }
+
+    /// The connectors installed into an account, as `GET /v1.0/account/connectors` lists them;
+    /// empty for an unknown account.
+    pub fn installed_connectors(&self, account_id: &str) -> Vec<InstalledConnector> {
+        let store = self.shared.read_store();
+        let Ok(record) = store.get(account_id) else {
+            return Vec::new();
+        };
+        // Through the wire form, so what tests inspect is exactly what clients parse.
+        record
+            .connectors
+            .iter()
+            .map(|c| {
+                serde_json::from_value(c.to_wire())
+                    .expect("the wire form of an installed connector parses")
+            })
+            .collect()
+    }
+
+    /// Invalidates every token issued so far, as if they had all expired.
+    pub fn expire_tokens(&self) {
+        self.shared.expire_tokens();
+    }
+
+    /// Stops accepting connections, lets requests in flight finish, and waits.
+    pub async fn shutdown(mut self) {
+        self.signal_stop();
+        if let Some(server) = self.server.take() {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cyclr-sim stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "cyclr-sim task failed"),
+            }
+        }
+    }
+}
+
+impl SimHandle {
+    fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // The server may already be gone; there is nobody left to tell then.
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+/// State shared by the HTTP handlers and the handle.
+pub(crate) struct Shared {
+    client_id: String,
+    client_secret: String,
+    token_ttl: Duration,
+    store: RwLock<Store>,
+    faults: Mutex<FaultState>,
+    stats: Mutex<SimStats>,
+    persister: Option<Persister>,
+}
+
+impl Shared {
+    fn new(config: SimConfig) -> anyhow::Result<Self> {
+        let store = match &config.state_file {
+            Some(path) => Store::load(path)?,
+            None => Store::default(),
+        };
+        Ok(Shared {
+            client_id: config.client_id,
+            client_secret: config.client_secret,
+            token_ttl: config.token_ttl,
+            store: RwLock::new(store),
+            faults: Mutex::new(FaultState::new(config.faults)),
+            stats: Mutex::new(SimStats::default()),
+            persister: config.state_file.map(Persister::new),
+        })
+    }
+
+    fn read_store(&self) -> std::sync::RwLockReadGuard<'_, Store> {
+        self.store.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies a change and, with a state file, saves the result before returning, so a
+    /// response is only sent for state that survives a restart.
+    fn mutate<T, E>(&self, change: impl FnOnce(&mut Store) -> Result<T, E>) -> Result<T, E> {
+        let (out, snapshot) = {
+            let mut store = self.store.write().unwrap_or_else(PoisonError::into_inner);
+            let out = change(&mut store)?;
+            store.bump_revision();
+            // Serialised under the lock (cheap), written outside it, so readers never wait on I/O.
+            let snapshot = self
+                .persister
+                .as_ref()
+                .map(|_| (store.revision(), serde_json::to_vec(&*store)));
+            (out, snapshot)
+        };
+        if let (Some(persister), Some((revision, bytes))) = (&self.persister, snapshot) {
+            match bytes {
+                Ok(bytes) => persister.save(revision, &bytes),
+                Err(e) => tracing::error!(error = %e, "could not serialise the state"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn faults(&self) -> Faults {
+        lock(&self.faults).faults().clone()
+    }
+
+    fn set_faults(&self, faults: Faults) {
+        tracing::info!(?faults, "faults changed");
+        *lock(&self.faults) = FaultState::new(faults);
+    }
+
+    fn stats(&self) -> SimStats {
+        lock(&self.stats).clone()
+    }
+
+    fn reset_stats(&self) {
+        *lock(&self.stats) = SimStats::default();
+    }
+
+    fn token_ttl(&self) -> Duration {
+        lock(&self.faults)
+            .faults()
+            .token_ttl
+            .unwrap_or(self.token_ttl)
+    }
+
+    fn expire_tokens(&self) {
+        let Ok(()) = self.mutate(|store| {
+            store.expire_tokens();
+            Ok::<_, Infallible>(())
+        });
+    }
+
+    fn token_valid(&self, token: &str) -> bool {
+        self.read_store().token_valid(token, Utc::now())
+    }
+}
+
+/// Locks a mutex, carrying on after a panic elsewhere: the simulator's state stays usable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
