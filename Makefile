@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests manifests-check demo bench clean
+.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests demo clean
 
 all: build
 
@@ -20,6 +20,14 @@ cluster-up: testbin
 cluster-down:
 	$(CARGO) run -q -p cyclr-testenv --bin control-plane -- down --dir .cluster
 
+## a control plane, cyclr-sim, the operator and examples/, then a status table (DEMO_ONCE=1 to exit when Ready)
+demo:
+	bash hack/demo.sh
+
+## regenerate crds/ from the Rust resource types (a test fails when they differ)
+manifests:
+	$(CARGO) run -q --bin cyclr-operator -- crd > crds/cyclr.com_crds.yaml
+
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
@@ -31,6 +39,6 @@ lint: fmt-check clippy
 test: testbin lint
 	$(CARGO) test --workspace --no-fail-fast
 
-clean:
+clean: cluster-down
 	$(CARGO) clean
-	rm -rf bin .cluster
+	rm -rf bin .cluster .demo

@@ -56,15 +56,21 @@ impl RetryPolicy {
     }
 }
 
+/// The longest `Retry-After` believed: a larger value is garbage, and would overflow clocks.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date (relative to `now`; a date in
-/// the past means no wait). `None` when the value is neither.
+/// the past means no wait), at most [`MAX_RETRY_AFTER`]. `None` when the value is neither.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or_default())
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or_default(),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -150,6 +156,10 @@ mod tests {
         assert_eq!(parse_retry_after("1.5", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("", now), None);
+        assert_eq!(
+            parse_retry_after(&u64::MAX.to_string(), now),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl IntoResponse for ApiError {
 impl Shared {
     /// Applies a write and answers it, unless "commit then fail" asks for its response to be
     /// lost: then the write stays applied and the client gets a 500 or a dropped connection.
-    fn write<T: IntoResponse>(
+    async fn write<T: IntoResponse>(
         &self,
         change: impl FnOnce(&mut Store) -> Result<T, ApiError>,
     ) -> Response {
@@ -151,6 +151,10 @@ impl Shared {
             Err(e) => return e.into_response(),
         };
         lock(&self.stats).writes += 1;
+        let delay = lock(&self.faults).write_response_delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let lost = lock(&self.faults).take_commit_then_fail();
         match lost {
             None => answer.into_response(),
@@ -394,7 +398,7 @@ async fn create_account(State(sim): Sim, body: Bytes) -> Result<Response, ApiErr
         let id = store.create_account(fields, Utc::now())?;
         tracing::info!(account_id = %id, "account created");
         Ok(Json(IdResponse { id }))
-    }))
+    }).await)
 }
 
 async fn update_account(
@@ -402,12 +406,14 @@ async fn update_account(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let fields = account_fields(&json_object(&body)?);
+    let object = json_object(&body)?;
+    sim.remember_update_body(&object);
+    let fields = account_fields(&object);
     Ok(sim.write(|store| {
         store.update_account(&id, fields)?;
         tracing::info!(account_id = %id, "account updated");
         Ok(Json(IdResponse { id }))
-    }))
+    }).await)
 }
 
 async fn create_signin_token(State(sim): Sim, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -433,7 +439,7 @@ async fn install_connector(State(sim): Sim, body: Bytes) -> Result<Response, Api
             store.install_connector(&account_id, connector_name, version, installed_name)?;
         tracing::info!(%account_id, installed_id, "connector installed");
         Ok(StatusCode::OK)
-    }))
+    }).await)
 }
 
 async fn account_usage(
@@ -462,7 +468,7 @@ async fn delete_account(State(sim): Sim, Path(id): Path<String>) -> Response {
         store.delete_account(&id)?;
         tracing::info!(account_id = %id, "account deleted");
         Ok(StatusCode::OK)
-    })
+    }).await
 }
 
 async fn installed_connectors(

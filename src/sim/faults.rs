@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// JSON form (admin API `PUT /_sim/faults`; missing fields take their default):
 /// `{"latency_ms":0,"error_rate":0.0,"rate_limit_rps":null,"retry_after_secs":1,
-///   "commit_then_fail":0,"commit_then_fail_mode":"server_error","token_ttl_secs":null}`
+///   "commit_then_fail":0,"commit_then_fail_mode":"server_error","token_ttl_secs":null,
+///   "write_response_delay_ms":0}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -33,6 +34,10 @@ pub struct Faults {
     /// Lifetime of tokens issued from now on; `None` keeps `SimConfig::token_ttl`.
     #[serde(rename = "token_ttl_secs", with = "optional_duration_secs")]
     pub token_ttl: Option<Duration>,
+    /// Held after a write is applied, before its response is sent: a client that dies in
+    /// this window leaves a write it never learnt about.
+    #[serde(rename = "write_response_delay_ms", with = "duration_ms")]
+    pub write_response_delay: Duration,
 }
 
 impl Default for Faults {
@@ -46,6 +51,7 @@ impl Default for Faults {
             commit_then_fail: 0,
             commit_then_fail_mode: LostResponse::default(),
             token_ttl: None,
+            write_response_delay: Duration::ZERO,
         }
     }
 }
@@ -89,6 +95,10 @@ impl FaultState {
 
     pub(crate) fn latency(&self) -> Duration {
         self.faults.latency
+    }
+
+    pub(crate) fn write_response_delay(&self) -> Duration {
+        self.faults.write_response_delay
     }
 
     /// Rate limit first (a limited request never reaches the error dice), then the error rate.

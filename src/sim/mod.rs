@@ -205,6 +205,11 @@ impl SimHandle {
             .collect()
     }
 
+    /// The JSON body of the latest Update Account request.
+    pub fn last_update_body(&self) -> Option<serde_json::Value> {
+        lock(&self.shared.last_update_body).clone()
+    }
+
     /// Invalidates every token issued so far, as if they had all expired.
     pub fn expire_tokens(&self) {
         self.shared.expire_tokens();
@@ -246,6 +251,9 @@ pub(crate) struct Shared {
     store: RwLock<Store>,
     faults: Mutex<FaultState>,
     stats: Mutex<SimStats>,
+    /// The body of the latest Update Account, so tests can check that only changed fields
+    /// were sent. Account fields hold no credentials.
+    last_update_body: Mutex<Option<serde_json::Value>>,
     persister: Option<Persister>,
 }
 
@@ -262,8 +270,13 @@ impl Shared {
             store: RwLock::new(store),
             faults: Mutex::new(FaultState::new(config.faults)),
             stats: Mutex::new(SimStats::default()),
+            last_update_body: Mutex::new(None),
             persister: config.state_file.map(Persister::new),
         })
+    }
+
+    fn remember_update_body(&self, body: &serde_json::Map<String, serde_json::Value>) {
+        *lock(&self.last_update_body) = Some(serde_json::Value::Object(body.clone()));
     }
 
     fn read_store(&self) -> std::sync::RwLockReadGuard<'_, Store> {

@@ -1,0 +1,256 @@
+//! What the operator's integration tests share: a real control plane (cyclr-testenv), the
+//! CRDs installed once, a Cyclr simulator per test, and the operator run in-process against
+//! one namespace and label so that tests running side by side never see each other's objects.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cyclr_operator::controllers::{self, OperatorConfig};
+use cyclr_operator::metrics::Metrics;
+use cyclr_operator::resources::{self, CyclrAccount, CyclrConnectorInstall, CyclrPartner};
+use cyclr_operator::sim::{SimConfig, SimHandle, Simulator};
+use cyclr_testenv::TestEnv;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+pub const CLIENT_ID: &str = "partner-client";
+pub const CLIENT_SECRET: &str = "partner-secret-value";
+
+pub struct Harness {
+    pub client: Client,
+    pub namespace: String,
+    pub sim: SimHandle,
+    /// The CyclrPartner's name: the namespace, as partners are cluster-scoped.
+    pub partner: String,
+    operator: Option<JoinHandle<()>>,
+}
+
+impl Harness {
+    /// A namespace, a simulator, the partner's credentials Secret and CyclrPartner, and a
+    /// running operator. `resync` is the partner's resync and usage interval.
+    pub async fn start(prefix: &str, resync: &str) -> Harness {
+        let env = TestEnv::get().await;
+        let client = env.client();
+        install_crds(&client).await;
+        let namespace = env.new_namespace(prefix).await;
+        let sim = Simulator::start(SimConfig::new(CLIENT_ID, CLIENT_SECRET), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("start cyclr-sim");
+        let mut h = Harness { client, partner: namespace.clone(), namespace, sim, operator: None };
+        h.put_secret("partner-credentials", &[("client_id", CLIENT_ID), ("client_secret", CLIENT_SECRET)]).await;
+        h.apply::<CyclrPartner>(json!({
+            "metadata": {"name": h.partner},
+            "spec": {
+                "apiUrl": h.sim.base_url(),
+                "credentialsSecretRef": {"name": "partner-credentials"},
+                "resyncInterval": resync,
+                "usageInterval": resync,
+            }
+        }))
+        .await;
+        h.start_operator();
+        h
+    }
+
+    pub fn start_operator(&mut self) {
+        let config = OperatorConfig {
+            namespace: self.namespace.clone(),
+            watch_namespace: Some(self.namespace.clone()),
+            label_selector: Some(format!("cyclr.com/test={}", self.namespace)),
+        };
+        let client = self.client.clone();
+        self.operator = Some(tokio::spawn(async move {
+            let never = futures::FutureExt::shared(Box::pin(std::future::pending::<()>()));
+            controllers::run(client, config, Arc::new(Metrics::default()), never).await.expect("operator runs");
+        }));
+    }
+
+    /// Stops the operator at once, wherever it is, as a crash or `kill -9` would.
+    pub fn kill_operator(&mut self) {
+        if let Some(task) = self.operator.take() {
+            task.abort();
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Server-side applies an object of kind K, adding the test's label (and namespace).
+    pub async fn apply<K>(&self, mut object: serde_json::Value) -> K
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        self.try_apply::<K>(&mut object).await.unwrap_or_else(|e| panic!("apply {object}: {e}"))
+    }
+
+    pub async fn try_apply<K>(&self, object: &mut serde_json::Value) -> Result<K, kube::Error>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        object["apiVersion"] = json!(K::api_version(&()));
+        object["kind"] = json!(K::kind(&()));
+        object["metadata"]["labels"]["cyclr.com/test"] = json!(self.namespace);
+        let name = object["metadata"]["name"].as_str().expect("a name").to_string();
+        let resource = ApiResource::erase::<K>(&());
+        let api: Api<DynamicObject> = if object_is_namespaced::<K>() {
+            Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
+        } else {
+            Api::all_with(self.client.clone(), &resource)
+        };
+        let applied = api.patch(&name, &PatchParams::apply("cyclr-tests").force(), &Patch::Apply(&*object)).await?;
+        Ok(serde_json::from_value(serde_json::to_value(applied).expect("serialise")).expect("the applied object parses"))
+    }
+
+    pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let data: BTreeMap<String, String> = data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"cyclr.com/test": self.namespace}},
+            "stringData": data,
+        });
+        self.api::<Secret>()
+            .patch(name, &PatchParams::apply("cyclr-tests").force(), &Patch::Apply(&secret))
+            .await
+            .expect("apply Secret");
+    }
+
+    pub async fn account(&self, name: &str) -> CyclrAccount {
+        self.api::<CyclrAccount>().get(name).await.expect("get CyclrAccount")
+    }
+
+    pub async fn install(&self, name: &str) -> CyclrConnectorInstall {
+        self.api::<CyclrConnectorInstall>().get(name).await.expect("get CyclrConnectorInstall")
+    }
+
+    pub async fn partner(&self) -> CyclrPartner {
+        Api::<CyclrPartner>::all(self.client.clone()).get(&self.partner).await.expect("get CyclrPartner")
+    }
+
+    /// Waits until `check` returns Some, polling the API; panics with `what` after `timeout`.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(found) = check().await {
+                return found;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the account's condition `type_` has `status` (and `reason`, if given).
+    pub async fn wait_account_condition(&self, name: &str, type_: &str, status: &str, reason: Option<&str>) -> CyclrAccount {
+        self.wait_for(&format!("CyclrAccount {name} {type_}={status} {reason:?}"), Duration::from_secs(60), || async {
+            let account = self.api::<CyclrAccount>().get_opt(name).await.ok().flatten()?;
+            let conditions = account.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            let c = resources::condition(&conditions, type_)?;
+            (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(account)
+        })
+        .await
+    }
+
+    pub async fn wait_install_condition(&self, name: &str, type_: &str, status: &str, reason: Option<&str>) -> CyclrConnectorInstall {
+        self.wait_for(&format!("CyclrConnectorInstall {name} {type_}={status} {reason:?}"), Duration::from_secs(60), || async {
+            let install = self.api::<CyclrConnectorInstall>().get_opt(name).await.ok().flatten()?;
+            let conditions = install.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            let c = resources::condition(&conditions, type_)?;
+            (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(install)
+        })
+        .await
+    }
+
+    pub async fn wait_partner_ready(&self, status: &str) -> CyclrPartner {
+        self.wait_for(&format!("CyclrPartner Ready={status}"), Duration::from_secs(60), || async {
+            let partner = Api::<CyclrPartner>::all(self.client.clone()).get(&self.partner).await.ok()?;
+            let conditions = partner.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            (resources::condition(&conditions, resources::READY)?.status == status).then_some(partner)
+        })
+        .await
+    }
+
+    /// Events about the object `name` with this reason.
+    pub async fn events(&self, name: &str, reason: &str) -> Vec<Event> {
+        self.api::<Event>()
+            .list(&Default::default())
+            .await
+            .expect("list Events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+
+    /// Waits until an Event with this reason exists for the object `name`.
+    pub async fn wait_event(&self, name: &str, reason: &str) -> Event {
+        self.wait_for(&format!("a {reason} Event for {name}"), Duration::from_secs(30), || async {
+            self.events(name, reason).await.into_iter().next()
+        })
+        .await
+    }
+
+    /// Waits until the account no longer carries the create-pending annotation.
+    pub async fn wait_no_pending_create(&self, name: &str) {
+        self.wait_for(&format!("{name} without {}", resources::annotations::CREATE_PENDING), Duration::from_secs(30), || async {
+            let account = self.account(name).await;
+            (!account.metadata.annotations.unwrap_or_default().contains_key(resources::annotations::CREATE_PENDING)).then_some(())
+        })
+        .await
+    }
+
+    /// Requests the simulator received for one endpoint.
+    pub fn cyclr_requests(&self, endpoint: &str) -> u64 {
+        self.sim.stats().requests_to(endpoint)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.kill_operator();
+    }
+}
+
+fn object_is_namespaced<K: kube::Resource<DynamicType = ()>>() -> bool {
+    K::kind(&()) != "CyclrPartner"
+}
+
+/// Applies the operator's CRDs once per test process and waits until they are established.
+pub async fn install_crds(client: &Client) {
+    static DONE: OnceCell<()> = OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in resources::all_crds() {
+            let name = crd.metadata.name.clone().unwrap();
+            api.patch(&name, &PatchParams::apply("cyclr-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+        }
+        controllers::wait_for_crds(client.clone()).await.expect("CRDs established");
+    })
+    .await;
+}
+
+/// Creates an account directly in Cyclr (through the Cyclr API), as someone outside the
+/// operator would.
+pub fn cyclr_client(sim: &SimHandle) -> cyclr_operator::cyclr::CyclrClient {
+    let config = cyclr_operator::cyclr::ClientConfig::new(sim.base_url(), CLIENT_ID, secrecy::SecretString::from(CLIENT_SECRET));
+    cyclr_operator::cyclr::CyclrClient::new(config).expect("client")
+}
+
