@@ -3,10 +3,10 @@
 //! - [`cyclr`]: the Cyclr Partner API client (no Kubernetes in it).
 //! - [`sim`]: `cyclr-sim`, a faithful simulator of that API for tests and the demo.
 
-pub mod cyclr;
-pub mod sim;
-pub mod resources;
 pub mod controllers;
-pub mod metrics;
+pub mod cyclr;
 pub mod http;
+pub mod metrics;
+pub mod resources;
+pub mod sim;
 pub mod telemetry;

@@ -62,7 +62,9 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_default().await.context("no usable kubeconfig or in-cluster configuration")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no usable kubeconfig or in-cluster configuration")?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(http::serve(args.http_addr, metrics.clone(), ready.clone()));
@@ -98,7 +100,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
     // SIGTERM is how Kubernetes stops a pod; Ctrl-C is how a person does.
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -58,23 +58,51 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("cyclr");
         let cyclr_requests = Family::<CallLabels, Counter>::default();
-        registry.register("api_requests", "HTTP requests sent to the Cyclr API", cyclr_requests.clone());
+        registry.register(
+            "api_requests",
+            "HTTP requests sent to the Cyclr API",
+            cyclr_requests.clone(),
+        );
         let cyclr_latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
-        registry.register("api_request_duration_seconds", "Cyclr API request latency", cyclr_latency.clone());
+        registry.register(
+            "api_request_duration_seconds",
+            "Cyclr API request latency",
+            cyclr_latency.clone(),
+        );
         let reconciles = Family::<ReconcileLabels, Counter>::default();
-        registry.register("operator_reconciles", "Reconciles by kind and result", reconciles.clone());
+        registry.register(
+            "operator_reconciles",
+            "Reconciles by kind and result",
+            reconciles.clone(),
+        );
         let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
-        registry.register("operator_reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
+        registry.register(
+            "operator_reconcile_duration_seconds",
+            "Reconcile duration",
+            reconcile_duration.clone(),
+        );
         let kubernetes_writes = Family::<KindLabels, Counter>::default();
-        registry.register("operator_kubernetes_writes", "Writes to the Kubernetes API", kubernetes_writes.clone());
+        registry.register(
+            "operator_kubernetes_writes",
+            "Writes to the Kubernetes API",
+            kubernetes_writes.clone(),
+        );
         let account_tasks = Family::<AccountLabels, Gauge>::default();
-        registry.register("account_tasks", "Tasks used by a Cyclr account in its billing period", account_tasks.clone());
+        registry.register(
+            "account_tasks",
+            "Tasks used by a Cyclr account in its billing period",
+            account_tasks.clone(),
+        );
         let account_cycles = Family::<AccountLabels, Gauge>::default();
-        registry.register("account_cycles", "Cycles used by a Cyclr account in its billing period", account_cycles.clone());
+        registry.register(
+            "account_cycles",
+            "Cycles used by a Cyclr account in its billing period",
+            account_cycles.clone(),
+        );
         Metrics {
             registry,
             cyclr_requests,
@@ -98,23 +126,39 @@ impl Metrics {
 
     pub fn reconciled(&self, kind: &str, ok: bool, took: Duration) {
         let result = if ok { "success" } else { "error" };
-        self.reconciles.get_or_create(&ReconcileLabels { kind: kind.into(), result: result.into() }).inc();
-        self.reconcile_duration.get_or_create(&KindLabels { kind: kind.into() }).observe(took.as_secs_f64());
+        self.reconciles
+            .get_or_create(&ReconcileLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(took.as_secs_f64());
     }
 
     pub fn kubernetes_write(&self, kind: &str) {
-        self.kubernetes_writes.get_or_create(&KindLabels { kind: kind.into() }).inc();
+        self.kubernetes_writes
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 
     pub fn account_usage(&self, namespace: &str, name: &str, account_id: &str, tasks: u64, cycles: u64) {
-        let labels = AccountLabels { namespace: namespace.into(), name: name.into(), account_id: account_id.into() };
+        let labels = AccountLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+            account_id: account_id.into(),
+        };
         self.account_tasks.get_or_create(&labels).set(tasks as i64);
         self.account_cycles.get_or_create(&labels).set(cycles as i64);
     }
 
     /// A [`CallObserver`] that records one partner's Cyclr calls.
     pub fn cyclr_observer(self: &Arc<Self>, partner: &str) -> Arc<dyn CallObserver> {
-        Arc::new(PartnerCalls { partner: partner.to_string(), metrics: self.clone() })
+        Arc::new(PartnerCalls {
+            partner: partner.to_string(),
+            metrics: self.clone(),
+        })
     }
 }
 
@@ -128,10 +172,17 @@ impl CallObserver for PartnerCalls {
         let status = call.status.map(|s| s.to_string()).unwrap_or_else(|| "error".into());
         let m = &self.metrics;
         m.cyclr_requests
-            .get_or_create(&CallLabels { partner: self.partner.clone(), endpoint: call.endpoint.into(), status })
+            .get_or_create(&CallLabels {
+                partner: self.partner.clone(),
+                endpoint: call.endpoint.into(),
+                status,
+            })
             .inc();
         m.cyclr_latency
-            .get_or_create(&EndpointLabels { partner: self.partner.clone(), endpoint: call.endpoint.into() })
+            .get_or_create(&EndpointLabels {
+                partner: self.partner.clone(),
+                endpoint: call.endpoint.into(),
+            })
             .observe(call.latency.as_secs_f64());
     }
 }

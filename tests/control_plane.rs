@@ -8,8 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-    WatchEvent, WatchParams,
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
@@ -168,8 +167,7 @@ async fn cel_validation_rejects_a_bad_object() {
     .unwrap();
 
     let gvk = GroupVersionKind::gvk("testenv.cyclr.io", "v1", "Widget");
-    let widgets: Api<DynamicObject> =
-        Api::namespaced_with(env.client(), &ns, &ApiResource::from_gvk(&gvk));
+    let widgets: Api<DynamicObject> = Api::namespaced_with(env.client(), &ns, &ApiResource::from_gvk(&gvk));
     let widget = |name: &str, min: i64, max: i64| {
         serde_json::from_value::<DynamicObject>(json!({
             "apiVersion": "testenv.cyclr.io/v1",
@@ -183,10 +181,7 @@ async fn cel_validation_rejects_a_bad_object() {
     // A new CRD is served a moment after it is stored; until then creates answer 404.
     tokio::time::timeout(TIMEOUT, async {
         loop {
-            match widgets
-                .create(&PostParams::default(), &widget("good", 1, 3))
-                .await
-            {
+            match widgets.create(&PostParams::default(), &widget("good", 1, 3)).await {
                 Ok(_) => break,
                 Err(kube::Error::Api(status)) if status.code == 404 => {
                     tokio::time::sleep(Duration::from_millis(100)).await
@@ -198,15 +193,11 @@ async fn cel_validation_rejects_a_bad_object() {
     .await
     .expect("the Widget CRD was never served");
 
-    let rejected = widgets
-        .create(&PostParams::default(), &widget("bad", 5, 2))
-        .await;
+    let rejected = widgets.create(&PostParams::default(), &widget("bad", 5, 2)).await;
     let status = api_error(rejected);
     assert_eq!(status.code, 422, "{status:?}");
     assert!(
-        status
-            .message
-            .contains("minReplicas must not exceed maxReplicas"),
+        status.message.contains("minReplicas must not exceed maxReplicas"),
         "{}",
         status.message
     );
@@ -239,9 +230,9 @@ async fn rbac_denies_an_impersonated_service_account() {
     let denied = api_error(config_maps.list(&ListParams::default()).await);
     assert_eq!(denied.code, 403, "{denied:?}");
     assert!(
-        denied.message.contains(&format!(
-            "User \"{user}\" cannot list resource \"configmaps\""
-        )),
+        denied
+            .message
+            .contains(&format!("User \"{user}\" cannot list resource \"configmaps\"")),
         "{}",
         denied.message
     );

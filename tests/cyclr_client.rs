@@ -6,12 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use cyclr_operator::cyclr::types::{
-    AccountFields, ConnectorAuth, CyclrDate, InstallConnectorRequest, PricePlanId,
-};
-use cyclr_operator::cyclr::{
-    CallObserver, CallRecord, ClientConfig, CyclrClient, CyclrError, RetryPolicy,
-};
+use cyclr_operator::cyclr::types::{AccountFields, ConnectorAuth, CyclrDate, InstallConnectorRequest, PricePlanId};
+use cyclr_operator::cyclr::{CallObserver, CallRecord, ClientConfig, CyclrClient, CyclrError, RetryPolicy};
 use cyclr_operator::sim::{Faults, LostResponse, SimConfig, SimHandle, Simulator};
 use secrecy::ExposeSecret;
 
@@ -102,10 +98,7 @@ async fn every_endpoint_round_trips() {
 
     cyclr.authenticate().await.unwrap();
     let details = cyclr.partner_details().await.unwrap();
-    assert_eq!(
-        details.application_display_name.as_deref(),
-        Some("Example Partner")
-    );
+    assert_eq!(details.application_display_name.as_deref(), Some("Example Partner"));
     assert_eq!(details.domain.as_deref(), Some("partner.example.com"));
 
     let plans = cyclr.price_plans().await.unwrap();
@@ -140,10 +133,7 @@ async fn every_endpoint_round_trips() {
     assert_eq!(cyclr.update_account(&id, &change).await.unwrap(), id);
     let updated = &sim.accounts()[0];
     assert_eq!(updated.description.as_deref(), Some("Changed"));
-    assert_eq!(
-        updated.name, "Demo Account",
-        "fields not sent keep their value"
-    );
+    assert_eq!(updated.name, "Demo Account", "fields not sent keep their value");
 
     let usage = cyclr.account_usage(&id, None).await.unwrap();
     assert_eq!(usage.current_price_plan_id, Some(pro.id));
@@ -151,18 +141,12 @@ async fn every_endpoint_round_trips() {
     let since = cyclr.account_usage(&id, Some(from)).await.unwrap();
     assert_eq!(since.from_date.map(|d| d.0.date_naive()), Some(from));
 
-    let token = cyclr
-        .create_signin_token(&id, "user@example.com")
-        .await
-        .unwrap();
+    let token = cyclr.create_signin_token(&id, "user@example.com").await.unwrap();
     assert!(!token.token.expose_secret().is_empty());
     assert!(token.expires_at_utc.0 > chrono::Utc::now() + chrono::Duration::minutes(4));
 
     assert!(cyclr.installed_connectors(&id).await.unwrap().is_empty());
-    cyclr
-        .install_connector(&install_request(&id, "api-key"))
-        .await
-        .unwrap();
+    cyclr.install_connector(&install_request(&id, "api-key")).await.unwrap();
     let installed = cyclr.installed_connectors(&id).await.unwrap();
     assert_eq!(installed.len(), 1);
     assert_eq!(installed[0].name, "Demo Connector");
@@ -178,23 +162,14 @@ async fn every_endpoint_round_trips() {
     assert_eq!(stats.requests_to(TOKEN), 1, "one token serves every call");
     assert_eq!(stats.requests_to(CREATE), 1);
     assert_eq!(stats.requests_to(UPDATE), 1);
-    assert_eq!(
-        stats.requests_to("GET /api/partner/accounts/{id}/billing"),
-        2
-    );
+    assert_eq!(stats.requests_to("GET /api/partner/accounts/{id}/billing"), 2);
     assert_eq!(stats.requests_to("GET /v1.0/account/connectors"), 2);
-    assert_eq!(
-        stats.responses.keys().copied().collect::<Vec<_>>(),
-        vec![200]
-    );
+    assert_eq!(stats.responses.keys().copied().collect::<Vec<_>>(), vec![200]);
 
     // The observer saw each HTTP request once, first attempts all.
     let all = recorder.0.lock().unwrap().clone();
     assert_eq!(all.len() as u64, stats.total_requests());
-    assert!(
-        all.iter().all(|c| c.status == Some(200) && c.attempt == 1),
-        "{all:?}"
-    );
+    assert!(all.iter().all(|c| c.status == Some(200) && c.attempt == 1), "{all:?}");
     let create = recorder.calls("create_account");
     assert_eq!((create.len(), create[0].method), (1, "POST"));
     assert_eq!(recorder.calls("update_account")[0].method, "PUT");
@@ -221,11 +196,7 @@ async fn wrong_credentials_are_unauthorized_and_not_retried() {
         Err(CyclrError::Unauthorized { .. })
     ));
     let stats = sim.stats();
-    assert_eq!(
-        stats.requests_to(TOKEN),
-        2,
-        "one token request per call, no retries"
-    );
+    assert_eq!(stats.requests_to(TOKEN), 2, "one token request per call, no retries");
     assert_eq!(stats.requests_to(LIST), 0);
 }
 
@@ -235,10 +206,7 @@ async fn unknown_account_is_not_found() {
     let cyclr = client(&sim);
     let unknown = "ffffffffffffffffffffffffffffffff";
 
-    let error = cyclr
-        .update_account(unknown, &named("x"))
-        .await
-        .unwrap_err();
+    let error = cyclr.update_account(unknown, &named("x")).await.unwrap_err();
     assert!(
         matches!(&error, CyclrError::NotFound { message } if message.contains(unknown)),
         "{error:?}"
@@ -256,9 +224,7 @@ async fn unknown_account_is_not_found() {
         Err(CyclrError::NotFound { .. })
     ));
     assert!(matches!(
-        cyclr
-            .install_connector(&install_request(unknown, "k"))
-            .await,
+        cyclr.install_connector(&install_request(unknown, "k")).await,
         Err(CyclrError::NotFound { .. })
     ));
     assert_eq!(sim.stats().requests_to(UPDATE), 1, "a 404 is final");
@@ -426,13 +392,7 @@ async fn server_errors_are_retried_for_idempotent_calls() {
 
     let error = cyclr.list_accounts().await.unwrap_err();
     assert!(
-        matches!(
-            error,
-            CyclrError::Server {
-                status: 500 | 503,
-                ..
-            }
-        ),
+        matches!(error, CyclrError::Server { status: 500 | 503, .. }),
         "{error:?}"
     );
     assert_eq!(sim.stats().requests_to(LIST), 3, "max_attempts");
@@ -453,10 +413,7 @@ async fn an_update_whose_response_was_lost_is_retried() {
         commit_then_fail: 1,
         ..Faults::default()
     });
-    assert_eq!(
-        cyclr.update_account(&id, &named("after")).await.unwrap(),
-        id
-    );
+    assert_eq!(cyclr.update_account(&id, &named("after")).await.unwrap(), id);
     assert_eq!(sim.stats().requests_to(UPDATE), 2);
     assert_eq!(sim.accounts()[0].name, "after");
 }
@@ -477,18 +434,8 @@ async fn writes_that_must_not_repeat_are_sent_once_under_server_errors() {
         matches!(error, CyclrError::Server { .. }) && error.outcome_unknown(),
         "{error:?}"
     );
-    assert!(
-        cyclr
-            .install_connector(&install_request(&id, "k"))
-            .await
-            .is_err()
-    );
-    assert!(
-        cyclr
-            .create_signin_token(&id, "u@example.com")
-            .await
-            .is_err()
-    );
+    assert!(cyclr.install_connector(&install_request(&id, "k")).await.is_err());
+    assert!(cyclr.create_signin_token(&id, "u@example.com").await.is_err());
     let stats = sim.stats();
     assert_eq!(stats.requests_to(CREATE), 1);
     assert_eq!(stats.requests_to(INSTALL), 1);
@@ -525,9 +472,7 @@ async fn slow_answers_time_out() {
     let recorder = Arc::new(Recorder::default());
     let mut config = config(&sim);
     config.request_timeout = Duration::from_millis(300);
-    let cyclr = CyclrClient::new(config)
-        .unwrap()
-        .with_observer(recorder.clone());
+    let cyclr = CyclrClient::new(config).unwrap().with_observer(recorder.clone());
     cyclr.authenticate().await.unwrap();
     sim.set_faults(Faults {
         latency: Duration::from_millis(1500),
@@ -536,17 +481,8 @@ async fn slow_answers_time_out() {
 
     let error = cyclr.list_accounts().await.unwrap_err();
     assert!(matches!(error, CyclrError::Timeout(_)), "{error:?}");
-    assert_eq!(
-        sim.stats().requests_to(LIST),
-        3,
-        "a read is retried after a timeout"
-    );
-    assert!(
-        recorder
-            .calls("list_accounts")
-            .iter()
-            .all(|c| c.status.is_none())
-    );
+    assert_eq!(sim.stats().requests_to(LIST), 3, "a read is retried after a timeout");
+    assert!(recorder.calls("list_accounts").iter().all(|c| c.status.is_none()));
 
     let error = cyclr.create_account(&named("slow")).await.unwrap_err();
     assert!(
@@ -564,25 +500,16 @@ async fn unreachable_cyclr_is_a_transport_error() {
         .unwrap()
         .port();
     let recorder = Arc::new(Recorder::default());
-    let mut config = ClientConfig::new(
-        format!("http://127.0.0.1:{port}/"),
-        CLIENT_ID,
-        CLIENT_SECRET.into(),
-    );
+    let mut config = ClientConfig::new(format!("http://127.0.0.1:{port}/"), CLIENT_ID, CLIENT_SECRET.into());
     config.retry.initial_backoff = Duration::from_millis(10);
     config.retry.max_attempts = 2;
-    let cyclr = CyclrClient::new(config)
-        .unwrap()
-        .with_observer(recorder.clone());
+    let cyclr = CyclrClient::new(config).unwrap().with_observer(recorder.clone());
     // Nothing was sent, so even a create may be retried.
     let error = cyclr.create_account(&named("x")).await.unwrap_err();
     assert!(matches!(error, CyclrError::Transport(_)), "{error:?}");
     let tokens = recorder.calls("oauth_token");
     assert_eq!(
-        tokens
-            .iter()
-            .map(|c| (c.attempt, c.status))
-            .collect::<Vec<_>>(),
+        tokens.iter().map(|c| (c.attempt, c.status)).collect::<Vec<_>>(),
         vec![(1, None), (2, None)]
     );
 }
@@ -604,11 +531,7 @@ async fn the_token_is_renewed_before_it_expires() {
     cyclr.list_accounts().await.unwrap();
     let stats = sim.stats();
     assert_eq!(stats.requests_to(TOKEN), 2);
-    assert_eq!(
-        stats.responses.get(&401),
-        None,
-        "renewed before Cyclr refused it"
-    );
+    assert_eq!(stats.responses.get(&401), None, "renewed before Cyclr refused it");
 }
 
 #[tokio::test]
@@ -679,10 +602,7 @@ async fn the_rate_limiter_holds_its_rate_under_many_callers() {
     }
     // 41 requests with a burst of 5 (the token request took one): at least 36 / 5 s.
     let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(7000),
-        "40 calls in {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(7000), "40 calls in {elapsed:?}");
     assert_eq!(sim.stats().requests_to("GET /api/partner/priceplans"), 40);
 }
 
@@ -727,10 +647,7 @@ async fn credentials_never_reach_debug_output_or_logs() {
     let error = cyclr.install_connector(&request).await.unwrap_err();
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.contains("install_connector"),
-        "the calls were logged: {logs}"
-    );
+    assert!(logs.contains("install_connector"), "the calls were logged: {logs}");
     let debug = format!("{config:?} {cyclr:?} {request:?} {error:?} {error}");
     for text in [&logs, &debug] {
         for secret in [CLIENT_SECRET, CLIENT_ID, "c0nnector-api-k3y", "Bearer "] {

@@ -38,7 +38,11 @@ async fn create_gives_ready_account_with_id_and_exactly_one_cyclr_account() {
     assert_eq!(accounts.len(), 1, "exactly one account in Cyclr: {accounts:?}");
     assert_eq!(accounts[0].id, id);
     assert_eq!(accounts[0].name, "acme");
-    assert_eq!(accounts[0].price_plan_id, Some(PricePlanId(3)), "plan Pro resolved by name");
+    assert_eq!(
+        accounts[0].price_plan_id,
+        Some(PricePlanId(3)),
+        "plan Pro resolved by name"
+    );
     assert_eq!(status.price_plan_id, Some(3));
     assert_eq!(status.observed_generation, ready.metadata.generation);
     assert_eq!(h.cyclr_requests(CREATE), 1);
@@ -71,18 +75,38 @@ async fn spec_change_sends_one_update_with_only_the_changed_field() {
     let body = h.sim.last_update_body().expect("the update body");
     assert_eq!(body, json!({"Description": "after"}), "only the changed field is sent");
     let after = h.sim.accounts()[0].clone();
-    assert_eq!((after.name, after.price_plan_id, after.audit_info), (before.name, before.price_plan_id, before.audit_info));
+    assert_eq!(
+        (after.name, after.price_plan_id, after.audit_info),
+        (before.name, before.price_plan_id, before.audit_info)
+    );
     h.wait_event("acme", "Updated").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_made_in_cyclr_is_corrected_within_the_resync_interval() {
     let h = Harness::start("drift", "10s").await;
-    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}, "pricePlan": {"id": 3}, "description": "managed"}))).await;
-    let id = h.wait_account_condition("acme", READY, "True", None).await.status.unwrap().account_id.unwrap();
+    h.apply::<CyclrAccount>(account(
+        "acme",
+        json!({"partnerRef": {"name": h.partner}, "pricePlan": {"id": 3}, "description": "managed"}),
+    ))
+    .await;
+    let id = h
+        .wait_account_condition("acme", READY, "True", None)
+        .await
+        .status
+        .unwrap()
+        .account_id
+        .unwrap();
     let cyclr = cyclr_client(&h.sim);
-    let tamper = AccountFields { description: Some("changed by hand".into()), price_plan_id: Some(PricePlanId(2)), ..Default::default() };
-    cyclr.update_account(&id, &tamper).await.expect("update behind the operator's back");
+    let tamper = AccountFields {
+        description: Some("changed by hand".into()),
+        price_plan_id: Some(PricePlanId(2)),
+        ..Default::default()
+    };
+    cyclr
+        .update_account(&id, &tamper)
+        .await
+        .expect("update behind the operator's back");
     let updates_before = h.cyclr_requests(UPDATE);
     let start = std::time::Instant::now();
     h.wait_for("drift corrected in Cyclr", Duration::from_secs(25), || async {
@@ -100,17 +124,27 @@ async fn drift_made_in_cyclr_is_corrected_within_the_resync_interval() {
 async fn adoption_by_account_id_and_an_account_deleted_in_cyclr_is_reported() {
     let h = Harness::start("adopt", "10s").await;
     let cyclr = cyclr_client(&h.sim);
-    let fields = AccountFields { name: Some("existing".into()), price_plan_id: Some(PricePlanId(2)), ..Default::default() };
+    let fields = AccountFields {
+        name: Some("existing".into()),
+        price_plan_id: Some(PricePlanId(2)),
+        ..Default::default()
+    };
     let id = cyclr.create_account(&fields).await.unwrap();
     let creates = h.cyclr_requests(CREATE);
-    h.apply::<CyclrAccount>(account("existing", json!({"partnerRef": {"name": h.partner}, "accountId": id, "pricePlan": {"id": 2}}))).await;
+    h.apply::<CyclrAccount>(account(
+        "existing",
+        json!({"partnerRef": {"name": h.partner}, "accountId": id, "pricePlan": {"id": 2}}),
+    ))
+    .await;
     let ready = h.wait_account_condition("existing", READY, "True", None).await;
     assert_eq!(ready.status.unwrap().account_id.as_deref(), Some(id.as_str()));
     assert_eq!(h.cyclr_requests(CREATE), creates, "adoption creates nothing");
     h.wait_event("existing", "Adopted").await;
 
     assert!(h.sim.delete_account(&id));
-    let stalled = h.wait_account_condition("existing", STALLED, "True", Some("ExternalAccountMissing")).await;
+    let stalled = h
+        .wait_account_condition("existing", STALLED, "True", Some("ExternalAccountMissing"))
+        .await;
     assert_eq!(ready_reason(&stalled).0, "False");
     assert_eq!(h.sim.accounts().len(), 0, "never re-created");
     assert_eq!(h.cyclr_requests(CREATE), creates);
@@ -119,12 +153,19 @@ async fn adoption_by_account_id_and_an_account_deleted_in_cyclr_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_create_response_still_gives_exactly_one_account() {
     let h = Harness::start("lost", "10s").await;
-    h.sim.set_faults(Faults { commit_then_fail: 1, ..Default::default() });
-    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}}))).await;
+    h.sim.set_faults(Faults {
+        commit_then_fail: 1,
+        ..Default::default()
+    });
+    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}})))
+        .await;
     let ready = h.wait_account_condition("acme", READY, "True", None).await;
     let accounts = h.sim.accounts();
     assert_eq!(accounts.len(), 1, "exactly one account: {accounts:?}");
-    assert_eq!(ready.status.unwrap().account_id.as_deref(), Some(accounts[0].id.as_str()));
+    assert_eq!(
+        ready.status.unwrap().account_id.as_deref(),
+        Some(accounts[0].id.as_str())
+    );
     assert_eq!(h.cyclr_requests(CREATE), 1, "the create was never re-sent");
     h.wait_event("acme", "Adopted").await;
 }
@@ -134,20 +175,39 @@ async fn operator_killed_between_create_and_status_write_adopts_on_restart() {
     let mut h = Harness::start("kill", "10s").await;
     // The write is committed, then its response takes 5 s: long enough to kill the operator
     // while it waits, before it can store the id.
-    h.sim.set_faults(Faults { write_response_delay: Duration::from_secs(5), ..Default::default() });
-    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}}))).await;
-    h.wait_for("the account to exist in Cyclr", Duration::from_secs(30), || async { (!h.sim.accounts().is_empty()).then_some(()) }).await;
+    h.sim.set_faults(Faults {
+        write_response_delay: Duration::from_secs(5),
+        ..Default::default()
+    });
+    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}})))
+        .await;
+    h.wait_for("the account to exist in Cyclr", Duration::from_secs(30), || async {
+        (!h.sim.accounts().is_empty()).then_some(())
+    })
+    .await;
     h.kill_operator();
     let orphaned = h.account("acme").await;
-    assert!(orphaned.status.as_ref().and_then(|s| s.account_id.as_ref()).is_none(), "killed before the status write");
-    assert!(orphaned.metadata.annotations.unwrap_or_default().contains_key(annotations::CREATE_PENDING));
+    assert!(
+        orphaned.status.as_ref().and_then(|s| s.account_id.as_ref()).is_none(),
+        "killed before the status write"
+    );
+    assert!(
+        orphaned
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(annotations::CREATE_PENDING)
+    );
 
     h.sim.set_faults(Faults::default());
     h.start_operator();
     let ready = h.wait_account_condition("acme", READY, "True", None).await;
     let accounts = h.sim.accounts();
     assert_eq!(accounts.len(), 1, "still exactly one account");
-    assert_eq!(ready.status.unwrap().account_id.as_deref(), Some(accounts[0].id.as_str()));
+    assert_eq!(
+        ready.status.unwrap().account_id.as_deref(),
+        Some(accounts[0].id.as_str())
+    );
     assert_eq!(h.cyclr_requests(CREATE), 1);
     h.wait_no_pending_create("acme").await;
     h.wait_event("acme", "Adopted").await;
@@ -156,18 +216,35 @@ async fn operator_killed_between_create_and_status_write_adopts_on_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_price_plan_stalls_and_makes_no_more_calls_until_the_spec_changes() {
     let h = Harness::start("plan", "10s").await;
-    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}, "pricePlan": {"name": "Platinum"}}))).await;
-    let stalled = h.wait_account_condition("acme", STALLED, "True", Some("PricePlanNotFound")).await;
-    let message = condition(&stalled.status.unwrap().conditions, READY).unwrap().message.clone();
+    h.apply::<CyclrAccount>(account(
+        "acme",
+        json!({"partnerRef": {"name": h.partner}, "pricePlan": {"name": "Platinum"}}),
+    ))
+    .await;
+    let stalled = h
+        .wait_account_condition("acme", STALLED, "True", Some("PricePlanNotFound"))
+        .await;
+    let message = condition(&stalled.status.unwrap().conditions, READY)
+        .unwrap()
+        .message
+        .clone();
     assert!(message.contains("Platinum") && message.contains("Starter"), "{message}");
     let requests = h.sim.stats();
     tokio::time::sleep(Duration::from_secs(12)).await; // past one resync
     let later = h.sim.stats();
     for endpoint in [CREATE, UPDATE, USAGE] {
-        assert_eq!(later.requests_to(endpoint), requests.requests_to(endpoint), "no {endpoint} while stalled");
+        assert_eq!(
+            later.requests_to(endpoint),
+            requests.requests_to(endpoint),
+            "no {endpoint} while stalled"
+        );
     }
     assert_eq!(h.sim.accounts().len(), 0);
-    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}, "pricePlan": {"name": "Starter"}}))).await;
+    h.apply::<CyclrAccount>(account(
+        "acme",
+        json!({"partnerRef": {"name": h.partner}, "pricePlan": {"name": "Starter"}}),
+    ))
+    .await;
     let ready = h.wait_account_condition("acme", READY, "True", None).await;
     assert_eq!(ready.status.unwrap().price_plan_id, Some(2));
 }
@@ -175,17 +252,27 @@ async fn unknown_price_plan_stalls_and_makes_no_more_calls_until_the_spec_change
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_installs_happen_exactly_once_across_restarts_and_resyncs() {
     let mut h = Harness::start("install", "10s").await;
-    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}}))).await;
+    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}})))
+        .await;
     // The API-key install waits for its Secret, and says which.
     h.apply::<CyclrConnectorInstall>(json!({"metadata": {"name": "slack"}, "spec": {
         "accountRef": {"name": "acme"}, "connectorName": "Slack", "connectorVersion": "v1",
-        "auth": {"apiKeySecretRef": {"name": "slack-key", "key": "apiKey"}}}})).await;
+        "auth": {"apiKeySecretRef": {"name": "slack-key", "key": "apiKey"}}}}))
+        .await;
     h.apply::<CyclrConnectorInstall>(json!({"metadata": {"name": "jira"}, "spec": {
         "accountRef": {"name": "acme"}, "connectorName": "Jira", "connectorVersion": "v2", "installedName": "Jira Cloud",
         "auth": {"basicAuthSecretRef": {"name": "jira-login"}}}})).await;
-    h.put_secret("jira-login", &[("username", "robot"), ("password", "hunter2-password")]).await;
-    let waiting = h.wait_install_condition("slack", READY, "False", Some("SecretNotFound")).await;
-    assert!(condition(&waiting.status.unwrap().conditions, READY).unwrap().message.contains("slack-key"));
+    h.put_secret("jira-login", &[("username", "robot"), ("password", "hunter2-password")])
+        .await;
+    let waiting = h
+        .wait_install_condition("slack", READY, "False", Some("SecretNotFound"))
+        .await;
+    assert!(
+        condition(&waiting.status.unwrap().conditions, READY)
+            .unwrap()
+            .message
+            .contains("slack-key")
+    );
     h.put_secret("slack-key", &[("apiKey", "sk-live-123456")]).await;
     let slack = h.wait_install_condition("slack", READY, "True", None).await;
     let jira = h.wait_install_condition("jira", READY, "True", None).await;
@@ -202,25 +289,45 @@ async fn connector_installs_happen_exactly_once_across_restarts_and_resyncs() {
     h.kill_operator();
     h.start_operator();
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(h.cyclr_requests(INSTALL), 2, "no install repeated after restart and resync");
+    assert_eq!(
+        h.cyclr_requests(INSTALL),
+        2,
+        "no install repeated after restart and resync"
+    );
     assert_eq!(h.sim.installed_connectors(&account_id).len(), 2);
     for install in ["slack", "jira"] {
         let yaml = serde_json::to_string(&h.install(install).await).unwrap();
-        assert!(!yaml.contains("sk-live-123456") && !yaml.contains("hunter2-password"), "no credential in the resource");
+        assert!(
+            !yaml.contains("sk-live-123456") && !yaml.contains("hunter2-password"),
+            "no credential in the resource"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_partner_credentials_make_accounts_wait_and_recover_when_fixed() {
     let h = Harness::start("creds", "10s").await;
-    h.put_secret("partner-credentials", &[("client_id", support::CLIENT_ID), ("client_secret", "wrong")]).await;
-    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}}))).await;
+    h.put_secret(
+        "partner-credentials",
+        &[("client_id", support::CLIENT_ID), ("client_secret", "wrong")],
+    )
+    .await;
+    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}})))
+        .await;
     let partner = h.wait_partner_ready("False").await;
     let c = condition(&partner.status.unwrap().conditions, READY).unwrap().clone();
     assert_eq!(c.reason, "AuthenticationFailed");
-    h.wait_account_condition("acme", READY, "False", Some("PartnerNotReady")).await;
+    h.wait_account_condition("acme", READY, "False", Some("PartnerNotReady"))
+        .await;
     assert_eq!(h.cyclr_requests(CREATE), 0);
-    h.put_secret("partner-credentials", &[("client_id", support::CLIENT_ID), ("client_secret", support::CLIENT_SECRET)]).await;
+    h.put_secret(
+        "partner-credentials",
+        &[
+            ("client_id", support::CLIENT_ID),
+            ("client_secret", support::CLIENT_SECRET),
+        ],
+    )
+    .await;
     h.wait_partner_ready("True").await;
     h.wait_account_condition("acme", READY, "True", None).await;
     assert_eq!(h.sim.accounts().len(), 1);
@@ -230,13 +337,28 @@ async fn wrong_partner_credentials_make_accounts_wait_and_recover_when_fixed() {
 async fn paused_and_observe_only_accounts_make_no_cyclr_writes() {
     let h = Harness::start("quiet", "10s").await;
     let cyclr = cyclr_client(&h.sim);
-    let id = cyclr.create_account(&AccountFields { name: Some("watched".into()), description: Some("as is".into()), ..Default::default() }).await.unwrap();
+    let id = cyclr
+        .create_account(&AccountFields {
+            name: Some("watched".into()),
+            description: Some("as is".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let writes = h.sim.stats().writes;
     h.apply::<CyclrAccount>(json!({"metadata": {"name": "paused", "annotations": {"cyclr.com/paused": "true"}}, "spec": {"partnerRef": {"name": h.partner}}})).await;
     h.apply::<CyclrAccount>(account("watched", json!({"partnerRef": {"name": h.partner}, "accountId": id, "managementPolicy": "ObserveOnly", "description": "different"}))).await;
-    h.wait_account_condition("paused", READY, "Unknown", Some("Paused")).await;
-    let observed = h.wait_account_condition("watched", READY, "True", Some("Observed")).await;
-    assert!(condition(&observed.status.unwrap().conditions, READY).unwrap().message.contains("not corrected"));
+    h.wait_account_condition("paused", READY, "Unknown", Some("Paused"))
+        .await;
+    let observed = h
+        .wait_account_condition("watched", READY, "True", Some("Observed"))
+        .await;
+    assert!(
+        condition(&observed.status.unwrap().conditions, READY)
+            .unwrap()
+            .message
+            .contains("not corrected")
+    );
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert_eq!(h.sim.stats().writes, writes, "no Cyclr writes");
     assert_eq!(h.sim.accounts().len(), 1);
@@ -245,7 +367,11 @@ async fn paused_and_observe_only_accounts_make_no_cyclr_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_state_makes_no_writes_and_orphan_deletion_is_immediate() {
     let h = Harness::start("steady", "10s").await;
-    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}, "pricePlan": {"id": 2}, "usage": {"enabled": false}}))).await;
+    h.apply::<CyclrAccount>(account(
+        "acme",
+        json!({"partnerRef": {"name": h.partner}, "pricePlan": {"id": 2}, "usage": {"enabled": false}}),
+    ))
+    .await;
     h.apply::<CyclrConnectorInstall>(json!({"metadata": {"name": "hook"}, "spec": {"accountRef": {"name": "acme"}, "connectorName": "Webhook", "connectorVersion": "v1"}})).await;
     h.wait_account_condition("acme", READY, "True", None).await;
     h.wait_install_condition("hook", READY, "True", None).await;
@@ -256,24 +382,66 @@ async fn steady_state_makes_no_writes_and_orphan_deletion_is_immediate() {
         (billed && counted).then_some(())
     })
     .await;
-    let before = (serde_json::to_string(&h.account("acme").await.status).unwrap(), serde_json::to_string(&h.partner().await.status).unwrap());
-    let versions = (h.account("acme").await.metadata.resource_version, h.install("hook").await.metadata.resource_version, h.partner().await.metadata.resource_version);
+    let before = (
+        serde_json::to_string(&h.account("acme").await.status).unwrap(),
+        serde_json::to_string(&h.partner().await.status).unwrap(),
+    );
+    let versions = (
+        h.account("acme").await.metadata.resource_version,
+        h.install("hook").await.metadata.resource_version,
+        h.partner().await.metadata.resource_version,
+    );
     let writes = h.sim.stats().writes;
     let lists = h.cyclr_requests("GET /api/partner/accounts");
     tokio::time::sleep(Duration::from_secs(25)).await; // two resyncs
-    let after = (h.account("acme").await.metadata.resource_version, h.install("hook").await.metadata.resource_version, h.partner().await.metadata.resource_version);
-    let after_status = (serde_json::to_string(&h.account("acme").await.status).unwrap(), serde_json::to_string(&h.partner().await.status).unwrap());
-    assert_eq!(versions, after, "no Kubernetes write at steady state: {before:#?} {after_status:#?}");
+    let after = (
+        h.account("acme").await.metadata.resource_version,
+        h.install("hook").await.metadata.resource_version,
+        h.partner().await.metadata.resource_version,
+    );
+    let after_status = (
+        serde_json::to_string(&h.account("acme").await.status).unwrap(),
+        serde_json::to_string(&h.partner().await.status).unwrap(),
+    );
+    assert_eq!(
+        versions, after,
+        "no Kubernetes write at steady state: {before:#?} {after_status:#?}"
+    );
     assert_eq!(h.sim.stats().writes, writes, "no Cyclr write at steady state");
     let lists_made = h.cyclr_requests("GET /api/partner/accounts") - lists;
-    assert!((1..=3).contains(&lists_made), "one shared List Accounts per resync, saw {lists_made} in 25 s");
+    assert!(
+        (1..=3).contains(&lists_made),
+        "one shared List Accounts per resync, saw {lists_made} in 25 s"
+    );
 
     // Orphan: no finalizer, so deletion completes at once and the Cyclr account stays.
-    assert!(h.account("acme").await.metadata.finalizers.unwrap_or_default().is_empty());
-    h.api::<CyclrAccount>().delete("acme", &DeleteParams::default()).await.unwrap();
-    h.api::<CyclrConnectorInstall>().delete("hook", &DeleteParams::default()).await.unwrap();
-    assert!(h.api::<CyclrAccount>().get_opt("acme").await.unwrap().is_none(), "deleted at once");
-    assert!(h.api::<CyclrConnectorInstall>().get_opt("hook").await.unwrap().is_none());
+    assert!(
+        h.account("acme")
+            .await
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .is_empty()
+    );
+    h.api::<CyclrAccount>()
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.api::<CyclrConnectorInstall>()
+        .delete("hook", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        h.api::<CyclrAccount>().get_opt("acme").await.unwrap().is_none(),
+        "deleted at once"
+    );
+    assert!(
+        h.api::<CyclrConnectorInstall>()
+            .get_opt("hook")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(h.sim.accounts().len(), 1, "the Cyclr account is orphaned, not deleted");
 }
 
@@ -292,15 +460,28 @@ async fn invalid_manifests_are_rejected_at_admission_with_clear_messages() {
             assert!(err.to_string().contains(expected), "expected {expected:?} in {err}");
         }
     };
-    reject(account("a", json!({"pricePlan": {"id": 2, "name": "Pro"}})), "exactly one of id or name").await;
-    reject(account("a", json!({"deletionPolicy": "Delete"})), "cannot delete accounts").await;
-    reject(account("a", json!({"managementPolicy": "ObserveOnly"})), "needs spec.accountId").await;
+    reject(
+        account("a", json!({"pricePlan": {"id": 2, "name": "Pro"}})),
+        "exactly one of id or name",
+    )
+    .await;
+    reject(
+        account("a", json!({"deletionPolicy": "Delete"})),
+        "cannot delete accounts",
+    )
+    .await;
+    reject(
+        account("a", json!({"managementPolicy": "ObserveOnly"})),
+        "needs spec.accountId",
+    )
+    .await;
     reject(account("a", json!({"timezone": "not a zone"})), "timezone").await;
     let mut install = json!({"kind": "CyclrConnectorInstall", "metadata": {"name": "i"}, "spec": {"accountRef": {"name": "a"}, "connectorName": "X", "connectorVersion": "v1",
         "auth": {"apiKeySecretRef": {"name": "s"}, "basicAuthSecretRef": {"name": "t"}}}});
     reject(install.clone(), "at most one of").await;
     // Immutable fields.
-    h.apply::<CyclrAccount>(account("fixed", json!({"accountId": "abc"}))).await;
+    h.apply::<CyclrAccount>(account("fixed", json!({"accountId": "abc"})))
+        .await;
     reject(account("fixed", json!({"accountId": "def"})), "immutable").await;
     install["spec"]["auth"] = json!(null);
     h.apply::<CyclrConnectorInstall>(install.clone()).await;

@@ -4,9 +4,8 @@
 
 use chrono::{NaiveDateTime, Timelike};
 use cyclr_operator::cyclr::types::{
-    Account, AccountFields, AccountUsage, ConnectorAuth, CyclrDate, IdResponse,
-    InstallConnectorBody, InstallConnectorRequest, PartnerDetails, PricePlan, PricePlanId,
-    SignInToken, SignInTokenRequest,
+    Account, AccountFields, AccountUsage, ConnectorAuth, CyclrDate, IdResponse, InstallConnectorBody,
+    InstallConnectorRequest, PartnerDetails, PricePlan, PricePlanId, SignInToken, SignInTokenRequest,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -57,10 +56,7 @@ fn list_accounts_response() {
         }]
     );
     // Written back in the legacy form the seed uses.
-    assert_eq!(
-        serde_json::to_value(&accounts).unwrap(),
-        value(LIST_ACCOUNTS_RESPONSE)
-    );
+    assert_eq!(serde_json::to_value(&accounts).unwrap(), value(LIST_ACCOUNTS_RESPONSE));
 }
 
 // ---- Partner Details -------------------------------------------------------------------------
@@ -156,10 +152,7 @@ fn create_and_update_requests_round_trip() {
         }
     );
     // What the client sends is the seed's body, field for field.
-    assert_eq!(
-        serde_json::to_value(&create).unwrap(),
-        value(CREATE_ACCOUNT_REQUEST)
-    );
+    assert_eq!(serde_json::to_value(&create).unwrap(), value(CREATE_ACCOUNT_REQUEST));
 
     let update: AccountFields = serde_json::from_str(UPDATE_ACCOUNT_REQUEST).unwrap();
     assert_eq!(
@@ -168,10 +161,7 @@ fn create_and_update_requests_round_trip() {
         "an empty Description is a value, not an absence"
     );
     assert_eq!(update.price_plan_id, Some(PricePlanId(3)));
-    assert_eq!(
-        serde_json::to_value(&update).unwrap(),
-        value(UPDATE_ACCOUNT_REQUEST)
-    );
+    assert_eq!(serde_json::to_value(&update).unwrap(), value(UPDATE_ACCOUNT_REQUEST));
 }
 
 #[test]
@@ -184,10 +174,7 @@ fn update_sends_only_the_fields_that_are_set() {
         price_plan_id: Some(PricePlanId(3)),
         ..Default::default()
     };
-    assert_eq!(
-        serde_json::to_value(&one).unwrap(),
-        json!({ "PricePlanId": 3 })
-    );
+    assert_eq!(serde_json::to_value(&one).unwrap(), json!({ "PricePlanId": 3 }));
 }
 
 #[test]
@@ -228,24 +215,15 @@ fn signin_token_request_is_the_seeds() {
         account_id: SEED_ID.into(),
         username: "user@example.com".into(),
     };
-    assert_eq!(
-        serde_json::to_value(&request).unwrap(),
-        value(SIGNIN_TOKEN_REQUEST)
-    );
+    assert_eq!(serde_json::to_value(&request).unwrap(), value(SIGNIN_TOKEN_REQUEST));
 }
 
 #[test]
 fn signin_token_response_with_seven_fraction_digits() {
     let token: SignInToken = serde_json::from_str(SIGNIN_TOKEN_RESPONSE).unwrap();
-    let expected = date("2016-11-18T10:50:45")
-        .0
-        .with_nanosecond(650_921_600)
-        .unwrap();
+    let expected = date("2016-11-18T10:50:45").0.with_nanosecond(650_921_600).unwrap();
     assert_eq!(token.expires_at_utc, CyclrDate(expected));
-    assert_eq!(
-        token.token.expose_secret(),
-        "0000000000000000000000000000000000000"
-    );
+    assert_eq!(token.token.expose_secret(), "0000000000000000000000000000000000000");
     // The token signs a user in: Debug must not show it.
     assert!(!format!("{token:?}").contains("0000000000000000000000000000000000000"));
 }
@@ -282,10 +260,7 @@ fn install(auth: ConnectorAuth) -> InstallConnectorRequest {
 #[test]
 fn install_connector_bodies_are_the_seeds() {
     let api_key = install(ConnectorAuth::ApiKey("api-key".into()));
-    assert_eq!(
-        serde_json::to_value(&api_key).unwrap(),
-        value(INSTALL_WITH_API_KEY)
-    );
+    assert_eq!(serde_json::to_value(&api_key).unwrap(), value(INSTALL_WITH_API_KEY));
     let basic = install(ConnectorAuth::Basic {
         username: "user".into(),
         password: "password".into(),
@@ -306,17 +281,10 @@ fn install_connector_bodies_are_the_seeds() {
 fn install_connector_bodies_parse_on_the_server_side() {
     let body: InstallConnectorBody = serde_json::from_str(INSTALL_WITH_API_KEY).unwrap();
     assert_eq!(body.connector_name.as_deref(), Some("Connector"));
-    assert_eq!(
-        body.api_key.as_ref().map(|k| k.expose_secret()),
-        Some("api-key")
-    );
-    let body: InstallConnectorBody =
-        serde_json::from_str(INSTALL_WITH_USERNAME_AND_PASSWORD).unwrap();
+    assert_eq!(body.api_key.as_ref().map(|k| k.expose_secret()), Some("api-key"));
+    let body: InstallConnectorBody = serde_json::from_str(INSTALL_WITH_USERNAME_AND_PASSWORD).unwrap();
     assert_eq!(body.username.as_deref(), Some("user"));
-    assert_eq!(
-        body.password.as_ref().map(|p| p.expose_secret()),
-        Some("password")
-    );
+    assert_eq!(body.password.as_ref().map(|p| p.expose_secret()), Some("password"));
 }
 
 #[test]
@@ -336,8 +304,7 @@ fn connector_credentials_never_appear_in_debug() {
             "{text}"
         );
     }
-    let body: InstallConnectorBody =
-        serde_json::from_str(&serde_json::to_string(&basic).unwrap()).unwrap();
+    let body: InstallConnectorBody = serde_json::from_str(&serde_json::to_string(&basic).unwrap()).unwrap();
     assert!(!format!("{body:?}").contains("pa55-0f-the-c0nnector"));
 }
 
@@ -371,10 +338,7 @@ fn price_plans_with_string_ids() {
         ]
     );
     // Written back as strings, as the list has them.
-    assert_eq!(
-        serde_json::to_value(&plans).unwrap(),
-        value(PRICE_PLANS_RESPONSE)
-    );
+    assert_eq!(serde_json::to_value(&plans).unwrap(), value(PRICE_PLANS_RESPONSE));
 }
 
 // ---- Get Account Usage -----------------------------------------------------------------------------
@@ -411,15 +375,9 @@ fn v1_dates_are_read_and_legacy_dates_written() {
     let v1 = CyclrDate::parse("2017-12-06T15:54:06.6440352Z").unwrap();
     assert_eq!(
         v1.0,
-        date("2017-12-06T15:54:06")
-            .0
-            .with_nanosecond(644_035_200)
-            .unwrap()
+        date("2017-12-06T15:54:06").0.with_nanosecond(644_035_200).unwrap()
     );
-    assert_eq!(
-        serde_json::to_value(v1).unwrap(),
-        json!("2017-12-06T15:54:06")
-    );
+    assert_eq!(serde_json::to_value(v1).unwrap(), json!("2017-12-06T15:54:06"));
     let account: Account = serde_json::from_value(json!({
         "Id": "JO-Test-1234567890",
         "Name": "v1.0 account",
@@ -433,13 +391,10 @@ fn v1_dates_are_read_and_legacy_dates_written() {
 #[test]
 fn price_plan_id_as_number_or_string() {
     for id in [json!(2), json!("2"), json!(" 2 ")] {
-        let account: Account =
-            serde_json::from_value(json!({ "Id": "a", "Name": "n", "PricePlanId": id })).unwrap();
+        let account: Account = serde_json::from_value(json!({ "Id": "a", "Name": "n", "PricePlanId": id })).unwrap();
         assert_eq!(account.price_plan_id, Some(PricePlanId(2)), "{id}");
-        let usage: AccountUsage = serde_json::from_value(
-            json!({ "TaskCount": 0, "CycleCount": 0, "CurrentPricePlanId": id }),
-        )
-        .unwrap();
+        let usage: AccountUsage =
+            serde_json::from_value(json!({ "TaskCount": 0, "CycleCount": 0, "CurrentPricePlanId": id })).unwrap();
         assert_eq!(usage.current_price_plan_id, Some(PricePlanId(2)), "{id}");
     }
     let plan: PricePlan = serde_json::from_value(json!({ "Id": 7, "Name": "Numeric" })).unwrap();
@@ -460,16 +415,9 @@ fn unknown_fields_are_ignored() {
 
     let mut usage = value(ACCOUNT_USAGE_RESPONSE);
     usage["Extra"] = json!({ "Nested": true });
-    assert_eq!(
-        serde_json::from_value::<AccountUsage>(usage)
-            .unwrap()
-            .task_count,
-        1623
-    );
+    assert_eq!(serde_json::from_value::<AccountUsage>(usage).unwrap().task_count, 1623);
 
-    let token: SignInToken = serde_json::from_value(
-        json!({ "Token": "t", "ExpiresAtUtc": "2016-11-18T10:50:45Z", "Url": "x" }),
-    )
-    .unwrap();
+    let token: SignInToken =
+        serde_json::from_value(json!({ "Token": "t", "ExpiresAtUtc": "2016-11-18T10:50:45Z", "Url": "x" })).unwrap();
     assert_eq!(token.token.expose_secret(), "t");
 }

@@ -43,9 +43,7 @@ impl Env {
     }
 
     async fn start_with(config: SimConfig) -> Env {
-        let sim = Simulator::start(config, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let sim = Simulator::start(config, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         Env::connect(sim).await
     }
 
@@ -64,30 +62,16 @@ impl Env {
         self.call_with_token(&self.token, method, path, body).await
     }
 
-    async fn call_with_token(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: Option<&str>,
-    ) -> reqwest::Response {
+    async fn call_with_token(&self, token: &str, method: Method, path: &str, body: Option<&str>) -> reqwest::Response {
         let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(body) = body {
-            request = request
-                .header("Content-Type", "application/json")
-                .body(body.to_owned());
+            request = request.header("Content-Type", "application/json").body(body.to_owned());
         }
         request.send().await.unwrap()
     }
 
     /// A request that must answer `status`; returns its body as JSON (`null` when empty).
-    async fn expect(
-        &self,
-        status: StatusCode,
-        method: Method,
-        path: &str,
-        body: Option<&str>,
-    ) -> Value {
+    async fn expect(&self, status: StatusCode, method: Method, path: &str, body: Option<&str>) -> Value {
         let response = self.call(method.clone(), path, body).await;
         assert_eq!(response.status(), status, "{method} {path}");
         json_body(response).await
@@ -95,12 +79,7 @@ impl Env {
 
     async fn create(&self, body: &str) -> String {
         let created = self
-            .expect(
-                StatusCode::OK,
-                Method::POST,
-                "/api/partner/createaccount",
-                Some(body),
-            )
+            .expect(StatusCode::OK, Method::POST, "/api/partner/createaccount", Some(body))
             .await;
         created["Id"].as_str().unwrap().to_owned()
     }
@@ -112,13 +91,7 @@ impl Env {
         list.as_array().unwrap().clone()
     }
 
-    async fn error_message(
-        &self,
-        status: StatusCode,
-        method: Method,
-        path: &str,
-        body: Option<&str>,
-    ) -> String {
+    async fn error_message(&self, status: StatusCode, method: Method, path: &str, body: Option<&str>) -> String {
         let error = self.expect(status, method, path, body).await;
         error["Message"]
             .as_str()
@@ -144,15 +117,10 @@ async fn request_token(http: &reqwest::Client, base_url: &str, form: &str) -> re
 }
 
 async fn fetch_token(http: &reqwest::Client, base_url: &str) -> String {
-    let form = format!(
-        "grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}"
-    );
+    let form = format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}");
     let response = request_token(http, base_url, &form).await;
     assert_eq!(response.status(), StatusCode::OK);
-    json_body(response).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    json_body(response).await["access_token"].as_str().unwrap().to_owned()
 }
 
 async fn json_body(response: reqwest::Response) -> Value {
@@ -165,10 +133,7 @@ async fn json_body(response: reqwest::Response) -> Value {
 }
 
 fn is_account_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn is_legacy_date(text: &str) -> bool {
@@ -182,9 +147,7 @@ fn install_body(account_id: &str, auth: Value) -> String {
         "ConnectorVersion": "v1",
         "InstalledName": "Demo Connector",
     });
-    body.as_object_mut()
-        .unwrap()
-        .extend(auth.as_object().unwrap().clone());
+    body.as_object_mut().unwrap().extend(auth.as_object().unwrap().clone());
     body.to_string()
 }
 
@@ -203,9 +166,7 @@ async fn installed(env: &Env, account_id: &str) -> reqwest::Response {
 #[tokio::test]
 async fn token_endpoint_issues_bearer_tokens_for_the_right_credentials_only() {
     let env = Env::start().await;
-    let form = format!(
-        "grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}"
-    );
+    let form = format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}");
     let token = json_body(request_token(&env.http, &env.sim.base_url(), &form).await).await;
     assert_eq!(token["token_type"], "bearer");
     assert_eq!(token["expires_in"], 1_209_599);
@@ -221,16 +182,14 @@ async fn token_endpoint_issues_bearer_tokens_for_the_right_credentials_only() {
         assert_eq!(response.status(), StatusCode::OK);
     }
 
-    let wrong_secret =
-        format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret=nope");
+    let wrong_secret = format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret=nope");
     let refused = request_token(&env.http, &env.sim.base_url(), &wrong_secret).await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     let refused = json_body(refused).await;
     assert_eq!(refused["error"], "invalid_client");
     assert!(refused["Message"].as_str().unwrap().contains("invalid"));
 
-    let wrong_grant =
-        format!("grant_type=password&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}");
+    let wrong_grant = format!("grant_type=password&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}");
     let refused = request_token(&env.http, &env.sim.base_url(), &wrong_grant).await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_body(refused).await["error"], "unsupported_grant_type");
@@ -239,12 +198,7 @@ async fn token_endpoint_issues_bearer_tokens_for_the_right_credentials_only() {
 #[tokio::test]
 async fn api_calls_without_a_valid_token_are_denied() {
     let env = Env::start().await;
-    let no_token = env
-        .http
-        .get(env.url("/api/partner/accounts"))
-        .send()
-        .await
-        .unwrap();
+    let no_token = env.http.get(env.url("/api/partner/accounts")).send().await.unwrap();
     assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(no_token.headers()["WWW-Authenticate"], "Bearer");
     assert_eq!(json_body(no_token).await["Message"], DENIED);
@@ -264,10 +218,7 @@ async fn api_calls_without_a_valid_token_are_denied() {
         Some(SEED_CREATE),
     );
     assert_eq!(json_body(forged.await).await["Message"], DENIED);
-    assert!(
-        env.sim.accounts().is_empty(),
-        "a denied create must not be applied"
-    );
+    assert!(env.sim.accounts().is_empty(), "a denied create must not be applied");
 }
 
 // ---- the seed's endpoints with the seed's bodies ---------------------------------------------
@@ -287,10 +238,7 @@ async fn create_and_list_accounts_as_the_seed_shows() {
     assert_eq!(account["PricePlanId"], 2, "an integer in account bodies");
     assert_eq!(account["NextBillDate"], "2017-03-09T16:23:08");
     assert_eq!(account["AuditInfo"], "Demo");
-    assert!(
-        is_legacy_date(account["LastBillDate"].as_str().unwrap()),
-        "{account}"
-    );
+    assert!(is_legacy_date(account["LastBillDate"].as_str().unwrap()), "{account}");
 
     let typed: Vec<Account> = serde_json::from_value(Value::Array(list)).unwrap();
     assert_eq!(typed, env.sim.accounts());
@@ -307,11 +255,7 @@ async fn next_bill_date_defaults_to_a_month_after_creation() {
         account.next_bill_date.unwrap().0,
         last.checked_add_months(chrono::Months::new(1)).unwrap()
     );
-    assert_eq!(
-        account.price_plan_id.unwrap().0,
-        2,
-        "the partner's default plan"
-    );
+    assert_eq!(account.price_plan_id.unwrap().0, 2, "the partner's default plan");
 }
 
 #[tokio::test]
@@ -320,9 +264,7 @@ async fn update_account_changes_only_the_fields_present() {
     let id = env.create(SEED_CREATE).await;
     let path = format!("/api/partner/accounts/{id}");
 
-    let updated = env
-        .expect(StatusCode::OK, Method::PUT, &path, Some(SEED_UPDATE))
-        .await;
+    let updated = env.expect(StatusCode::OK, Method::PUT, &path, Some(SEED_UPDATE)).await;
     assert_eq!(updated, json!({ "Id": id }));
     let account = &env.list().await[0];
     assert_eq!(account["Name"], "New Demo Account");
@@ -330,19 +272,11 @@ async fn update_account_changes_only_the_fields_present() {
     assert_eq!(account["PricePlanId"], 3);
     assert_eq!(account["NextBillDate"], "2017-03-10T16:23:08");
 
-    env.expect(
-        StatusCode::OK,
-        Method::PUT,
-        &path,
-        Some(r#"{"AuditInfo":"changed"}"#),
-    )
-    .await;
+    env.expect(StatusCode::OK, Method::PUT, &path, Some(r#"{"AuditInfo":"changed"}"#))
+        .await;
     let account = &env.list().await[0];
     assert_eq!(account["AuditInfo"], "changed");
-    assert_eq!(
-        account["Name"], "New Demo Account",
-        "absent fields stay as they were"
-    );
+    assert_eq!(account["Name"], "New Demo Account", "absent fields stay as they were");
     assert_eq!(account["PricePlanId"], 3);
 }
 
@@ -354,12 +288,7 @@ async fn partner_details_and_price_plans_look_like_the_seed() {
         .await;
     assert_eq!(details["ApplicationDisplayName"], "Example Partner");
     assert_eq!(details["CycleNoun"], "Cycle");
-    assert!(
-        details
-            .as_object()
-            .unwrap()
-            .contains_key("IntercomSecretKey")
-    );
+    assert!(details.as_object().unwrap().contains_key("IntercomSecretKey"));
     let typed: PartnerDetails = serde_json::from_value(details).unwrap();
     assert!(typed.anonymous_accounts_enabled && typed.custom_connectors_enabled);
     assert_eq!(typed.domain.as_deref(), Some("partner.example.com"));
@@ -392,11 +321,7 @@ async fn signin_token_is_short_lived_and_written_in_the_v1_date_form() {
     assert_eq!(expires.len(), 28, "{expires}");
     let in_secs = (CyclrDate::parse(expires).unwrap().0 - chrono::Utc::now()).num_seconds();
     assert!((290..=300).contains(&in_secs), "expires in {in_secs}s");
-    assert_eq!(
-        env.sim.stats().writes,
-        1,
-        "a sign-in token is not an account write"
-    );
+    assert_eq!(env.sim.stats().writes, 1, "a sign-in token is not an account write");
 }
 
 #[tokio::test]
@@ -521,11 +446,7 @@ async fn unknown_account_ids_answer_404() {
             format!("/api/partner/accounts/{unknown}"),
             Some(SEED_UPDATE.to_owned()),
         ),
-        (
-            Method::GET,
-            format!("/api/partner/accounts/{unknown}/billing"),
-            None,
-        ),
+        (Method::GET, format!("/api/partner/accounts/{unknown}/billing"), None),
         (
             Method::POST,
             "/api/partner/createaccountsignintoken".to_owned(),
@@ -545,10 +466,7 @@ async fn unknown_account_ids_answer_404() {
             .await;
         assert!(message.contains(unknown), "{path}: {message}");
     }
-    assert_eq!(
-        installed(&env, unknown).await.status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(installed(&env, unknown).await.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -579,12 +497,7 @@ async fn install_and_signin_need_their_fields() {
     ];
     for (path, body, missing) in cases {
         let message = env
-            .error_message(
-                StatusCode::BAD_REQUEST,
-                Method::POST,
-                path,
-                Some(&body.to_string()),
-            )
+            .error_message(StatusCode::BAD_REQUEST, Method::POST, path, Some(&body.to_string()))
             .await;
         assert!(message.contains(missing), "{path} {body}: {message}");
     }
@@ -636,22 +549,12 @@ async fn accounts_can_be_deleted_behind_the_operator() {
     let first = env.create(SEED_CREATE).await;
     let second = env.create(SEED_CREATE).await;
     let fetched = env
-        .expect(
-            StatusCode::OK,
-            Method::GET,
-            &format!("/v1.0/accounts/{first}"),
-            None,
-        )
+        .expect(StatusCode::OK, Method::GET, &format!("/v1.0/accounts/{first}"), None)
         .await;
     assert_eq!(fetched["Name"], "Demo Account");
 
-    env.expect(
-        StatusCode::OK,
-        Method::DELETE,
-        &format!("/v1.0/accounts/{first}"),
-        None,
-    )
-    .await;
+    env.expect(StatusCode::OK, Method::DELETE, &format!("/v1.0/accounts/{first}"), None)
+        .await;
     env.expect(
         StatusCode::NOT_FOUND,
         Method::GET,
@@ -669,10 +572,7 @@ async fn list_accounts_pages_in_creation_order_when_asked() {
     let env = Env::start().await;
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(
-            env.create(&json!({ "Name": format!("account {n}") }).to_string())
-                .await,
-        );
+        ids.push(env.create(&json!({ "Name": format!("account {n}") }).to_string()).await);
     }
     let ids_of = |list: Value| -> Vec<String> {
         list.as_array()
@@ -695,12 +595,7 @@ async fn list_accounts_pages_in_creation_order_when_asked() {
         .await;
     assert_eq!(ids_of(page), ids[2..4]);
     let past_end = env
-        .expect(
-            StatusCode::OK,
-            Method::GET,
-            "/v1.0/accounts?page=4&pageSize=2",
-            None,
-        )
+        .expect(StatusCode::OK, Method::GET, "/v1.0/accounts?page=4&pageSize=2", None)
         .await;
     assert_eq!(past_end, json!([]));
 }
@@ -733,16 +628,11 @@ async fn error_rate_one_fails_every_request_without_applying_it() {
     });
     for _ in 0..10 {
         let response = env
-            .call(
-                Method::POST,
-                "/api/partner/createaccount",
-                Some(SEED_CREATE),
-            )
+            .call(Method::POST, "/api/partner/createaccount", Some(SEED_CREATE))
             .await;
         let status = response.status();
         assert!(
-            status == StatusCode::INTERNAL_SERVER_ERROR
-                || status == StatusCode::SERVICE_UNAVAILABLE,
+            status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::SERVICE_UNAVAILABLE,
             "{status}"
         );
         assert!(json_body(response).await["Message"].is_string());
@@ -766,12 +656,7 @@ async fn above_the_rate_limit_requests_get_429_with_retry_after() {
     for _ in 0..20 {
         let response = env.call(Method::GET, "/api/partner/accounts", None).await;
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            retry_after = Some(
-                response.headers()["Retry-After"]
-                    .to_str()
-                    .unwrap()
-                    .to_owned(),
-            );
+            retry_after = Some(response.headers()["Retry-After"].to_str().unwrap().to_owned());
         }
         statuses.push(response.status());
     }
@@ -779,10 +664,7 @@ async fn above_the_rate_limit_requests_get_429_with_retry_after() {
         statuses[..5].iter().all(|s| *s == StatusCode::OK),
         "a burst of the limit passes: {statuses:?}"
     );
-    assert!(
-        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
-        "{statuses:?}"
-    );
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
     assert_eq!(retry_after.as_deref(), Some("7"));
     assert_eq!(
         env.sim.stats().responses.get(&429).copied().unwrap_or(0) as usize,
@@ -813,13 +695,8 @@ async fn expired_tokens_are_denied() {
     env.expect(StatusCode::OK, Method::GET, "/api/partner/accounts", None)
         .await;
     env.sim.expire_tokens();
-    env.expect(
-        StatusCode::UNAUTHORIZED,
-        Method::GET,
-        "/api/partner/accounts",
-        None,
-    )
-    .await;
+    env.expect(StatusCode::UNAUTHORIZED, Method::GET, "/api/partner/accounts", None)
+        .await;
 }
 
 #[tokio::test]
@@ -829,9 +706,7 @@ async fn token_ttl_from_config_sets_expires_in() {
         ..SimConfig::new(CLIENT_ID, CLIENT_SECRET)
     })
     .await;
-    let form = format!(
-        "grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}"
-    );
+    let form = format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}");
     let token = json_body(request_token(&env.http, &env.sim.base_url(), &form).await).await;
     assert_eq!(token["expires_in"], 60);
 }
@@ -844,11 +719,7 @@ async fn commit_then_fail_applies_the_write_but_answers_500() {
         ..Faults::default()
     });
     let lost = env
-        .call(
-            Method::POST,
-            "/api/partner/createaccount",
-            Some(SEED_CREATE),
-        )
+        .call(Method::POST, "/api/partner/createaccount", Some(SEED_CREATE))
         .await;
     assert_eq!(lost.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(env.sim.accounts().len(), 1, "the write happened");
@@ -876,15 +747,8 @@ async fn commit_then_fail_can_drop_the_connection_instead() {
         .json(&serde_json::from_str::<Value>(&install_body(&id, json!({"ApiKey": "k"}))).unwrap())
         .send()
         .await;
-    assert!(
-        outcome.is_err(),
-        "the client must see no response, got {outcome:?}"
-    );
-    assert_eq!(
-        env.sim.installed_connectors(&id).len(),
-        1,
-        "the install happened"
-    );
+    assert!(outcome.is_err(), "the client must see no response, got {outcome:?}");
+    assert_eq!(env.sim.installed_connectors(&id).len(), 1, "the install happened");
     // The simulator serves on after a dropped connection.
     env.expect(StatusCode::OK, Method::GET, "/api/partner/priceplans", None)
         .await;
@@ -894,15 +758,7 @@ async fn commit_then_fail_can_drop_the_connection_instead() {
 async fn admin_api_reads_and_sets_faults_and_stats() {
     let env = Env::start().await;
     let faults_url = env.url("/_sim/faults");
-    let defaults: Faults = env
-        .http
-        .get(&faults_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let defaults: Faults = env.http.get(&faults_url).send().await.unwrap().json().await.unwrap();
     assert_eq!(defaults, Faults::default());
 
     // Missing fields take their defaults; durations travel as plain numbers.
@@ -928,29 +784,14 @@ async fn admin_api_reads_and_sets_faults_and_stats() {
         .await
         .unwrap();
     assert_eq!(stats, env.sim.stats());
-    let reset = env
-        .http
-        .post(env.url("/_sim/stats/reset"))
-        .send()
-        .await
-        .unwrap();
+    let reset = env.http.post(env.url("/_sim/stats/reset")).send().await.unwrap();
     assert_eq!(reset.status(), StatusCode::NO_CONTENT);
     assert_eq!(env.sim.stats(), SimStats::default());
 
-    let expire = env
-        .http
-        .post(env.url("/_sim/tokens/expire"))
-        .send()
-        .await
-        .unwrap();
+    let expire = env.http.post(env.url("/_sim/tokens/expire")).send().await.unwrap();
     assert_eq!(expire.status(), StatusCode::NO_CONTENT);
-    env.expect(
-        StatusCode::UNAUTHORIZED,
-        Method::GET,
-        "/api/partner/accounts",
-        None,
-    )
-    .await;
+    env.expect(StatusCode::UNAUTHORIZED, Method::GET, "/api/partner/accounts", None)
+        .await;
 }
 
 // ---- statistics ------------------------------------------------------------------------------
@@ -960,10 +801,8 @@ async fn stats_count_requests_by_route_template_and_applied_writes() {
     let env = Env::start().await;
     let id = env.create(SEED_CREATE).await;
     let path = format!("/api/partner/accounts/{id}");
-    env.expect(StatusCode::OK, Method::PUT, &path, Some(SEED_UPDATE))
-        .await;
-    env.expect(StatusCode::OK, Method::PUT, &path, Some(SEED_UPDATE))
-        .await;
+    env.expect(StatusCode::OK, Method::PUT, &path, Some(SEED_UPDATE)).await;
+    env.expect(StatusCode::OK, Method::PUT, &path, Some(SEED_UPDATE)).await;
     env.expect(
         StatusCode::BAD_REQUEST,
         Method::POST,
@@ -1013,10 +852,7 @@ async fn state_file_survives_a_restart() {
 
     let saved = std::fs::read_to_string(&state_file).unwrap();
     assert!(saved.contains(&id));
-    assert!(
-        !saved.contains("secret-key"),
-        "connector credentials are never stored"
-    );
+    assert!(!saved.contains("secret-key"), "connector credentials are never stored");
 
     // Same port, so a client configured with the old URL carries on, with its old token.
     let sim = Simulator::start(config, addr).await.unwrap();
@@ -1036,12 +872,7 @@ async fn state_file_survives_a_restart() {
         Some(&install_body(&id, json!({}))),
     )
     .await;
-    let ids: Vec<String> = env
-        .sim
-        .installed_connectors(&id)
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let ids: Vec<String> = env.sim.installed_connectors(&id).into_iter().map(|c| c.id).collect();
     assert_eq!(ids.len(), 2);
     assert_ne!(ids[0], ids[1]);
 }
@@ -1065,28 +896,19 @@ async fn a_corrupt_state_file_stops_the_start() {
 // ---- speed -----------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_fast_and_serves_many_requests_per_second() {
-    let started = Instant::now();
-    let sim = Simulator::start(
-        SimConfig::new(CLIENT_ID, CLIENT_SECRET),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let startup = started.elapsed();
+async fn serves_thousands_of_concurrent_requests_and_counts_each() {
+    // Timing figures live in `make bench`; this checks every request is served and counted.
+    let sim = Simulator::start(SimConfig::new(CLIENT_ID, CLIENT_SECRET), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let env = Env::connect(sim).await;
     env.create(SEED_CREATE).await;
 
     const REQUESTS: usize = 4000;
     const CONCURRENCY: usize = 16;
-    let started = Instant::now();
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (http, url, token) = (
-                env.http.clone(),
-                env.url("/api/partner/accounts"),
-                env.token.clone(),
-            );
+            let (http, url, token) = (env.http.clone(), env.url("/api/partner/accounts"), env.token.clone());
             tokio::spawn(async move {
                 for _ in 0..REQUESTS / CONCURRENCY {
                     let response = http.get(&url).bearer_auth(&token).send().await.unwrap();
@@ -1099,14 +921,6 @@ async fn starts_fast_and_serves_many_requests_per_second() {
     for worker in workers {
         worker.await.unwrap();
     }
-    let per_second = REQUESTS as f64 / started.elapsed().as_secs_f64();
-    println!("startup {startup:?}, {per_second:.0} requests/s");
-    assert!(
-        startup < Duration::from_millis(500),
-        "startup took {startup:?}"
-    );
-    // A loose floor (debug build, shared CI cores): it catches I/O or sleeps on the read path.
-    assert!(per_second > 500.0, "{per_second:.0} requests/s");
     assert_eq!(
         env.sim.stats().requests_to("GET /api/partner/accounts"),
         REQUESTS as u64

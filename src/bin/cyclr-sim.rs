@@ -10,10 +10,7 @@ use cyclr_operator::sim::{DEFAULT_TOKEN_TTL, Faults, SimConfig, Simulator};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "A simulator of the Cyclr Partner API, for tests and demos"
-)]
+#[command(version, about = "A simulator of the Cyclr Partner API, for tests and demos")]
 struct Args {
     /// Address to serve plain HTTP on (port 0 picks a free port).
     #[arg(long, env = "CYCLR_SIM_LISTEN", default_value = "127.0.0.1:8080")]
@@ -51,9 +48,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     // Logs go to stderr, leaving stdout to the one line scripts read.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

@@ -9,19 +9,19 @@ use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::{Resource, ResourceExt};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 
 use super::partners::{AccountsSnapshot, PartnerRuntime, PartnerState};
 use super::{Context, Error, controller_for, error_policy, guarded, jittered, namespaced_api};
 use crate::cyclr::CyclrError;
 use crate::cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 use crate::resources::{
-    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, Health, ManagementPolicy, UsageStatus, annotation, annotations,
-    condition, is_paused, same_conditions, stalled_reason, STALLED,
+    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, Health, ManagementPolicy, STALLED, UsageStatus, annotation,
+    annotations, condition, is_paused, same_conditions, stalled_reason,
 };
 
 pub fn controller(
@@ -29,7 +29,10 @@ pub fn controller(
     partner_changes: UnboundedReceiver<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    let controller = controller_for(namespaced_api::<DeserializeGuard<CyclrAccount>>(ctx.client.clone(), &ctx.config), &ctx.config);
+    let controller = controller_for(
+        namespaced_api::<DeserializeGuard<CyclrAccount>>(ctx.client.clone(), &ctx.config),
+        &ctx.config,
+    );
     let store = controller.store();
     let _ = ctx.accounts.set(store.clone());
     // A new account snapshot or a change in the partner's readiness wakes its accounts.
@@ -53,7 +56,10 @@ pub fn controller(
 /// The partner as an account sees it.
 pub enum PartnerView<'a> {
     NotReady(String),
-    Ready { plans: &'a [PricePlan], snapshot: Option<&'a AccountsSnapshot> },
+    Ready {
+        plans: &'a [PricePlan],
+        snapshot: Option<&'a AccountsSnapshot>,
+    },
 }
 
 /// Everything `decide` looks at.
@@ -77,14 +83,28 @@ pub enum Adoption {
 #[derive(Debug, PartialEq)]
 pub enum Decision {
     /// No Cyclr write: report this health (and the account as Cyclr has it, when known).
-    Report { health: Health, observed: Option<Account> },
+    Report {
+        health: Health,
+        observed: Option<Account>,
+    },
     /// Decide again with accounts listed at or after this time.
-    RefreshSnapshot { after: DateTime<Utc> },
+    RefreshSnapshot {
+        after: DateTime<Utc>,
+    },
     /// A create finished but the annotation was left behind: drop it.
     DropPendingAnnotation,
-    Create { fields: AccountFields },
-    Adopt { account: Account, how: Adoption },
-    Update { observed: Account, changes: AccountFields, drift: bool },
+    Create {
+        fields: AccountFields,
+    },
+    Adopt {
+        account: Account,
+        how: Adoption,
+    },
+    Update {
+        observed: Account,
+        changes: AccountFields,
+        drift: bool,
+    },
 }
 
 /// The desired Cyclr fields of an account, or why they cannot be had (pure).
@@ -99,7 +119,10 @@ pub fn desired_fields(spec: &CyclrAccountSpec, name: String, plans: &[PricePlan]
                     let known: Vec<_> = plans.iter().map(|p| format!("{} ({})", p.name, p.id)).collect();
                     return Err(Health::stalled(
                         "PricePlanNotFound",
-                        format!("no price plan named {wanted:?}; the partner offers: {}", known.join(", ")),
+                        format!(
+                            "no price plan named {wanted:?}; the partner offers: {}",
+                            known.join(", ")
+                        ),
                     ));
                 }
             },
@@ -132,7 +155,11 @@ pub fn changed_fields(desired: &AccountFields, observed: &Account) -> AccountFie
     AccountFields {
         name: differs(&desired.name, Some(&observed.name), true),
         description: differs(&desired.description, observed.description.as_ref(), true),
-        timezone: differs(&desired.timezone, observed.timezone.as_ref(), observed.timezone.is_some()),
+        timezone: differs(
+            &desired.timezone,
+            observed.timezone.as_ref(),
+            observed.timezone.is_some(),
+        ),
         price_plan_id: differs(&desired.price_plan_id, observed.price_plan_id.as_ref(), true),
         next_bill_date: differs(&desired.next_bill_date, observed.next_bill_date.as_ref(), true),
         audit_info: differs(&desired.audit_info, observed.audit_info.as_ref(), true),
@@ -187,7 +214,9 @@ pub fn decide(obs: &Observation) -> Decision {
     if status.observed_generation == account.metadata.generation
         && let Some(reason) = stalled_reason(&status.conditions)
     {
-        let message = condition(&status.conditions, STALLED).map(|c| c.message.clone()).unwrap_or_default();
+        let message = condition(&status.conditions, STALLED)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
         return report(Health::stalled(reason, message));
     }
     let (plans, snapshot) = match &obs.partner {
@@ -216,23 +245,37 @@ pub fn decide(obs: &Observation) -> Decision {
             return report(if status.account_id.is_some() {
                 Health::stalled(
                     "ExternalAccountMissing",
-                    format!("Cyclr account {id} no longer exists; the operator will not re-create it. Delete this resource, or remove status.accountId to create a new account"),
+                    format!(
+                        "Cyclr account {id} no longer exists; the operator will not re-create it. Delete this resource, or remove status.accountId to create a new account"
+                    ),
                 )
             } else {
-                Health::stalled("ExternalAccountMissing", format!("spec.accountId {id} names no Cyclr account of this partner"))
+                Health::stalled(
+                    "ExternalAccountMissing",
+                    format!("spec.accountId {id} names no Cyclr account of this partner"),
+                )
             });
         };
         if status.account_id.is_none() {
-            return Decision::Adopt { account: observed.clone(), how: Adoption::BySpec };
+            return Decision::Adopt {
+                account: observed.clone(),
+                how: Adoption::BySpec,
+            };
         }
         if spec.management_policy == ManagementPolicy::ObserveOnly {
             let changes = changed_fields(&desired, observed);
             let message = if changes.is_empty() {
                 "observed; Cyclr matches the spec".to_string()
             } else {
-                format!("observed; Cyclr differs from the spec in {} (ObserveOnly: not corrected)", field_names(&changes))
+                format!(
+                    "observed; Cyclr differs from the spec in {} (ObserveOnly: not corrected)",
+                    field_names(&changes)
+                )
             };
-            return Decision::Report { health: Health::ready("Observed", message), observed: Some(observed.clone()) };
+            return Decision::Report {
+                health: Health::ready("Observed", message),
+                observed: Some(observed.clone()),
+            };
         }
         let changes = changed_fields(&desired, observed);
         if changes.is_empty() {
@@ -242,11 +285,18 @@ pub fn decide(obs: &Observation) -> Decision {
             };
         }
         let drift = status.observed_generation == account.metadata.generation;
-        return Decision::Update { observed: observed.clone(), changes, drift };
+        return Decision::Update {
+            observed: observed.clone(),
+            changes,
+            drift,
+        };
     }
 
     if spec.management_policy == ManagementPolicy::ObserveOnly {
-        return report(Health::stalled("ObserveOnlyWithoutAccountId", "ObserveOnly needs spec.accountId"));
+        return report(Health::stalled(
+            "ObserveOnlyWithoutAccountId",
+            "ObserveOnly needs spec.accountId",
+        ));
     }
     if pending.is_some() {
         // A create may have happened: look for it in a list taken after it.
@@ -261,7 +311,10 @@ pub fn decide(obs: &Observation) -> Decision {
             .collect();
         return match candidates.as_slice() {
             [] => Decision::Create { fields: desired },
-            [one] => Decision::Adopt { account: (*one).clone(), how: Adoption::RecoveredCreate },
+            [one] => Decision::Adopt {
+                account: (*one).clone(),
+                how: Adoption::RecoveredCreate,
+            },
             many => {
                 let ids: Vec<&str> = many.iter().map(|a| a.id.as_str()).collect();
                 report(Health::stalled(
@@ -299,7 +352,11 @@ pub fn next_status(
         next.last_bill_date = account.last_bill_date.map(|d| d.to_legacy_string());
         next.next_bill_date = account.next_bill_date.map(|d| d.to_legacy_string());
     }
-    let strip = |s: &CyclrAccountStatus| CyclrAccountStatus { conditions: vec![], last_sync_time: None, ..s.clone() };
+    let strip = |s: &CyclrAccountStatus| CyclrAccountStatus {
+        conditions: vec![],
+        last_sync_time: None,
+        ..s.clone()
+    };
     if strip(previous) != strip(&next) {
         next.last_sync_time = Some(Time(Timestamp::now()));
     }
@@ -318,8 +375,13 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
 
 fn status_changed(previous: &CyclrAccountStatus, next: &CyclrAccountStatus) -> bool {
     !same_conditions(&previous.conditions, &next.conditions)
-        || CyclrAccountStatus { conditions: vec![], ..previous.clone() }
-            != CyclrAccountStatus { conditions: vec![], ..next.clone() }
+        || CyclrAccountStatus {
+            conditions: vec![],
+            ..previous.clone()
+        } != CyclrAccountStatus {
+            conditions: vec![],
+            ..next.clone()
+        }
 }
 
 /// How a Cyclr failure on a write or read shows on the account.
@@ -343,7 +405,13 @@ async fn reconcile(account: Arc<CyclrAccount>, ctx: Arc<Context>) -> Result<Acti
     }
     if account.status.is_none() {
         // Ready=False first, so GitOps tools do not take the account as ready too early.
-        let first = next_status(&Default::default(), account.metadata.generation, &Health::progressing("Reconciling", "first reconcile"), None, None);
+        let first = next_status(
+            &Default::default(),
+            account.metadata.generation,
+            &Health::progressing("Reconciling", "first reconcile"),
+            None,
+            None,
+        );
         ctx.apply_status(account.as_ref(), &first).await?;
     }
     let runtime = ctx.partners.get(&account.spec.partner_ref.name);
@@ -357,9 +425,17 @@ async fn reconcile(account: Arc<CyclrAccount>, ctx: Arc<Context>) -> Result<Acti
         let partner = match runtime.as_ref().map(|r| r.state()) {
             None => PartnerView::NotReady("it does not exist or has not been checked yet".into()),
             Some(PartnerState::NotReady(why)) => PartnerView::NotReady(why),
-            Some(PartnerState::Ready) => PartnerView::Ready { plans: &plans, snapshot: snapshot.as_deref() },
+            Some(PartnerState::Ready) => PartnerView::Ready {
+                plans: &plans,
+                snapshot: snapshot.as_deref(),
+            },
         };
-        match decide(&Observation { account: &account, partner, claimed: &claimed, now }) {
+        match decide(&Observation {
+            account: &account,
+            partner,
+            claimed: &claimed,
+            now,
+        }) {
             Decision::RefreshSnapshot { after } => {
                 let runtime = runtime.as_ref().expect("a ready partner has a runtime");
                 snapshot = Some(runtime.snapshot_since(after).await?);
@@ -371,7 +447,8 @@ async fn reconcile(account: Arc<CyclrAccount>, ctx: Arc<Context>) -> Result<Acti
     let (health, observed) = match (decision, runtime.as_deref()) {
         (Decision::Report { health, observed }, _) => (health, observed),
         (Decision::DropPendingAnnotation, _) => {
-            ctx.set_annotation(account.as_ref(), annotations::CREATE_PENDING, None, false).await?;
+            ctx.set_annotation(account.as_ref(), annotations::CREATE_PENDING, None, false)
+                .await?;
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
         (Decision::RefreshSnapshot { .. }, _) => unreachable!("handled in the loop"),
@@ -397,27 +474,45 @@ async fn reconcile(account: Arc<CyclrAccount>, ctx: Arc<Context>) -> Result<Acti
             ctx.apply_status(account.as_ref(), &status).await?;
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
-        (Decision::Update { observed, changes, drift }, Some(runtime)) => {
-            update(&account, &ctx, runtime, observed, changes, drift).await?
-        }
+        (
+            Decision::Update {
+                observed,
+                changes,
+                drift,
+            },
+            Some(runtime),
+        ) => update(&account, &ctx, runtime, observed, changes, drift).await?,
     };
 
     let usage = match (&observed, &runtime) {
-        (Some(found), Some(runtime)) if account.spec.usage.enabled => poll_usage(&account, &ctx, runtime, &found.id).await,
+        (Some(found), Some(runtime)) if account.spec.usage.enabled => {
+            poll_usage(&account, &ctx, runtime, &found.id).await
+        }
         _ => None,
     };
     let previous = account.status.clone().unwrap_or_default();
-    let next = next_status(&previous, account.metadata.generation, &health, observed.as_ref(), usage);
+    let next = next_status(
+        &previous,
+        account.metadata.generation,
+        &health,
+        observed.as_ref(),
+        usage,
+    );
     if status_changed(&previous, &next) {
         ctx.apply_status(account.as_ref(), &next).await?;
         if let Health::Stalled { reason, message } | Health::Failing { reason, message } = &health
             && stalled_reason(&previous.conditions) != Some(reason.as_str())
         {
-            ctx.event(account.as_ref(), EventType::Warning, reason, message.clone()).await;
+            ctx.event(account.as_ref(), EventType::Warning, reason, message.clone())
+                .await;
         }
     }
     Ok(match (&health, &runtime) {
-        (Health::Failing { .. }, _) => Action::requeue(ctx.backoff(&format!("CyclrAccount/{}/{}", account.namespace().unwrap_or_default(), account.name_any()))),
+        (Health::Failing { .. }, _) => Action::requeue(ctx.backoff(&format!(
+            "CyclrAccount/{}/{}",
+            account.namespace().unwrap_or_default(),
+            account.name_any()
+        ))),
         (Health::Stalled { .. } | Health::Paused { .. }, _) => Action::await_change(),
         (_, Some(runtime)) => Action::requeue(jittered(runtime.resync_interval.min(runtime.usage_interval))),
         (_, None) => Action::await_change(),
@@ -432,7 +527,9 @@ async fn create(
     fields: AccountFields,
 ) -> Result<(Health, Option<Account>), Error> {
     let pending_since = Utc::now().to_rfc3339();
-    let account = ctx.set_annotation(account, annotations::CREATE_PENDING, Some(&pending_since), true).await?;
+    let account = ctx
+        .set_annotation(account, annotations::CREATE_PENDING, Some(&pending_since), true)
+        .await?;
     match runtime.client.create_account(&fields).await {
         Ok(id) => {
             let created = apply_changes(
@@ -450,10 +547,23 @@ async fn create(
             );
             runtime.remember_account(created.clone()).await;
             let health = Health::ready("Synced", format!("created Cyclr account {id}"));
-            let status = next_status(&account.status.clone().unwrap_or_default(), account.metadata.generation, &health, Some(&created), None);
+            let status = next_status(
+                &account.status.clone().unwrap_or_default(),
+                account.metadata.generation,
+                &health,
+                Some(&created),
+                None,
+            );
             ctx.apply_status(&account, &status).await?;
-            ctx.set_annotation(&account, annotations::CREATE_PENDING, None, false).await?;
-            ctx.event(&account, EventType::Normal, "Created", format!("created Cyclr account {id}")).await;
+            ctx.set_annotation(&account, annotations::CREATE_PENDING, None, false)
+                .await?;
+            ctx.event(
+                &account,
+                EventType::Normal,
+                "Created",
+                format!("created Cyclr account {id}"),
+            )
+            .await;
             Ok((health, Some(created)))
         }
         Err(error) if error.outcome_unknown() => {
@@ -462,7 +572,8 @@ async fn create(
             Err(error.into())
         }
         Err(error) => {
-            ctx.set_annotation(&account, annotations::CREATE_PENDING, None, false).await?;
+            ctx.set_annotation(&account, annotations::CREATE_PENDING, None, false)
+                .await?;
             if error.is_retryable() {
                 return Err(error.into());
             }
@@ -484,12 +595,25 @@ async fn update(
             let updated = apply_changes(observed, &changes);
             runtime.remember_account(updated.clone()).await;
             let (reason, note) = if drift {
-                ("DriftCorrected", format!("Cyclr account {} had drifted in {}; corrected", updated.id, field_names(&changes)))
+                (
+                    "DriftCorrected",
+                    format!(
+                        "Cyclr account {} had drifted in {}; corrected",
+                        updated.id,
+                        field_names(&changes)
+                    ),
+                )
             } else {
-                ("Updated", format!("updated {} of Cyclr account {}", field_names(&changes), updated.id))
+                (
+                    "Updated",
+                    format!("updated {} of Cyclr account {}", field_names(&changes), updated.id),
+                )
             };
             ctx.event(account, EventType::Normal, reason, note).await;
-            Ok((Health::ready("Synced", "the Cyclr account matches the spec"), Some(updated)))
+            Ok((
+                Health::ready("Synced", "the Cyclr account matches the spec"),
+                Some(updated),
+            ))
         }
         Err(error) if error.is_retryable() => Err(error.into()),
         Err(error) => Ok((health_of_error("the account update", &error), Some(observed))),
@@ -501,7 +625,9 @@ async fn poll_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRunt
     let key = account.uid().unwrap_or_default();
     let due = {
         let polls = ctx.usage_polls.lock().expect("lock");
-        polls.get(&key).is_none_or(|last| last.elapsed() >= runtime.usage_interval.mul_f64(0.9))
+        polls
+            .get(&key)
+            .is_none_or(|last| last.elapsed() >= runtime.usage_interval.mul_f64(0.9))
     };
     if !due {
         return None;
@@ -510,7 +636,13 @@ async fn poll_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRunt
         Ok(usage) => {
             ctx.usage_polls.lock().expect("lock").insert(key, Instant::now());
             let status = usage_status(&usage);
-            ctx.metrics.account_usage(&account.namespace().unwrap_or_default(), &account.name_any(), id, usage.task_count, usage.cycle_count);
+            ctx.metrics.account_usage(
+                &account.namespace().unwrap_or_default(),
+                &account.name_any(),
+                id,
+                usage.task_count,
+                usage.cycle_count,
+            );
             Some(status)
         }
         Err(error) => {
@@ -528,7 +660,16 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     fn plans() -> Vec<PricePlan> {
-        vec![PricePlan { id: PricePlanId(2), name: "Starter".into() }, PricePlan { id: PricePlanId(3), name: "Pro".into() }]
+        vec![
+            PricePlan {
+                id: PricePlanId(2),
+                name: "Starter".into(),
+            },
+            PricePlan {
+                id: PricePlanId(3),
+                name: "Pro".into(),
+            },
+        ]
     }
 
     fn cyclr_account(id: &str, name: &str, plan: i64) -> Account {
@@ -546,7 +687,13 @@ mod tests {
 
     fn resource(spec: CyclrAccountSpec) -> CyclrAccount {
         let mut account = CyclrAccount::new("acme", spec);
-        account.metadata = ObjectMeta { name: Some("acme".into()), namespace: Some("t".into()), generation: Some(1), uid: Some("u1".into()), ..Default::default() };
+        account.metadata = ObjectMeta {
+            name: Some("acme".into()),
+            namespace: Some("t".into()),
+            generation: Some(1),
+            uid: Some("u1".into()),
+            ..Default::default()
+        };
         account
     }
 
@@ -555,12 +702,31 @@ mod tests {
     }
 
     fn snapshot(taken_at: DateTime<Utc>, accounts: Vec<Account>) -> AccountsSnapshot {
-        AccountsSnapshot { taken_at, accounts: accounts.into_iter().map(|a| (a.id.clone(), a)).collect::<HashMap<_, _>>() }
+        AccountsSnapshot {
+            taken_at,
+            accounts: accounts
+                .into_iter()
+                .map(|a| (a.id.clone(), a))
+                .collect::<HashMap<_, _>>(),
+        }
     }
 
-    fn decide_with(account: &CyclrAccount, snap: Option<&AccountsSnapshot>, claimed: &[String], now: DateTime<Utc>) -> Decision {
+    fn decide_with(
+        account: &CyclrAccount,
+        snap: Option<&AccountsSnapshot>,
+        claimed: &[String],
+        now: DateTime<Utc>,
+    ) -> Decision {
         let plans = plans();
-        decide(&Observation { account, partner: PartnerView::Ready { plans: &plans, snapshot: snap }, claimed, now })
+        decide(&Observation {
+            account,
+            partner: PartnerView::Ready {
+                plans: &plans,
+                snapshot: snap,
+            },
+            claimed,
+            now,
+        })
     }
 
     fn with_status(mut account: CyclrAccount, id: &str) -> CyclrAccount {
@@ -594,11 +760,17 @@ mod tests {
     #[test]
     fn unknown_plan_is_terminal_and_names_the_offered_plans() {
         let mut s = spec();
-        s.price_plan = Some(PricePlanRef { id: None, name: Some("Gold".into()) });
+        s.price_plan = Some(PricePlanRef {
+            id: None,
+            name: Some("Gold".into()),
+        });
         let now = Utc::now();
         let snap = snapshot(now, vec![]);
         match decide_with(&resource(s), Some(&snap), &[], now) {
-            Decision::Report { health: Health::Stalled { reason, message }, .. } => {
+            Decision::Report {
+                health: Health::Stalled { reason, message },
+                ..
+            } => {
                 assert_eq!(reason, "PricePlanNotFound");
                 assert!(message.contains("Gold") && message.contains("Starter"), "{message}");
             }
@@ -616,9 +788,21 @@ mod tests {
         });
         // No snapshot: had it tried to call Cyclr it would ask for one.
         let decision = decide_with(&account, None, &[], Utc::now());
-        assert!(matches!(decision, Decision::Report { health: Health::Stalled { .. }, .. }), "{decision:?}");
+        assert!(
+            matches!(
+                decision,
+                Decision::Report {
+                    health: Health::Stalled { .. },
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
         account.metadata.generation = Some(2);
-        assert!(matches!(decide_with(&account, None, &[], Utc::now()), Decision::RefreshSnapshot { .. }));
+        assert!(matches!(
+            decide_with(&account, None, &[], Utc::now()),
+            Decision::RefreshSnapshot { .. }
+        ));
     }
 
     #[test]
@@ -626,7 +810,16 @@ mod tests {
         let now = Utc::now();
         let snap = snapshot(now, vec![cyclr_account("a1", "acme", 3)]);
         let decision = decide_with(&with_status(resource(spec()), "a1"), Some(&snap), &[], now);
-        assert!(matches!(decision, Decision::Report { health: Health::Ready { .. }, observed: Some(_) }), "{decision:?}");
+        assert!(
+            matches!(
+                decision,
+                Decision::Report {
+                    health: Health::Ready { .. },
+                    observed: Some(_)
+                }
+            ),
+            "{decision:?}"
+        );
     }
 
     #[test]
@@ -639,7 +832,13 @@ mod tests {
         let snap = snapshot(now, vec![remote]);
         match decide_with(&with_status(resource(s), "a1"), Some(&snap), &[], now) {
             Decision::Update { changes, drift, .. } => {
-                assert_eq!(changes, AccountFields { price_plan_id: Some(PricePlanId(3)), ..Default::default() });
+                assert_eq!(
+                    changes,
+                    AccountFields {
+                        price_plan_id: Some(PricePlanId(3)),
+                        ..Default::default()
+                    }
+                );
                 assert!(drift, "same generation: Cyclr changed, not the spec");
             }
             other => panic!("expected an update, got {other:?}"),
@@ -655,7 +854,10 @@ mod tests {
         let snap = snapshot(now, vec![cyclr_account("a1", "other", 2)]);
         let decision = decide_with(&with_status(resource(s), "a1"), Some(&snap), &[], now);
         match decision {
-            Decision::Report { health: Health::Ready { message, .. }, .. } => assert!(message.contains("not corrected")),
+            Decision::Report {
+                health: Health::Ready { message, .. },
+                ..
+            } => assert!(message.contains("not corrected")),
             other => panic!("expected a report, got {other:?}"),
         }
     }
@@ -663,7 +865,13 @@ mod tests {
     #[test]
     fn paused_account_makes_no_calls() {
         let account = annotate(resource(spec()), annotations::PAUSED, "true");
-        assert_eq!(decide_with(&account, None, &[], Utc::now()), Decision::Report { health: Health::paused(), observed: None });
+        assert_eq!(
+            decide_with(&account, None, &[], Utc::now()),
+            Decision::Report {
+                health: Health::paused(),
+                observed: None
+            }
+        );
     }
 
     #[test]
@@ -683,10 +891,16 @@ mod tests {
         let now = Utc::now();
         let account = with_status(resource(spec()), "gone");
         let old = snapshot(now - chrono::Duration::seconds(60), vec![]);
-        assert_eq!(decide_with(&account, Some(&old), &[], now), Decision::RefreshSnapshot { after: now });
+        assert_eq!(
+            decide_with(&account, Some(&old), &[], now),
+            Decision::RefreshSnapshot { after: now }
+        );
         let fresh = snapshot(now, vec![]);
         match decide_with(&account, Some(&fresh), &[], now) {
-            Decision::Report { health: Health::Stalled { reason, .. }, .. } => assert_eq!(reason, "ExternalAccountMissing"),
+            Decision::Report {
+                health: Health::Stalled { reason, .. },
+                ..
+            } => assert_eq!(reason, "ExternalAccountMissing"),
             other => panic!("expected a stall, got {other:?}"),
         }
     }
@@ -696,35 +910,60 @@ mod tests {
         let now = Utc::now();
         let account = annotate(resource(spec()), annotations::CREATE_PENDING, "2026-01-01T00:00:00Z");
         let old = snapshot(now - chrono::Duration::seconds(1), vec![]);
-        assert!(matches!(decide_with(&account, Some(&old), &[], now), Decision::RefreshSnapshot { .. }));
-        let fresh = snapshot(now, vec![cyclr_account("mine", "acme", 3), cyclr_account("theirs", "acme", 3)]);
+        assert!(matches!(
+            decide_with(&account, Some(&old), &[], now),
+            Decision::RefreshSnapshot { .. }
+        ));
+        let fresh = snapshot(
+            now,
+            vec![cyclr_account("mine", "acme", 3), cyclr_account("theirs", "acme", 3)],
+        );
         match decide_with(&account, Some(&fresh), &["theirs".into()], now) {
-            Decision::Adopt { account, how } => assert_eq!((account.id.as_str(), how), ("mine", Adoption::RecoveredCreate)),
+            Decision::Adopt { account, how } => {
+                assert_eq!((account.id.as_str(), how), ("mine", Adoption::RecoveredCreate))
+            }
             other => panic!("expected adoption, got {other:?}"),
         }
         match decide_with(&account, Some(&fresh), &[], now) {
-            Decision::Report { health: Health::Stalled { reason, message }, .. } => {
+            Decision::Report {
+                health: Health::Stalled { reason, message },
+                ..
+            } => {
                 assert_eq!(reason, "AmbiguousAdoption");
                 assert!(message.contains("spec.accountId"));
             }
             other => panic!("expected a stall, got {other:?}"),
         }
         let none = snapshot(now, vec![]);
-        assert!(matches!(decide_with(&account, Some(&none), &[], now), Decision::Create { .. }));
+        assert!(matches!(
+            decide_with(&account, Some(&none), &[], now),
+            Decision::Create { .. }
+        ));
     }
 
     #[test]
     fn leftover_pending_annotation_is_dropped_once_the_id_is_stored() {
         let account = annotate(with_status(resource(spec()), "a1"), annotations::CREATE_PENDING, "x");
-        assert_eq!(decide_with(&account, None, &[], Utc::now()), Decision::DropPendingAnnotation);
+        assert_eq!(
+            decide_with(&account, None, &[], Utc::now()),
+            Decision::DropPendingAnnotation
+        );
     }
 
     #[test]
     fn partner_not_ready_is_reported_on_the_account() {
         let account = resource(spec());
-        let decision = decide(&Observation { account: &account, partner: PartnerView::NotReady("401".into()), claimed: &[], now: Utc::now() });
+        let decision = decide(&Observation {
+            account: &account,
+            partner: PartnerView::NotReady("401".into()),
+            claimed: &[],
+            now: Utc::now(),
+        });
         match decision {
-            Decision::Report { health: Health::Progressing { reason, .. }, .. } => assert_eq!(reason, "PartnerNotReady"),
+            Decision::Report {
+                health: Health::Progressing { reason, .. },
+                ..
+            } => assert_eq!(reason, "PartnerNotReady"),
             other => panic!("{other:?}"),
         }
     }
@@ -740,7 +979,10 @@ mod tests {
         assert_eq!(condition(&first.conditions, READY).unwrap().status, "True");
         let again = next_status(&first, Some(1), &health, Some(&remote), None);
         assert!(!status_changed(&first, &again));
-        let usage = UsageStatus { task_count: 5, ..Default::default() };
+        let usage = UsageStatus {
+            task_count: 5,
+            ..Default::default()
+        };
         let with_usage = next_status(&first, Some(1), &health, Some(&remote), Some(usage));
         assert!(status_changed(&first, &with_usage));
     }

@@ -29,8 +29,10 @@ pub fn controller(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    let controller =
-        controller_for(namespaced_api::<DeserializeGuard<CyclrConnectorInstall>>(ctx.client.clone(), &ctx.config), &ctx.config);
+    let controller = controller_for(
+        namespaced_api::<DeserializeGuard<CyclrConnectorInstall>>(ctx.client.clone(), &ctx.config),
+        &ctx.config,
+    );
     let by_account = controller.store();
     let by_secret = controller.store();
     let refs = |store: &kube::runtime::reflector::Store<DeserializeGuard<CyclrConnectorInstall>>,
@@ -50,15 +52,25 @@ pub fn controller(
     }
     controller
         // An account getting its id (or becoming ready) wakes the installs waiting on it.
-        .watches(namespaced_api::<CyclrAccount>(ctx.client.clone(), &ctx.config), watcher::Config::default(), move |account| {
-            let name = account.name_any();
-            refs(&by_account, account.namespace(), &|i| i.spec.account_ref.name == name)
-        })
+        .watches(
+            namespaced_api::<CyclrAccount>(ctx.client.clone(), &ctx.config),
+            watcher::Config::default(),
+            move |account| {
+                let name = account.name_any();
+                refs(&by_account, account.namespace(), &|i| i.spec.account_ref.name == name)
+            },
+        )
         // A credentials Secret appearing wakes the installs that wait for it.
-        .watches(namespaced_api::<Secret>(ctx.client.clone(), &ctx.config), secrets_config, move |secret| {
-            let name = secret.name_any();
-            refs(&by_secret, secret.namespace(), &|i| i.secret_names().contains(&name.as_str()))
-        })
+        .watches(
+            namespaced_api::<Secret>(ctx.client.clone(), &ctx.config),
+            secrets_config,
+            move |secret| {
+                let name = secret.name_any();
+                refs(&by_secret, secret.namespace(), &|i| {
+                    i.secret_names().contains(&name.as_str())
+                })
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(|obj, ctx| guarded(obj, ctx, reconcile), error_policy, ctx)
         .map(|_| ())
@@ -98,10 +110,17 @@ pub enum Decision {
     Report(Health),
     DropPendingAnnotation,
     /// Look at what the account has installed before deciding.
-    ListInstalled { account_id: String },
-    Install { account_id: String },
+    ListInstalled {
+        account_id: String,
+    },
+    Install {
+        account_id: String,
+    },
     /// The install exists already (made by an attempt whose response was lost, or by hand).
-    Record { account_id: String, found: InstalledConnector },
+    Record {
+        account_id: String,
+        found: InstalledConnector,
+    },
 }
 
 /// The one decision of a reconcile (pure).
@@ -129,10 +148,16 @@ pub fn decide(obs: &Observation) -> Decision {
     let account_name = &install.spec.account_ref.name;
     let account_id = match &obs.account {
         AccountView::Missing => {
-            return Decision::Report(Health::progressing("AccountNotReady", format!("CyclrAccount {account_name:?} not found")));
+            return Decision::Report(Health::progressing(
+                "AccountNotReady",
+                format!("CyclrAccount {account_name:?} not found"),
+            ));
         }
         AccountView::NotReady(why) => {
-            return Decision::Report(Health::progressing("AccountNotReady", format!("CyclrAccount {account_name:?} {why}")));
+            return Decision::Report(Health::progressing(
+                "AccountNotReady",
+                format!("CyclrAccount {account_name:?} {why}"),
+            ));
         }
         AccountView::Ready { account_id } => account_id.clone(),
     };
@@ -157,8 +182,14 @@ pub fn decide(obs: &Observation) -> Decision {
         InstalledView::Listed(list) => *list,
     };
     let name = install.installed_name();
-    match installed.iter().find(|c| c.name == name && c.connector.name.eq_ignore_ascii_case(&install.spec.connector_name)) {
-        Some(found) => Decision::Record { account_id, found: found.clone() },
+    match installed
+        .iter()
+        .find(|c| c.name == name && c.connector.name.eq_ignore_ascii_case(&install.spec.connector_name))
+    {
+        Some(found) => Decision::Record {
+            account_id,
+            found: found.clone(),
+        },
         None => Decision::Install { account_id },
     }
 }
@@ -177,11 +208,19 @@ fn next_status(
 
 fn status_changed(previous: &CyclrConnectorInstallStatus, next: &CyclrConnectorInstallStatus) -> bool {
     !same_conditions(&previous.conditions, &next.conditions)
-        || CyclrConnectorInstallStatus { conditions: vec![], ..previous.clone() }
-            != CyclrConnectorInstallStatus { conditions: vec![], ..next.clone() }
+        || CyclrConnectorInstallStatus {
+            conditions: vec![],
+            ..previous.clone()
+        } != CyclrConnectorInstallStatus {
+            conditions: vec![],
+            ..next.clone()
+        }
 }
 
-async fn observe_account(install: &CyclrConnectorInstall, ctx: &Context) -> Result<(AccountView, Option<Arc<PartnerRuntime>>), Error> {
+async fn observe_account(
+    install: &CyclrConnectorInstall,
+    ctx: &Context,
+) -> Result<(AccountView, Option<Arc<PartnerRuntime>>), Error> {
     let api: Api<CyclrAccount> = Api::namespaced(ctx.client.clone(), &install.namespace().unwrap_or_default());
     let Some(account) = api.get_opt(&install.spec.account_ref.name).await? else {
         return Ok((AccountView::Missing, None));
@@ -195,7 +234,9 @@ async fn observe_account(install: &CyclrConnectorInstall, ctx: &Context) -> Resu
 }
 
 async fn observe_credentials(install: &CyclrConnectorInstall, ctx: &Context) -> Result<CredentialsView, Error> {
-    let Some(auth) = &install.spec.auth else { return Ok(CredentialsView::Ready(ConnectorAuth::None)) };
+    let Some(auth) = &install.spec.auth else {
+        return Ok(CredentialsView::Ready(ConnectorAuth::None));
+    };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &install.namespace().unwrap_or_default());
     let read = |name: &str| {
         let api = api.clone();
@@ -203,25 +244,43 @@ async fn observe_credentials(install: &CyclrConnectorInstall, ctx: &Context) -> 
         async move { api.get_opt(&name).await }
     };
     let value = |secret: &Secret, key: &str| {
-        secret.data.as_ref().and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok())
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
-    let missing = |name: &str| CredentialsView::Missing { reason: "SecretNotFound", message: format!("Secret {name:?} not found") };
+    let missing = |name: &str| CredentialsView::Missing {
+        reason: "SecretNotFound",
+        message: format!("Secret {name:?} not found"),
+    };
     let missing_key = |name: &str, key: &str| CredentialsView::Missing {
         reason: "SecretKeyNotFound",
         message: format!("Secret {name:?} has no key {key:?}"),
     };
     if let Some(r) = &auth.api_key_secret_ref {
-        let Some(secret) = read(&r.name).await? else { return Ok(missing(&r.name)) };
+        let Some(secret) = read(&r.name).await? else {
+            return Ok(missing(&r.name));
+        };
         return Ok(match value(&secret, &r.key) {
             Some(key) => CredentialsView::Ready(ConnectorAuth::ApiKey(SecretString::from(key))),
             None => missing_key(&r.name, &r.key),
         });
     }
     if let Some(r) = &auth.basic_auth_secret_ref {
-        let Some(secret) = read(&r.name).await? else { return Ok(missing(&r.name)) };
-        let Some(username) = value(&secret, &r.username_key) else { return Ok(missing_key(&r.name, &r.username_key)) };
-        let Some(password) = value(&secret, &r.password_key) else { return Ok(missing_key(&r.name, &r.password_key)) };
-        return Ok(CredentialsView::Ready(ConnectorAuth::Basic { username, password: SecretString::from(password) }));
+        let Some(secret) = read(&r.name).await? else {
+            return Ok(missing(&r.name));
+        };
+        let Some(username) = value(&secret, &r.username_key) else {
+            return Ok(missing_key(&r.name, &r.username_key));
+        };
+        let Some(password) = value(&secret, &r.password_key) else {
+            return Ok(missing_key(&r.name, &r.password_key));
+        };
+        return Ok(CredentialsView::Ready(ConnectorAuth::Basic {
+            username,
+            password: SecretString::from(password),
+        }));
     }
     Ok(CredentialsView::Ready(ConnectorAuth::None))
 }
@@ -232,7 +291,11 @@ async fn reconcile(install: Arc<CyclrConnectorInstall>, ctx: Arc<Context>) -> Re
         return Ok(Action::await_change());
     }
     if install.status.is_none() {
-        let first = next_status(&Default::default(), install.metadata.generation, &Health::progressing("Reconciling", "first reconcile"));
+        let first = next_status(
+            &Default::default(),
+            install.metadata.generation,
+            &Health::progressing("Reconciling", "first reconcile"),
+        );
         ctx.apply_status(install.as_ref(), &first).await?;
     }
     let (account, runtime) = observe_account(&install, &ctx).await?;
@@ -249,7 +312,13 @@ async fn reconcile(install: Arc<CyclrConnectorInstall>, ctx: Arc<Context>) -> Re
             Some(Ok(list)) => InstalledView::Listed(list),
             Some(Err(why)) => InstalledView::Unavailable(why.clone()),
         };
-        let obs = Observation { install: &install, account: clone_view(&account), partner_ready: partner_ready.clone(), credentials: &credentials, installed };
+        let obs = Observation {
+            install: &install,
+            account: clone_view(&account),
+            partner_ready: partner_ready.clone(),
+            credentials: &credentials,
+            installed,
+        };
         match decide(&obs) {
             Decision::ListInstalled { account_id } => {
                 let runtime = runtime.as_ref().expect("a ready partner has a runtime");
@@ -268,18 +337,36 @@ async fn reconcile(install: Arc<CyclrConnectorInstall>, ctx: Arc<Context>) -> Re
         Decision::ListInstalled { .. } => unreachable!("handled in the loop"),
         Decision::Report(health) => (health, None),
         Decision::DropPendingAnnotation => {
-            ctx.set_annotation(install.as_ref(), annotations::INSTALL_PENDING, None, false).await?;
+            ctx.set_annotation(install.as_ref(), annotations::INSTALL_PENDING, None, false)
+                .await?;
             return Ok(Action::await_change());
         }
         Decision::Record { account_id, found } => {
-            ctx.event(install.as_ref(), EventType::Normal, "Adopted", format!("connector {:?} is already installed in account {account_id} (id {})", found.name, found.id)).await;
-            (Health::ready("Installed", "the connector is installed"), Some((account_id, Some(found.id))))
+            ctx.event(
+                install.as_ref(),
+                EventType::Normal,
+                "Adopted",
+                format!(
+                    "connector {:?} is already installed in account {account_id} (id {})",
+                    found.name, found.id
+                ),
+            )
+            .await;
+            (
+                Health::ready("Installed", "the connector is installed"),
+                Some((account_id, Some(found.id))),
+            )
         }
         Decision::Install { account_id } => {
-            let CredentialsView::Ready(auth) = credentials else { unreachable!("decided only with credentials") };
+            let CredentialsView::Ready(auth) = credentials else {
+                unreachable!("decided only with credentials")
+            };
             let runtime = runtime.as_ref().expect("a ready partner has a runtime");
             match install_once(&install, &ctx, runtime, &account_id, auth).await? {
-                Ok(()) => (Health::ready("Installed", "the connector is installed"), Some((account_id, None))),
+                Ok(()) => (
+                    Health::ready("Installed", "the connector is installed"),
+                    Some((account_id, None)),
+                ),
                 Err(health) => (health, None),
             }
         }
@@ -294,12 +381,16 @@ async fn reconcile(install: Arc<CyclrConnectorInstall>, ctx: Arc<Context>) -> Re
         ctx.apply_status(install.as_ref(), &next).await?;
         if next.installed_at.is_some() && previous.installed_at.is_none() {
             // The id is stored: the pending marker is no longer needed.
-            if annotation(&install.metadata, annotations::INSTALL_PENDING).is_some() || matches!(health, Health::Ready { .. }) {
-                ctx.set_annotation(install.as_ref(), annotations::INSTALL_PENDING, None, false).await?;
+            if annotation(&install.metadata, annotations::INSTALL_PENDING).is_some()
+                || matches!(health, Health::Ready { .. })
+            {
+                ctx.set_annotation(install.as_ref(), annotations::INSTALL_PENDING, None, false)
+                    .await?;
             }
         }
         if let Health::Stalled { reason, message } = &health {
-            ctx.event(install.as_ref(), EventType::Warning, reason, message.clone()).await;
+            ctx.event(install.as_ref(), EventType::Warning, reason, message.clone())
+                .await;
         }
     }
     Ok(match health {
@@ -313,7 +404,9 @@ fn clone_view(view: &AccountView) -> AccountView {
     match view {
         AccountView::Missing => AccountView::Missing,
         AccountView::NotReady(why) => AccountView::NotReady(why.clone()),
-        AccountView::Ready { account_id } => AccountView::Ready { account_id: account_id.clone() },
+        AccountView::Ready { account_id } => AccountView::Ready {
+            account_id: account_id.clone(),
+        },
     }
 }
 
@@ -326,7 +419,9 @@ async fn install_once(
     auth: ConnectorAuth,
 ) -> Result<Result<(), Health>, Error> {
     let since = chrono::Utc::now().to_rfc3339();
-    let install = ctx.set_annotation(install, annotations::INSTALL_PENDING, Some(&since), true).await?;
+    let install = ctx
+        .set_annotation(install, annotations::INSTALL_PENDING, Some(&since), true)
+        .await?;
     let request = InstallConnectorRequest {
         account_id: account_id.to_string(),
         connector_name: install.spec.connector_name.clone(),
@@ -336,14 +431,27 @@ async fn install_once(
     };
     match runtime.client.install_connector(&request).await {
         Ok(()) => {
-            ctx.event(&install, EventType::Normal, "Installed", format!("installed connector {} {} into account {account_id}", request.connector_name, request.connector_version)).await;
+            ctx.event(
+                &install,
+                EventType::Normal,
+                "Installed",
+                format!(
+                    "installed connector {} {} into account {account_id}",
+                    request.connector_name, request.connector_version
+                ),
+            )
+            .await;
             Ok(Ok(()))
         }
         Err(error) if error.outcome_unknown() => Err(error.into()),
         Err(error) => {
-            ctx.set_annotation(&install, annotations::INSTALL_PENDING, None, false).await?;
+            ctx.set_annotation(&install, annotations::INSTALL_PENDING, None, false)
+                .await?;
             match error {
-                CyclrError::Validation { message, .. } => Ok(Err(Health::stalled("CyclrRejected", format!("Cyclr rejected the install: {message}")))),
+                CyclrError::Validation { message, .. } => Ok(Err(Health::stalled(
+                    "CyclrRejected",
+                    format!("Cyclr rejected the install: {message}"),
+                ))),
                 CyclrError::NotFound { message } => Ok(Err(Health::stalled("ExternalAccountMissing", message))),
                 other => Err(other.into()),
             }
@@ -370,15 +478,28 @@ mod tests {
     }
 
     fn ready_account() -> AccountView {
-        AccountView::Ready { account_id: "a1".into() }
+        AccountView::Ready {
+            account_id: "a1".into(),
+        }
     }
 
     fn key() -> CredentialsView {
         CredentialsView::Ready(ConnectorAuth::ApiKey(SecretString::from("k")))
     }
 
-    fn decide_with(install: &CyclrConnectorInstall, account: AccountView, credentials: &CredentialsView, installed: InstalledView) -> Decision {
-        decide(&Observation { install, account, partner_ready: Ok(()), credentials, installed })
+    fn decide_with(
+        install: &CyclrConnectorInstall,
+        account: AccountView,
+        credentials: &CredentialsView,
+        installed: InstalledView,
+    ) -> Decision {
+        decide(&Observation {
+            install,
+            account,
+            partner_ready: Ok(()),
+            credentials,
+            installed,
+        })
     }
 
     fn listed(name: &str) -> Vec<InstalledConnector> {
@@ -387,19 +508,34 @@ mod tests {
             name: name.into(),
             description: None,
             authenticated: true,
-            connector: ConnectorSummary { id: "1".into(), name: "Slack".into(), version: Some("v1".into()) },
+            connector: ConnectorSummary {
+                id: "1".into(),
+                name: "Slack".into(),
+                version: Some("v1".into()),
+            },
         }]
     }
 
     #[test]
     fn waits_for_its_account() {
-        let d = decide_with(&install(), AccountView::NotReady("has no id".into()), &key(), InstalledView::NotListed);
-        assert!(matches!(d, Decision::Report(Health::Progressing { ref reason, .. }) if reason == "AccountNotReady"), "{d:?}");
+        let d = decide_with(
+            &install(),
+            AccountView::NotReady("has no id".into()),
+            &key(),
+            InstalledView::NotListed,
+        );
+        assert!(
+            matches!(d, Decision::Report(Health::Progressing { ref reason, .. }) if reason == "AccountNotReady"),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn missing_secret_is_named() {
-        let creds = CredentialsView::Missing { reason: "SecretNotFound", message: "Secret \"slack-key\" not found".into() };
+        let creds = CredentialsView::Missing {
+            reason: "SecretNotFound",
+            message: "Secret \"slack-key\" not found".into(),
+        };
         match decide_with(&install(), ready_account(), &creds, InstalledView::NotListed) {
             Decision::Report(h) => {
                 assert_eq!(h.reason(), "SecretNotFound");
@@ -411,9 +547,19 @@ mod tests {
 
     #[test]
     fn looks_before_installing_and_installs_when_absent() {
-        assert_eq!(decide_with(&install(), ready_account(), &key(), InstalledView::NotListed), Decision::ListInstalled { account_id: "a1".into() });
+        assert_eq!(
+            decide_with(&install(), ready_account(), &key(), InstalledView::NotListed),
+            Decision::ListInstalled {
+                account_id: "a1".into()
+            }
+        );
         let other = listed("something-else");
-        assert_eq!(decide_with(&install(), ready_account(), &key(), InstalledView::Listed(&other)), Decision::Install { account_id: "a1".into() });
+        assert_eq!(
+            decide_with(&install(), ready_account(), &key(), InstalledView::Listed(&other)),
+            Decision::Install {
+                account_id: "a1".into()
+            }
+        );
     }
 
     #[test]
@@ -428,17 +574,39 @@ mod tests {
     #[test]
     fn installed_is_final() {
         let mut i = install();
-        i.status = Some(CyclrConnectorInstallStatus { installed_at: Some(Time(Timestamp::now())), ..Default::default() });
-        assert!(matches!(decide_with(&i, ready_account(), &key(), InstalledView::NotListed), Decision::Report(Health::Ready { .. })));
+        i.status = Some(CyclrConnectorInstallStatus {
+            installed_at: Some(Time(Timestamp::now())),
+            ..Default::default()
+        });
+        assert!(matches!(
+            decide_with(&i, ready_account(), &key(), InstalledView::NotListed),
+            Decision::Report(Health::Ready { .. })
+        ));
     }
 
     #[test]
     fn unconfirmable_pending_install_stalls_instead_of_installing_twice() {
         let mut i = install();
-        i.metadata.annotations = Some(BTreeMap::from([(annotations::INSTALL_PENDING.to_string(), "t".to_string())]));
+        i.metadata.annotations = Some(BTreeMap::from([(
+            annotations::INSTALL_PENDING.to_string(),
+            "t".to_string(),
+        )]));
         let d = decide_with(&i, ready_account(), &key(), InstalledView::Unavailable("404".into()));
-        assert!(matches!(d, Decision::Report(Health::Stalled { ref reason, .. }) if reason == "InstallOutcomeUnknown"), "{d:?}");
-        let no_pending = decide_with(&install(), ready_account(), &key(), InstalledView::Unavailable("404".into()));
-        assert_eq!(no_pending, Decision::Install { account_id: "a1".into() });
+        assert!(
+            matches!(d, Decision::Report(Health::Stalled { ref reason, .. }) if reason == "InstallOutcomeUnknown"),
+            "{d:?}"
+        );
+        let no_pending = decide_with(
+            &install(),
+            ready_account(),
+            &key(),
+            InstalledView::Unavailable("404".into()),
+        );
+        assert_eq!(
+            no_pending,
+            Decision::Install {
+                account_id: "a1".into()
+            }
+        );
     }
 }

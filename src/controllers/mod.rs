@@ -12,21 +12,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::channel::mpsc;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::PredicateConfig;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use futures::channel::mpsc;
 
 use crate::cyclr::CyclrError;
 use crate::metrics::Metrics;
@@ -98,7 +98,13 @@ pub struct Context {
 impl Context {
     /// Publishes an Event (events.k8s.io); the recorder de-duplicates repeats into a series.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
         if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%error, reason, "could not publish an Event");
         }
@@ -119,7 +125,9 @@ impl Context {
 
     /// Ids of Cyclr accounts held by CyclrAccounts other than `except` (a uid).
     pub fn claimed_account_ids(&self, except: &str) -> Vec<String> {
-        let Some(store) = self.accounts.get() else { return Vec::new() };
+        let Some(store) = self.accounts.get() else {
+            return Vec::new();
+        };
         store
             .state()
             .iter()
@@ -145,7 +153,12 @@ impl Context {
             "kind": K::kind(&()),
             "status": status,
         });
-        api.patch_status(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
         self.metrics.kubernetes_write(&K::kind(&()));
         Ok(())
     }
@@ -168,7 +181,11 @@ impl Context {
             metadata["resourceVersion"] = serde_json::json!(obj.resource_version());
         }
         let updated = api
-            .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({ "metadata": metadata })))
+            .patch(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "metadata": metadata })),
+            )
             .await?;
         self.metrics.kubernetes_write(&K::kind(&()));
         Ok(updated)
@@ -176,7 +193,11 @@ impl Context {
 }
 
 /// What a reconcile error means for the next attempt.
-fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<DeserializeGuard<K>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let key = guard_key(&obj);
     let delay = match error {
         Error::Cyclr(e) => e.retry_after().unwrap_or_else(|| ctx.backoff(&key)),
@@ -191,7 +212,12 @@ fn guard_key<K: Resource<DynamicType = ()>>(obj: &DeserializeGuard<K>) -> String
         Ok(o) => o.meta(),
         Err(invalid) => &invalid.metadata,
     };
-    format!("{}/{}/{}", K::kind(&()), meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
 }
 
 /// Runs one reconcile with the bookkeeping every controller shares: malformed objects are
@@ -290,7 +316,13 @@ pub async fn run(
     wait_for_crds(client.clone()).await?;
     let (partner_changed, partner_changes) = mpsc::unbounded();
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: None,
+            },
+        ),
         client: client.clone(),
         config: config.clone(),
         partners: Partners::default(),
@@ -305,7 +337,11 @@ pub async fn run(
     let accounts = account::controller(ctx.clone(), partner_changes, shutdown.clone());
     let installs = connector_install::controller(ctx.clone(), shutdown);
     tracing::info!(namespace = %config.namespace, "controllers started");
-    futures::join!(partners.for_each(|_| async {}), accounts.for_each(|_| async {}), installs.for_each(|_| async {}));
+    futures::join!(
+        partners.for_each(|_| async {}),
+        accounts.for_each(|_| async {}),
+        installs.for_each(|_| async {})
+    );
     Ok(())
 }
 

@@ -20,7 +20,9 @@ use super::partners::{PartnerRuntime, PartnerState};
 use super::{Context, Error, controller_for, error_policy, guarded, jittered};
 use crate::cyclr::types::{PartnerDetails, PricePlan};
 use crate::cyclr::{ClientConfig, CyclrClient, CyclrError};
-use crate::resources::{CyclrPartner, CyclrPartnerStatus, Health, PartnerDetailsStatus, PricePlanStatus, same_conditions};
+use crate::resources::{
+    CyclrPartner, CyclrPartnerStatus, Health, PartnerDetailsStatus, PricePlanStatus, same_conditions,
+};
 
 pub fn controller(
     ctx: Arc<Context>,
@@ -32,16 +34,20 @@ pub fn controller(
     let store = controller.store();
     // A rotated or fixed credentials Secret takes effect at once.
     controller
-        .watches(super::operator_secrets(&ctx), watcher::Config::default(), move |secret: Secret| {
-            let name = secret.name_any();
-            store
-                .state()
-                .iter()
-                .filter_map(|g| g.0.as_ref().ok())
-                .filter(|p| p.spec.credentials_secret_ref.name == name)
-                .map(|p| ObjectRef::new(&p.name_any()))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            super::operator_secrets(&ctx),
+            watcher::Config::default(),
+            move |secret: Secret| {
+                let name = secret.name_any();
+                store
+                    .state()
+                    .iter()
+                    .filter_map(|g| g.0.as_ref().ok())
+                    .filter(|p| p.spec.credentials_secret_ref.name == name)
+                    .map(|p| ObjectRef::new(&p.name_any()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(|obj, ctx| guarded(obj, ctx, reconcile), error_policy, ctx)
         .map(|_| ())
@@ -71,7 +77,10 @@ async fn reconcile(partner: Arc<CyclrPartner>, ctx: Arc<Context>) -> Result<Acti
 
     let observed = observe(&runtime).await;
     let (health, observed) = match observed {
-        Ok(observed) => (Health::ready("Connected", "the credentials work and Partner Details answers"), Some(observed)),
+        Ok(observed) => (
+            Health::ready("Connected", "the credentials work and Partner Details answers"),
+            Some(observed),
+        ),
         Err(error) => (health_of_error(&error), None),
     };
     let was_ready = matches!(runtime.state(), PartnerState::Ready);
@@ -85,7 +94,13 @@ async fn reconcile(partner: Arc<CyclrPartner>, ctx: Arc<Context>) -> Result<Acti
     if let Some(observed) = &observed {
         runtime.set_price_plans(observed.plans.clone());
     } else if was_ready {
-        ctx.event(partner.as_ref(), EventType::Warning, health.reason(), health.message().to_string()).await;
+        ctx.event(
+            partner.as_ref(),
+            EventType::Warning,
+            health.reason(),
+            health.message().to_string(),
+        )
+        .await;
     }
     report(&partner, &ctx, &health, observed.as_ref()).await?;
     Ok(Action::requeue(jittered(runtime.resync_interval)))
@@ -95,13 +110,22 @@ async fn reconcile(partner: Arc<CyclrPartner>, ctx: Arc<Context>) -> Result<Acti
 async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Arc<PartnerRuntime>, Health> {
     let name = partner.name_any();
     let secret_ref = &partner.spec.credentials_secret_ref;
-    let secret = super::operator_secrets(ctx).get_opt(&secret_ref.name).await.map_err(|e| {
-        Health::failing("SecretUnreadable", format!("cannot read Secret {}/{}: {e}", ctx.config.namespace, secret_ref.name))
-    })?;
+    let secret = super::operator_secrets(ctx)
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|e| {
+            Health::failing(
+                "SecretUnreadable",
+                format!("cannot read Secret {}/{}: {e}", ctx.config.namespace, secret_ref.name),
+            )
+        })?;
     let Some(secret) = secret else {
         return Err(Health::failing(
             "CredentialsSecretNotFound",
-            format!("Secret {}/{} not found (partner credentials are read from the operator's namespace)", ctx.config.namespace, secret_ref.name),
+            format!(
+                "Secret {}/{} not found (partner credentials are read from the operator's namespace)",
+                ctx.config.namespace, secret_ref.name
+            ),
         ));
     };
     let value = |key: &str| {
@@ -112,7 +136,10 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Arc<Partne
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
             .map(|v| v.trim().to_string())
             .ok_or_else(|| {
-                Health::failing("CredentialsKeyMissing", format!("Secret {}/{} has no key {key}", ctx.config.namespace, secret_ref.name))
+                Health::failing(
+                    "CredentialsKeyMissing",
+                    format!("Secret {}/{} has no key {key}", ctx.config.namespace, secret_ref.name),
+                )
             })
     };
     let client_id = value(&secret_ref.client_id_key)?;
@@ -136,7 +163,12 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Arc<Partne
     let client = CyclrClient::new(config)
         .map_err(|e| Health::stalled("InvalidConfiguration", e.to_string()))?
         .with_observer(ctx.metrics.cyclr_observer(&name));
-    let runtime = Arc::new(PartnerRuntime::new(client, fingerprint, spec.resync_interval.into(), spec.usage_interval.into()));
+    let runtime = Arc::new(PartnerRuntime::new(
+        client,
+        fingerprint,
+        spec.resync_interval.into(),
+        spec.usage_interval.into(),
+    ));
     ctx.partners.insert(&name, runtime.clone());
     tracing::info!(partner = %name, url = %spec.api_url, "partner client configured");
     Ok(runtime)
@@ -147,15 +179,20 @@ async fn observe(runtime: &PartnerRuntime) -> Result<Observed, CyclrError> {
     let details = runtime.client.partner_details().await?;
     let plans = runtime.client.price_plans().await?;
     let snapshot = runtime.snapshot_since(Utc::now()).await?;
-    Ok(Observed { details, plans, account_count: snapshot.accounts.len() })
+    Ok(Observed {
+        details,
+        plans,
+        account_count: snapshot.accounts.len(),
+    })
 }
 
 /// How a Cyclr error shows on the partner.
 pub fn health_of_error(error: &CyclrError) -> Health {
     match error {
-        CyclrError::Unauthorized { message } => {
-            Health::failing("AuthenticationFailed", format!("Cyclr refused the partner credentials: {message}"))
-        }
+        CyclrError::Unauthorized { message } => Health::failing(
+            "AuthenticationFailed",
+            format!("Cyclr refused the partner credentials: {message}"),
+        ),
         CyclrError::Config(message) => Health::stalled("InvalidConfiguration", message.clone()),
         CyclrError::RateLimited { .. } => Health::failing("RateLimited", error.to_string()),
         other => Health::failing("CyclrUnavailable", other.to_string()),
@@ -184,7 +221,13 @@ pub fn desired_status(
             custom_connectors_enabled: details.custom_connectors_enabled,
             cycle_sharing_enabled: details.cycle_sharing_enabled,
         });
-        status.price_plans = plans.iter().map(|p| PricePlanStatus { id: p.id.0, name: p.name.clone() }).collect();
+        status.price_plans = plans
+            .iter()
+            .map(|p| PricePlanStatus {
+                id: p.id.0,
+                name: p.name.clone(),
+            })
+            .collect();
         status.account_count = Some(count as u32);
     }
     let data_changed = (status.details != previous.details)
@@ -199,10 +242,21 @@ pub fn desired_status(
 /// Whether `next` differs from `previous` in anything but condition transition times.
 pub fn status_changed(previous: &CyclrPartnerStatus, next: &CyclrPartnerStatus) -> bool {
     !same_conditions(&previous.conditions, &next.conditions)
-        || CyclrPartnerStatus { conditions: vec![], ..previous.clone() } != CyclrPartnerStatus { conditions: vec![], ..next.clone() }
+        || CyclrPartnerStatus {
+            conditions: vec![],
+            ..previous.clone()
+        } != CyclrPartnerStatus {
+            conditions: vec![],
+            ..next.clone()
+        }
 }
 
-async fn report(partner: &CyclrPartner, ctx: &Context, health: &Health, observed: Option<&Observed>) -> Result<(), Error> {
+async fn report(
+    partner: &CyclrPartner,
+    ctx: &Context,
+    health: &Health,
+    observed: Option<&Observed>,
+) -> Result<(), Error> {
     let previous = partner.status.clone().unwrap_or_default();
     let next = desired_status(
         &previous,
@@ -223,14 +277,26 @@ mod tests {
     use crate::resources::{READY, condition};
 
     fn details() -> PartnerDetails {
-        PartnerDetails { application_display_name: Some("Example".into()), domain: Some("x.example".into()), ..Default::default() }
+        PartnerDetails {
+            application_display_name: Some("Example".into()),
+            domain: Some("x.example".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn unchanged_observation_needs_no_write() {
-        let plans = vec![PricePlan { id: PricePlanId(2), name: "Starter".into() }];
+        let plans = vec![PricePlan {
+            id: PricePlanId(2),
+            name: "Starter".into(),
+        }];
         let health = Health::ready("Connected", "ok");
-        let first = desired_status(&CyclrPartnerStatus::default(), Some(1), &health, Some((&details(), &plans, 3)));
+        let first = desired_status(
+            &CyclrPartnerStatus::default(),
+            Some(1),
+            &health,
+            Some((&details(), &plans, 3)),
+        );
         assert!(first.last_sync_time.is_some());
         assert_eq!(first.account_count, Some(3));
         let second = desired_status(&first, Some(1), &health, Some((&details(), &plans, 3)));
@@ -241,7 +307,9 @@ mod tests {
 
     #[test]
     fn unauthorized_is_reported_with_cyclrs_message() {
-        let health = health_of_error(&CyclrError::Unauthorized { message: "invalid_client".into() });
+        let health = health_of_error(&CyclrError::Unauthorized {
+            message: "invalid_client".into(),
+        });
         assert_eq!(health.reason(), "AuthenticationFailed");
         assert!(health.message().contains("invalid_client"));
         let status = desired_status(&CyclrPartnerStatus::default(), Some(2), &health, None);

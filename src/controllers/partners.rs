@@ -97,7 +97,10 @@ impl PartnerRuntime {
         if let Some(current) = held.as_ref() {
             let mut accounts = current.accounts.clone();
             accounts.insert(account.id.clone(), account);
-            *held = Some(Arc::new(AccountsSnapshot { taken_at: current.taken_at, accounts }));
+            *held = Some(Arc::new(AccountsSnapshot {
+                taken_at: current.taken_at,
+                accounts,
+            }));
         }
     }
 }

@@ -37,11 +37,7 @@ pub(crate) struct TokenCache {
 impl TokenCache {
     /// The generation of the token cached now, if any.
     pub(crate) async fn generation(&self) -> Option<u64> {
-        self.slot
-            .lock()
-            .await
-            .as_ref()
-            .map(|cached| cached.token.generation)
+        self.slot.lock().await.as_ref().map(|cached| cached.token.generation)
     }
 
     /// A usable token: the cached one unless it is due for renewal or is generation `stale`,
@@ -64,9 +60,7 @@ impl TokenCache {
         let lifetime = Duration::from_secs(response.expires_in).min(MAX_LIFETIME);
         let token = BearerToken {
             secret: response.access_token,
-            generation: slot
-                .as_ref()
-                .map_or(1, |cached| cached.token.generation + 1),
+            generation: slot.as_ref().map_or(1, |cached| cached.token.generation + 1),
         };
         *slot = Some(Cached {
             token: token.clone(),
@@ -100,18 +94,9 @@ mod tests {
 
     #[test]
     fn renews_a_tenth_early_but_at_most_a_minute_early() {
-        assert_eq!(
-            renewal_margin(Duration::from_secs(1_209_599)),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            renewal_margin(Duration::from_secs(300)),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            renewal_margin(Duration::from_secs(2)),
-            Duration::from_millis(200)
-        );
+        assert_eq!(renewal_margin(Duration::from_secs(1_209_599)), Duration::from_secs(60));
+        assert_eq!(renewal_margin(Duration::from_secs(300)), Duration::from_secs(30));
+        assert_eq!(renewal_margin(Duration::from_secs(2)), Duration::from_millis(200));
         assert_eq!(renewal_margin(Duration::ZERO), Duration::ZERO);
     }
 
@@ -186,10 +171,7 @@ mod tests {
             .await;
         assert!(matches!(error, Err(CyclrError::Unauthorized { .. })));
         assert_eq!(cache.generation().await, None);
-        let token = cache
-            .get(None, async || Ok(response("after", 3600)))
-            .await
-            .unwrap();
+        let token = cache.get(None, async || Ok(response("after", 3600))).await.unwrap();
         assert_eq!(token.secret.expose_secret(), "after");
     }
 }

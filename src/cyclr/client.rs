@@ -20,8 +20,8 @@ use super::error::{CyclrError, Result};
 pub use super::retry::RetryPolicy;
 use super::retry::parse_retry_after;
 use super::types::{
-    Account, AccountFields, AccountId, AccountUsage, IdResponse, InstallConnectorRequest,
-    InstalledConnector, PartnerDetails, PricePlan, SignInToken, SignInTokenRequest, TokenResponse,
+    Account, AccountFields, AccountId, AccountUsage, IdResponse, InstallConnectorRequest, InstalledConnector,
+    PartnerDetails, PricePlan, SignInToken, SignInTokenRequest, TokenResponse,
 };
 
 /// How to reach one Cyclr partner console.
@@ -39,11 +39,7 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    pub fn new(
-        api_url: impl Into<String>,
-        client_id: impl Into<String>,
-        client_secret: SecretString,
-    ) -> Self {
+    pub fn new(api_url: impl Into<String>, client_id: impl Into<String>, client_secret: SecretString) -> Self {
         ClientConfig {
             api_url: api_url.into(),
             client_id: client_id.into(),
@@ -177,9 +173,8 @@ impl Call {
     }
 
     fn json(mut self, body: &impl Serialize) -> Result<Self> {
-        let json = serde_json::to_vec(body).map_err(|e| {
-            CyclrError::Config(format!("cannot encode the {} request: {e}", self.endpoint))
-        })?;
+        let json = serde_json::to_vec(body)
+            .map_err(|e| CyclrError::Config(format!("cannot encode the {} request: {e}", self.endpoint)))?;
         if let Some(request) = &mut self.request {
             request.json = Some(json);
         }
@@ -244,8 +239,8 @@ impl CyclrClient {
         let base = parse_base_url(&config.api_url)?;
         let rate = NonZeroU32::new(config.requests_per_second)
             .ok_or_else(|| CyclrError::Config("requests_per_second must be at least 1".into()))?;
-        let burst = NonZeroU32::new(config.burst)
-            .ok_or_else(|| CyclrError::Config("burst must be at least 1".into()))?;
+        let burst =
+            NonZeroU32::new(config.burst).ok_or_else(|| CyclrError::Config("burst must be at least 1".into()))?;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -311,25 +306,17 @@ impl CyclrClient {
         let call = Call::new("create_account", Verb::Post, url)
             .json(fields)?
             .at_most_once();
-        self.send_json::<IdResponse>(call)
-            .await
-            .map(|response| response.id)
+        self.send_json::<IdResponse>(call).await.map(|response| response.id)
     }
 
     /// Sends only the fields that are set; the others keep their values in Cyclr.
     pub async fn update_account(&self, id: &str, fields: &AccountFields) -> Result<AccountId> {
         let url = self.url(&["api", "partner", "accounts", id]);
         let call = Call::new("update_account", Verb::Put, url).json(fields)?;
-        self.send_json::<IdResponse>(call)
-            .await
-            .map(|response| response.id)
+        self.send_json::<IdResponse>(call).await.map(|response| response.id)
     }
 
-    pub async fn create_signin_token(
-        &self,
-        account_id: &str,
-        username: &str,
-    ) -> Result<SignInToken> {
+    pub async fn create_signin_token(&self, account_id: &str, username: &str) -> Result<SignInToken> {
         let url = self.url(&["api", "partner", "createaccountsignintoken"]);
         let body = SignInTokenRequest {
             account_id: account_id.to_owned(),
@@ -362,18 +349,13 @@ impl CyclrClient {
     }
 
     /// Usage since `from_date`, or since the last bill date when `None`.
-    pub async fn account_usage(
-        &self,
-        account_id: &str,
-        from_date: Option<chrono::NaiveDate>,
-    ) -> Result<AccountUsage> {
+    pub async fn account_usage(&self, account_id: &str, from_date: Option<chrono::NaiveDate>) -> Result<AccountUsage> {
         let mut url = self.url(&["api", "partner", "accounts", account_id, "billing"]);
         if let Some(date) = from_date {
             url.query_pairs_mut()
                 .append_pair("fromDate", &date.format("%Y-%m-%d").to_string());
         }
-        self.send_json(Call::new("account_usage", Verb::Get, url))
-            .await
+        self.send_json(Call::new("account_usage", Verb::Get, url)).await
     }
 
     /// The connectors installed into an account (v1.0 API), to check before installing.
@@ -395,8 +377,7 @@ impl CyclrClient {
 
     async fn send_json<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
         let body = self.send(&call).await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
+        serde_json::from_slice(&body).map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
     }
 
     /// The one path every operation takes: attempts, the single token renewal on a 401, and
@@ -446,9 +427,7 @@ impl CyclrClient {
         let token = self
             .inner
             .tokens
-            .get(stale_token, async || {
-                self.fetch_token(attempt, deadline).await
-            })
+            .get(stale_token, async || self.fetch_token(attempt, deadline).await)
             .await
             .map_err(Failure::not_sent)?;
         let Some(request) = &call.request else {
@@ -467,15 +446,8 @@ impl CyclrClient {
         if let Some(account) = &request.account {
             builder = builder.header("X-Cyclr-Account", account);
         }
-        self.execute(
-            call.endpoint,
-            request.verb,
-            builder,
-            Some(&token),
-            attempt,
-            deadline,
-        )
-        .await
+        self.execute(call.endpoint, request.verb, builder, Some(&token), attempt, deadline)
+            .await
     }
 
     /// One token request (`send` retries the operation it belongs to).
@@ -582,8 +554,7 @@ impl CyclrClient {
     /// Waits out a 429 hold, or fails at once when it lasts past this call's deadline so the
     /// caller can requeue instead of blocking.
     async fn wait_while_held(&self, deadline: Instant) -> Result<(), Failure> {
-        let until =
-            self.inner.epoch + Duration::from_nanos(self.inner.held_until.load(Ordering::SeqCst));
+        let until = self.inner.epoch + Duration::from_nanos(self.inner.held_until.load(Ordering::SeqCst));
         let now = Instant::now();
         if until <= now {
             return Ok(());
@@ -599,12 +570,9 @@ impl CyclrClient {
 }
 
 fn parse_base_url(api_url: &str) -> Result<Url> {
-    let url = Url::parse(api_url.trim())
-        .map_err(|e| CyclrError::Config(format!("apiUrl {api_url:?}: {e}")))?;
+    let url = Url::parse(api_url.trim()).map_err(|e| CyclrError::Config(format!("apiUrl {api_url:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(CyclrError::Config(format!(
-            "apiUrl {api_url:?} is not an http(s) URL"
-        )));
+        return Err(CyclrError::Config(format!("apiUrl {api_url:?} is not an http(s) URL")));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(CyclrError::Config(format!(
@@ -615,12 +583,7 @@ fn parse_base_url(api_url: &str) -> Result<Url> {
 }
 
 /// Maps a non-2xx response to the error the rest of the operator reasons about.
-fn error_for_status(
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &[u8],
-    now: SystemTime,
-) -> CyclrError {
+fn error_for_status(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> CyclrError {
     let code = status.as_u16();
     match code {
         401 | 403 => CyclrError::Unauthorized {
@@ -699,12 +662,7 @@ mod tests {
     }
 
     fn map(code: u16, body: &str) -> CyclrError {
-        error_for_status(
-            status(code),
-            &HeaderMap::new(),
-            body.as_bytes(),
-            SystemTime::now(),
-        )
+        error_for_status(status(code), &HeaderMap::new(), body.as_bytes(), SystemTime::now())
     }
 
     #[test]
@@ -729,19 +687,14 @@ mod tests {
         assert!(
             matches!(map(500, ""), CyclrError::Server { status: 500, message } if message == "Internal Server Error")
         );
-        assert!(matches!(
-            map(429, ""),
-            CyclrError::RateLimited { retry_after: None }
-        ));
+        assert!(matches!(map(429, ""), CyclrError::RateLimited { retry_after: None }));
         assert!(matches!(map(302, ""), CyclrError::Config(_)));
     }
 
     #[test]
     fn oauth_error_fields_are_messages_too() {
         let body = r#"{"error":"invalid_client","error_description":"bad client"}"#;
-        assert!(
-            matches!(map(400, body), CyclrError::Validation { message, .. } if message == "bad client")
-        );
+        assert!(matches!(map(400, body), CyclrError::Validation { message, .. } if message == "bad client"));
         assert!(
             matches!(map(401, r#"{"error":"invalid_client"}"#), CyclrError::Unauthorized { message } if message == "invalid_client")
         );
@@ -776,9 +729,7 @@ mod tests {
 
         let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
         headers.insert(header::RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
-        let wait = error_for_status(status(429), &headers, b"", now)
-            .retry_after()
-            .unwrap();
+        let wait = error_for_status(status(429), &headers, b"", now).retry_after().unwrap();
         // HTTP dates have whole seconds, so up to one second is lost.
         assert!(
             wait > Duration::from_secs(88) && wait <= Duration::from_secs(90),
@@ -786,19 +737,12 @@ mod tests {
         );
 
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("whenever"));
-        assert_eq!(
-            error_for_status(status(429), &headers, b"", now).retry_after(),
-            None
-        );
+        assert_eq!(error_for_status(status(429), &headers, b"", now).retry_after(), None);
     }
 
     #[test]
     fn debug_never_shows_the_credentials() {
-        let mut config = ClientConfig::new(
-            "https://api.cyclr.com",
-            "client-id-1234",
-            "s3cr3t-value".into(),
-        );
+        let mut config = ClientConfig::new("https://api.cyclr.com", "client-id-1234", "s3cr3t-value".into());
         config.retry.max_attempts = 2;
         let text = format!("{config:?} {config:#?}");
         assert!(!text.contains("s3cr3t-value"), "{text}");
@@ -834,10 +778,7 @@ mod tests {
             let client = CyclrClient::new(ClientConfig::new(base, "id", "secret".into())).unwrap();
             let url = client.url(&["api", "partner", "accounts", "a/b?c", "billing"]);
             let prefix = base.trim_end_matches('/');
-            assert_eq!(
-                url.as_str(),
-                format!("{prefix}/api/partner/accounts/a%2Fb%3Fc/billing")
-            );
+            assert_eq!(url.as_str(), format!("{prefix}/api/partner/accounts/a%2Fb%3Fc/billing"));
         }
     }
 
@@ -857,15 +798,9 @@ mod tests {
         }
         let mut zero_rate = config("https://api.cyclr.com");
         zero_rate.requests_per_second = 0;
-        assert!(matches!(
-            CyclrClient::new(zero_rate),
-            Err(CyclrError::Config(_))
-        ));
+        assert!(matches!(CyclrClient::new(zero_rate), Err(CyclrError::Config(_))));
         let mut zero_burst = config("https://api.cyclr.com");
         zero_burst.burst = 0;
-        assert!(matches!(
-            CyclrClient::new(zero_burst),
-            Err(CyclrError::Config(_))
-        ));
+        assert!(matches!(CyclrClient::new(zero_burst), Err(CyclrError::Config(_))));
     }
 }

@@ -38,13 +38,19 @@ impl CyclrError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            CyclrError::RateLimited { .. } | CyclrError::Server { .. } | CyclrError::Timeout(_) | CyclrError::Transport(_)
+            CyclrError::RateLimited { .. }
+                | CyclrError::Server { .. }
+                | CyclrError::Timeout(_)
+                | CyclrError::Transport(_)
         )
     }
 
     /// A failure after which a write may or may not have happened: never re-send a create.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, CyclrError::Server { .. } | CyclrError::Timeout(_) | CyclrError::Transport(_) | CyclrError::Decode(_))
+        matches!(
+            self,
+            CyclrError::Server { .. } | CyclrError::Timeout(_) | CyclrError::Transport(_) | CyclrError::Decode(_)
+        )
     }
 
     /// How long Cyclr asked us to wait, when it said.

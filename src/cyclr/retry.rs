@@ -39,17 +39,9 @@ impl RetryPolicy {
 
     /// "Equal jitter": half the exponential backoff is fixed, the other half is scaled by
     /// `jitter` in `[0, 1]`, so concurrent callers spread out but none retries at once.
-    pub fn delay_with_jitter(
-        &self,
-        failures: u32,
-        retry_after: Option<Duration>,
-        jitter: f64,
-    ) -> Duration {
+    pub fn delay_with_jitter(&self, failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
         let exponent = failures.saturating_sub(1).min(31);
-        let backoff = self
-            .initial_backoff
-            .saturating_mul(1 << exponent)
-            .min(self.max_backoff);
+        let backoff = self.initial_backoff.saturating_mul(1 << exponent).min(self.max_backoff);
         let half = backoff / 2;
         let jittered = half + half.mul_f64(jitter.clamp(0.0, 1.0));
         jittered.max(retry_after.unwrap_or_default())
@@ -96,16 +88,9 @@ mod tests {
                 full / 2,
                 "failures={failures}"
             );
-            assert_eq!(
-                p.delay_with_jitter(failures, None, 1.0),
-                full,
-                "failures={failures}"
-            );
+            assert_eq!(p.delay_with_jitter(failures, None, 1.0), full, "failures={failures}");
             let random = p.delay(failures, None);
-            assert!(
-                random >= full / 2 && random <= full,
-                "failures={failures}: {random:?}"
-            );
+            assert!(random >= full / 2 && random <= full, "failures={failures}: {random:?}");
         }
     }
 
@@ -122,14 +107,8 @@ mod tests {
     #[test]
     fn out_of_range_jitter_is_clamped() {
         let p = policy();
-        assert_eq!(
-            p.delay_with_jitter(1, None, -3.0),
-            Duration::from_millis(50)
-        );
-        assert_eq!(
-            p.delay_with_jitter(1, None, 7.0),
-            Duration::from_millis(100)
-        );
+        assert_eq!(p.delay_with_jitter(1, None, -3.0), Duration::from_millis(50));
+        assert_eq!(p.delay_with_jitter(1, None, 7.0), Duration::from_millis(100));
     }
 
     #[test]
@@ -147,19 +126,13 @@ mod tests {
     #[test]
     fn retry_after_in_seconds() {
         let now = SystemTime::now();
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("-1", now), None);
         assert_eq!(parse_retry_after("1.5", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("", now), None);
-        assert_eq!(
-            parse_retry_after(&u64::MAX.to_string(), now),
-            Some(MAX_RETRY_AFTER)
-        );
+        assert_eq!(parse_retry_after(&u64::MAX.to_string(), now), Some(MAX_RETRY_AFTER));
     }
 
     #[test]

@@ -217,7 +217,10 @@ pub enum ConnectorAuth {
     #[default]
     None,
     ApiKey(SecretString),
-    Basic { username: String, password: SecretString },
+    Basic {
+        username: String,
+        password: SecretString,
+    },
 }
 
 /// The body of Install Connector.

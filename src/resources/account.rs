@@ -147,11 +147,18 @@ pub struct UsageStatus {
 impl CyclrAccount {
     /// The account name in Cyclr: `spec.name`, else `metadata.name`.
     pub fn cyclr_name(&self) -> String {
-        self.spec.name.clone().or_else(|| self.metadata.name.clone()).unwrap_or_default()
+        self.spec
+            .name
+            .clone()
+            .or_else(|| self.metadata.name.clone())
+            .unwrap_or_default()
     }
 
     /// The Cyclr account id this resource stands for, once known.
     pub fn account_id(&self) -> Option<&str> {
-        self.status.as_ref().and_then(|s| s.account_id.as_deref()).or(self.spec.account_id.as_deref())
+        self.status
+            .as_ref()
+            .and_then(|s| s.account_id.as_deref())
+            .or(self.spec.account_id.as_deref())
     }
 }

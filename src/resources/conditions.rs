@@ -25,21 +25,36 @@ pub enum Health {
 
 impl Health {
     pub fn ready(reason: &str, message: impl Into<String>) -> Self {
-        Health::Ready { reason: reason.into(), message: message.into() }
+        Health::Ready {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
     pub fn progressing(reason: &str, message: impl Into<String>) -> Self {
-        Health::Progressing { reason: reason.into(), message: message.into() }
+        Health::Progressing {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
     pub fn failing(reason: &str, message: impl Into<String>) -> Self {
-        Health::Failing { reason: reason.into(), message: message.into() }
+        Health::Failing {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
     pub fn stalled(reason: &str, message: impl Into<String>) -> Self {
-        Health::Stalled { reason: reason.into(), message: message.into() }
+        Health::Stalled {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
     pub fn paused() -> Self {
         Health::Paused {
             reason: "Paused".into(),
-            message: format!("reconciliation is paused by the annotation {}=true", super::annotations::PAUSED),
+            message: format!(
+                "reconciliation is paused by the annotation {}=true",
+                super::annotations::PAUSED
+            ),
         }
     }
 
@@ -98,14 +113,26 @@ impl Health {
                 last_transition_time,
             }
         };
-        vec![condition(READY, ready), condition(RECONCILING, reconciling), condition(STALLED, stalled)]
+        vec![
+            condition(READY, ready),
+            condition(RECONCILING, reconciling),
+            condition(STALLED, stalled),
+        ]
     }
 }
 
 /// Conditions equal but for their transition times: a status write is needed only when
 /// this is false.
 pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
-    let key = |c: &Condition| (c.type_.clone(), c.status.clone(), c.reason.clone(), c.message.clone(), c.observed_generation);
+    let key = |c: &Condition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+            c.observed_generation,
+        )
+    };
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
 }
 
@@ -115,7 +142,9 @@ pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Con
 
 /// The reason of the `Stalled` condition when it is true.
 pub fn stalled_reason(conditions: &[Condition]) -> Option<&str> {
-    condition(conditions, STALLED).filter(|c| c.status == "True").map(|c| c.reason.as_str())
+    condition(conditions, STALLED)
+        .filter(|c| c.status == "True")
+        .map(|c| c.reason.as_str())
 }
 
 #[cfg(test)]
@@ -154,8 +183,13 @@ mod tests {
     fn transition_time_is_kept_when_status_is_unchanged() {
         let first = Health::progressing("Creating", "").conditions(Some(1), &[]);
         let old_time = Time(Timestamp::from_second(1_000).unwrap());
-        let previous: Vec<Condition> =
-            first.into_iter().map(|c| Condition { last_transition_time: old_time.clone(), ..c }).collect();
+        let previous: Vec<Condition> = first
+            .into_iter()
+            .map(|c| Condition {
+                last_transition_time: old_time.clone(),
+                ..c
+            })
+            .collect();
         let next = Health::failing("CyclrUnavailable", "503").conditions(Some(1), &previous);
         assert!(next.iter().all(|c| c.last_transition_time == old_time));
         assert!(!same_conditions(&previous, &next), "reason changed, so a write is due");

@@ -107,7 +107,11 @@ pub struct CyclrConnectorInstallStatus {
 
 impl CyclrConnectorInstall {
     pub fn installed_name(&self) -> String {
-        self.spec.installed_name.clone().or_else(|| self.metadata.name.clone()).unwrap_or_default()
+        self.spec
+            .installed_name
+            .clone()
+            .or_else(|| self.metadata.name.clone())
+            .unwrap_or_default()
     }
 
     /// The Secret names this install reads, for the Secret watch.

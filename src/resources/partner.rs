@@ -81,7 +81,10 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
-        RateLimit { requests_per_second: default_requests_per_second(), burst: default_burst() }
+        RateLimit {
+            requests_per_second: default_requests_per_second(),
+            burst: default_burst(),
+        }
     }
 }
 

@@ -23,9 +23,7 @@ use serde_json::{Map, Value, json};
 use super::faults::{Faults, LostResponse, Verdict};
 use super::store::{self, InstalledRecord, Store};
 use super::{Shared, SimStats, lock};
-use crate::cyclr::types::{
-    Account, AccountFields, AccountUsage, CyclrDate, ErrorBody, IdResponse, PricePlan,
-};
+use crate::cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, ErrorBody, IdResponse, PricePlan};
 
 type Sim = State<Arc<Shared>>;
 type Fields = Map<String, Value>;
@@ -42,37 +40,23 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/partner/details", get(partner_details))
         .route("/api/partner/createaccount", post(create_account))
         .route("/api/partner/accounts/{id}", put(update_account))
-        .route(
-            "/api/partner/createaccountsignintoken",
-            post(create_signin_token),
-        )
+        .route("/api/partner/createaccountsignintoken", post(create_signin_token))
         .route("/api/partner/installconnector", post(install_connector))
         .route("/api/partner/priceplans", get(price_plans))
         .route("/api/partner/accounts/{id}/billing", get(account_usage))
         .route("/v1.0/accounts", get(list_accounts))
-        .route(
-            "/v1.0/accounts/{id}",
-            get(get_account).delete(delete_account),
-        )
+        .route("/v1.0/accounts/{id}", get(get_account).delete(delete_account))
         .route("/v1.0/account/connectors", get(installed_connectors))
-        .route_layer(middleware::from_fn_with_state(
-            shared.clone(),
-            require_token,
-        ))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), require_token))
         // Added after the token layer, so it needs no token; the fault layer covers it.
         .route("/oauth/token", post(issue_token))
-        .route_layer(middleware::from_fn_with_state(
-            shared.clone(),
-            faults_and_stats,
-        ));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), faults_and_stats));
     let admin = Router::new()
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/_sim/stats", get(get_stats))
         .route("/_sim/stats/reset", post(reset_stats))
         .route("/_sim/tokens/expire", post(expire_tokens));
-    api.merge(admin)
-        .fallback(no_such_resource)
-        .with_state(shared)
+    api.merge(admin).fallback(no_such_resource).with_state(shared)
 }
 
 /// An error answered with Cyclr's `{"Message": …}` body.
@@ -123,13 +107,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(ErrorBody {
-                message: self.message,
-            }),
-        )
-            .into_response();
+        let mut response = (self.status, Json(ErrorBody { message: self.message })).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -142,10 +120,7 @@ impl IntoResponse for ApiError {
 impl Shared {
     /// Applies a write and answers it, unless "commit then fail" asks for its response to be
     /// lost: then the write stays applied and the client gets a 500 or a dropped connection.
-    async fn write<T: IntoResponse>(
-        &self,
-        change: impl FnOnce(&mut Store) -> Result<T, ApiError>,
-    ) -> Response {
+    async fn write<T: IntoResponse>(&self, change: impl FnOnce(&mut Store) -> Result<T, ApiError>) -> Response {
         let answer = match self.mutate(change) {
             Ok(answer) => answer,
             Err(e) => return e.into_response(),
@@ -166,9 +141,7 @@ impl Shared {
                 tracing::warn!("fault: write applied, dropping the connection");
                 // A body that fails at once makes the server close the connection before the
                 // buffered response head is flushed.
-                let failing = futures::stream::once(async {
-                    Err::<Bytes, _>(std::io::Error::other("response lost"))
-                });
+                let failing = futures::stream::once(async { Err::<Bytes, _>(std::io::Error::other("response lost")) });
                 Response::new(Body::from_stream(failing))
             }
         }
@@ -176,17 +149,9 @@ impl Shared {
 }
 
 /// Counts every API request by route template, then applies latency, rate limit and errors.
-async fn faults_and_stats(
-    State(sim): Sim,
-    route: MatchedPath,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn faults_and_stats(State(sim): Sim, route: MatchedPath, request: Request, next: Next) -> Response {
     let endpoint = format!("{} {}", request.method(), route.as_str());
-    *lock(&sim.stats)
-        .requests
-        .entry(endpoint.clone())
-        .or_default() += 1;
+    *lock(&sim.stats).requests.entry(endpoint.clone()).or_default() += 1;
     let latency = lock(&sim.faults).latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -196,8 +161,7 @@ async fn faults_and_stats(
         Verdict::Proceed => next.run(request).await,
         Verdict::RateLimited { retry_after_secs } => {
             let message = format!("Too many requests. Retry after {retry_after_secs} seconds.");
-            let mut response =
-                (StatusCode::TOO_MANY_REQUESTS, Json(ErrorBody { message })).into_response();
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(ErrorBody { message })).into_response();
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
@@ -206,10 +170,7 @@ async fn faults_and_stats(
         Verdict::ServerError(status) => ApiError::server_error(status).into_response(),
     };
     let status = response.status();
-    *lock(&sim.stats)
-        .responses
-        .entry(status.as_u16())
-        .or_default() += 1;
+    *lock(&sim.stats).responses.entry(status.as_u16()).or_default() += 1;
     tracing::debug!(%endpoint, status = status.as_u16(), "request");
     response
 }
@@ -223,11 +184,7 @@ async fn require_token(State(sim): Sim, request: Request, next: Next) -> Respons
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let (scheme, token) = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .split_once(' ')?;
+    let (scheme, token) = headers.get(header::AUTHORIZATION)?.to_str().ok()?.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
@@ -253,9 +210,7 @@ fn json_object(body: &Bytes) -> Result<Fields, ApiError> {
 
 /// A field by case-insensitive name; absent when missing, null or of the wrong type.
 fn field<T: DeserializeOwned>(fields: &Fields, name: &str) -> Option<T> {
-    let (_, value) = fields
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))?;
+    let (_, value) = fields.iter().find(|(key, _)| key.eq_ignore_ascii_case(name))?;
     if value.is_null() {
         return None;
     }
@@ -299,10 +254,7 @@ fn v1_date(time: DateTime<Utc>) -> String {
 
 // ---- OAuth -----------------------------------------------------------------------------------
 
-async fn issue_token(
-    State(sim): Sim,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
+async fn issue_token(State(sim): Sim, form: Result<Form<HashMap<String, String>>, FormRejection>) -> Response {
     let Ok(Form(form)) = form else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -317,9 +269,7 @@ async fn issue_token(
             "Only client_credentials is supported.",
         );
     }
-    if form.get("client_id") != Some(&sim.client_id)
-        || form.get("client_secret") != Some(&sim.client_secret)
-    {
+    if form.get("client_id") != Some(&sim.client_id) || form.get("client_secret") != Some(&sim.client_secret) {
         tracing::warn!("token refused: invalid client credentials");
         return oauth_error(
             StatusCode::UNAUTHORIZED,
@@ -351,10 +301,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 // ---- Partner API -----------------------------------------------------------------------------
 
 /// The whole list, or one page of it when `page` or `pageSize` is given (as v1.0 pages).
-async fn list_accounts(
-    State(sim): Sim,
-    Query(query): Query<HashMap<String, String>>,
-) -> Json<Vec<Account>> {
+async fn list_accounts(State(sim): Sim, Query(query): Query<HashMap<String, String>>) -> Json<Vec<Account>> {
     let page = query_param(&query, "page").and_then(|v| v.parse::<usize>().ok());
     let page_size = query_param(&query, "pageSize").and_then(|v| v.parse::<usize>().ok());
     let store = sim.read_store();
@@ -394,26 +341,26 @@ async fn price_plans() -> Json<Vec<PricePlan>> {
 
 async fn create_account(State(sim): Sim, body: Bytes) -> Result<Response, ApiError> {
     let fields = account_fields(&json_object(&body)?);
-    Ok(sim.write(|store| {
-        let id = store.create_account(fields, Utc::now())?;
-        tracing::info!(account_id = %id, "account created");
-        Ok(Json(IdResponse { id }))
-    }).await)
+    Ok(sim
+        .write(|store| {
+            let id = store.create_account(fields, Utc::now())?;
+            tracing::info!(account_id = %id, "account created");
+            Ok(Json(IdResponse { id }))
+        })
+        .await)
 }
 
-async fn update_account(
-    State(sim): Sim,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+async fn update_account(State(sim): Sim, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     let object = json_object(&body)?;
     sim.remember_update_body(&object);
     let fields = account_fields(&object);
-    Ok(sim.write(|store| {
-        store.update_account(&id, fields)?;
-        tracing::info!(account_id = %id, "account updated");
-        Ok(Json(IdResponse { id }))
-    }).await)
+    Ok(sim
+        .write(|store| {
+            store.update_account(&id, fields)?;
+            tracing::info!(account_id = %id, "account updated");
+            Ok(Json(IdResponse { id }))
+        })
+        .await)
 }
 
 async fn create_signin_token(State(sim): Sim, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -434,12 +381,13 @@ async fn install_connector(State(sim): Sim, body: Bytes) -> Result<Response, Api
     let version = field(&fields, "ConnectorVersion").unwrap_or_else(|| "v1".to_owned());
     let installed_name = field(&fields, "InstalledName").unwrap_or_else(|| connector_name.clone());
     // ApiKey, Username and Password are never read: nothing can keep or log them.
-    Ok(sim.write(|store| {
-        let installed_id =
-            store.install_connector(&account_id, connector_name, version, installed_name)?;
-        tracing::info!(%account_id, installed_id, "connector installed");
-        Ok(StatusCode::OK)
-    }).await)
+    Ok(sim
+        .write(|store| {
+            let installed_id = store.install_connector(&account_id, connector_name, version, installed_name)?;
+            tracing::info!(%account_id, installed_id, "connector installed");
+            Ok(StatusCode::OK)
+        })
+        .await)
 }
 
 async fn account_usage(
@@ -449,9 +397,10 @@ async fn account_usage(
 ) -> Result<Json<AccountUsage>, ApiError> {
     let from = match query_param(&query, "fromDate") {
         None => None,
-        Some(text) => Some(CyclrDate::parse(text).ok_or_else(|| {
-            ApiError::bad_request(format!("The value '{text}' is not valid for fromDate."))
-        })?),
+        Some(text) => Some(
+            CyclrDate::parse(text)
+                .ok_or_else(|| ApiError::bad_request(format!("The value '{text}' is not valid for fromDate.")))?,
+        ),
     };
     let store = sim.read_store();
     Ok(Json(store::usage(store.get(&id)?, from, Utc::now())))
@@ -468,13 +417,11 @@ async fn delete_account(State(sim): Sim, Path(id): Path<String>) -> Response {
         store.delete_account(&id)?;
         tracing::info!(account_id = %id, "account deleted");
         Ok(StatusCode::OK)
-    }).await
+    })
+    .await
 }
 
-async fn installed_connectors(
-    State(sim): Sim,
-    headers: HeaderMap,
-) -> Result<Json<Vec<Value>>, ApiError> {
+async fn installed_connectors(State(sim): Sim, headers: HeaderMap) -> Result<Json<Vec<Value>>, ApiError> {
     let account_id = headers
         .get("X-Cyclr-Account")
         .and_then(|value| value.to_str().ok())

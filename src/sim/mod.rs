@@ -174,11 +174,7 @@ impl SimHandle {
 
     /// All accounts, in creation order.
     pub fn accounts(&self) -> Vec<Account> {
-        self.shared
-            .read_store()
-            .accounts()
-            .map(|r| r.account.clone())
-            .collect()
+        self.shared.read_store().accounts().map(|r| r.account.clone()).collect()
     }
 
     /// Deletes an account behind the operator's back, as someone in the Cyclr console would.
@@ -198,10 +194,7 @@ impl SimHandle {
         record
             .connectors
             .iter()
-            .map(|c| {
-                serde_json::from_value(c.to_wire())
-                    .expect("the wire form of an installed connector parses")
-            })
+            .map(|c| serde_json::from_value(c.to_wire()).expect("the wire form of an installed connector parses"))
             .collect()
     }
 
@@ -324,10 +317,7 @@ impl Shared {
     }
 
     fn token_ttl(&self) -> Duration {
-        lock(&self.faults)
-            .faults()
-            .token_ttl
-            .unwrap_or(self.token_ttl)
+        lock(&self.faults).faults().token_ttl.unwrap_or(self.token_ttl)
     }
 
     fn expire_tokens(&self) {

@@ -16,9 +16,7 @@ use serde_json::json;
 
 use super::api::ApiError;
 use super::lock;
-use crate::cyclr::types::{
-    Account, AccountFields, AccountId, AccountUsage, CyclrDate, PricePlan, PricePlanId,
-};
+use crate::cyclr::types::{Account, AccountFields, AccountId, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 
 /// The partner's price plans, as Get Price Plans lists them.
 pub(crate) const PRICE_PLANS: [(i64, &str); 3] = [(2, "Starter"), (3, "Pro"), (4, "Enterprise")];
@@ -87,9 +85,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// `blocks` × 32 random lowercase hex characters.
 pub(crate) fn random_hex(blocks: usize) -> String {
     let mut rng = rand::rng();
-    (0..blocks)
-        .map(|_| format!("{:032x}", rng.random::<u128>()))
-        .collect()
+    (0..blocks).map(|_| format!("{:032x}", rng.random::<u128>())).collect()
 }
 
 /// Dates go over the wire without fractions; storing them so keeps reads equal to writes.
@@ -123,8 +119,8 @@ impl Store {
                 return Err(e).with_context(|| format!("reading state file {}", path.display()));
             }
         };
-        let mut store: Store = serde_json::from_slice(&bytes)
-            .with_context(|| format!("parsing state file {}", path.display()))?;
+        let mut store: Store =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing state file {}", path.display()))?;
         store.reindex();
         Ok(store)
     }
@@ -181,11 +177,7 @@ impl Store {
         }
     }
 
-    pub fn create_account(
-        &mut self,
-        fields: AccountFields,
-        now: DateTime<Utc>,
-    ) -> Result<AccountId, ApiError> {
+    pub fn create_account(&mut self, fields: AccountFields, now: DateTime<Utc>) -> Result<AccountId, ApiError> {
         let name = match fields.name {
             Some(name) if !name.trim().is_empty() => name,
             _ => return Err(ApiError::name_required()),
@@ -258,10 +250,7 @@ impl Store {
     }
 
     pub fn delete_account(&mut self, id: &str) -> Result<(), ApiError> {
-        let i = *self
-            .index
-            .get(id)
-            .ok_or_else(|| ApiError::account_not_found(id))?;
+        let i = *self.index.get(id).ok_or_else(|| ApiError::account_not_found(id))?;
         self.accounts.remove(i);
         self.reindex();
         Ok(())
@@ -289,9 +278,9 @@ impl Store {
 
 fn check_price_plan(plan: Option<PricePlanId>) -> Result<Option<PricePlanId>, ApiError> {
     match plan {
-        Some(PricePlanId(id)) if !PRICE_PLANS.iter().any(|&(known, _)| known == id) => Err(
-            ApiError::bad_request(format!("The price plan with Id {id} does not exist.")),
-        ),
+        Some(PricePlanId(id)) if !PRICE_PLANS.iter().any(|&(known, _)| known == id) => Err(ApiError::bad_request(
+            format!("The price plan with Id {id} does not exist."),
+        )),
         _ => Ok(plan),
     }
 }
@@ -305,19 +294,10 @@ fn one_month_after(date: CyclrDate) -> CyclrDate {
 /// Deterministic: tasks accrue at 1–5 per second (fixed per account by a hash of its id) from
 /// the later of creation and `from` until the earlier of now and the period's end, so two
 /// reads a few seconds apart differ and a restart changes nothing.
-pub(crate) fn usage(
-    record: &AccountRecord,
-    from: Option<CyclrDate>,
-    now: DateTime<Utc>,
-) -> AccountUsage {
+pub(crate) fn usage(record: &AccountRecord, from: Option<CyclrDate>, now: DateTime<Utc>) -> AccountUsage {
     let account = &record.account;
-    let from = from
-        .or(account.last_bill_date)
-        .unwrap_or(CyclrDate(record.created_at));
-    let to = one_month_after(from)
-        .0
-        .checked_sub_days(Days::new(1))
-        .unwrap_or(from.0);
+    let from = from.or(account.last_bill_date).unwrap_or(CyclrDate(record.created_at));
+    let to = one_month_after(from).0.checked_sub_days(Days::new(1)).unwrap_or(from.0);
     let seed = fnv1a(account.id.as_bytes());
     let active_secs = (now.min(to) - record.created_at.max(from.0))
         .num_seconds()

@@ -35,14 +35,12 @@ pub fn kubeconfig_in(dir: &Path) -> PathBuf {
 /// The directory holding the etcd and kube-apiserver binaries: `$CYCLR_TESTBIN`, or `bin/`
 /// at the workspace root where `make testbin` puts them.
 pub fn testbin_dir() -> PathBuf {
-    std::env::var_os("CYCLR_TESTBIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("testenv lives inside the workspace")
-                .join("bin")
-        })
+    std::env::var_os("CYCLR_TESTBIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("testenv lives inside the workspace")
+            .join("bin")
+    })
 }
 
 /// Starts etcd and kube-apiserver with their data, certificates, logs and kubeconfig under
@@ -73,12 +71,7 @@ pub async fn start(dir: &Path, lifetime: Lifetime) -> Result<kube::Config> {
     }
 }
 
-async fn try_start(
-    dir: &Path,
-    etcd: &Path,
-    apiserver: &Path,
-    lifetime: Lifetime,
-) -> Result<kube::Config> {
+async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime) -> Result<kube::Config> {
     let ports = free_ports(3)?;
     let (etcd_port, peer_port, secure_port) = (ports[0], ports[1], ports[2]);
     let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -132,10 +125,7 @@ async fn try_start(
         "--authorization-mode=RBAC".to_owned(),
         format!("--client-ca-file={}", pki_dir.join("ca.crt").display()),
         format!("--service-account-issuer={server}/"),
-        format!(
-            "--service-account-key-file={}",
-            pki_dir.join("sa.pub").display()
-        ),
+        format!("--service-account-key-file={}", pki_dir.join("sa.pub").display()),
         format!(
             "--service-account-signing-key-file={}",
             pki_dir.join("sa.key").display()
@@ -147,8 +137,7 @@ async fn try_start(
         children.push(spawn_logged(etcd_cmd, dir, ETCD, lifetime)?);
         children.push(spawn_logged(apiserver_cmd, dir, KUBE_APISERVER, lifetime)?);
         let config = Kubeconfig::read_from(&kubeconfig)?;
-        let config =
-            kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
+        let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
         wait_ready(&config, &mut children).await?;
         anyhow::Ok(config)
     }
@@ -160,10 +149,7 @@ async fn try_start(
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            bail!(
-                "starting the control plane failed: {err:#}\n{}",
-                log_tails(dir)
-            );
+            bail!("starting the control plane failed: {err:#}\n{}", log_tails(dir));
         }
     };
     match lifetime {
@@ -179,9 +165,7 @@ async fn try_start(
 
 fn spawn_logged(mut cmd: Command, dir: &Path, name: &str, lifetime: Lifetime) -> Result<Child> {
     let log = File::create(log_file(dir, name))?;
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     process::spawn(cmd, lifetime).with_context(|| format!("spawning {name}"))
 }
 
@@ -196,12 +180,11 @@ async fn wait_ready(config: &kube::Config, children: &mut [Child]) -> Result<()>
         }
         let readyz = http::Request::get("/readyz").body(Vec::new())?;
         // The client's own read timeout is minutes; a stuck request must not eat the budget.
-        let last_error =
-            match tokio::time::timeout(Duration::from_secs(5), client.request_text(readyz)).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(err)) => err.to_string(),
-                Err(_) => "/readyz timed out".to_owned(),
-            };
+        let last_error = match tokio::time::timeout(Duration::from_secs(5), client.request_text(readyz)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "/readyz timed out".to_owned(),
+        };
         if Instant::now() > deadline {
             bail!("kube-apiserver not ready after {READY_TIMEOUT:?}: {last_error}");
         }
@@ -268,11 +251,7 @@ fn alive(pid: libc::pid_t, name: &str) -> bool {
 }
 
 fn read_pid(dir: &Path, name: &str) -> Option<libc::pid_t> {
-    fs::read_to_string(pid_file(dir, name))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    fs::read_to_string(pid_file(dir, name)).ok()?.trim().parse().ok()
 }
 
 fn pid_file(dir: &Path, name: &str) -> PathBuf {
@@ -284,10 +263,9 @@ fn log_file(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn port_clash(dir: &Path) -> bool {
-    [ETCD, KUBE_APISERVER].iter().any(|name| {
-        fs::read_to_string(log_file(dir, name))
-            .is_ok_and(|log| log.contains("address already in use"))
-    })
+    [ETCD, KUBE_APISERVER]
+        .iter()
+        .any(|name| fs::read_to_string(log_file(dir, name)).is_ok_and(|log| log.contains("address already in use")))
 }
 
 fn log_tails(dir: &Path) -> String {

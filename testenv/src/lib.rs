@@ -54,8 +54,7 @@ impl TestEnv {
             let kubeconfig = PathBuf::from(path);
             let config = Kubeconfig::read_from(&kubeconfig)
                 .with_context(|| format!("CYCLR_TEST_KUBECONFIG={}", kubeconfig.display()))?;
-            let config =
-                kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
+            let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
             return Ok(TestEnv { kubeconfig, config });
         }
         let dir = scratch_dir()?;
@@ -94,10 +93,7 @@ impl TestEnv {
             .create(&PostParams::default(), &namespace)
             .await
             .unwrap_or_else(|e| panic!("creating a namespace {prefix}-*: {e}"));
-        created
-            .metadata
-            .name
-            .expect("the server names the namespace")
+        created.metadata.name.expect("the server names the namespace")
     }
 }
 

@@ -53,9 +53,7 @@ pub(crate) fn spawn(mut cmd: Command, lifetime: Lifetime) -> io::Result<Child> {
             spawner()
                 .send((cmd, reply))
                 .map_err(|_| io::Error::other("spawner thread is gone"))?;
-            result
-                .recv()
-                .map_err(|_| io::Error::other("spawner thread is gone"))?
+            result.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
         }
     }
 }
@@ -64,13 +62,7 @@ pub(crate) fn spawn(mut cmd: Command, lifetime: Lifetime) -> io::Result<Child> {
 /// their other ends open for as long as etcd runs. Failure (kernel < 5.11) is harmless.
 fn mark_inherited_fds_cloexec() {
     // SAFETY: a plain syscall on our own descriptor table.
-    unsafe {
-        libc::close_range(
-            3,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-        )
-    };
+    unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
 }
 
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);

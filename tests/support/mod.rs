@@ -45,8 +45,18 @@ impl Harness {
         let sim = Simulator::start(SimConfig::new(CLIENT_ID, CLIENT_SECRET), "127.0.0.1:0".parse().unwrap())
             .await
             .expect("start cyclr-sim");
-        let mut h = Harness { client, partner: namespace.clone(), namespace, sim, operator: None };
-        h.put_secret("partner-credentials", &[("client_id", CLIENT_ID), ("client_secret", CLIENT_SECRET)]).await;
+        let mut h = Harness {
+            client,
+            partner: namespace.clone(),
+            namespace,
+            sim,
+            operator: None,
+        };
+        h.put_secret(
+            "partner-credentials",
+            &[("client_id", CLIENT_ID), ("client_secret", CLIENT_SECRET)],
+        )
+        .await;
         h.apply::<CyclrPartner>(json!({
             "metadata": {"name": h.partner},
             "spec": {
@@ -70,7 +80,9 @@ impl Harness {
         let client = self.client.clone();
         self.operator = Some(tokio::spawn(async move {
             let never = futures::FutureExt::shared(Box::pin(std::future::pending::<()>()));
-            controllers::run(client, config, Arc::new(Metrics::default()), never).await.expect("operator runs");
+            controllers::run(client, config, Arc::new(Metrics::default()), never)
+                .await
+                .expect("operator runs");
         }));
     }
 
@@ -93,7 +105,9 @@ impl Harness {
     where
         K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        self.try_apply::<K>(&mut object).await.unwrap_or_else(|e| panic!("apply {object}: {e}"))
+        self.try_apply::<K>(&mut object)
+            .await
+            .unwrap_or_else(|e| panic!("apply {object}: {e}"))
     }
 
     pub async fn try_apply<K>(&self, object: &mut serde_json::Value) -> Result<K, kube::Error>
@@ -110,8 +124,17 @@ impl Harness {
         } else {
             Api::all_with(self.client.clone(), &resource)
         };
-        let applied = api.patch(&name, &PatchParams::apply("cyclr-tests").force(), &Patch::Apply(&*object)).await?;
-        Ok(serde_json::from_value(serde_json::to_value(applied).expect("serialise")).expect("the applied object parses"))
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply("cyclr-tests").force(),
+                &Patch::Apply(&*object),
+            )
+            .await?;
+        Ok(
+            serde_json::from_value(serde_json::to_value(applied).expect("serialise"))
+                .expect("the applied object parses"),
+        )
     }
 
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
@@ -132,11 +155,17 @@ impl Harness {
     }
 
     pub async fn install(&self, name: &str) -> CyclrConnectorInstall {
-        self.api::<CyclrConnectorInstall>().get(name).await.expect("get CyclrConnectorInstall")
+        self.api::<CyclrConnectorInstall>()
+            .get(name)
+            .await
+            .expect("get CyclrConnectorInstall")
     }
 
     pub async fn partner(&self) -> CyclrPartner {
-        Api::<CyclrPartner>::all(self.client.clone()).get(&self.partner).await.expect("get CyclrPartner")
+        Api::<CyclrPartner>::all(self.client.clone())
+            .get(&self.partner)
+            .await
+            .expect("get CyclrPartner")
     }
 
     /// Waits until `check` returns Some, polling the API; panics with `what` after `timeout`.
@@ -158,32 +187,71 @@ impl Harness {
     }
 
     /// Waits until the account's condition `type_` has `status` (and `reason`, if given).
-    pub async fn wait_account_condition(&self, name: &str, type_: &str, status: &str, reason: Option<&str>) -> CyclrAccount {
-        self.wait_for(&format!("CyclrAccount {name} {type_}={status} {reason:?}"), Duration::from_secs(60), || async {
-            let account = self.api::<CyclrAccount>().get_opt(name).await.ok().flatten()?;
-            let conditions = account.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-            let c = resources::condition(&conditions, type_)?;
-            (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(account)
-        })
+    pub async fn wait_account_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> CyclrAccount {
+        self.wait_for(
+            &format!("CyclrAccount {name} {type_}={status} {reason:?}"),
+            Duration::from_secs(60),
+            || async {
+                let account = self.api::<CyclrAccount>().get_opt(name).await.ok().flatten()?;
+                let conditions = account
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                let c = resources::condition(&conditions, type_)?;
+                (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(account)
+            },
+        )
         .await
     }
 
-    pub async fn wait_install_condition(&self, name: &str, type_: &str, status: &str, reason: Option<&str>) -> CyclrConnectorInstall {
-        self.wait_for(&format!("CyclrConnectorInstall {name} {type_}={status} {reason:?}"), Duration::from_secs(60), || async {
-            let install = self.api::<CyclrConnectorInstall>().get_opt(name).await.ok().flatten()?;
-            let conditions = install.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-            let c = resources::condition(&conditions, type_)?;
-            (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(install)
-        })
+    pub async fn wait_install_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> CyclrConnectorInstall {
+        self.wait_for(
+            &format!("CyclrConnectorInstall {name} {type_}={status} {reason:?}"),
+            Duration::from_secs(60),
+            || async {
+                let install = self.api::<CyclrConnectorInstall>().get_opt(name).await.ok().flatten()?;
+                let conditions = install
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                let c = resources::condition(&conditions, type_)?;
+                (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(install)
+            },
+        )
         .await
     }
 
     pub async fn wait_partner_ready(&self, status: &str) -> CyclrPartner {
-        self.wait_for(&format!("CyclrPartner Ready={status}"), Duration::from_secs(60), || async {
-            let partner = Api::<CyclrPartner>::all(self.client.clone()).get(&self.partner).await.ok()?;
-            let conditions = partner.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-            (resources::condition(&conditions, resources::READY)?.status == status).then_some(partner)
-        })
+        self.wait_for(
+            &format!("CyclrPartner Ready={status}"),
+            Duration::from_secs(60),
+            || async {
+                let partner = Api::<CyclrPartner>::all(self.client.clone())
+                    .get(&self.partner)
+                    .await
+                    .ok()?;
+                let conditions = partner
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                (resources::condition(&conditions, resources::READY)?.status == status).then_some(partner)
+            },
+        )
         .await
     }
 
@@ -202,18 +270,29 @@ impl Harness {
 
     /// Waits until an Event with this reason exists for the object `name`.
     pub async fn wait_event(&self, name: &str, reason: &str) -> Event {
-        self.wait_for(&format!("a {reason} Event for {name}"), Duration::from_secs(30), || async {
-            self.events(name, reason).await.into_iter().next()
-        })
+        self.wait_for(
+            &format!("a {reason} Event for {name}"),
+            Duration::from_secs(30),
+            || async { self.events(name, reason).await.into_iter().next() },
+        )
         .await
     }
 
     /// Waits until the account no longer carries the create-pending annotation.
     pub async fn wait_no_pending_create(&self, name: &str) {
-        self.wait_for(&format!("{name} without {}", resources::annotations::CREATE_PENDING), Duration::from_secs(30), || async {
-            let account = self.account(name).await;
-            (!account.metadata.annotations.unwrap_or_default().contains_key(resources::annotations::CREATE_PENDING)).then_some(())
-        })
+        self.wait_for(
+            &format!("{name} without {}", resources::annotations::CREATE_PENDING),
+            Duration::from_secs(30),
+            || async {
+                let account = self.account(name).await;
+                (!account
+                    .metadata
+                    .annotations
+                    .unwrap_or_default()
+                    .contains_key(resources::annotations::CREATE_PENDING))
+                .then_some(())
+            },
+        )
         .await
     }
 
@@ -240,9 +319,13 @@ pub async fn install_crds(client: &Client) {
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
         for crd in resources::all_crds() {
             let name = crd.metadata.name.clone().unwrap();
-            api.patch(&name, &PatchParams::apply("cyclr-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+            api.patch(&name, &PatchParams::apply("cyclr-tests").force(), &Patch::Apply(&crd))
+                .await
+                .expect("apply CRD");
         }
-        controllers::wait_for_crds(client.clone()).await.expect("CRDs established");
+        controllers::wait_for_crds(client.clone())
+            .await
+            .expect("CRDs established");
     })
     .await;
 }
@@ -250,7 +333,7 @@ pub async fn install_crds(client: &Client) {
 /// Creates an account directly in Cyclr (through the Cyclr API), as someone outside the
 /// operator would.
 pub fn cyclr_client(sim: &SimHandle) -> cyclr_operator::cyclr::CyclrClient {
-    let config = cyclr_operator::cyclr::ClientConfig::new(sim.base_url(), CLIENT_ID, secrecy::SecretString::from(CLIENT_SECRET));
+    let config =
+        cyclr_operator::cyclr::ClientConfig::new(sim.base_url(), CLIENT_ID, secrecy::SecretString::from(CLIENT_SECRET));
     cyclr_operator::cyclr::CyclrClient::new(config).expect("client")
 }
-

@@ -36,10 +36,7 @@ async fn main() -> Result<()> {
         Cmd::Up { dir } => {
             let kubeconfig = control_plane::kubeconfig_in(&dir);
             if control_plane::is_running(&dir) {
-                println!(
-                    "control plane already running: KUBECONFIG={}",
-                    kubeconfig.display()
-                );
+                println!("control plane already running: KUBECONFIG={}", kubeconfig.display());
                 return Ok(());
             }
             // Leftovers of a half-dead control plane would hold the data dir.
