@@ -186,7 +186,24 @@ impl Harness {
         }
     }
 
-    /// Waits until the account's condition `type_` has `status` (and `reason`, if given).
+    /// Waits until the object's condition `type_` has `status` (and `reason`, if given).
+    pub async fn wait_condition<K>(&self, name: &str, type_: &str, status: &str, reason: Option<&str>) -> K
+    where
+        K: HasConditions
+            + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let what = format!("{} {name} {type_}={status} {reason:?}", K::kind(&()));
+        self.wait_for(&what, Duration::from_secs(60), || async {
+            let object = self.api::<K>().get_opt(name).await.ok().flatten()?;
+            let c = resources::condition(object.conditions(), type_)?;
+            (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(object)
+        })
+        .await
+    }
+
     pub async fn wait_account_condition(
         &self,
         name: &str,
@@ -194,21 +211,7 @@ impl Harness {
         status: &str,
         reason: Option<&str>,
     ) -> CyclrAccount {
-        self.wait_for(
-            &format!("CyclrAccount {name} {type_}={status} {reason:?}"),
-            Duration::from_secs(60),
-            || async {
-                let account = self.api::<CyclrAccount>().get_opt(name).await.ok().flatten()?;
-                let conditions = account
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                let c = resources::condition(&conditions, type_)?;
-                (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(account)
-            },
-        )
-        .await
+        self.wait_condition(name, type_, status, reason).await
     }
 
     pub async fn wait_install_condition(
@@ -218,21 +221,7 @@ impl Harness {
         status: &str,
         reason: Option<&str>,
     ) -> CyclrConnectorInstall {
-        self.wait_for(
-            &format!("CyclrConnectorInstall {name} {type_}={status} {reason:?}"),
-            Duration::from_secs(60),
-            || async {
-                let install = self.api::<CyclrConnectorInstall>().get_opt(name).await.ok().flatten()?;
-                let conditions = install
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                let c = resources::condition(&conditions, type_)?;
-                (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(install)
-            },
-        )
-        .await
+        self.wait_condition(name, type_, status, reason).await
     }
 
     pub async fn wait_partner_ready(&self, status: &str) -> CyclrPartner {
@@ -305,6 +294,23 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.kill_operator();
+    }
+}
+
+/// Kinds whose status carries kstatus conditions.
+pub trait HasConditions {
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+}
+
+impl HasConditions for CyclrAccount {
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl HasConditions for CyclrConnectorInstall {
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
 }
 
