@@ -11,7 +11,7 @@ use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, READY, STAL
 use cyclr_operator::sim::Faults;
 use kube::api::DeleteParams;
 use serde_json::json;
-use support::{Harness, cyclr_client};
+use support::{Harness, cyclr_client, ready_message};
 
 const CREATE: &str = "POST /api/partner/createaccount";
 const UPDATE: &str = "PUT /api/partner/accounts/{id}";
@@ -31,7 +31,7 @@ fn ready_reason(account: &CyclrAccount) -> (String, String) {
 async fn create_gives_ready_account_with_id_and_exactly_one_cyclr_account() {
     let h = Harness::start("create", "10s").await;
     h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}, "pricePlan": {"name": "Pro"}, "description": "Acme Ltd", "timezone": "Europe/London"}))).await;
-    let ready = h.wait_account_condition("acme", READY, "True", None).await;
+    let ready = h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
     let status = ready.status.unwrap();
     let id = status.account_id.expect("status.accountId");
     let accounts = h.sim.accounts();
@@ -62,7 +62,7 @@ async fn spec_change_sends_one_update_with_only_the_changed_field() {
     let h = Harness::start("update", "10s").await;
     let spec = json!({"partnerRef": {"name": h.partner}, "pricePlan": {"id": 2}, "description": "before", "auditInfo": "gitops"});
     h.apply::<CyclrAccount>(account("acme", spec.clone())).await;
-    h.wait_account_condition("acme", READY, "True", None).await;
+    h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
     let before = h.sim.accounts()[0].clone();
     let mut changed = spec;
     changed["description"] = json!("after");
@@ -91,7 +91,7 @@ async fn drift_made_in_cyclr_is_corrected_within_the_resync_interval() {
     ))
     .await;
     let id = h
-        .wait_account_condition("acme", READY, "True", None)
+        .wait_condition::<CyclrAccount>("acme", READY, "True", None)
         .await
         .status
         .unwrap()
@@ -136,14 +136,14 @@ async fn adoption_by_account_id_and_an_account_deleted_in_cyclr_is_reported() {
         json!({"partnerRef": {"name": h.partner}, "accountId": id, "pricePlan": {"id": 2}}),
     ))
     .await;
-    let ready = h.wait_account_condition("existing", READY, "True", None).await;
+    let ready = h.wait_condition::<CyclrAccount>("existing", READY, "True", None).await;
     assert_eq!(ready.status.unwrap().account_id.as_deref(), Some(id.as_str()));
     assert_eq!(h.cyclr_requests(CREATE), creates, "adoption creates nothing");
     h.wait_event("existing", "Adopted").await;
 
     assert!(h.sim.delete_account(&id));
     let stalled = h
-        .wait_account_condition("existing", STALLED, "True", Some("ExternalAccountMissing"))
+        .wait_condition::<CyclrAccount>("existing", STALLED, "True", Some("ExternalAccountMissing"))
         .await;
     assert_eq!(ready_reason(&stalled).0, "False");
     assert_eq!(h.sim.accounts().len(), 0, "never re-created");
@@ -159,7 +159,7 @@ async fn lost_create_response_still_gives_exactly_one_account() {
     });
     h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}})))
         .await;
-    let ready = h.wait_account_condition("acme", READY, "True", None).await;
+    let ready = h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
     let accounts = h.sim.accounts();
     assert_eq!(accounts.len(), 1, "exactly one account: {accounts:?}");
     assert_eq!(
@@ -201,7 +201,7 @@ async fn operator_killed_between_create_and_status_write_adopts_on_restart() {
 
     h.sim.set_faults(Faults::default());
     h.start_operator();
-    let ready = h.wait_account_condition("acme", READY, "True", None).await;
+    let ready = h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
     let accounts = h.sim.accounts();
     assert_eq!(accounts.len(), 1, "still exactly one account");
     assert_eq!(
@@ -222,12 +222,9 @@ async fn unknown_price_plan_stalls_and_makes_no_more_calls_until_the_spec_change
     ))
     .await;
     let stalled = h
-        .wait_account_condition("acme", STALLED, "True", Some("PricePlanNotFound"))
+        .wait_condition::<CyclrAccount>("acme", STALLED, "True", Some("PricePlanNotFound"))
         .await;
-    let message = condition(&stalled.status.unwrap().conditions, READY)
-        .unwrap()
-        .message
-        .clone();
+    let message = ready_message(&stalled);
     assert!(message.contains("Platinum") && message.contains("Starter"), "{message}");
     let requests = h.sim.stats();
     tokio::time::sleep(Duration::from_secs(12)).await; // past one resync
@@ -245,7 +242,7 @@ async fn unknown_price_plan_stalls_and_makes_no_more_calls_until_the_spec_change
         json!({"partnerRef": {"name": h.partner}, "pricePlan": {"name": "Starter"}}),
     ))
     .await;
-    let ready = h.wait_account_condition("acme", READY, "True", None).await;
+    let ready = h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
     assert_eq!(ready.status.unwrap().price_plan_id, Some(2));
 }
 
@@ -265,17 +262,16 @@ async fn connector_installs_happen_exactly_once_across_restarts_and_resyncs() {
     h.put_secret("jira-login", &[("username", "robot"), ("password", "hunter2-password")])
         .await;
     let waiting = h
-        .wait_install_condition("slack", READY, "False", Some("SecretNotFound"))
+        .wait_condition::<CyclrConnectorInstall>("slack", READY, "False", Some("SecretNotFound"))
         .await;
-    assert!(
-        condition(&waiting.status.unwrap().conditions, READY)
-            .unwrap()
-            .message
-            .contains("slack-key")
-    );
+    assert!(ready_message(&waiting).contains("slack-key"));
     h.put_secret("slack-key", &[("apiKey", "sk-live-123456")]).await;
-    let slack = h.wait_install_condition("slack", READY, "True", None).await;
-    let jira = h.wait_install_condition("jira", READY, "True", None).await;
+    let slack = h
+        .wait_condition::<CyclrConnectorInstall>("slack", READY, "True", None)
+        .await;
+    let jira = h
+        .wait_condition::<CyclrConnectorInstall>("jira", READY, "True", None)
+        .await;
     let account_id = h.account("acme").await.status.unwrap().account_id.unwrap();
     assert_eq!(slack.status.unwrap().account_id.as_deref(), Some(account_id.as_str()));
     assert!(jira.status.unwrap().installed_at.is_some());
@@ -317,7 +313,7 @@ async fn wrong_partner_credentials_make_accounts_wait_and_recover_when_fixed() {
     let partner = h.wait_partner_ready("False").await;
     let c = condition(&partner.status.unwrap().conditions, READY).unwrap().clone();
     assert_eq!(c.reason, "AuthenticationFailed");
-    h.wait_account_condition("acme", READY, "False", Some("PartnerNotReady"))
+    h.wait_condition::<CyclrAccount>("acme", READY, "False", Some("PartnerNotReady"))
         .await;
     assert_eq!(h.cyclr_requests(CREATE), 0);
     h.put_secret(
@@ -329,7 +325,7 @@ async fn wrong_partner_credentials_make_accounts_wait_and_recover_when_fixed() {
     )
     .await;
     h.wait_partner_ready("True").await;
-    h.wait_account_condition("acme", READY, "True", None).await;
+    h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
     assert_eq!(h.sim.accounts().len(), 1);
 }
 
@@ -348,17 +344,12 @@ async fn paused_and_observe_only_accounts_make_no_cyclr_writes() {
     let writes = h.sim.stats().writes;
     h.apply::<CyclrAccount>(json!({"metadata": {"name": "paused", "annotations": {"cyclr.com/paused": "true"}}, "spec": {"partnerRef": {"name": h.partner}}})).await;
     h.apply::<CyclrAccount>(account("watched", json!({"partnerRef": {"name": h.partner}, "accountId": id, "managementPolicy": "ObserveOnly", "description": "different"}))).await;
-    h.wait_account_condition("paused", READY, "Unknown", Some("Paused"))
+    h.wait_condition::<CyclrAccount>("paused", READY, "Unknown", Some("Paused"))
         .await;
     let observed = h
-        .wait_account_condition("watched", READY, "True", Some("Observed"))
+        .wait_condition::<CyclrAccount>("watched", READY, "True", Some("Observed"))
         .await;
-    assert!(
-        condition(&observed.status.unwrap().conditions, READY)
-            .unwrap()
-            .message
-            .contains("not corrected")
-    );
+    assert!(ready_message(&observed).contains("not corrected"));
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert_eq!(h.sim.stats().writes, writes, "no Cyclr writes");
     assert_eq!(h.sim.accounts().len(), 1);
@@ -373,8 +364,9 @@ async fn steady_state_makes_no_writes_and_orphan_deletion_is_immediate() {
     ))
     .await;
     h.apply::<CyclrConnectorInstall>(json!({"metadata": {"name": "hook"}, "spec": {"accountRef": {"name": "acme"}, "connectorName": "Webhook", "connectorVersion": "v1"}})).await;
-    h.wait_account_condition("acme", READY, "True", None).await;
-    h.wait_install_condition("hook", READY, "True", None).await;
+    h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
+    h.wait_condition::<CyclrConnectorInstall>("hook", READY, "True", None)
+        .await;
     // Converged: the first resync has brought the bill dates Cyclr set and the account count.
     h.wait_for("bill dates and account count", Duration::from_secs(30), || async {
         let billed = h.account("acme").await.status?.last_bill_date.is_some();

@@ -508,11 +508,8 @@ async fn reconcile(account: Arc<CyclrAccount>, ctx: Arc<Context>) -> Result<Acti
         }
     }
     Ok(match (&health, &runtime) {
-        (Health::Failing { .. }, _) => Action::requeue(ctx.backoff(&format!(
-            "CyclrAccount/{}/{}",
-            account.namespace().unwrap_or_default(),
-            account.name_any()
-        ))),
+        // Reported above; as an error it gets the per-object backoff, which a success resets.
+        (Health::Failing { message, .. }, _) => return Err(Error::Transient(message.clone())),
         (Health::Stalled { .. } | Health::Paused { .. }, _) => Action::await_change(),
         (_, Some(runtime)) => Action::requeue(jittered(runtime.resync_interval.min(runtime.usage_interval))),
         (_, None) => Action::await_change(),

@@ -380,13 +380,9 @@ async fn reconcile(install: Arc<CyclrConnectorInstall>, ctx: Arc<Context>) -> Re
     if status_changed(&previous, &next) {
         ctx.apply_status(install.as_ref(), &next).await?;
         if next.installed_at.is_some() && previous.installed_at.is_none() {
-            // The id is stored: the pending marker is no longer needed.
-            if annotation(&install.metadata, annotations::INSTALL_PENDING).is_some()
-                || matches!(health, Health::Ready { .. })
-            {
-                ctx.set_annotation(install.as_ref(), annotations::INSTALL_PENDING, None, false)
-                    .await?;
-            }
+            // The install is recorded: the pending marker is no longer needed.
+            ctx.set_annotation(install.as_ref(), annotations::INSTALL_PENDING, None, false)
+                .await?;
         }
         if let Health::Stalled { reason, message } = &health {
             ctx.event(install.as_ref(), EventType::Warning, reason, message.clone())

@@ -76,6 +76,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Invalid(String),
+    /// A transient failure already reported in status; retried with backoff.
+    #[error("will retry: {0}")]
+    Transient(String),
 }
 
 /// Everything a reconcile needs, shared by all three controllers.

@@ -204,26 +204,6 @@ impl Harness {
         .await
     }
 
-    pub async fn wait_account_condition(
-        &self,
-        name: &str,
-        type_: &str,
-        status: &str,
-        reason: Option<&str>,
-    ) -> CyclrAccount {
-        self.wait_condition(name, type_, status, reason).await
-    }
-
-    pub async fn wait_install_condition(
-        &self,
-        name: &str,
-        type_: &str,
-        status: &str,
-        reason: Option<&str>,
-    ) -> CyclrConnectorInstall {
-        self.wait_condition(name, type_, status, reason).await
-    }
-
     pub async fn wait_partner_ready(&self, status: &str) -> CyclrPartner {
         self.wait_for(
             &format!("CyclrPartner Ready={status}"),
@@ -295,6 +275,13 @@ impl Drop for Harness {
     fn drop(&mut self) {
         self.kill_operator();
     }
+}
+
+/// The message of the object's Ready condition.
+pub fn ready_message<K: HasConditions>(object: &K) -> String {
+    resources::condition(object.conditions(), resources::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
 /// Kinds whose status carries kstatus conditions.
