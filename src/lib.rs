@@ -1,12 +1,11 @@
 //! cyclr-operator: Cyclr partner accounts and connector installs as Kubernetes resources.
 //!
-//! - [`cyclr`]: the Cyclr Partner API client (no Kubernetes in it).
-//! - [`sim`]: `cyclr-sim`, a faithful simulator of that API for tests and the demo.
+//! The Cyclr client (`cyclr-client/`, crate `cyclr`) and the simulator (`cyclr-sim/`) are
+//! crates of their own, so the compiler keeps Kubernetes out of the client and the simulator
+//! out of this binary.
 
 pub mod controllers;
-pub mod cyclr;
 pub mod http;
 pub mod metrics;
 pub mod resources;
-pub mod sim;
 pub mod telemetry;

@@ -6,11 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use cyclr_operator::cyclr::types::{AccountFields, PricePlanId};
+use cyclr::types::{AccountFields, PricePlanId};
 use cyclr_operator::resources::{
     CyclrAccount, CyclrConnectorInstall, READY, RECONCILING, STALLED, annotations, condition,
 };
-use cyclr_operator::sim::Faults;
+use cyclr_sim::Faults;
 use kube::api::DeleteParams;
 use serde_json::json;
 use support::{Harness, cyclr_client, ready_message};

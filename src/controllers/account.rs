@@ -17,12 +17,12 @@ use kube::{Resource, ResourceExt};
 
 use super::partners::{AccountsSnapshot, PartnerRuntime, PartnerState};
 use super::{Context, Error, controller_for, error_policy, guarded, jittered, namespaced_api};
-use crate::cyclr::CyclrError;
-use crate::cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 use crate::resources::{
     CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, Health, ManagementPolicy, STALLED, UsageStatus, annotation,
     annotations, condition, is_paused, same_conditions, stalled_reason,
 };
+use cyclr::CyclrError;
+use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 
 pub fn controller(
     ctx: Arc<Context>,

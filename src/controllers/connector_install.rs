@@ -18,12 +18,12 @@ use secrecy::SecretString;
 
 use super::partners::{PartnerRuntime, PartnerState};
 use super::{Context, Error, controller_for, error_policy, guarded, namespaced_api};
-use crate::cyclr::CyclrError;
-use crate::cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
 use crate::resources::{
     CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, Health, annotation, annotations, is_paused,
     same_conditions, stalled_reason,
 };
+use cyclr::CyclrError;
+use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
 
 pub fn controller(
     ctx: Arc<Context>,
@@ -458,7 +458,7 @@ async fn install_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cyclr::types::ConnectorSummary;
+    use cyclr::types::ConnectorSummary;
     use std::collections::BTreeMap;
 
     fn install() -> CyclrConnectorInstall {

@@ -28,9 +28,9 @@ use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cyclr::CyclrError;
 use crate::metrics::Metrics;
 use crate::resources::{self, CyclrAccount, CyclrConnectorInstall, CyclrPartner, MANAGER};
+use cyclr::CyclrError;
 
 /// The Api through which an object of each kind is written.
 pub trait ScopedApi: Resource<DynamicType = ()> + Sized {

@@ -18,11 +18,11 @@ use secrecy::SecretString;
 
 use super::partners::{PartnerRuntime, PartnerState};
 use super::{Context, Error, controller_for, error_policy, guarded, jittered};
-use crate::cyclr::types::{PartnerDetails, PricePlan};
-use crate::cyclr::{ClientConfig, CyclrClient, CyclrError};
 use crate::resources::{
     CyclrPartner, CyclrPartnerStatus, Health, PartnerDetailsStatus, PricePlanStatus, same_conditions,
 };
+use cyclr::types::{PartnerDetails, PricePlan};
+use cyclr::{ClientConfig, CyclrClient, CyclrError};
 
 pub fn controller(
     ctx: Arc<Context>,
@@ -273,8 +273,8 @@ async fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cyclr::types::PricePlanId;
     use crate::resources::{READY, condition};
+    use cyclr::types::PricePlanId;
 
     fn details() -> PartnerDetails {
         PartnerDetails {

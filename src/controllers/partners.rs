@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
-use crate::cyclr::types::{Account, PricePlan};
-use crate::cyclr::{CyclrClient, Result as CyclrResult};
+use cyclr::types::{Account, PricePlan};
+use cyclr::{CyclrClient, Result as CyclrResult};
 
 /// All accounts of one partner as one List Accounts returned them.
 #[derive(Debug, Default)]

@@ -3,7 +3,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::NameRef;
+use super::{NameRef, PendingWrite};
 
 /// A connector installed into a CyclrAccount of the same namespace, exactly once.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,6 +103,9 @@ pub struct CyclrConnectorInstallStatus {
     /// The installed connector's id, when the v1.0 list shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_connector_id: Option<String>,
+    /// Set while an Install Connector is in flight or its outcome is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_install: Option<PendingWrite>,
 }
 
 impl CyclrConnectorInstall {

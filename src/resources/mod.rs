@@ -21,10 +21,11 @@ pub const GROUP: &str = "cyclr.com";
 pub mod annotations {
     /// `"true"` stops every Cyclr call for the resource.
     pub const PAUSED: &str = "cyclr.com/paused";
-    /// Set (to the attempt's RFC 3339 time) before an account create is sent, dropped once
-    /// the id is stored: finding it without an id means a create may have happened.
+    /// The Cyclr account id, kept in metadata too (like Crossplane's external name) so a
+    /// restore without status, or a status edit, never leads to a second create.
+    pub const ACCOUNT_ID: &str = "cyclr.com/account-id";
+    // Replaced by status.pendingCreate / status.pendingInstall with the new driver.
     pub const CREATE_PENDING: &str = "cyclr.com/create-pending";
-    /// The same protocol for connector installs.
     pub const INSTALL_PENDING: &str = "cyclr.com/install-pending";
 }
 
@@ -53,6 +54,19 @@ pub struct NameRef {
 /// Whether the resource is paused by annotation.
 pub fn is_paused(meta: &kube::api::ObjectMeta) -> bool {
     annotation(meta, annotations::PAUSED).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// A Cyclr write whose outcome is not recorded yet (the pending-write protocol). Kept in
+/// status, written with a resourceVersion precondition before the write is sent, so only the
+/// operator can set it and two writers cannot both start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingWrite {
+    /// When the attempt started (RFC 3339).
+    pub since: String,
+    /// Ids of same-named Cyclr objects that existed before the attempt: never adopted as ours.
+    #[serde(default, rename = "existingIDs", skip_serializing_if = "Vec::is_empty")]
+    pub existing_ids: Vec<String>,
 }
 
 pub fn annotation<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {

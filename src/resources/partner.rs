@@ -1,4 +1,4 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -28,6 +28,10 @@ pub struct CyclrPartnerSpec {
     /// The Secret with the partner's OAuth client credentials. It is read from the
     /// operator's own namespace only.
     pub credentials_secret_ref: CredentialsSecretRef,
+    /// Which namespaces' CyclrAccounts and CyclrConnectorInstalls may use this partner.
+    /// Omitted: every namespace. `{}` also selects every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
     /// The budget of Cyclr API calls the operator may spend for this partner.
     #[serde(default)]
     pub rate_limit: RateLimit,

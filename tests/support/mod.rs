@@ -11,7 +11,7 @@ use std::time::Duration;
 use cyclr_operator::controllers::{self, OperatorConfig};
 use cyclr_operator::metrics::Metrics;
 use cyclr_operator::resources::{self, CyclrAccount, CyclrConnectorInstall, CyclrPartner};
-use cyclr_operator::sim::{SimConfig, SimHandle, Simulator};
+use cyclr_sim::{SimConfig, SimHandle, Simulator};
 use cyclr_testenv::TestEnv;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -325,8 +325,7 @@ pub async fn install_crds(client: &Client) {
 
 /// Creates an account directly in Cyclr (through the Cyclr API), as someone outside the
 /// operator would.
-pub fn cyclr_client(sim: &SimHandle) -> cyclr_operator::cyclr::CyclrClient {
-    let config =
-        cyclr_operator::cyclr::ClientConfig::new(sim.base_url(), CLIENT_ID, secrecy::SecretString::from(CLIENT_SECRET));
-    cyclr_operator::cyclr::CyclrClient::new(config).expect("client")
+pub fn cyclr_client(sim: &SimHandle) -> cyclr::CyclrClient {
+    let config = cyclr::ClientConfig::new(sim.base_url(), CLIENT_ID, secrecy::SecretString::from(CLIENT_SECRET));
+    cyclr::CyclrClient::new(config).expect("client")
 }

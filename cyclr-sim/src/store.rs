@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::api::ApiError;
 use super::lock;
-use crate::cyclr::types::{Account, AccountFields, AccountId, AccountUsage, CyclrDate, PricePlan, PricePlanId};
+use cyclr::types::{Account, AccountFields, AccountId, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 
 /// The partner's price plans, as Get Price Plans lists them.
 pub(crate) const PRICE_PLANS: [(i64, &str); 3] = [(2, "Starter"), (3, "Pro"), (4, "Enterprise")];

@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 use super::faults::{Faults, LostResponse, Verdict};
 use super::store::{self, InstalledRecord, Store};
 use super::{Shared, SimStats, lock};
-use crate::cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, ErrorBody, IdResponse, PricePlan};
+use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, ErrorBody, IdResponse, PricePlan};
 
 type Sim = State<Arc<Shared>>;
 type Fields = Map<String, Value>;

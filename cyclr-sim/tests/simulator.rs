@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use cyclr_operator::cyclr::types::{Account, AccountUsage, CyclrDate, PartnerDetails};
-use cyclr_operator::sim::{Faults, LostResponse, SimConfig, SimHandle, SimStats, Simulator};
+use cyclr::types::{Account, AccountUsage, CyclrDate, PartnerDetails};
+use cyclr_sim::{Faults, LostResponse, SimConfig, SimHandle, SimStats, Simulator};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

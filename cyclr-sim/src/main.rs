@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use cyclr_operator::sim::{DEFAULT_TOKEN_TTL, Faults, SimConfig, Simulator};
+use cyclr_sim::{DEFAULT_TOKEN_TTL, Faults, SimConfig, Simulator};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use cyclr_operator::cyclr::types::{AccountFields, ConnectorAuth, CyclrDate, InstallConnectorRequest, PricePlanId};
-use cyclr_operator::cyclr::{CallObserver, CallRecord, ClientConfig, CyclrClient, CyclrError, RetryPolicy};
-use cyclr_operator::sim::{Faults, LostResponse, SimConfig, SimHandle, Simulator};
+use cyclr::types::{AccountFields, ConnectorAuth, CyclrDate, InstallConnectorRequest, PricePlanId};
+use cyclr::{CallObserver, CallRecord, ClientConfig, CyclrClient, CyclrError, RetryPolicy};
+use cyclr_sim::{Faults, LostResponse, SimConfig, SimHandle, Simulator};
 use secrecy::ExposeSecret;
 
 const CLIENT_ID: &str = "partner-client-id";

@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Faults, LostResponse};
 
-use crate::cyclr::types::{Account, InstalledConnector};
+use cyclr::types::{Account, InstalledConnector};
 use faults::FaultState;
 use store::{Persister, Store};
 

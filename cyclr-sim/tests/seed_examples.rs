@@ -3,7 +3,7 @@
 //! `PricePlanId` as a string or a number, extra fields).
 
 use chrono::{NaiveDateTime, Timelike};
-use cyclr_operator::cyclr::types::{
+use cyclr::types::{
     Account, AccountFields, AccountUsage, ConnectorAuth, CyclrDate, IdResponse, InstallConnectorBody,
     InstallConnectorRequest, PartnerDetails, PricePlan, PricePlanId, SignInToken, SignInTokenRequest,
 };

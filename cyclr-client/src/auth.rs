@@ -82,7 +82,7 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
-    use crate::cyclr::CyclrError;
+    use crate::CyclrError;
 
     fn response(secret: &str, expires_in: u64) -> TokenResponse {
         TokenResponse {
