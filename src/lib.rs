@@ -5,7 +5,10 @@
 //! out of this binary.
 
 pub mod controllers;
+pub mod driver;
 pub mod http;
+pub mod index;
 pub mod metrics;
 pub mod resources;
+pub mod secrets;
 pub mod telemetry;

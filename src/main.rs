@@ -48,6 +48,9 @@ struct RunArgs {
     leader_election: bool,
     #[arg(long, default_value = "cyclr-operator")]
     lease_name: String,
+    /// Reconciles running at once, per kind.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
 }
 
 #[tokio::main]
@@ -96,6 +99,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         watch_namespace: args.watch_namespace,
         label_selector: args.label_selector,
+        concurrency: args.concurrency,
     };
     ready.store(true, Ordering::Relaxed);
     // SIGTERM is how Kubernetes stops a pod; Ctrl-C is how a person does.

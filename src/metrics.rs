@@ -40,7 +40,6 @@ struct KindLabels {
 struct AccountLabels {
     namespace: String,
     name: String,
-    account_id: String,
 }
 
 pub struct Metrics {
@@ -143,14 +142,24 @@ impl Metrics {
             .inc();
     }
 
-    pub fn account_usage(&self, namespace: &str, name: &str, account_id: &str, tasks: u64, cycles: u64) {
+    /// Usage gauges of one account, labelled by its resource only (bounded cardinality).
+    pub fn account_usage(&self, namespace: &str, name: &str, tasks: u64, cycles: u64) {
         let labels = AccountLabels {
             namespace: namespace.into(),
             name: name.into(),
-            account_id: account_id.into(),
         };
         self.account_tasks.get_or_create(&labels).set(tasks as i64);
         self.account_cycles.get_or_create(&labels).set(cycles as i64);
+    }
+
+    /// Drops an account's usage series (the resource is gone).
+    pub fn forget_account(&self, namespace: &str, name: &str) {
+        let labels = AccountLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.account_tasks.remove(&labels);
+        self.account_cycles.remove(&labels);
     }
 
     /// A [`CallObserver`] that records one partner's Cyclr calls.

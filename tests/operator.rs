@@ -7,9 +7,7 @@ mod support;
 use std::time::Duration;
 
 use cyclr::types::{AccountFields, PricePlanId};
-use cyclr_operator::resources::{
-    CyclrAccount, CyclrConnectorInstall, READY, RECONCILING, STALLED, annotations, condition,
-};
+use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, READY, RECONCILING, STALLED, condition};
 use cyclr_sim::Faults;
 use kube::api::DeleteParams;
 use serde_json::json;
@@ -195,10 +193,11 @@ async fn operator_killed_between_create_and_status_write_adopts_on_restart() {
     );
     assert!(
         orphaned
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(annotations::CREATE_PENDING)
+            .status
+            .as_ref()
+            .and_then(|s| s.pending_create.as_ref())
+            .is_some(),
+        "the pending marker is in status"
     );
 
     h.sim.set_faults(Faults::default());

@@ -1,42 +1,45 @@
 //! CyclrAccount: creates (exactly once) or adopts a Cyclr account, corrects drift with a
-//! minimal Update Account, and reports usage.
+//! minimal Update Account, and reports usage. Observe → decide (pure) → act; the driver does
+//! the rest.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, stream};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
+use kube::{Api, ResourceExt};
+use tokio::sync::OwnedMutexGuard;
 
 use super::partners::{AccountsSnapshot, PartnerRuntime, PartnerState};
-use super::{Context, Error, controller_for, error_policy, guarded, jittered, namespaced_api};
+use super::{Context, ReconcileResult, controller_for, jittered, namespaced_api};
+use crate::driver::{self, Applied, Failure, Health, ManagedStatus, Note, Plan, Reason, Reconciler};
+use crate::index::Holder;
 use crate::resources::{
-    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, Health, ManagementPolicy, STALLED, UsageStatus, annotation,
-    annotations, condition, is_paused, same_conditions, stalled_reason,
+    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, ManagementPolicy, PendingWrite, UsageStatus, annotation,
+    annotations,
 };
-use cyclr::CyclrError;
 use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 
 pub fn controller(
     ctx: Arc<Context>,
-    partner_changes: UnboundedReceiver<String>,
+    partner_wakes: UnboundedReceiver<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Stream<Item = ()> {
-    let controller = controller_for(
+) -> impl Stream<Item = ReconcileResult<CyclrAccount>> {
+    let controller = controller_for::<CyclrAccount>(
+        &ctx,
         namespaced_api::<DeserializeGuard<CyclrAccount>>(ctx.client.clone(), &ctx.config),
-        &ctx.config,
+        |_| {},
     );
     let store = controller.store();
     let _ = ctx.accounts.set(store.clone());
-    // A new account snapshot or a change in the partner's readiness wakes its accounts.
-    let partner_accounts = partner_changes.flat_map(move |partner| {
+    // A new snapshot, a change in the partner's readiness or its deletion wakes its accounts.
+    let partner_accounts = partner_wakes.flat_map(move |partner| {
         let refs: Vec<_> = store
             .state()
             .iter()
@@ -49,62 +52,260 @@ pub fn controller(
     controller
         .reconcile_on(partner_accounts)
         .graceful_shutdown_on(shutdown)
-        .run(|obj, ctx| guarded(obj, ctx, reconcile), error_policy, ctx)
-        .map(|_| ())
+        .run(driver::reconcile::<CyclrAccount>, super::error_policy, ctx)
+}
+
+impl ManagedStatus for CyclrAccountStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+    }
+    fn pending(&self) -> Option<&PendingWrite> {
+        self.pending_create.as_ref()
+    }
+    fn set_pending(&mut self, pending: Option<PendingWrite>) {
+        self.pending_create = pending;
+    }
+    fn set_last_sync_time(&mut self, time: Option<Time>) {
+        self.last_sync_time = time;
+    }
 }
 
 /// The partner as an account sees it.
-pub enum PartnerView<'a> {
+pub enum PartnerView {
+    /// No CyclrPartner of that name (or it was deleted).
+    NotFound,
+    /// Its namespaceSelector does not select this namespace.
+    NotAllowed,
     NotReady(String),
     Ready {
-        plans: &'a [PricePlan],
-        snapshot: Option<&'a AccountsSnapshot>,
+        runtime: Arc<PartnerRuntime>,
+        plans: Vec<PricePlan>,
+        snapshot: Option<Arc<AccountsSnapshot>>,
     },
 }
 
 /// Everything `decide` looks at.
-pub struct Observation<'a> {
-    pub account: &'a CyclrAccount,
-    pub partner: PartnerView<'a>,
-    /// Cyclr account ids held by other CyclrAccounts.
-    pub claimed: &'a [String],
+pub struct Observed {
+    pub partner: PartnerView,
+    /// Who else holds each Cyclr account id `decide` may look at (the oldest other holder).
+    pub claims: HashMap<String, Holder>,
+    /// Usage read in this reconcile (when due).
+    pub usage: Option<UsageStatus>,
     /// When this reconcile started.
     pub now: DateTime<Utc>,
+    /// Held while no id is known: creates of one name in one partner are serialised.
+    _name_guard: Option<OwnedMutexGuard<()>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Adoption {
-    /// `spec.accountId` names it.
-    BySpec,
-    /// Found after a create whose outcome was unknown.
-    RecoveredCreate,
-}
-
-#[derive(Debug, PartialEq)]
-pub enum Decision {
-    /// No Cyclr write: report this health (and the account as Cyclr has it, when known).
-    Report {
-        health: Health,
-        observed: Option<Account>,
-    },
-    /// Decide again with accounts listed at or after this time.
-    RefreshSnapshot {
-        after: DateTime<Utc>,
-    },
-    /// A create finished but the annotation was left behind: drop it.
-    DropPendingAnnotation,
+/// The Cyclr write an account needs.
+#[derive(Debug)]
+pub enum Write {
     Create {
         fields: AccountFields,
-    },
-    Adopt {
-        account: Account,
-        how: Adoption,
     },
     Update {
         observed: Account,
         changes: AccountFields,
         drift: bool,
     },
+}
+
+impl CyclrAccount {
+    /// The Cyclr id this resource holds: status first, then the `cyclr.com/account-id`
+    /// annotation (which survives a restore without status), then `spec.accountID`.
+    pub fn known_id(&self) -> Option<&str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.account_id.as_deref())
+            .or_else(|| annotation(&self.metadata, annotations::ACCOUNT_ID))
+            .or(self.spec.account_id.as_deref())
+    }
+}
+
+impl Reconciler for CyclrAccount {
+    type Status = CyclrAccountStatus;
+    type Observed = Observed;
+    type Refresh = DateTime<Utc>;
+    type Write = Write;
+
+    fn status(&self) -> Option<&CyclrAccountStatus> {
+        self.status.as_ref()
+    }
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, self.metadata.namespace.as_deref().unwrap_or_default())
+    }
+
+    async fn observe(&self, ctx: &Context, refresh: Option<DateTime<Utc>>) -> Result<Observed, Failure> {
+        let now = Utc::now();
+        let uid = self.uid().unwrap_or_default();
+        let partner_name = &self.spec.partner_ref.name;
+        let namespace = self.namespace().unwrap_or_default();
+        let mut observed = Observed {
+            partner: PartnerView::NotFound,
+            claims: HashMap::new(),
+            usage: None,
+            now,
+            _name_guard: None,
+        };
+        let Some(runtime) = ctx.partners.get(partner_name) else {
+            return Ok(observed);
+        };
+        if !runtime.admits(&ctx.namespace_labels(&namespace).unwrap_or_default()) {
+            observed.partner = PartnerView::NotAllowed;
+            return Ok(observed);
+        }
+        if let PartnerState::NotReady(why) = runtime.state() {
+            observed.partner = PartnerView::NotReady(why);
+            return Ok(observed);
+        }
+        let id = self.known_id().map(str::to_string);
+        if id.is_none() && self.spec.management_policy == ManagementPolicy::Full {
+            observed._name_guard = Some(runtime.lock_name(&self.cyclr_name()).await);
+        }
+        let snapshot = match refresh {
+            Some(after) => Some(
+                runtime
+                    .snapshot_since(after)
+                    .await
+                    .map_err(Failure::cyclr("listing the partner's accounts"))?,
+            ),
+            None => runtime.snapshot().await,
+        };
+        let name = self.cyclr_name();
+        let relevant = snapshot
+            .iter()
+            .flat_map(|s| s.accounts.values())
+            .filter(|a| a.name == name)
+            .map(|a| a.id.clone())
+            .chain(id.clone());
+        for candidate in relevant {
+            if let Some(holder) = ctx.account_claims.held_by_other(&candidate, &uid) {
+                observed.claims.insert(candidate, holder);
+            }
+        }
+        if let Some(id) = &id
+            && self.spec.usage.enabled
+            && snapshot.as_ref().is_some_and(|s| s.accounts.contains_key(id))
+        {
+            observed.usage = poll_usage(self, ctx, &runtime, id).await;
+        }
+        observed.partner = PartnerView::Ready {
+            plans: runtime.price_plans(),
+            runtime,
+            snapshot,
+        };
+        Ok(observed)
+    }
+
+    fn decide(&self, observed: &Observed) -> Plan<Self> {
+        decide(self, observed)
+    }
+
+    async fn act(
+        &self,
+        ctx: &Context,
+        observed: &Observed,
+        write: Write,
+    ) -> Result<Applied<CyclrAccountStatus>, Failure> {
+        let PartnerView::Ready { runtime, .. } = &observed.partner else {
+            unreachable!("writes are decided only for a ready partner")
+        };
+        let previous = self.status.clone().unwrap_or_default();
+        match write {
+            Write::Create { fields } => {
+                let id = runtime
+                    .client
+                    .create_account(&fields)
+                    .await
+                    .map_err(Failure::cyclr("the account create"))?;
+                let created = apply_changes(
+                    Account {
+                        id: id.clone(),
+                        name: String::new(),
+                        description: None,
+                        timezone: None,
+                        price_plan_id: None,
+                        last_bill_date: None,
+                        next_bill_date: None,
+                        audit_info: None,
+                    },
+                    &fields,
+                );
+                runtime.remember_account(created.clone()).await;
+                // Claimed at once, before the watch reports the annotation.
+                let _ = ctx.account_claims.claim(&id, &Holder::of(&self.metadata));
+                Ok(Applied {
+                    health: Health::ready(Reason::Synced, format!("created Cyclr account {id}")),
+                    status: with_account(previous, &created, observed.usage.clone()),
+                    event: Some((Reason::Created, format!("created Cyclr account {id}"))),
+                })
+            }
+            Write::Update {
+                observed: account,
+                changes,
+                drift,
+            } => {
+                runtime
+                    .client
+                    .update_account(&account.id, &changes)
+                    .await
+                    .map_err(Failure::cyclr("the account update"))?;
+                let updated = apply_changes(account, &changes);
+                runtime.remember_account(updated.clone()).await;
+                let note = if drift {
+                    (
+                        Reason::DriftCorrected,
+                        format!(
+                            "Cyclr account {} had drifted in {}; corrected",
+                            updated.id,
+                            field_names(&changes)
+                        ),
+                    )
+                } else {
+                    (
+                        Reason::Updated,
+                        format!("updated {} of Cyclr account {}", field_names(&changes), updated.id),
+                    )
+                };
+                Ok(Applied {
+                    health: Health::ready(Reason::Synced, "the Cyclr account matches the spec"),
+                    status: with_account(previous, &updated, observed.usage.clone()),
+                    event: Some(note),
+                })
+            }
+        }
+    }
+
+    fn resync(&self, observed: &Observed) -> Option<Duration> {
+        match &observed.partner {
+            PartnerView::Ready { runtime, .. } => Some(jittered(runtime.resync_interval.min(runtime.usage_interval))),
+            _ => None,
+        }
+    }
+
+    fn identity(status: &CyclrAccountStatus) -> Option<(&'static str, String)> {
+        status.account_id.clone().map(|id| (annotations::ACCOUNT_ID, id))
+    }
+
+    fn forget(ctx: &Context, meta: &ObjectMeta) {
+        let uid = meta.uid.as_deref().unwrap_or_default();
+        ctx.usage_polls.lock().expect("lock").remove(uid);
+        ctx.account_claims.remove(uid);
+        ctx.metrics.forget_account(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
+    }
 }
 
 /// The desired Cyclr fields of an account, or why they cannot be had (pure).
@@ -118,7 +319,7 @@ pub fn desired_fields(spec: &CyclrAccountSpec, name: String, plans: &[PricePlan]
                 None => {
                     let known: Vec<_> = plans.iter().map(|p| format!("{} ({})", p.name, p.id)).collect();
                     return Err(Health::stalled(
-                        "PricePlanNotFound",
+                        Reason::PricePlanNotFound,
                         format!(
                             "no price plan named {wanted:?}; the partner offers: {}",
                             known.join(", ")
@@ -132,8 +333,12 @@ pub fn desired_fields(spec: &CyclrAccountSpec, name: String, plans: &[PricePlan]
     let next_bill_date = match &spec.next_bill_date {
         None => None,
         Some(text) => Some(
+            // The legacy API keeps whole seconds: compare at that precision.
             CyclrDate::parse(text)
-                .ok_or_else(|| Health::stalled("InvalidSpec", format!("nextBillDate {text:?} is not a date")))?,
+                .and_then(|d| d.0.with_nanosecond(0).map(CyclrDate))
+                .ok_or_else(|| {
+                    Health::stalled(Reason::InvalidSpec, format!("spec.nextBillDate {text:?} is not a date"))
+                })?,
         ),
     };
     Ok(AccountFields {
@@ -146,23 +351,25 @@ pub fn desired_fields(spec: &CyclrAccountSpec, name: String, plans: &[PricePlan]
     })
 }
 
-/// The fields the spec sets that Cyclr has otherwise: the body of a minimal Update Account.
-/// A field Cyclr does not report (List Accounts omits Timezone) cannot drift (pure).
-pub fn changed_fields(desired: &AccountFields, observed: &Account) -> AccountFields {
-    fn differs<T: PartialEq + Clone>(want: &Option<T>, have: Option<&T>, reported: bool) -> Option<T> {
-        want.as_ref().filter(|w| reported && have != Some(*w)).cloned()
+/// The fields the spec sets that Cyclr has otherwise: the body of a minimal Update Account
+/// (pure). Timezone (which List Accounts does not report) and NextBillDate (which Cyclr's
+/// billing moves forward) are sent only with a spec change (`spec_changed`), never as drift.
+pub fn changed_fields(desired: &AccountFields, observed: &Account, spec_changed: bool) -> AccountFields {
+    fn differs<T: PartialEq + Clone>(want: &Option<T>, have: Option<&T>) -> Option<T> {
+        want.as_ref().filter(|w| have != Some(*w)).cloned()
     }
+    let on_spec_change = |want: &Option<_>, have: Option<&_>| if spec_changed { differs(want, have) } else { None };
     AccountFields {
-        name: differs(&desired.name, Some(&observed.name), true),
-        description: differs(&desired.description, observed.description.as_ref(), true),
-        timezone: differs(
-            &desired.timezone,
-            observed.timezone.as_ref(),
-            observed.timezone.is_some(),
-        ),
-        price_plan_id: differs(&desired.price_plan_id, observed.price_plan_id.as_ref(), true),
-        next_bill_date: differs(&desired.next_bill_date, observed.next_bill_date.as_ref(), true),
-        audit_info: differs(&desired.audit_info, observed.audit_info.as_ref(), true),
+        name: differs(&desired.name, Some(&observed.name)),
+        description: differs(&desired.description, observed.description.as_ref()),
+        timezone: match observed.timezone.as_ref() {
+            Some(have) => differs(&desired.timezone, Some(have)),
+            None if spec_changed => desired.timezone.clone(),
+            None => None,
+        },
+        price_plan_id: differs(&desired.price_plan_id, observed.price_plan_id.as_ref()),
+        next_bill_date: on_spec_change(&desired.next_bill_date, observed.next_bill_date.as_ref()),
+        audit_info: differs(&desired.audit_info, observed.audit_info.as_ref()),
     }
 }
 
@@ -197,170 +404,269 @@ fn field_names(changes: &AccountFields) -> String {
 }
 
 /// The one decision of a reconcile (pure).
-pub fn decide(obs: &Observation) -> Decision {
-    let account = obs.account;
+pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
     let spec = &account.spec;
-    let status = account.status.clone().unwrap_or_default();
-    let report = |health: Health| Decision::Report { health, observed: None };
-
-    if is_paused(&account.metadata) {
-        return report(Health::paused());
-    }
-    let pending = annotation(&account.metadata, annotations::CREATE_PENDING);
-    if pending.is_some() && status.account_id.is_some() {
-        return Decision::DropPendingAnnotation;
-    }
-    // A terminal failure waits for the spec to change.
-    if status.observed_generation == account.metadata.generation
-        && let Some(reason) = stalled_reason(&status.conditions)
-    {
-        let message = condition(&status.conditions, STALLED)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        return report(Health::stalled(reason, message));
-    }
+    let previous = account.status.clone().unwrap_or_default();
+    let report = |health: Health| Plan::Report {
+        health,
+        status: previous.clone(),
+        event: None,
+    };
+    let partner = &spec.partner_ref.name;
     let (plans, snapshot) = match &obs.partner {
-        PartnerView::NotReady(why) => {
+        PartnerView::NotFound => {
             return report(Health::progressing(
-                "PartnerNotReady",
-                format!("CyclrPartner {:?} is not ready: {why}", spec.partner_ref.name),
+                Reason::PartnerNotFound,
+                format!("CyclrPartner {partner:?} does not exist (or has not been checked yet); no Cyclr call is made"),
             ));
         }
-        PartnerView::Ready { plans, snapshot } => (*plans, *snapshot),
+        PartnerView::NotAllowed => {
+            return report(Health::stalled(
+                Reason::PartnerNotAllowed,
+                format!(
+                    "CyclrPartner {partner:?} does not admit namespace {:?}: its spec.namespaceSelector does not select it",
+                    account.namespace().unwrap_or_default()
+                ),
+            ));
+        }
+        PartnerView::NotReady(why) => {
+            return report(Health::progressing(
+                Reason::PartnerNotReady,
+                format!("CyclrPartner {partner:?} is not ready: {why}"),
+            ));
+        }
+        PartnerView::Ready { plans, snapshot, .. } => (plans, snapshot.as_deref()),
     };
     let desired = match desired_fields(spec, account.cyclr_name(), plans) {
         Ok(desired) => desired,
         Err(health) => return report(health),
     };
     let Some(snapshot) = snapshot else {
-        return Decision::RefreshSnapshot { after: obs.now };
+        return Plan::Refresh(obs.now);
     };
-
-    if let Some(id) = status.account_id.as_deref().or(spec.account_id.as_deref()) {
-        let Some(observed) = snapshot.accounts.get(id) else {
-            // Not in a list taken during this reconcile either: it is gone.
-            if snapshot.taken_at < obs.now {
-                return Decision::RefreshSnapshot { after: obs.now };
-            }
-            return report(if status.account_id.is_some() {
-                Health::stalled(
-                    "ExternalAccountMissing",
-                    format!(
-                        "Cyclr account {id} no longer exists; the operator will not re-create it. Delete this resource, or remove status.accountId to create a new account"
-                    ),
-                )
-            } else {
-                Health::stalled(
-                    "ExternalAccountMissing",
-                    format!("spec.accountId {id} names no Cyclr account of this partner"),
-                )
-            });
-        };
-        if status.account_id.is_none() {
-            return Decision::Adopt {
-                account: observed.clone(),
-                how: Adoption::BySpec,
-            };
-        }
-        if spec.management_policy == ManagementPolicy::ObserveOnly {
-            let changes = changed_fields(&desired, observed);
-            let message = if changes.is_empty() {
-                "observed; Cyclr matches the spec".to_string()
-            } else {
-                format!(
-                    "observed; Cyclr differs from the spec in {} (ObserveOnly: not corrected)",
-                    field_names(&changes)
-                )
-            };
-            return Decision::Report {
-                health: Health::ready("Observed", message),
-                observed: Some(observed.clone()),
-            };
-        }
-        let changes = changed_fields(&desired, observed);
-        if changes.is_empty() {
-            return Decision::Report {
-                health: Health::ready("Synced", "the Cyclr account matches the spec"),
-                observed: Some(observed.clone()),
-            };
-        }
-        let drift = status.observed_generation == account.metadata.generation;
-        return Decision::Update {
-            observed: observed.clone(),
-            changes,
-            drift,
-        };
-    }
-
-    if spec.management_policy == ManagementPolicy::ObserveOnly {
+    let held = status_or_annotation_id(account);
+    if let (Some(held), Some(wanted)) = (held, spec.account_id.as_deref())
+        && held != wanted
+    {
         return report(Health::stalled(
-            "ObserveOnlyWithoutAccountId",
-            "ObserveOnly needs spec.accountId",
+            Reason::AccountIDMismatch,
+            format!(
+                "spec.accountID is {wanted} but this resource holds Cyclr account {held}; spec.accountID can only be set when the resource is created. Remove it, or delete and re-create the resource to adopt {wanted}"
+            ),
         ));
     }
-    if pending.is_some() {
-        // A create may have happened: look for it in a list taken after it.
-        if snapshot.taken_at < obs.now {
-            return Decision::RefreshSnapshot { after: obs.now };
-        }
-        let name = desired.name.clone().unwrap_or_default();
-        let candidates: Vec<&Account> = snapshot
-            .accounts
-            .values()
-            .filter(|a| a.name == name && !obs.claimed.iter().any(|c| c == &a.id))
-            .collect();
-        return match candidates.as_slice() {
-            [] => Decision::Create { fields: desired },
-            [one] => Decision::Adopt {
-                account: (*one).clone(),
-                how: Adoption::RecoveredCreate,
-            },
-            many => {
-                let ids: Vec<&str> = many.iter().map(|a| a.id.as_str()).collect();
-                report(Health::stalled(
-                    "AmbiguousAdoption",
-                    format!(
-                        "a create may have succeeded, but {} unclaimed Cyclr accounts are named {name:?} ({}); set spec.accountId to the right one and remove the annotation {}",
-                        ids.len(),
-                        ids.join(", "),
-                        annotations::CREATE_PENDING
-                    ),
-                ))
-            }
-        };
+    match account.known_id() {
+        Some(id) => decide_known(account, obs, snapshot, &desired, id, previous),
+        None => decide_new(account, obs, snapshot, desired, previous),
     }
-    Decision::Create { fields: desired }
 }
 
-/// The status to report (pure). `lastSyncTime` moves only when something else changed.
-pub fn next_status(
-    previous: &CyclrAccountStatus,
-    generation: Option<i64>,
-    health: &Health,
-    observed: Option<&Account>,
-    usage: Option<UsageStatus>,
-) -> CyclrAccountStatus {
-    let mut next = CyclrAccountStatus {
-        conditions: health.conditions(generation, &previous.conditions),
-        observed_generation: generation,
-        usage: usage.or_else(|| previous.usage.clone()),
-        ..previous.clone()
-    };
-    if let Some(account) = observed {
-        next.account_id = Some(account.id.clone());
-        next.price_plan_id = account.price_plan_id.map(|p| p.0);
-        next.last_bill_date = account.last_bill_date.map(|d| d.to_legacy_string());
-        next.next_bill_date = account.next_bill_date.map(|d| d.to_legacy_string());
+/// The id in status or in the annotation: what this resource already holds.
+fn status_or_annotation_id(account: &CyclrAccount) -> Option<&str> {
+    account
+        .status
+        .as_ref()
+        .and_then(|s| s.account_id.as_deref())
+        .or_else(|| annotation(&account.metadata, annotations::ACCOUNT_ID))
+}
+
+fn decide_known(
+    account: &CyclrAccount,
+    obs: &Observed,
+    snapshot: &AccountsSnapshot,
+    desired: &AccountFields,
+    id: &str,
+    previous: CyclrAccountStatus,
+) -> Plan<CyclrAccount> {
+    let report =
+        |health: Health, status: CyclrAccountStatus, event: Option<Note>| Plan::Report { health, status, event };
+    if let Some(holder) = obs.claims.get(id) {
+        return report(
+            Health::stalled(
+                Reason::AccountClaimed,
+                format!(
+                    "Cyclr account {id} is held by CyclrAccount {}; one Cyclr account belongs to one resource",
+                    holder.name
+                ),
+            ),
+            previous,
+            None,
+        );
     }
-    let strip = |s: &CyclrAccountStatus| CyclrAccountStatus {
-        conditions: vec![],
-        last_sync_time: None,
-        ..s.clone()
+    let Some(found) = snapshot.accounts.get(id) else {
+        // Not in a list taken during this reconcile either: it is gone.
+        if snapshot.taken_at < obs.now {
+            return Plan::Refresh(obs.now);
+        }
+        let message = if status_or_annotation_id(account).is_some() {
+            format!(
+                "Cyclr account {id} no longer exists; the operator will not re-create it. Delete this resource (and re-create it without the {} annotation to make a new account)",
+                annotations::ACCOUNT_ID
+            )
+        } else {
+            format!("spec.accountID {id} names no Cyclr account of this partner")
+        };
+        return report(Health::stalled(Reason::ExternalAccountMissing, message), previous, None);
     };
-    if strip(previous) != strip(&next) {
-        next.last_sync_time = Some(Time(Timestamp::now()));
+    let adopted = previous.account_id.is_none();
+    let status = with_account(previous, found, obs.usage.clone());
+    let event = adopted.then(|| {
+        let how = if account.spec.account_id.is_some() {
+            "named by spec.accountID"
+        } else {
+            "recorded in the cyclr.com/account-id annotation"
+        };
+        (Reason::Adopted, format!("adopted Cyclr account {id} {how}"))
+    });
+    let spec_changed = account.status.as_ref().and_then(|s| s.observed_generation) != account.metadata.generation;
+    let changes = changed_fields(desired, found, spec_changed || adopted);
+    if account.spec.management_policy == ManagementPolicy::ObserveOnly {
+        let message = if changes.is_empty() {
+            "observed; Cyclr matches the spec".to_string()
+        } else {
+            format!(
+                "observed; Cyclr differs from the spec in {} (ObserveOnly: not corrected)",
+                field_names(&changes)
+            )
+        };
+        return report(Health::ready(Reason::Observed, message), status, event);
     }
-    next
+    if changes.is_empty() {
+        return report(
+            Health::ready(Reason::Synced, "the Cyclr account matches the spec"),
+            status,
+            event,
+        );
+    }
+    Plan::Write {
+        write: Write::Update {
+            observed: found.clone(),
+            changes,
+            drift: !spec_changed && !adopted,
+        },
+        pending: None,
+        status,
+    }
+}
+
+fn decide_new(
+    account: &CyclrAccount,
+    obs: &Observed,
+    snapshot: &AccountsSnapshot,
+    desired: AccountFields,
+    previous: CyclrAccountStatus,
+) -> Plan<CyclrAccount> {
+    let report = |health: Health| Plan::Report {
+        health,
+        status: previous.clone(),
+        event: None,
+    };
+    if account.spec.management_policy == ManagementPolicy::ObserveOnly {
+        return report(Health::stalled(
+            Reason::InvalidSpec,
+            "managementPolicy ObserveOnly needs spec.accountID",
+        ));
+    }
+    // Look in a list taken after the resource was made (and after any earlier attempt), so
+    // an account made by hand or by a lost create is seen before creating.
+    let pending = previous.pending_create.as_ref();
+    let not_before = [
+        account
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|Time(t)| DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32)),
+        pending.and_then(|p| {
+            DateTime::parse_from_rfc3339(&p.since)
+                .ok()
+                .map(|d| d.with_timezone(&Utc))
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    if let Some(after) = not_before
+        && snapshot.taken_at < after
+    {
+        return Plan::Refresh(after.max(snapshot.taken_at));
+    }
+    let name = desired.name.clone().unwrap_or_default();
+    let same_name: Vec<&Account> = snapshot.accounts.values().filter(|a| a.name == name).collect();
+    let unclaimed: Vec<&str> = same_name
+        .iter()
+        .filter(|a| !obs.claims.contains_key(&a.id))
+        .map(|a| a.id.as_str())
+        .collect();
+    if let Some(pending) = pending {
+        // Only an account that did not exist before the attempt can be ours.
+        let ours: Vec<&str> = unclaimed
+            .iter()
+            .copied()
+            .filter(|id| !pending.existing_ids.iter().any(|e| e == id))
+            .collect();
+        match ours.as_slice() {
+            [] => {}
+            [id] => {
+                let found = snapshot.accounts[*id].clone();
+                return Plan::Report {
+                    health: Health::ready(Reason::Synced, format!("adopted Cyclr account {id}")),
+                    status: CyclrAccountStatus {
+                        pending_create: None,
+                        ..with_account(previous, &found, None)
+                    },
+                    event: Some((
+                        Reason::Adopted,
+                        format!("adopted Cyclr account {id}, created by an earlier attempt whose response was lost"),
+                    )),
+                };
+            }
+            many => {
+                return report(Health::stalled(
+                    Reason::AmbiguousAdoption,
+                    format!(
+                        "a create may have succeeded, but {} new unclaimed Cyclr accounts are named {name:?} ({}); set spec.accountID to the right one when re-creating this resource",
+                        many.len(),
+                        many.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let foreign: Vec<&str> = unclaimed
+        .iter()
+        .copied()
+        .filter(|id| pending.is_none_or(|p| p.existing_ids.iter().any(|e| e == id)))
+        .collect();
+    if !foreign.is_empty() {
+        return report(Health::stalled(
+            Reason::AccountNameInUse,
+            format!(
+                "Cyclr already has {} account(s) named {name:?} that no resource holds ({}); the operator will not create another. To adopt one, re-create this resource with spec.accountID set to its id; or choose another spec.name",
+                foreign.len(),
+                foreign.join(", ")
+            ),
+        ));
+    }
+    Plan::Write {
+        write: Write::Create { fields: desired },
+        pending: Some(PendingWrite {
+            since: obs.now.to_rfc3339(),
+            existing_ids: same_name.iter().map(|a| a.id.clone()).collect(),
+        }),
+        status: previous,
+    }
+}
+
+/// The status with what Cyclr holds for the account (pure).
+pub fn with_account(previous: CyclrAccountStatus, account: &Account, usage: Option<UsageStatus>) -> CyclrAccountStatus {
+    CyclrAccountStatus {
+        account_id: Some(account.id.clone()),
+        price_plan_id: account.price_plan_id.map(|p| p.0).or(previous.price_plan_id),
+        last_bill_date: account.last_bill_date.map(|d| d.to_legacy_string()),
+        next_bill_date: account.next_bill_date.map(|d| d.to_legacy_string()),
+        usage: usage.or(previous.usage.clone()),
+        ..previous
+    }
 }
 
 fn usage_status(usage: &AccountUsage) -> UsageStatus {
@@ -370,250 +676,6 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
         from_date: usage.from_date.map(|d| d.to_legacy_string()),
         to_date: usage.to_date.map(|d| d.to_legacy_string()),
         current_price_plan_id: usage.current_price_plan_id.map(|p| p.0),
-    }
-}
-
-fn status_changed(previous: &CyclrAccountStatus, next: &CyclrAccountStatus) -> bool {
-    !same_conditions(&previous.conditions, &next.conditions)
-        || CyclrAccountStatus {
-            conditions: vec![],
-            ..previous.clone()
-        } != CyclrAccountStatus {
-            conditions: vec![],
-            ..next.clone()
-        }
-}
-
-/// How a Cyclr failure on a write or read shows on the account.
-fn health_of_error(action: &str, error: &CyclrError) -> Health {
-    match error {
-        CyclrError::Validation { message, .. } => {
-            Health::stalled("CyclrRejected", format!("Cyclr rejected {action}: {message}"))
-        }
-        CyclrError::NotFound { message } => Health::stalled("ExternalAccountMissing", format!("{action}: {message}")),
-        CyclrError::Unauthorized { message } => Health::failing("PartnerNotReady", format!("{action}: {message}")),
-        CyclrError::RateLimited { .. } => Health::failing("RateLimited", format!("{action}: {error}")),
-        other => Health::failing("CyclrUnavailable", format!("{action}: {other}")),
-    }
-}
-
-async fn reconcile(account: Arc<CyclrAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let now = Utc::now();
-    if account.meta().deletion_timestamp.is_some() {
-        // Orphan is the only supported policy, so there is no finalizer and nothing to do.
-        return Ok(Action::await_change());
-    }
-    if account.status.is_none() {
-        // Ready=False first, so GitOps tools do not take the account as ready too early.
-        let first = next_status(
-            &Default::default(),
-            account.metadata.generation,
-            &Health::progressing("Reconciling", "first reconcile"),
-            None,
-            None,
-        );
-        ctx.apply_status(account.as_ref(), &first).await?;
-    }
-    let runtime = ctx.partners.get(&account.spec.partner_ref.name);
-    let claimed = ctx.claimed_account_ids(&account.uid().unwrap_or_default());
-    let plans = runtime.as_ref().map(|r| r.price_plans()).unwrap_or_default();
-    let mut snapshot = match &runtime {
-        Some(r) => r.snapshot().await,
-        None => None,
-    };
-    let decision = loop {
-        let partner = match runtime.as_ref().map(|r| r.state()) {
-            None => PartnerView::NotReady("it does not exist or has not been checked yet".into()),
-            Some(PartnerState::NotReady(why)) => PartnerView::NotReady(why),
-            Some(PartnerState::Ready) => PartnerView::Ready {
-                plans: &plans,
-                snapshot: snapshot.as_deref(),
-            },
-        };
-        match decide(&Observation {
-            account: &account,
-            partner,
-            claimed: &claimed,
-            now,
-        }) {
-            Decision::RefreshSnapshot { after } => {
-                let runtime = runtime.as_ref().expect("a ready partner has a runtime");
-                snapshot = Some(runtime.snapshot_since(after).await?);
-            }
-            decision => break decision,
-        }
-    };
-    let runtime = runtime.filter(|r| matches!(r.state(), PartnerState::Ready));
-    let (health, observed) = match (decision, runtime.as_deref()) {
-        (Decision::Report { health, observed }, _) => (health, observed),
-        (Decision::DropPendingAnnotation, _) => {
-            ctx.set_annotation(account.as_ref(), annotations::CREATE_PENDING, None, false)
-                .await?;
-            return Ok(Action::requeue(Duration::from_millis(200)));
-        }
-        (Decision::RefreshSnapshot { .. }, _) => unreachable!("handled in the loop"),
-        (_, None) => unreachable!("writes are decided only for a ready partner"),
-        (Decision::Create { fields }, Some(runtime)) => create(&account, &ctx, runtime, fields).await?,
-        (Decision::Adopt { account: found, how }, Some(_)) => {
-            let note = match how {
-                Adoption::BySpec => format!("adopted Cyclr account {} named by spec.accountId", found.id),
-                Adoption::RecoveredCreate => format!(
-                    "adopted Cyclr account {} created by an earlier attempt whose response was lost",
-                    found.id
-                ),
-            };
-            ctx.event(account.as_ref(), EventType::Normal, "Adopted", note).await;
-            // Record the id now; drift and usage follow on the next reconcile.
-            let status = next_status(
-                &account.status.clone().unwrap_or_default(),
-                account.metadata.generation,
-                &Health::progressing("Adopted", format!("adopted Cyclr account {}", found.id)),
-                Some(&found),
-                None,
-            );
-            ctx.apply_status(account.as_ref(), &status).await?;
-            return Ok(Action::requeue(Duration::from_millis(200)));
-        }
-        (
-            Decision::Update {
-                observed,
-                changes,
-                drift,
-            },
-            Some(runtime),
-        ) => update(&account, &ctx, runtime, observed, changes, drift).await?,
-    };
-
-    let usage = match (&observed, &runtime) {
-        (Some(found), Some(runtime)) if account.spec.usage.enabled => {
-            poll_usage(&account, &ctx, runtime, &found.id).await
-        }
-        _ => None,
-    };
-    let previous = account.status.clone().unwrap_or_default();
-    let next = next_status(
-        &previous,
-        account.metadata.generation,
-        &health,
-        observed.as_ref(),
-        usage,
-    );
-    if status_changed(&previous, &next) {
-        ctx.apply_status(account.as_ref(), &next).await?;
-        if let Health::Stalled { reason, message } | Health::Failing { reason, message } = &health
-            && stalled_reason(&previous.conditions) != Some(reason.as_str())
-        {
-            ctx.event(account.as_ref(), EventType::Warning, reason, message.clone())
-                .await;
-        }
-    }
-    Ok(match (&health, &runtime) {
-        // Reported above; as an error it gets the per-object backoff, which a success resets.
-        (Health::Failing { message, .. }, _) => return Err(Error::Transient(message.clone())),
-        (Health::Stalled { .. } | Health::Paused { .. }, _) => Action::await_change(),
-        (_, Some(runtime)) => Action::requeue(jittered(runtime.resync_interval.min(runtime.usage_interval))),
-        (_, None) => Action::await_change(),
-    })
-}
-
-/// The crash-safe create: annotate (optimistically), create, store the id, drop the annotation.
-async fn create(
-    account: &CyclrAccount,
-    ctx: &Context,
-    runtime: &PartnerRuntime,
-    fields: AccountFields,
-) -> Result<(Health, Option<Account>), Error> {
-    let pending_since = Utc::now().to_rfc3339();
-    let account = ctx
-        .set_annotation(account, annotations::CREATE_PENDING, Some(&pending_since), true)
-        .await?;
-    match runtime.client.create_account(&fields).await {
-        Ok(id) => {
-            let created = apply_changes(
-                Account {
-                    id: id.clone(),
-                    name: String::new(),
-                    description: None,
-                    timezone: None,
-                    price_plan_id: None,
-                    last_bill_date: None,
-                    next_bill_date: None,
-                    audit_info: None,
-                },
-                &fields,
-            );
-            runtime.remember_account(created.clone()).await;
-            let health = Health::ready("Synced", format!("created Cyclr account {id}"));
-            let status = next_status(
-                &account.status.clone().unwrap_or_default(),
-                account.metadata.generation,
-                &health,
-                Some(&created),
-                None,
-            );
-            ctx.apply_status(&account, &status).await?;
-            ctx.set_annotation(&account, annotations::CREATE_PENDING, None, false)
-                .await?;
-            ctx.event(
-                &account,
-                EventType::Normal,
-                "Created",
-                format!("created Cyclr account {id}"),
-            )
-            .await;
-            Ok((health, Some(created)))
-        }
-        Err(error) if error.outcome_unknown() => {
-            // The account may exist: keep the annotation so the next attempt looks before creating.
-            tracing::warn!(account = %account.name_any(), %error, "account create outcome unknown; will look for it before retrying");
-            Err(error.into())
-        }
-        Err(error) => {
-            ctx.set_annotation(&account, annotations::CREATE_PENDING, None, false)
-                .await?;
-            if error.is_retryable() {
-                return Err(error.into());
-            }
-            Ok((health_of_error("the account create", &error), None))
-        }
-    }
-}
-
-async fn update(
-    account: &CyclrAccount,
-    ctx: &Context,
-    runtime: &PartnerRuntime,
-    observed: Account,
-    changes: AccountFields,
-    drift: bool,
-) -> Result<(Health, Option<Account>), Error> {
-    match runtime.client.update_account(&observed.id, &changes).await {
-        Ok(_) => {
-            let updated = apply_changes(observed, &changes);
-            runtime.remember_account(updated.clone()).await;
-            let (reason, note) = if drift {
-                (
-                    "DriftCorrected",
-                    format!(
-                        "Cyclr account {} had drifted in {}; corrected",
-                        updated.id,
-                        field_names(&changes)
-                    ),
-                )
-            } else {
-                (
-                    "Updated",
-                    format!("updated {} of Cyclr account {}", field_names(&changes), updated.id),
-                )
-            };
-            ctx.event(account, EventType::Normal, reason, note).await;
-            Ok((
-                Health::ready("Synced", "the Cyclr account matches the spec"),
-                Some(updated),
-            ))
-        }
-        Err(error) if error.is_retryable() => Err(error.into()),
-        Err(error) => Ok((health_of_error("the account update", &error), Some(observed))),
     }
 }
 
@@ -632,18 +694,16 @@ async fn poll_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRunt
     match runtime.client.account_usage(id, None).await {
         Ok(usage) => {
             ctx.usage_polls.lock().expect("lock").insert(key, Instant::now());
-            let status = usage_status(&usage);
             ctx.metrics.account_usage(
                 &account.namespace().unwrap_or_default(),
                 &account.name_any(),
-                id,
                 usage.task_count,
                 usage.cycle_count,
             );
-            Some(status)
+            Some(usage_status(&usage))
         }
         Err(error) => {
-            tracing::warn!(account = %account.name_any(), %error, "could not read account usage");
+            tracing::warn!(error = %ctx.scrub(&error.to_string()), "could not read account usage");
             None
         }
     }
@@ -652,9 +712,9 @@ async fn poll_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRunt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{PricePlanRef, READY};
-    use kube::api::ObjectMeta;
-    use std::collections::{BTreeMap, HashMap};
+    use crate::resources::{PricePlanRef, READY, condition};
+    use cyclr::{ClientConfig, CyclrClient};
+    use std::collections::BTreeMap;
 
     fn plans() -> Vec<PricePlan> {
         vec![
@@ -682,8 +742,10 @@ mod tests {
         }
     }
 
-    fn resource(spec: CyclrAccountSpec) -> CyclrAccount {
-        let mut account = CyclrAccount::new("acme", spec);
+    fn resource(spec: serde_json::Value) -> CyclrAccount {
+        let mut account = CyclrAccount::new("acme", serde_json::from_value(spec.clone()).unwrap());
+        // Set through Rust, so the test does not depend on the field's JSON spelling.
+        account.spec.account_id = spec["accountID"].as_str().map(str::to_string);
         account.metadata = ObjectMeta {
             name: Some("acme".into()),
             namespace: Some("t".into()),
@@ -694,43 +756,62 @@ mod tests {
         account
     }
 
-    fn spec() -> CyclrAccountSpec {
-        serde_json::from_value(serde_json::json!({"pricePlan": {"name": "Pro"}})).unwrap()
+    fn pro() -> CyclrAccount {
+        resource(serde_json::json!({"pricePlan": {"name": "Pro"}}))
     }
 
-    fn snapshot(taken_at: DateTime<Utc>, accounts: Vec<Account>) -> AccountsSnapshot {
-        AccountsSnapshot {
-            taken_at,
-            accounts: accounts
-                .into_iter()
-                .map(|a| (a.id.clone(), a))
-                .collect::<HashMap<_, _>>(),
+    fn runtime() -> Arc<PartnerRuntime> {
+        let config = ClientConfig::new("http://127.0.0.1:9", "id", secrecy::SecretString::from("s"));
+        let client = CyclrClient::new(config).unwrap();
+        Arc::new(PartnerRuntime::new(
+            client,
+            0,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            None,
+        ))
+    }
+
+    fn observed(
+        snapshot: Option<(DateTime<Utc>, Vec<Account>)>,
+        claims: &[(&str, &str)],
+        now: DateTime<Utc>,
+    ) -> Observed {
+        Observed {
+            partner: PartnerView::Ready {
+                runtime: runtime(),
+                plans: plans(),
+                snapshot: snapshot.map(|(taken_at, accounts)| {
+                    Arc::new(AccountsSnapshot {
+                        taken_at,
+                        accounts: accounts.into_iter().map(|a| (a.id.clone(), a)).collect(),
+                    })
+                }),
+            },
+            claims: claims
+                .iter()
+                .map(|(id, holder)| {
+                    (
+                        id.to_string(),
+                        Holder {
+                            created: String::new(),
+                            uid: "other".into(),
+                            name: holder.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+            usage: None,
+            now,
+            _name_guard: None,
         }
     }
 
-    fn decide_with(
-        account: &CyclrAccount,
-        snap: Option<&AccountsSnapshot>,
-        claimed: &[String],
-        now: DateTime<Utc>,
-    ) -> Decision {
-        let plans = plans();
-        decide(&Observation {
-            account,
-            partner: PartnerView::Ready {
-                plans: &plans,
-                snapshot: snap,
-            },
-            claimed,
-            now,
-        })
-    }
-
-    fn with_status(mut account: CyclrAccount, id: &str) -> CyclrAccount {
+    fn held(mut account: CyclrAccount, id: &str) -> CyclrAccount {
         account.status = Some(CyclrAccountStatus {
             account_id: Some(id.into()),
             observed_generation: Some(1),
-            conditions: Health::ready("Synced", "").conditions(Some(1), &[]),
+            conditions: Health::ready(Reason::Synced, "").conditions(Some(1), &[]),
             ..Default::default()
         });
         account
@@ -741,94 +822,148 @@ mod tests {
         account
     }
 
+    fn reason(plan: &Plan<CyclrAccount>) -> Option<Reason> {
+        match plan {
+            Plan::Report { health, .. } => Some(health.reason()),
+            _ => None,
+        }
+    }
+
     #[test]
-    fn new_account_is_created_with_its_plan_resolved_by_name() {
+    fn new_account_is_created_with_its_plan_resolved_by_name_and_the_names_seen_before() {
         let now = Utc::now();
-        let snap = snapshot(now, vec![]);
-        match decide_with(&resource(spec()), Some(&snap), &[], now) {
-            Decision::Create { fields } => {
+        let obs = observed(
+            Some((now, vec![cyclr_account("theirs", "acme", 2)])),
+            &[("theirs", "b/acme")],
+            now,
+        );
+        match decide(&pro(), &obs) {
+            Plan::Write {
+                write: Write::Create { fields },
+                pending: Some(pending),
+                ..
+            } => {
                 assert_eq!(fields.name.as_deref(), Some("acme"));
                 assert_eq!(fields.price_plan_id, Some(PricePlanId(3)));
+                assert_eq!(pending.existing_ids, vec!["theirs".to_string()]);
             }
-            other => panic!("expected a create, got {other:?}"),
+            _ => panic!("expected a create"),
         }
+    }
+
+    #[test]
+    fn an_unclaimed_account_with_the_name_stops_the_create() {
+        let now = Utc::now();
+        let obs = observed(Some((now, vec![cyclr_account("handmade", "acme", 2)])), &[], now);
+        match decide(&pro(), &obs) {
+            Plan::Report {
+                health: Health::Stalled { reason, message },
+                ..
+            } => {
+                assert_eq!(reason, Reason::AccountNameInUse);
+                assert!(
+                    message.contains("handmade") && message.contains("spec.accountID"),
+                    "{message}"
+                );
+            }
+            _ => panic!("expected a stall"),
+        }
+    }
+
+    #[test]
+    fn a_list_older_than_the_resource_is_refreshed_before_creating() {
+        let now = Utc::now();
+        let mut account = pro();
+        account.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let obs = observed(Some((now - chrono::Duration::seconds(30), vec![])), &[], now);
+        assert!(matches!(decide(&account, &obs), Plan::Refresh(_)));
     }
 
     #[test]
     fn unknown_plan_is_terminal_and_names_the_offered_plans() {
-        let mut s = spec();
-        s.price_plan = Some(PricePlanRef {
-            id: None,
-            name: Some("Gold".into()),
-        });
         let now = Utc::now();
-        let snap = snapshot(now, vec![]);
-        match decide_with(&resource(s), Some(&snap), &[], now) {
-            Decision::Report {
+        let account = resource(serde_json::json!({"pricePlan": {"name": "Gold"}}));
+        match decide(&account, &observed(Some((now, vec![])), &[], now)) {
+            Plan::Report {
                 health: Health::Stalled { reason, message },
                 ..
             } => {
-                assert_eq!(reason, "PricePlanNotFound");
+                assert_eq!(reason, Reason::PricePlanNotFound);
                 assert!(message.contains("Gold") && message.contains("Starter"), "{message}");
             }
-            other => panic!("expected a stall, got {other:?}"),
+            _ => panic!("expected a stall"),
         }
-    }
-
-    #[test]
-    fn stalled_generation_makes_no_calls_until_the_spec_changes() {
-        let mut account = resource(spec());
-        account.status = Some(CyclrAccountStatus {
-            observed_generation: Some(1),
-            conditions: Health::stalled("PricePlanNotFound", "no Gold").conditions(Some(1), &[]),
-            ..Default::default()
-        });
-        // No snapshot: had it tried to call Cyclr it would ask for one.
-        let decision = decide_with(&account, None, &[], Utc::now());
-        assert!(
-            matches!(
-                decision,
-                Decision::Report {
-                    health: Health::Stalled { .. },
-                    ..
-                }
-            ),
-            "{decision:?}"
-        );
-        account.metadata.generation = Some(2);
-        assert!(matches!(
-            decide_with(&account, None, &[], Utc::now()),
-            Decision::RefreshSnapshot { .. }
-        ));
+        let _ = PricePlanRef {
+            id: Some(1),
+            name: None,
+        };
     }
 
     #[test]
     fn in_sync_account_needs_nothing() {
         let now = Utc::now();
-        let snap = snapshot(now, vec![cyclr_account("a1", "acme", 3)]);
-        let decision = decide_with(&with_status(resource(spec()), "a1"), Some(&snap), &[], now);
-        assert!(
-            matches!(
-                decision,
-                Decision::Report {
-                    health: Health::Ready { .. },
-                    observed: Some(_)
-                }
-            ),
-            "{decision:?}"
+        let obs = observed(Some((now, vec![cyclr_account("a1", "acme", 3)])), &[], now);
+        assert_eq!(reason(&decide(&held(pro(), "a1"), &obs)), Some(Reason::Synced));
+    }
+
+    #[test]
+    fn the_annotation_keeps_the_id_when_status_is_lost() {
+        let now = Utc::now();
+        let account = annotate(pro(), annotations::ACCOUNT_ID, "a1");
+        let obs = observed(Some((now, vec![cyclr_account("a1", "acme", 3)])), &[], now);
+        match decide(&account, &obs) {
+            Plan::Report { status, health, .. } => {
+                assert_eq!(status.account_id.as_deref(), Some("a1"));
+                assert_eq!(health.reason(), Reason::Synced);
+            }
+            _ => panic!("no create, no update: the id is restored"),
+        }
+    }
+
+    #[test]
+    fn an_id_held_by_another_resource_is_refused() {
+        let now = Utc::now();
+        let account = resource(serde_json::json!({"accountID": "a1"}));
+        let obs = observed(
+            Some((now, vec![cyclr_account("a1", "acme", 3)])),
+            &[("a1", "team-a/acme")],
+            now,
         );
+        match decide(&account, &obs) {
+            Plan::Report {
+                health: Health::Stalled { reason, message },
+                ..
+            } => {
+                assert_eq!(reason, Reason::AccountClaimed);
+                assert!(message.contains("team-a/acme"));
+            }
+            _ => panic!("expected a stall"),
+        }
+    }
+
+    #[test]
+    fn a_spec_id_added_to_a_held_account_is_refused() {
+        let now = Utc::now();
+        let account = held(resource(serde_json::json!({"accountID": "other"})), "a1");
+        let obs = observed(Some((now, vec![cyclr_account("a1", "acme", 3)])), &[], now);
+        assert_eq!(reason(&decide(&account, &obs)), Some(Reason::AccountIDMismatch));
     }
 
     #[test]
     fn drift_is_corrected_with_only_the_changed_fields() {
         let now = Utc::now();
-        let mut s = spec();
-        s.description = Some("tenant".into());
+        let account = held(
+            resource(serde_json::json!({"pricePlan": {"name": "Pro"}, "description": "tenant"})),
+            "a1",
+        );
         let mut remote = cyclr_account("a1", "acme", 2);
         remote.description = Some("tenant".into());
-        let snap = snapshot(now, vec![remote]);
-        match decide_with(&with_status(resource(s), "a1"), Some(&snap), &[], now) {
-            Decision::Update { changes, drift, .. } => {
+        match decide(&account, &observed(Some((now, vec![remote])), &[], now)) {
+            Plan::Write {
+                write: Write::Update { changes, drift, .. },
+                pending: None,
+                ..
+            } => {
                 assert_eq!(
                     changes,
                     AccountFields {
@@ -838,149 +973,168 @@ mod tests {
                 );
                 assert!(drift, "same generation: Cyclr changed, not the spec");
             }
-            other => panic!("expected an update, got {other:?}"),
+            _ => panic!("expected an update"),
+        }
+    }
+
+    #[test]
+    fn dates_compare_at_the_apis_precision_and_billing_is_not_drift() {
+        let now = Utc::now();
+        let account = held(
+            resource(serde_json::json!({"pricePlan": {"id": 3}, "nextBillDate": "2030-03-09T16:23:08.5Z"})),
+            "a1",
+        );
+        let mut remote = cyclr_account("a1", "acme", 3);
+        remote.next_bill_date = CyclrDate::parse("2030-03-09T16:23:08");
+        assert_eq!(
+            reason(&decide(
+                &account,
+                &observed(Some((now, vec![remote.clone()])), &[], now)
+            )),
+            Some(Reason::Synced)
+        );
+        remote.next_bill_date = CyclrDate::parse("2030-04-09T16:23:08");
+        assert_eq!(
+            reason(&decide(&account, &observed(Some((now, vec![remote])), &[], now))),
+            Some(Reason::Synced),
+            "Cyclr's billing moved it: not drift"
+        );
+    }
+
+    #[test]
+    fn a_timezone_the_list_does_not_report_is_sent_on_a_spec_change_only() {
+        let now = Utc::now();
+        let mut account = held(
+            resource(serde_json::json!({"pricePlan": {"id": 3}, "timezone": "Europe/Paris"})),
+            "a1",
+        );
+        let remote = cyclr_account("a1", "acme", 3);
+        assert_eq!(
+            reason(&decide(
+                &account,
+                &observed(Some((now, vec![remote.clone()])), &[], now)
+            )),
+            Some(Reason::Synced)
+        );
+        account.metadata.generation = Some(2);
+        match decide(&account, &observed(Some((now, vec![remote])), &[], now)) {
+            Plan::Write {
+                write: Write::Update { changes, drift, .. },
+                ..
+            } => {
+                assert_eq!(changes.timezone.as_deref(), Some("Europe/Paris"));
+                assert!(!drift);
+            }
+            _ => panic!("expected an update"),
         }
     }
 
     #[test]
     fn observe_only_never_writes() {
         let now = Utc::now();
-        let mut s = spec();
-        s.management_policy = ManagementPolicy::ObserveOnly;
-        s.account_id = Some("a1".into());
-        let snap = snapshot(now, vec![cyclr_account("a1", "other", 2)]);
-        let decision = decide_with(&with_status(resource(s), "a1"), Some(&snap), &[], now);
-        match decision {
-            Decision::Report {
+        let account = held(
+            resource(
+                serde_json::json!({"pricePlan": {"name": "Pro"}, "managementPolicy": "ObserveOnly", "accountID": "a1"}),
+            ),
+            "a1",
+        );
+        let obs = observed(Some((now, vec![cyclr_account("a1", "other", 2)])), &[], now);
+        match decide(&account, &obs) {
+            Plan::Report {
                 health: Health::Ready { message, .. },
                 ..
             } => assert!(message.contains("not corrected")),
-            other => panic!("expected a report, got {other:?}"),
+            _ => panic!("expected a report"),
         }
-    }
-
-    #[test]
-    fn paused_account_makes_no_calls() {
-        let account = annotate(resource(spec()), annotations::PAUSED, "true");
-        assert_eq!(
-            decide_with(&account, None, &[], Utc::now()),
-            Decision::Report {
-                health: Health::paused(),
-                observed: None
-            }
-        );
     }
 
     #[test]
     fn adoption_by_spec_account_id() {
         let now = Utc::now();
-        let mut s = spec();
-        s.account_id = Some("a9".into());
-        let snap = snapshot(now, vec![cyclr_account("a9", "x", 3)]);
-        match decide_with(&resource(s), Some(&snap), &[], now) {
-            Decision::Adopt { account, how } => assert_eq!((account.id.as_str(), how), ("a9", Adoption::BySpec)),
-            other => panic!("expected adoption, got {other:?}"),
+        let account = resource(serde_json::json!({"pricePlan": {"name": "Pro"}, "accountID": "a9"}));
+        let obs = observed(Some((now, vec![cyclr_account("a9", "acme", 3)])), &[], now);
+        match decide(&account, &obs) {
+            Plan::Report { status, event, .. } => {
+                assert_eq!(status.account_id.as_deref(), Some("a9"));
+                assert_eq!(event.map(|e| e.0), Some(Reason::Adopted));
+            }
+            _ => panic!("expected adoption"),
         }
     }
 
     #[test]
     fn vanished_account_is_reported_not_recreated() {
         let now = Utc::now();
-        let account = with_status(resource(spec()), "gone");
-        let old = snapshot(now - chrono::Duration::seconds(60), vec![]);
-        assert_eq!(
-            decide_with(&account, Some(&old), &[], now),
-            Decision::RefreshSnapshot { after: now }
-        );
-        let fresh = snapshot(now, vec![]);
-        match decide_with(&account, Some(&fresh), &[], now) {
-            Decision::Report {
-                health: Health::Stalled { reason, .. },
-                ..
-            } => assert_eq!(reason, "ExternalAccountMissing"),
-            other => panic!("expected a stall, got {other:?}"),
-        }
+        let account = held(pro(), "gone");
+        let old = observed(Some((now - chrono::Duration::seconds(60), vec![])), &[], now);
+        assert!(matches!(decide(&account, &old), Plan::Refresh(_)));
+        let fresh = observed(Some((now, vec![])), &[], now);
+        assert_eq!(reason(&decide(&account, &fresh)), Some(Reason::ExternalAccountMissing));
     }
 
     #[test]
-    fn pending_create_adopts_the_one_unclaimed_account_with_its_name() {
+    fn after_a_lost_create_only_a_new_unclaimed_account_is_adopted() {
         let now = Utc::now();
-        let account = annotate(resource(spec()), annotations::CREATE_PENDING, "2026-01-01T00:00:00Z");
-        let old = snapshot(now - chrono::Duration::seconds(1), vec![]);
-        assert!(matches!(
-            decide_with(&account, Some(&old), &[], now),
-            Decision::RefreshSnapshot { .. }
-        ));
-        let fresh = snapshot(
-            now,
-            vec![cyclr_account("mine", "acme", 3), cyclr_account("theirs", "acme", 3)],
-        );
-        match decide_with(&account, Some(&fresh), &["theirs".into()], now) {
-            Decision::Adopt { account, how } => {
-                assert_eq!((account.id.as_str(), how), ("mine", Adoption::RecoveredCreate))
-            }
-            other => panic!("expected adoption, got {other:?}"),
-        }
-        match decide_with(&account, Some(&fresh), &[], now) {
-            Decision::Report {
-                health: Health::Stalled { reason, message },
-                ..
-            } => {
-                assert_eq!(reason, "AmbiguousAdoption");
-                assert!(message.contains("spec.accountId"));
-            }
-            other => panic!("expected a stall, got {other:?}"),
-        }
-        let none = snapshot(now, vec![]);
-        assert!(matches!(
-            decide_with(&account, Some(&none), &[], now),
-            Decision::Create { .. }
-        ));
-    }
-
-    #[test]
-    fn leftover_pending_annotation_is_dropped_once_the_id_is_stored() {
-        let account = annotate(with_status(resource(spec()), "a1"), annotations::CREATE_PENDING, "x");
-        assert_eq!(
-            decide_with(&account, None, &[], Utc::now()),
-            Decision::DropPendingAnnotation
-        );
-    }
-
-    #[test]
-    fn partner_not_ready_is_reported_on_the_account() {
-        let account = resource(spec());
-        let decision = decide(&Observation {
-            account: &account,
-            partner: PartnerView::NotReady("401".into()),
-            claimed: &[],
-            now: Utc::now(),
-        });
-        match decision {
-            Decision::Report {
-                health: Health::Progressing { reason, .. },
-                ..
-            } => assert_eq!(reason, "PartnerNotReady"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn status_write_only_when_something_changed() {
-        let remote = cyclr_account("a1", "acme", 3);
-        let health = Health::ready("Synced", "ok");
-        let first = next_status(&Default::default(), Some(1), &health, Some(&remote), None);
-        assert_eq!(first.account_id.as_deref(), Some("a1"));
-        assert_eq!(first.price_plan_id, Some(3));
-        assert!(first.last_sync_time.is_some());
-        assert_eq!(condition(&first.conditions, READY).unwrap().status, "True");
-        let again = next_status(&first, Some(1), &health, Some(&remote), None);
-        assert!(!status_changed(&first, &again));
-        let usage = UsageStatus {
-            task_count: 5,
+        let mut account = pro();
+        account.status = Some(CyclrAccountStatus {
+            pending_create: Some(PendingWrite {
+                since: (now - chrono::Duration::seconds(5)).to_rfc3339(),
+                existing_ids: vec!["before".into()],
+            }),
             ..Default::default()
-        };
-        let with_usage = next_status(&first, Some(1), &health, Some(&remote), Some(usage));
-        assert!(status_changed(&first, &with_usage));
+        });
+        let list = vec![
+            cyclr_account("before", "acme", 3),
+            cyclr_account("mine", "acme", 3),
+            cyclr_account("theirs", "acme", 3),
+        ];
+        match decide(
+            &account,
+            &observed(Some((now, list.clone())), &[("theirs", "b/acme")], now),
+        ) {
+            Plan::Report { status, event, .. } => {
+                assert_eq!(status.account_id.as_deref(), Some("mine"));
+                assert_eq!(status.pending_create, None);
+                assert_eq!(event.map(|e| e.0), Some(Reason::Adopted));
+            }
+            _ => panic!("expected adoption of the new account"),
+        }
+        assert_eq!(
+            reason(&decide(&account, &observed(Some((now, list)), &[], now))),
+            Some(Reason::AmbiguousAdoption)
+        );
+        // Nothing new: the create did not happen, but a pre-existing twin still stops it.
+        assert_eq!(
+            reason(&decide(
+                &account,
+                &observed(Some((now, vec![cyclr_account("before", "acme", 3)])), &[], now)
+            )),
+            Some(Reason::AccountNameInUse)
+        );
+        assert!(matches!(
+            decide(&account, &observed(Some((now, vec![])), &[], now)),
+            Plan::Write { .. }
+        ));
+    }
+
+    #[test]
+    fn a_missing_or_refusing_partner_makes_no_calls() {
+        let now = Utc::now();
+        let mut obs = observed(None, &[], now);
+        obs.partner = PartnerView::NotFound;
+        assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::PartnerNotFound));
+        obs.partner = PartnerView::NotAllowed;
+        assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::PartnerNotAllowed));
+        obs.partner = PartnerView::NotReady("401".into());
+        assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::PartnerNotReady));
+    }
+
+    #[test]
+    fn status_carries_the_account_as_cyclr_has_it() {
+        let status = with_account(Default::default(), &cyclr_account("a1", "acme", 3), None);
+        assert_eq!(status.account_id.as_deref(), Some("a1"));
+        assert_eq!(status.price_plan_id, Some(3));
+        let conditions = Health::ready(Reason::Synced, "ok").conditions(Some(1), &[]);
+        assert_eq!(condition(&conditions, READY).unwrap().status, "True");
     }
 }

@@ -1,55 +1,55 @@
 //! CyclrConnectorInstall: installs a connector into its account at most once, across
-//! restarts, resyncs and lost responses.
+//! restarts, resyncs and lost responses, and never a second install of one installed name.
+//! Observe → decide (pure) → act; the driver does the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
+use kube::{ResourceExt, api::Api};
 use secrecy::SecretString;
+use tokio::sync::OwnedMutexGuard;
 
 use super::partners::{PartnerRuntime, PartnerState};
-use super::{Context, Error, controller_for, error_policy, guarded, namespaced_api};
-use crate::resources::{
-    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, Health, annotation, annotations, is_paused,
-    same_conditions, stalled_reason,
-};
-use cyclr::CyclrError;
+use super::{Context, ReconcileResult, controller_for, namespaced_api, users_of_secret};
+use crate::driver::{self, Applied, Failure, Health, ManagedStatus, Plan, Reason, Reconciler};
+use crate::index::Holder;
+use crate::resources::{CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite};
+use crate::secrets::{self, Lookup};
 use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
 
 pub fn controller(
     ctx: Arc<Context>,
+    secret_changes: UnboundedReceiver<Secret>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Stream<Item = ()> {
-    let controller = controller_for(
+) -> impl Stream<Item = ReconcileResult<CyclrConnectorInstall>> {
+    // The installed-name index is fed by the installs' own watch.
+    let index_ctx = ctx.clone();
+    let controller = controller_for::<CyclrConnectorInstall>(
+        &ctx,
         namespaced_api::<DeserializeGuard<CyclrConnectorInstall>>(ctx.client.clone(), &ctx.config),
-        &ctx.config,
+        move |event| match event {
+            watcher::Event::Apply(DeserializeGuard(Ok(i))) | watcher::Event::InitApply(DeserializeGuard(Ok(i))) => {
+                index_ctx
+                    .install_claims
+                    .set(Holder::of(&i.metadata), vec![install_key(i)]);
+            }
+            _ => {}
+        },
     );
     let by_account = controller.store();
-    let by_secret = controller.store();
-    let refs = |store: &kube::runtime::reflector::Store<DeserializeGuard<CyclrConnectorInstall>>,
-                namespace: Option<String>,
-                wanted: &dyn Fn(&CyclrConnectorInstall) -> bool| {
-        store
-            .state()
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok())
-            .filter(|i| i.namespace() == namespace && wanted(i))
-            .map(|i| ObjectRef::new(&i.name_any()).within(&i.namespace().unwrap_or_default()))
-            .collect::<Vec<_>>()
-    };
-    let mut secrets_config = watcher::Config::default();
-    if let Some(selector) = &ctx.config.label_selector {
-        secrets_config = secrets_config.labels(selector);
-    }
+    let users = users_of_secret(controller.store(), |i: &CyclrConnectorInstall, s: &Secret| {
+        i.namespace() == s.namespace() && i.secret_names().contains(&s.name_any().as_str())
+    });
     controller
         // An account getting its id (or becoming ready) wakes the installs waiting on it.
         .watches(
@@ -57,409 +57,386 @@ pub fn controller(
             watcher::Config::default(),
             move |account| {
                 let name = account.name_any();
-                refs(&by_account, account.namespace(), &|i| i.spec.account_ref.name == name)
+                by_account
+                    .state()
+                    .iter()
+                    .filter_map(|g| g.0.as_ref().ok())
+                    .filter(|i| i.namespace() == account.namespace() && i.spec.account_ref.name == name)
+                    .map(|i| ObjectRef::new(&i.name_any()).within(&i.namespace().unwrap_or_default()))
+                    .collect::<Vec<_>>()
             },
         )
         // A credentials Secret appearing wakes the installs that wait for it.
-        .watches(
-            namespaced_api::<Secret>(ctx.client.clone(), &ctx.config),
-            secrets_config,
-            move |secret| {
-                let name = secret.name_any();
-                refs(&by_secret, secret.namespace(), &|i| {
-                    i.secret_names().contains(&name.as_str())
-                })
-            },
-        )
+        .watches_stream(secret_changes.map(Ok), users)
         .graceful_shutdown_on(shutdown)
-        .run(|obj, ctx| guarded(obj, ctx, reconcile), error_policy, ctx)
-        .map(|_| ())
+        .run(driver::reconcile::<CyclrConnectorInstall>, super::error_policy, ctx)
 }
 
-/// The account as an install needs it.
+/// The claim key of an install: one installed name per account.
+fn install_key(install: &CyclrConnectorInstall) -> String {
+    format!(
+        "{}/{}/{}",
+        install.namespace().unwrap_or_default(),
+        install.spec.account_ref.name,
+        install.installed_name()
+    )
+}
+
+impl ManagedStatus for CyclrConnectorInstallStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+    }
+    fn pending(&self) -> Option<&PendingWrite> {
+        self.pending_install.as_ref()
+    }
+    fn set_pending(&mut self, pending: Option<PendingWrite>) {
+        self.pending_install = pending;
+    }
+}
+
+/// The account (and its partner) as an install needs it.
 pub enum AccountView {
-    Missing,
-    NotReady(String),
-    Ready { account_id: String },
+    /// Not usable yet: the reason and message to report.
+    Waiting(Reason, String),
+    Ready {
+        account_id: String,
+        runtime: Arc<PartnerRuntime>,
+    },
 }
 
 /// The connector credentials from the referenced Secret.
 pub enum CredentialsView {
     Ready(ConnectorAuth),
-    Missing { reason: &'static str, message: String },
+    Missing(Reason, String),
 }
 
 /// The account's installed connectors (v1.0 list), when looked at.
-pub enum InstalledView<'a> {
+pub enum InstalledView {
     NotListed,
     /// The API offers no list: an install cannot be confirmed.
     Unavailable(String),
-    Listed(&'a [InstalledConnector]),
+    Listed(Vec<InstalledConnector>),
 }
 
-pub struct Observation<'a> {
-    pub install: &'a CyclrConnectorInstall,
+pub struct Observed {
     pub account: AccountView,
-    pub partner_ready: Result<(), String>,
-    pub credentials: &'a CredentialsView,
-    pub installed: InstalledView<'a>,
+    pub credentials: CredentialsView,
+    /// An older install resource with the same installed name in the same account.
+    pub claimed_by: Option<Holder>,
+    pub installed: InstalledView,
+    /// Held while an install may be decided: installs of one name are serialised.
+    _name_guard: Option<OwnedMutexGuard<()>>,
 }
 
-#[derive(Debug, PartialEq)]
-pub enum Decision {
-    Report(Health),
-    DropPendingAnnotation,
-    /// Look at what the account has installed before deciding.
-    ListInstalled {
-        account_id: String,
-    },
-    Install {
-        account_id: String,
-    },
-    /// The install exists already (made by an attempt whose response was lost, or by hand).
-    Record {
-        account_id: String,
-        found: InstalledConnector,
-    },
-}
+impl Reconciler for CyclrConnectorInstall {
+    type Status = CyclrConnectorInstallStatus;
+    type Observed = Observed;
+    type Refresh = ();
+    type Write = ConnectorAuth;
 
-/// The one decision of a reconcile (pure).
-pub fn decide(obs: &Observation) -> Decision {
-    let install = obs.install;
-    let status = install.status.clone().unwrap_or_default();
-    if is_paused(&install.metadata) {
-        return Decision::Report(Health::paused());
+    fn status(&self) -> Option<&CyclrConnectorInstallStatus> {
+        self.status.as_ref()
     }
-    let pending = annotation(&install.metadata, annotations::INSTALL_PENDING).is_some();
-    if status.installed_at.is_some() {
-        if pending {
-            return Decision::DropPendingAnnotation;
-        }
-        return Decision::Report(Health::ready("Installed", "the connector is installed"));
-    }
-    if status.observed_generation == install.metadata.generation
-        && let Some(reason) = stalled_reason(&status.conditions)
-    {
-        let message = crate::resources::condition(&status.conditions, crate::resources::STALLED)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        return Decision::Report(Health::stalled(reason, message));
-    }
-    let account_name = &install.spec.account_ref.name;
-    let account_id = match &obs.account {
-        AccountView::Missing => {
-            return Decision::Report(Health::progressing(
-                "AccountNotReady",
-                format!("CyclrAccount {account_name:?} not found"),
-            ));
-        }
-        AccountView::NotReady(why) => {
-            return Decision::Report(Health::progressing(
-                "AccountNotReady",
-                format!("CyclrAccount {account_name:?} {why}"),
-            ));
-        }
-        AccountView::Ready { account_id } => account_id.clone(),
-    };
-    if let Err(why) = &obs.partner_ready {
-        return Decision::Report(Health::progressing("PartnerNotReady", why.clone()));
-    }
-    if let CredentialsView::Missing { reason, message } = obs.credentials {
-        return Decision::Report(Health::progressing(reason, message.clone()));
-    }
-    let installed = match &obs.installed {
-        InstalledView::NotListed => return Decision::ListInstalled { account_id },
-        InstalledView::Unavailable(why) if pending => {
-            return Decision::Report(Health::stalled(
-                "InstallOutcomeUnknown",
-                format!(
-                    "an earlier install attempt may have succeeded and the installed-connector list cannot confirm it ({why}); check the account in Cyclr, then set status or remove the annotation {}",
-                    annotations::INSTALL_PENDING
-                ),
-            ));
-        }
-        InstalledView::Unavailable(_) => return Decision::Install { account_id },
-        InstalledView::Listed(list) => *list,
-    };
-    let name = install.installed_name();
-    match installed
-        .iter()
-        .find(|c| c.name == name && c.connector.name.eq_ignore_ascii_case(&install.spec.connector_name))
-    {
-        Some(found) => Decision::Record {
-            account_id,
-            found: found.clone(),
-        },
-        None => Decision::Install { account_id },
-    }
-}
 
-fn next_status(
-    previous: &CyclrConnectorInstallStatus,
-    generation: Option<i64>,
-    health: &Health,
-) -> CyclrConnectorInstallStatus {
-    CyclrConnectorInstallStatus {
-        conditions: health.conditions(generation, &previous.conditions),
-        observed_generation: generation,
-        ..previous.clone()
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, self.metadata.namespace.as_deref().unwrap_or_default())
     }
-}
 
-fn status_changed(previous: &CyclrConnectorInstallStatus, next: &CyclrConnectorInstallStatus) -> bool {
-    !same_conditions(&previous.conditions, &next.conditions)
-        || CyclrConnectorInstallStatus {
-            conditions: vec![],
-            ..previous.clone()
-        } != CyclrConnectorInstallStatus {
-            conditions: vec![],
-            ..next.clone()
-        }
-}
-
-async fn observe_account(
-    install: &CyclrConnectorInstall,
-    ctx: &Context,
-) -> Result<(AccountView, Option<Arc<PartnerRuntime>>), Error> {
-    let api: Api<CyclrAccount> = Api::namespaced(ctx.client.clone(), &install.namespace().unwrap_or_default());
-    let Some(account) = api.get_opt(&install.spec.account_ref.name).await? else {
-        return Ok((AccountView::Missing, None));
-    };
-    let runtime = ctx.partners.get(&account.spec.partner_ref.name);
-    let view = match account.status.as_ref().and_then(|s| s.account_id.clone()) {
-        Some(account_id) => AccountView::Ready { account_id },
-        None => AccountView::NotReady("has no Cyclr account id yet".into()),
-    };
-    Ok((view, runtime))
-}
-
-async fn observe_credentials(install: &CyclrConnectorInstall, ctx: &Context) -> Result<CredentialsView, Error> {
-    let Some(auth) = &install.spec.auth else {
-        return Ok(CredentialsView::Ready(ConnectorAuth::None));
-    };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &install.namespace().unwrap_or_default());
-    let read = |name: &str| {
-        let api = api.clone();
-        let name = name.to_string();
-        async move { api.get_opt(&name).await }
-    };
-    let value = |secret: &Secret, key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-    };
-    let missing = |name: &str| CredentialsView::Missing {
-        reason: "SecretNotFound",
-        message: format!("Secret {name:?} not found"),
-    };
-    let missing_key = |name: &str, key: &str| CredentialsView::Missing {
-        reason: "SecretKeyNotFound",
-        message: format!("Secret {name:?} has no key {key:?}"),
-    };
-    if let Some(r) = &auth.api_key_secret_ref {
-        let Some(secret) = read(&r.name).await? else {
-            return Ok(missing(&r.name));
+    async fn observe(&self, ctx: &Context, list: Option<()>) -> Result<Observed, Failure> {
+        let holder = Holder::of(&self.metadata);
+        let claimed_by = ctx
+            .install_claims
+            .held_by_other(&install_key(self), &holder.uid)
+            .filter(|other| *other < holder);
+        let account = observe_account(self, ctx);
+        let credentials = observe_credentials(self, ctx).await?;
+        let mut observed = Observed {
+            account,
+            credentials,
+            claimed_by,
+            installed: InstalledView::NotListed,
+            _name_guard: None,
         };
-        return Ok(match value(&secret, &r.key) {
-            Some(key) => CredentialsView::Ready(ConnectorAuth::ApiKey(SecretString::from(key))),
-            None => missing_key(&r.name, &r.key),
-        });
-    }
-    if let Some(r) = &auth.basic_auth_secret_ref {
-        let Some(secret) = read(&r.name).await? else {
-            return Ok(missing(&r.name));
-        };
-        let Some(username) = value(&secret, &r.username_key) else {
-            return Ok(missing_key(&r.name, &r.username_key));
-        };
-        let Some(password) = value(&secret, &r.password_key) else {
-            return Ok(missing_key(&r.name, &r.password_key));
-        };
-        return Ok(CredentialsView::Ready(ConnectorAuth::Basic {
-            username,
-            password: SecretString::from(password),
-        }));
-    }
-    Ok(CredentialsView::Ready(ConnectorAuth::None))
-}
-
-async fn reconcile(install: Arc<CyclrConnectorInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if install.meta().deletion_timestamp.is_some() {
-        // The Partner API cannot uninstall, so there is no finalizer and nothing to do.
-        return Ok(Action::await_change());
-    }
-    if install.status.is_none() {
-        let first = next_status(
-            &Default::default(),
-            install.metadata.generation,
-            &Health::progressing("Reconciling", "first reconcile"),
-        );
-        ctx.apply_status(install.as_ref(), &first).await?;
-    }
-    let (account, runtime) = observe_account(&install, &ctx).await?;
-    let partner_ready = match runtime.as_ref().map(|r| r.state()) {
-        Some(PartnerState::Ready) => Ok(()),
-        Some(PartnerState::NotReady(why)) => Err(format!("the account's partner is not ready: {why}")),
-        None => Err("the account's partner has not been checked yet".into()),
-    };
-    let credentials = observe_credentials(&install, &ctx).await?;
-    let mut listed: Option<Result<Vec<InstalledConnector>, String>> = None;
-    let decision = loop {
-        let installed = match &listed {
-            None => InstalledView::NotListed,
-            Some(Ok(list)) => InstalledView::Listed(list),
-            Some(Err(why)) => InstalledView::Unavailable(why.clone()),
-        };
-        let obs = Observation {
-            install: &install,
-            account: clone_view(&account),
-            partner_ready: partner_ready.clone(),
-            credentials: &credentials,
-            installed,
-        };
-        match decide(&obs) {
-            Decision::ListInstalled { account_id } => {
-                let runtime = runtime.as_ref().expect("a ready partner has a runtime");
-                listed = Some(match runtime.client.installed_connectors(&account_id).await {
-                    Ok(list) => Ok(list),
-                    Err(CyclrError::NotFound { message }) => Err(message),
-                    Err(error) => return Err(error.into()),
-                });
-            }
-            decision => break decision,
-        }
-    };
-
-    let previous = install.status.clone().unwrap_or_default();
-    let (health, recorded) = match decision {
-        Decision::ListInstalled { .. } => unreachable!("handled in the loop"),
-        Decision::Report(health) => (health, None),
-        Decision::DropPendingAnnotation => {
-            ctx.set_annotation(install.as_ref(), annotations::INSTALL_PENDING, None, false)
-                .await?;
-            return Ok(Action::await_change());
-        }
-        Decision::Record { account_id, found } => {
-            ctx.event(
-                install.as_ref(),
-                EventType::Normal,
-                "Adopted",
-                format!(
-                    "connector {:?} is already installed in account {account_id} (id {})",
-                    found.name, found.id
-                ),
-            )
-            .await;
-            (
-                Health::ready("Installed", "the connector is installed"),
-                Some((account_id, Some(found.id))),
-            )
-        }
-        Decision::Install { account_id } => {
-            let CredentialsView::Ready(auth) = credentials else {
-                unreachable!("decided only with credentials")
+        if let (Some(()), AccountView::Ready { account_id, runtime }) = (list, &observed.account) {
+            observed._name_guard = Some(
+                runtime
+                    .lock_name(&format!("install:{account_id}/{}", self.installed_name()))
+                    .await,
+            );
+            observed.installed = match runtime.client.installed_connectors(account_id).await {
+                Ok(list) => InstalledView::Listed(list),
+                Err(cyclr::CyclrError::NotFound { message }) => InstalledView::Unavailable(message),
+                Err(error) => {
+                    return Err(Failure::Cyclr {
+                        action: "listing the account's installed connectors",
+                        error,
+                    });
+                }
             };
-            let runtime = runtime.as_ref().expect("a ready partner has a runtime");
-            match install_once(&install, &ctx, runtime, &account_id, auth).await? {
-                Ok(()) => (
-                    Health::ready("Installed", "the connector is installed"),
-                    Some((account_id, None)),
-                ),
-                Err(health) => (health, None),
-            }
         }
-    };
-    let mut next = next_status(&previous, install.metadata.generation, &health);
-    if let Some((account_id, installed_id)) = recorded {
-        next.account_id = Some(account_id);
-        next.installed_connector_id = installed_id;
-        next.installed_at = Some(Time(Timestamp::now()));
+        Ok(observed)
     }
-    if status_changed(&previous, &next) {
-        ctx.apply_status(install.as_ref(), &next).await?;
-        if next.installed_at.is_some() && previous.installed_at.is_none() {
-            // The install is recorded: the pending marker is no longer needed.
-            ctx.set_annotation(install.as_ref(), annotations::INSTALL_PENDING, None, false)
-                .await?;
-        }
-        if let Health::Stalled { reason, message } = &health {
-            ctx.event(install.as_ref(), EventType::Warning, reason, message.clone())
-                .await;
-        }
-    }
-    Ok(match health {
-        Health::Ready { .. } | Health::Stalled { .. } | Health::Paused { .. } => Action::await_change(),
-        // Waiting on an account, a partner or a Secret: watched, with a safety-net requeue.
-        _ => Action::requeue(Duration::from_secs(60)),
-    })
-}
 
-fn clone_view(view: &AccountView) -> AccountView {
-    match view {
-        AccountView::Missing => AccountView::Missing,
-        AccountView::NotReady(why) => AccountView::NotReady(why.clone()),
-        AccountView::Ready { account_id } => AccountView::Ready {
+    fn decide(&self, observed: &Observed) -> Plan<Self> {
+        decide(self, observed)
+    }
+
+    async fn act(
+        &self,
+        ctx: &Context,
+        observed: &Observed,
+        auth: ConnectorAuth,
+    ) -> Result<Applied<CyclrConnectorInstallStatus>, Failure> {
+        let AccountView::Ready { account_id, runtime } = &observed.account else {
+            unreachable!("installs are decided only for a ready account")
+        };
+        // Recorded at once, so a second resource of the same name in this process stops.
+        if let Err(holder) = ctx
+            .install_claims
+            .claim(&install_key(self), &Holder::of(&self.metadata))
+        {
+            return Ok(Applied {
+                health: name_in_use(&holder.name),
+                status: self.status.clone().unwrap_or_default(),
+                event: None,
+            });
+        }
+        let request = InstallConnectorRequest {
             account_id: account_id.clone(),
-        },
-    }
-}
-
-/// Marks the attempt (optimistically), then installs. `Ok(Err(health))` is a terminal refusal.
-async fn install_once(
-    install: &CyclrConnectorInstall,
-    ctx: &Context,
-    runtime: &PartnerRuntime,
-    account_id: &str,
-    auth: ConnectorAuth,
-) -> Result<Result<(), Health>, Error> {
-    let since = chrono::Utc::now().to_rfc3339();
-    let install = ctx
-        .set_annotation(install, annotations::INSTALL_PENDING, Some(&since), true)
-        .await?;
-    let request = InstallConnectorRequest {
-        account_id: account_id.to_string(),
-        connector_name: install.spec.connector_name.clone(),
-        connector_version: install.spec.connector_version.clone(),
-        installed_name: install.installed_name(),
-        auth,
-    };
-    match runtime.client.install_connector(&request).await {
-        Ok(()) => {
-            ctx.event(
-                &install,
-                EventType::Normal,
-                "Installed",
+            connector_name: self.spec.connector_name.clone(),
+            connector_version: self.spec.connector_version.clone(),
+            installed_name: self.installed_name(),
+            auth,
+        };
+        runtime
+            .client
+            .install_connector(&request)
+            .await
+            .map_err(Failure::cyclr("the connector install"))?;
+        Ok(Applied {
+            health: Health::ready(Reason::Installed, "the connector is installed"),
+            status: CyclrConnectorInstallStatus {
+                account_id: Some(account_id.clone()),
+                installed_at: Some(Time(Timestamp::now())),
+                ..self.status.clone().unwrap_or_default()
+            },
+            event: Some((
+                Reason::Installed,
                 format!(
                     "installed connector {} {} into account {account_id}",
                     request.connector_name, request.connector_version
                 ),
-            )
-            .await;
-            Ok(Ok(()))
+            )),
+        })
+    }
+
+    fn resync(&self, _: &Observed) -> Option<Duration> {
+        // Installed is final; nothing in Cyclr to compare with on a timer.
+        None
+    }
+
+    fn forget(ctx: &Context, meta: &ObjectMeta) {
+        ctx.install_claims.remove(meta.uid.as_deref().unwrap_or_default());
+    }
+}
+
+fn name_in_use(holder: &str) -> Health {
+    Health::stalled(
+        Reason::InstalledNameInUse,
+        format!(
+            "CyclrConnectorInstall {holder} already installs a connector of this installedName into this account; choose another installedName"
+        ),
+    )
+}
+
+/// The one decision of a reconcile (pure).
+pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConnectorInstall> {
+    let previous = install.status.clone().unwrap_or_default();
+    let report = |health: Health| Plan::Report {
+        health,
+        status: previous.clone(),
+        event: None,
+    };
+    if previous.installed_at.is_some() {
+        return report(Health::ready(Reason::Installed, "the connector is installed"));
+    }
+    if let Some(holder) = &obs.claimed_by {
+        return report(name_in_use(&holder.name));
+    }
+    let account_id = match &obs.account {
+        AccountView::Waiting(reason, message) => return report(Health::progressing(*reason, message.clone())),
+        AccountView::Ready { account_id, .. } => account_id.clone(),
+    };
+    let auth = match &obs.credentials {
+        CredentialsView::Missing(reason, message) => return report(Health::progressing(*reason, message.clone())),
+        CredentialsView::Ready(auth) => auth.clone(),
+    };
+    let name = install.installed_name();
+    let pending = previous.pending_install.as_ref();
+    let same_name: Vec<&InstalledConnector> = match &obs.installed {
+        InstalledView::NotListed => return Plan::Refresh(()),
+        InstalledView::Unavailable(why) if pending.is_some() => {
+            return report(Health::stalled(
+                Reason::InstallOutcomeUnknown,
+                format!(
+                    "an earlier install attempt may have succeeded and the installed-connector list cannot confirm it ({why}); check the account in Cyclr, then delete and re-create this resource"
+                ),
+            ));
         }
-        Err(error) if error.outcome_unknown() => Err(error.into()),
-        Err(error) => {
-            ctx.set_annotation(&install, annotations::INSTALL_PENDING, None, false)
-                .await?;
-            match error {
-                CyclrError::Validation { message, .. } => Ok(Err(Health::stalled(
-                    "CyclrRejected",
-                    format!("Cyclr rejected the install: {message}"),
-                ))),
-                CyclrError::NotFound { message } => Ok(Err(Health::stalled("ExternalAccountMissing", message))),
-                other => Err(other.into()),
+        InstalledView::Unavailable(_) => vec![],
+        InstalledView::Listed(list) => list.iter().filter(|c| c.name == name).collect(),
+    };
+    let new: Vec<&&InstalledConnector> = same_name
+        .iter()
+        .filter(|c| pending.is_some_and(|p| !p.existing_ids.contains(&c.id)))
+        .collect();
+    match (pending, new.as_slice()) {
+        (Some(_), [found]) => {
+            return Plan::Report {
+                health: Health::ready(Reason::Installed, "the connector is installed"),
+                status: CyclrConnectorInstallStatus {
+                    account_id: Some(account_id.clone()),
+                    installed_connector_id: Some(found.id.clone()),
+                    installed_at: Some(Time(Timestamp::now())),
+                    pending_install: None,
+                    ..previous.clone()
+                },
+                event: Some((
+                    Reason::Adopted,
+                    format!(
+                        "connector {name:?} was installed into account {account_id} (id {}) by an earlier attempt whose response was lost",
+                        found.id
+                    ),
+                )),
+            };
+        }
+        (Some(_), [_, _, ..]) => {
+            return report(Health::stalled(
+                Reason::InstallOutcomeUnknown,
+                format!("several new installed connectors are named {name:?} in account {account_id}; check Cyclr"),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(existing) = same_name.first() {
+        return report(Health::stalled(
+            Reason::InstalledNameInUse,
+            format!(
+                "account {account_id} already has an installed connector named {name:?} (id {}); it is never adopted or installed twice: choose another installedName",
+                existing.id
+            ),
+        ));
+    }
+    Plan::Write {
+        write: auth,
+        pending: Some(PendingWrite {
+            since: Utc::now().to_rfc3339(),
+            existing_ids: vec![],
+        }),
+        status: previous,
+    }
+}
+
+/// The install's account and partner, from the watches (no API read).
+fn observe_account(install: &CyclrConnectorInstall, ctx: &Context) -> AccountView {
+    let namespace = install.namespace().unwrap_or_default();
+    let name = &install.spec.account_ref.name;
+    let Some(account) = ctx.account(&namespace, name) else {
+        return AccountView::Waiting(Reason::AccountNotReady, format!("CyclrAccount {name:?} not found"));
+    };
+    let Some(account_id) = account.status.as_ref().and_then(|s| s.account_id.clone()) else {
+        return AccountView::Waiting(
+            Reason::AccountNotReady,
+            format!("CyclrAccount {name:?} has no Cyclr account id yet"),
+        );
+    };
+    let partner = &account.spec.partner_ref.name;
+    let Some(runtime) = ctx.partners.get(partner) else {
+        return AccountView::Waiting(
+            Reason::PartnerNotFound,
+            format!("CyclrPartner {partner:?} does not exist"),
+        );
+    };
+    if !runtime.admits(&ctx.namespace_labels(&namespace).unwrap_or_default()) {
+        return AccountView::Waiting(
+            Reason::PartnerNotAllowed,
+            format!("CyclrPartner {partner:?} does not admit namespace {namespace:?}"),
+        );
+    }
+    if let PartnerState::NotReady(why) = runtime.state() {
+        return AccountView::Waiting(
+            Reason::PartnerNotReady,
+            format!("the account's partner is not ready: {why}"),
+        );
+    }
+    AccountView::Ready { account_id, runtime }
+}
+
+/// The credentials from the labelled Secret in the install's namespace.
+async fn observe_credentials(install: &CyclrConnectorInstall, ctx: &Context) -> Result<CredentialsView, Failure> {
+    let Some(auth) = &install.spec.auth else {
+        return Ok(CredentialsView::Ready(ConnectorAuth::None));
+    };
+    let namespace = install.namespace().unwrap_or_default();
+    let (name, keys): (&str, Vec<&str>) = match (&auth.api_key_secret_ref, &auth.basic_auth_secret_ref) {
+        (Some(r), _) => (&r.name, vec![&r.key]),
+        (None, Some(r)) => (&r.name, vec![&r.username_key, &r.password_key]),
+        (None, None) => return Ok(CredentialsView::Ready(ConnectorAuth::None)),
+    };
+    let secret = match ctx.secrets.get(&namespace, name).await? {
+        Lookup::Found(secret) => secret,
+        Lookup::Missing => {
+            return Ok(CredentialsView::Missing(
+                Reason::SecretNotFound,
+                format!("Secret {name:?} not found"),
+            ));
+        }
+        Lookup::NotLabelled => {
+            return Ok(CredentialsView::Missing(
+                Reason::SecretNotLabelled,
+                format!(
+                    "Secret {name:?} is not labelled {}=true; the operator reads only Secrets so labelled",
+                    secrets::CREDENTIALS_LABEL
+                ),
+            ));
+        }
+    };
+    let mut values = Vec::new();
+    for key in keys {
+        match secrets::value(&secret, key) {
+            Some(v) => values.push(v),
+            None => {
+                return Ok(CredentialsView::Missing(
+                    Reason::SecretKeyNotFound,
+                    format!("Secret {name:?} has no key {key:?}"),
+                ));
             }
         }
     }
+    Ok(CredentialsView::Ready(match values.as_slice() {
+        [key] => ConnectorAuth::ApiKey(SecretString::from(key.clone())),
+        [username, password] => ConnectorAuth::Basic {
+            username: username.clone(),
+            password: SecretString::from(password.clone()),
+        },
+        _ => unreachable!("one or two keys"),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use cyclr::types::ConnectorSummary;
-    use std::collections::BTreeMap;
+    use cyclr::{ClientConfig, CyclrClient};
 
     fn install() -> CyclrConnectorInstall {
         let spec = serde_json::from_value(serde_json::json!({
@@ -473,34 +450,29 @@ mod tests {
         i
     }
 
-    fn ready_account() -> AccountView {
-        AccountView::Ready {
-            account_id: "a1".into(),
+    fn ready(installed: InstalledView) -> Observed {
+        let config = ClientConfig::new("http://127.0.0.1:9", "id", SecretString::from("s"));
+        Observed {
+            account: AccountView::Ready {
+                account_id: "a1".into(),
+                runtime: Arc::new(PartnerRuntime::new(
+                    CyclrClient::new(config).unwrap(),
+                    0,
+                    Duration::from_secs(60),
+                    Duration::from_secs(60),
+                    None,
+                )),
+            },
+            credentials: CredentialsView::Ready(ConnectorAuth::ApiKey(SecretString::from("k"))),
+            claimed_by: None,
+            installed,
+            _name_guard: None,
         }
     }
 
-    fn key() -> CredentialsView {
-        CredentialsView::Ready(ConnectorAuth::ApiKey(SecretString::from("k")))
-    }
-
-    fn decide_with(
-        install: &CyclrConnectorInstall,
-        account: AccountView,
-        credentials: &CredentialsView,
-        installed: InstalledView,
-    ) -> Decision {
-        decide(&Observation {
-            install,
-            account,
-            partner_ready: Ok(()),
-            credentials,
-            installed,
-        })
-    }
-
-    fn listed(name: &str) -> Vec<InstalledConnector> {
-        vec![InstalledConnector {
-            id: "77".into(),
+    fn listed(name: &str, id: &str) -> InstalledConnector {
+        InstalledConnector {
+            id: id.into(),
             name: name.into(),
             description: None,
             authenticated: true,
@@ -509,62 +481,73 @@ mod tests {
                 name: "Slack".into(),
                 version: Some("v1".into()),
             },
-        }]
-    }
-
-    #[test]
-    fn waits_for_its_account() {
-        let d = decide_with(
-            &install(),
-            AccountView::NotReady("has no id".into()),
-            &key(),
-            InstalledView::NotListed,
-        );
-        assert!(
-            matches!(d, Decision::Report(Health::Progressing { ref reason, .. }) if reason == "AccountNotReady"),
-            "{d:?}"
-        );
-    }
-
-    #[test]
-    fn missing_secret_is_named() {
-        let creds = CredentialsView::Missing {
-            reason: "SecretNotFound",
-            message: "Secret \"slack-key\" not found".into(),
-        };
-        match decide_with(&install(), ready_account(), &creds, InstalledView::NotListed) {
-            Decision::Report(h) => {
-                assert_eq!(h.reason(), "SecretNotFound");
-                assert!(h.message().contains("slack-key"));
-            }
-            other => panic!("{other:?}"),
         }
+    }
+
+    fn reason(plan: &Plan<CyclrConnectorInstall>) -> Option<Reason> {
+        match plan {
+            Plan::Report { health, .. } => Some(health.reason()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn waits_for_its_account_and_names_a_missing_secret() {
+        let mut obs = ready(InstalledView::NotListed);
+        obs.account = AccountView::Waiting(Reason::AccountNotReady, "no id".into());
+        assert_eq!(reason(&decide(&install(), &obs)), Some(Reason::AccountNotReady));
+        let mut obs = ready(InstalledView::NotListed);
+        obs.credentials = CredentialsView::Missing(Reason::SecretNotLabelled, "label it".into());
+        assert_eq!(reason(&decide(&install(), &obs)), Some(Reason::SecretNotLabelled));
     }
 
     #[test]
     fn looks_before_installing_and_installs_when_absent() {
-        assert_eq!(
-            decide_with(&install(), ready_account(), &key(), InstalledView::NotListed),
-            Decision::ListInstalled {
-                account_id: "a1".into()
-            }
-        );
-        let other = listed("something-else");
-        assert_eq!(
-            decide_with(&install(), ready_account(), &key(), InstalledView::Listed(&other)),
-            Decision::Install {
-                account_id: "a1".into()
-            }
-        );
+        assert!(matches!(
+            decide(&install(), &ready(InstalledView::NotListed)),
+            Plan::Refresh(())
+        ));
+        assert!(matches!(
+            decide(&install(), &ready(InstalledView::Listed(vec![listed("other", "9")]))),
+            Plan::Write { pending: Some(_), .. }
+        ));
     }
 
     #[test]
-    fn an_existing_install_is_recorded_not_repeated() {
-        let mine = listed("slack");
-        match decide_with(&install(), ready_account(), &key(), InstalledView::Listed(&mine)) {
-            Decision::Record { found, .. } => assert_eq!(found.id, "77"),
-            other => panic!("{other:?}"),
+    fn a_same_named_install_is_refused_never_adopted() {
+        let obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
+        assert_eq!(reason(&decide(&install(), &obs)), Some(Reason::InstalledNameInUse));
+        let mut obs = ready(InstalledView::NotListed);
+        obs.claimed_by = Some(Holder {
+            created: "0".into(),
+            uid: "x".into(),
+            name: "t/first".into(),
+        });
+        assert_eq!(reason(&decide(&install(), &obs)), Some(Reason::InstalledNameInUse));
+    }
+
+    #[test]
+    fn after_a_lost_response_only_a_new_install_is_recorded() {
+        let mut i = install();
+        i.status = Some(CyclrConnectorInstallStatus {
+            pending_install: Some(PendingWrite {
+                since: "2026-01-01T00:00:00Z".into(),
+                existing_ids: vec![],
+            }),
+            ..Default::default()
+        });
+        match decide(&i, &ready(InstalledView::Listed(vec![listed("slack", "7")]))) {
+            Plan::Report { status, health, .. } => {
+                assert_eq!(health.reason(), Reason::Installed);
+                assert_eq!(status.installed_connector_id.as_deref(), Some("7"));
+                assert!(status.pending_install.is_none());
+            }
+            _ => panic!("expected the install to be recorded"),
         }
+        assert_eq!(
+            reason(&decide(&i, &ready(InstalledView::Unavailable("404".into())))),
+            Some(Reason::InstallOutcomeUnknown)
+        );
     }
 
     #[test]
@@ -574,35 +557,9 @@ mod tests {
             installed_at: Some(Time(Timestamp::now())),
             ..Default::default()
         });
-        assert!(matches!(
-            decide_with(&i, ready_account(), &key(), InstalledView::NotListed),
-            Decision::Report(Health::Ready { .. })
-        ));
-    }
-
-    #[test]
-    fn unconfirmable_pending_install_stalls_instead_of_installing_twice() {
-        let mut i = install();
-        i.metadata.annotations = Some(BTreeMap::from([(
-            annotations::INSTALL_PENDING.to_string(),
-            "t".to_string(),
-        )]));
-        let d = decide_with(&i, ready_account(), &key(), InstalledView::Unavailable("404".into()));
-        assert!(
-            matches!(d, Decision::Report(Health::Stalled { ref reason, .. }) if reason == "InstallOutcomeUnknown"),
-            "{d:?}"
-        );
-        let no_pending = decide_with(
-            &install(),
-            ready_account(),
-            &key(),
-            InstalledView::Unavailable("404".into()),
-        );
         assert_eq!(
-            no_pending,
-            Decision::Install {
-                account_id: "a1".into()
-            }
+            reason(&decide(&i, &ready(InstalledView::NotListed))),
+            Some(Reason::Installed)
         );
     }
 }

@@ -1,5 +1,6 @@
-//! The three controllers. Each reconcile runs observe → decide (pure, unit-tested) → act →
-//! report status; this module holds what they share.
+//! The three kinds, plugged into the driver ([`crate::driver`]), and the watches that feed
+//! them. Each kind's file is observe → decide (pure) → act; this module holds the context they
+//! share and starts everything.
 
 pub mod account;
 pub mod connector_install;
@@ -11,49 +12,25 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::channel::mpsc;
-use k8s_openapi::NamespaceResourceScope;
+use futures::{Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams};
-use kube::core::DeserializeGuard;
-use kube::runtime::PredicateConfig;
-use kube::runtime::controller::{Action, Controller};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::driver::{self, Backoffs, Reason, Reconciler};
+use crate::index::{ClaimIndex, Holder};
 use crate::metrics::Metrics;
-use crate::resources::{self, CyclrAccount, CyclrConnectorInstall, CyclrPartner, MANAGER};
-use cyclr::CyclrError;
-
-/// The Api through which an object of each kind is written.
-pub trait ScopedApi: Resource<DynamicType = ()> + Sized {
-    fn api_for(client: Client, obj: &Self) -> Api<Self>;
-}
-
-impl ScopedApi for CyclrPartner {
-    fn api_for(client: Client, _: &Self) -> Api<Self> {
-        Api::all(client)
-    }
-}
-
-impl ScopedApi for CyclrAccount {
-    fn api_for(client: Client, obj: &Self) -> Api<Self> {
-        Api::namespaced(client, obj.meta().namespace.as_deref().unwrap_or_default())
-    }
-}
-
-impl ScopedApi for CyclrConnectorInstall {
-    fn api_for(client: Client, obj: &Self) -> Api<Self> {
-        Api::namespaced(client, obj.meta().namespace.as_deref().unwrap_or_default())
-    }
-}
+use crate::resources::{self, CyclrAccount, MANAGER, annotations};
+use crate::secrets::{self, Secrets};
 use partners::Partners;
 
 /// Where and what the operator watches.
@@ -66,215 +43,146 @@ pub struct OperatorConfig {
     /// Reconcile only objects (of all three kinds) with these labels: for sharding, and for
     /// running several operators side by side in tests.
     pub label_selector: Option<String>,
+    /// Reconciles running at once, per kind.
+    pub concurrency: u16,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Cyclr(#[from] CyclrError),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Invalid(String),
-    /// A transient failure already reported in status; retried with backoff.
-    #[error("will retry: {0}")]
-    Transient(String),
+impl OperatorConfig {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        OperatorConfig {
+            namespace: namespace.into(),
+            watch_namespace: None,
+            label_selector: None,
+            concurrency: 16,
+        }
+    }
 }
 
-/// Everything a reconcile needs, shared by all three controllers.
+/// Everything a reconcile needs, shared by all three kinds.
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub partners: Partners,
     pub metrics: Arc<Metrics>,
-    recorder: Recorder,
-    failures: Mutex<HashMap<String, u32>>,
-    /// The account store, for "is this Cyclr account claimed by another resource".
+    pub backoffs: Backoffs,
+    /// The labelled credential Secrets.
+    pub secrets: Secrets,
+    /// Cyclr account ids held by CyclrAccounts anywhere in the cluster (metadata watch of
+    /// their `cyclr.com/account-id` annotation, plus claims this process just made).
+    pub account_claims: ClaimIndex,
+    /// Installed names per account held by CyclrConnectorInstalls (`namespace/account/name`).
+    pub install_claims: ClaimIndex,
+    /// The watched accounts, for installs looking up their account.
     accounts: OnceLock<Store<DeserializeGuard<CyclrAccount>>>,
-    /// Partner names whose accounts should be reconciled now (new snapshot, readiness change).
-    partner_changed: mpsc::UnboundedSender<String>,
-    /// When each account's usage was last read (by uid): kept in memory, not in status, so
-    /// a poll that finds nothing new writes nothing.
+    /// Namespace labels, for the partners' namespaceSelector.
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Partner names whose accounts should be reconciled now.
+    wake_partner: mpsc::UnboundedSender<String>,
+    /// When each account's usage was last read (by uid): in memory, not status, so a poll
+    /// that finds nothing new writes nothing.
     usage_polls: Mutex<HashMap<String, Instant>>,
+    recorder: Recorder,
 }
 
 impl Context {
-    /// Publishes an Event (events.k8s.io); the recorder de-duplicates repeats into a series.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+    /// Publishes an Event (events.k8s.io); the recorder folds repeats into a series.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: Reason, note: String) {
         let event = Event {
             type_,
-            reason: reason.into(),
+            reason: reason.to_string(),
             note: Some(note),
-            action: reason.into(),
+            action: reason.to_string(),
             secondary: None,
         };
         if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(%error, reason, "could not publish an Event");
+            tracing::warn!(%error, %reason, "could not publish an Event");
+        } else {
+            self.metrics.kubernetes_write("Event");
         }
     }
 
-    /// Jittered exponential backoff per object for transient failures.
-    fn backoff(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().expect("lock");
-        let n = failures.entry(key.to_string()).or_default();
-        *n = n.saturating_add(1);
-        let base = Duration::from_secs(2u64.saturating_pow((*n).min(8))).min(Duration::from_secs(300));
-        base.mul_f64(rand::rng().random_range(0.5..1.0))
+    /// `text` without any credential value the operator holds.
+    pub fn scrub(&self, text: &str) -> String {
+        self.secrets.scrub(text)
     }
 
-    fn succeeded(&self, key: &str) {
-        self.failures.lock().expect("lock").remove(key);
+    /// Wakes every account of the partner (new snapshot, readiness change, deletion).
+    pub fn wake_partner(&self, partner: &str) {
+        let _ = self.wake_partner.unbounded_send(partner.to_string());
     }
 
-    /// Ids of Cyclr accounts held by CyclrAccounts other than `except` (a uid).
-    pub fn claimed_account_ids(&self, except: &str) -> Vec<String> {
-        let Some(store) = self.accounts.get() else {
-            return Vec::new();
-        };
-        store
-            .state()
-            .iter()
-            .filter_map(|guard| guard.0.as_ref().ok())
-            .filter(|account| account.uid().as_deref() != Some(except))
-            .filter_map(|account| account.account_id().map(str::to_string))
-            .collect()
+    /// The account `namespace/name` from the watch.
+    pub fn account(&self, namespace: &str, name: &str) -> Option<Arc<CyclrAccount>> {
+        let guard = self.accounts.get()?.get(&ObjectRef::new(name).within(namespace))?;
+        guard.0.as_ref().ok().map(|a| Arc::new(a.clone()))
     }
 
-    pub fn partner_changed(&self, partner: &str) {
-        let _ = self.partner_changed.unbounded_send(partner.to_string());
-    }
-
-    /// Writes the status subresource by server-side apply, so fields we stop reporting go away.
-    pub async fn apply_status<K, S>(&self, obj: &K, status: &S) -> Result<(), Error>
-    where
-        K: ScopedApi + DeserializeOwned + Clone + Debug,
-        S: Serialize,
-    {
-        let api = K::api_for(self.client.clone(), obj);
-        let patch = serde_json::json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        self.metrics.kubernetes_write(&K::kind(&()));
-        Ok(())
-    }
-
-    /// Sets or removes one annotation. With `expect_version`, the write fails with a
-    /// conflict if the object changed since it was read (optimistic concurrency).
-    pub async fn set_annotation<K>(
-        &self,
-        obj: &K,
-        key: &str,
-        value: Option<&str>,
-        expect_version: bool,
-    ) -> Result<K, Error>
-    where
-        K: ScopedApi + DeserializeOwned + Clone + Debug,
-    {
-        let api = K::api_for(self.client.clone(), obj);
-        let mut metadata = serde_json::json!({ "annotations": { key: value } });
-        if expect_version {
-            metadata["resourceVersion"] = serde_json::json!(obj.resource_version());
-        }
-        let updated = api
-            .patch(
-                &obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "metadata": metadata })),
-            )
-            .await?;
-        self.metrics.kubernetes_write(&K::kind(&()));
-        Ok(updated)
+    /// The labels of a namespace, from the watch.
+    pub fn namespace_labels(&self, namespace: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
     }
 }
 
-/// What a reconcile error means for the next attempt.
-fn error_policy<K: Resource<DynamicType = ()>>(
-    obj: Arc<DeserializeGuard<K>>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    let key = guard_key(&obj);
-    let delay = match error {
-        Error::Cyclr(e) => e.retry_after().unwrap_or_else(|| ctx.backoff(&key)),
-        _ => ctx.backoff(&key),
-    };
-    tracing::warn!(object = %key, %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
-fn guard_key<K: Resource<DynamicType = ()>>(obj: &DeserializeGuard<K>) -> String {
-    let meta = match &obj.0 {
-        Ok(o) => o.meta(),
-        Err(invalid) => &invalid.metadata,
-    };
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        meta.namespace.as_deref().unwrap_or(""),
-        meta.name.as_deref().unwrap_or("")
-    )
-}
-
-/// Runs one reconcile with the bookkeeping every controller shares: malformed objects are
-/// reported rather than breaking the watch, and outcomes feed metrics and backoff.
-async fn guarded<K, F, Fut>(obj: Arc<DeserializeGuard<K>>, ctx: Arc<Context>, reconcile: F) -> Result<Action, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + Debug,
-    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
-    Fut: Future<Output = Result<Action, Error>>,
-{
-    let key = guard_key(&obj);
-    let started = Instant::now();
-    let result = match &obj.0 {
-        Ok(resource) => reconcile(Arc::new(resource.clone()), ctx.clone()).await,
-        Err(invalid) => {
-            tracing::warn!(object = %key, error = %invalid, "cannot read object; fix its spec");
-            Ok(Action::await_change())
-        }
-    };
-    ctx.metrics.reconciled(&K::kind(&()), result.is_ok(), started.elapsed());
-    if result.is_ok() {
-        ctx.succeeded(&key);
-    }
-    result
-}
+/// One item of a controller's result stream.
+pub type ReconcileResult<K> =
+    Result<(ObjectRef<DeserializeGuard<K>>, controller::Action), controller::Error<driver::Error, watcher::Error>>;
 
 /// Requeue after `interval` with up to 10% jitter, so objects spread out over time.
 pub fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(rand::rng().random_range(0.9..1.0))
 }
 
-/// A controller whose own status writes do not wake it: only spec (generation), annotation
-/// (pause, create-pending) and deletion changes do, plus the periodic requeue. Objects that
-/// fail to deserialise arrive as errors in the guard instead of breaking the watch, and
-/// managed fields are dropped from the cache to save memory.
-fn controller_for<K>(api: Api<DeserializeGuard<K>>, config: &OperatorConfig) -> Controller<DeserializeGuard<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher::watcher(api, watch_config(config))
-        .default_backoff()
-        .modify(|obj| obj.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(spec_or_annotations, PredicateConfig::default());
-    Controller::for_stream(stream, reader)
+/// What kube's error policy does with a failed status write: retry soon, with jitter.
+fn error_policy<K>(_obj: Arc<DeserializeGuard<K>>, error: &driver::Error, _ctx: Arc<Context>) -> controller::Action {
+    tracing::warn!(%error, "reconcile failed");
+    controller::Action::requeue(jittered(Duration::from_secs(5)))
 }
 
-fn spec_or_annotations<K: Resource>(obj: &K) -> Option<u64> {
+/// A controller for kind K driven by the driver: the watch drops managed fields, reports
+/// deletions to the kind's `forget` (and `on_delete`), and wakes reconciles only for spec
+/// (generation), pause and deletion changes, so the operator's own writes never wake it.
+fn controller_for<K>(
+    ctx: &Arc<Context>,
+    api: Api<DeserializeGuard<K>>,
+    on_event: impl Fn(&watcher::Event<DeserializeGuard<K>>) + Send + 'static,
+) -> Controller<DeserializeGuard<K>>
+where
+    K: Reconciler,
+{
+    let (reader, writer) = reflector::store();
+    let forget_ctx = ctx.clone();
+    let stream = watcher::watcher(api, watch_config(&ctx.config))
+        .default_backoff()
+        .modify(|obj| obj.managed_fields_mut().clear())
+        .map_ok(move |event| {
+            if let watcher::Event::Delete(DeserializeGuard(Ok(obj))) = &event {
+                K::forget(&forget_ctx, obj.meta());
+                forget_ctx
+                    .backoffs
+                    .forget(obj.meta().uid.as_deref().unwrap_or_default());
+            }
+            on_event(&event);
+            event
+        })
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_pause_or_deletion, PredicateConfig::default());
+    Controller::for_stream(stream, reader)
+        .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
+}
+
+fn spec_pause_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let meta = obj.meta();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (meta.generation, &meta.annotations, meta.deletion_timestamp.is_some()).hash(&mut hasher);
+    (
+        meta.generation,
+        resources::is_paused(meta),
+        meta.deletion_timestamp.is_some(),
+    )
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -288,7 +196,7 @@ fn watch_config(config: &OperatorConfig) -> watcher::Config {
 
 fn namespaced_api<K>(client: Client, config: &OperatorConfig) -> Api<K>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {
     match &config.watch_namespace {
         Some(ns) => Api::namespaced(client, ns),
@@ -297,14 +205,12 @@ where
 }
 
 /// Waits until the operator's CRDs are established, so the watches do not fail at start.
-pub async fn wait_for_crds(client: Client) -> Result<(), Error> {
+pub async fn wait_for_crds(client: Client) -> Result<(), kube::runtime::wait::Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client);
     for crd in resources::all_crds() {
         let name = crd.metadata.name.unwrap_or_default();
         tracing::info!(crd = %name, "waiting for the CRD to be established");
-        await_condition(api.clone(), &name, conditions::is_crd_established())
-            .await
-            .map_err(|e| Error::Invalid(format!("waiting for CRD {name}: {e}")))?;
+        await_condition(api.clone(), &name, conditions::is_crd_established()).await?;
     }
     Ok(())
 }
@@ -315,9 +221,46 @@ pub async fn run(
     config: OperatorConfig,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
-) -> Result<(), Error> {
+) -> Result<(), kube::runtime::wait::Error> {
     wait_for_crds(client.clone()).await?;
-    let (partner_changed, partner_changes) = mpsc::unbounded();
+
+    // Only labelled Secrets, in every namespace the operator serves.
+    let secret_api: Api<Secret> = match &config.watch_namespace {
+        Some(ns) if *ns == config.namespace => Api::namespaced(client.clone(), ns),
+        _ => Api::all(client.clone()),
+    };
+    let (secret_store, secret_writer) = reflector::store();
+    let (to_partners, secret_changes_partners) = mpsc::unbounded::<Secret>();
+    let (to_installs, secret_changes_installs) = mpsc::unbounded::<Secret>();
+    // One watch of the labelled Secrets feeds the store and wakes partners and installs.
+    let secret_run = watcher::watcher(secret_api, watcher::Config::default().labels(&secrets::selector()))
+        .default_backoff()
+        .modify(|s: &mut Secret| s.managed_fields_mut().clear())
+        .reflect(secret_writer)
+        .touched_objects()
+        .for_each(move |secret| {
+            match secret {
+                Ok(secret) => {
+                    let _ = to_partners.unbounded_send(secret.clone());
+                    let _ = to_installs.unbounded_send(secret);
+                }
+                Err(error) => tracing::warn!(%error, "Secret watch failed; retrying"),
+            }
+            futures::future::ready(())
+        });
+    let (namespace_store, namespace_writer) = reflector::store();
+    let namespace_run = watcher::watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(namespace_writer)
+    .for_each(|event| async move {
+        if let Err(error) = event {
+            tracing::warn!(%error, "Namespace watch failed; retrying");
+        }
+    });
+    let (wake_partner, partner_wakes) = mpsc::unbounded();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -330,25 +273,90 @@ pub async fn run(
         config: config.clone(),
         partners: Partners::default(),
         metrics,
-        failures: Mutex::default(),
+        backoffs: Backoffs::default(),
+        secrets: Secrets::new(secret_store.clone(), client.clone()),
+        account_claims: ClaimIndex::default(),
+        install_claims: ClaimIndex::default(),
         accounts: OnceLock::new(),
-        partner_changed,
+        namespaces: namespace_store.clone(),
+        wake_partner,
         usage_polls: Mutex::default(),
     });
+    // Claims come from every CyclrAccount in the cluster, not only those this operator
+    // serves (other namespaces, other shards): a metadata-only watch is enough.
+    let claims_ctx = ctx.clone();
+    let claims_run = watcher::watcher(
+        Api::<PartialObjectMeta<CyclrAccount>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .for_each(move |event| {
+        match event {
+            Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
+                let id = resources::annotation(&m.metadata, annotations::ACCOUNT_ID).map(str::to_string);
+                claims_ctx
+                    .account_claims
+                    .set(Holder::of(&m.metadata), id.into_iter().collect());
+            }
+            Ok(watcher::Event::Delete(m)) => claims_ctx
+                .account_claims
+                .remove(m.metadata.uid.as_deref().unwrap_or_default()),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "account claim watch failed; retrying"),
+        }
+        futures::future::ready(())
+    });
+    let background = tokio::spawn(async move {
+        futures::join!(secret_run, namespace_run, claims_run);
+    });
+    let _ = secret_store.wait_until_ready().await;
+    let _ = namespace_store.wait_until_ready().await;
 
-    let partners = partner::controller(ctx.clone(), shutdown.clone());
-    let accounts = account::controller(ctx.clone(), partner_changes, shutdown.clone());
-    let installs = connector_install::controller(ctx.clone(), shutdown);
+    let partners = partner::controller(ctx.clone(), secret_changes_partners, shutdown.clone());
+    let accounts = account::controller(ctx.clone(), partner_wakes, shutdown.clone());
+    let installs = connector_install::controller(ctx.clone(), secret_changes_installs, shutdown);
     tracing::info!(namespace = %config.namespace, "controllers started");
-    futures::join!(
-        partners.for_each(|_| async {}),
-        accounts.for_each(|_| async {}),
-        installs.for_each(|_| async {})
-    );
+    futures::join!(report(partners), report(accounts), report(installs));
+    background.abort();
     Ok(())
 }
 
-/// The Kubernetes Secret API of the operator's namespace, where partner credentials live.
-fn operator_secrets(ctx: &Context) -> Api<k8s_openapi::api::core::v1::Secret> {
-    Api::namespaced(ctx.client.clone(), &ctx.config.namespace)
+/// Drains a controller's result stream, logging what kube itself could not run.
+async fn report<S, T, E>(results: S)
+where
+    S: Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    results
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await
+}
+
+/// Maps a changed Secret to the objects in `store` that use it (for `.watches_stream`).
+fn users_of_secret<K>(
+    store: Store<DeserializeGuard<K>>,
+    uses: impl Fn(&K, &Secret) -> bool + Send + Sync + 'static,
+) -> impl Fn(Secret) -> Vec<ObjectRef<DeserializeGuard<K>>> + Send + Sync + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    move |secret| {
+        store
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok())
+            .filter(|obj| uses(obj, &secret))
+            .map(|obj| {
+                let r = ObjectRef::new(&obj.name_any());
+                match obj.namespace() {
+                    Some(ns) => r.within(&ns),
+                    None => r,
+                }
+            })
+            .collect()
+    }
 }

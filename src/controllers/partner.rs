@@ -1,218 +1,291 @@
-//! CyclrPartner: checks the credentials and Partner Details, caches price plans, and takes
-//! the one List Accounts per resync interval that every account of the partner reads.
+//! CyclrPartner: builds the partner's Cyclr client from its labelled credentials Secret,
+//! checks it (token, Partner Details, price plans) and takes the one List Accounts per resync
+//! interval that every account of the partner reads.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures::Stream;
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::core::DeserializeGuard;
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::ObjectMeta;
+use kube::core::{DeserializeGuard, Selector};
 use kube::{Api, ResourceExt};
 use secrecy::SecretString;
 
 use super::partners::{PartnerRuntime, PartnerState};
-use super::{Context, Error, controller_for, error_policy, guarded, jittered};
-use crate::resources::{
-    CyclrPartner, CyclrPartnerStatus, Health, PartnerDetailsStatus, PricePlanStatus, same_conditions,
-};
+use super::{Context, ReconcileResult, controller_for, jittered, users_of_secret};
+use crate::driver::{self, Applied, Failure, Health, ManagedStatus, Plan, Reason, Reconciler};
+use crate::resources::{CyclrPartner, CyclrPartnerStatus, PartnerDetailsStatus, PricePlanStatus};
+use crate::secrets::{self, Lookup};
 use cyclr::types::{PartnerDetails, PricePlan};
-use cyclr::{ClientConfig, CyclrClient, CyclrError};
+use cyclr::{ClientConfig, CyclrClient};
 
 pub fn controller(
     ctx: Arc<Context>,
+    secret_changes: UnboundedReceiver<Secret>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Stream<Item = ()> {
-    use futures::StreamExt;
-    let partners: Api<DeserializeGuard<CyclrPartner>> = Api::all(ctx.client.clone());
-    let controller = controller_for(partners, &ctx.config);
-    let store = controller.store();
-    // A rotated or fixed credentials Secret takes effect at once.
+) -> impl Stream<Item = ReconcileResult<CyclrPartner>> {
+    let api: Api<DeserializeGuard<CyclrPartner>> = Api::all(ctx.client.clone());
+    let controller = controller_for::<CyclrPartner>(&ctx, api, |_| {});
+    let operator_namespace = ctx.config.namespace.clone();
+    let users = users_of_secret(controller.store(), move |p: &CyclrPartner, s: &Secret| {
+        s.namespace().as_deref() == Some(operator_namespace.as_str())
+            && p.spec.credentials_secret_ref.name == s.name_any()
+    });
     controller
-        .watches(
-            super::operator_secrets(&ctx),
-            watcher::Config::default(),
-            move |secret: Secret| {
-                let name = secret.name_any();
-                store
-                    .state()
-                    .iter()
-                    .filter_map(|g| g.0.as_ref().ok())
-                    .filter(|p| p.spec.credentials_secret_ref.name == name)
-                    .map(|p| ObjectRef::new(&p.name_any()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        // A rotated or fixed credentials Secret takes effect at once.
+        .watches_stream(secret_changes.map(Ok), users)
         .graceful_shutdown_on(shutdown)
-        .run(|obj, ctx| guarded(obj, ctx, reconcile), error_policy, ctx)
-        .map(|_| ())
+        .run(driver::reconcile::<CyclrPartner>, super::error_policy, ctx)
 }
 
-/// What reading the partner from Cyclr found.
-struct Observed {
-    details: PartnerDetails,
-    plans: Vec<PricePlan>,
-    account_count: usize,
+impl ManagedStatus for CyclrPartnerStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+    }
+    fn set_last_sync_time(&mut self, time: Option<Time>) {
+        self.last_sync_time = time;
+    }
 }
 
-async fn reconcile(partner: Arc<CyclrPartner>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let name = partner.name_any();
-    let runtime = match runtime_for(&partner, &ctx).await {
-        Ok(runtime) => runtime,
-        Err(health) => {
-            if let Some(old) = ctx.partners.get(&name) {
-                old.set_state(PartnerState::NotReady(health.message().to_string()));
+/// What checking the partner found.
+pub enum Observed {
+    /// The client cannot be built: why (a missing or unlabelled Secret, a bad URL).
+    Unusable(Health),
+    Checked {
+        runtime: Arc<PartnerRuntime>,
+        details: PartnerDetails,
+        plans: Vec<PricePlan>,
+        account_count: usize,
+    },
+}
+
+impl Reconciler for CyclrPartner {
+    type Status = CyclrPartnerStatus;
+    type Observed = Observed;
+    type Refresh = ();
+    type Write = std::convert::Infallible;
+
+    fn status(&self) -> Option<&CyclrPartnerStatus> {
+        self.status.as_ref()
+    }
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+
+    async fn observe(&self, ctx: &Context, _: Option<()>) -> Result<Observed, Failure> {
+        let name = self.name_any();
+        let runtime = match runtime_for(self, ctx).await? {
+            Ok(runtime) => runtime,
+            Err(health) => {
+                // Accounts must stop at once: no client, no calls.
+                if let Some(old) = ctx.partners.get(&name) {
+                    old.set_state(PartnerState::NotReady(health.message().to_string()));
+                }
+                ctx.wake_partner(&name);
+                return Ok(Observed::Unusable(health));
             }
-            ctx.partner_changed(&name);
-            report(&partner, &ctx, &health, None).await?;
-            // Wait for the Secret to change (watched), with a slow retry as a safety net.
-            return Ok(Action::requeue(std::time::Duration::from_secs(300)));
+        };
+        let was_ready = matches!(runtime.state(), PartnerState::Ready);
+        match check(&runtime).await {
+            Ok((details, plans, account_count)) => {
+                runtime.set_price_plans(plans.clone());
+                runtime.set_state(PartnerState::Ready);
+                ctx.wake_partner(&name);
+                Ok(Observed::Checked {
+                    runtime,
+                    details,
+                    plans,
+                    account_count,
+                })
+            }
+            Err(error) => {
+                // A transient failure leaves a working partner working: retried with
+                // backoff, accounts keep going. Refused credentials stop them.
+                if !error.is_retryable() || !was_ready {
+                    runtime.set_state(PartnerState::NotReady(ctx.scrub(&error.to_string())));
+                    if was_ready {
+                        ctx.wake_partner(&name);
+                    }
+                }
+                Err(Failure::Cyclr {
+                    action: "checking the partner",
+                    error,
+                })
+            }
+        }
+    }
+
+    fn decide(&self, observed: &Observed) -> Plan<Self> {
+        let previous = self.status.clone().unwrap_or_default();
+        match observed {
+            Observed::Unusable(health) => Plan::Report {
+                health: health.clone(),
+                status: previous,
+                event: None,
+            },
+            Observed::Checked {
+                details,
+                plans,
+                account_count,
+                ..
+            } => Plan::Report {
+                health: Health::ready(Reason::Connected, "the credentials work and Partner Details answers"),
+                status: checked_status(previous, details, plans, *account_count),
+                event: None,
+            },
+        }
+    }
+
+    async fn act(&self, _: &Context, _: &Observed, write: Self::Write) -> Result<Applied<CyclrPartnerStatus>, Failure> {
+        match write {}
+    }
+
+    fn resync(&self, observed: &Observed) -> Option<std::time::Duration> {
+        match observed {
+            Observed::Checked { runtime, .. } => Some(jittered(runtime.resync_interval)),
+            Observed::Unusable(_) => None,
+        }
+    }
+
+    fn forget(ctx: &Context, meta: &ObjectMeta) {
+        let name = meta.name.clone().unwrap_or_default();
+        ctx.partners.remove(&name);
+        ctx.wake_partner(&name);
+    }
+}
+
+/// The partner's runtime, rebuilt only when the values it is made of change; or why it
+/// cannot be built (reported as the partner's health).
+async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc<PartnerRuntime>, Health>, Failure> {
+    let name = partner.name_any();
+    let namespace = &ctx.config.namespace;
+    let secret_ref = &partner.spec.credentials_secret_ref;
+    let secret = match ctx.secrets.get(namespace, &secret_ref.name).await? {
+        Lookup::Found(secret) => secret,
+        Lookup::NotLabelled => {
+            return Ok(Err(Health::progressing(
+                Reason::SecretNotLabelled,
+                format!(
+                    "Secret {namespace}/{} is not labelled {}=true; the operator reads only Secrets so labelled: kubectl label secret -n {namespace} {} {}=true",
+                    secret_ref.name,
+                    secrets::CREDENTIALS_LABEL,
+                    secret_ref.name,
+                    secrets::CREDENTIALS_LABEL
+                ),
+            )));
+        }
+        Lookup::Missing => {
+            return Ok(Err(Health::progressing(
+                Reason::SecretNotFound,
+                format!(
+                    "Secret {namespace}/{} not found (partner credentials are read from the operator's namespace)",
+                    secret_ref.name
+                ),
+            )));
         }
     };
-
-    let observed = observe(&runtime).await;
-    let (health, observed) = match observed {
-        Ok(observed) => (
-            Health::ready("Connected", "the credentials work and Partner Details answers"),
-            Some(observed),
-        ),
-        Err(error) => (health_of_error(&error), None),
-    };
-    let was_ready = matches!(runtime.state(), PartnerState::Ready);
-    match &health {
-        Health::Ready { .. } => runtime.set_state(PartnerState::Ready),
-        other => runtime.set_state(PartnerState::NotReady(other.message().to_string())),
-    }
-    if observed.is_some() || was_ready {
-        ctx.partner_changed(&name);
-    }
-    if let Some(observed) = &observed {
-        runtime.set_price_plans(observed.plans.clone());
-    } else if was_ready {
-        ctx.event(
-            partner.as_ref(),
-            EventType::Warning,
-            health.reason(),
-            health.message().to_string(),
-        )
-        .await;
-    }
-    report(&partner, &ctx, &health, observed.as_ref()).await?;
-    Ok(Action::requeue(jittered(runtime.resync_interval)))
-}
-
-/// The partner's runtime, rebuilt when its URL, credentials or limits change.
-async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Arc<PartnerRuntime>, Health> {
-    let name = partner.name_any();
-    let secret_ref = &partner.spec.credentials_secret_ref;
-    let secret = super::operator_secrets(ctx)
-        .get_opt(&secret_ref.name)
-        .await
-        .map_err(|e| {
-            Health::failing(
-                "SecretUnreadable",
-                format!("cannot read Secret {}/{}: {e}", ctx.config.namespace, secret_ref.name),
-            )
-        })?;
-    let Some(secret) = secret else {
-        return Err(Health::failing(
-            "CredentialsSecretNotFound",
-            format!(
-                "Secret {}/{} not found (partner credentials are read from the operator's namespace)",
-                ctx.config.namespace, secret_ref.name
-            ),
-        ));
-    };
     let value = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        secrets::value(&secret, key)
             .map(|v| v.trim().to_string())
             .ok_or_else(|| {
-                Health::failing(
-                    "CredentialsKeyMissing",
-                    format!("Secret {}/{} has no key {key}", ctx.config.namespace, secret_ref.name),
+                Health::progressing(
+                    Reason::SecretKeyNotFound,
+                    format!("Secret {namespace}/{} has no key {key}", secret_ref.name),
                 )
             })
     };
-    let client_id = value(&secret_ref.client_id_key)?;
-    let client_secret = SecretString::from(value(&secret_ref.client_secret_key)?);
+    let client_id = match value(&secret_ref.client_id_key) {
+        Ok(v) => v,
+        Err(health) => return Ok(Err(health)),
+    };
+    let client_secret = match value(&secret_ref.client_secret_key) {
+        Ok(v) => v,
+        Err(health) => return Ok(Err(health)),
+    };
     let spec = &partner.spec;
-    let fingerprint = format!(
-        "{}|{}|{}|{}|{:?}|{:?}",
-        spec.api_url,
-        secret.resource_version().unwrap_or_default(),
-        spec.rate_limit.requests_per_second,
-        spec.rate_limit.burst,
-        spec.resync_interval,
-        spec.usage_interval
-    );
-    if let Some(existing) = ctx.partners.get(&name).filter(|r| r.fingerprint == fingerprint) {
-        return Ok(existing);
+    let selector = match spec.namespace_selector.clone().map(Selector::try_from).transpose() {
+        Ok(selector) => selector,
+        Err(e) => {
+            return Ok(Err(Health::stalled(
+                Reason::InvalidConfiguration,
+                format!("spec.namespaceSelector: {e}"),
+            )));
+        }
+    };
+    let fingerprint = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &spec.api_url,
+            &client_id,
+            &client_secret,
+            spec.rate_limit.requests_per_second,
+            spec.rate_limit.burst,
+            spec.resync_interval.to_string(),
+            spec.usage_interval.to_string(),
+            serde_json::to_string(&spec.namespace_selector).unwrap_or_default(),
+        )
+            .hash(&mut h);
+        h.finish()
+    };
+    let existing = ctx.partners.get(&name);
+    if let Some(existing) = existing.as_ref().filter(|r| r.fingerprint == fingerprint) {
+        return Ok(Ok(existing.clone()));
     }
-    let mut config = ClientConfig::new(spec.api_url.clone(), client_id, client_secret);
+    let mut config = ClientConfig::new(spec.api_url.clone(), client_id, SecretString::from(client_secret));
     config.requests_per_second = spec.rate_limit.requests_per_second;
     config.burst = spec.rate_limit.burst;
-    let client = CyclrClient::new(config)
-        .map_err(|e| Health::stalled("InvalidConfiguration", e.to_string()))?
-        .with_observer(ctx.metrics.cyclr_observer(&name));
-    let runtime = Arc::new(PartnerRuntime::new(
+    let client = match CyclrClient::new(config) {
+        Ok(client) => client.with_observer(ctx.metrics.cyclr_observer(&name)),
+        Err(e) => return Ok(Err(Health::stalled(Reason::InvalidConfiguration, e.to_string()))),
+    };
+    let mut runtime = PartnerRuntime::new(
         client,
         fingerprint,
         spec.resync_interval.into(),
         spec.usage_interval.into(),
-    ));
+        selector,
+    );
+    if let Some(old) = &existing {
+        runtime = runtime.succeed(old);
+    }
+    let runtime = Arc::new(runtime);
     ctx.partners.insert(&name, runtime.clone());
     tracing::info!(partner = %name, url = %spec.api_url, "partner client configured");
-    Ok(runtime)
+    Ok(Ok(runtime))
 }
 
-async fn observe(runtime: &PartnerRuntime) -> Result<Observed, CyclrError> {
+/// Token, Partner Details, price plans and a fresh account list.
+async fn check(runtime: &PartnerRuntime) -> cyclr::Result<(PartnerDetails, Vec<PricePlan>, usize)> {
     runtime.client.authenticate().await?;
     let details = runtime.client.partner_details().await?;
     let plans = runtime.client.price_plans().await?;
     let snapshot = runtime.snapshot_since(Utc::now()).await?;
-    Ok(Observed {
-        details,
-        plans,
-        account_count: snapshot.accounts.len(),
-    })
+    Ok((details, plans, snapshot.accounts.len()))
 }
 
-/// How a Cyclr error shows on the partner.
-pub fn health_of_error(error: &CyclrError) -> Health {
-    match error {
-        CyclrError::Unauthorized { message } => Health::failing(
-            "AuthenticationFailed",
-            format!("Cyclr refused the partner credentials: {message}"),
-        ),
-        CyclrError::Config(message) => Health::stalled("InvalidConfiguration", message.clone()),
-        CyclrError::RateLimited { .. } => Health::failing("RateLimited", error.to_string()),
-        other => Health::failing("CyclrUnavailable", other.to_string()),
-    }
-}
-
-/// The partner status for what was observed (pure).
-pub fn desired_status(
-    previous: &CyclrPartnerStatus,
-    generation: Option<i64>,
-    health: &Health,
-    observed: Option<(&PartnerDetails, &[PricePlan], usize)>,
+/// The partner status for what a check found (pure).
+pub fn checked_status(
+    previous: CyclrPartnerStatus,
+    details: &PartnerDetails,
+    plans: &[PricePlan],
+    account_count: usize,
 ) -> CyclrPartnerStatus {
-    let mut status = CyclrPartnerStatus {
-        conditions: health.conditions(generation, &previous.conditions),
-        observed_generation: generation,
-        ..previous.clone()
-    };
-    if let Some((details, plans, count)) = observed {
-        status.details = Some(PartnerDetailsStatus {
+    CyclrPartnerStatus {
+        details: Some(PartnerDetailsStatus {
             application_display_name: details.application_display_name.clone(),
             domain: details.domain.clone(),
             cycle_noun: details.cycle_noun.clone(),
@@ -220,60 +293,22 @@ pub fn desired_status(
             coming_soon_connectors_enabled: details.coming_soon_connectors_enabled,
             custom_connectors_enabled: details.custom_connectors_enabled,
             cycle_sharing_enabled: details.cycle_sharing_enabled,
-        });
-        status.price_plans = plans
+        }),
+        price_plans: plans
             .iter()
             .map(|p| PricePlanStatus {
                 id: p.id.0,
                 name: p.name.clone(),
             })
-            .collect();
-        status.account_count = Some(count as u32);
+            .collect(),
+        account_count: Some(account_count as u32),
+        ..previous
     }
-    let data_changed = (status.details != previous.details)
-        || (status.price_plans != previous.price_plans)
-        || (status.account_count != previous.account_count);
-    if data_changed {
-        status.last_sync_time = Some(Time(Timestamp::now()));
-    }
-    status
-}
-
-/// Whether `next` differs from `previous` in anything but condition transition times.
-pub fn status_changed(previous: &CyclrPartnerStatus, next: &CyclrPartnerStatus) -> bool {
-    !same_conditions(&previous.conditions, &next.conditions)
-        || CyclrPartnerStatus {
-            conditions: vec![],
-            ..previous.clone()
-        } != CyclrPartnerStatus {
-            conditions: vec![],
-            ..next.clone()
-        }
-}
-
-async fn report(
-    partner: &CyclrPartner,
-    ctx: &Context,
-    health: &Health,
-    observed: Option<&Observed>,
-) -> Result<(), Error> {
-    let previous = partner.status.clone().unwrap_or_default();
-    let next = desired_status(
-        &previous,
-        partner.metadata.generation,
-        health,
-        observed.map(|o| (&o.details, o.plans.as_slice(), o.account_count)),
-    );
-    if status_changed(&previous, &next) {
-        ctx.apply_status(partner, &next).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{READY, condition};
     use cyclr::types::PricePlanId;
 
     fn details() -> PartnerDetails {
@@ -284,36 +319,39 @@ mod tests {
         }
     }
 
+    fn partner() -> CyclrPartner {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrPartner",
+            "metadata": {"name": "p", "generation": 1},
+            "spec": {"apiUrl": "https://api.cyclr.example", "credentialsSecretRef": {"name": "c"}}
+        }))
+        .unwrap()
+    }
+
     #[test]
-    fn unchanged_observation_needs_no_write() {
+    fn a_check_reports_details_plans_and_count() {
         let plans = vec![PricePlan {
             id: PricePlanId(2),
             name: "Starter".into(),
         }];
-        let health = Health::ready("Connected", "ok");
-        let first = desired_status(
-            &CyclrPartnerStatus::default(),
-            Some(1),
-            &health,
-            Some((&details(), &plans, 3)),
+        let status = checked_status(Default::default(), &details(), &plans, 3);
+        assert_eq!(status.account_count, Some(3));
+        assert_eq!(status.price_plans[0].name, "Starter");
+        assert_eq!(
+            status.details.unwrap().application_display_name.as_deref(),
+            Some("Example")
         );
-        assert!(first.last_sync_time.is_some());
-        assert_eq!(first.account_count, Some(3));
-        let second = desired_status(&first, Some(1), &health, Some((&details(), &plans, 3)));
-        assert!(!status_changed(&first, &second));
-        let third = desired_status(&first, Some(1), &health, Some((&details(), &plans, 4)));
-        assert!(status_changed(&first, &third));
     }
 
     #[test]
-    fn unauthorized_is_reported_with_cyclrs_message() {
-        let health = health_of_error(&CyclrError::Unauthorized {
-            message: "invalid_client".into(),
-        });
-        assert_eq!(health.reason(), "AuthenticationFailed");
-        assert!(health.message().contains("invalid_client"));
-        let status = desired_status(&CyclrPartnerStatus::default(), Some(2), &health, None);
-        assert_eq!(condition(&status.conditions, READY).unwrap().status, "False");
-        assert_eq!(status.observed_generation, Some(2));
+    fn an_unusable_partner_reports_why_and_keeps_its_status() {
+        let health = Health::progressing(Reason::SecretNotLabelled, "label it");
+        match partner().decide(&Observed::Unusable(health.clone())) {
+            Plan::Report { health: h, status, .. } => {
+                assert_eq!(h, health);
+                assert_eq!(status, CyclrPartnerStatus::default());
+            }
+            _ => panic!("a report"),
+        }
     }
 }

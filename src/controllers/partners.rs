@@ -2,12 +2,13 @@
 //! limiter and one token per partner, shared by every reconcile), its price plans, and the
 //! shared snapshot of its accounts that drift detection reads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Mutex;
+use kube::core::{Selector, SelectorExt};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use cyclr::types::{Account, PricePlan};
 use cyclr::{CyclrClient, Result as CyclrResult};
@@ -29,27 +30,71 @@ pub enum PartnerState {
 
 pub struct PartnerRuntime {
     pub client: CyclrClient,
-    /// Changes whenever the URL, credentials or rate limit change, so a new client is built.
-    pub fingerprint: String,
+    /// A hash of the values the client is built from (URL, credential values, limits): a
+    /// new client is built only when it changes, never for a label or annotation edit.
+    pub fingerprint: u64,
     pub resync_interval: Duration,
     pub usage_interval: Duration,
+    /// Which namespaces may use the partner (`None`: all).
+    pub namespace_selector: Option<Selector>,
     state: RwLock<PartnerState>,
     price_plans: RwLock<Vec<PricePlan>>,
     /// Held while a list is in flight, so concurrent callers share one List Accounts.
     snapshot: Mutex<Option<Arc<AccountsSnapshot>>>,
+    /// One lock per account name: creates of the same name are serialised, so the second
+    /// sees the first's account and never creates a twin.
+    names: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl PartnerRuntime {
-    pub fn new(client: CyclrClient, fingerprint: String, resync_interval: Duration, usage_interval: Duration) -> Self {
+    pub fn new(
+        client: CyclrClient,
+        fingerprint: u64,
+        resync_interval: Duration,
+        usage_interval: Duration,
+        namespace_selector: Option<Selector>,
+    ) -> Self {
         PartnerRuntime {
             client,
             fingerprint,
             resync_interval,
             usage_interval,
+            namespace_selector,
             state: RwLock::new(PartnerState::NotReady("the partner has not been checked yet".into())),
             price_plans: RwLock::new(Vec::new()),
             snapshot: Mutex::new(None),
+            names: Default::default(),
         }
+    }
+
+    /// A runtime for a changed configuration that keeps what the old one learned (its
+    /// readiness, price plans and account snapshot), so accounts see no NotReady window.
+    pub fn succeed(self, old: &PartnerRuntime) -> Self {
+        *self.state.write().expect("lock") = old.state();
+        *self.price_plans.write().expect("lock") = old.price_plans();
+        if let Ok(held) = old.snapshot.try_lock() {
+            *self.snapshot.try_lock().expect("new runtime is not shared yet") = held.clone();
+        }
+        self
+    }
+
+    /// Whether accounts and installs of a namespace with these labels may use the partner.
+    pub fn admits(&self, namespace_labels: &BTreeMap<String, String>) -> bool {
+        self.namespace_selector
+            .as_ref()
+            .is_none_or(|selector| selector.matches(namespace_labels))
+    }
+
+    /// Serialises creates of one account name in this partner (held across check and create).
+    pub async fn lock_name(&self, name: &str) -> OwnedMutexGuard<()> {
+        let lock = self
+            .names
+            .lock()
+            .expect("lock")
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     pub fn state(&self) -> PartnerState {
@@ -120,6 +165,7 @@ impl Partners {
         self.by_name.write().expect("lock").insert(name.to_string(), runtime);
     }
 
+    /// Drops the partner's client, token and snapshot at once (the CyclrPartner is gone).
     pub fn remove(&self, name: &str) {
         self.by_name.write().expect("lock").remove(name);
     }

@@ -24,9 +24,6 @@ pub mod annotations {
     /// The Cyclr account id, kept in metadata too (like Crossplane's external name) so a
     /// restore without status, or a status edit, never leads to a second create.
     pub const ACCOUNT_ID: &str = "cyclr.com/account-id";
-    // Replaced by status.pendingCreate / status.pendingInstall with the new driver.
-    pub const CREATE_PENDING: &str = "cyclr.com/create-pending";
-    pub const INSTALL_PENDING: &str = "cyclr.com/install-pending";
 }
 
 /// The operator's field manager for server-side apply and its Event reporter name.

@@ -76,6 +76,7 @@ impl Harness {
             namespace: self.namespace.clone(),
             watch_namespace: Some(self.namespace.clone()),
             label_selector: Some(format!("cyclr.com/test={}", self.namespace)),
+            concurrency: 16,
         };
         let client = self.client.clone();
         self.operator = Some(tokio::spawn(async move {
@@ -141,7 +142,7 @@ impl Harness {
         let data: BTreeMap<String, String> = data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let secret = json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "labels": {"cyclr.com/test": self.namespace}},
+            "metadata": {"name": name, "labels": {"cyclr.com/test": self.namespace, "cyclr.com/credentials": "true"}},
             "stringData": data,
         });
         self.api::<Secret>()
@@ -247,19 +248,17 @@ impl Harness {
         .await
     }
 
-    /// Waits until the account no longer carries the create-pending annotation.
+    /// Waits until the account's status no longer carries the pending-create marker.
     pub async fn wait_no_pending_create(&self, name: &str) {
         self.wait_for(
-            &format!("{name} without {}", resources::annotations::CREATE_PENDING),
+            &format!("{name} without status.pendingCreate"),
             Duration::from_secs(30),
             || async {
                 let account = self.account(name).await;
-                (!account
-                    .metadata
-                    .annotations
-                    .unwrap_or_default()
-                    .contains_key(resources::annotations::CREATE_PENDING))
-                .then_some(())
+                account
+                    .status
+                    .is_some_and(|s| s.pending_create.is_none() && s.account_id.is_some())
+                    .then_some(())
             },
         )
         .await

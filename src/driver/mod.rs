@@ -1,0 +1,441 @@
+//! The one reconcile driver. It holds every promise the three kinds share, so each kind is
+//! only observe → decide (pure) → act:
+//!
+//! 1. a malformed object is reported, never breaks the watch;
+//! 2. deletion needs no finalizer (Orphan); per-object state and metric series are dropped
+//!    on the watch's Delete event ([`Reconciler::forget`]);
+//! 3. the backoff gate: after a failure nothing, not even our own writes waking the watch,
+//!    reaches Cyclr before the backoff (or a 429's hold) ends, unless the spec changed;
+//! 4. pause (`cyclr.com/paused: "true"`): no Cyclr call, the spec is not marked observed;
+//! 5. the stalled gate: a terminal failure waits for a new generation;
+//! 6. the pending-write protocol: a non-idempotent Cyclr write is recorded in status first,
+//!    with a resourceVersion precondition, and cleared after;
+//! 7. one status comparison and at most one status write per reconcile (plus the pending
+//!    marker before a write), `lastSyncTime` only when something else changed;
+//! 8. one failure → condition table ([`reason::health_of`]), messages scrubbed of secrets;
+//! 9. Events: Normal for what a kind did, Warning when a failure reason first appears;
+//! 10. requeue: resync when healthy, backoff when failing, nothing when stalled or paused.
+
+mod health;
+pub mod reason;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+pub use health::Health;
+pub use reason::{Failure, Reason, health_of};
+
+use crate::controllers::Context;
+use crate::resources::{MANAGER, PendingWrite, STALLED, annotation, condition, is_paused, same_conditions};
+
+/// The status every kind shares: kstatus conditions, `observedGeneration`, and (for kinds with
+/// non-idempotent Cyclr writes) the pending-write marker.
+pub trait ManagedStatus: Clone + Default + PartialEq + Debug + Serialize + Send + Sync + 'static {
+    fn conditions(&self) -> &[Condition];
+    fn set_conditions(&mut self, conditions: Vec<Condition>);
+    fn observed_generation(&self) -> Option<i64>;
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+    /// The pending-write marker, where the kind has one.
+    fn pending(&self) -> Option<&PendingWrite> {
+        None
+    }
+    fn set_pending(&mut self, _pending: Option<PendingWrite>) {}
+    /// `lastSyncTime`, where the kind has one: moved only when the rest of status changed.
+    fn set_last_sync_time(&mut self, _time: Option<Time>) {}
+}
+
+/// What a kind gives the driver.
+pub trait Reconciler:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
+{
+    type Status: ManagedStatus;
+    /// Everything `decide` reads, gathered by `observe` (I/O).
+    type Observed: Send + Sync;
+    /// What `observe` should look at again before deciding once more (e.g. a fresher list).
+    type Refresh: Send;
+    /// One Cyclr write.
+    type Write: Debug + Send;
+
+    fn status(&self) -> Option<&Self::Status>;
+
+    /// The Api through which this object is written (its namespace, or cluster-wide).
+    fn api(&self, client: Client) -> Api<Self>;
+
+    /// Reads what `decide` needs: referenced objects, the partner, Cyclr lists.
+    fn observe(
+        &self,
+        ctx: &Context,
+        refresh: Option<Self::Refresh>,
+    ) -> impl Future<Output = Result<Self::Observed, Failure>> + Send;
+
+    /// The one decision of a reconcile. Pure: unit-tested without a cluster.
+    fn decide(&self, observed: &Self::Observed) -> Plan<Self>;
+
+    /// Sends one Cyclr write and says what it gave.
+    fn act(
+        &self,
+        ctx: &Context,
+        observed: &Self::Observed,
+        write: Self::Write,
+    ) -> impl Future<Output = Result<Applied<Self::Status>, Failure>> + Send;
+
+    /// How long until the next look when Ready (the resync interval, jittered).
+    fn resync(&self, observed: &Self::Observed) -> Option<Duration>;
+
+    /// The annotation that keeps the Cyclr id in metadata, once status holds one.
+    fn identity(_status: &Self::Status) -> Option<(&'static str, String)> {
+        None
+    }
+
+    /// Drops what the operator keeps about the object outside Kubernetes (metric series,
+    /// usage timers); called when the watch reports the object deleted.
+    fn forget(_ctx: &Context, _meta: &ObjectMeta) {}
+}
+
+/// A kind's decision.
+pub enum Plan<K: Reconciler> {
+    /// Observe again with this, then decide once more.
+    Refresh(K::Refresh),
+    /// No Cyclr write: report this health and status (an Event with it, if given).
+    Report {
+        health: Health,
+        status: K::Status,
+        event: Option<Note>,
+    },
+    /// One Cyclr write. With `pending`, the driver records the marker (and `status`) first,
+    /// with a resourceVersion precondition, so no second writer can start the same write.
+    Write {
+        write: K::Write,
+        pending: Option<PendingWrite>,
+        status: K::Status,
+    },
+}
+
+/// What a Cyclr write gave.
+pub struct Applied<S> {
+    pub health: Health,
+    pub status: S,
+    pub event: Option<Note>,
+}
+
+/// A Normal Event: its reason and note.
+pub type Note = (Reason, String);
+
+/// The reconcile errors that reach kube's error policy: only failures to write status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing status: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Per-object memory of failures, for the backoff gate.
+#[derive(Default)]
+pub struct Backoffs {
+    by_uid: Mutex<HashMap<String, BackoffState>>,
+}
+
+struct BackoffState {
+    failures: usize,
+    until: Instant,
+    generation: Option<i64>,
+}
+
+impl Backoffs {
+    /// Jittered exponential backoff from 1 s to 5 min (backon), or the partner's hold when
+    /// Cyclr said how long, whichever is longer.
+    fn failed(&self, uid: &str, generation: Option<i64>, retry_after: Option<Duration>) -> Duration {
+        let mut map = self.by_uid.lock().expect("lock");
+        let state = map.entry(uid.to_string()).or_insert(BackoffState {
+            failures: 0,
+            until: Instant::now(),
+            generation,
+        });
+        let delay = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(300))
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth(state.failures)
+            .unwrap_or(Duration::from_secs(300));
+        let delay = delay.max(retry_after.unwrap_or_default());
+        state.failures += 1;
+        state.until = Instant::now() + delay;
+        state.generation = generation;
+        delay
+    }
+
+    /// How long the object must still wait, unless its spec changed since it failed.
+    fn wait(&self, uid: &str, generation: Option<i64>) -> Option<Duration> {
+        let map = self.by_uid.lock().expect("lock");
+        let state = map.get(uid)?;
+        (state.generation == generation)
+            .then(|| state.until.checked_duration_since(Instant::now()))
+            .flatten()
+            .filter(|d| !d.is_zero())
+    }
+
+    fn succeeded(&self, uid: &str) {
+        self.by_uid.lock().expect("lock").remove(uid);
+    }
+
+    /// Drops the object's record (deleted).
+    pub fn forget(&self, uid: &str) {
+        self.by_uid.lock().expect("lock").remove(uid);
+    }
+
+    /// Objects with a failure on record (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.by_uid.lock().expect("lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The Api through which an object is written.
+fn api_for<K: Reconciler>(client: Client, obj: &K) -> Api<K> {
+    obj.api(client)
+}
+
+/// One reconcile of any kind: the driver's promises around the kind's steps.
+pub async fn reconcile<K: Reconciler>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let obj = match &guard.0 {
+        Ok(obj) => obj,
+        Err(invalid) => {
+            tracing::warn!(kind = %K::kind(&()), name = ?invalid.metadata.name, error = %invalid, "cannot read the object; fix its spec");
+            return Ok(Action::await_change());
+        }
+    };
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = %K::kind(&()),
+        namespace = obj.meta().namespace.as_deref().unwrap_or(""),
+        name = %obj.name_any(),
+        generation = obj.meta().generation.unwrap_or_default()
+    );
+    let started = Instant::now();
+    let result = run_once(obj, &ctx).instrument(span).await;
+    let category = match &result {
+        Ok(_) => None,
+        Err(_) => Some("kubernetes"),
+    };
+    ctx.metrics
+        .reconciled(&K::kind(&()), category.is_none(), started.elapsed());
+    result
+}
+
+async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+    let meta = obj.meta();
+    if meta.deletion_timestamp.is_some() {
+        // Orphan is the only policy the Partner API allows: no finalizer, nothing to do.
+        return Ok(Action::await_change());
+    }
+    let uid = meta.uid.clone().unwrap_or_default();
+    let generation = meta.generation;
+    let previous = obj.status().cloned().unwrap_or_default();
+    if is_paused(meta) {
+        let paused = Health::paused();
+        finish(obj, ctx, &previous, previous.clone(), &paused, None, false).await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(wait) = ctx.backoffs.wait(&uid, generation) {
+        return Ok(Action::requeue(wait));
+    }
+    if previous.observed_generation() == generation
+        && condition(previous.conditions(), STALLED).is_some_and(|c| c.status == "True")
+    {
+        return Ok(Action::await_change());
+    }
+
+    let mut refresh = None;
+    let (observed, plan) = loop {
+        let observed = match obj.observe(ctx, refresh.take()).await {
+            Ok(observed) => observed,
+            Err(failure) => return failed(obj, ctx, &previous, previous.clone(), failure).await,
+        };
+        match obj.decide(&observed) {
+            Plan::Refresh(again) => refresh = Some(again),
+            plan => break (observed, plan),
+        }
+    };
+    match plan {
+        Plan::Refresh(_) => unreachable!("handled in the loop"),
+        Plan::Report { health, status, event } => {
+            finish(obj, ctx, &previous, status, &health, event, true).await?;
+            Ok(next_action(obj, ctx, &health, &observed))
+        }
+        Plan::Write {
+            write,
+            pending,
+            mut status,
+        } => {
+            let mut base = previous.clone();
+            if let Some(pending) = pending {
+                status.set_pending(Some(pending));
+                let progress = match K::kind(&()).as_ref() {
+                    "CyclrConnectorInstall" => Health::progressing(Reason::Installing, "installing the connector"),
+                    _ => Health::progressing(Reason::Creating, "creating the Cyclr account"),
+                };
+                match write_status(obj, ctx, &previous, status.clone(), &progress, true, true).await {
+                    Ok(written) => base = written,
+                    // Someone changed the object since it was read (or the cache is behind
+                    // our own last write): decide again on the fresh object.
+                    Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match obj.act(ctx, &observed, write).await {
+                Ok(mut applied) => {
+                    applied.status.set_pending(None);
+                    finish(obj, ctx, &base, applied.status, &applied.health, applied.event, true).await?;
+                    Ok(next_action(obj, ctx, &applied.health, &observed))
+                }
+                Err(failure) => {
+                    let mut status = base.clone();
+                    if !failure.outcome_unknown() {
+                        status.set_pending(None);
+                    }
+                    failed(obj, ctx, &base, status, failure).await
+                }
+            }
+        }
+    }
+}
+
+/// Reports a failure through the table and backs off.
+async fn failed<K: Reconciler>(
+    obj: &K,
+    ctx: &Context,
+    previous: &K::Status,
+    status: K::Status,
+    failure: Failure,
+) -> Result<Action, Error> {
+    let health = health_of(&failure);
+    let message = ctx.scrub(&failure.to_string());
+    tracing::warn!(reason = %health.reason(), category = failure.category(), error = %message, "reconcile failed");
+    finish(obj, ctx, previous, status, &health, None, true).await?;
+    if health.is_stalled() {
+        return Ok(Action::await_change());
+    }
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    Ok(Action::requeue(ctx.backoffs.failed(
+        &uid,
+        obj.meta().generation,
+        failure.retry_after(),
+    )))
+}
+
+fn next_action<K: Reconciler>(obj: &K, ctx: &Context, health: &Health, observed: &K::Observed) -> Action {
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    match health {
+        Health::Ready { .. } => {
+            ctx.backoffs.succeeded(&uid);
+            obj.resync(observed).map_or_else(Action::await_change, Action::requeue)
+        }
+        Health::Stalled { .. } | Health::Paused { .. } => Action::await_change(),
+        // Waiting on something that is watched; a slow safety net besides.
+        Health::Progressing { .. } => Action::requeue(Duration::from_secs(60)),
+        Health::Failing { .. } => Action::requeue(ctx.backoffs.failed(&uid, obj.meta().generation, None)),
+    }
+}
+
+/// The end of every reconcile: one status comparison, at most one status write, the
+/// identity annotation, and Events.
+async fn finish<K: Reconciler>(
+    obj: &K,
+    ctx: &Context,
+    previous: &K::Status,
+    status: K::Status,
+    health: &Health,
+    event: Option<Note>,
+    observed_spec: bool,
+) -> Result<(), Error> {
+    let health = health.clone().map_message(|m| ctx.scrub(m));
+    let written = write_status(obj, ctx, previous, status, &health, observed_spec, false).await?;
+    if let Some((key, id)) = K::identity(&written)
+        && annotation(obj.meta(), key) != Some(id.as_str())
+    {
+        let patch = serde_json::json!({"metadata": {"annotations": {key: id}}});
+        api_for(ctx.client.clone(), obj)
+            .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        ctx.metrics.kubernetes_write(&K::kind(&()));
+    }
+    if let Some((reason, note)) = event {
+        ctx.event(obj, EventType::Normal, reason, ctx.scrub(&note)).await;
+    }
+    if let Health::Stalled { reason, message } | Health::Failing { reason, message } = &health
+        && condition(previous.conditions(), crate::resources::READY).is_none_or(|c| c.reason != reason.as_str())
+    {
+        ctx.event(obj, EventType::Warning, *reason, message.clone()).await;
+    }
+    Ok(())
+}
+
+/// Writes status when it differs from `previous` (server-side apply, one write), with a
+/// resourceVersion precondition when `precondition`. Returns the status now in force.
+async fn write_status<K: Reconciler>(
+    obj: &K,
+    ctx: &Context,
+    previous: &K::Status,
+    mut next: K::Status,
+    health: &Health,
+    observed_spec: bool,
+    precondition: bool,
+) -> Result<K::Status, kube::Error> {
+    // A spec that was not applied (paused) is not marked observed, so kstatus never reads
+    // it as Current.
+    let generation = if observed_spec {
+        obj.meta().generation
+    } else {
+        previous.observed_generation()
+    };
+    next.set_conditions(health.conditions(generation, previous.conditions()));
+    next.set_observed_generation(generation);
+    let rest = |s: &K::Status| {
+        let mut s = s.clone();
+        s.set_conditions(vec![]);
+        s.set_last_sync_time(None);
+        s
+    };
+    let rest_changed = rest(previous) != rest(&next);
+    if !rest_changed && same_conditions(previous.conditions(), next.conditions()) && !precondition {
+        return Ok(previous.clone());
+    }
+    if rest_changed {
+        next.set_last_sync_time(Some(Time(Timestamp::now())));
+    }
+    let mut patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": next,
+    });
+    if precondition {
+        patch["metadata"] = serde_json::json!({"resourceVersion": obj.resource_version()});
+    }
+    api_for(ctx.client.clone(), obj)
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.metrics.kubernetes_write(&K::kind(&()));
+    Ok(next)
+}

@@ -1,0 +1,192 @@
+//! Every condition reason the operator writes, and the one table that turns a failure into a
+//! condition. Reasons are typed so a new one is added here, once, with its kstatus meaning.
+
+use std::fmt;
+
+use cyclr::CyclrError;
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// A condition reason (CamelCase, as kstatus and Crossplane write them).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Reason { $($(#[$doc])* $name,)* }
+
+        impl Reason {
+            /// The reason as written in a condition and an Event.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$name => stringify!($name),)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// The Cyclr account matches the spec.
+    Synced,
+    /// ObserveOnly: read and reported, never corrected.
+    Observed,
+    /// The connector is installed (never installed again).
+    Installed,
+    /// The partner's credentials work and Partner Details answers.
+    Connected,
+    /// Work under way.
+    Reconciling,
+    /// A Create Account is in flight (status.pendingCreate).
+    Creating,
+    /// An Install Connector is in flight (status.pendingInstall).
+    Installing,
+    /// An existing Cyclr object was taken over.
+    Adopted,
+    /// A Cyclr object was created, updated or corrected (Events only).
+    Created,
+    Updated,
+    DriftCorrected,
+    /// `cyclr.com/paused: "true"`.
+    Paused,
+    /// The named CyclrPartner does not exist.
+    PartnerNotFound,
+    /// The CyclrPartner exists but cannot be used yet; see its own reason.
+    PartnerNotReady,
+    /// The CyclrPartner's namespaceSelector does not select this namespace.
+    PartnerNotAllowed,
+    /// The install's CyclrAccount does not exist or has no Cyclr id yet.
+    AccountNotReady,
+    /// A referenced Secret does not exist.
+    SecretNotFound,
+    /// A referenced Secret lacks the label `cyclr.com/credentials: "true"`.
+    SecretNotLabelled,
+    /// A referenced Secret lacks the key.
+    SecretKeyNotFound,
+    /// Cyclr refused the partner credentials.
+    AuthenticationFailed,
+    /// Cyclr answered 429; every call of the partner waits.
+    RateLimited,
+    /// Cyclr answered 5xx, timed out or could not be reached: retried with backoff.
+    CyclrUnavailable,
+    /// The Kubernetes API failed a read or write: retried with backoff.
+    KubernetesUnavailable,
+    /// A spec value the operator cannot use (checked before any Cyclr call).
+    InvalidSpec,
+    /// Cyclr answered 400; its Message is in the condition.
+    CyclrRejected,
+    /// No price plan of that name.
+    PricePlanNotFound,
+    /// The account is gone from Cyclr (or spec.accountID names none); never re-created.
+    ExternalAccountMissing,
+    /// Unclaimed Cyclr accounts already carry this name: the operator will not create another.
+    AccountNameInUse,
+    /// Another resource holds this Cyclr account.
+    AccountClaimed,
+    /// spec.accountID names another account than the one this resource holds.
+    AccountIDMismatch,
+    /// A create's outcome was lost and several new accounts carry the name.
+    AmbiguousAdoption,
+    /// Another install (resource or Cyclr) already has this installedName in the account.
+    InstalledNameInUse,
+    /// An install's outcome was lost and cannot be confirmed.
+    InstallOutcomeUnknown,
+    /// The credentials changed after the install; the Partner API cannot update an install.
+    CredentialsNotApplied,
+    /// The CyclrPartner's client cannot be built (bad URL).
+    InvalidConfiguration,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a reconcile step failed. The kind says which Cyclr action failed; the driver's table
+/// below turns it into a condition.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{action}: {error}")]
+    Cyclr {
+        /// What was being done, e.g. "the account create".
+        action: &'static str,
+        error: CyclrError,
+    },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Failure {
+    pub fn cyclr(action: &'static str) -> impl FnOnce(CyclrError) -> Failure {
+        move |error| Failure::Cyclr { action, error }
+    }
+
+    /// Whether a write may have happened although it failed: the pending marker stays.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Failure::Cyclr { error, .. } if error.outcome_unknown())
+    }
+
+    /// How long the partner must wait (a 429's hold), when Cyclr said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Failure::Cyclr { error, .. } => error.retry_after(),
+            Failure::Kube(_) => None,
+        }
+    }
+
+    /// A label for the failure metric and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Failure::Cyclr { error, .. } if error.is_retryable() => "cyclr_transient",
+            Failure::Cyclr { .. } => "cyclr_terminal",
+            Failure::Kube(_) => "kubernetes",
+        }
+    }
+}
+
+/// The one error → condition table of the operator. `missing` is the reason a 404 means for
+/// this kind (an account gone from Cyclr).
+pub fn health_of(failure: &Failure) -> super::Health {
+    use super::Health;
+    match failure {
+        Failure::Kube(error) => Health::failing(Reason::KubernetesUnavailable, error.to_string()),
+        Failure::Cyclr { action, error } => {
+            let message = format!("{action}: {error}");
+            match error {
+                CyclrError::Validation { .. } => Health::stalled(Reason::CyclrRejected, message),
+                CyclrError::NotFound { .. } => Health::stalled(Reason::ExternalAccountMissing, message),
+                CyclrError::Unauthorized { .. } => Health::failing(Reason::AuthenticationFailed, message),
+                CyclrError::Config(_) => Health::stalled(Reason::InvalidConfiguration, message),
+                CyclrError::RateLimited { .. } => Health::failing(Reason::RateLimited, message),
+                _ => Health::failing(Reason::CyclrUnavailable, message),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_their_names() {
+        assert_eq!(Reason::AccountNameInUse.as_str(), "AccountNameInUse");
+        assert_eq!(Reason::RateLimited.to_string(), "RateLimited");
+    }
+
+    #[test]
+    fn the_table_keeps_cyclrs_message_and_sorts_terminal_from_transient() {
+        let rejected = health_of(&Failure::Cyclr {
+            action: "the account create",
+            error: CyclrError::Validation {
+                status: 400,
+                message: "Name is required".into(),
+            },
+        });
+        assert!(rejected.is_stalled());
+        assert!(rejected.message().contains("Name is required"));
+        let limited = health_of(&Failure::Cyclr {
+            action: "the account update",
+            error: CyclrError::RateLimited {
+                retry_after: Some(std::time::Duration::from_secs(60)),
+            },
+        });
+        assert_eq!(limited.reason(), Reason::RateLimited);
+        assert!(!limited.is_stalled());
+    }
+}
