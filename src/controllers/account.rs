@@ -79,6 +79,10 @@ impl ManagedStatus for CyclrAccountStatus {
     }
 }
 
+/// The Ready message of an account in sync: one text, so a resync after a create or an
+/// adoption writes nothing (the Events say what happened).
+const SYNCED: &str = "the Cyclr account matches the spec";
+
 /// The partner as an account sees it.
 pub enum PartnerView {
     /// No CyclrPartner of that name (or it was deleted).
@@ -245,7 +249,7 @@ impl Reconciler for CyclrAccount {
                 // Claimed at once, before the watch reports the annotation.
                 let _ = ctx.account_claims.claim(&id, &Holder::of(&self.metadata));
                 Ok(Applied {
-                    health: Health::ready(Reason::Synced, format!("created Cyclr account {id}")),
+                    health: Health::ready(Reason::Synced, SYNCED),
                     status: with_account(previous, &created, observed.usage.clone()),
                     event: Some((Reason::Created, format!("created Cyclr account {id}"))),
                 })
@@ -278,7 +282,7 @@ impl Reconciler for CyclrAccount {
                     )
                 };
                 Ok(Applied {
-                    health: Health::ready(Reason::Synced, "the Cyclr account matches the spec"),
+                    health: Health::ready(Reason::Synced, SYNCED),
                     status: with_account(previous, &updated, observed.usage.clone()),
                     event: Some(note),
                 })
@@ -532,11 +536,7 @@ fn decide_known(
         return report(Health::ready(Reason::Observed, message), status, event);
     }
     if changes.is_empty() {
-        return report(
-            Health::ready(Reason::Synced, "the Cyclr account matches the spec"),
-            status,
-            event,
-        );
+        return report(Health::ready(Reason::Synced, SYNCED), status, event);
     }
     Plan::Write {
         write: Write::Update {
@@ -546,6 +546,7 @@ fn decide_known(
         },
         pending: None,
         status,
+        event,
     }
 }
 
@@ -571,11 +572,12 @@ fn decide_new(
     // an account made by hand or by a lost create is seen before creating.
     let pending = previous.pending_create.as_ref();
     let not_before = [
+        // creationTimestamp has whole seconds: the resource may be up to 1 s younger.
         account
             .metadata
             .creation_timestamp
             .as_ref()
-            .and_then(|Time(t)| DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32)),
+            .and_then(|Time(t)| DateTime::from_timestamp(t.as_second() + 1, 0)),
         pending.and_then(|p| {
             DateTime::parse_from_rfc3339(&p.since)
                 .ok()
@@ -609,7 +611,7 @@ fn decide_new(
             [id] => {
                 let found = snapshot.accounts[*id].clone();
                 return Plan::Report {
-                    health: Health::ready(Reason::Synced, format!("adopted Cyclr account {id}")),
+                    health: Health::ready(Reason::Synced, SYNCED),
                     status: CyclrAccountStatus {
                         pending_create: None,
                         ..with_account(previous, &found, None)
@@ -654,6 +656,7 @@ fn decide_new(
             existing_ids: same_name.iter().map(|a| a.id.clone()).collect(),
         }),
         status: previous,
+        event: None,
     }
 }
 

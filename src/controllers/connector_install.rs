@@ -343,6 +343,7 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
             existing_ids: vec![],
         }),
         status: previous,
+        event: None,
     }
 }
 

@@ -118,10 +118,12 @@ pub enum Plan<K: Reconciler> {
     },
     /// One Cyclr write. With `pending`, the driver records the marker (and `status`) first,
     /// with a resourceVersion precondition, so no second writer can start the same write.
+    /// `event` is published once the write succeeded (e.g. an adoption it completes).
     Write {
         write: K::Write,
         pending: Option<PendingWrite>,
         status: K::Status,
+        event: Option<Note>,
     },
 }
 
@@ -251,7 +253,7 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
     let previous = obj.status().cloned().unwrap_or_default();
     if is_paused(meta) {
         let paused = Health::paused();
-        finish(obj, ctx, &previous, previous.clone(), &paused, None, false).await?;
+        finish(obj, ctx, &previous, previous.clone(), &paused, vec![], false).await?;
         return Ok(Action::await_change());
     }
     if let Some(wait) = ctx.backoffs.wait(&uid, generation) {
@@ -277,13 +279,14 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
     match plan {
         Plan::Refresh(_) => unreachable!("handled in the loop"),
         Plan::Report { health, status, event } => {
-            finish(obj, ctx, &previous, status, &health, event, true).await?;
+            finish(obj, ctx, &previous, status, &health, event.into_iter().collect(), true).await?;
             Ok(next_action(obj, ctx, &health, &observed))
         }
         Plan::Write {
             write,
             pending,
             mut status,
+            event,
         } => {
             let mut base = previous.clone();
             if let Some(pending) = pending {
@@ -303,7 +306,8 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
             match obj.act(ctx, &observed, write).await {
                 Ok(mut applied) => {
                     applied.status.set_pending(None);
-                    finish(obj, ctx, &base, applied.status, &applied.health, applied.event, true).await?;
+                    let events = event.into_iter().chain(applied.event).collect();
+                    finish(obj, ctx, &base, applied.status, &applied.health, events, true).await?;
                     Ok(next_action(obj, ctx, &applied.health, &observed))
                 }
                 Err(failure) => {
@@ -329,7 +333,7 @@ async fn failed<K: Reconciler>(
     let health = health_of(&failure);
     let message = ctx.scrub(&failure.to_string());
     tracing::warn!(reason = %health.reason(), category = failure.category(), error = %message, "reconcile failed");
-    finish(obj, ctx, previous, status, &health, None, true).await?;
+    finish(obj, ctx, previous, status, &health, vec![], true).await?;
     if health.is_stalled() {
         return Ok(Action::await_change());
     }
@@ -363,7 +367,7 @@ async fn finish<K: Reconciler>(
     previous: &K::Status,
     status: K::Status,
     health: &Health,
-    event: Option<Note>,
+    events: Vec<Note>,
     observed_spec: bool,
 ) -> Result<(), Error> {
     let health = health.clone().map_message(|m| ctx.scrub(m));
@@ -377,7 +381,7 @@ async fn finish<K: Reconciler>(
             .await?;
         ctx.metrics.kubernetes_write(&K::kind(&()));
     }
-    if let Some((reason, note)) = event {
+    for (reason, note) in events {
         ctx.event(obj, EventType::Normal, reason, ctx.scrub(&note)).await;
     }
     if let Health::Stalled { reason, message } | Health::Failing { reason, message } = &health

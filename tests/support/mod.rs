@@ -31,6 +31,8 @@ pub struct Harness {
     pub sim: SimHandle,
     /// The CyclrPartner's name: the namespace, as partners are cluster-scoped.
     pub partner: String,
+    /// The running operator's metrics (what `/metrics` serves).
+    pub metrics: Arc<Metrics>,
     operator: Option<JoinHandle<()>>,
 }
 
@@ -38,6 +40,11 @@ impl Harness {
     /// A namespace, a simulator, the partner's credentials Secret and CyclrPartner, and a
     /// running operator. `resync` is the partner's resync and usage interval.
     pub async fn start(prefix: &str, resync: &str) -> Harness {
+        // `RUST_LOG=cyclr_operator=debug cargo test … -- --nocapture` shows the operator's logs.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let env = TestEnv::get().await;
         let client = env.client();
         install_crds(&client).await;
@@ -50,6 +57,7 @@ impl Harness {
             partner: namespace.clone(),
             namespace,
             sim,
+            metrics: Arc::new(Metrics::default()),
             operator: None,
         };
         h.put_secret(
@@ -79,9 +87,10 @@ impl Harness {
             concurrency: 16,
         };
         let client = self.client.clone();
+        let metrics = self.metrics.clone();
         self.operator = Some(tokio::spawn(async move {
             let never = futures::FutureExt::shared(Box::pin(std::future::pending::<()>()));
-            controllers::run(client, config, Arc::new(Metrics::default()), never)
+            controllers::run(client, config, metrics, never)
                 .await
                 .expect("operator runs");
         }));
