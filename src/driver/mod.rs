@@ -39,7 +39,7 @@ use tracing::Instrument;
 pub use health::Health;
 pub use reason::{Failure, Reason, health_of};
 
-use crate::controllers::Context;
+use crate::controllers::{Context, jittered};
 use crate::resources::{MANAGER, PendingWrite, STALLED, annotation, condition, is_paused, same_conditions};
 
 /// The status every kind shares: kstatus conditions, `observedGeneration`, and (for kinds with
@@ -105,6 +105,9 @@ pub trait Reconciler:
     /// usage timers); called when the watch reports the object deleted.
     fn forget(_ctx: &Context, _meta: &ObjectMeta) {}
 }
+
+/// How often a resource stalled on another object is looked at again.
+const RECHECK: Duration = Duration::from_secs(300);
 
 /// A kind's decision.
 pub enum Plan<K: Reconciler> {
@@ -260,7 +263,8 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
         return Ok(Action::requeue(wait));
     }
     if previous.observed_generation() == generation
-        && condition(previous.conditions(), STALLED).is_some_and(|c| c.status == "True")
+        && condition(previous.conditions(), STALLED)
+            .is_some_and(|c| c.status == "True" && Reason::parse(&c.reason).is_none_or(Reason::waits_for_spec))
     {
         return Ok(Action::await_change());
     }
@@ -352,6 +356,7 @@ fn next_action<K: Reconciler>(obj: &K, ctx: &Context, health: &Health, observed:
             ctx.backoffs.succeeded(&uid);
             obj.resync(observed).map_or_else(Action::await_change, Action::requeue)
         }
+        Health::Stalled { reason, .. } if !reason.waits_for_spec() => Action::requeue(jittered(RECHECK)),
         Health::Stalled { .. } | Health::Paused { .. } => Action::await_change(),
         // Waiting on something that is watched; a slow safety net besides.
         Health::Progressing { .. } => Action::requeue(Duration::from_secs(60)),

@@ -16,6 +16,11 @@ macro_rules! reasons {
             pub fn as_str(self) -> &'static str {
                 match self { $(Reason::$name => stringify!($name),)* }
             }
+
+            /// The reason written as `text`, if it is one of ours.
+            pub fn parse(text: &str) -> Option<Reason> {
+                match text { $(stringify!($name) => Some(Reason::$name),)* _ => None }
+            }
         }
     };
 }
@@ -89,6 +94,19 @@ reasons! {
     CredentialsNotApplied,
     /// The CyclrPartner's client cannot be built (bad URL).
     InvalidConfiguration,
+}
+
+impl Reason {
+    /// Whether a Stalled resource with this reason waits for a new spec. The others stall on
+    /// something another object may release (a holder deleted, a partner's selector
+    /// widened), so they are looked at again on wakes and every few minutes, still without
+    /// any Cyclr write.
+    pub fn waits_for_spec(self) -> bool {
+        !matches!(
+            self,
+            Reason::AccountClaimed | Reason::PartnerNotAllowed | Reason::InstalledNameInUse
+        )
+    }
 }
 
 impl fmt::Display for Reason {
