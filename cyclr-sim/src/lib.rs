@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Faults, LostResponse};
+pub use faults::{Faults, LostResponse, RetryAfterForm};
 
 use cyclr::types::{Account, InstalledConnector};
 use faults::FaultState;

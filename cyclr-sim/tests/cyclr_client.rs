@@ -191,6 +191,8 @@ async fn wrong_credentials_are_unauthorized_and_not_retried() {
         "{error:?}"
     );
     assert!(!error.is_retryable());
+    // Past the shortest backoff a new call asks again (within it, it shares the failure).
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(matches!(
         cyclr.list_accounts().await,
         Err(CyclrError::Unauthorized { .. })
