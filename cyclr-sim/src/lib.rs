@@ -8,7 +8,7 @@
 //! Tests start it in-process:
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use cyclr_operator::sim::{SimConfig, Simulator};
+//! use cyclr_sim::{SimConfig, Simulator};
 //! let sim = Simulator::start(SimConfig::new("id", "secret"), "127.0.0.1:0".parse()?).await?;
 //! let api_url = sim.base_url(); // http://127.0.0.1:PORT
 //! # sim.shutdown().await;
