@@ -608,6 +608,57 @@ async fn the_rate_limiter_holds_its_rate_under_many_callers() {
     assert_eq!(sim.stats().requests_to("GET /api/partner/priceplans"), 40);
 }
 
+// ---- normalised values and echoed secrets ----------------------------------------------------
+
+#[tokio::test]
+async fn a_date_with_a_fraction_is_stored_at_whole_seconds_and_compares_equal() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    let desired = CyclrDate::parse("2030-03-09T16:23:08.5Z").unwrap();
+    let fields = AccountFields {
+        next_bill_date: Some(desired),
+        ..named("Dated")
+    };
+    let id = cyclr.create_account(&fields).await.unwrap();
+    let observed = cyclr.list_accounts().await.unwrap()[0].next_bill_date.unwrap();
+    assert_eq!(observed.to_legacy_string(), "2030-03-09T16:23:08");
+    assert_eq!(
+        observed.0.timestamp_subsec_nanos(),
+        0,
+        "the legacy API keeps no fractions"
+    );
+    assert!(desired.same_instant(&observed));
+    assert_eq!(Some(desired), Some(observed), "no drift to correct");
+    // An update with another fraction of the same second changes nothing either.
+    let again = AccountFields {
+        next_bill_date: CyclrDate::parse("2030-03-09T16:23:08.9+00:00"),
+        ..Default::default()
+    };
+    cyclr.update_account(&id, &again).await.unwrap();
+    assert_eq!(sim.accounts()[0].next_bill_date, Some(observed));
+}
+
+#[tokio::test]
+async fn an_install_error_can_carry_the_api_key_it_was_sent() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    let id = cyclr.create_account(&named("Keyed")).await.unwrap();
+    sim.set_faults(Faults {
+        install_error_echoes_credentials: true,
+        ..Faults::default()
+    });
+    let error = cyclr
+        .install_connector(&install_request(&id, "key-0b7e51"))
+        .await
+        .unwrap_err();
+    // The client reports Cyclr's message as it is: scrubbing secrets is the caller's job.
+    assert!(
+        matches!(&error, CyclrError::Validation { status: 400, message } if message.contains("key-0b7e51")),
+        "{error:?}"
+    );
+    assert!(sim.installed_connectors(&id).is_empty());
+}
+
 // ---- the partner's budget: holds, adaptive rate, rebuilt clients ------------------------------
 
 /// A client that makes one attempt per call, so each call meets exactly one answer.
@@ -667,7 +718,11 @@ async fn rotated_credentials_keep_the_hold_and_the_adapted_rate() {
     let mut moved = single_attempt(&sim);
     moved.api_url = format!("{}/", sim.base_url());
     let moved = resized.with_config(moved).unwrap();
-    assert_eq!(moved.current_rate(), 50.0, "the adapted rate carries over, under the new 1000");
+    assert_eq!(
+        moved.current_rate(),
+        50.0,
+        "the adapted rate carries over, under the new 1000"
+    );
     let still_held = moved.partner_details().await.unwrap_err();
     assert!(hold_of(&still_held) >= Duration::from_secs(28), "{still_held:?}");
     assert_eq!(sim.stats().requests_to("GET /api/partner/details"), 0);
@@ -703,7 +758,10 @@ async fn a_failed_token_fetch_is_shared_by_every_caller_waiting_on_it() {
     let rounds = u64::from(retrying.retry.max_attempts);
     concurrent_calls(CyclrClient::new(retrying).unwrap()).await;
     let requests = sim.stats().requests_to(TOKEN);
-    assert!(requests <= 2 * rounds, "{requests} token requests for 20 callers × {rounds} attempts");
+    assert!(
+        requests <= 2 * rounds,
+        "{requests} token requests for 20 callers × {rounds} attempts"
+    );
     assert_eq!(sim.stats().requests_to(LIST), 0);
 }
 
@@ -737,7 +795,11 @@ async fn retry_after_zero_negative_or_past_holds_for_a_growing_floor() {
             // The next call waits out the hold, is refused again, and the floor doubles.
             let started = Instant::now();
             let second = cyclr.list_accounts().await.unwrap_err();
-            assert!(started.elapsed() >= hold - Duration::from_millis(20), "{:?}", started.elapsed());
+            assert!(
+                started.elapsed() >= hold - Duration::from_millis(20),
+                "{:?}",
+                started.elapsed()
+            );
             assert!(hold_of(&second) >= Duration::from_millis(1990), "{second:?}");
             assert_eq!(cyclr.current_rate(), 250.0, "halved twice");
         }
