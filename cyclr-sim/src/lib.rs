@@ -172,7 +172,8 @@ impl SimHandle {
         self.shared.reset_stats();
     }
 
-    /// All accounts, in creation order.
+    /// All accounts as stored, in creation order: `Timezone` included, which List Accounts
+    /// does not return.
     pub fn accounts(&self) -> Vec<Account> {
         self.shared.read_store().accounts().map(|r| r.account.clone()).collect()
     }
