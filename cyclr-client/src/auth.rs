@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use tokio::sync::Mutex;
 
-use super::error::Result;
+use super::error::{CyclrError, Result};
+use super::retry::RetryPolicy;
 use super::types::TokenResponse;
 
 /// Renew this long before the token runs out: a tenth of its life, at most a minute, so a
@@ -27,45 +28,91 @@ struct Cached {
     renew_at: Instant,
 }
 
+struct Failed {
+    error: CyclrError,
+    at: Instant,
+    /// Token requests failed in a row.
+    count: u32,
+}
+
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    /// The latest token request, if it failed and no token was fetched since.
+    failed: Option<Failed>,
+}
+
 #[derive(Default)]
 pub(crate) struct TokenCache {
     /// Held across a renewal: only one token request is in flight, concurrent callers wait
-    /// for its result instead of each fetching their own.
-    slot: Mutex<Option<Cached>>,
+    /// for its result (a token or the same error) instead of each fetching their own.
+    slot: Mutex<Slot>,
 }
 
 impl TokenCache {
     /// The generation of the token cached now, if any.
     pub(crate) async fn generation(&self) -> Option<u64> {
-        self.slot.lock().await.as_ref().map(|cached| cached.token.generation)
+        self.slot
+            .lock()
+            .await
+            .cached
+            .as_ref()
+            .map(|cached| cached.token.generation)
     }
 
     /// A usable token: the cached one unless it is due for renewal or is generation `stale`,
     /// else a new one from `fetch`. `fetch` runs while the cache is locked.
+    ///
+    /// A failed fetch is not repeated for the callers that waited on it, nor for those that
+    /// ask within the shortest backoff `policy` gives after that many failures in a row: they
+    /// get its error. Callers retrying a failed call in the same round (their jittered
+    /// backoffs differ by less than that) so share one token request instead of each sending
+    /// their own, while a caller's own retry, which waits at least as long, makes a new one.
     pub(crate) async fn get(
         &self,
         stale: Option<u64>,
+        policy: &RetryPolicy,
         fetch: impl AsyncFnOnce() -> Result<TokenResponse>,
     ) -> Result<BearerToken> {
+        let arrived = Instant::now();
         let mut slot = self.slot.lock().await;
-        if let Some(cached) = slot.as_ref()
+        if let Some(cached) = slot.cached.as_ref()
             && Some(cached.token.generation) != stale
             && Instant::now() < cached.renew_at
         {
             return Ok(cached.token.clone());
         }
+        if let Some(failed) = &slot.failed
+            && (failed.at >= arrived || failed.at.elapsed() < policy.delay_with_jitter(failed.count, None, 0.0))
+        {
+            return Err(failed.error.clone());
+        }
         // Measured from before the request, so the renewal time errs on the early side.
         let requested_at = Instant::now();
-        let response = fetch().await?;
+        let response = match fetch().await {
+            Ok(response) => response,
+            Err(error) => {
+                let count = slot.failed.as_ref().map_or(1, |failed| failed.count.saturating_add(1));
+                slot.failed = Some(Failed {
+                    error: error.clone(),
+                    at: Instant::now(),
+                    count,
+                });
+                return Err(error);
+            }
+        };
         let lifetime = Duration::from_secs(response.expires_in).min(MAX_LIFETIME);
         let token = BearerToken {
             secret: response.access_token,
-            generation: slot.as_ref().map_or(1, |cached| cached.token.generation + 1),
+            generation: slot.cached.as_ref().map_or(1, |cached| cached.token.generation + 1),
         };
-        *slot = Some(Cached {
-            token: token.clone(),
-            renew_at: requested_at + lifetime - renewal_margin(lifetime),
-        });
+        *slot = Slot {
+            cached: Some(Cached {
+                token: token.clone(),
+                renew_at: requested_at + lifetime - renewal_margin(lifetime),
+            }),
+            failed: None,
+        };
         Ok(token)
     }
 }
@@ -83,6 +130,10 @@ mod tests {
 
     use super::*;
     use crate::CyclrError;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::default()
+    }
 
     fn response(secret: &str, expires_in: u64) -> TokenResponse {
         TokenResponse {
@@ -108,15 +159,15 @@ mod tests {
             let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
             Ok(response(&format!("token-{n}"), 3600))
         };
-        let first = cache.get(None, fetch).await.unwrap();
-        let again = cache.get(None, fetch).await.unwrap();
+        let first = cache.get(None, &policy(), fetch).await.unwrap();
+        let again = cache.get(None, &policy(), fetch).await.unwrap();
         assert_eq!(again.secret.expose_secret(), "token-1");
         assert_eq!(cache.generation().await, Some(first.generation));
 
-        let renewed = cache.get(Some(first.generation), fetch).await.unwrap();
+        let renewed = cache.get(Some(first.generation), &policy(), fetch).await.unwrap();
         assert_eq!(renewed.secret.expose_secret(), "token-2");
         // A second caller refused with the old token gets the new one, not a third fetch.
-        let other = cache.get(Some(first.generation), fetch).await.unwrap();
+        let other = cache.get(Some(first.generation), &policy(), fetch).await.unwrap();
         assert_eq!(other.secret.expose_secret(), "token-2");
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
@@ -129,8 +180,8 @@ mod tests {
             fetches.fetch_add(1, Ordering::SeqCst);
             Ok(response("short", 0))
         };
-        cache.get(None, fetch).await.unwrap();
-        cache.get(None, fetch).await.unwrap();
+        cache.get(None, &policy(), fetch).await.unwrap();
+        cache.get(None, &policy(), fetch).await.unwrap();
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 
@@ -143,7 +194,7 @@ mod tests {
                 let (cache, fetches) = (cache.clone(), fetches.clone());
                 tokio::spawn(async move {
                     cache
-                        .get(None, async || {
+                        .get(None, &policy(), async || {
                             fetches.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             Ok(response("shared", 3600))
@@ -160,10 +211,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn concurrent_callers_share_one_failure() {
+        let cache = Arc::new(TokenCache::default());
+        let fetches = Arc::new(AtomicU32::new(0));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (cache, fetches) = (cache.clone(), fetches.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get(None, &policy(), async || {
+                            fetches.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Err(CyclrError::Server {
+                                status: 503,
+                                message: "down".into(),
+                            })
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(matches!(
+                task.await.unwrap(),
+                Err(CyclrError::Server { status: 503, .. })
+            ));
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn a_failed_renewal_is_not_cached() {
         let cache = TokenCache::default();
         let error = cache
-            .get(None, async || {
+            .get(None, &policy(), async || {
                 Err(CyclrError::Unauthorized {
                     message: "invalid_client".into(),
                 })
@@ -171,7 +252,14 @@ mod tests {
             .await;
         assert!(matches!(error, Err(CyclrError::Unauthorized { .. })));
         assert_eq!(cache.generation().await, None);
-        let token = cache.get(None, async || Ok(response("after", 3600))).await.unwrap();
+        // Within the shortest backoff the failure is the answer; after it, a new request.
+        let again = cache.get(None, &policy(), async || Ok(response("early", 3600))).await;
+        assert!(matches!(again, Err(CyclrError::Unauthorized { .. })));
+        tokio::time::sleep(policy().initial_backoff / 2).await;
+        let token = cache
+            .get(None, &policy(), async || Ok(response("after", 3600)))
+            .await
+            .unwrap();
         assert_eq!(token.secret.expose_secret(), "after");
     }
 }

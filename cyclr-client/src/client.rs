@@ -2,12 +2,9 @@
 //! token, waits for the rate limiter, applies the timeout, maps errors and retries.
 
 use std::fmt;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -16,6 +13,7 @@ use serde::de::DeserializeOwned;
 use tracing::debug;
 
 use super::auth::{BearerToken, TokenCache};
+use super::budget::RateBudget;
 use super::error::{CyclrError, Result};
 pub use super::retry::RetryPolicy;
 use super::retry::parse_retry_after;
@@ -85,7 +83,9 @@ pub struct CallRecord {
     pub attempt: u32,
 }
 
-/// A Cyclr Partner API client. Clones share the token, the rate limiter and the 429 hold.
+/// A Cyclr Partner API client. Clones share the token and the [`RateBudget`] (rate limiter,
+/// 429 hold, adaptive rate); clients rebuilt with [`CyclrClient::with_credentials`] or
+/// [`CyclrClient::with_config`] share the budget but not the token.
 #[derive(Clone)]
 pub struct CyclrClient {
     inner: Arc<Inner>,
@@ -96,12 +96,8 @@ struct Inner {
     config: ClientConfig,
     base: Url,
     http: reqwest::Client,
-    limiter: DefaultDirectRateLimiter,
+    budget: Arc<RateBudget>,
     tokens: TokenCache,
-    /// Nanoseconds after `epoch` before which no request may be sent (set by a 429): an
-    /// atomic so every caller can read it and extend it without a lock.
-    held_until: AtomicU64,
-    epoch: Instant,
 }
 
 impl fmt::Debug for CyclrClient {
@@ -233,14 +229,60 @@ impl Failure {
 }
 
 impl CyclrClient {
+    /// A client with a budget of its own. [`CyclrError::Config`] for a URL that is not an
+    /// absolute http(s) base URL, or a zero rate or burst.
     pub fn new(config: ClientConfig) -> Result<Self> {
+        let budget = RateBudget::new(config.requests_per_second, config.burst)?;
+        Self::build(config, Arc::new(budget), None)
+    }
+
+    /// A client for a changed configuration (`apiUrl`, credentials, timeout, retry policy)
+    /// that keeps this client's request budget and observer: the 429 hold, the adapted rate
+    /// and the limiter's state carry over. A changed `requests_per_second` or `burst` gives a
+    /// budget with the new quota that still carries the hold and the adapted rate
+    /// ([`RateBudget::resized`]). The token is not kept: it belongs to the old credentials.
+    pub fn with_config(&self, config: ClientConfig) -> Result<Self> {
+        let budget = if self.inner.budget.quota() == (config.requests_per_second, config.burst) {
+            self.inner.budget.clone()
+        } else {
+            Arc::new(self.inner.budget.resized(config.requests_per_second, config.burst)?)
+        };
+        Self::build(config, budget, self.observer.clone())
+    }
+
+    /// This client with rotated credentials: same URL, settings, observer and budget, a new
+    /// token cache (the next call fetches a token with the new credentials).
+    pub fn with_credentials(&self, client_id: impl Into<String>, client_secret: SecretString) -> Self {
+        let mut config = self.inner.config.clone();
+        config.client_id = client_id.into();
+        config.client_secret = client_secret;
+        CyclrClient {
+            inner: Arc::new(Inner {
+                config,
+                base: self.inner.base.clone(),
+                http: self.inner.http.clone(),
+                budget: self.inner.budget.clone(),
+                tokens: TokenCache::default(),
+            }),
+            observer: self.observer.clone(),
+        }
+    }
+
+    /// The request budget of this client's partner (shared with clones and rebuilt clients).
+    pub fn budget(&self) -> &Arc<RateBudget> {
+        &self.inner.budget
+    }
+
+    /// The rate requests go out at now, requests per second: `requests_per_second` unless
+    /// 429s lowered it (see [`RateBudget`]). For metrics and status.
+    pub fn current_rate(&self) -> f64 {
+        self.inner.budget.current_rate()
+    }
+
+    fn build(config: ClientConfig, budget: Arc<RateBudget>, observer: Option<Arc<dyn CallObserver>>) -> Result<Self> {
         // reqwest is built without a default crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let base = parse_base_url(&config.api_url)?;
-        let rate = NonZeroU32::new(config.requests_per_second)
-            .ok_or_else(|| CyclrError::Config("requests_per_second must be at least 1".into()))?;
-        let burst =
-            NonZeroU32::new(config.burst).ok_or_else(|| CyclrError::Config("burst must be at least 1".into()))?;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -251,15 +293,13 @@ impl CyclrClient {
             .map_err(|e| CyclrError::Config(describe(&e)))?;
         Ok(CyclrClient {
             inner: Arc::new(Inner {
-                limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
                 config,
                 base,
                 http,
+                budget,
                 tokens: TokenCache::default(),
-                held_until: AtomicU64::new(0),
-                epoch: Instant::now(),
             }),
-            observer: None,
+            observer,
         })
     }
 
@@ -427,7 +467,9 @@ impl CyclrClient {
         let token = self
             .inner
             .tokens
-            .get(stale_token, async || self.fetch_token(attempt, deadline).await)
+            .get(stale_token, &self.inner.config.retry, async || {
+                self.fetch_token(attempt, deadline).await
+            })
             .await
             .map_err(Failure::not_sent)?;
         let Some(request) = &call.request else {
@@ -479,8 +521,8 @@ impl CyclrClient {
         serde_json::from_slice(&body).map_err(|e| CyclrError::Decode(format!("oauth_token: {e}")))
     }
 
-    /// Sends one HTTP request: waits out a 429 hold and the rate limiter, reports the request
-    /// to the observer and the log, and maps the outcome.
+    /// Sends one HTTP request: waits for the budget (429 hold, limiter, adapted rate), reports
+    /// the request to the observer and the log, maps the outcome and tells the budget.
     async fn execute(
         &self,
         endpoint: &'static str,
@@ -490,8 +532,7 @@ impl CyclrClient {
         attempt: u32,
         deadline: Instant,
     ) -> Result<Vec<u8>, Failure> {
-        self.wait_while_held(deadline).await?;
-        self.inner.limiter.until_ready().await;
+        self.inner.budget.acquire(deadline).await.map_err(Failure::not_sent)?;
         let builder = match token {
             Some(token) => builder.bearer_auth(token.secret.expose_secret()),
             None => builder,
@@ -528,11 +569,12 @@ impl CyclrClient {
         let (headers, body) = outcome.map_err(Failure::network)?;
         let status = status.unwrap_or_default();
         if status.is_success() {
+            self.inner.budget.on_success(started);
             return Ok(body.to_vec());
         }
-        let error = error_for_status(status, &headers, &body, SystemTime::now());
-        if let CyclrError::RateLimited { retry_after } = &error {
-            self.hold_back(retry_after.unwrap_or(self.inner.config.retry.initial_backoff));
+        let mut error = error_for_status(status, &headers, &body, SystemTime::now());
+        if let CyclrError::RateLimited { retry_after, hold } = &mut error {
+            *hold = self.inner.budget.on_rate_limited(started, *retry_after);
         }
         Err(Failure {
             error,
@@ -541,31 +583,6 @@ impl CyclrClient {
                 .filter(|_| status == StatusCode::UNAUTHORIZED)
                 .map(|t| t.generation),
         })
-    }
-
-    /// After a 429 every clone stops sending until `wait` has passed.
-    fn hold_back(&self, wait: Duration) {
-        let until = (Instant::now() + wait).duration_since(self.inner.epoch);
-        self.inner
-            .held_until
-            .fetch_max(until.as_nanos() as u64, Ordering::SeqCst);
-    }
-
-    /// Waits out a 429 hold, or fails at once when it lasts past this call's deadline so the
-    /// caller can requeue instead of blocking.
-    async fn wait_while_held(&self, deadline: Instant) -> Result<(), Failure> {
-        let until = self.inner.epoch + Duration::from_nanos(self.inner.held_until.load(Ordering::SeqCst));
-        let now = Instant::now();
-        if until <= now {
-            return Ok(());
-        }
-        if until > deadline {
-            return Err(Failure::not_sent(CyclrError::RateLimited {
-                retry_after: Some(until - now),
-            }));
-        }
-        tokio::time::sleep_until(until.into()).await;
-        Ok(())
     }
 }
 
@@ -592,11 +609,13 @@ fn error_for_status(status: StatusCode, headers: &HeaderMap, body: &[u8], now: S
         404 => CyclrError::NotFound {
             message: error_message(status, body),
         },
+        // The hold is the budget's to decide; `execute` fills it in.
         429 => CyclrError::RateLimited {
             retry_after: headers
                 .get(header::RETRY_AFTER)
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| parse_retry_after(value, now)),
+            hold: Duration::ZERO,
         },
         400..=499 => CyclrError::Validation {
             status: code,
@@ -687,7 +706,10 @@ mod tests {
         assert!(
             matches!(map(500, ""), CyclrError::Server { status: 500, message } if message == "Internal Server Error")
         );
-        assert!(matches!(map(429, ""), CyclrError::RateLimited { retry_after: None }));
+        assert!(matches!(
+            map(429, ""),
+            CyclrError::RateLimited { retry_after: None, .. }
+        ));
         assert!(matches!(map(302, ""), CyclrError::Config(_)));
     }
 
@@ -724,12 +746,15 @@ mod tests {
         let now = SystemTime::now();
         let mut headers = HeaderMap::new();
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
-        let error = error_for_status(status(429), &headers, b"", now);
-        assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+        let retry_after = |headers: &HeaderMap| match error_for_status(status(429), headers, b"", now) {
+            CyclrError::RateLimited { retry_after, .. } => retry_after,
+            other => panic!("not rate limited: {other:?}"),
+        };
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
 
         let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
         headers.insert(header::RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
-        let wait = error_for_status(status(429), &headers, b"", now).retry_after().unwrap();
+        let wait = retry_after(&headers).unwrap();
         // HTTP dates have whole seconds, so up to one second is lost.
         assert!(
             wait > Duration::from_secs(88) && wait <= Duration::from_secs(90),
@@ -737,7 +762,7 @@ mod tests {
         );
 
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("whenever"));
-        assert_eq!(error_for_status(status(429), &headers, b"", now).retry_after(), None);
+        assert_eq!(retry_after(&headers), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable so that one failed token request can be handed to every caller waiting on it.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CyclrError {
     /// 401/403: the credentials or the token were refused.
     #[error("Cyclr refused the credentials: {message}")]
@@ -13,9 +14,16 @@ pub enum CyclrError {
     /// 400 and other 4xx: Cyclr rejected the request; `message` is Cyclr's own.
     #[error("Cyclr rejected the request: {message}")]
     Validation { status: u16, message: String },
-    /// 429: Cyclr asks us to slow down, maybe saying for how long.
-    #[error("Cyclr rate limit reached{}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
-    RateLimited { retry_after: Option<Duration> },
+    /// 429: Cyclr asks us to slow down. `retry_after` is what its `Retry-After` header said
+    /// (`None` when absent or unreadable, zero for `0` or a date already past); `hold` is how
+    /// long the client actually stops sending to this partner from the moment the error is
+    /// returned: `retry_after` raised to a growing floor and capped (see
+    /// [`crate::RateBudget`]). Requeue after `hold`.
+    #[error("Cyclr rate limit reached, holding requests for {:.1}s", hold.as_secs_f64())]
+    RateLimited {
+        retry_after: Option<Duration>,
+        hold: Duration,
+    },
     /// 5xx.
     #[error("Cyclr server error {status}: {message}")]
     Server { status: u16, message: String },
@@ -53,10 +61,11 @@ impl CyclrError {
         )
     }
 
-    /// How long Cyclr asked us to wait, when it said.
+    /// How long to wait before calling this partner again: for a 429 the hold the client
+    /// applied (never zero, at least the floor; see [`crate::RateBudget`]), else `None`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            CyclrError::RateLimited { retry_after } => *retry_after,
+            CyclrError::RateLimited { hold, .. } => Some(*hold),
             _ => None,
         }
     }

@@ -3,18 +3,31 @@
 //! Field names follow the API's PascalCase. Deserialisation is lenient where the real
 //! service is: both date forms, `PricePlanId` as a number or a string, unknown fields ignored.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A Cyclr account id. Opaque: 32 hex characters in the seed, caller-chosen on v1.0.
 pub type AccountId = String;
 
-/// A price plan id: an integer in account bodies, a string in the price-plan list.
+/// A price plan id: an integer in account bodies, a string in the price-plan list. Both read
+/// into the same number, so `"2"` and `2` compare equal once parsed (by serde or [`FromStr`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PricePlanId(pub i64);
+
+impl FromStr for PricePlanId {
+    type Err = std::num::ParseIntError;
+
+    /// `"2"`, `" 2 "`: the string form Get Price Plans writes, surrounding blanks ignored.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.trim().parse().map(PricePlanId)
+    }
+}
 
 impl fmt::Display for PricePlanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -40,9 +53,7 @@ impl<'de> Deserialize<'de> for PricePlanId {
         match NumberOrString::deserialize(d)? {
             NumberOrString::Number(n) => Ok(PricePlanId(n)),
             NumberOrString::String(s) => s
-                .trim()
                 .parse()
-                .map(PricePlanId)
                 .map_err(|_| serde::de::Error::custom(format!("PricePlanId {s:?} is not a number"))),
         }
     }
@@ -53,14 +64,59 @@ pub fn serialize_price_plan_id_as_string<S: Serializer>(id: &PricePlanId, s: S) 
     s.serialize_str(&id.0.to_string())
 }
 
-/// A UTC timestamp. Reads the legacy form (`2017-02-09T16:23:08`, no offset) and the v1.0
-/// form (`2017-12-06T15:54:06.6440352Z`); always writes the legacy form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A UTC timestamp. Reads the legacy form (`2017-02-09T16:23:08`, no offset), the v1.0 form
+/// (`2017-12-06T15:54:06.6440352Z`), any RFC 3339 offset and a bare date; always writes the
+/// legacy form.
+///
+/// Equality, ordering and hashing are at the legacy API's precision, whole seconds in UTC:
+/// the legacy API writes no fractions (seed: `"NextBillDate": "2017-03-09T16:23:08"`), so a
+/// date sent with `.5` s reads back without it. `2030-03-09T16:23:08.5Z`, `…T16:23:08`,
+/// `…T16:23:08.0000000Z` and `…T16:23:08+00:00` are all the same `CyclrDate`.
+#[derive(Clone, Copy, Debug)]
 pub struct CyclrDate(pub DateTime<Utc>);
+
+impl PartialEq for CyclrDate {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.timestamp() == other.0.timestamp()
+    }
+}
+
+impl Eq for CyclrDate {}
+
+impl PartialOrd for CyclrDate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CyclrDate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.timestamp().cmp(&other.0.timestamp())
+    }
+}
+
+impl Hash for CyclrDate {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.timestamp().hash(state);
+    }
+}
 
 impl CyclrDate {
     pub const LEGACY_FORMAT: &'static str = "%Y-%m-%dT%H:%M:%S";
 
+    /// The date as the legacy API stores it: `time` without its fraction of a second.
+    pub fn whole_seconds(time: DateTime<Utc>) -> Self {
+        CyclrDate(time.trunc_subsecs(0))
+    }
+
+    /// Whether two dates denote the same instant at the legacy API's precision (the same as
+    /// `==`; named for call sites comparing a desired date with the one Cyclr reports).
+    pub fn same_instant(&self, other: &CyclrDate) -> bool {
+        self == other
+    }
+
+    /// Parses any of the accepted forms (see the type's docs), keeping fractions; `None` for
+    /// anything else.
     pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim();
         if let Ok(with_offset) = DateTime::parse_from_rfc3339(text) {
@@ -75,8 +131,14 @@ impl CyclrDate {
             .map(|naive| CyclrDate(naive.and_utc()))
     }
 
+    /// `2017-02-09T16:23:08`: UTC, no offset, no fraction, as the legacy API writes dates.
     pub fn to_legacy_string(&self) -> String {
         self.0.format(Self::LEGACY_FORMAT).to_string()
+    }
+
+    /// `2017-02-09T16:23:08Z`: RFC 3339 in UTC at whole seconds, for Kubernetes status times.
+    pub fn to_rfc3339(&self) -> String {
+        self.0.trunc_subsecs(0).to_rfc3339_opts(SecondsFormat::Secs, true)
     }
 }
 

@@ -44,7 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/partner/installconnector", post(install_connector))
         .route("/api/partner/priceplans", get(price_plans))
         .route("/api/partner/accounts/{id}/billing", get(account_usage))
-        .route("/v1.0/accounts", get(list_accounts))
+        .route("/v1.0/accounts", get(list_v1_accounts))
         .route("/v1.0/accounts/{id}", get(get_account).delete(delete_account))
         .route("/v1.0/account/connectors", get(installed_connectors))
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_token))
@@ -156,15 +156,15 @@ async fn faults_and_stats(State(sim): Sim, route: MatchedPath, request: Request,
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let verdict = lock(&sim.faults).verdict();
+    let verdict = lock(&sim.faults).verdict(&endpoint);
     let response = match verdict {
         Verdict::Proceed => next.run(request).await,
-        Verdict::RateLimited { retry_after_secs } => {
-            let message = format!("Too many requests. Retry after {retry_after_secs} seconds.");
+        Verdict::RateLimited { retry_after } => {
+            let message = format!("Too many requests. Retry after {retry_after}.");
             let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(ErrorBody { message })).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            if let Ok(value) = HeaderValue::from_str(&retry_after) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
             response
         }
         Verdict::ServerError(status) => ApiError::server_error(status).into_response(),
@@ -301,19 +301,43 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 // ---- Partner API -----------------------------------------------------------------------------
 
 /// The whole list, or one page of it when `page` or `pageSize` is given (as v1.0 pages).
-async fn list_accounts(State(sim): Sim, Query(query): Query<HashMap<String, String>>) -> Json<Vec<Account>> {
-    let page = query_param(&query, "page").and_then(|v| v.parse::<usize>().ok());
-    let page_size = query_param(&query, "pageSize").and_then(|v| v.parse::<usize>().ok());
+fn accounts_page(sim: &Shared, query: &HashMap<String, String>) -> Vec<Account> {
+    let page = query_param(query, "page").and_then(|v| v.parse::<usize>().ok());
+    let page_size = query_param(query, "pageSize").and_then(|v| v.parse::<usize>().ok());
     let store = sim.read_store();
     let accounts = store.accounts().map(|record| record.account.clone());
-    Json(match (page, page_size) {
+    match (page, page_size) {
         (None, None) => accounts.collect(),
         _ => {
             let size = page_size.unwrap_or(DEFAULT_PAGE_SIZE).max(1);
             let skip = (page.unwrap_or(1).max(1) - 1).saturating_mul(size);
             accounts.skip(skip).take(size).collect()
         }
+    }
+}
+
+/// List Accounts with exactly the seed's fields: no `Timezone` (the seed's list shows none,
+/// although Create and Update take it), and `null` for a field never set.
+async fn list_accounts(State(sim): Sim, Query(query): Query<HashMap<String, String>>) -> Json<Vec<Value>> {
+    Json(accounts_page(&sim, &query).iter().map(legacy_account).collect())
+}
+
+/// One account of the seed's List Accounts.
+fn legacy_account(account: &Account) -> Value {
+    json!({
+        "Id": account.id,
+        "Name": account.name,
+        "Description": account.description,
+        "PricePlanId": account.price_plan_id,
+        "LastBillDate": account.last_bill_date,
+        "NextBillDate": account.next_bill_date,
+        "AuditInfo": account.audit_info,
     })
+}
+
+/// v1.0 `GET /v1.0/accounts`: the stored account, `Timezone` included.
+async fn list_v1_accounts(State(sim): Sim, Query(query): Query<HashMap<String, String>>) -> Json<Vec<Account>> {
+    Json(accounts_page(&sim, &query))
 }
 
 async fn partner_details() -> Json<Value> {
@@ -380,7 +404,14 @@ async fn install_connector(State(sim): Sim, body: Bytes) -> Result<Response, Api
     let connector_name = required_text(&fields, "ConnectorName")?;
     let version = field(&fields, "ConnectorVersion").unwrap_or_else(|| "v1".to_owned());
     let installed_name = field(&fields, "InstalledName").unwrap_or_else(|| connector_name.clone());
-    // ApiKey, Username and Password are never read: nothing can keep or log them.
+    // ApiKey and Password are read only to echo them back under this fault, never kept or logged.
+    if lock(&sim.faults).install_error_echoes_credentials()
+        && let Some(secret) = field::<String>(&fields, "ApiKey").or_else(|| field(&fields, "Password"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Could not install {connector_name}: authentication failed with '{secret}'."
+        )));
+    }
     Ok(sim
         .write(|store| {
             let installed_id = store.install_connector(&account_id, connector_name, version, installed_name)?;

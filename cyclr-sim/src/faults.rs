@@ -1,7 +1,7 @@
 //! Injectable faults: what they are (serde-able, for the admin API) and how a request meets them.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::StatusCode;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// JSON form (admin API `PUT /_sim/faults`; missing fields take their default):
 /// `{"latency_ms":0,"error_rate":0.0,"rate_limit_rps":null,"retry_after_secs":1,
-///   "commit_then_fail":0,"commit_then_fail_mode":"server_error","token_ttl_secs":null,
-///   "write_response_delay_ms":0}`
+///   "retry_after_form":"seconds","commit_then_fail":0,"commit_then_fail_mode":"server_error",
+///   "token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,"outage_endpoints":[],
+///   "install_error_echoes_credentials":false}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -25,8 +26,12 @@ pub struct Faults {
     /// Above this many requests per second (token bucket, burst of the same size), answer 429.
     /// `Some(0)` answers every request 429.
     pub rate_limit_rps: Option<u32>,
-    /// The `Retry-After` value, in seconds, sent with a 429.
-    pub retry_after_secs: u64,
+    /// The `Retry-After` sent with a 429, in seconds: `0` and negative values are sent as
+    /// they are (a negative one is not valid HTTP, as a faulty server might send it); with
+    /// `retry_after_form: "http_date"` it is the offset from now of the date sent, so a
+    /// negative value sends a date in the past.
+    pub retry_after_secs: i64,
+    pub retry_after_form: RetryAfterForm,
     /// The next N writes are applied, but their response is lost (see `commit_then_fail_mode`).
     /// Counts down as writes consume it.
     pub commit_then_fail: u32,
@@ -38,6 +43,16 @@ pub struct Faults {
     /// this window leaves a write it never learnt about.
     #[serde(rename = "write_response_delay_ms", with = "duration_ms")]
     pub write_response_delay: Duration,
+    /// For this long after the faults are set, every request to `outage_endpoints` answers
+    /// 503 without being applied; then the outage ends by itself (a short Cyclr outage).
+    #[serde(rename = "outage_ms", with = "duration_ms")]
+    pub outage: Duration,
+    /// The endpoints the outage hits, as the statistics name them (`"GET /api/partner/details"`,
+    /// `"POST /oauth/token"`); empty: every API endpoint.
+    pub outage_endpoints: Vec<String>,
+    /// Install Connector answers 400 with a `Message` that echoes the credential it was sent
+    /// (`ApiKey`, else `Password`), as a Cyclr error text can, and installs nothing.
+    pub install_error_echoes_credentials: bool,
 }
 
 impl Default for Faults {
@@ -48,10 +63,43 @@ impl Default for Faults {
             rate_limit_rps: None,
             // A 429 without a usable delay would only teach clients to spin.
             retry_after_secs: 1,
+            retry_after_form: RetryAfterForm::default(),
             commit_then_fail: 0,
             commit_then_fail_mode: LostResponse::default(),
             token_ttl: None,
             write_response_delay: Duration::ZERO,
+            outage: Duration::ZERO,
+            outage_endpoints: Vec::new(),
+            install_error_echoes_credentials: false,
+        }
+    }
+}
+
+/// How the `Retry-After` of a 429 is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryAfterForm {
+    /// delay-seconds: `Retry-After: 1`.
+    #[default]
+    Seconds,
+    /// An HTTP date `retry_after_secs` from now: `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.
+    HttpDate,
+}
+
+impl Faults {
+    /// The `Retry-After` header value of a 429 sent at `now`.
+    pub(crate) fn retry_after_header(&self, now: SystemTime) -> String {
+        match self.retry_after_form {
+            RetryAfterForm::Seconds => self.retry_after_secs.to_string(),
+            RetryAfterForm::HttpDate => {
+                let offset = Duration::from_secs(self.retry_after_secs.unsigned_abs());
+                let at = if self.retry_after_secs < 0 {
+                    now - offset
+                } else {
+                    now + offset
+                };
+                httpdate::fmt_http_date(at)
+            }
         }
     }
 }
@@ -70,7 +118,7 @@ pub enum LostResponse {
 /// What the fault layer decided for one request, before it reaches a handler.
 pub(crate) enum Verdict {
     Proceed,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited { retry_after: String },
     ServerError(StatusCode),
 }
 
@@ -78,6 +126,8 @@ pub(crate) enum Verdict {
 pub(crate) struct FaultState {
     faults: Faults,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// When these faults were set: the outage runs from here.
+    set_at: Instant,
 }
 
 impl FaultState {
@@ -86,11 +136,19 @@ impl FaultState {
             .rate_limit_rps
             .and_then(NonZeroU32::new)
             .map(|rps| RateLimiter::direct(Quota::per_second(rps)));
-        FaultState { faults, limiter }
+        FaultState {
+            faults,
+            limiter,
+            set_at: Instant::now(),
+        }
     }
 
     pub(crate) fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    pub(crate) fn install_error_echoes_credentials(&self) -> bool {
+        self.faults.install_error_echoes_credentials
     }
 
     pub(crate) fn latency(&self) -> Duration {
@@ -101,8 +159,15 @@ impl FaultState {
         self.faults.write_response_delay
     }
 
-    /// Rate limit first (a limited request never reaches the error dice), then the error rate.
-    pub(crate) fn verdict(&self) -> Verdict {
+    /// The outage first, then the rate limit (a refused request never reaches the error dice),
+    /// then the error rate. `endpoint` as the statistics name it.
+    pub(crate) fn verdict(&self, endpoint: &str) -> Verdict {
+        let faults = &self.faults;
+        if self.set_at.elapsed() < faults.outage
+            && (faults.outage_endpoints.is_empty() || faults.outage_endpoints.iter().any(|e| e == endpoint))
+        {
+            return Verdict::ServerError(StatusCode::SERVICE_UNAVAILABLE);
+        }
         let limited = match (self.faults.rate_limit_rps, &self.limiter) {
             (Some(_), Some(limiter)) => limiter.check().is_err(),
             (Some(_), None) => true, // rate_limit_rps == 0
@@ -110,7 +175,7 @@ impl FaultState {
         };
         if limited {
             return Verdict::RateLimited {
-                retry_after_secs: self.faults.retry_after_secs,
+                retry_after: self.faults.retry_after_header(SystemTime::now()),
             };
         }
         if self.faults.error_rate > 0.0 {

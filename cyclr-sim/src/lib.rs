@@ -8,7 +8,7 @@
 //! Tests start it in-process:
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use cyclr_operator::sim::{SimConfig, Simulator};
+//! use cyclr_sim::{SimConfig, Simulator};
 //! let sim = Simulator::start(SimConfig::new("id", "secret"), "127.0.0.1:0".parse()?).await?;
 //! let api_url = sim.base_url(); // http://127.0.0.1:PORT
 //! # sim.shutdown().await;
@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Faults, LostResponse};
+pub use faults::{Faults, LostResponse, RetryAfterForm};
 
 use cyclr::types::{Account, InstalledConnector};
 use faults::FaultState;
@@ -172,7 +172,8 @@ impl SimHandle {
         self.shared.reset_stats();
     }
 
-    /// All accounts, in creation order.
+    /// All accounts as stored, in creation order: `Timezone` included, which List Accounts
+    /// does not return.
     pub fn accounts(&self) -> Vec<Account> {
         self.shared.read_store().accounts().map(|r| r.account.clone()).collect()
     }

@@ -36,9 +36,14 @@ struct Args {
     /// Answer 429 above this many requests per second.
     #[arg(long, env = "CYCLR_SIM_RATE_LIMIT_RPS")]
     rate_limit_rps: Option<u32>,
-    /// Retry-After sent with a 429, in seconds.
-    #[arg(long, env = "CYCLR_SIM_RETRY_AFTER", default_value_t = 1)]
-    retry_after: u64,
+    /// Retry-After sent with a 429, in seconds (0 and negative values are sent as they are).
+    #[arg(
+        long,
+        env = "CYCLR_SIM_RETRY_AFTER",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
+    retry_after: i64,
     /// Apply the next N writes but lose their response (answer 500).
     #[arg(long, env = "CYCLR_SIM_COMMIT_THEN_FAIL", default_value_t = 0)]
     commit_then_fail: u32,

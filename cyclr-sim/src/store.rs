@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Days, Months, SubsecRound, Utc};
+use chrono::{DateTime, Days, Months, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -88,9 +88,10 @@ pub(crate) fn random_hex(blocks: usize) -> String {
     (0..blocks).map(|_| format!("{:032x}", rng.random::<u128>())).collect()
 }
 
-/// Dates go over the wire without fractions; storing them so keeps reads equal to writes.
+/// The legacy API keeps no fractions of a second (it writes `2017-03-09T16:23:08`); storing
+/// dates so makes every read, the state file included, what the real service would return.
 fn whole_seconds(date: CyclrDate) -> CyclrDate {
-    CyclrDate(date.0.trunc_subsecs(0))
+    CyclrDate::whole_seconds(date.0)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -183,7 +184,7 @@ impl Store {
             _ => return Err(ApiError::name_required()),
         };
         let plan = check_price_plan(fields.price_plan_id)?.unwrap_or(DEFAULT_PRICE_PLAN);
-        let last_bill = CyclrDate(now.trunc_subsecs(0));
+        let last_bill = CyclrDate::whole_seconds(now);
         let next_bill = fields
             .next_bill_date
             .map(whole_seconds)

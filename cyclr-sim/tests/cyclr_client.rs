@@ -191,6 +191,8 @@ async fn wrong_credentials_are_unauthorized_and_not_retried() {
         "{error:?}"
     );
     assert!(!error.is_retryable());
+    // Past the shortest backoff a new call asks again (within it, it shares the failure).
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(matches!(
         cyclr.list_accounts().await,
         Err(CyclrError::Unauthorized { .. })
@@ -605,6 +607,264 @@ async fn the_rate_limiter_holds_its_rate_under_many_callers() {
     assert!(elapsed >= Duration::from_millis(7000), "40 calls in {elapsed:?}");
     assert_eq!(sim.stats().requests_to("GET /api/partner/priceplans"), 40);
 }
+
+// ---- normalised values and echoed secrets ----------------------------------------------------
+
+#[tokio::test]
+async fn a_date_with_a_fraction_is_stored_at_whole_seconds_and_compares_equal() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    let desired = CyclrDate::parse("2030-03-09T16:23:08.5Z").unwrap();
+    let fields = AccountFields {
+        next_bill_date: Some(desired),
+        ..named("Dated")
+    };
+    let id = cyclr.create_account(&fields).await.unwrap();
+    let observed = cyclr.list_accounts().await.unwrap()[0].next_bill_date.unwrap();
+    assert_eq!(observed.to_legacy_string(), "2030-03-09T16:23:08");
+    assert_eq!(
+        observed.0.timestamp_subsec_nanos(),
+        0,
+        "the legacy API keeps no fractions"
+    );
+    assert!(desired.same_instant(&observed));
+    assert_eq!(Some(desired), Some(observed), "no drift to correct");
+    // An update with another fraction of the same second changes nothing either.
+    let again = AccountFields {
+        next_bill_date: CyclrDate::parse("2030-03-09T16:23:08.9+00:00"),
+        ..Default::default()
+    };
+    cyclr.update_account(&id, &again).await.unwrap();
+    assert_eq!(sim.accounts()[0].next_bill_date, Some(observed));
+}
+
+#[tokio::test]
+async fn an_install_error_can_carry_the_api_key_it_was_sent() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    let id = cyclr.create_account(&named("Keyed")).await.unwrap();
+    sim.set_faults(Faults {
+        install_error_echoes_credentials: true,
+        ..Faults::default()
+    });
+    let error = cyclr
+        .install_connector(&install_request(&id, "key-0b7e51"))
+        .await
+        .unwrap_err();
+    // The client reports Cyclr's message as it is: scrubbing secrets is the caller's job.
+    assert!(
+        matches!(&error, CyclrError::Validation { status: 400, message } if message.contains("key-0b7e51")),
+        "{error:?}"
+    );
+    assert!(sim.installed_connectors(&id).is_empty());
+}
+
+// ---- the partner's budget: holds, adaptive rate, rebuilt clients ------------------------------
+
+/// A client that makes one attempt per call, so each call meets exactly one answer.
+fn single_attempt(sim: &SimHandle) -> ClientConfig {
+    let mut config = config(sim);
+    config.retry.max_attempts = 1;
+    config
+}
+
+fn hold_of(error: &CyclrError) -> Duration {
+    match error {
+        CyclrError::RateLimited { hold, .. } => *hold,
+        other => panic!("not rate limited: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rotated_credentials_keep_the_hold_and_the_adapted_rate() {
+    let sim = sim().await;
+    let mut config = single_attempt(&sim);
+    config.client_secret = "the-old-secret".into();
+    let old = CyclrClient::new(config.clone()).unwrap();
+    sim.set_faults(Faults {
+        rate_limit_rps: Some(0),
+        retry_after_secs: 1,
+        ..Faults::default()
+    });
+    let refused = old.authenticate().await.unwrap_err();
+    let hold = hold_of(&refused);
+    assert!(hold >= Duration::from_millis(900), "{refused:?}");
+    assert_eq!(old.current_rate(), 500.0, "1000 req/s halved by the 429");
+    sim.set_faults(Faults::default());
+
+    let rotated = old.with_credentials(CLIENT_ID, CLIENT_SECRET.into());
+    assert_eq!(rotated.current_rate(), old.current_rate());
+    let started = Instant::now();
+    rotated.authenticate().await.expect("the new credentials work");
+    assert!(
+        started.elapsed() >= rotated.budget().hold_remaining() + Duration::from_millis(800),
+        "the rebuilt client waited out the old one's hold: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(sim.stats().requests_to(TOKEN), 2, "the refused one and the rotated one");
+
+    // A new URL or rate keeps the budget too; a new rate caps the adapted one.
+    config.requests_per_second = 100;
+    config.client_secret = CLIENT_SECRET.into();
+    let resized = rotated.with_config(config).unwrap();
+    assert_eq!(resized.current_rate(), 100.0);
+    sim.set_faults(Faults {
+        rate_limit_rps: Some(0),
+        retry_after_secs: 30,
+        ..Faults::default()
+    });
+    let held = hold_of(&resized.list_accounts().await.unwrap_err());
+    assert!(held >= Duration::from_secs(29), "{held:?}");
+    let mut moved = single_attempt(&sim);
+    moved.api_url = format!("{}/", sim.base_url());
+    let moved = resized.with_config(moved).unwrap();
+    assert_eq!(
+        moved.current_rate(),
+        50.0,
+        "the adapted rate carries over, under the new 1000"
+    );
+    let still_held = moved.partner_details().await.unwrap_err();
+    assert!(hold_of(&still_held) >= Duration::from_secs(28), "{still_held:?}");
+    assert_eq!(sim.stats().requests_to("GET /api/partner/details"), 0);
+}
+
+#[tokio::test]
+async fn a_failed_token_fetch_is_shared_by_every_caller_waiting_on_it() {
+    let sim = sim().await;
+    sim.set_faults(Faults {
+        outage: Duration::from_secs(60),
+        outage_endpoints: vec![TOKEN.into()],
+        ..Faults::default()
+    });
+    let concurrent_calls = async |cyclr: CyclrClient| {
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let cyclr = cyclr.clone();
+                tokio::spawn(async move { cyclr.list_accounts().await })
+            })
+            .collect();
+        for call in calls {
+            let error = call.await.unwrap().unwrap_err();
+            assert!(matches!(error, CyclrError::Server { status: 503, .. }), "{error:?}");
+        }
+    };
+    concurrent_calls(CyclrClient::new(single_attempt(&sim)).unwrap()).await;
+    assert_eq!(sim.stats().requests_to(TOKEN), 1, "one request for 20 callers");
+
+    // With retries, each round of retries shares one request (two when the jittered
+    // retries of a round spread wider than the shortest backoff), not one per caller.
+    sim.reset_stats();
+    let retrying = config(&sim);
+    let rounds = u64::from(retrying.retry.max_attempts);
+    concurrent_calls(CyclrClient::new(retrying).unwrap()).await;
+    let requests = sim.stats().requests_to(TOKEN);
+    assert!(
+        requests <= 2 * rounds,
+        "{requests} token requests for 20 callers × {rounds} attempts"
+    );
+    assert_eq!(sim.stats().requests_to(LIST), 0);
+}
+
+#[tokio::test]
+async fn retry_after_zero_negative_or_past_holds_for_a_growing_floor() {
+    use cyclr_sim::RetryAfterForm;
+    let sim = sim().await;
+    for (seconds, form) in [
+        (0, RetryAfterForm::Seconds),
+        (-5, RetryAfterForm::Seconds),
+        (-30, RetryAfterForm::HttpDate),
+    ] {
+        sim.set_faults(Faults::default());
+        let cyclr = CyclrClient::new(single_attempt(&sim)).unwrap();
+        cyclr.authenticate().await.unwrap();
+        sim.set_faults(Faults {
+            rate_limit_rps: Some(0),
+            retry_after_secs: seconds,
+            retry_after_form: form,
+            ..Faults::default()
+        });
+        sim.reset_stats();
+        let first = cyclr.list_accounts().await.unwrap_err();
+        let hold = hold_of(&first);
+        assert!(
+            hold >= Duration::from_millis(990) && hold <= Duration::from_millis(1500),
+            "{seconds} {form:?}: {first:?}"
+        );
+        assert_eq!(first.retry_after(), Some(hold), "what the operator requeues after");
+        if seconds == 0 {
+            // The next call waits out the hold, is refused again, and the floor doubles.
+            let started = Instant::now();
+            let second = cyclr.list_accounts().await.unwrap_err();
+            assert!(
+                started.elapsed() >= hold - Duration::from_millis(20),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(hold_of(&second) >= Duration::from_millis(1990), "{second:?}");
+            assert_eq!(cyclr.current_rate(), 250.0, "halved twice");
+        }
+        assert!(sim.stats().requests_to(LIST) <= 2, "no spinning on a zero hold");
+    }
+
+    // A huge Retry-After is capped at five minutes.
+    sim.set_faults(Faults {
+        rate_limit_rps: Some(0),
+        retry_after_secs: 86_400,
+        ..Faults::default()
+    });
+    let cyclr = CyclrClient::new(single_attempt(&sim)).unwrap();
+    let capped = cyclr.authenticate().await.unwrap_err();
+    assert_eq!(hold_of(&capped), cyclr::budget::MAX_HOLD, "{capped:?}");
+    assert!(
+        matches!(capped, CyclrError::RateLimited { retry_after: Some(wait), .. } if wait == Duration::from_secs(86_400))
+    );
+}
+
+/// The simulator allows a fifth of the client's configured rate (issue 8 row 8: 2 req/s
+/// against a `rateLimit` of 10; here 10 against 50, the same overload in a fifth of the time):
+/// the adaptive rate keeps the share of requests refused small. Without it (a fixed 50 req/s
+/// limiter, the 429 hold alone) 21 % were refused in a measured run; with it, 5–8 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_adapts_to_a_partner_that_allows_less_than_configured() {
+    let sim = sim().await;
+    let mut config = ClientConfig::new(sim.base_url(), CLIENT_ID, CLIENT_SECRET.into());
+    config.requests_per_second = 5 * SIM_RATE;
+    config.retry.max_elapsed = Duration::from_secs(120);
+    config.retry.max_attempts = 10;
+    let cyclr = CyclrClient::new(config).unwrap();
+    assert_eq!(cyclr.current_rate(), f64::from(5 * SIM_RATE));
+    sim.set_faults(Faults {
+        rate_limit_rps: Some(SIM_RATE),
+        ..Faults::default()
+    });
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let cyclr = cyclr.clone();
+            tokio::spawn(async move {
+                for _ in 0..CALLS / 4 {
+                    cyclr.price_plans().await.expect("every call gets through");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let stats = sim.stats();
+    let refused = stats.responses.get(&429).copied().unwrap_or(0);
+    let share = refused as f64 / stats.total_requests() as f64;
+    eprintln!(
+        "{refused} of {} requests answered 429 ({:.1} %), rate now {:.2} req/s",
+        stats.total_requests(),
+        share * 100.0,
+        cyclr.current_rate()
+    );
+    assert!(share < 0.12, "{refused} of {} requests refused", stats.total_requests());
+    assert!(cyclr.current_rate() < f64::from(5 * SIM_RATE));
+}
+
+const CALLS: usize = 100;
+const SIM_RATE: u32 = 10;
 
 // ---- secrets -------------------------------------------------------------------------------
 

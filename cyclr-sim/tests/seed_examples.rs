@@ -421,3 +421,49 @@ fn unknown_fields_are_ignored() {
         serde_json::from_value(json!({ "Token": "t", "ExpiresAtUtc": "2016-11-18T10:50:45Z", "Url": "x" })).unwrap();
     assert_eq!(token.token.expose_secret(), "t");
 }
+
+// ---- normalised comparisons ------------------------------------------------------------------
+
+#[test]
+fn dates_that_denote_the_same_second_are_equal() {
+    use std::collections::HashSet;
+    let forms = [
+        "2030-03-09T16:23:08.5Z",
+        "2030-03-09T16:23:08",
+        "2030-03-09T16:23:08.0000000Z",
+        "2030-03-09T16:23:08+00:00",
+        "2030-03-09T17:23:08.999+01:00",
+    ];
+    let dates: Vec<CyclrDate> = forms.iter().map(|f| CyclrDate::parse(f).unwrap()).collect();
+    for (form, date) in forms.iter().zip(&dates) {
+        assert_eq!(*date, dates[1], "{form}");
+        assert!(date.same_instant(&dates[1]), "{form}");
+        assert_eq!(date.cmp(&dates[1]), std::cmp::Ordering::Equal, "{form}");
+        assert_eq!(date.to_rfc3339(), "2030-03-09T16:23:08Z", "{form}");
+        assert_eq!(date.to_legacy_string(), "2030-03-09T16:23:08", "{form}");
+    }
+    assert_eq!(
+        dates.iter().collect::<HashSet<_>>().len(),
+        1,
+        "hashes agree with equality"
+    );
+    let next_second = CyclrDate::parse("2030-03-09T16:23:09").unwrap();
+    assert!(!next_second.same_instant(&dates[0]) && next_second > dates[0]);
+    // The normalising constructor drops the fraction the legacy API does not keep.
+    let stored = CyclrDate::whole_seconds(dates[0].0);
+    assert_eq!(stored.0, dates[1].0);
+}
+
+#[test]
+fn price_plan_ids_compare_as_numbers_whatever_their_form() {
+    let from_string: PricePlanId = "2".parse().unwrap();
+    let from_padded: PricePlanId = " 2 ".parse().unwrap();
+    let from_json_string: PricePlanId = serde_json::from_value(json!("2")).unwrap();
+    let from_json_number: PricePlanId = serde_json::from_value(json!(2)).unwrap();
+    assert!(
+        [from_string, from_padded, from_json_string, from_json_number]
+            .iter()
+            .all(|id| *id == PricePlanId(2))
+    );
+    assert!("two".parse::<PricePlanId>().is_err());
+}
