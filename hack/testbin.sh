@@ -14,7 +14,7 @@ bin="$root/bin"
 work="$bin/.build"
 mkdir -p "$bin" "$work"
 
-command -v go >/dev/null || { echo "testbin: Go is required to build kube-apiserver, etcd and helm (install Go 1.24+)" >&2; exit 1; }
+command -v go >/dev/null || { echo "testbin: Go is required to build kube-apiserver, etcd, helm and kstatus (install Go 1.24+)" >&2; exit 1; }
 
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 

@@ -35,26 +35,31 @@ func run(in io.Reader, out io.Writer) error {
 	decoder := yaml.NewYAMLOrJSONDecoder(in, 4096)
 	encoder := json.NewEncoder(out)
 	for {
-		var doc map[string]interface{}
-		if err := decoder.Decode(&doc); errors.Is(err, io.EOF) {
+		var raw json.RawMessage
+		if err := decoder.Decode(&raw); errors.Is(err, io.EOF) {
 			return nil
 		} else if err != nil {
 			return fmt.Errorf("decode: %w", err)
 		}
-		if doc == nil {
+		if len(raw) == 0 || string(raw) == "null" {
 			continue
 		}
-		objects := []map[string]interface{}{doc}
-		if items, ok := doc["items"].([]interface{}); ok {
-			objects = objects[:0]
-			for _, item := range items {
-				if obj, ok := item.(map[string]interface{}); ok {
-					objects = append(objects, obj)
-				}
-			}
+		// The unstructured JSON scheme keeps integers as int64, as kstatus expects.
+		decoded, _, err := unstructured.UnstructuredJSONScheme.Decode(raw, nil, nil)
+		if err != nil {
+			return fmt.Errorf("decode: %w", err)
 		}
-		for _, obj := range objects {
-			u := &unstructured.Unstructured{Object: obj}
+		var objects []unstructured.Unstructured
+		switch obj := decoded.(type) {
+		case *unstructured.UnstructuredList:
+			objects = obj.Items
+		case *unstructured.Unstructured:
+			objects = []unstructured.Unstructured{*obj}
+		default:
+			return fmt.Errorf("decode: unexpected %T", decoded)
+		}
+		for i := range objects {
+			u := &objects[i]
 			computed, err := status.Compute(u)
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)

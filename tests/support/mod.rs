@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod kstatus;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
