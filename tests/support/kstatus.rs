@@ -5,11 +5,13 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// The kstatus status (`Current`, `InProgress`, `Failed`, ...) and message for one object
-/// (a full object as JSON, with `apiVersion`, `kind`, `metadata` and `status`). Panics,
-/// saying to run `make testbin`, when `bin/kstatus` is missing.
+/// (a full object as JSON, with `apiVersion`, `kind`, `metadata` and `status`). The binary
+/// is looked up where the control plane's are (`bin/`, or `$CYCLR_TESTBIN`). Panics, saying
+/// to run `make testbin`, when it is missing.
 pub fn kstatus(obj: &serde_json::Value) -> (String, String) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bin/kstatus");
-    let mut child = Command::new(path)
+    let path = cyclr_testenv::control_plane::testbin_dir().join("kstatus");
+    let path = path.display();
+    let mut child = Command::new(path.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
