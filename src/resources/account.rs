@@ -33,7 +33,7 @@ pub struct CyclrAccountSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("partnerRef is immutable: an account cannot move to another partner; create a new resource instead"))]
     pub partner_ref: NameRef,
     /// The account name in Cyclr (at most 255 characters, no leading or trailing
-    /// whitespace); defaults to `metadata.name`. Cyclr does not require names to be unique.
+    /// whitespace); defaults to `metadata.name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 255))]
     #[x_kube(validation = super::trimmed())]
