@@ -1,4 +1,5 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -97,8 +98,8 @@ fn default_partner_ref() -> NameRef {
 
 /// CEL: the date part of `nextBillDate` (the pattern has checked its shape) exists in the
 /// calendar: day 31 only in long months, 29 February only in leap years.
-fn real_calendar_date() -> kube::core::Rule {
-    kube::core::Rule::new(
+fn real_calendar_date() -> Rule {
+    Rule::new(
         "!self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}') || int(self.substring(8, 10)) <= \
          (self.substring(5, 7) == '02' \
            ? ((int(self.substring(0, 4)) % 4 == 0 && (int(self.substring(0, 4)) % 100 != 0 || int(self.substring(0, 4)) % 400 == 0)) ? 29 : 28) \

@@ -1,5 +1,5 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use kube::core::Duration;
+use kube::core::{Duration, Rule};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -26,9 +26,7 @@ pub struct CyclrPartnerSpec {
     /// characters, without credentials, query or fragment; a path prefix is allowed.
     #[serde(rename = "apiURL")]
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("must be an absolute http:// or https:// URL, e.g. https://api.cyclr.com"))]
-    #[x_kube(validation = Rule::new("!self.matches('^[^/]*//[^/]*@')").message("must not carry credentials (user:password@): they belong in credentialsSecretRef"))]
-    #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#')").message("must not have a query or fragment (a path prefix is fine)"))]
+    #[x_kube(validation = http_url(), validation = no_credentials_in_url(), validation = no_query_in_url())]
     pub api_url: String,
     /// The Secret with the partner's OAuth client credentials. It is read from the
     /// operator's own namespace only, and must carry the label `cyclr.com/credentials: "true"`.
@@ -50,6 +48,26 @@ pub struct CyclrPartnerSpec {
     #[serde(default = "default_usage_interval")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("usageInterval must be at least 10s"))]
     pub usage_interval: Duration,
+}
+
+// The rules of a Cyclr base URL, for every URL field of the partner.
+
+/// CEL: an absolute http(s) URL with a host.
+fn http_url() -> Rule {
+    Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''")
+        .message("must be an absolute http:// or https:// URL, e.g. https://api.cyclr.com")
+}
+
+/// CEL: no `user:password@` before the host.
+fn no_credentials_in_url() -> Rule {
+    Rule::new("!self.matches('^[^/]*//[^/]*@')")
+        .message("must not carry credentials (user:password@): they belong in credentialsSecretRef")
+}
+
+/// CEL: no query or fragment, which the client would drop or mangle when joining paths.
+fn no_query_in_url() -> Rule {
+    Rule::new("!self.contains('?') && !self.contains('#')")
+        .message("must not have a query or fragment (a path prefix is fine)")
 }
 
 fn default_resync_interval() -> Duration {
