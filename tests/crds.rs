@@ -20,6 +20,9 @@ fn crds_carry_names_columns_and_validation() {
         "shortNames:\n    - cyci",
         "- cyclr",
         "name: Account-ID",
+        "jsonPath: .status.accountID",
+        "jsonPath: .status.pricePlanID",
+        "jsonPath: .spec.apiURL",
         "x-kubernetes-validations",
         "subresources:\n      status: {}",
     ] {
