@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd and helm from their official Go modules into bin/.
+# Builds kube-apiserver, etcd and helm from their official Go modules into bin/, and
+# bin/kstatus (hack/kstatus/main.go) on the kstatus library of sigs.k8s.io/cli-utils.
 # Each binary is rebuilt only when its pinned version changes (a stamp file per binary).
 set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CLI_UTILS_VERSION="${CLI_UTILS_VERSION:-v0.37.2}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/bin"
 work="$bin/.build"
 mkdir -p "$bin" "$work"
 
-command -v go >/dev/null || { echo "testbin: Go is required to build kube-apiserver, etcd and helm (install Go 1.24+)" >&2; exit 1; }
+command -v go >/dev/null || { echo "testbin: Go is required to build kube-apiserver, etcd, helm and kstatus (install Go 1.24+)" >&2; exit 1; }
 
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
@@ -73,14 +75,32 @@ build_go_main() { # name version module package
   stamp "$name" "$v"
 }
 
+# Our own small program on a pinned library: the stamp also covers the source, so an edit
+# of main.go rebuilds it.
+build_kstatus() {
+  local src="$root/hack/kstatus/main.go" v
+  v="$CLI_UTILS_VERSION-$(sha256sum "$src" | cut -c1-12)"
+  up_to_date kstatus "$v" && return
+  echo "testbin: building kstatus (sigs.k8s.io/cli-utils $CLI_UTILS_VERSION)"
+  local dir="$work/kstatus"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  printf 'module local/kstatus\n\ngo 1.24\n' > go.mod
+  cp "$src" main.go
+  go get "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION" >/dev/null 2>&1 || go get "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION"
+  go mod tidy >/dev/null 2>&1 || go mod tidy
+  go build -trimpath -ldflags "-s -w" -o "$bin/kstatus" .
+  stamp kstatus "$v"
+}
+
 targets=("$@")
-[ $# -gt 0 ] || targets=(etcd kube-apiserver helm)
+[ $# -gt 0 ] || targets=(etcd kube-apiserver helm kstatus)
 for t in "${targets[@]}"; do
   case "$t" in
     kube-apiserver) build_kube_apiserver ;;
     etcd) build_go_main etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ;;
     helm) build_go_main helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
+    kstatus) build_kstatus ;;
     *) echo "testbin: unknown target $t" >&2; exit 2 ;;
   esac
 done
-echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION)"
+echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION)"

@@ -236,7 +236,7 @@ impl CyclrClient {
         Self::build(config, Arc::new(budget), None)
     }
 
-    /// A client for a changed configuration (`apiUrl`, credentials, timeout, retry policy)
+    /// A client for a changed configuration (API URL, credentials, timeout, retry policy)
     /// that keeps this client's request budget and observer: the 429 hold, the adapted rate
     /// and the limiter's state carry over. A changed `requests_per_second` or `burst` gives a
     /// budget with the new quota that still carries the hold and the adapted rate
@@ -286,7 +286,7 @@ impl CyclrClient {
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-            // A redirect would turn a POST into a GET and hide a wrong apiUrl: report it instead.
+            // A redirect would turn a POST into a GET and hide a wrong API URL: report it instead.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cyclr-operator/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -513,7 +513,7 @@ impl CyclrClient {
                 // OAuth answers refused client credentials with 400 (RFC 6749 §5.2) or 401.
                 CyclrError::Validation { message, .. } => CyclrError::Unauthorized { message },
                 CyclrError::NotFound { .. } => CyclrError::Config(format!(
-                    "no OAuth token endpoint under {}: check apiUrl",
+                    "no OAuth token endpoint under {}: check the API URL",
                     self.inner.base
                 )),
                 error => error,
@@ -587,13 +587,13 @@ impl CyclrClient {
 }
 
 fn parse_base_url(api_url: &str) -> Result<Url> {
-    let url = Url::parse(api_url.trim()).map_err(|e| CyclrError::Config(format!("apiUrl {api_url:?}: {e}")))?;
+    let url = Url::parse(api_url.trim()).map_err(|e| CyclrError::Config(format!("API URL {api_url:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(CyclrError::Config(format!("apiUrl {api_url:?} is not an http(s) URL")));
+        return Err(CyclrError::Config(format!("API URL {api_url:?} is not an http(s) URL")));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(CyclrError::Config(format!(
-            "apiUrl {api_url:?} must not have a query or fragment"
+            "API URL {api_url:?} must not have a query or fragment"
         )));
     }
     Ok(url)
@@ -627,7 +627,7 @@ fn error_for_status(status: StatusCode, headers: &HeaderMap, body: &[u8], now: S
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or("?");
             CyclrError::Config(format!(
-                "Cyclr redirects ({code}) to {location}: set apiUrl to the final URL"
+                "Cyclr redirects ({code}) to {location}: use the final URL as the API URL"
             ))
         }
         _ => CyclrError::Server {

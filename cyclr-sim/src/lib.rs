@@ -145,7 +145,7 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
-    /// `http://127.0.0.1:PORT`, the simulator's `apiUrl`.
+    /// `http://127.0.0.1:PORT`, the simulator's API URL.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -177,12 +177,17 @@ impl Reconciler for CyclrAccount {
             observed._name_guard = Some(runtime.lock_name(&self.cyclr_name()).await);
         }
         let snapshot = match refresh {
-            Some(after) => Some(
+            Some(after) => Some({
+                // A list must be taken after `after` (at most a second away): wait for it
+                // rather than list again and again.
+                if let Ok(wait) = (after - Utc::now()).to_std() {
+                    tokio::time::sleep(wait).await;
+                }
                 runtime
                     .snapshot_since(after)
                     .await
-                    .map_err(Failure::cyclr("listing the partner's accounts"))?,
-            ),
+                    .map_err(Failure::cyclr("listing the partner's accounts"))?
+            }),
             None => runtime.snapshot().await,
         };
         let name = self.cyclr_name();
@@ -337,12 +342,10 @@ pub fn desired_fields(spec: &CyclrAccountSpec, name: String, plans: &[PricePlan]
     let next_bill_date = match &spec.next_bill_date {
         None => None,
         Some(text) => Some(
-            // The legacy API keeps whole seconds: compare at that precision.
-            CyclrDate::parse(text)
-                .and_then(|d| d.0.with_nanosecond(0).map(CyclrDate))
-                .ok_or_else(|| {
-                    Health::stalled(Reason::InvalidSpec, format!("spec.nextBillDate {text:?} is not a date"))
-                })?,
+            // CyclrDate compares at the legacy API's precision (whole seconds, UTC).
+            CyclrDate::parse(text).ok_or_else(|| {
+                Health::stalled(Reason::InvalidSpec, format!("spec.nextBillDate {text:?} is not a date"))
+            })?,
         ),
     };
     Ok(AccountFields {
@@ -441,6 +444,10 @@ pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
         }
         PartnerView::Ready { plans, snapshot, .. } => (plans, snapshot.as_deref()),
     };
+    // What CEL cannot check (the IANA zone database), before any Cyclr call.
+    if let Err(invalid) = crate::resources::validate_account_spec(spec) {
+        return report(Health::stalled(Reason::InvalidSpec, invalid.to_string()));
+    }
     let desired = match desired_fields(spec, account.cyclr_name(), plans) {
         Ok(desired) => desired,
         Err(health) => return report(health),
@@ -665,8 +672,8 @@ pub fn with_account(previous: CyclrAccountStatus, account: &Account, usage: Opti
     CyclrAccountStatus {
         account_id: Some(account.id.clone()),
         price_plan_id: account.price_plan_id.map(|p| p.0).or(previous.price_plan_id),
-        last_bill_date: account.last_bill_date.map(|d| d.to_legacy_string()),
-        next_bill_date: account.next_bill_date.map(|d| d.to_legacy_string()),
+        last_bill_date: account.last_bill_date.map(|d| d.to_rfc3339()),
+        next_bill_date: account.next_bill_date.map(|d| d.to_rfc3339()),
         usage: usage.or(previous.usage.clone()),
         ..previous
     }
@@ -676,8 +683,8 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
     UsageStatus {
         task_count: usage.task_count,
         cycle_count: usage.cycle_count,
-        from_date: usage.from_date.map(|d| d.to_legacy_string()),
-        to_date: usage.to_date.map(|d| d.to_legacy_string()),
+        from_date: usage.from_date.map(|d| d.to_rfc3339()),
+        to_date: usage.to_date.map(|d| d.to_rfc3339()),
         current_price_plan_id: usage.current_price_plan_id.map(|p| p.0),
     }
 }

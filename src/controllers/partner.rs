@@ -117,9 +117,7 @@ impl Reconciler for CyclrPartner {
                 // backoff, accounts keep going. Refused credentials stop them.
                 if !error.is_retryable() || !was_ready {
                     runtime.set_state(PartnerState::NotReady(ctx.scrub(&error.to_string())));
-                    if was_ready {
-                        ctx.wake_partner(&name);
-                    }
+                    ctx.wake_partner(&name);
                 }
                 Err(Failure::Cyclr {
                     action: "checking the partner",
@@ -248,8 +246,13 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
     let mut config = ClientConfig::new(spec.api_url.clone(), client_id, SecretString::from(client_secret));
     config.requests_per_second = spec.rate_limit.requests_per_second;
     config.burst = spec.rate_limit.burst;
-    let client = match CyclrClient::new(config) {
-        Ok(client) => client.with_observer(ctx.metrics.cyclr_observer(&name)),
+    // A changed partner keeps its rate budget: the limiter, a 429's hold, the adapted rate.
+    let built = match &existing {
+        Some(old) => old.client.with_config(config),
+        None => CyclrClient::new(config).map(|c| c.with_observer(ctx.metrics.cyclr_observer(&name))),
+    };
+    let client = match built {
+        Ok(client) => client,
         Err(e) => return Ok(Err(Health::stalled(Reason::InvalidConfiguration, e.to_string()))),
     };
     let mut runtime = PartnerRuntime::new(
@@ -323,7 +326,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrPartner",
             "metadata": {"name": "p", "generation": 1},
-            "spec": {"apiUrl": "https://api.cyclr.example", "credentialsSecretRef": {"name": "c"}}
+            "spec": {"apiURL": "https://api.cyclr.example", "credentialsSecretRef": {"name": "c"}}
         }))
         .unwrap()
     }

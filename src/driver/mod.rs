@@ -106,6 +106,9 @@ pub trait Reconciler:
     fn forget(_ctx: &Context, _meta: &ObjectMeta) {}
 }
 
+/// Observe → decide rounds in one reconcile (a fresher list may be asked for once or twice).
+const MAX_LOOKS: u32 = 3;
+
 /// How often a resource stalled on another object is looked at again.
 const RECHECK: Duration = Duration::from_secs(300);
 
@@ -270,12 +273,16 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
     }
 
     let mut refresh = None;
+    let mut looks = 0;
     let (observed, plan) = loop {
+        looks += 1;
         let observed = match obj.observe(ctx, refresh.take()).await {
             Ok(observed) => observed,
             Err(failure) => return failed(obj, ctx, &previous, previous.clone(), failure).await,
         };
         match obj.decide(&observed) {
+            // Bounded: a kind that keeps asking for a fresher look waits for the next reconcile.
+            Plan::Refresh(_) if looks >= MAX_LOOKS => return Ok(Action::requeue(Duration::from_secs(1))),
             Plan::Refresh(again) => refresh = Some(again),
             plan => break (observed, plan),
         }
@@ -293,7 +300,10 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
             event,
         } => {
             let mut base = previous.clone();
-            if let Some(pending) = pending {
+            if let Some(mut pending) = pending {
+                // Stamped now, after every list `decide` read: a later list taken after this
+                // time shows whatever the write did.
+                pending.since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
                 status.set_pending(Some(pending));
                 let progress = match K::kind(&()).as_ref() {
                     "CyclrConnectorInstall" => Health::progressing(Reason::Installing, "installing the connector"),

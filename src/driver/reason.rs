@@ -104,7 +104,10 @@ impl Reason {
     pub fn waits_for_spec(self) -> bool {
         !matches!(
             self,
-            Reason::AccountClaimed | Reason::PartnerNotAllowed | Reason::InstalledNameInUse
+            Reason::AccountClaimed
+                | Reason::PartnerNotAllowed
+                | Reason::InstalledNameInUse
+                | Reason::AuthenticationFailed
         )
     }
 }
@@ -168,7 +171,8 @@ pub fn health_of(failure: &Failure) -> super::Health {
             match error {
                 CyclrError::Validation { .. } => Health::stalled(Reason::CyclrRejected, message),
                 CyclrError::NotFound { .. } => Health::stalled(Reason::ExternalAccountMissing, message),
-                CyclrError::Unauthorized { .. } => Health::failing(Reason::AuthenticationFailed, message),
+                // Refused credentials need a human; rechecked when the Secret changes.
+                CyclrError::Unauthorized { .. } => Health::stalled(Reason::AuthenticationFailed, message),
                 CyclrError::Config(_) => Health::stalled(Reason::InvalidConfiguration, message),
                 CyclrError::RateLimited { .. } => Health::failing(Reason::RateLimited, message),
                 _ => Health::failing(Reason::CyclrUnavailable, message),
@@ -202,6 +206,7 @@ mod tests {
             action: "the account update",
             error: CyclrError::RateLimited {
                 retry_after: Some(std::time::Duration::from_secs(60)),
+                hold: std::time::Duration::from_secs(60),
             },
         });
         assert_eq!(limited.reason(), Reason::RateLimited);

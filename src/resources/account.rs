@@ -1,4 +1,5 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -15,47 +16,78 @@ use super::{NameRef, PendingWrite};
     shortname = "cya",
     category = "cyclr",
     status = "CyclrAccountStatus",
-    printcolumn = r#"{"name":"Account-ID","type":"string","jsonPath":".status.accountId"}"#,
+    printcolumn = r#"{"name":"Account-ID","type":"string","jsonPath":".status.accountID"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Plan","type":"integer","jsonPath":".status.pricePlanId"}"#,
+    printcolumn = r#"{"name":"Plan","type":"integer","jsonPath":".status.pricePlanID"}"#,
     printcolumn = r#"{"name":"Tasks","type":"integer","jsonPath":".status.usage.taskCount"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("!has(oldSelf.accountId) || (has(self.accountId) && self.accountId == oldSelf.accountId)").message("accountId is immutable once set"))]
-#[x_kube(validation = Rule::new("self.managementPolicy != 'ObserveOnly' || has(self.accountId)").message("managementPolicy ObserveOnly needs spec.accountId: the operator never creates an account it only observes"))]
-#[x_kube(validation = Rule::new("self.deletionPolicy != 'Delete'").message("deletionPolicy Delete is not supported: the Cyclr Partner API cannot delete accounts; use Orphan"))]
+#[x_kube(validation = Rule::new("has(self.accountID) == has(oldSelf.accountID) && (!has(self.accountID) || self.accountID == oldSelf.accountID)").field_path(".accountID").message("accountID can only be set when the resource is created: it cannot be added, changed or removed later (create a new resource to adopt another account)"))]
+#[x_kube(validation = Rule::new("self.managementPolicy != 'ObserveOnly' || has(self.accountID)").field_path(".managementPolicy").message("managementPolicy ObserveOnly needs spec.accountID: the operator never creates an account it only observes"))]
+#[x_kube(validation = Rule::new("self.deletionPolicy != 'Delete'").field_path(".deletionPolicy").message("deletionPolicy Delete is not supported: the Cyclr Partner API cannot delete accounts; use Orphan"))]
 #[serde(rename_all = "camelCase")]
 pub struct CyclrAccountSpec {
-    /// The CyclrPartner this account belongs to.
+    /// The cluster-scoped CyclrPartner this account belongs to; `default` when omitted.
+    /// Immutable: an account cannot move to another partner.
     #[serde(default = "default_partner_ref")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("partnerRef is immutable: an account cannot move to another partner; create a new resource instead"))]
     pub partner_ref: NameRef,
-    /// The account name in Cyclr; defaults to `metadata.name`.
+    /// The account name in Cyclr (at most 255 characters, no leading or trailing
+    /// whitespace); defaults to `metadata.name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(max = 255))]
+    #[x_kube(validation = super::trimmed())]
     pub name: Option<String>,
+    /// Free text shown in the Cyclr console (at most 1000 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1000))]
     pub description: Option<String>,
-    /// An IANA time zone name such as `Europe/London`.
+    /// An IANA time zone name such as `Europe/London` or `UTC` (at most 64 characters).
+    /// The shape is checked at admission; the operator checks the name against the time
+    /// zone database before any Cyclr call (Stalled `InvalidSpec` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(UTC|GMT|[A-Z][A-Za-z_]+(/[A-Za-z0-9_+\-]+){1,2})$"))]
+    #[schemars(
+        length(max = 64),
+        regex(pattern = r"^(UTC|GMT|[A-Z][A-Za-z_]+(/[A-Za-z0-9_+\-]+){1,2})$")
+    )]
     pub timezone: Option<String>,
+    /// The Cyclr price plan, by `id` or by `name`; omitted: Cyclr's default plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_plan: Option<PricePlanRef>,
-    /// `2017-03-09T16:23:08` (UTC) or a date `2017-03-09`.
+    /// The next bill date, in UTC: a date `2030-03-09` (midnight) or a date and time
+    /// `2030-03-09T16:23:08`, with optional fraction of a second and optional `Z`. It must be
+    /// a real calendar date. Sent on create and when this value changes; Cyclr moving the
+    /// date forward as it bills is not undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?Z?)?$"))]
+    #[schemars(
+        length(max = 35),
+        regex(
+            pattern = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])(T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?Z?)?$"
+        )
+    )]
+    #[x_kube(validation = real_calendar_date())]
     pub next_bill_date: Option<String>,
+    /// Free text Cyclr stores with the account for audits (at most 1000 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1000))]
     pub audit_info: Option<String>,
-    /// Adopt this existing Cyclr account instead of creating one. Immutable once set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    /// Adopt this existing Cyclr account (its id, an opaque string of at most 64
+    /// characters) instead of creating one. Only when the resource is created: it cannot
+    /// be added, changed or removed later.
+    #[serde(default, rename = "accountID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = super::trimmed())]
     pub account_id: Option<String>,
+    /// `Full` (default): create or adopt the account and keep it as the spec says.
+    /// `ObserveOnly`: read and report only, never write to Cyclr (needs `accountID`).
     #[serde(default)]
     pub management_policy: ManagementPolicy,
+    /// What deleting this resource does to the Cyclr account. Only `Orphan` (default,
+    /// the account is left as it is) is accepted: the Partner API cannot delete accounts.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Whether the operator reads the account's usage into `status.usage`.
     #[serde(default)]
     pub usage: UsageSpec,
 }
@@ -64,17 +96,35 @@ fn default_partner_ref() -> NameRef {
     NameRef { name: "default".into() }
 }
 
-/// A price plan by id or by name (resolved through Get Price Plans).
+/// CEL: the date part of `nextBillDate` (the pattern has checked its shape) exists in the
+/// calendar: day 31 only in long months, 29 February only in leap years.
+fn real_calendar_date() -> Rule {
+    Rule::new(
+        "!self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}') || int(self.substring(8, 10)) <= \
+         (self.substring(5, 7) == '02' \
+           ? ((int(self.substring(0, 4)) % 4 == 0 && (int(self.substring(0, 4)) % 100 != 0 || int(self.substring(0, 4)) % 400 == 0)) ? 29 : 28) \
+           : (self.substring(5, 7) in ['04', '06', '09', '11'] ? 30 : 31))",
+    )
+    .message("must be a real calendar date (YYYY-MM-DD, e.g. no 30 February)")
+}
+
+/// A price plan by id or by name (resolved through Get Price Plans). Exactly one of the two.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[x_kube(validation = Rule::new("has(self.id) != has(self.name)").message("pricePlan needs exactly one of id or name"))]
 pub struct PricePlanRef {
+    /// The price plan's id in Cyclr, a positive integer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2147483647))]
     pub id: Option<i64>,
+    /// The price plan's name as the partner console shows it (at most 255 characters);
+    /// the operator looks its id up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 255))]
+    #[x_kube(validation = super::trimmed())]
     pub name: Option<String>,
 }
 
+/// Which Cyclr writes the operator may make for an account.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ManagementPolicy {
     /// Create, adopt and update the account.
@@ -84,17 +134,21 @@ pub enum ManagementPolicy {
     ObserveOnly,
 }
 
+/// What happens to the Cyclr account when its resource is deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DeletionPolicy {
     /// Deleting the resource leaves the Cyclr account as it is.
     #[default]
     Orphan,
-    /// Delete the Cyclr account too. Needs an API that can delete accounts.
+    /// Delete the Cyclr account too. Refused at admission: the Partner API cannot delete accounts.
     Delete,
 }
 
+/// Usage reporting for one account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UsageSpec {
+    /// Read the account's task and cycle counts (one Get Account Usage per partner
+    /// `usageInterval`); default true.
     #[serde(default = "default_true")]
     pub enabled: bool,
 }
@@ -109,41 +163,56 @@ fn default_true() -> bool {
     true
 }
 
+/// What the operator last observed of the Cyclr account and did about it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CyclrAccountStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The Cyclr account id this resource stands for (an opaque string), once created or adopted.
+    #[serde(default, rename = "accountID", skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
+    /// kstatus conditions `Ready`, `Reconciling` and `Stalled`; see docs/operator.md for
+    /// the reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The account's price plan id as Cyclr reports it.
+    #[serde(default, rename = "pricePlanID", skip_serializing_if = "Option::is_none")]
     pub price_plan_id: Option<i64>,
+    /// The last bill date as Cyclr reports it (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_bill_date: Option<String>,
+    /// The next bill date as Cyclr reports it (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_bill_date: Option<String>,
+    /// The account's usage in its current billing period, when `spec.usage.enabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageStatus>,
-    /// When the operator last changed something, in Cyclr or in this status.
+    /// When the operator last changed something, in Cyclr or in this status (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
-    /// Set while an Create Account is in flight or its outcome is unknown.
+    /// Set while a Create Account is in flight or its outcome is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_create: Option<PendingWrite>,
 }
 
+/// Get Account Usage for the current period.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageStatus {
+    /// Tasks run in the period.
     pub task_count: u64,
+    /// Cycles counted in the period, as Cyclr reports them.
     pub cycle_count: u64,
+    /// Start of the period (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_date: Option<String>,
+    /// End of the period (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_date: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The price plan id the usage is billed under.
+    #[serde(default, rename = "currentPricePlanID", skip_serializing_if = "Option::is_none")]
     pub current_price_plan_id: Option<i64>,
 }
 

@@ -22,29 +22,39 @@ use super::{NameRef, PendingWrite};
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("has(self.installedName) == has(oldSelf.installedName) && (!has(self.installedName) || self.installedName == oldSelf.installedName)").field_path(".installedName").message("installedName is immutable: the Partner API cannot rename an install; create a new resource instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct CyclrConnectorInstallSpec {
     /// The CyclrAccount (same namespace) to install into. Immutable: the API cannot move an install.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("accountRef is immutable"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("accountRef is immutable: the Partner API cannot move an install to another account"))]
     pub account_ref: NameRef,
-    /// Immutable.
-    #[schemars(length(min = 1))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("connectorName is immutable"))]
+    /// The connector's name in the Cyclr connector library, e.g. `Slack` (at most 255
+    /// characters). Immutable.
+    #[schemars(length(max = 255))]
+    #[x_kube(validation = super::trimmed())]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("connectorName is immutable: the Partner API cannot change an install"))]
     pub connector_name: String,
-    /// Immutable.
-    #[schemars(length(min = 1))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("connectorVersion is immutable"))]
+    /// The connector's version in the library, e.g. `v1` (at most 64 characters). Immutable.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = super::trimmed())]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("connectorVersion is immutable: the Partner API cannot change an install"))]
     pub connector_version: String,
-    /// The installed connector's name in the account; defaults to `metadata.name`.
+    /// The installed connector's name in the account (at most 255 characters); defaults
+    /// to `metadata.name`. Unique within an account. Immutable: the Partner API cannot
+    /// rename an install.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 255))]
+    #[x_kube(validation = super::trimmed())]
     pub installed_name: Option<String>,
     /// How the connector authenticates; omit for none. OAuth connectors cannot be
-    /// installed through this API.
+    /// installed through this API. Credentials are sent once, with the install: the
+    /// Partner API cannot change them afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<ConnectorAuthSpec>,
 }
 
+/// The connector's credentials, from a Secret in the install's namespace labelled
+/// `cyclr.com/credentials: "true"`. At most one form.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[x_kube(validation = Rule::new("!(has(self.apiKeySecretRef) && has(self.basicAuthSecretRef))").message("auth takes at most one of apiKeySecretRef and basicAuthSecretRef"))]
 #[serde(rename_all = "camelCase")]
@@ -57,11 +67,17 @@ pub struct ConnectorAuthSpec {
     pub basic_auth_secret_ref: Option<BasicAuthSecretRef>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Where an API key is kept.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeySecretRef {
-    #[schemars(length(min = 1))]
+    /// The Secret's name, in the install's namespace.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = super::object_name())]
     pub name: String,
+    /// The data key holding the API key; default `apiKey`.
     #[serde(default = "default_api_key_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = super::secret_key())]
     pub key: String,
 }
 
@@ -69,14 +85,23 @@ fn default_api_key_key() -> String {
     "apiKey".into()
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Where a username and password are kept.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BasicAuthSecretRef {
-    #[schemars(length(min = 1))]
+    /// The Secret's name, in the install's namespace.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = super::object_name())]
     pub name: String,
+    /// The data key holding the username; default `username`.
     #[serde(default = "default_username_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = super::secret_key())]
     pub username_key: String,
+    /// The data key holding the password; default `password`.
     #[serde(default = "default_password_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = super::secret_key())]
     pub password_key: String,
 }
 
@@ -88,20 +113,25 @@ fn default_password_key() -> String {
     "password".into()
 }
 
+/// What the operator last observed of the install and did about it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CyclrConnectorInstallStatus {
+    /// kstatus conditions `Ready`, `Reconciling` and `Stalled`; see docs/operator.md for
+    /// the reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The Cyclr account id the connector is installed into (an opaque string).
+    #[serde(default, rename = "accountID", skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
-    /// Set once the install is made (or found); the operator never installs again after.
+    /// When the install was made (or found), RFC 3339; the operator never installs again after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_at: Option<Time>,
-    /// The installed connector's id, when the v1.0 list shows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The installed connector's id, when the v1.0 installed-connector list shows it.
+    #[serde(default, rename = "installedConnectorID", skip_serializing_if = "Option::is_none")]
     pub installed_connector_id: Option<String>,
     /// Set while an Install Connector is in flight or its outcome is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +139,7 @@ pub struct CyclrConnectorInstallStatus {
 }
 
 impl CyclrConnectorInstall {
+    /// The installed connector's name in Cyclr: `spec.installedName`, else `metadata.name`.
     pub fn installed_name(&self) -> String {
         self.spec
             .installed_name

@@ -4,14 +4,17 @@ mod account;
 mod conditions;
 mod connector_install;
 mod partner;
+mod validation;
 
 pub use account::*;
 pub use conditions::*;
 pub use connector_install::*;
 pub use partner::*;
+pub use validation::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
+use kube::core::Rule;
+use kube::{CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +24,7 @@ pub const GROUP: &str = "cyclr.com";
 pub mod annotations {
     /// `"true"` stops every Cyclr call for the resource.
     pub const PAUSED: &str = "cyclr.com/paused";
-    /// The Cyclr account id, kept in metadata too (like Crossplane's external name) so a
+    /// The Cyclr account id (an opaque string), kept in metadata too (like Crossplane's external name) so a
     /// restore without status, or a status edit, never leads to a second create.
     pub const ACCOUNT_ID: &str = "cyclr.com/account-id";
 }
@@ -43,9 +46,35 @@ pub fn crds_yaml() -> String {
 }
 
 /// A reference to an object of a known kind by name.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 pub struct NameRef {
+    /// The object's `metadata.name`: a DNS subdomain (lower-case letters, digits, `-` and
+    /// `.`; at most 253 characters).
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = object_name())]
     pub name: String,
+}
+
+// Admission rules shared by several fields. The apiserver prefixes each message with the
+// field's path (`spec.partnerRef.name: Invalid value: ...`), so the messages say only why.
+// Every string also has a maxLength, which keeps the CEL cost estimate low.
+
+/// CEL: a Kubernetes object name (DNS subdomain), as `metadata.name` must be.
+fn object_name() -> Rule {
+    Rule::new(r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
+        .message("must be the name of a Kubernetes object: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit")
+}
+
+/// CEL: a key of a Secret's data.
+fn secret_key() -> Rule {
+    Rule::new("self.matches('^[-._a-zA-Z0-9]+$')")
+        .message("must be a Secret data key: letters, digits, '-', '_' and '.'")
+}
+
+/// CEL: a name or id Cyclr stores as given: not empty, no leading or trailing whitespace.
+fn trimmed() -> Rule {
+    Rule::new("self.size() > 0 && self.trim() == self")
+        .message("must not be empty, whitespace only, or start or end with whitespace")
 }
 
 /// Whether the resource is paused by annotation.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod kstatus;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +70,7 @@ impl Harness {
         h.apply::<CyclrPartner>(json!({
             "metadata": {"name": h.partner},
             "spec": {
-                "apiUrl": h.sim.base_url(),
+                "apiURL": h.sim.base_url(),
                 "credentialsSecretRef": {"name": "partner-credentials"},
                 "resyncInterval": resync,
                 "usageInterval": resync,
@@ -124,27 +126,7 @@ impl Harness {
     where
         K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        object["apiVersion"] = json!(K::api_version(&()));
-        object["kind"] = json!(K::kind(&()));
-        object["metadata"]["labels"]["cyclr.com/test"] = json!(self.namespace);
-        let name = object["metadata"]["name"].as_str().expect("a name").to_string();
-        let resource = ApiResource::erase::<K>(&());
-        let api: Api<DynamicObject> = if object_is_namespaced::<K>() {
-            Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
-        } else {
-            Api::all_with(self.client.clone(), &resource)
-        };
-        let applied = api
-            .patch(
-                &name,
-                &PatchParams::apply("cyclr-tests").force(),
-                &Patch::Apply(&*object),
-            )
-            .await?;
-        Ok(
-            serde_json::from_value(serde_json::to_value(applied).expect("serialise"))
-                .expect("the applied object parses"),
-        )
+        try_apply::<K>(&self.client, &self.namespace, object).await
     }
 
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
@@ -307,6 +289,32 @@ impl HasConditions for CyclrConnectorInstall {
     fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
         self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
+}
+
+/// Server-side applies an object of kind K in `namespace` (ignored for CyclrPartner), with
+/// the test label `cyclr.com/test=<namespace>`, so each test's operator sees only its own.
+pub async fn try_apply<K>(client: &Client, namespace: &str, object: &mut serde_json::Value) -> Result<K, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    object["apiVersion"] = json!(K::api_version(&()));
+    object["kind"] = json!(K::kind(&()));
+    object["metadata"]["labels"]["cyclr.com/test"] = json!(namespace);
+    let name = object["metadata"]["name"].as_str().expect("a name").to_string();
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = if object_is_namespaced::<K>() {
+        Api::namespaced_with(client.clone(), namespace, &resource)
+    } else {
+        Api::all_with(client.clone(), &resource)
+    };
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply("cyclr-tests").force(),
+            &Patch::Apply(&*object),
+        )
+        .await?;
+    Ok(serde_json::from_value(serde_json::to_value(applied).expect("serialise")).expect("the applied object parses"))
 }
 
 fn object_is_namespaced<K: kube::Resource<DynamicType = ()>>() -> bool {

@@ -1,0 +1,665 @@
+//! Admission on the real kube-apiserver: what the CRD schemas and their CEL rules refuse,
+//! each with an error that names the field and says why, and what they keep accepting
+//! (including everything in `examples/`). No operator and no simulator are needed.
+
+mod support;
+
+use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, CyclrPartner};
+use cyclr_testenv::TestEnv;
+use kube::Client;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Partner,
+    Account,
+    Install,
+}
+
+/// A valid spec of each kind that the cases change.
+fn base(kind: Kind) -> Value {
+    match kind {
+        Kind::Partner => {
+            json!({"apiURL": "https://api.cyclr.com", "credentialsSecretRef": {"name": "partner-credentials"}})
+        }
+        Kind::Account => json!({"description": "Acme"}),
+        Kind::Install => json!({"accountRef": {"name": "acme"}, "connectorName": "Slack", "connectorVersion": "v1"}),
+    }
+}
+
+/// `patch` applied to `base` as a JSON merge patch (RFC 7386): objects merge, null removes.
+fn merged(mut base: Value, patch: &Value) -> Value {
+    match (base.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(changes)) => {
+            for (key, value) in changes {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    let current = target.remove(key).unwrap_or(Value::Null);
+                    target.insert(key.clone(), merged(current, value));
+                }
+            }
+            base
+        }
+        _ => patch.clone(),
+    }
+}
+
+struct Cluster {
+    client: Client,
+    namespace: String,
+}
+
+impl Cluster {
+    async fn start(prefix: &str) -> Cluster {
+        let env = TestEnv::get().await;
+        let client = env.client();
+        support::install_crds(&client).await;
+        let namespace = env.new_namespace(prefix).await;
+        Cluster { client, namespace }
+    }
+
+    /// Applies `spec` as an object of `kind` named `name` (cluster-scoped partners get the
+    /// namespace as a prefix, so tests never share one); the apiserver's error text if refused.
+    async fn apply(&self, kind: Kind, name: &str, spec: Value) -> Result<(), String> {
+        let name = match kind {
+            Kind::Partner => format!("{}-{name}", self.namespace),
+            _ => name.to_string(),
+        };
+        let mut object = json!({"metadata": {"name": name}, "spec": spec});
+        let (client, ns) = (&self.client, self.namespace.as_str());
+        let applied = match kind {
+            Kind::Partner => support::try_apply::<CyclrPartner>(client, ns, &mut object)
+                .await
+                .map(drop),
+            Kind::Account => support::try_apply::<CyclrAccount>(client, ns, &mut object)
+                .await
+                .map(drop),
+            Kind::Install => support::try_apply::<CyclrConnectorInstall>(client, ns, &mut object)
+                .await
+                .map(drop),
+        };
+        applied.map_err(|e| e.to_string())
+    }
+}
+
+/// A manifest admission must refuse: `change` merged into the kind's valid spec, applied
+/// after `before` (a valid spec the object is created with first) when the rule is about
+/// updates. The error must name `field` and contain `why`.
+struct Bad {
+    kind: Kind,
+    before: Option<Value>,
+    change: Value,
+    field: &'static str,
+    why: &'static str,
+}
+
+fn bad(kind: Kind, change: Value, field: &'static str, why: &'static str) -> Bad {
+    Bad {
+        kind,
+        before: None,
+        change,
+        field,
+        why,
+    }
+}
+
+fn bad_update(kind: Kind, before: Value, change: Value, field: &'static str, why: &'static str) -> Bad {
+    Bad {
+        kind,
+        before: Some(before),
+        change,
+        field,
+        why,
+    }
+}
+
+fn long(n: usize) -> String {
+    "a".repeat(n)
+}
+
+fn bad_manifests() -> Vec<Bad> {
+    use Kind::*;
+    const NOT_EMPTY: &str = "must not be empty, whitespace only, or start or end with whitespace";
+    const OBJECT_NAME: &str = "must be the name of a Kubernetes object";
+    const SECRET_KEY: &str = "must be a Secret data key";
+    const TOO_LONG: &str = "Too long";
+    const PATTERN: &str = "should match";
+    const REAL_DATE: &str = "must be a real calendar date";
+    const ONLY_AT_CREATE: &str = "accountID can only be set when the resource is created";
+    vec![
+        // CyclrAccount
+        bad(
+            Account,
+            json!({"pricePlan": {"id": 0}}),
+            "spec.pricePlan.id",
+            "greater than or equal to 1",
+        ),
+        bad(
+            Account,
+            json!({"pricePlan": {"id": -1}}),
+            "spec.pricePlan.id",
+            "greater than or equal to 1",
+        ),
+        bad(
+            Account,
+            json!({"pricePlan": {"id": 2, "name": "Pro"}}),
+            "spec.pricePlan",
+            "exactly one of id or name",
+        ),
+        bad(
+            Account,
+            json!({"pricePlan": {}}),
+            "spec.pricePlan",
+            "exactly one of id or name",
+        ),
+        bad(
+            Account,
+            json!({"pricePlan": {"name": ""}}),
+            "spec.pricePlan.name",
+            NOT_EMPTY,
+        ),
+        bad(
+            Account,
+            json!({"pricePlan": {"name": " Pro"}}),
+            "spec.pricePlan.name",
+            NOT_EMPTY,
+        ),
+        bad(
+            Account,
+            json!({"partnerRef": {"name": ""}}),
+            "spec.partnerRef.name",
+            OBJECT_NAME,
+        ),
+        bad(
+            Account,
+            json!({"partnerRef": {"name": "   "}}),
+            "spec.partnerRef.name",
+            OBJECT_NAME,
+        ),
+        bad(
+            Account,
+            json!({"partnerRef": {"name": "Default"}}),
+            "spec.partnerRef.name",
+            OBJECT_NAME,
+        ),
+        bad(
+            Account,
+            json!({"partnerRef": {"name": long(254)}}),
+            "spec.partnerRef.name",
+            TOO_LONG,
+        ),
+        bad(Account, json!({"name": ""}), "spec.name", NOT_EMPTY),
+        bad(Account, json!({"name": "   "}), "spec.name", NOT_EMPTY),
+        bad(Account, json!({"name": "Acme "}), "spec.name", NOT_EMPTY),
+        bad(Account, json!({"name": long(256)}), "spec.name", TOO_LONG),
+        bad(
+            Account,
+            json!({"description": long(100_000)}),
+            "spec.description",
+            TOO_LONG,
+        ),
+        bad(Account, json!({"auditInfo": long(1001)}), "spec.auditInfo", TOO_LONG),
+        bad(Account, json!({"timezone": "not a zone"}), "spec.timezone", PATTERN),
+        bad(
+            Account,
+            json!({"timezone": format!("America/{}", long(60))}),
+            "spec.timezone",
+            TOO_LONG,
+        ),
+        bad(
+            Account,
+            json!({"nextBillDate": "2030-02-30"}),
+            "spec.nextBillDate",
+            REAL_DATE,
+        ),
+        bad(
+            Account,
+            json!({"nextBillDate": "2029-02-29T00:00:00Z"}),
+            "spec.nextBillDate",
+            REAL_DATE,
+        ),
+        bad(
+            Account,
+            json!({"nextBillDate": "2100-02-29"}),
+            "spec.nextBillDate",
+            REAL_DATE,
+        ),
+        bad(
+            Account,
+            json!({"nextBillDate": "2030-04-31"}),
+            "spec.nextBillDate",
+            REAL_DATE,
+        ),
+        bad(
+            Account,
+            json!({"nextBillDate": "2030-13-01"}),
+            "spec.nextBillDate",
+            PATTERN,
+        ),
+        bad(
+            Account,
+            json!({"nextBillDate": "09/03/2030"}),
+            "spec.nextBillDate",
+            PATTERN,
+        ),
+        bad(
+            Account,
+            json!({"nextBillDate": "2030-03-09T24:00:00"}),
+            "spec.nextBillDate",
+            PATTERN,
+        ),
+        bad(
+            Account,
+            json!({"nextBillDate": "2030-03-09T16:23:08+01:00"}),
+            "spec.nextBillDate",
+            PATTERN,
+        ),
+        bad(Account, json!({"accountID": ""}), "spec.accountID", NOT_EMPTY),
+        bad(Account, json!({"accountID": " abc"}), "spec.accountID", NOT_EMPTY),
+        bad(Account, json!({"accountID": long(65)}), "spec.accountID", TOO_LONG),
+        bad(
+            Account,
+            json!({"deletionPolicy": "Delete"}),
+            "spec.deletionPolicy",
+            "cannot delete accounts",
+        ),
+        bad(
+            Account,
+            json!({"deletionPolicy": "Keep"}),
+            "spec.deletionPolicy",
+            "Unsupported value",
+        ),
+        bad(
+            Account,
+            json!({"managementPolicy": "ObserveOnly"}),
+            "spec.managementPolicy",
+            "needs spec.accountID",
+        ),
+        bad(
+            Account,
+            json!({"usage": {"enabled": "yes"}}),
+            "spec.usage.enabled",
+            "boolean",
+        ),
+        bad_update(
+            Account,
+            json!({"partnerRef": {"name": "default"}}),
+            json!({"partnerRef": {"name": "other"}}),
+            "spec.partnerRef",
+            "partnerRef is immutable",
+        ),
+        bad_update(
+            Account,
+            json!({}),
+            json!({"accountID": "abc"}),
+            "spec.accountID",
+            ONLY_AT_CREATE,
+        ),
+        bad_update(
+            Account,
+            json!({"accountID": "abc"}),
+            json!({"accountID": "def"}),
+            "spec.accountID",
+            ONLY_AT_CREATE,
+        ),
+        bad_update(
+            Account,
+            json!({"accountID": "abc"}),
+            json!({"accountID": null}),
+            "spec.accountID",
+            ONLY_AT_CREATE,
+        ),
+        // CyclrConnectorInstall
+        bad(
+            Install,
+            json!({"accountRef": {"name": ""}}),
+            "spec.accountRef.name",
+            OBJECT_NAME,
+        ),
+        bad(
+            Install,
+            json!({"accountRef": {"name": " acme"}}),
+            "spec.accountRef.name",
+            OBJECT_NAME,
+        ),
+        bad(Install, json!({"connectorName": ""}), "spec.connectorName", NOT_EMPTY),
+        bad(Install, json!({"connectorName": "  "}), "spec.connectorName", NOT_EMPTY),
+        bad(
+            Install,
+            json!({"connectorName": null}),
+            "spec.connectorName",
+            "Required value",
+        ),
+        bad(
+            Install,
+            json!({"connectorVersion": ""}),
+            "spec.connectorVersion",
+            NOT_EMPTY,
+        ),
+        bad(
+            Install,
+            json!({"connectorVersion": long(65)}),
+            "spec.connectorVersion",
+            TOO_LONG,
+        ),
+        bad(Install, json!({"installedName": ""}), "spec.installedName", NOT_EMPTY),
+        bad(
+            Install,
+            json!({"installedName": " Slack "}),
+            "spec.installedName",
+            NOT_EMPTY,
+        ),
+        bad(
+            Install,
+            json!({"installedName": long(256)}),
+            "spec.installedName",
+            TOO_LONG,
+        ),
+        bad(
+            Install,
+            json!({"auth": {"apiKeySecretRef": {"name": "s"}, "basicAuthSecretRef": {"name": "t"}}}),
+            "spec.auth",
+            "at most one of apiKeySecretRef and basicAuthSecretRef",
+        ),
+        bad(
+            Install,
+            json!({"auth": {"apiKeySecretRef": {"name": ""}}}),
+            "spec.auth.apiKeySecretRef.name",
+            OBJECT_NAME,
+        ),
+        bad(
+            Install,
+            json!({"auth": {"apiKeySecretRef": {"name": "s", "key": "api key"}}}),
+            "spec.auth.apiKeySecretRef.key",
+            SECRET_KEY,
+        ),
+        bad(
+            Install,
+            json!({"auth": {"basicAuthSecretRef": {"name": "Bad_Name"}}}),
+            "spec.auth.basicAuthSecretRef.name",
+            OBJECT_NAME,
+        ),
+        bad(
+            Install,
+            json!({"auth": {"basicAuthSecretRef": {"name": "s", "passwordKey": ""}}}),
+            "spec.auth.basicAuthSecretRef.passwordKey",
+            SECRET_KEY,
+        ),
+        bad_update(
+            Install,
+            json!({}),
+            json!({"accountRef": {"name": "globex"}}),
+            "spec.accountRef",
+            "accountRef is immutable",
+        ),
+        bad_update(
+            Install,
+            json!({}),
+            json!({"connectorName": "Jira"}),
+            "spec.connectorName",
+            "connectorName is immutable",
+        ),
+        bad_update(
+            Install,
+            json!({}),
+            json!({"connectorVersion": "v2"}),
+            "spec.connectorVersion",
+            "connectorVersion is immutable",
+        ),
+        bad_update(
+            Install,
+            json!({"installedName": "Slack"}),
+            json!({"installedName": "Slack 2"}),
+            "spec.installedName",
+            "installedName is immutable",
+        ),
+        bad_update(
+            Install,
+            json!({}),
+            json!({"installedName": "Slack"}),
+            "spec.installedName",
+            "installedName is immutable",
+        ),
+        bad_update(
+            Install,
+            json!({"installedName": "Slack"}),
+            json!({"installedName": null}),
+            "spec.installedName",
+            "installedName is immutable",
+        ),
+        // CyclrPartner
+        bad(
+            Partner,
+            json!({"apiURL": "api.cyclr.com"}),
+            "spec.apiURL",
+            "must be an absolute http:// or https:// URL",
+        ),
+        bad(
+            Partner,
+            json!({"apiURL": "ftp://api.cyclr.com"}),
+            "spec.apiURL",
+            "must be an absolute http:// or https:// URL",
+        ),
+        bad(
+            Partner,
+            json!({"apiURL": ""}),
+            "spec.apiURL",
+            "must be an absolute http:// or https:// URL",
+        ),
+        bad(
+            Partner,
+            json!({"apiURL": "https://user:secret@api.cyclr.com"}),
+            "spec.apiURL",
+            "must not carry credentials",
+        ),
+        bad(
+            Partner,
+            json!({"apiURL": "https://api.cyclr.com/?region=eu"}),
+            "spec.apiURL",
+            "must not have a query or fragment",
+        ),
+        bad(
+            Partner,
+            json!({"apiURL": "https://api.cyclr.com#top"}),
+            "spec.apiURL",
+            "must not have a query or fragment",
+        ),
+        bad(
+            Partner,
+            json!({"apiURL": format!("https://api.cyclr.com/{}", long(2040))}),
+            "spec.apiURL",
+            TOO_LONG,
+        ),
+        bad(Partner, json!({"apiURL": null}), "spec.apiURL", "Required value"),
+        bad(
+            Partner,
+            json!({"credentialsSecretRef": {"name": ""}}),
+            "spec.credentialsSecretRef.name",
+            OBJECT_NAME,
+        ),
+        bad(
+            Partner,
+            json!({"credentialsSecretRef": {"clientIDKey": "client id"}}),
+            "spec.credentialsSecretRef.clientIDKey",
+            SECRET_KEY,
+        ),
+        bad(
+            Partner,
+            json!({"rateLimit": {"requestsPerSecond": 0}}),
+            "spec.rateLimit.requestsPerSecond",
+            "greater than or equal to 1",
+        ),
+        bad(
+            Partner,
+            json!({"rateLimit": {"burst": 10001}}),
+            "spec.rateLimit.burst",
+            "less than or equal to 10000",
+        ),
+        bad(
+            Partner,
+            json!({"resyncInterval": "5s"}),
+            "spec.resyncInterval",
+            "resyncInterval must be at least 10s",
+        ),
+        bad(
+            Partner,
+            json!({"usageInterval": "1s"}),
+            "spec.usageInterval",
+            "usageInterval must be at least 10s",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_are_refused_with_an_error_naming_the_field() {
+    let cluster = Cluster::start("admission-bad").await;
+    let cases = bad_manifests();
+    assert!(cases.len() >= 40, "the table keeps at least 40 cases");
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let name = format!("bad-{i}");
+        let spec = merged(base(case.kind), &case.change);
+        if let Some(before) = &case.before {
+            let first = merged(base(case.kind), before);
+            if let Err(e) = cluster.apply(case.kind, &name, first).await {
+                failures.push(format!(
+                    "#{i} {:?}: the valid first version was refused: {e}",
+                    case.kind
+                ));
+                continue;
+            }
+        }
+        match cluster.apply(case.kind, &name, spec.clone()).await {
+            Ok(()) => failures.push(format!(
+                "#{i} {:?} {spec}: accepted, expected {:?}",
+                case.kind, case.why
+            )),
+            Err(e) if e.contains(&format!("{}:", case.field)) && e.contains(case.why) => {}
+            Err(e) => failures.push(format!(
+                "#{i} {:?} {spec}: expected {}: ...{}, got: {e}",
+                case.kind, case.field, case.why
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_manifests_and_the_examples_are_accepted() {
+    use Kind::*;
+    let cluster = Cluster::start("admission-good").await;
+    let good = [
+        (Account, json!({})),
+        (
+            Account,
+            json!({"name": long(255), "description": long(1000), "auditInfo": long(1000)}),
+        ),
+        (
+            Account,
+            json!({"name": "Acme Ltd (EU)", "timezone": "America/Argentina/Buenos_Aires"}),
+        ),
+        (Account, json!({"pricePlan": {"id": 1}, "nextBillDate": "2028-02-29"})),
+        (
+            Account,
+            json!({"pricePlan": {"name": "Pro"}, "nextBillDate": "2000-02-29T23:59:59"}),
+        ),
+        (Account, json!({"nextBillDate": "2030-03-09T16:23:08.5Z"})),
+        (Account, json!({"nextBillDate": "2030-12-31T16:23:08.6440352Z"})),
+        (
+            Account,
+            json!({"accountID": "JO-Test-1234567890", "managementPolicy": "ObserveOnly"}),
+        ),
+        (
+            Account,
+            json!({"accountID": "a6912cb01f18629a0957c95e9147066b", "deletionPolicy": "Orphan", "usage": {"enabled": false}}),
+        ),
+        (
+            Install,
+            json!({"installedName": "Slack (sales)", "auth": {"apiKeySecretRef": {"name": "acme-slack", "key": "api_key.v2"}}}),
+        ),
+        (
+            Install,
+            json!({"auth": {"basicAuthSecretRef": {"name": "jira", "usernameKey": "user", "passwordKey": "pass"}}}),
+        ),
+        (Partner, json!({"apiURL": "http://127.0.0.1:8080"})),
+        (
+            Partner,
+            json!({"apiURL": "https://cyclr.example.com/partner-api/", "rateLimit": {"requestsPerSecond": 10000, "burst": 1}}),
+        ),
+        (
+            Partner,
+            json!({"apiURL": "https://api.eu.cyclr.com", "resyncInterval": "10s", "usageInterval": "1h30m", "namespaceSelector": {"matchLabels": {"team": "a"}}}),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (kind, change)) in good.iter().enumerate() {
+        let spec = merged(base(*kind), change);
+        if let Err(e) = cluster.apply(*kind, &format!("good-{i}"), spec.clone()).await {
+            failures.push(format!("{kind:?} {spec}: {e}"));
+        }
+    }
+    // Updates the rules must allow: a mutable field changes; an immutable one is re-applied as is.
+    let updates = [
+        (
+            Account,
+            json!({"accountID": "abc", "description": "one"}),
+            json!({"accountID": "abc", "description": "two", "pricePlan": {"id": 3}}),
+        ),
+        (
+            Account,
+            json!({"partnerRef": {"name": "default"}}),
+            json!({"partnerRef": {"name": "default"}, "name": "Renamed", "timezone": "UTC"}),
+        ),
+        (
+            Install,
+            json!({"installedName": "Slack"}),
+            json!({"installedName": "Slack", "auth": {"apiKeySecretRef": {"name": "rotated"}}}),
+        ),
+        (
+            Partner,
+            json!({}),
+            json!({"apiURL": "https://api.us2.cyclr.com", "rateLimit": {"requestsPerSecond": 2}}),
+        ),
+    ];
+    for (i, (kind, before, after)) in updates.iter().enumerate() {
+        let name = format!("update-{i}");
+        for spec in [before, after] {
+            let spec = merged(base(*kind), spec);
+            if let Err(e) = cluster.apply(*kind, &name, spec.clone()).await {
+                failures.push(format!("update {kind:?} {spec}: {e}"));
+            }
+        }
+    }
+    // Every CyclrPartner, CyclrAccount and CyclrConnectorInstall in examples/.
+    let mut examples = 0;
+    for file in ["partner.yaml", "accounts.yaml", "connector-installs.yaml"] {
+        let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object: Value = serde::Deserialize::deserialize(document).expect("examples are YAML");
+            let kind = match object["kind"].as_str() {
+                Some("CyclrPartner") => Partner,
+                Some("CyclrAccount") => Account,
+                Some("CyclrConnectorInstall") => Install,
+                _ => continue,
+            };
+            examples += 1;
+            let name = object["metadata"]["name"].as_str().unwrap();
+            if let Err(e) = cluster.apply(kind, name, object["spec"].clone()).await {
+                failures.push(format!("examples/{file} {kind:?} {name}: {e}"));
+            }
+        }
+    }
+    assert_eq!(
+        examples, 6,
+        "examples/ holds one partner, three accounts and two installs"
+    );
+    assert!(failures.is_empty(), "refused:\n{}", failures.join("\n"));
+}
