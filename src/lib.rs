@@ -9,6 +9,7 @@ pub mod driver;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod plugin;
 pub mod resources;
 pub mod secrets;
 pub mod telemetry;
