@@ -6,6 +6,7 @@
 
 pub mod controllers;
 pub mod driver;
+pub mod health;
 pub mod http;
 pub mod index;
 pub mod metrics;
