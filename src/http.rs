@@ -1,5 +1,5 @@
 //! The operator's HTTP endpoints: `/metrics` (OpenMetrics), `/healthz` (liveness: the process
-//! serves) and `/readyz` (readiness, from [`Health`]: 503 with the reasons while not ready).
+//! serves) and `/readyz` (readiness, from [`Readiness`]: 503 with the reasons while not ready).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,22 +10,22 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::health::Health;
+use crate::readiness::Readiness;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct Shared {
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    readiness: Arc<Readiness>,
 }
 
 /// Serves until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(Shared { metrics, health });
+        .with_state(Shared { metrics, readiness });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, app).await
@@ -42,7 +42,7 @@ async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
 }
 
 async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
-    match shared.health.readiness() {
+    match shared.readiness.check() {
         Ok(()) => (StatusCode::OK, "ready".to_owned()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }

@@ -6,11 +6,11 @@
 
 pub mod controllers;
 pub mod driver;
-pub mod health;
 pub mod http;
 pub mod index;
 pub mod metrics;
 pub mod plugin;
+pub mod readiness;
 pub mod resources;
 pub mod secrets;
 pub mod telemetry;

@@ -12,7 +12,7 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::signal::unix::{SignalKind, signal};
 
 use cyclr_operator::controllers::{self, OperatorConfig};
-use cyclr_operator::health::Health;
+use cyclr_operator::readiness::Readiness;
 use cyclr_operator::metrics::Metrics;
 use cyclr_operator::telemetry::{self, LogFormat};
 use cyclr_operator::{http, resources};
@@ -83,9 +83,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("no usable kubeconfig or in-cluster configuration")?;
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
-    let server = tokio::spawn(http::serve(args.http_addr, metrics.clone(), health.clone()));
-    let crd_check = tokio::spawn(health.clone().check_crds(client.clone()));
+    let readiness = Arc::new(Readiness::default());
+    let server = tokio::spawn(http::serve(args.http_addr, metrics.clone(), readiness.clone()));
+    let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone()));
 
     // SIGTERM is how Kubernetes stops a pod; Ctrl-C is how a person does.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -37,15 +37,3 @@ pub fn init(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// The span one reconcile runs in, so every line it logs says what it was about. The driver
-/// enters it around each reconcile (`reconcile(obj, ctx).instrument(span)`).
-pub fn reconcile_span(kind: &str, namespace: Option<&str>, name: &str, generation: Option<i64>) -> tracing::Span {
-    tracing::info_span!(
-        "reconcile",
-        kind,
-        namespace = namespace.unwrap_or(""),
-        name,
-        generation = generation.unwrap_or(0)
-    )
-}

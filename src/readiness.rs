@@ -25,7 +25,7 @@ const CRD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The readiness registry shared by the HTTP server, the CRD check and the watches.
 #[derive(Debug)]
-pub struct Health {
+pub struct Readiness {
     /// `Err(why)` until every CRD is established.
     crds: Mutex<Result<(), String>>,
     watches: Mutex<BTreeMap<String, WatchState>>,
@@ -44,16 +44,16 @@ enum WatchState {
     },
 }
 
-impl Default for Health {
+impl Default for Readiness {
     fn default() -> Self {
-        Health {
+        Readiness {
             crds: Mutex::new(Err("the CRDs have not been checked yet".into())),
             watches: Mutex::default(),
         }
     }
 }
 
-impl Health {
+impl Readiness {
     /// Registers a watch before it starts, so `/readyz` waits for its initial list.
     /// `watch` names it in `/readyz` answers, e.g. `CyclrAccount` or `Secret`.
     pub fn watch_starting(&self, watch: &str) {
@@ -87,7 +87,7 @@ impl Health {
     }
 
     /// `Ok` when ready, else every reason why not, for the `/readyz` body.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         if let Err(why) = &*self.crds.lock().expect("lock") {
             problems.push(why.clone());
@@ -152,8 +152,8 @@ mod tests {
 
     type Item = Result<watcher::Event<k8s_openapi::api::core::v1::Secret>, watcher::Error>;
 
-    fn crds_ok(health: &Health) {
-        *health.crds.lock().unwrap() = Ok(());
+    fn crds_ok(readiness: &Readiness) {
+        *readiness.crds.lock().unwrap() = Ok(());
     }
 
     fn forbidden() -> Item {
@@ -162,32 +162,32 @@ mod tests {
 
     #[test]
     fn a_watch_must_sync_and_must_not_keep_failing() {
-        let health = Health::default();
-        assert!(health.readiness().unwrap_err().contains("not been checked"));
-        crds_ok(&health);
-        assert_eq!(health.readiness(), Ok(()), "no watches: a standby is ready");
+        let readiness = Readiness::default();
+        assert!(readiness.check().unwrap_err().contains("not been checked"));
+        crds_ok(&readiness);
+        assert_eq!(readiness.check(), Ok(()), "no watches: a standby is ready");
 
-        health.watch_starting("Secret");
-        assert!(health.readiness().unwrap_err().contains("watch Secret has not synced"));
-        health.observe("Secret", &forbidden());
+        readiness.watch_starting("Secret");
+        assert!(readiness.check().unwrap_err().contains("watch Secret has not synced"));
+        readiness.observe("Secret", &forbidden());
         assert!(
-            health.readiness().unwrap_err().contains("watch Secret failing"),
+            readiness.check().unwrap_err().contains("watch Secret failing"),
             "failing before the first sync is not ready at once"
         );
-        health.observe("Secret", &Ok(watcher::Event::Init));
-        assert!(health.readiness().is_err(), "back to starting, not synced");
-        health.observe("Secret", &Ok(watcher::Event::InitDone));
-        assert_eq!(health.readiness(), Ok(()));
+        readiness.observe("Secret", &Ok(watcher::Event::Init));
+        assert!(readiness.check().is_err(), "back to starting, not synced");
+        readiness.observe("Secret", &Ok(watcher::Event::InitDone));
+        assert_eq!(readiness.check(), Ok(()));
 
         // A synced watch that fails briefly stays ready within the grace period...
-        health.observe("Secret", &forbidden());
-        assert_eq!(health.readiness(), Ok(()));
+        readiness.observe("Secret", &forbidden());
+        assert_eq!(readiness.check(), Ok(()));
         // ...and not once it has failed for longer.
-        if let Some(WatchState::Failing { since, .. }) = health.watches.lock().unwrap().get_mut("Secret") {
+        if let Some(WatchState::Failing { since, .. }) = readiness.watches.lock().unwrap().get_mut("Secret") {
             *since -= WATCH_FAILURE_GRACE;
         }
-        assert!(health.readiness().unwrap_err().contains("watch Secret failing for 10s"));
-        health.observe("Secret", &Ok(watcher::Event::Init));
-        assert_eq!(health.readiness(), Ok(()), "a successful event ends the failure");
+        assert!(readiness.check().unwrap_err().contains("watch Secret failing for 10s"));
+        readiness.observe("Secret", &Ok(watcher::Event::Init));
+        assert_eq!(readiness.check(), Ok(()), "a successful event ends the failure");
     }
 }
