@@ -10,8 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::readiness::Readiness;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 #[derive(Clone)]
 struct Shared {

@@ -12,8 +12,8 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::signal::unix::{SignalKind, signal};
 
 use cyclr_operator::controllers::{self, OperatorConfig};
-use cyclr_operator::readiness::Readiness;
 use cyclr_operator::metrics::Metrics;
+use cyclr_operator::readiness::Readiness;
 use cyclr_operator::telemetry::{self, LogFormat};
 use cyclr_operator::{http, resources};
 

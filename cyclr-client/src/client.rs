@@ -81,6 +81,8 @@ pub struct CallRecord {
     /// `None` when no response arrived (timeout, connection failure).
     pub status: Option<u16>,
     pub latency: Duration,
+    /// Time spent before sending: waiting out a 429 hold (`Retry-After`) and the rate limiter.
+    pub waited: Duration,
     /// 1-based attempt of the operation this request belongs to.
     pub attempt: u32,
 }
@@ -490,8 +492,10 @@ impl CyclrClient {
         attempt: u32,
         deadline: Instant,
     ) -> Result<Vec<u8>, Failure> {
+        let queued = Instant::now();
         self.wait_while_held(deadline).await?;
         self.inner.limiter.until_ready().await;
+        let waited = queued.elapsed();
         let builder = match token {
             Some(token) => builder.bearer_auth(token.secret.expose_secret()),
             None => builder,
@@ -522,6 +526,7 @@ impl CyclrClient {
                 method: verb.name(),
                 status: status_code,
                 latency,
+                waited,
                 attempt,
             });
         }
