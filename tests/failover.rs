@@ -3,6 +3,9 @@
 //! included), `kill -9` of the leader mid-rollout (the standby takes over within the lease
 //! duration, no duplicate Cyclr accounts), and the Lease handed over at once on SIGTERM.
 //!
+//! The replicas log at `RUST_LOG=trace` in JSON; at the end every line must be JSON, and no log
+//! line, Event or status may carry the partner's client secret or a connector's API key.
+//!
 //! One test, because the first step needs a control plane without the CRDs.
 
 mod support;
@@ -12,7 +15,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cyclr_operator::resources::{
-    CredentialsSecretRef, CyclrAccount, CyclrAccountSpec, CyclrPartner, CyclrPartnerSpec, READY, condition,
+    ApiKeySecretRef, ConnectorAuthSpec, CredentialsSecretRef, CyclrAccount, CyclrAccountSpec, CyclrConnectorInstall,
+    CyclrConnectorInstallSpec, CyclrPartner, CyclrPartnerSpec, NameRef, READY, condition,
 };
 use cyclr_sim::{Faults, SimConfig, Simulator};
 use cyclr_testenv::TestEnv;
@@ -29,6 +33,7 @@ use tokio::time::Instant;
 const LEASE_DURATION: u64 = 10;
 const ACCOUNTS: usize = 12;
 const LEASE: &str = "cyclr-operator";
+const API_KEY: &str = "connector-api-key-value";
 
 struct Operator {
     child: Child,
@@ -56,7 +61,9 @@ impl Operator {
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--lease-duration", &LEASE_DURATION.to_string(), "--lease-name", LEASE])
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            // Everything, from every crate, so the secret scan below sees all there is.
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "trace")
             .env_remove("POD_NAME")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("a log file"))
@@ -227,6 +234,49 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
             .expect("CyclrAccount");
     }
 
+    let mut key_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "connector-key", "labels": {"cyclr.com/credentials": "true"}},
+        "stringData": {"apiKey": API_KEY},
+    }))
+    .unwrap();
+    key_secret
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("cyclr.com/test".into(), namespace.clone());
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &key_secret)
+        .await
+        .expect("connector Secret");
+    let install = CyclrConnectorInstall {
+        metadata: ObjectMeta {
+            name: Some("crm".into()),
+            labels: test_label(),
+            ..ObjectMeta::default()
+        },
+        spec: CyclrConnectorInstallSpec {
+            account_ref: NameRef {
+                name: "tenant-00".into(),
+            },
+            connector_name: "Salesforce".into(),
+            connector_version: "1.0".into(),
+            installed_name: None,
+            auth: Some(ConnectorAuthSpec {
+                api_key_secret_ref: Some(ApiKeySecretRef {
+                    name: "connector-key".into(),
+                    key: "apiKey".into(),
+                }),
+                basic_auth_secret_ref: None,
+            }),
+        },
+        status: None,
+    };
+    let installs: Api<CyclrConnectorInstall> = Api::namespaced(client.clone(), &namespace);
+    installs
+        .create(&PostParams::default(), &install)
+        .await
+        .expect("CyclrConnectorInstall");
+
     // 4. kill -9 the leader once some, not all, accounts are Ready.
     let deadline = Instant::now() + Duration::from_secs(60);
     let ready_at_kill = loop {
@@ -289,6 +339,27 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
     ids.dedup();
     assert_eq!(ids.len(), ACCOUNTS, "every resource holds its own Cyclr id");
     survivor.wait_readyz(200, "ready").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !installs
+        .get("crm")
+        .await
+        .expect("get install")
+        .status
+        .is_some_and(|s| condition(&s.conditions, READY).is_some_and(|c| c.status == "True"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the install is not Ready (log: {})",
+            survivor.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let connectors: usize = sim
+        .accounts()
+        .iter()
+        .map(|a| sim.installed_connectors(&a.id).len())
+        .sum();
+    assert_eq!(connectors, 1, "one connector installed in Cyclr");
 
     // 6. SIGTERM: the leader releases the Lease and a new standby takes over at once.
     let standby = Operator::start(env.kubeconfig_path(), &namespace, "c");
@@ -322,4 +393,43 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
         standby.log.display()
     );
     standby.wait_readyz(200, "ready").await;
+
+    // 7. No secret anywhere: logs (every line JSON), Events, statuses.
+    let secrets = [CLIENT_SECRET, API_KEY];
+    let encoded: Vec<String> = secrets
+        .iter()
+        .map(|s| k8s_openapi::ByteString(s.as_bytes().to_vec()))
+        .map(|b| serde_json::to_value(b).unwrap().as_str().unwrap().to_owned())
+        .collect();
+    let mut lines = 0;
+    for log in [&leader.log, &old_leader.log, &standby.log] {
+        let text = std::fs::read_to_string(log).expect("read the log");
+        for line in text.lines() {
+            lines += 1;
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}) in {}: {line}", log.display()));
+            for secret in secrets.iter().copied().chain(encoded.iter().map(String::as_str)) {
+                assert!(!line.contains(secret), "a secret in {}: {line}", log.display());
+            }
+        }
+    }
+    eprintln!("scanned {lines} trace log lines");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &namespace)
+        .list(&Default::default())
+        .await
+        .expect("list Events");
+    let statuses = (
+        accounts.list(&Default::default()).await.unwrap(),
+        installs.list(&Default::default()).await.unwrap(),
+        Api::<CyclrPartner>::all(client.clone()).get(&namespace).await.unwrap(),
+    );
+    let kubernetes_side = format!(
+        "{}{}",
+        serde_json::to_string(&events).unwrap(),
+        serde_json::to_string(&statuses).unwrap()
+    );
+    assert!(!events.items.is_empty(), "the scenario made Events");
+    for secret in secrets {
+        assert!(!kubernetes_side.contains(secret), "a secret in an Event or a status");
+    }
 }
