@@ -61,6 +61,9 @@ struct AccountLabels {
     name: String,
 }
 
+/// A condition's (type, status).
+type ConditionStatus = (String, String);
+
 pub struct Metrics {
     registry: Registry,
     cyclr_requests: Family<CallLabels, Counter>,
@@ -76,7 +79,7 @@ pub struct Metrics {
     time_to_ready: Family<KindLabels, Histogram>,
     resources: Family<ConditionLabels, Gauge>,
     /// Each resource's conditions as last counted in `resources`, by (kind, key).
-    counted: Mutex<HashMap<(String, String), Vec<(String, String)>>>,
+    counted: Mutex<HashMap<(String, String), Vec<ConditionStatus>>>,
     snapshot_size: Family<PartnerLabels, Gauge>,
     snapshot_time: Family<PartnerLabels, Gauge>,
 }
@@ -259,7 +262,7 @@ impl Metrics {
     /// Counts a resource's conditions (replacing what was counted for it before). `key`
     /// identifies the resource within its kind, e.g. its uid or `namespace/name`.
     pub fn resource_conditions(&self, kind: &str, key: &str, conditions: &[Condition]) {
-        let now: Vec<(String, String)> = conditions.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
+        let now: Vec<ConditionStatus> = conditions.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
         let before = self
             .counted
             .lock()
@@ -274,8 +277,8 @@ impl Metrics {
         self.recount(kind, before.unwrap_or_default(), Vec::new());
     }
 
-    fn recount(&self, kind: &str, before: Vec<(String, String)>, now: Vec<(String, String)>) {
-        let gauge = |(condition, status): (String, String)| {
+    fn recount(&self, kind: &str, before: Vec<ConditionStatus>, now: Vec<ConditionStatus>) {
+        let gauge = |(condition, status): ConditionStatus| {
             self.resources.get_or_create(&ConditionLabels {
                 kind: kind.into(),
                 condition,

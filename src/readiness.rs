@@ -160,6 +160,10 @@ mod tests {
         Err(watcher::Error::NoResourceVersion)
     }
 
+    fn event(event: watcher::Event<k8s_openapi::api::core::v1::Secret>) -> Item {
+        Ok(event)
+    }
+
     #[test]
     fn a_watch_must_sync_and_must_not_keep_failing() {
         let readiness = Readiness::default();
@@ -174,9 +178,9 @@ mod tests {
             readiness.check().unwrap_err().contains("watch Secret failing"),
             "failing before the first sync is not ready at once"
         );
-        readiness.observe("Secret", &Ok(watcher::Event::Init));
+        readiness.observe("Secret", &event(watcher::Event::Init));
         assert!(readiness.check().is_err(), "back to starting, not synced");
-        readiness.observe("Secret", &Ok(watcher::Event::InitDone));
+        readiness.observe("Secret", &event(watcher::Event::InitDone));
         assert_eq!(readiness.check(), Ok(()));
 
         // A synced watch that fails briefly stays ready within the grace period...
@@ -187,7 +191,7 @@ mod tests {
             *since -= WATCH_FAILURE_GRACE;
         }
         assert!(readiness.check().unwrap_err().contains("watch Secret failing for 10s"));
-        readiness.observe("Secret", &Ok(watcher::Event::Init));
+        readiness.observe("Secret", &event(watcher::Event::Init));
         assert_eq!(readiness.check(), Ok(()), "a successful event ends the failure");
     }
 }

@@ -340,13 +340,14 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
     assert_eq!(ids.len(), ACCOUNTS, "every resource holds its own Cyclr id");
     survivor.wait_readyz(200, "ready").await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !installs
-        .get("crm")
-        .await
-        .expect("get install")
-        .status
-        .is_some_and(|s| condition(&s.conditions, READY).is_some_and(|c| c.status == "True"))
-    {
+    loop {
+        let install = installs.get("crm").await.expect("get install");
+        if install
+            .status
+            .is_some_and(|s| condition(&s.conditions, READY).is_some_and(|c| c.status == "True"))
+        {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "the install is not Ready (log: {})",
