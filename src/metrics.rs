@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,6 +18,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use cyclr::client::{CallObserver, CallRecord};
+
+use crate::resources::{READY, condition};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -64,6 +66,24 @@ struct AccountLabels {
 /// A condition's (type, status).
 type ConditionStatus = (String, String);
 
+/// What `status_computed` remembers of one resource.
+struct Counted {
+    conditions: Vec<ConditionStatus>,
+    /// Ready=True seen at least once by this process (or already when first seen).
+    was_ready: bool,
+}
+
+/// A resource's identity across renames and re-creations: its uid, else namespace/name.
+fn resource_key(meta: &ObjectMeta) -> String {
+    meta.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        )
+    })
+}
+
 pub struct Metrics {
     registry: Registry,
     cyclr_requests: Family<CallLabels, Counter>,
@@ -78,8 +98,8 @@ pub struct Metrics {
     token_renewals: Family<PartnerLabels, Counter>,
     time_to_ready: Family<KindLabels, Histogram>,
     resources: Family<ConditionLabels, Gauge>,
-    /// Each resource's conditions as last counted in `resources`, by (kind, key).
-    counted: Mutex<HashMap<(String, String), Vec<ConditionStatus>>>,
+    /// Each resource's conditions as last counted in `resources`, by (kind, uid).
+    counted: Mutex<HashMap<(String, String), Counted>>,
     snapshot_size: Family<PartnerLabels, Gauge>,
     snapshot_time: Family<PartnerLabels, Gauge>,
 }
@@ -250,31 +270,42 @@ impl Metrics {
         self.account_cycles.remove(&labels);
     }
 
-    /// Records that a resource became Ready=True for the first time; `created` is its
-    /// `metadata.creationTimestamp`.
-    pub fn first_ready(&self, kind: &str, created: &Time) {
-        let since = Timestamp::now().duration_since(created.0);
-        self.time_to_ready
-            .get_or_create(&KindLabels { kind: kind.into() })
-            .observe(since.as_secs_f64().max(0.0));
+    /// What a reconcile's status tells the metrics; the driver calls it for every status it
+    /// computes, written or not. Counts the resource's conditions in
+    /// `cyclr_operator_resources` (replacing its previous count), and when `Ready` turns True
+    /// for the first time this process sees, observes the time since `creationTimestamp`. A
+    /// resource first seen already Ready (an operator restart) is never observed.
+    pub fn status_computed(&self, kind: &str, meta: &ObjectMeta, previous: &[Condition], next: &[Condition]) {
+        let is_ready = |conditions: &[Condition]| condition(conditions, READY).is_some_and(|c| c.status == "True");
+        let now: Vec<ConditionStatus> = next.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
+        let key = (kind.to_owned(), resource_key(meta));
+        let (before, first_ready) = {
+            let mut counted = self.counted.lock().expect("lock");
+            let entry = counted.entry(key).or_insert_with(|| Counted {
+                conditions: Vec::new(),
+                was_ready: is_ready(previous),
+            });
+            let first_ready = is_ready(next) && !entry.was_ready;
+            entry.was_ready |= is_ready(next);
+            (std::mem::replace(&mut entry.conditions, now.clone()), first_ready)
+        };
+        self.recount(kind, before, now);
+        if first_ready && let Some(created) = &meta.creation_timestamp {
+            let since = Timestamp::now().duration_since(created.0);
+            self.time_to_ready
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .observe(since.as_secs_f64().max(0.0));
+        }
     }
 
-    /// Counts a resource's conditions (replacing what was counted for it before). `key`
-    /// identifies the resource within its kind, e.g. its uid or `namespace/name`.
-    pub fn resource_conditions(&self, kind: &str, key: &str, conditions: &[Condition]) {
-        let now: Vec<ConditionStatus> = conditions.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
+    /// Stops counting a resource (its watch reported it deleted).
+    pub fn forget_resource(&self, kind: &str, meta: &ObjectMeta) {
         let before = self
             .counted
             .lock()
             .expect("lock")
-            .insert((kind.into(), key.into()), now.clone());
-        self.recount(kind, before.unwrap_or_default(), now);
-    }
-
-    /// Stops counting a resource (it is gone).
-    pub fn forget_resource(&self, kind: &str, key: &str) {
-        let before = self.counted.lock().expect("lock").remove(&(kind.into(), key.into()));
-        self.recount(kind, before.unwrap_or_default(), Vec::new());
+            .remove(&(kind.to_owned(), resource_key(meta)));
+        self.recount(kind, before.map(|c| c.conditions).unwrap_or_default(), Vec::new());
     }
 
     fn recount(&self, kind: &str, before: Vec<ConditionStatus>, now: Vec<ConditionStatus>) {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -84,6 +85,19 @@ impl Readiness {
                 synced: matches!(other, WatchState::Synced),
             },
         };
+    }
+
+    /// Registers a watch and reports every item of its stream: wrap the raw watcher stream,
+    /// before any backoff or reflector, e.g.
+    /// `readiness.watched("Secret", watcher(api, config)).default_backoff()…`.
+    pub fn watched<K, S>(self: &Arc<Self>, watch: &str, stream: S) -> impl Stream<Item = S::Item> + use<K, S>
+    where
+        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    {
+        self.watch_starting(watch);
+        let readiness = self.clone();
+        let watch = watch.to_owned();
+        stream.inspect(move |item| readiness.observe(&watch, item))
     }
 
     /// `Ok` when ready, else every reason why not, for the `/readyz` body.
@@ -193,5 +207,16 @@ mod tests {
         assert!(readiness.check().unwrap_err().contains("watch Secret failing for 10s"));
         readiness.observe("Secret", &event(watcher::Event::Init));
         assert_eq!(readiness.check(), Ok(()), "a successful event ends the failure");
+    }
+
+    #[tokio::test]
+    async fn a_wrapped_watch_is_registered_and_reported() {
+        let readiness = Arc::new(Readiness::default());
+        crds_ok(&readiness);
+        let items = futures::stream::iter([event(watcher::Event::Init), event(watcher::Event::InitDone)]);
+        let mut stream = Box::pin(readiness.watched("Secret", items));
+        assert!(readiness.check().is_err(), "registered before the first item");
+        while stream.next().await.is_some() {}
+        assert_eq!(readiness.check(), Ok(()));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cyclr::client::CallRecord;
 use cyclr_operator::metrics::Metrics;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 
 const DASHBOARD: &str = include_str!("../deploy/grafana/cyclr-operator.json");
 
@@ -41,12 +41,21 @@ fn metric_names(query: &str) -> BTreeSet<String> {
     names
 }
 
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("team-a".into()),
+        uid: Some(format!("uid-{name}")),
+        creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        ..ObjectMeta::default()
+    }
+}
+
 fn exercised_metrics() -> String {
     let metrics = std::sync::Arc::new(Metrics::default());
     metrics.reconciled("CyclrAccount", true, Duration::from_millis(3));
     metrics.kubernetes_write("CyclrAccount");
     metrics.account_usage("team-a", "acme", 42, 7);
-    metrics.first_ready("CyclrAccount", &Time(k8s_openapi::jiff::Timestamp::now()));
     let ready = Condition {
         type_: "Ready".into(),
         status: "True".into(),
@@ -55,7 +64,7 @@ fn exercised_metrics() -> String {
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
         observed_generation: None,
     };
-    metrics.resource_conditions("CyclrAccount", "team-a/acme", &[ready]);
+    metrics.status_computed("CyclrAccount", &meta("acme"), &[], &[ready]);
     metrics.account_snapshot("default", 1, chrono::Utc::now());
     let observer = metrics.cyclr_observer("default");
     for (endpoint, status) in [("oauth_token", 200), ("list_accounts", 429)] {
@@ -101,13 +110,58 @@ fn usage_and_condition_series_go_away_with_their_resource() {
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
         observed_generation: None,
     };
-    metrics.resource_conditions("CyclrAccount", "team-a/acme", std::slice::from_ref(&not_ready));
-    metrics.resource_conditions("CyclrAccount", "team-a/globex", &[not_ready]);
-    metrics.forget_resource("CyclrAccount", "team-a/acme");
+    metrics.status_computed("CyclrAccount", &meta("acme"), &[], std::slice::from_ref(&not_ready));
+    metrics.status_computed("CyclrAccount", &meta("globex"), &[], &[not_ready]);
+    metrics.forget_resource("CyclrAccount", &meta("acme"));
     let text = metrics.encode();
     assert!(!text.contains("name=\"acme\""), "usage series removed: {text}");
     assert!(
         text.contains(r#"cyclr_operator_resources{kind="CyclrAccount",condition="Ready",status="False"} 1"#),
         "one account left not Ready: {text}"
+    );
+}
+
+#[test]
+fn time_to_first_ready_is_observed_once_and_never_for_a_resource_first_seen_ready() {
+    let metrics = Metrics::default();
+    let ready = |status: &str| Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: "R".into(),
+        message: String::new(),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        observed_generation: None,
+    };
+    let (t, f) = (ready("True"), ready("False"));
+    metrics.status_computed("CyclrAccount", &meta("new"), &[], std::slice::from_ref(&f));
+    metrics.status_computed(
+        "CyclrAccount",
+        &meta("new"),
+        std::slice::from_ref(&f),
+        std::slice::from_ref(&t),
+    );
+    metrics.status_computed(
+        "CyclrAccount",
+        &meta("new"),
+        std::slice::from_ref(&t),
+        std::slice::from_ref(&f),
+    );
+    metrics.status_computed(
+        "CyclrAccount",
+        &meta("new"),
+        std::slice::from_ref(&f),
+        std::slice::from_ref(&t),
+    );
+    // Already Ready when this process first sees it (a restart): not observed.
+    metrics.status_computed(
+        "CyclrAccount",
+        &meta("old"),
+        std::slice::from_ref(&t),
+        std::slice::from_ref(&t),
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"cyclr_operator_time_to_first_ready_seconds_count{kind="CyclrAccount"} 1"#),
+        "{text}"
     );
 }
