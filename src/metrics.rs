@@ -84,6 +84,8 @@ fn resource_key(meta: &ObjectMeta) -> String {
     })
 }
 
+/// The operator's metrics registry and every series in it; shared (`Arc`) by the HTTP server,
+/// the Cyclr clients' observers and the reconcilers.
 pub struct Metrics {
     registry: Registry,
     cyclr_requests: Family<CallLabels, Counter>,

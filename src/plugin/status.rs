@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{Ctx, PluginError, StatusArgs, kube_error};
 use crate::resources::{CyclrAccount, CyclrConnectorInstall, CyclrPartner, READY, condition};
 
+/// `-o` of `kubectl cyclr status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Wide,
