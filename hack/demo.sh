@@ -73,12 +73,16 @@ done
 sleep 2
 
 echo
-kubectl get cyclrpartners,cyclraccounts,cyclrconnectorinstalls -A
+PATH="$PWD/target/debug:$PATH" kubectl cyclr status -A
 echo
 echo "demo: everything is Ready. Try it yourself:"
 echo "  export KUBECONFIG=$KUBECONFIG"
 echo "  kubectl get cyclr -A            # all three kinds, by category"
 echo "  kubectl describe cya -n tenants acme"
+echo "  export PATH=$PWD/target/debug:\$PATH   # kubectl-cyclr, the kubectl plugin"
+echo "  kubectl cyclr status -A"
+echo "  kubectl cyclr signin acme -n tenants --username support@example.com"
+echo "  curl -s http://127.0.0.1:$metrics_port/metrics"
 if [ "${DEMO_ONCE:-}" = 1 ]; then
   exit 0
 fi

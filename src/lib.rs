@@ -9,6 +9,8 @@ pub mod driver;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod plugin;
+pub mod readiness;
 pub mod resources;
 pub mod secrets;
 pub mod telemetry;

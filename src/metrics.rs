@@ -1,16 +1,25 @@
-//! Prometheus metrics. Kept apart from the controllers, which only call the recording methods.
+//! Prometheus metrics (OpenMetrics text on `/metrics`), all prefixed `cyclr_`. Kept apart
+//! from the controllers, which only call the recording methods. Labels are bounded: kind,
+//! partner, endpoint, status, condition, and namespace/name for per-account usage (removed
+//! when the resource goes); never an id or other unbounded value.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use cyclr::client::{CallObserver, CallRecord};
+
+use crate::resources::{READY, condition};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -37,11 +46,46 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartnerLabels {
+    partner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    kind: String,
+    condition: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AccountLabels {
     namespace: String,
     name: String,
 }
 
+/// A condition's (type, status).
+type ConditionStatus = (String, String);
+
+/// What `status_computed` remembers of one resource.
+struct Counted {
+    conditions: Vec<ConditionStatus>,
+    /// Ready=True seen at least once by this process (or already when first seen).
+    was_ready: bool,
+}
+
+/// A resource's identity across renames and re-creations: its uid, else namespace/name.
+fn resource_key(meta: &ObjectMeta) -> String {
+    meta.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        )
+    })
+}
+
+/// The operator's metrics registry and every series in it; shared (`Arc`) by the HTTP server,
+/// the Cyclr clients' observers and the reconcilers.
 pub struct Metrics {
     registry: Registry,
     cyclr_requests: Family<CallLabels, Counter>,
@@ -51,6 +95,15 @@ pub struct Metrics {
     kubernetes_writes: Family<KindLabels, Counter>,
     account_tasks: Family<AccountLabels, Gauge>,
     account_cycles: Family<AccountLabels, Gauge>,
+    cyclr_wait: Family<PartnerLabels, Histogram>,
+    retry_after_holds: Family<PartnerLabels, Counter>,
+    token_renewals: Family<PartnerLabels, Counter>,
+    time_to_ready: Family<KindLabels, Histogram>,
+    resources: Family<ConditionLabels, Gauge>,
+    /// Each resource's conditions as last counted in `resources`, by (kind, uid).
+    counted: Mutex<HashMap<(String, String), Counted>>,
+    snapshot_size: Family<PartnerLabels, Gauge>,
+    snapshot_time: Family<PartnerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -102,8 +155,65 @@ impl Default for Metrics {
             "Cycles used by a Cyclr account in its billing period",
             account_cycles.clone(),
         );
+        let cyclr_wait = Family::<PartnerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register_with_unit(
+            "api_wait",
+            "Time a Cyclr request waited before it was sent: the partner's rate limiter and any Retry-After hold",
+            Unit::Seconds,
+            cyclr_wait.clone(),
+        );
+        let retry_after_holds = Family::<PartnerLabels, Counter>::default();
+        registry.register(
+            "api_retry_after_holds",
+            "429 answers from Cyclr, each holding back every request of the partner for its Retry-After",
+            retry_after_holds.clone(),
+        );
+        let token_renewals = Family::<PartnerLabels, Counter>::default();
+        registry.register(
+            "api_token_renewals",
+            "OAuth tokens obtained from Cyclr",
+            token_renewals.clone(),
+        );
+        let time_to_ready = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.25, 2.0, 16))
+        });
+        registry.register_with_unit(
+            "operator_time_to_first_ready",
+            "Time from a resource's creation to its first Ready=True",
+            Unit::Seconds,
+            time_to_ready.clone(),
+        );
+        let resources = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "operator_resources",
+            "Resources served by this operator, by kind and by the status of each condition type",
+            resources.clone(),
+        );
+        let snapshot_size = Family::<PartnerLabels, Gauge>::default();
+        registry.register(
+            "partner_account_snapshot_accounts",
+            "Accounts in the partner's last List Accounts snapshot",
+            snapshot_size.clone(),
+        );
+        let snapshot_time = Family::<PartnerLabels, Gauge>::default();
+        registry.register_with_unit(
+            "partner_account_snapshot_timestamp",
+            "When the partner's last List Accounts snapshot was taken (Unix time; age = time() - this)",
+            Unit::Seconds,
+            snapshot_time.clone(),
+        );
         Metrics {
             registry,
+            cyclr_wait,
+            retry_after_holds,
+            token_renewals,
+            time_to_ready,
+            resources,
+            counted: Mutex::default(),
+            snapshot_size,
+            snapshot_time,
             cyclr_requests,
             cyclr_latency,
             reconciles,
@@ -162,6 +272,81 @@ impl Metrics {
         self.account_cycles.remove(&labels);
     }
 
+    /// What a reconcile's status tells the metrics; the driver calls it for every status it
+    /// computes, written or not. Counts the resource's conditions in
+    /// `cyclr_operator_resources` (replacing its previous count), and when `Ready` turns True
+    /// for the first time this process sees, observes the time since `creationTimestamp`. A
+    /// resource first seen already Ready (an operator restart) is never observed.
+    pub fn status_computed(&self, kind: &str, meta: &ObjectMeta, previous: &[Condition], next: &[Condition]) {
+        let is_ready = |conditions: &[Condition]| condition(conditions, READY).is_some_and(|c| c.status == "True");
+        let now: Vec<ConditionStatus> = next.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
+        let key = (kind.to_owned(), resource_key(meta));
+        let (before, first_ready) = {
+            let mut counted = self.counted.lock().expect("lock");
+            let entry = counted.entry(key).or_insert_with(|| Counted {
+                conditions: Vec::new(),
+                was_ready: is_ready(previous),
+            });
+            let first_ready = is_ready(next) && !entry.was_ready;
+            entry.was_ready |= is_ready(next);
+            (std::mem::replace(&mut entry.conditions, now.clone()), first_ready)
+        };
+        self.recount(kind, before, now);
+        if first_ready && let Some(created) = &meta.creation_timestamp {
+            let since = Timestamp::now().duration_since(created.0);
+            self.time_to_ready
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .observe(since.as_secs_f64().max(0.0));
+        }
+    }
+
+    /// Stops counting a resource (its watch reported it deleted).
+    pub fn forget_resource(&self, kind: &str, meta: &ObjectMeta) {
+        let before = self
+            .counted
+            .lock()
+            .expect("lock")
+            .remove(&(kind.to_owned(), resource_key(meta)));
+        self.recount(kind, before.map(|c| c.conditions).unwrap_or_default(), Vec::new());
+    }
+
+    fn recount(&self, kind: &str, before: Vec<ConditionStatus>, now: Vec<ConditionStatus>) {
+        let gauge = |(condition, status): ConditionStatus| {
+            self.resources.get_or_create(&ConditionLabels {
+                kind: kind.into(),
+                condition,
+                status,
+            })
+        };
+        for pair in before {
+            gauge(pair).dec();
+        }
+        for pair in now {
+            gauge(pair).inc();
+        }
+    }
+
+    /// The partner's List Accounts snapshot: how many accounts, and when it was taken.
+    pub fn account_snapshot(&self, partner: &str, accounts: usize, taken_at: chrono::DateTime<chrono::Utc>) {
+        let labels = PartnerLabels {
+            partner: partner.into(),
+        };
+        self.snapshot_size.get_or_create(&labels).set(accounts as i64);
+        self.snapshot_time.get_or_create(&labels).set(taken_at.timestamp());
+    }
+
+    /// Drops a partner's series (the CyclrPartner is gone).
+    pub fn forget_partner(&self, partner: &str) {
+        let labels = PartnerLabels {
+            partner: partner.into(),
+        };
+        self.snapshot_size.remove(&labels);
+        self.snapshot_time.remove(&labels);
+        self.cyclr_wait.remove(&labels);
+        self.retry_after_holds.remove(&labels);
+        self.token_renewals.remove(&labels);
+    }
+
     /// A [`CallObserver`] that records one partner's Cyclr calls.
     pub fn cyclr_observer(self: &Arc<Self>, partner: &str) -> Arc<dyn CallObserver> {
         Arc::new(PartnerCalls {
@@ -193,5 +378,14 @@ impl CallObserver for PartnerCalls {
                 endpoint: call.endpoint.into(),
             })
             .observe(call.latency.as_secs_f64());
+        let partner = PartnerLabels {
+            partner: self.partner.clone(),
+        };
+        m.cyclr_wait.get_or_create(&partner).observe(call.waited.as_secs_f64());
+        match call.status {
+            Some(429) => m.retry_after_holds.get_or_create(&partner).inc(),
+            Some(200..=299) if call.endpoint == "oauth_token" => m.token_renewals.get_or_create(&partner).inc(),
+            _ => 0,
+        };
     }
 }

@@ -79,6 +79,8 @@ pub struct CallRecord {
     /// `None` when no response arrived (timeout, connection failure).
     pub status: Option<u16>,
     pub latency: Duration,
+    /// Time spent before sending: waiting out a 429 hold (`Retry-After`) and the rate limiter.
+    pub waited: Duration,
     /// 1-based attempt of the operation this request belongs to.
     pub attempt: u32,
 }
@@ -532,7 +534,9 @@ impl CyclrClient {
         attempt: u32,
         deadline: Instant,
     ) -> Result<Vec<u8>, Failure> {
+        let queued = Instant::now();
         self.inner.budget.acquire(deadline).await.map_err(Failure::not_sent)?;
+        let waited = queued.elapsed();
         let builder = match token {
             Some(token) => builder.bearer_auth(token.secret.expose_secret()),
             None => builder,
@@ -563,6 +567,7 @@ impl CyclrClient {
                 method: verb.name(),
                 status: status_code,
                 latency,
+                waited,
                 attempt,
             });
         }

@@ -48,6 +48,13 @@ pub struct CyclrPartnerSpec {
     #[serde(default = "default_usage_interval")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("usageInterval must be at least 10s"))]
     pub usage_interval: Duration,
+    /// Where people sign in to this partner's Cyclr console, e.g. `https://my.cyclr.com`:
+    /// `kubectl cyclr signin` builds `{serviceURL}/account/signinwithtoken?token=…` from it.
+    /// Omitted: derived from `apiURL` (`https://api.<region.>cyclr.com` becomes
+    /// `https://my.<region.>cyclr.com`; any other URL gives its own origin).
+    #[serde(default, rename = "serviceURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    pub service_url: Option<String>,
 }
 
 // The rules of a Cyclr base URL, for every URL field of the partner.
