@@ -24,9 +24,9 @@ cluster-down:
 demo:
 	bash hack/demo.sh
 
-## regenerate crds/ from the Rust resource types (a test fails when they differ)
+## regenerate crds/, the chart's CRDs and deploy/ from their sources (a test fails when they differ)
 manifests:
-	$(CARGO) run -q --bin cyclr-operator -- crd > crds/cyclr.com_crds.yaml
+	bash hack/render-manifests.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd and helm from their official Go modules into bin/.
+# Builds kube-apiserver, etcd, helm and kustomize from their official Go modules into bin/.
 # Each binary is rebuilt only when its pinned version changes (a stamp file per binary).
 set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# kustomize renders deploy/ for the `kubectl apply -k` test; it is much cheaper to build
+# than kubectl, and the test applies what it renders server-side from Rust.
+KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.8.1}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/bin"
 work="$bin/.build"
 mkdir -p "$bin" "$work"
 
-command -v go >/dev/null || { echo "testbin: Go is required to build kube-apiserver, etcd and helm (install Go 1.24+)" >&2; exit 1; }
+command -v go >/dev/null || { echo "testbin: Go is required to build kube-apiserver, etcd, helm and kustomize (install Go 1.24+)" >&2; exit 1; }
 
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
@@ -74,13 +77,14 @@ build_go_main() { # name version module package
 }
 
 targets=("$@")
-[ $# -gt 0 ] || targets=(etcd kube-apiserver helm)
+[ $# -gt 0 ] || targets=(etcd kube-apiserver helm kustomize)
 for t in "${targets[@]}"; do
   case "$t" in
     kube-apiserver) build_kube_apiserver ;;
     etcd) build_go_main etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ;;
     helm) build_go_main helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
+    kustomize) build_go_main kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 sigs.k8s.io/kustomize/kustomize/v5 ;;
     *) echo "testbin: unknown target $t" >&2; exit 2 ;;
   esac
 done
-echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION)"
+echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION)"
