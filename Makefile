@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests demo clean
+.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests image demo clean
 
 all: build
 
@@ -28,6 +28,10 @@ demo:
 manifests:
 	bash hack/render-manifests.sh
 
+## the container image as an OCI archive in target/image/, without a container engine (see Dockerfile)
+image:
+	bash hack/image.sh
+
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
@@ -36,7 +40,7 @@ clippy:
 
 lint: fmt-check clippy
 
-test: testbin lint
+test: testbin lint image
 	$(CARGO) test --workspace --no-fail-fast
 
 clean: cluster-down
