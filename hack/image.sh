@@ -14,8 +14,8 @@ done
 ca=/etc/ssl/certs/ca-certificates.crt
 [ -f "$ca" ] || { echo "image: $ca is missing (apt-get install ca-certificates)" >&2; exit 1; }
 
-version="$(cargo metadata --no-deps --format-version 1 \
-  | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="cyclr-operator"))')"
+# The root package's version: the first `version =` line of the root Cargo.toml.
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"
 cargo build --release --locked --target "$target" --bin cyclr-operator
 binary="target/$target/release/cyclr-operator"
 
@@ -27,8 +27,14 @@ mkdir -p "$out"
 image="$layout:$version"
 umoci init --layout "$layout"
 umoci new --image "$image"
-umoci insert --image "$image" "$binary" /cyclr-operator
-umoci insert --image "$image" "$ca" /etc/ssl/certs/ca-certificates.crt
+# unpack + repack rather than `umoci insert`, whose layers (0.4.7) lack the tar trailer.
+bundle="$out/bundle"
+rm -rf "$bundle"
+umoci unpack --image "$image" "$bundle"
+install -D -m 0755 "$binary" "$bundle/rootfs/cyclr-operator"
+install -D -m 0644 "$ca" "$bundle/rootfs/etc/ssl/certs/ca-certificates.crt"
+umoci repack --image "$image" "$bundle"
+rm -rf "$bundle"
 umoci config --image "$image" \
   --os linux --architecture amd64 \
   --config.user 65532:65532 \

@@ -35,11 +35,7 @@ fn json_blob(layout: &Path, digest: &Value) -> Value {
 #[test]
 fn image_archive_runs_the_operator_as_non_root() {
     let archive = Path::new(ROOT).join(format!("target/image/cyclr-operator-{VERSION}.oci.tar"));
-    assert!(
-        archive.exists(),
-        "{} is missing: run `make image`",
-        archive.display()
-    );
+    assert!(archive.exists(), "{} is missing: run `make image`", archive.display());
     let scratch = tempfile::tempdir().unwrap();
     let layout = scratch.path().join("layout");
     std::fs::create_dir(&layout).unwrap();
@@ -54,7 +50,10 @@ fn image_archive_runs_the_operator_as_non_root() {
     );
     let manifest = json_blob(&layout, &manifests[0]["digest"]);
     let config = json_blob(&layout, &manifest["config"]["digest"]);
-    assert_eq!((&config["os"], &config["architecture"]), (&"linux".into(), &"amd64".into()));
+    assert_eq!(
+        (&config["os"], &config["architecture"]),
+        (&"linux".into(), &"amd64".into())
+    );
     let c = &config["config"];
     assert_eq!(c["Entrypoint"], serde_json::json!(["/cyclr-operator"]));
     assert_eq!(c["Cmd"], serde_json::json!(["run"]));
@@ -88,10 +87,7 @@ fn image_archive_runs_the_operator_as_non_root() {
         "CMD [\"run\"]",
         "COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt",
     ] {
-        assert!(
-            dockerfile.lines().any(|l| l == line),
-            "the Dockerfile lacks {line:?}"
-        );
+        assert!(dockerfile.lines().any(|l| l == line), "the Dockerfile lacks {line:?}");
     }
 }
 
