@@ -76,7 +76,7 @@ fn image_archive_runs_the_operator_as_non_root() {
         .collect();
     files.sort();
     assert_eq!(files, ["cyclr-operator", "etc/ssl/certs/ca-certificates.crt"]);
-    let version = run(&mut Command::new(rootfs.join("cyclr-operator")).arg("--version"));
+    let version = run(Command::new(rootfs.join("cyclr-operator")).arg("--version"));
     assert_eq!(version.trim(), format!("cyclr-operator {VERSION}"));
 
     let dockerfile = std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).expect("Dockerfile");
