@@ -712,6 +712,64 @@ async fn chart_service_account_runs_the_examples() {
         )
         .await
     );
+
+    // And exactly what the table lists, as the API server sums it up for the ServiceAccount:
+    // in its own namespace everything, elsewhere everything but the Leases.
+    let as_operator = impersonated_client(&kubeconfig).await;
+    let documented = documented_grants();
+    let unscoped = |scope: &str| -> BTreeSet<(String, String, String)> {
+        documented
+            .iter()
+            .filter(|g| scope == "namespace" || g.0 == "cluster")
+            .map(|(_, group, resource, verb)| (group.clone(), resource.clone(), verb.clone()))
+            .collect()
+    };
+    assert_eq!(rules_in(&as_operator, OPERATOR_NS).await, unscoped("namespace"));
+    assert_eq!(rules_in(&as_operator, "tenants").await, unscoped("cluster"));
+}
+
+async fn impersonated_client(kubeconfig: &Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("impersonating config");
+    Client::try_from(config).expect("impersonating client")
+}
+
+/// (API group, resource, verb) the client's user may use in `namespace`, by
+/// SelfSubjectRulesReview, less what every authenticated user may (reviewing itself).
+async fn rules_in(client: &Client, namespace: &str) -> BTreeSet<(String, String, String)> {
+    let review = SelfSubjectRulesReview {
+        spec: SelfSubjectRulesReviewSpec {
+            namespace: Some(namespace.into()),
+        },
+        ..Default::default()
+    };
+    let status = Api::<SelfSubjectRulesReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectRulesReview")
+        .status
+        .expect("a review status");
+    assert!(
+        !status.incomplete,
+        "the rules review is incomplete: {:?}",
+        status.evaluation_error
+    );
+    let mut out = BTreeSet::new();
+    for rule in status.resource_rules {
+        for group in rule.api_groups.unwrap_or_default() {
+            if group == "authorization.k8s.io" || group == "authentication.k8s.io" {
+                continue;
+            }
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `helm upgrade` and `helm uninstall` leave Cyclr resources (and so Cyclr accounts) alone:
