@@ -2,14 +2,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests demo clean
+.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests image demo clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace --bins
 
-## bin/: kube-apiserver, etcd and helm built from their Go modules (rebuilt when a pinned version changes)
+## bin/: kube-apiserver, etcd, helm, kustomize and kstatus built from their Go modules (rebuilt when a pinned version changes)
 testbin:
 	bash hack/testbin.sh
 
@@ -24,9 +24,13 @@ cluster-down:
 demo:
 	bash hack/demo.sh
 
-## regenerate crds/ from the Rust resource types (a test fails when they differ)
+## regenerate crds/, the chart's CRDs and deploy/ from their sources (a test fails when they differ)
 manifests:
-	$(CARGO) run -q --bin cyclr-operator -- crd > crds/cyclr.com_crds.yaml
+	bash hack/render-manifests.sh
+
+## the container image as an OCI archive in target/image/, without a container engine (see Dockerfile)
+image:
+	bash hack/image.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -36,7 +40,9 @@ clippy:
 
 lint: fmt-check clippy
 
+## the image test inspects a debug-profile image: the same layout, built in minutes, not 18
 test: testbin lint
+	IMAGE_PROFILE=dev bash hack/image.sh
 	$(CARGO) test --workspace --no-fail-fast
 
 clean: cluster-down

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks (and where possible installs) what `make test` needs on a fresh machine:
-# the Rust toolchain with rustfmt and clippy, Go (to build kube-apiserver, etcd and helm)
-# and a C compiler (for the ring crypto crate).
+# the Rust toolchain with rustfmt and clippy, Go (to build kube-apiserver, etcd, helm and
+# kustomize), a C compiler (for the ring crypto crate), lua5.1 (Argo CD's Lua, for the
+# health script test), and for `make image` umoci, musl-tools and the rustup target
+# x86_64-unknown-linux-musl (a static binary for a FROM scratch image).
 set -euo pipefail
 
 missing=()
@@ -10,12 +12,25 @@ command -v go >/dev/null || missing+=("go 1.24+ (https://go.dev/dl/)")
 cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt (rustup component add rustfmt)")
 cargo clippy --version >/dev/null 2>&1 || missing+=("clippy (rustup component add clippy)")
 
-if ! command -v cc >/dev/null; then
+# Debian packages, by the command each provides.
+apt_wanted=()
+command -v cc >/dev/null || apt_wanted+=(build-essential)
+command -v lua5.1 >/dev/null || apt_wanted+=(lua5.1)
+command -v umoci >/dev/null || apt_wanted+=(umoci)
+command -v musl-gcc >/dev/null || apt_wanted+=(musl-tools)
+if [ "${#apt_wanted[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_wanted[@]}" >/dev/null
   else
-    missing+=("a C compiler (apt-get install build-essential)")
+    missing+=("apt-get install ${apt_wanted[*]}")
   fi
+fi
+
+musl=x86_64-unknown-linux-musl
+if command -v rustup >/dev/null; then
+  rustup target list --installed | grep -qx "$musl" || rustup target add "$musl"
+else
+  missing+=("the Rust target $musl (rustup target add $musl)")
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd and helm from their official Go modules into bin/, and
-# bin/kstatus (hack/kstatus/main.go) on the kstatus library of sigs.k8s.io/cli-utils.
+# Builds kube-apiserver, etcd, helm and kustomize from their official Go modules into bin/,
+# and bin/kstatus (hack/kstatus/main.go) on the kstatus library of sigs.k8s.io/cli-utils.
 # Each binary is rebuilt only when its pinned version changes (a stamp file per binary).
 set -euo pipefail
 
@@ -8,13 +8,16 @@ KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CLI_UTILS_VERSION="${CLI_UTILS_VERSION:-v0.37.2}"
+# kustomize renders deploy/ for the `kubectl apply -k` test; it is much cheaper to build
+# than kubectl, and the test applies what it renders server-side from Rust.
+KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.8.1}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/bin"
 work="$bin/.build"
 mkdir -p "$bin" "$work"
 
-command -v go >/dev/null || { echo "testbin: Go is required to build kube-apiserver, etcd, helm and kstatus (install Go 1.24+)" >&2; exit 1; }
+command -v go >/dev/null || { echo "testbin: Go is required to build kube-apiserver, etcd, helm, kustomize and kstatus (install Go 1.24+)" >&2; exit 1; }
 
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
@@ -93,14 +96,15 @@ build_kstatus() {
 }
 
 targets=("$@")
-[ $# -gt 0 ] || targets=(etcd kube-apiserver helm kstatus)
+[ $# -gt 0 ] || targets=(etcd kube-apiserver helm kustomize kstatus)
 for t in "${targets[@]}"; do
   case "$t" in
     kube-apiserver) build_kube_apiserver ;;
     etcd) build_go_main etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ;;
     helm) build_go_main helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
     kstatus) build_kstatus ;;
+    kustomize) build_go_main kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 sigs.k8s.io/kustomize/kustomize/v5 ;;
     *) echo "testbin: unknown target $t" >&2; exit 2 ;;
   esac
 done
-echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION)"
+echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION)"

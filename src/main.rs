@@ -114,7 +114,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         label_selector: args.label_selector,
         concurrency: args.concurrency,
     };
-    let controllers = controllers::run(client, config, metrics, shutdown.clone());
+    let controllers = controllers::run(client, config, metrics, readiness, shutdown.clone());
     // The controllers finish their reconciles after the signal, but not for ever: the Lease
     // is released only once they stopped (or were dropped), so two leaders never overlap.
     let deadline = shutdown.then(|()| tokio::time::sleep(SHUTDOWN_GRACE));

@@ -52,7 +52,7 @@ async fn readyz(port: u16) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the driver to report its watches to cyclr_operator::readiness::Readiness (issue 10 report)"]
+
 async fn readyz_is_503_while_the_secret_watch_is_forbidden() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = TestEnv::get().await;

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use crate::driver::{self, Backoffs, Reason, Reconciler};
 use crate::index::{ClaimIndex, Holder};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::resources::{self, CyclrAccount, MANAGER, annotations};
 use crate::secrets::{self, Secrets};
 use partners::Partners;
@@ -82,6 +83,8 @@ pub struct Context {
     /// that finds nothing new writes nothing.
     usage_polls: Mutex<HashMap<String, Instant>>,
     recorder: Recorder,
+    /// What `/readyz` reports: every watch registers here.
+    readiness: Arc<Readiness>,
 }
 
 impl Context {
@@ -153,7 +156,9 @@ where
 {
     let (reader, writer) = reflector::store();
     let forget_ctx = ctx.clone();
-    let stream = watcher::watcher(api, watch_config(&ctx.config))
+    let stream = ctx
+        .readiness
+        .watched(&K::kind(&()), watcher::watcher(api, watch_config(&ctx.config)))
         .default_backoff()
         .modify(|obj| obj.managed_fields_mut().clear())
         .map_ok(move |event| {
@@ -220,6 +225,7 @@ pub async fn run(
     client: Client,
     config: OperatorConfig,
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) -> Result<(), kube::runtime::wait::Error> {
     wait_for_crds(client.clone()).await?;
@@ -233,7 +239,11 @@ pub async fn run(
     let (to_partners, secret_changes_partners) = mpsc::unbounded::<Secret>();
     let (to_installs, secret_changes_installs) = mpsc::unbounded::<Secret>();
     // One watch of the labelled Secrets feeds the store and wakes partners and installs.
-    let secret_run = watcher::watcher(secret_api, watcher::Config::default().labels(&secrets::selector()))
+    let secret_run = readiness
+        .watched(
+            "Secret",
+            watcher::watcher(secret_api, watcher::Config::default().labels(&secrets::selector())),
+        )
         .default_backoff()
         .modify(|s: &mut Secret| s.managed_fields_mut().clear())
         .reflect(secret_writer)
@@ -249,11 +259,15 @@ pub async fn run(
             futures::future::ready(())
         });
     let (namespace_store, namespace_writer) = reflector::store();
-    let namespace_run = watcher::watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
+    let namespace_run = readiness
+        .watched(
+            "Namespace",
+            watcher::watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
     .reflect(namespace_writer)
     .for_each(|event| async move {
         if let Err(error) = event {
@@ -281,15 +295,20 @@ pub async fn run(
         namespaces: namespace_store.clone(),
         wake_partner,
         usage_polls: Mutex::default(),
+        readiness: readiness.clone(),
     });
     // Claims come from every CyclrAccount in the cluster, not only those this operator
     // serves (other namespaces, other shards): a metadata-only watch is enough.
     let claims_ctx = ctx.clone();
-    let claims_run = watcher::watcher(
-        Api::<PartialObjectMeta<CyclrAccount>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
+    let claims_run = readiness
+        .watched(
+            "CyclrAccount claims",
+            watcher::watcher(
+                Api::<PartialObjectMeta<CyclrAccount>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
     .for_each(move |event| {
         match event {
             Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {

@@ -162,6 +162,7 @@ impl Reconciler for CyclrPartner {
     fn forget(ctx: &Context, meta: &ObjectMeta) {
         let name = meta.name.clone().unwrap_or_default();
         ctx.partners.remove(&name);
+        ctx.metrics.forget_partner(&name);
         ctx.wake_partner(&name);
     }
 }
@@ -261,7 +262,8 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
         spec.resync_interval.into(),
         spec.usage_interval.into(),
         selector,
-    );
+    )
+    .with_snapshot_metrics(&name, ctx.metrics.clone());
     if let Some(old) = &existing {
         runtime = runtime.succeed(old);
     }

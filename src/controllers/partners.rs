@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use kube::core::{Selector, SelectorExt};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::metrics::Metrics;
+
 use cyclr::types::{Account, PricePlan};
 use cyclr::{CyclrClient, Result as CyclrResult};
 
@@ -44,6 +46,8 @@ pub struct PartnerRuntime {
     /// One lock per account name: creates of the same name are serialised, so the second
     /// sees the first's account and never creates a twin.
     names: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Where each new snapshot's size and time are reported (partner name, metrics).
+    snapshot_metrics: Option<(String, Arc<Metrics>)>,
 }
 
 impl PartnerRuntime {
@@ -64,7 +68,14 @@ impl PartnerRuntime {
             price_plans: RwLock::new(Vec::new()),
             snapshot: Mutex::new(None),
             names: Default::default(),
+            snapshot_metrics: None,
         }
+    }
+
+    /// Reports each new account snapshot of partner `name` to `metrics`.
+    pub fn with_snapshot_metrics(mut self, name: &str, metrics: Arc<Metrics>) -> Self {
+        self.snapshot_metrics = Some((name.to_string(), metrics));
+        self
     }
 
     /// A runtime for a changed configuration that keeps what the old one learned (its
@@ -127,6 +138,9 @@ impl PartnerRuntime {
             accounts: accounts.into_iter().map(|a| (a.id.clone(), a)).collect(),
         });
         *held = Some(snapshot.clone());
+        if let Some((name, metrics)) = &self.snapshot_metrics {
+            metrics.account_snapshot(name, snapshot.accounts.len(), snapshot.taken_at);
+        }
         Ok(snapshot)
     }
 

@@ -427,6 +427,8 @@ async fn write_status<K: Reconciler>(
     };
     next.set_conditions(health.conditions(generation, previous.conditions()));
     next.set_observed_generation(generation);
+    ctx.metrics
+        .status_computed(&K::kind(&()), obj.meta(), previous.conditions(), next.conditions());
     let rest = |s: &K::Status| {
         let mut s = s.clone();
         s.set_conditions(vec![]);

@@ -92,7 +92,7 @@ impl Harness {
         let metrics = self.metrics.clone();
         self.operator = Some(tokio::spawn(async move {
             let never = futures::FutureExt::shared(Box::pin(std::future::pending::<()>()));
-            controllers::run(client, config, metrics, never)
+            controllers::run(client, config, metrics, Default::default(), never)
                 .await
                 .expect("operator runs");
         }));

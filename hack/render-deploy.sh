@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Prints the chart rendered as deploy/operator.yaml holds it: release cyclr-operator in
+# cyclr-system, default values, the lowest Kubernetes version the chart supports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec bin/helm template cyclr-operator charts/cyclr-operator \
+  --namespace cyclr-system --kube-version 1.33.0 --skip-crds
