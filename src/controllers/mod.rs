@@ -268,12 +268,12 @@ pub async fn run(
             ),
         )
         .default_backoff()
-    .reflect(namespace_writer)
-    .for_each(|event| async move {
-        if let Err(error) = event {
-            tracing::warn!(%error, "Namespace watch failed; retrying");
-        }
-    });
+        .reflect(namespace_writer)
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                tracing::warn!(%error, "Namespace watch failed; retrying");
+            }
+        });
     let (wake_partner, partner_wakes) = mpsc::unbounded();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
@@ -309,22 +309,22 @@ pub async fn run(
             ),
         )
         .default_backoff()
-    .for_each(move |event| {
-        match event {
-            Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
-                let id = resources::annotation(&m.metadata, annotations::ACCOUNT_ID).map(str::to_string);
-                claims_ctx
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
+                    let id = resources::annotation(&m.metadata, annotations::ACCOUNT_ID).map(str::to_string);
+                    claims_ctx
+                        .account_claims
+                        .set(Holder::of(&m.metadata), id.into_iter().collect());
+                }
+                Ok(watcher::Event::Delete(m)) => claims_ctx
                     .account_claims
-                    .set(Holder::of(&m.metadata), id.into_iter().collect());
+                    .remove(m.metadata.uid.as_deref().unwrap_or_default()),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "account claim watch failed; retrying"),
             }
-            Ok(watcher::Event::Delete(m)) => claims_ctx
-                .account_claims
-                .remove(m.metadata.uid.as_deref().unwrap_or_default()),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "account claim watch failed; retrying"),
-        }
-        futures::future::ready(())
-    });
+            futures::future::ready(())
+        });
     let background = tokio::spawn(async move {
         futures::join!(secret_run, namespace_run, claims_run);
     });
