@@ -472,3 +472,33 @@ async fn a_deleted_account_leaves_no_metric_series() {
     })
     .await;
 }
+
+/// Row 11: Cyclr's error text echoing the API key never reaches status, Events or logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_echoed_by_cyclr_is_scrubbed_from_status_and_events() {
+    let h = Harness::start("scrub", "10s").await;
+    ready_account(&h, "acme", json!({"partnerRef": {"name": h.partner}})).await;
+    let key = "sk-live-4f9a1c2e7b3d";
+    h.put_secret("slack-key", &[("apiKey", key)]).await;
+    h.sim.set_faults(Faults {
+        install_error_echoes_credentials: true,
+        ..Default::default()
+    });
+    h.apply::<CyclrConnectorInstall>(json!({"metadata": {"name": "slack"}, "spec": {
+        "accountRef": {"name": "acme"}, "connectorName": "Slack", "connectorVersion": "1.0",
+        "auth": {"apiKeySecretRef": {"name": "slack-key"}}}}))
+        .await;
+    let refused = h
+        .wait_condition::<CyclrConnectorInstall>("slack", STALLED, "True", Some("CyclrRejected"))
+        .await;
+    let message = ready_message(&refused);
+    assert!(message.contains("[redacted]"), "Cyclr's message is kept, the key is not: {message}");
+    let event = h.wait_event("slack", "CyclrRejected").await;
+    let everything = format!(
+        "{} {:?} {}",
+        serde_json::to_string(&refused).unwrap(),
+        event.note,
+        h.metrics.encode()
+    );
+    assert!(!everything.contains(key), "the key leaked: {everything}");
+}

@@ -1,0 +1,93 @@
+//! The inputs of issue [H] that need the whole operator: status that tells the truth and an
+//! operator that stays calm when Cyclr pushes back. (Admission is `tests/admission.rs`, the
+//! kstatus table `tests/kstatus.rs`, the client's hold and adaptive rate `cyclr-sim/tests`.)
+
+mod support;
+
+use std::time::Duration;
+
+use cyclr_operator::resources::{CyclrAccount, READY, condition};
+use cyclr_sim::Faults;
+use k8s_openapi::api::events::v1::Event;
+use serde_json::json;
+use support::Harness;
+
+const UPDATE: &str = "PUT /api/partner/accounts/{id}";
+
+fn account(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"metadata": {"name": name}, "spec": spec})
+}
+
+fn warnings(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| format!("{:?}: {:?}", e.reason, e.note))
+        .collect()
+}
+
+/// Row 3 (and 10): a date with a fraction of a second is applied once, never "corrected"
+/// again; Row 5: twenty accounts applied at once meet no error on the normal path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_rollout_is_quiet_and_dates_compare_at_the_apis_precision() {
+    let h = Harness::start("quiet", "10s").await;
+    for i in 0..20 {
+        h.apply::<CyclrAccount>(account(
+            &format!("tenant-{i}"),
+            json!({"partnerRef": {"name": h.partner}, "nextBillDate": "2030-03-09T16:23:08.5Z"}),
+        ))
+        .await;
+    }
+    for i in 0..20 {
+        h.wait_condition::<CyclrAccount>(&format!("tenant-{i}"), READY, "True", None)
+            .await;
+    }
+    let writes_when_ready = h.metrics.encode();
+    // Two resyncs with nothing to change.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(h.cyclr_requests(UPDATE), 0, "no Update Account once Cyclr holds the date");
+    let events = h.api::<Event>().list(&Default::default()).await.unwrap().items;
+    assert_eq!(warnings(&events), Vec::<String>::new(), "no error on the normal path");
+    assert!(
+        events.iter().all(|e| e.reason.as_deref() != Some("DriftCorrected")),
+        "nothing corrected"
+    );
+    let writes = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("cyclr_operator_kubernetes_writes_total{kind=\"CyclrAccount\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let (at_ready, after) = (writes(&writes_when_ready), writes(&h.metrics.encode()));
+    // Per new account: the pending marker, the created status, the id annotation; then at
+    // most one more status write for the first usage read.
+    assert!(at_ready <= 3.0 * 20.0, "{at_ready} writes for 20 new accounts");
+    assert!(after - at_ready <= 20.0, "{} writes while idle", after - at_ready);
+}
+
+/// Row 6: Cyclr answering 429 with `Retry-After: 60` to everything: one new account waits
+/// out the hold, says `RateLimited`, and neither Cyclr nor the API server see a storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retry_after_holds_the_partner_quietly() {
+    let h = Harness::start("hold", "10m").await;
+    h.wait_partner_ready("True").await;
+    h.sim.set_faults(Faults {
+        rate_limit_rps: Some(0),
+        retry_after_secs: 60,
+        ..Default::default()
+    });
+    let before = h.sim.stats().total_requests();
+    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}})))
+        .await;
+    let limited = h
+        .wait_condition::<CyclrAccount>("acme", READY, "False", Some("RateLimited"))
+        .await;
+    let version = limited.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let calls = h.sim.stats().total_requests() - before;
+    assert!(calls <= 3, "{calls} Cyclr calls during the hold");
+    let now = h.account("acme").await;
+    assert_eq!(now.metadata.resource_version, version, "no API-server write during the hold");
+    let c = condition(&now.status.unwrap().conditions, READY).unwrap().clone();
+    assert_eq!(c.reason, "RateLimited");
+}
