@@ -492,7 +492,10 @@ async fn a_key_echoed_by_cyclr_is_scrubbed_from_status_and_events() {
         .wait_condition::<CyclrConnectorInstall>("slack", STALLED, "True", Some("CyclrRejected"))
         .await;
     let message = ready_message(&refused);
-    assert!(message.contains("[redacted]"), "Cyclr's message is kept, the key is not: {message}");
+    assert!(
+        message.contains("[redacted]"),
+        "Cyclr's message is kept, the key is not: {message}"
+    );
     let event = h.wait_event("slack", "CyclrRejected").await;
     let everything = format!(
         "{} {:?} {}",

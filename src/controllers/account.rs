@@ -87,6 +87,8 @@ const SYNCED: &str = "the Cyclr account matches the spec";
 pub enum PartnerView {
     /// No CyclrPartner of that name (or it was deleted).
     NotFound,
+    /// It exists, but this process has not checked it yet (just started).
+    Unchecked,
     /// Its namespaceSelector does not select this namespace.
     NotAllowed,
     NotReady(String),
@@ -162,6 +164,9 @@ impl Reconciler for CyclrAccount {
             _name_guard: None,
         };
         let Some(runtime) = ctx.partners.get(partner_name) else {
+            if ctx.partner_exists(partner_name) {
+                observed.partner = PartnerView::Unchecked;
+            }
             return Ok(observed);
         };
         if !runtime.admits(&ctx.namespace_labels(&namespace).unwrap_or_default()) {
@@ -421,6 +426,15 @@ pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
     };
     let partner = &spec.partner_ref.name;
     let (plans, snapshot) = match &obs.partner {
+        // After a restart: keep the status as it is until the partner's check, which wakes
+        // every account; a new account gets its first status at once.
+        PartnerView::Unchecked if account.status.is_some() => return Plan::Wait(Duration::from_secs(5)),
+        PartnerView::Unchecked => {
+            return report(Health::progressing(
+                Reason::PartnerNotReady,
+                format!("CyclrPartner {partner:?} has not been checked yet"),
+            ));
+        }
         PartnerView::NotFound => {
             return report(Health::progressing(
                 Reason::PartnerNotFound,

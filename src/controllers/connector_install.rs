@@ -362,10 +362,17 @@ fn observe_account(install: &CyclrConnectorInstall, ctx: &Context) -> AccountVie
     };
     let partner = &account.spec.partner_ref.name;
     let Some(runtime) = ctx.partners.get(partner) else {
-        return AccountView::Waiting(
-            Reason::PartnerNotFound,
-            format!("CyclrPartner {partner:?} does not exist"),
-        );
+        return if ctx.partner_exists(partner) {
+            AccountView::Waiting(
+                Reason::PartnerNotReady,
+                format!("CyclrPartner {partner:?} has not been checked yet"),
+            )
+        } else {
+            AccountView::Waiting(
+                Reason::PartnerNotFound,
+                format!("CyclrPartner {partner:?} does not exist"),
+            )
+        };
     };
     if !runtime.admits(&ctx.namespace_labels(&namespace).unwrap_or_default()) {
         return AccountView::Waiting(

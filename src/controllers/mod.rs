@@ -30,7 +30,7 @@ use crate::driver::{self, Backoffs, Reason, Reconciler};
 use crate::index::{ClaimIndex, Holder};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::resources::{self, CyclrAccount, MANAGER, annotations};
+use crate::resources::{self, CyclrAccount, CyclrPartner, MANAGER, annotations};
 use crate::secrets::{self, Secrets};
 use partners::Partners;
 
@@ -75,6 +75,8 @@ pub struct Context {
     pub install_claims: ClaimIndex,
     /// The watched accounts, for installs looking up their account.
     accounts: OnceLock<Store<DeserializeGuard<CyclrAccount>>>,
+    /// The watched partners, to tell "not checked yet" from "does not exist".
+    partner_objects: OnceLock<Store<DeserializeGuard<CyclrPartner>>>,
     /// Namespace labels, for the partners' namespaceSelector.
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Partner names whose accounts should be reconciled now.
@@ -118,6 +120,14 @@ impl Context {
     pub fn account(&self, namespace: &str, name: &str) -> Option<Arc<CyclrAccount>> {
         let guard = self.accounts.get()?.get(&ObjectRef::new(name).within(namespace))?;
         guard.0.as_ref().ok().map(|a| Arc::new(a.clone()))
+    }
+
+    /// Whether a CyclrPartner of this name exists (from the watch; `true` until the watch
+    /// has listed, so a restart never reports a partner missing).
+    pub fn partner_exists(&self, name: &str) -> bool {
+        self.partner_objects
+            .get()
+            .is_none_or(|store| store.get(&ObjectRef::new(name)).is_some())
     }
 
     /// The labels of a namespace, from the watch.
@@ -292,6 +302,7 @@ pub async fn run(
         account_claims: ClaimIndex::default(),
         install_claims: ClaimIndex::default(),
         accounts: OnceLock::new(),
+        partner_objects: OnceLock::new(),
         namespaces: namespace_store.clone(),
         wake_partner,
         usage_polls: Mutex::default(),

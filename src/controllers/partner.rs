@@ -30,6 +30,7 @@ pub fn controller(
 ) -> impl Stream<Item = ReconcileResult<CyclrPartner>> {
     let api: Api<DeserializeGuard<CyclrPartner>> = Api::all(ctx.client.clone());
     let controller = controller_for::<CyclrPartner>(&ctx, api, |_| {});
+    let _ = ctx.partner_objects.set(controller.store());
     let operator_namespace = ctx.config.namespace.clone();
     let users = users_of_secret(controller.store(), move |p: &CyclrPartner, s: &Secret| {
         s.namespace().as_deref() == Some(operator_namespace.as_str())

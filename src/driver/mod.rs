@@ -116,6 +116,9 @@ const RECHECK: Duration = Duration::from_secs(300);
 pub enum Plan<K: Reconciler> {
     /// Observe again with this, then decide once more.
     Refresh(K::Refresh),
+    /// Nothing to report yet (e.g. the partner's first check after a restart is under way):
+    /// no write, look again after this long, or when woken.
+    Wait(Duration),
     /// No Cyclr write: report this health and status (an Event with it, if given).
     Report {
         health: Health,
@@ -289,6 +292,7 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
     };
     match plan {
         Plan::Refresh(_) => unreachable!("handled in the loop"),
+        Plan::Wait(after) => Ok(Action::requeue(after)),
         Plan::Report { health, status, event } => {
             finish(obj, ctx, &previous, status, &health, event.into_iter().collect(), true).await?;
             Ok(next_action(obj, ctx, &health, &observed))
@@ -390,6 +394,7 @@ async fn finish<K: Reconciler>(
     if let Some((key, id)) = K::identity(&written)
         && annotation(obj.meta(), key) != Some(id.as_str())
     {
+        tracing::debug!(annotation = key, %id, "recording the id in metadata");
         let patch = serde_json::json!({"metadata": {"annotations": {key: id}}});
         api_for(ctx.client.clone(), obj)
             .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
@@ -442,6 +447,7 @@ async fn write_status<K: Reconciler>(
     if rest_changed {
         next.set_last_sync_time(Some(Time(Timestamp::now())));
     }
+    tracing::debug!(?previous, ?next, "writing status");
     let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),

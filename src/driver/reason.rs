@@ -34,8 +34,6 @@ reasons! {
     Installed,
     /// The partner's credentials work and Partner Details answers.
     Connected,
-    /// Work under way.
-    Reconciling,
     /// A Create Account is in flight (status.pendingCreate).
     Creating,
     /// An Install Connector is in flight (status.pendingInstall).
@@ -90,8 +88,6 @@ reasons! {
     InstalledNameInUse,
     /// An install's outcome was lost and cannot be confirmed.
     InstallOutcomeUnknown,
-    /// The credentials changed after the install; the Partner API cannot update an install.
-    CredentialsNotApplied,
     /// The CyclrPartner's client cannot be built (bad URL).
     InvalidConfiguration,
 }
