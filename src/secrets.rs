@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 
+use crate::driver::Reason;
+
 /// The label a Secret must carry for the operator to read it.
 pub const CREDENTIALS_LABEL: &str = "cyclr.com/credentials";
 
@@ -73,8 +75,51 @@ impl Secrets {
     }
 }
 
+/// Why a referenced Secret cannot be used: the condition reason and its message.
+pub type Unusable = (Reason, String);
+
+impl Secrets {
+    /// The values of `keys` in the labelled Secret `namespace/name`, in order, or why they
+    /// cannot be had (missing, not labelled, a key missing), with the fix in the message.
+    pub async fn values(
+        &self,
+        namespace: &str,
+        name: &str,
+        keys: &[&str],
+    ) -> Result<Result<Vec<String>, Unusable>, kube::Error> {
+        let secret = match self.get(namespace, name).await? {
+            Lookup::Found(secret) => secret,
+            Lookup::Missing => {
+                return Ok(Err((
+                    Reason::SecretNotFound,
+                    format!("Secret {namespace}/{name} not found"),
+                )));
+            }
+            Lookup::NotLabelled => {
+                return Ok(Err((
+                    Reason::SecretNotLabelled,
+                    format!(
+                        "Secret {namespace}/{name} is not labelled {CREDENTIALS_LABEL}=true; the operator reads only Secrets so labelled: kubectl label secret -n {namespace} {name} {CREDENTIALS_LABEL}=true"
+                    ),
+                )));
+            }
+        };
+        Ok(keys
+            .iter()
+            .map(|key| {
+                value(&secret, key).ok_or_else(|| {
+                    (
+                        Reason::SecretKeyNotFound,
+                        format!("Secret {namespace}/{name} has no key {key:?}"),
+                    )
+                })
+            })
+            .collect())
+    }
+}
+
 /// A value of a Secret's `data`, as text.
-pub fn value(secret: &Secret, key: &str) -> Option<String> {
+fn value(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()?

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, stream};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
@@ -18,7 +18,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::partners::{AccountsSnapshot, PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, jittered, namespaced_api};
-use crate::driver::{self, Applied, Failure, Health, ManagedStatus, Note, Plan, Reason, Reconciler};
+use crate::driver::{self, Applied, Failure, Health, Note, Plan, Reason, Reconciler};
 use crate::index::Holder;
 use crate::resources::{
     CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, ManagementPolicy, PendingWrite, UsageStatus, annotation,
@@ -55,29 +55,11 @@ pub fn controller(
         .run(driver::reconcile::<CyclrAccount>, super::error_policy, ctx)
 }
 
-impl ManagedStatus for CyclrAccountStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn set_conditions(&mut self, conditions: Vec<Condition>) {
-        self.conditions = conditions;
-    }
-    fn observed_generation(&self) -> Option<i64> {
-        self.observed_generation
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.observed_generation = generation;
-    }
-    fn pending(&self) -> Option<&PendingWrite> {
-        self.pending_create.as_ref()
-    }
-    fn set_pending(&mut self, pending: Option<PendingWrite>) {
-        self.pending_create = pending;
-    }
-    fn set_last_sync_time(&mut self, time: Option<Time>) {
-        self.last_sync_time = time;
-    }
-}
+crate::managed_status!(
+    CyclrAccountStatus,
+    pending = pending_create,
+    last_sync_time = last_sync_time
+);
 
 /// The Ready message of an account in sync: one text, so a resync after a create or an
 /// adoption writes nothing (the Events say what happened).

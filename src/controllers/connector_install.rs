@@ -9,7 +9,7 @@ use chrono::Utc;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
@@ -21,10 +21,9 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::partners::{PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, namespaced_api, users_of_secret};
-use crate::driver::{self, Applied, Failure, Health, ManagedStatus, Plan, Reason, Reconciler};
+use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
 use crate::index::Holder;
 use crate::resources::{CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite};
-use crate::secrets::{self, Lookup};
 use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
 
 pub fn controller(
@@ -82,26 +81,7 @@ fn install_key(install: &CyclrConnectorInstall) -> String {
     )
 }
 
-impl ManagedStatus for CyclrConnectorInstallStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn set_conditions(&mut self, conditions: Vec<Condition>) {
-        self.conditions = conditions;
-    }
-    fn observed_generation(&self) -> Option<i64> {
-        self.observed_generation
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.observed_generation = generation;
-    }
-    fn pending(&self) -> Option<&PendingWrite> {
-        self.pending_install.as_ref()
-    }
-    fn set_pending(&mut self, pending: Option<PendingWrite>) {
-        self.pending_install = pending;
-    }
-}
+crate::managed_status!(CyclrConnectorInstallStatus, pending = pending_install);
 
 /// The account (and its partner) as an install needs it.
 pub enum AccountView {
@@ -186,10 +166,6 @@ impl Reconciler for CyclrConnectorInstall {
         Ok(observed)
     }
 
-    fn decide(&self, observed: &Observed) -> Plan<Self> {
-        decide(self, observed)
-    }
-
     async fn act(
         &self,
         ctx: &Context,
@@ -237,6 +213,10 @@ impl Reconciler for CyclrConnectorInstall {
                 ),
             )),
         })
+    }
+
+    fn decide(&self, observed: &Observed) -> Plan<Self> {
+        decide(self, observed)
     }
 
     fn resync(&self, _: &Observed) -> Option<Duration> {
@@ -400,36 +380,10 @@ async fn observe_credentials(install: &CyclrConnectorInstall, ctx: &Context) -> 
         (None, Some(r)) => (&r.name, vec![&r.username_key, &r.password_key]),
         (None, None) => return Ok(CredentialsView::Ready(ConnectorAuth::None)),
     };
-    let secret = match ctx.secrets.get(&namespace, name).await? {
-        Lookup::Found(secret) => secret,
-        Lookup::Missing => {
-            return Ok(CredentialsView::Missing(
-                Reason::SecretNotFound,
-                format!("Secret {name:?} not found"),
-            ));
-        }
-        Lookup::NotLabelled => {
-            return Ok(CredentialsView::Missing(
-                Reason::SecretNotLabelled,
-                format!(
-                    "Secret {name:?} is not labelled {}=true; the operator reads only Secrets so labelled",
-                    secrets::CREDENTIALS_LABEL
-                ),
-            ));
-        }
+    let values = match ctx.secrets.values(&namespace, name, &keys).await? {
+        Ok(values) => values,
+        Err((reason, message)) => return Ok(CredentialsView::Missing(reason, message)),
     };
-    let mut values = Vec::new();
-    for key in keys {
-        match secrets::value(&secret, key) {
-            Some(v) => values.push(v),
-            None => {
-                return Ok(CredentialsView::Missing(
-                    Reason::SecretKeyNotFound,
-                    format!("Secret {name:?} has no key {key:?}"),
-                ));
-            }
-        }
-    }
     Ok(CredentialsView::Ready(match values.as_slice() {
         [key] => ConnectorAuth::ApiKey(SecretString::from(key.clone())),
         [username, password] => ConnectorAuth::Basic {

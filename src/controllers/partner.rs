@@ -9,7 +9,6 @@ use chrono::Utc;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::ObjectMeta;
 use kube::core::{DeserializeGuard, Selector};
 use kube::{Api, ResourceExt};
@@ -17,9 +16,8 @@ use secrecy::SecretString;
 
 use super::partners::{PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, jittered, users_of_secret};
-use crate::driver::{self, Applied, Failure, Health, ManagedStatus, Plan, Reason, Reconciler};
+use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
 use crate::resources::{CyclrPartner, CyclrPartnerStatus, PartnerDetailsStatus, PricePlanStatus};
-use crate::secrets::{self, Lookup};
 use cyclr::types::{PartnerDetails, PricePlan};
 use cyclr::{ClientConfig, CyclrClient};
 
@@ -43,23 +41,7 @@ pub fn controller(
         .run(driver::reconcile::<CyclrPartner>, super::error_policy, ctx)
 }
 
-impl ManagedStatus for CyclrPartnerStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn set_conditions(&mut self, conditions: Vec<Condition>) {
-        self.conditions = conditions;
-    }
-    fn observed_generation(&self) -> Option<i64> {
-        self.observed_generation
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.observed_generation = generation;
-    }
-    fn set_last_sync_time(&mut self, time: Option<Time>) {
-        self.last_sync_time = time;
-    }
-}
+crate::managed_status!(CyclrPartnerStatus, last_sync_time = last_sync_time);
 
 /// What checking the partner found.
 pub enum Observed {
@@ -174,47 +156,15 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
     let name = partner.name_any();
     let namespace = &ctx.config.namespace;
     let secret_ref = &partner.spec.credentials_secret_ref;
-    let secret = match ctx.secrets.get(namespace, &secret_ref.name).await? {
-        Lookup::Found(secret) => secret,
-        Lookup::NotLabelled => {
+    let keys = [secret_ref.client_id_key.as_str(), secret_ref.client_secret_key.as_str()];
+    let (client_id, client_secret) = match ctx.secrets.values(namespace, &secret_ref.name, &keys).await? {
+        Ok(values) => (values[0].trim().to_string(), values[1].trim().to_string()),
+        Err((reason, message)) => {
             return Ok(Err(Health::progressing(
-                Reason::SecretNotLabelled,
-                format!(
-                    "Secret {namespace}/{} is not labelled {}=true; the operator reads only Secrets so labelled: kubectl label secret -n {namespace} {} {}=true",
-                    secret_ref.name,
-                    secrets::CREDENTIALS_LABEL,
-                    secret_ref.name,
-                    secrets::CREDENTIALS_LABEL
-                ),
+                reason,
+                format!("{message} (partner credentials are read from the operator's namespace)"),
             )));
         }
-        Lookup::Missing => {
-            return Ok(Err(Health::progressing(
-                Reason::SecretNotFound,
-                format!(
-                    "Secret {namespace}/{} not found (partner credentials are read from the operator's namespace)",
-                    secret_ref.name
-                ),
-            )));
-        }
-    };
-    let value = |key: &str| {
-        secrets::value(&secret, key)
-            .map(|v| v.trim().to_string())
-            .ok_or_else(|| {
-                Health::progressing(
-                    Reason::SecretKeyNotFound,
-                    format!("Secret {namespace}/{} has no key {key}", secret_ref.name),
-                )
-            })
-    };
-    let client_id = match value(&secret_ref.client_id_key) {
-        Ok(v) => v,
-        Err(health) => return Ok(Err(health)),
-    };
-    let client_secret = match value(&secret_ref.client_secret_key) {
-        Ok(v) => v,
-        Err(health) => return Ok(Err(health)),
     };
     let spec = &partner.spec;
     let selector = match spec.namespace_selector.clone().map(Selector::try_from).transpose() {

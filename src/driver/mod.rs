@@ -58,6 +58,42 @@ pub trait ManagedStatus: Clone + Default + PartialEq + Debug + Serialize + Send 
     fn set_last_sync_time(&mut self, _time: Option<Time>) {}
 }
 
+/// Implements [`ManagedStatus`] for a status struct with `conditions` and
+/// `observed_generation` fields, and optionally its pending marker and `lastSyncTime` fields:
+/// `managed_status!(CyclrAccountStatus, pending = pending_create, last_sync_time = last_sync_time);`
+#[macro_export]
+macro_rules! managed_status {
+    ($status:ty $(, pending = $pending:ident)? $(, last_sync_time = $sync:ident)?) => {
+        impl $crate::driver::ManagedStatus for $status {
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                &self.conditions
+            }
+            fn set_conditions(&mut self, conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>) {
+                self.conditions = conditions;
+            }
+            fn observed_generation(&self) -> Option<i64> {
+                self.observed_generation
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+            $(
+                fn pending(&self) -> Option<&$crate::resources::PendingWrite> {
+                    self.$pending.as_ref()
+                }
+                fn set_pending(&mut self, pending: Option<$crate::resources::PendingWrite>) {
+                    self.$pending = pending;
+                }
+            )?
+            $(
+                fn set_last_sync_time(&mut self, time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) {
+                    self.$sync = time;
+                }
+            )?
+        }
+    };
+}
+
 /// What a kind gives the driver.
 pub trait Reconciler:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
