@@ -505,3 +505,60 @@ async fn a_key_echoed_by_cyclr_is_scrubbed_from_status_and_events() {
     );
     assert!(!everything.contains(key), "the key leaked: {everything}");
 }
+
+/// Deliver 4 and 5: a partner serves only the namespaces its `namespaceSelector` selects,
+/// and a paused partner makes no calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_serves_only_the_namespaces_it_selects_and_honours_pause() {
+    let h = Harness::start("tenancy", "10s").await;
+    h.wait_partner_ready("True").await;
+    let partners = Api::<CyclrPartner>::all(h.client.clone());
+    partners
+        .patch(
+            &h.partner,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"namespaceSelector": {"matchLabels": {"tier": "gold"}}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}}), None))
+        .await;
+    let refused = h
+        .wait_condition::<CyclrAccount>("acme", STALLED, "True", Some("PartnerNotAllowed"))
+        .await;
+    assert!(ready_message(&refused).contains("namespaceSelector"));
+    assert_eq!(h.cyclr_requests(CREATE), 0);
+    // Selecting the namespace lets it through, with no spec change.
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone())
+        .patch(
+            &h.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "gold"}}})),
+        )
+        .await
+        .unwrap();
+    h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
+
+    // Paused: the partner's check stops, and so do its calls.
+    partners
+        .patch(
+            &h.partner,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {annotations::PAUSED: "true"}}})),
+        )
+        .await
+        .unwrap();
+    h.wait_for("the partner paused", Duration::from_secs(30), || async {
+        let p = partners.get(&h.partner).await.ok()?;
+        (condition(&p.status?.conditions, READY)?.reason == "Paused").then_some(())
+    })
+    .await;
+    let details = h.cyclr_requests("GET /api/partner/details");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        h.cyclr_requests("GET /api/partner/details"),
+        details,
+        "no check while paused (resync is 10 s)"
+    );
+}
