@@ -3,6 +3,9 @@
 //! Debian's `lua5.1`) against the real control plane. The operator runs out of cluster as
 //! the chart's ServiceAccount (impersonation: the test control plane has no kubelet).
 
+#[path = "support/kstatus.rs"]
+mod kstatus;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -626,9 +629,10 @@ async fn chart_service_account_runs_the_examples() {
         .expect("the leader Lease in the operator's namespace");
     assert!(lease.spec.unwrap().holder_identity.is_some(), "the Lease has a holder");
 
-    // Argo CD health, on real objects in each state.
+    // Argo CD health and Flux's kstatus, on real objects in each state: they agree.
     for object in &healthy {
         assert_eq!(argocd_health(object).0, "Healthy", "{}", object["metadata"]["name"]);
+        assert_eq!(kstatus::kstatus(object).0, "Current", "{}", object["metadata"]["name"]);
     }
     let mut stale = healthy[1].clone();
     stale["metadata"]["generation"] = json!(stale["metadata"]["generation"].as_i64().unwrap() + 1);
@@ -655,6 +659,7 @@ async fn chart_service_account_runs_the_examples() {
     let degraded = wait_condition(&client, "CyclrAccount", Some("tenants"), "unknown-plan", stalled, &log).await;
     let (status, message) = argocd_health(&degraded);
     assert_eq!(status, "Degraded");
+    assert_eq!(kstatus::kstatus(&degraded).0, "Failed");
     assert!(
         message.contains("Platinum"),
         "the Stalled message names the plan: {message}"
@@ -663,6 +668,7 @@ async fn chart_service_account_runs_the_examples() {
     let reconciling = ("Reconciling", "True", None);
     let progressing = wait_condition(&client, "CyclrPartner", None, "missing-credentials", reconciling, &log).await;
     assert_eq!(argocd_health(&progressing).0, "Progressing");
+    assert_eq!(kstatus::kstatus(&progressing).0, "InProgress");
 
     let accounts = ApiResource::erase::<resources::CyclrAccount>(&());
     Api::<DynamicObject>::namespaced_with(client.clone(), "tenants", &accounts)
