@@ -20,10 +20,12 @@ use tokio::sync::oneshot;
 /// The label every object of a scenario carries (value: the namespace), and the operator's
 /// `--label-selector`, so scenarios never see each other's objects.
 pub const LABEL: &str = "cyclr.com/bench";
+/// The partner credentials the simulators accept.
 pub const CLIENT_ID: &str = "bench-client";
 pub const CLIENT_SECRET: &str = "bench-secret";
 const FIELD_MANAGER: &str = "cyclr-bench";
 
+/// `cyclr.com/v1alpha1` CyclrAccount, for dynamic objects (the bench does not link the operator).
 pub fn account_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrAccount"))
 }
@@ -32,6 +34,7 @@ fn partner_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrPartner"))
 }
 
+/// The CyclrAccounts of `namespace`.
 pub fn accounts(client: &Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &account_resource())
 }
@@ -234,10 +237,12 @@ impl ReadyWatch {
         Ok((watch, task))
     }
 
+    /// Accounts seen Ready so far.
     pub fn count(&self) -> usize {
         self.ready.lock().expect("ready map").len()
     }
 
+    /// When each account was first seen Ready, by name.
     pub fn snapshot(&self) -> HashMap<String, Instant> {
         self.ready.lock().expect("ready map").clone()
     }

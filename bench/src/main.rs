@@ -128,9 +128,9 @@ async fn start_sim(args: &Args) -> anyhow::Result<SimHandle> {
 }
 
 /// How long a rollout may take before the bench gives up: four Cyclr calls per account at the
-/// limit, plus two minutes.
+/// limit, 10 accounts/s of API server work, plus two minutes.
 fn rollout_timeout(n: usize, limit: u32) -> Duration {
-    Duration::from_secs(120 + 4 * n as u64 / u64::from(limit.max(1)))
+    Duration::from_secs(120 + 4 * n as u64 / u64::from(limit.max(1)) + n as u64 / 10)
 }
 
 async fn run_operator(

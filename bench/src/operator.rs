@@ -85,6 +85,7 @@ impl Operator {
         Ok(parse_counter(&text, "cyclr_operator_kubernetes_writes_total"))
     }
 
+    /// The operator's peak RSS and CPU time so far.
     pub fn usage(&self) -> anyhow::Result<ProcUsage> {
         proc_usage(self.pid)
     }
