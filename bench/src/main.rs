@@ -342,12 +342,13 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// Each count divided by N, with the count itself (rare calls such as List Accounts round to 0.00).
 fn per_account(map: &BTreeMap<String, u64>, n: usize) -> String {
     if map.is_empty() {
         return "none".into();
     }
     map.iter()
-        .map(|(k, v)| format!("{k}: {:.2}", *v as f64 / n as f64))
+        .map(|(k, v)| format!("{k}: {:.2} ({v})", *v as f64 / n as f64))
         .collect::<Vec<_>>()
         .join(", ")
 }
