@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests image demo clean
+.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests image demo bench clean
 
 all: build
 
@@ -31,6 +31,12 @@ manifests:
 ## the container image as an OCI archive in target/image/, without a container engine (see Dockerfile)
 image:
 	bash hack/image.sh
+
+## N CyclrAccounts onboarded by the release operator and by the floor, at 10 and 1000 req/s
+## (N=1000 by default; N=300 make bench for a quicker run). See docs/performance.md.
+bench: testbin
+	$(CARGO) build --release -p cyclr-operator -p cyclr-bench --bin cyclr-operator --bin cyclr-bench
+	"$${CARGO_TARGET_DIR:-target}/release/cyclr-bench"
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,289 @@
+//! The Kubernetes side of a scenario: the CRDs, a namespace's partner objects, accounts
+//! created concurrently, and a watch that notes when each account first reports Ready.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::channel::mpsc;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+/// The label every object of a scenario carries (value: the namespace), and the operator's
+/// `--label-selector`, so scenarios never see each other's objects.
+pub const LABEL: &str = "cyclr.com/bench";
+/// The partner credentials the simulators accept.
+pub const CLIENT_ID: &str = "bench-client";
+pub const CLIENT_SECRET: &str = "bench-secret";
+const FIELD_MANAGER: &str = "cyclr-bench";
+
+/// `cyclr.com/v1alpha1` CyclrAccount, for dynamic objects (the bench does not link the operator).
+pub fn account_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrAccount"))
+}
+
+fn partner_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrPartner"))
+}
+
+/// The CyclrAccounts of `namespace`.
+pub fn accounts(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &account_resource())
+}
+
+fn partners(client: &Client) -> Api<DynamicObject> {
+    Api::all_with(client.clone(), &partner_resource())
+}
+
+/// Applies the CRDs the operator binary prints (`cyclr-operator crd`), so the bench installs
+/// exactly what it measures, and waits until they are Established.
+pub async fn install_crds(client: &Client, operator: &Path) -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(operator)
+        .arg("crd")
+        .output()
+        .await
+        .with_context(|| format!("running {} crd", operator.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} crd failed: {}",
+            operator.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for document in serde_yaml::Deserializer::from_slice(&output.stdout) {
+        let crd: CustomResourceDefinition =
+            serde::Deserialize::deserialize(document).context("parsing the operator's CRDs")?;
+        let name = crd.metadata.name.clone().context("a CRD without a name")?;
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        names.push(name);
+    }
+    wait_for("the CRDs to be Established", Duration::from_secs(60), || async {
+        for name in &names {
+            let crd = api.get(name).await.ok()?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if !established {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+}
+
+/// The partner of a scenario: its credentials Secret (in `namespace`) and a CyclrPartner named
+/// after the namespace, at `requests_per_second` (burst 20, the default).
+pub async fn create_partner(
+    client: &Client,
+    namespace: &str,
+    api_url: &str,
+    requests_per_second: u32,
+    resync: &str,
+) -> anyhow::Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": "partner-credentials",
+            "labels": {LABEL: namespace, "cyclr.com/credentials": "true"},
+        },
+        "stringData": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .context("creating the partner credentials Secret")?;
+    let partner: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cyclr.com/v1alpha1",
+        "kind": "CyclrPartner",
+        "metadata": {"name": namespace, "labels": {LABEL: namespace}},
+        "spec": {
+            "apiURL": api_url,
+            "credentialsSecretRef": {"name": "partner-credentials"},
+            "rateLimit": {"requestsPerSecond": requests_per_second, "burst": 20},
+            "resyncInterval": resync,
+            // Usage polls would fall into the resync window; the first read still happens.
+            "usageInterval": "1h",
+        },
+    }))?;
+    partners(client)
+        .create(&PostParams::default(), &partner)
+        .await
+        .context("creating the CyclrPartner")?;
+    Ok(())
+}
+
+/// Waits until the CyclrPartner reports Ready=True.
+pub async fn wait_partner_ready(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api = partners(client);
+    wait_for("the CyclrPartner to be Ready", Duration::from_secs(60), || async {
+        is_ready(&api.get(name).await.ok()?).then_some(())
+    })
+    .await
+}
+
+/// Whether the object's `status.conditions` holds Ready=True.
+pub fn is_ready(object: &DynamicObject) -> bool {
+    object.data["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// Polls `check` every 200 ms until it returns Some; an error naming `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check().await {
+            return Ok(found);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates `n` CyclrAccounts `acct-00000`… with `concurrency` creates in flight, and returns
+/// when each create was sent. Each created name is also sent to `created`, if given.
+pub async fn create_accounts(
+    client: &Client,
+    namespace: &str,
+    n: usize,
+    concurrency: usize,
+    created: Option<mpsc::UnboundedSender<String>>,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let api = accounts(client, namespace);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (api, created) = (api.clone(), created.clone());
+            async move {
+                let name = format!("acct-{i:05}");
+                let account: DynamicObject = serde_json::from_value(json!({
+                    "apiVersion": "cyclr.com/v1alpha1",
+                    "kind": "CyclrAccount",
+                    "metadata": {"name": name, "labels": {LABEL: namespace}},
+                    "spec": {"partnerRef": {"name": namespace}, "description": "cyclr-bench"},
+                }))?;
+                let sent = Instant::now();
+                api.create(&PostParams::default(), &account)
+                    .await
+                    .with_context(|| format!("creating CyclrAccount {name}"))?;
+                if let Some(created) = created {
+                    let _ = created.unbounded_send(name.clone());
+                }
+                Ok::<_, anyhow::Error>((name, sent))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await
+}
+
+/// When each account of a namespace was first seen Ready, from a watch started before any
+/// account exists.
+#[derive(Clone, Default)]
+pub struct ReadyWatch {
+    ready: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl ReadyWatch {
+    /// Starts the watch and returns once its initial list is done.
+    pub async fn start(client: &Client, namespace: &str) -> anyhow::Result<(ReadyWatch, tokio::task::JoinHandle<()>)> {
+        let watch = ReadyWatch::default();
+        let (listed, mut on_listed) = oneshot::channel();
+        let ready = watch.ready.clone();
+        let stream = watcher(accounts(client, namespace), watcher::Config::default());
+        let task = tokio::spawn(async move {
+            let mut listed = Some(listed);
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(listed) = listed.take() {
+                            let _ = listed.send(());
+                        }
+                    }
+                    Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) if is_ready(&obj) => {
+                        let name = obj.metadata.name.clone().unwrap_or_default();
+                        let mut ready = ready.lock().expect("ready map");
+                        ready.entry(name).or_insert_with(Instant::now);
+                    }
+                    // The watcher re-lists by itself after an error.
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), &mut on_listed)
+            .await
+            .context("the account watch did not list within 30 s")??;
+        Ok((watch, task))
+    }
+
+    /// Accounts seen Ready so far.
+    pub fn count(&self) -> usize {
+        self.ready.lock().expect("ready map").len()
+    }
+
+    /// When each account was first seen Ready, by name.
+    pub fn snapshot(&self) -> HashMap<String, Instant> {
+        self.ready.lock().expect("ready map").clone()
+    }
+
+    /// Waits until `n` accounts are Ready, or fails after `timeout` saying how many were.
+    pub async fn wait_all(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n {
+            if Instant::now() > deadline {
+                bail!("only {} of {n} accounts Ready after {timeout:?}", self.count());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Time to Ready of every account (from its create to its first Ready), sorted, and the time
+/// from the first create to the last Ready.
+pub fn readiness_times(
+    sent: &HashMap<String, Instant>,
+    ready: &HashMap<String, Instant>,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let first = sent.values().min().context("no account was created")?;
+    let last = ready.values().max().context("no account was Ready")?;
+    let mut each: Vec<Duration> = sent
+        .iter()
+        .map(|(name, at)| {
+            let ready = ready.get(name).with_context(|| format!("{name} never Ready"))?;
+            Ok(ready.saturating_duration_since(*at))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    each.sort();
+    Ok((each, last.saturating_duration_since(*first)))
+}
+
+/// The `q` quantile (0.0–1.0) of sorted durations, nearest rank.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}

@@ -1,0 +1,426 @@
+//! `make bench`: onboards N CyclrAccounts with the real operator (release binary, a child
+//! process) on a real control plane (cyclr-testenv) against cyclr-sim with added latency, then
+//! does the same with the floor (no operator logic), at the default partner rate limit and at
+//! a raised one, and prints times, Cyclr calls, Kubernetes writes, memory and CPU.
+//! See docs/performance.md.
+
+mod cluster;
+mod floor;
+mod operator;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use cyclr_sim::{Faults, SimConfig, SimHandle, Simulator};
+use cyclr_testenv::TestEnv;
+
+use cluster::{CLIENT_ID, CLIENT_SECRET, ReadyWatch};
+use operator::{Operator, ProcUsage};
+
+/// Onboarding N CyclrAccounts: the operator against the floor.
+#[derive(Parser, Debug)]
+#[command(about)]
+struct Args {
+    /// Accounts per run.
+    #[arg(long, env = "N", default_value_t = 1000)]
+    n: usize,
+    /// Account creates in flight at once (the clients of the API server, e.g. a GitOps tool).
+    #[arg(long, env = "CREATE_CONCURRENCY", default_value_t = 32)]
+    create_concurrency: usize,
+    /// The operator's `--concurrency`, and the floor's number of accounts handled at once.
+    #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 16)]
+    operator_concurrency: u16,
+    /// The partner rate limits to run at, requests per second (10 is the default limit).
+    #[arg(long, env = "LIMITS", value_delimiter = ',', default_value = "10,1000")]
+    limits: Vec<u32>,
+    /// Latency the simulator adds to every request, in milliseconds.
+    #[arg(long, env = "LATENCY_MS", default_value_t = 20)]
+    latency_ms: u64,
+    /// The partner's resyncInterval, in seconds (the resync measured after the rollout).
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 30)]
+    resync_seconds: u64,
+    /// The operator binary; default: `cyclr-operator` next to this binary.
+    #[arg(long, env = "CYCLR_OPERATOR")]
+    operator: Option<PathBuf>,
+}
+
+/// One rollout of N accounts, operator or floor.
+struct Rollout {
+    /// From the first create sent to the last account Ready.
+    all_ready: Duration,
+    /// Each account's time from its create to its first Ready, sorted.
+    each: Vec<Duration>,
+    /// Cyclr requests by endpoint, and responses by status.
+    calls: BTreeMap<String, u64>,
+    responses: BTreeMap<u16, u64>,
+}
+
+struct OperatorRun {
+    rollout: Rollout,
+    /// Kubernetes writes during the rollout, by metric label set.
+    writes: BTreeMap<String, u64>,
+    usage: ProcUsage,
+    /// The first resync after the rollout: the accounts' first usage reads.
+    first_resync: Resync,
+    /// The next one, with nothing to change.
+    resync: Resync,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let operator_bin = match &args.operator {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("cyclr-operator"),
+    };
+    anyhow::ensure!(
+        operator_bin.is_file(),
+        "{} is missing: build it with `cargo build --release --bin cyclr-operator` (make bench does)",
+        operator_bin.display()
+    );
+    let logs = std::env::temp_dir().join(format!("cyclr-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+
+    println!(
+        "cyclr-bench: N={} accounts, cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s",
+        args.n, args.latency_ms, args.create_concurrency, args.operator_concurrency, args.limits
+    );
+    println!("machine: {}", machine());
+    println!(
+        "note: this machine is shared (other builds may run): absolute times are noisy, the operator/floor ratio is the headline."
+    );
+    let env = TestEnv::get().await;
+    let client = env.client();
+    cluster::install_crds(&client, &operator_bin).await?;
+
+    let mut results = Vec::new();
+    for &limit in &args.limits {
+        println!("\n[{limit} req/s] operator: {} accounts…", args.n);
+        let log = logs.join(format!("operator-{limit}.log"));
+        let run = run_operator(env, &args, &operator_bin, limit, log).await?;
+        println!(
+            "[{limit} req/s] operator: all Ready in {:.1} s",
+            run.rollout.all_ready.as_secs_f64()
+        );
+        let per_account = floor_work(&run.writes, args.n);
+        println!("[{limit} req/s] floor: {} accounts ({per_account:?})…", args.n);
+        let floor = run_floor(env, &args, limit, per_account).await?;
+        println!(
+            "[{limit} req/s] floor: all Ready in {:.1} s",
+            floor.all_ready.as_secs_f64()
+        );
+        results.push((limit, run, floor));
+    }
+    report(&args, &results);
+    Ok(())
+}
+
+async fn start_sim(args: &Args) -> anyhow::Result<SimHandle> {
+    let mut config = SimConfig::new(CLIENT_ID, CLIENT_SECRET);
+    config.faults = Faults {
+        latency: Duration::from_millis(args.latency_ms),
+        ..Faults::default()
+    };
+    Simulator::start(config, "127.0.0.1:0".parse()?).await
+}
+
+/// How long a rollout may take before the bench gives up: four Cyclr calls per account at the
+/// limit, 10 accounts/s of API server work, plus two minutes.
+fn rollout_timeout(n: usize, limit: u32) -> Duration {
+    Duration::from_secs(120 + 4 * n as u64 / u64::from(limit.max(1)) + n as u64 / 10)
+}
+
+async fn run_operator(
+    env: &TestEnv,
+    args: &Args,
+    binary: &std::path::Path,
+    limit: u32,
+    log: PathBuf,
+) -> anyhow::Result<OperatorRun> {
+    let client = env.client();
+    let namespace = env.new_namespace("bench-operator").await;
+    let sim = start_sim(args).await?;
+    let resync = format!("{}s", args.resync_seconds);
+    cluster::create_partner(&client, &namespace, &sim.base_url(), limit, &resync).await?;
+    let mut op = Operator::start(
+        binary,
+        env.kubeconfig_path(),
+        &namespace,
+        args.operator_concurrency,
+        log,
+    )?;
+    if let Err(e) = cluster::wait_partner_ready(&client, &namespace).await {
+        op.check_running()?;
+        return Err(e.context(format!("operator log: {}", op.log.display())));
+    }
+    let before = op.kubernetes_writes().await?;
+    sim.reset_stats();
+
+    let (watch, watch_task) = ReadyWatch::start(&client, &namespace).await?;
+    let sent = cluster::create_accounts(&client, &namespace, args.n, args.create_concurrency, None).await?;
+    let deadline = Instant::now() + rollout_timeout(args.n, limit);
+    while watch.count() < args.n {
+        op.check_running()?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} accounts Ready after {:?}; operator log: {}",
+            watch.count(),
+            args.n,
+            rollout_timeout(args.n, limit),
+            op.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (each, all_ready) = cluster::readiness_times(&sent, &watch.snapshot())?;
+    watch_task.abort();
+    // Writes that trail the last Ready (Events, annotations) belong to the rollout.
+    let after = settle(&op, &sim, Duration::from_secs(60)).await?;
+    let stats = sim.stats();
+    let rollout = Rollout {
+        all_ready,
+        each,
+        calls: stats.requests,
+        responses: stats.responses,
+    };
+    let writes = delta(&before, &after);
+
+    // The first resync after the rollout does the accounts' first usage reads (an account's
+    // usage is read once a List Accounts has shown it); the second has nothing to change.
+    let usage_timeout = rollout_timeout(args.n, limit);
+    let first_resync = measure_resync(&op, &sim, args.resync_seconds, usage_timeout, &after).await?;
+    let resync = measure_resync(
+        &op,
+        &sim,
+        args.resync_seconds,
+        usage_timeout,
+        &first_resync.writes_after,
+    )
+    .await?;
+
+    let usage = op.usage()?;
+    op.stop().await?;
+    sim.shutdown().await;
+    Ok(OperatorRun {
+        rollout,
+        writes,
+        usage,
+        first_resync,
+        resync,
+    })
+}
+
+/// What one resync cost: Cyclr calls and Kubernetes writes from the next List Accounts until
+/// quiet.
+struct Resync {
+    calls: BTreeMap<String, u64>,
+    writes: BTreeMap<String, u64>,
+    /// The operator's write counters once quiet.
+    writes_after: BTreeMap<String, u64>,
+}
+
+async fn measure_resync(
+    op: &Operator,
+    sim: &SimHandle,
+    resync_seconds: u64,
+    timeout: Duration,
+    before: &BTreeMap<String, u64>,
+) -> anyhow::Result<Resync> {
+    sim.reset_stats();
+    cluster::wait_for(
+        "a resync (List Accounts)",
+        Duration::from_secs(resync_seconds + 30),
+        || async { (sim.stats().requests_to("GET /api/partner/accounts") > 0).then_some(()) },
+    )
+    .await?;
+    let after = settle(op, sim, timeout).await?;
+    Ok(Resync {
+        calls: sim.stats().requests,
+        writes: delta(before, &after),
+        writes_after: after,
+    })
+}
+
+/// Waits until neither the operator's Kubernetes writes nor the simulator's requests have
+/// changed for 3 s (at most `max`), and returns the writes then.
+async fn settle(op: &Operator, sim: &SimHandle, max: Duration) -> anyhow::Result<BTreeMap<String, u64>> {
+    let deadline = Instant::now() + max;
+    let mut last = (op.kubernetes_writes().await?, sim.stats().total_requests());
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = (op.kubernetes_writes().await?, sim.stats().total_requests());
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    Ok(last.0)
+}
+
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// The floor's writes per account: the operator's, rounded (its annotation patch included).
+fn floor_work(writes: &BTreeMap<String, u64>, n: usize) -> floor::PerAccount {
+    let per = |kind: &str| {
+        let total = writes.get(&format!("kind=\"{kind}\"")).copied().unwrap_or(0);
+        (total as f64 / n.max(1) as f64).round() as u64
+    };
+    let account_writes = per("CyclrAccount").max(1);
+    let patches = u64::from(account_writes >= 2);
+    floor::PerAccount {
+        status_writes: account_writes - patches,
+        patches,
+        events: per("Event"),
+    }
+}
+
+async fn run_floor(env: &TestEnv, args: &Args, limit: u32, per_account: floor::PerAccount) -> anyhow::Result<Rollout> {
+    let client = env.client();
+    let namespace = env.new_namespace("bench-floor").await;
+    let sim = start_sim(args).await?;
+    let (watch, watch_task) = ReadyWatch::start(&client, &namespace).await?;
+    let (created, to_handle) = futures::channel::mpsc::unbounded();
+    let api_url = sim.base_url();
+    let (sent, ()) = tokio::try_join!(
+        cluster::create_accounts(&client, &namespace, args.n, args.create_concurrency, Some(created)),
+        floor::run(
+            &client,
+            &namespace,
+            &api_url,
+            limit,
+            usize::from(args.operator_concurrency),
+            per_account,
+            to_handle
+        ),
+    )?;
+    watch.wait_all(args.n, Duration::from_secs(60)).await?;
+    let (each, all_ready) = cluster::readiness_times(&sent, &watch.snapshot())?;
+    watch_task.abort();
+    let stats = sim.stats();
+    sim.shutdown().await;
+    Ok(Rollout {
+        all_ready,
+        each,
+        calls: stats.requests,
+        responses: stats.responses,
+    })
+}
+
+/// CPU model, cores, memory and load, from /proc.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{model}, {cores} cores (nproc), {mem_gib:.1} GiB, load average {} at start",
+        load.join(" ")
+    )
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Each count divided by N, with the count itself (rare calls such as List Accounts round to 0.00).
+fn per_account(map: &BTreeMap<String, u64>, n: usize) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}: {:.2} ({v})", *v as f64 / n as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn counts(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
+    let n = args.n;
+    println!("\n## Results (N = {n})\n");
+    println!("| limit | run | all Ready | accounts/s | time to Ready p50 | p99 | operator/floor |");
+    println!("|---|---|---|---|---|---|---|");
+    for (limit, run, floor) in results {
+        let ratio = run.rollout.all_ready.as_secs_f64() / floor.all_ready.as_secs_f64().max(1e-9);
+        for (name, r, ratio) in [
+            ("operator", &run.rollout, format!("**{ratio:.2}×**")),
+            ("floor", floor, String::new()),
+        ] {
+            println!(
+                "| {limit}/s | {name} | {} | {:.1} | {} | {} | {ratio} |",
+                secs(r.all_ready),
+                n as f64 / r.all_ready.as_secs_f64().max(1e-9),
+                secs(cluster::quantile(&r.each, 0.5)),
+                secs(cluster::quantile(&r.each, 0.99)),
+            );
+        }
+    }
+    for (limit, run, floor) in results {
+        let calls: u64 = run.rollout.calls.values().sum();
+        let writes: u64 = run.writes.values().sum();
+        println!("\n### {limit} requests/s\n");
+        println!(
+            "- budget floor N × calls per account / limit: {n} × {:.2} / {limit} = {:.1} s",
+            calls as f64 / n as f64,
+            calls as f64 / f64::from(*limit)
+        );
+        println!(
+            "- operator Cyclr calls per account: {}",
+            per_account(&run.rollout.calls, n)
+        );
+        println!("- operator Cyclr responses: {}", counts_u16(&run.rollout.responses));
+        println!("- floor Cyclr calls per account: {}", per_account(&floor.calls, n));
+        println!(
+            "- operator Kubernetes writes per account: {:.2} ({})",
+            writes as f64 / n as f64,
+            per_account(&run.writes, n)
+        );
+        println!(
+            "- operator peak RSS {:.1} MiB, CPU {:.1} s (rollout and both resyncs)",
+            run.usage.peak_rss_kib as f64 / 1024.0,
+            run.usage.cpu_seconds
+        );
+        println!(
+            "- first resync after the rollout (first usage reads): Cyclr calls {}; Kubernetes writes {}",
+            counts(&run.first_resync.calls),
+            counts(&run.first_resync.writes)
+        );
+        println!(
+            "- one full resync with nothing to change: Cyclr calls {}; Kubernetes writes {}",
+            counts(&run.resync.calls),
+            counts(&run.resync.writes)
+        );
+    }
+}
+
+fn counts_u16(map: &BTreeMap<u16, u64>) -> String {
+    counts(&map.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+}

@@ -1,0 +1,168 @@
+//! The operator under test: the release `cyclr-operator` binary as a child process, so its
+//! memory and CPU are its own (read from /proc) and its `/metrics` is the one users scrape.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+
+use crate::cluster::LABEL;
+
+/// A running operator; killed when dropped.
+pub struct Operator {
+    child: tokio::process::Child,
+    pid: u32,
+    metrics_url: String,
+    http: reqwest::Client,
+    /// Where its logs go (warnings and errors only).
+    pub log: PathBuf,
+}
+
+/// What /proc says of a process.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcUsage {
+    /// Peak resident set size (`VmHWM`), in KiB.
+    pub peak_rss_kib: u64,
+    /// User plus system CPU time, in seconds.
+    pub cpu_seconds: f64,
+}
+
+impl Operator {
+    /// Starts `binary run` for one namespace (its own and the watched one) and the scenario's
+    /// label, with `/metrics` on a free local port.
+    pub fn start(
+        binary: &Path,
+        kubeconfig: &Path,
+        namespace: &str,
+        concurrency: u16,
+        log: PathBuf,
+    ) -> anyhow::Result<Operator> {
+        let addr = free_local_addr()?;
+        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = tokio::process::Command::new(binary)
+            .args(["run", "--namespace", namespace, "--watch-namespace", namespace])
+            .args(["--label-selector", &format!("{LABEL}={namespace}")])
+            .args(["--http-addr", &addr.to_string(), "--log-level", "warn"])
+            .args(["--concurrency", &concurrency.to_string()])
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let pid = child.id().context("the operator exited at once")?;
+        Ok(Operator {
+            child,
+            pid,
+            metrics_url: format!("http://{addr}/metrics"),
+            http: reqwest::Client::new(),
+            log,
+        })
+    }
+
+    /// Fails if the operator has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the operator exited ({status}); see {}", self.log.display());
+        }
+        Ok(())
+    }
+
+    /// `cyclr_operator_kubernetes_writes_total` by label set, e.g. `kind="CyclrAccount"`.
+    pub async fn kubernetes_writes(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let text = self
+            .http
+            .get(&self.metrics_url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .with_context(|| format!("scraping {}", self.metrics_url))?
+            .text()
+            .await?;
+        Ok(parse_counter(&text, "cyclr_operator_kubernetes_writes_total"))
+    }
+
+    /// The operator's peak RSS and CPU time so far.
+    pub fn usage(&self) -> anyhow::Result<ProcUsage> {
+        proc_usage(self.pid)
+    }
+
+    /// SIGTERM, then waits for the exit (the operator stops within its 5 s grace).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A local address nobody listens on right now.
+fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// The samples of one counter in Prometheus text format, by label set (without braces).
+fn parse_counter(text: &str, name: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once(' ')?;
+            let labels = labels.trim().trim_start_matches('{').trim_end_matches('}');
+            Some((labels.to_string(), value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// Peak RSS from `/proc/PID/status` and CPU time from `/proc/PID/stat`.
+pub fn proc_usage(pid: u32) -> anyhow::Result<ProcUsage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th
+    // and 13th (fields 14 and 15 of proc(5)).
+    let after_comm = stat.rsplit_once(')').context("unexpected /proc/PID/stat")?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ProcUsage {
+        peak_rss_kib,
+        cpu_seconds: ticks as f64 / per_second,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_counter_by_label_set() {
+        let text = "# HELP cyclr_operator_kubernetes_writes Writes\n\
+                    cyclr_operator_kubernetes_writes_total{kind=\"CyclrAccount\"} 2000\n\
+                    cyclr_operator_kubernetes_writes_total{kind=\"Event\"} 1000\n\
+                    cyclr_other_total 5\n";
+        let parsed = parse_counter(text, "cyclr_operator_kubernetes_writes_total");
+        assert_eq!(parsed.get("kind=\"CyclrAccount\""), Some(&2000));
+        assert_eq!(parsed.get("kind=\"Event\""), Some(&1000));
+        assert_eq!(parsed.len(), 2);
+    }
+
+    #[test]
+    fn reads_its_own_usage() {
+        let usage = proc_usage(std::process::id()).unwrap();
+        assert!(usage.peak_rss_kib > 0);
+    }
+}
