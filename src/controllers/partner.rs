@@ -224,9 +224,10 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
     Ok(Ok(runtime))
 }
 
-/// Token, Partner Details, price plans and a fresh account list.
+/// Partner Details, price plans and a fresh account list (a token when none is cached).
 async fn check(runtime: &PartnerRuntime) -> cyclr::Result<(PartnerDetails, Vec<PricePlan>, usize)> {
-    runtime.client.authenticate().await?;
+    // No forced token fetch: Partner Details obtains one when none is cached, and a token
+    // Cyclr refuses is renewed once by the client, so refused credentials still show.
     let details = runtime.client.partner_details().await?;
     let plans = runtime.client.price_plans().await?;
     let snapshot = runtime.snapshot_since(Utc::now()).await?;
