@@ -65,9 +65,6 @@ crate::managed_status!(
 /// adoption writes nothing (the Events say what happened).
 const SYNCED: &str = "the Cyclr account matches the spec";
 
-/// How soon after its create an account's usage is first read (jittered).
-const FIRST_USAGE_READ: Duration = Duration::from_secs(30);
-
 /// The partner as an account sees it.
 pub enum PartnerView {
     /// No CyclrPartner of that name (or it was deleted).
@@ -286,20 +283,10 @@ impl Reconciler for CyclrAccount {
     }
 
     fn resync(&self, observed: &Observed) -> Option<Duration> {
-        let PartnerView::Ready { runtime, .. } = &observed.partner else {
-            return None;
-        };
-        let interval = runtime.resync_interval.min(runtime.usage_interval);
-        // The first usage read comes soon after the create, in a reconcile of its own, so it
-        // never competes with onboarding for the partner's budget in the same breath.
-        let first_usage = self.spec.usage.enabled
-            && observed.usage.is_none()
-            && self.status.as_ref().is_none_or(|s| s.usage.is_none());
-        Some(jittered(if first_usage {
-            interval.min(FIRST_USAGE_READ)
-        } else {
-            interval
-        }))
+        match &observed.partner {
+            PartnerView::Ready { runtime, .. } => Some(jittered(runtime.resync_interval.min(runtime.usage_interval))),
+            _ => None,
+        }
     }
 
     fn identity(status: &CyclrAccountStatus) -> Option<(&'static str, String)> {
