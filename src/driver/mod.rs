@@ -40,7 +40,7 @@ pub use health::Health;
 pub use reason::{Failure, Reason, health_of};
 
 use crate::controllers::{Context, jittered};
-use crate::resources::{MANAGER, PendingWrite, STALLED, annotation, condition, is_paused, same_conditions};
+use crate::resources::{MANAGER, PendingWrite, annotation, condition, is_paused, same_conditions, stalled_reason};
 
 /// The status every kind shares: kstatus conditions, `observedGeneration`, and (for kinds with
 /// non-idempotent Cyclr writes) the pending-write marker.
@@ -244,15 +244,6 @@ impl Backoffs {
     pub fn forget(&self, uid: &str) {
         self.by_uid.lock().expect("lock").remove(uid);
     }
-
-    /// Objects with a failure on record (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.by_uid.lock().expect("lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The Api through which an object is written.
@@ -305,8 +296,7 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
         return Ok(Action::requeue(wait));
     }
     if previous.observed_generation() == generation
-        && condition(previous.conditions(), STALLED)
-            .is_some_and(|c| c.status == "True" && Reason::parse(&c.reason).is_none_or(Reason::waits_for_spec))
+        && stalled_reason(previous.conditions()).is_some_and(|r| Reason::parse(r).is_none_or(Reason::waits_for_spec))
     {
         return Ok(Action::await_change());
     }
