@@ -126,3 +126,94 @@ fn value(secret: &Secret, key: &str) -> Option<String> {
         .get(key)
         .and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
+
+/// A keyed digest of connector credentials: it tells whether the credentials changed since
+/// an install without revealing them, even weak ones, to anyone who can read status.
+///
+/// HMAC-SHA256 keyed from the partner's OAuth client secret (a random value Cyclr issues, so
+/// the key cannot be guessed, and the operator holds it anyway). Shape:
+/// `v1:<key id, 16 hex>:<mac, 64 hex>`. The key id tells a digest made before the partner's
+/// secret was rotated, which cannot be compared any more, from credentials that changed.
+#[derive(Clone)]
+pub struct CredentialsDigest {
+    key: ring::hmac::Key,
+    key_id: String,
+}
+
+impl CredentialsDigest {
+    /// The digest keyed from `client_secret`.
+    pub fn new(client_secret: &str) -> Self {
+        use ring::hmac;
+        let derive = hmac::Key::new(hmac::HMAC_SHA256, client_secret.as_bytes());
+        let key = hmac::Key::new(
+            hmac::HMAC_SHA256,
+            hmac::sign(&derive, b"cyclr-operator credentials digest").as_ref(),
+        );
+        let key_id = hex(&hmac::sign(&key, b"key id").as_ref()[..8]);
+        CredentialsDigest { key, key_id }
+    }
+
+    /// The digest of `auth` (its form and every value, length-prefixed so no two differ only
+    /// in where one value ends).
+    pub fn of(&self, auth: &cyclr::types::ConnectorAuth) -> String {
+        use cyclr::types::ConnectorAuth;
+        use secrecy::ExposeSecret;
+        let mut ctx = ring::hmac::Context::with_key(&self.key);
+        let fields: Vec<&str> = match auth {
+            ConnectorAuth::None => vec!["none"],
+            ConnectorAuth::ApiKey(key) => vec!["apiKey", key.expose_secret()],
+            ConnectorAuth::Basic { username, password } => vec!["basic", username, password.expose_secret()],
+        };
+        for field in fields {
+            ctx.update(&(field.len() as u64).to_be_bytes());
+            ctx.update(field.as_bytes());
+        }
+        format!("v1:{}:{}", self.key_id, hex(ctx.sign().as_ref()))
+    }
+
+    /// Whether two digests were made with the same key, so comparing them means something.
+    pub fn comparable(a: &str, b: &str) -> bool {
+        let key_id = |d: &str| d.split(':').nth(1).map(str::to_owned);
+        key_id(a).is_some() && key_id(a) == key_id(b)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cyclr::types::ConnectorAuth;
+    use secrecy::SecretString;
+
+    fn key(k: &str) -> ConnectorAuth {
+        ConnectorAuth::ApiKey(SecretString::from(k))
+    }
+
+    #[test]
+    fn a_digest_changes_with_any_value_and_reveals_none() {
+        let digest = CredentialsDigest::new("client-secret");
+        let a = digest.of(&key("hunter2"));
+        assert_eq!(a, digest.of(&key("hunter2")));
+        assert_ne!(a, digest.of(&key("hunter3")));
+        assert!(!a.contains("hunter2"));
+        let basic = |u: &str, p: &str| ConnectorAuth::Basic {
+            username: u.into(),
+            password: SecretString::from(p),
+        };
+        assert_ne!(digest.of(&basic("ab", "c")), digest.of(&basic("a", "bc")));
+        assert_ne!(digest.of(&ConnectorAuth::None), digest.of(&key("none")));
+        assert!(CredentialsDigest::comparable(&a, &digest.of(&key("other"))));
+    }
+
+    #[test]
+    fn another_partner_secret_makes_incomparable_digests() {
+        let old = CredentialsDigest::new("old-secret");
+        let new = CredentialsDigest::new("new-secret");
+        let made = old.of(&key("k"));
+        assert!(!CredentialsDigest::comparable(&made, &new.of(&key("k"))));
+        assert_ne!(made, new.of(&key("k")));
+    }
+}

@@ -6,13 +6,15 @@ mod support;
 
 use std::time::Duration;
 
-use cyclr_operator::resources::{CyclrAccount, READY, condition};
+use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, READY, STALLED, condition};
 use cyclr_sim::Faults;
 use k8s_openapi::api::events::v1::Event;
 use serde_json::json;
 use support::Harness;
+use support::kstatus::kstatus;
 
 const UPDATE: &str = "PUT /api/partner/accounts/{id}";
+const INSTALL: &str = "POST /api/partner/installconnector";
 
 fn account(name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"metadata": {"name": name}, "spec": spec})
@@ -153,4 +155,56 @@ async fn a_restart_rewrites_no_status() {
         let ready = condition(&a.status.unwrap().conditions, READY).unwrap().clone();
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Synced"));
     }
+}
+
+/// Row 2: an installed connector's API-key Secret rotated. The Partner API cannot change an
+/// install's credentials, so the resource says so (Stalled, not Ready) without revealing a
+/// value and without a second install; restoring the value makes it Ready again. (Renaming
+/// `installedName` is refused at admission: `tests/admission.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_credentials_of_an_install_are_reported_not_hidden() {
+    let h = Harness::start("rotate", "10s").await;
+    h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}})))
+        .await;
+    h.put_secret("slack-key", &[("apiKey", "first-api-key-value")]).await;
+    h.apply::<CyclrConnectorInstall>(json!({"metadata": {"name": "slack"}, "spec": {
+        "accountRef": {"name": "acme"}, "connectorName": "Slack", "connectorVersion": "1.0",
+        "auth": {"apiKeySecretRef": {"name": "slack-key"}}}}))
+        .await;
+    let installed = h
+        .wait_condition::<CyclrConnectorInstall>("slack", READY, "True", Some("Installed"))
+        .await;
+    let digest = installed
+        .status
+        .unwrap()
+        .credentials_digest
+        .expect("the applied credentials' digest");
+    assert!(!digest.contains("first-api-key-value"), "{digest}");
+
+    h.put_secret("slack-key", &[("apiKey", "second-api-key-value")]).await;
+    let stalled = h
+        .wait_condition::<CyclrConnectorInstall>("slack", STALLED, "True", Some("CredentialsNotApplied"))
+        .await;
+    let status = stalled.status.clone().unwrap();
+    let ready = condition(&status.conditions, READY).unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("cannot change"), "{}", ready.message);
+    assert!(!ready.message.contains("api-key-value"), "{}", ready.message);
+    assert_eq!(
+        status.credentials_digest.as_deref(),
+        Some(digest.as_str()),
+        "the applied digest is kept"
+    );
+    let (verdict, _) = kstatus(&serde_json::to_value(&stalled).unwrap());
+    assert_eq!(
+        verdict, "Failed",
+        "kstatus: a human must re-install or restore the Secret"
+    );
+    let warning = h.wait_event("slack", "CredentialsNotApplied").await;
+    assert!(!format!("{warning:?}").contains("api-key-value"));
+
+    h.put_secret("slack-key", &[("apiKey", "first-api-key-value")]).await;
+    h.wait_condition::<CyclrConnectorInstall>("slack", READY, "True", Some("Installed"))
+        .await;
+    assert_eq!(h.cyclr_requests(INSTALL), 1, "never installed twice");
 }

@@ -775,6 +775,7 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(60),
             None,
+            crate::secrets::CredentialsDigest::new("s"),
         ))
     }
 

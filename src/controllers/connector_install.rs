@@ -23,7 +23,10 @@ use super::partners::{PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, namespaced_api, users_of_secret};
 use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
 use crate::index::Holder;
-use crate::resources::{CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite};
+use crate::resources::{
+    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite, READY, condition,
+};
+use crate::secrets::CredentialsDigest;
 use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
 
 pub fn controller(
@@ -110,6 +113,8 @@ pub enum InstalledView {
 pub struct Observed {
     pub account: AccountView,
     pub credentials: CredentialsView,
+    /// The credentials' digest under the account's partner key, when both can be read.
+    pub credentials_digest: Option<String>,
     /// An older install resource with the same installed name in the same account.
     pub claimed_by: Option<Holder>,
     pub installed: InstalledView,
@@ -139,9 +144,14 @@ impl Reconciler for CyclrConnectorInstall {
             .filter(|other| *other < holder);
         let account = observe_account(self, ctx);
         let credentials = observe_credentials(self, ctx).await?;
+        let credentials_digest = match (&credentials, partner_of(self, ctx)) {
+            (CredentialsView::Ready(auth), Some(runtime)) => Some(runtime.credentials_digest.of(auth)),
+            _ => None,
+        };
         let mut observed = Observed {
             account,
             credentials,
+            credentials_digest,
             claimed_by,
             installed: InstalledView::NotListed,
             _name_guard: None,
@@ -203,6 +213,7 @@ impl Reconciler for CyclrConnectorInstall {
             status: CyclrConnectorInstallStatus {
                 account_id: Some(account_id.clone()),
                 installed_at: Some(Time(Timestamp::now())),
+                credentials_digest: observed.credentials_digest.clone(),
                 ..self.status.clone().unwrap_or_default()
             },
             event: Some((
@@ -247,7 +258,7 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
         event: None,
     };
     if previous.installed_at.is_some() {
-        return report(Health::ready(Reason::Installed, "the connector is installed"));
+        return installed(install, obs, previous);
     }
     if let Some(holder) = &obs.claimed_by {
         return report(name_in_use(&holder.name));
@@ -287,6 +298,7 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
                     account_id: Some(account_id.clone()),
                     installed_connector_id: Some(found.id.clone()),
                     installed_at: Some(Time(Timestamp::now())),
+                    credentials_digest: obs.credentials_digest.clone(),
                     pending_install: None,
                     ..previous.clone()
                 },
@@ -325,6 +337,64 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
         status: previous,
         event: None,
     }
+}
+
+/// An installed connector: Ready while its credentials are the ones it was installed with.
+/// Changed ones cannot be sent (the Partner API has no update for an install), so that is
+/// said, and restoring the Secret's values makes it Ready again.
+fn installed(
+    install: &CyclrConnectorInstall,
+    obs: &Observed,
+    previous: CyclrConnectorInstallStatus,
+) -> Plan<CyclrConnectorInstall> {
+    let ready = Health::ready(Reason::Installed, "the connector is installed");
+    let not_applied = |message: String| Health::stalled(Reason::CredentialsNotApplied, message);
+    let health = match (&previous.credentials_digest, &obs.credentials_digest) {
+        (Some(applied), Some(current)) if CredentialsDigest::comparable(applied, current) && applied != current => {
+            let secrets = install.secret_names().join(", ");
+            let secrets = if secrets.is_empty() {
+                "spec.auth".to_string()
+            } else {
+                format!("Secret {secrets}")
+            };
+            not_applied(format!(
+                "the credentials ({secrets}) changed after the connector was installed; the Partner API cannot change an installed connector's credentials, so Cyclr keeps the old ones. Restore the previous values, or install anew: a new CyclrConnectorInstall with another installedName (and remove this one in Cyclr)"
+            ))
+        }
+        // Nothing to compare with now (the Secret or the partner unreadable): what was said stands.
+        (_, None) => match stalled_message(&previous, Reason::CredentialsNotApplied) {
+            Some(message) => not_applied(message),
+            None => ready,
+        },
+        _ => ready,
+    };
+    let status = match (&health, &obs.credentials_digest) {
+        // The first digest, or one under the partner's rotated key: the credentials now in
+        // force are taken as the ones installed (nothing older can be compared).
+        (Health::Ready { .. }, Some(current)) => CyclrConnectorInstallStatus {
+            credentials_digest: Some(current.clone()),
+            ..previous
+        },
+        _ => previous,
+    };
+    Plan::Report {
+        health,
+        status,
+        event: None,
+    }
+}
+
+/// The message of the Stalled condition in `status`, if it has `reason`.
+fn stalled_message(status: &CyclrConnectorInstallStatus, reason: Reason) -> Option<String> {
+    condition(&status.conditions, READY)
+        .filter(|c| c.reason == reason.as_str())
+        .map(|c| c.message.clone())
+}
+
+/// The partner runtime of the install's account, ready or not (for the credentials digest).
+fn partner_of(install: &CyclrConnectorInstall, ctx: &Context) -> Option<Arc<PartnerRuntime>> {
+    let account = ctx.account(&install.namespace().unwrap_or_default(), &install.spec.account_ref.name)?;
+    ctx.partners.get(&account.spec.partner_ref.name)
 }
 
 /// The install's account and partner, from the watches (no API read).
@@ -423,13 +493,20 @@ mod tests {
                     Duration::from_secs(60),
                     Duration::from_secs(60),
                     None,
+                    crate::secrets::CredentialsDigest::new("s"),
                 )),
             },
             credentials: CredentialsView::Ready(ConnectorAuth::ApiKey(SecretString::from("k"))),
+            credentials_digest: Some(digest("s", "k")),
             claimed_by: None,
             installed,
             _name_guard: None,
         }
+    }
+
+    /// The digest of API key `key` under partner secret `partner_secret`.
+    fn digest(partner_secret: &str, key: &str) -> String {
+        CredentialsDigest::new(partner_secret).of(&ConnectorAuth::ApiKey(SecretString::from(key)))
     }
 
     fn listed(name: &str, id: &str) -> InstalledConnector {
@@ -512,16 +589,59 @@ mod tests {
         );
     }
 
-    #[test]
-    fn installed_is_final() {
+    /// An install made with `applied` credentials (a digest) and the health decide gives.
+    fn installed_with(applied: Option<String>, obs: &Observed) -> (Reason, Option<String>) {
         let mut i = install();
         i.status = Some(CyclrConnectorInstallStatus {
             installed_at: Some(Time(Timestamp::now())),
+            credentials_digest: applied,
             ..Default::default()
         });
+        match decide(&i, obs) {
+            Plan::Report { health, status, .. } => (health.reason(), status.credentials_digest),
+            _ => panic!("an installed connector is never written again"),
+        }
+    }
+
+    #[test]
+    fn installed_is_final() {
+        let obs = ready(InstalledView::NotListed);
+        let same = Some(digest("s", "k"));
+        assert_eq!(installed_with(same.clone(), &obs), (Reason::Installed, same.clone()));
+        // Installed before digests were kept: the credentials in force become the baseline.
+        assert_eq!(installed_with(None, &obs), (Reason::Installed, same.clone()));
+    }
+
+    #[test]
+    fn changed_credentials_are_reported_not_hidden() {
+        let obs = ready(InstalledView::NotListed);
+        let old = Some(digest("s", "old-key"));
         assert_eq!(
-            reason(&decide(&i, &ready(InstalledView::NotListed))),
-            Some(Reason::Installed)
+            installed_with(old.clone(), &obs),
+            (Reason::CredentialsNotApplied, old.clone())
         );
+        // The partner's secret rotated: the old digest cannot be compared, so it is replaced.
+        let other_key = Some(digest("rotated", "old-key"));
+        assert_eq!(
+            installed_with(other_key, &obs),
+            (Reason::Installed, Some(digest("s", "k")))
+        );
+    }
+
+    #[test]
+    fn a_report_stands_while_the_credentials_cannot_be_read() {
+        let mut obs = ready(InstalledView::NotListed);
+        obs.credentials = CredentialsView::Missing(Reason::SecretNotFound, "gone".into());
+        obs.credentials_digest = None;
+        let mut i = install();
+        i.status = Some(CyclrConnectorInstallStatus {
+            installed_at: Some(Time(Timestamp::now())),
+            credentials_digest: Some(digest("s", "old-key")),
+            conditions: Health::stalled(Reason::CredentialsNotApplied, "changed").conditions(Some(1), &[]),
+            ..Default::default()
+        });
+        assert_eq!(reason(&decide(&i, &obs)), Some(Reason::CredentialsNotApplied));
+        i.status.as_mut().unwrap().conditions = vec![];
+        assert_eq!(reason(&decide(&i, &obs)), Some(Reason::Installed));
     }
 }

@@ -18,6 +18,7 @@ use super::partners::{PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, jittered, users_of_secret};
 use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
 use crate::resources::{CyclrPartner, CyclrPartnerStatus, PartnerDetailsStatus, PricePlanStatus};
+use crate::secrets::CredentialsDigest;
 use cyclr::types::{PartnerDetails, PricePlan};
 use cyclr::{ClientConfig, CyclrClient};
 
@@ -195,6 +196,7 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
     if let Some(existing) = existing.as_ref().filter(|r| r.fingerprint == fingerprint) {
         return Ok(Ok(existing.clone()));
     }
+    let credentials_digest = CredentialsDigest::new(&client_secret);
     let mut config = ClientConfig::new(spec.api_url.clone(), client_id, SecretString::from(client_secret));
     config.requests_per_second = spec.rate_limit.requests_per_second;
     config.burst = spec.rate_limit.burst;
@@ -213,6 +215,7 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
         spec.resync_interval.into(),
         spec.usage_interval.into(),
         selector,
+        credentials_digest,
     )
     .with_snapshot_metrics(&name, ctx.metrics.clone());
     if let Some(old) = &existing {

@@ -11,6 +11,7 @@ use kube::core::{Selector, SelectorExt};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::metrics::Metrics;
+use crate::secrets::CredentialsDigest;
 
 use cyclr::types::{Account, PricePlan};
 use cyclr::{CyclrClient, Result as CyclrResult};
@@ -39,6 +40,8 @@ pub struct PartnerRuntime {
     pub usage_interval: Duration,
     /// Which namespaces may use the partner (`None`: all).
     pub namespace_selector: Option<Selector>,
+    /// Digests of connector credentials, keyed from this partner's client secret.
+    pub credentials_digest: CredentialsDigest,
     state: RwLock<PartnerState>,
     price_plans: RwLock<Vec<PricePlan>>,
     /// Held while a list is in flight, so concurrent callers share one List Accounts.
@@ -57,6 +60,7 @@ impl PartnerRuntime {
         resync_interval: Duration,
         usage_interval: Duration,
         namespace_selector: Option<Selector>,
+        credentials_digest: CredentialsDigest,
     ) -> Self {
         PartnerRuntime {
             client,
@@ -64,6 +68,7 @@ impl PartnerRuntime {
             resync_interval,
             usage_interval,
             namespace_selector,
+            credentials_digest,
             state: RwLock::new(PartnerState::NotReady("the partner has not been checked yet".into())),
             price_plans: RwLock::new(Vec::new()),
             snapshot: Mutex::new(None),

@@ -88,6 +88,8 @@ reasons! {
     InstalledNameInUse,
     /// An install's outcome was lost and cannot be confirmed.
     InstallOutcomeUnknown,
+    /// An installed connector's credentials changed; the Partner API cannot apply them.
+    CredentialsNotApplied,
     /// The CyclrPartner's client cannot be built (bad URL).
     InvalidConfiguration,
 }
@@ -95,8 +97,8 @@ reasons! {
 impl Reason {
     /// Whether a Stalled resource with this reason waits for a new spec. The others stall on
     /// something another object may release (a holder deleted, a partner's selector
-    /// widened), so they are looked at again on wakes and every few minutes, still without
-    /// any Cyclr write.
+    /// widened, a Secret restored), so they are looked at again on wakes and every few
+    /// minutes, still without any Cyclr write.
     pub fn waits_for_spec(self) -> bool {
         !matches!(
             self,
@@ -104,6 +106,7 @@ impl Reason {
                 | Reason::PartnerNotAllowed
                 | Reason::InstalledNameInUse
                 | Reason::AuthenticationFailed
+                | Reason::CredentialsNotApplied
         )
     }
 }

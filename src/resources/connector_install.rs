@@ -48,7 +48,8 @@ pub struct CyclrConnectorInstallSpec {
     pub installed_name: Option<String>,
     /// How the connector authenticates; omit for none. OAuth connectors cannot be
     /// installed through this API. Credentials are sent once, with the install: the
-    /// Partner API cannot change them afterwards.
+    /// Partner API cannot change them afterwards, so a later change (of this field or of
+    /// the Secret's values) is reported as Stalled `CredentialsNotApplied`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<ConnectorAuthSpec>,
 }
@@ -133,6 +134,11 @@ pub struct CyclrConnectorInstallStatus {
     /// The installed connector's id, when the v1.0 installed-connector list shows it.
     #[serde(default, rename = "installedConnectorID", skip_serializing_if = "Option::is_none")]
     pub installed_connector_id: Option<String>,
+    /// A keyed digest (HMAC-SHA256, keyed from the partner's client secret) of the
+    /// credentials the connector was installed with, `v1:<key id>:<mac>`: it shows a
+    /// credentials change the Partner API cannot apply, without revealing any value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_digest: Option<String>,
     /// Set while an Install Connector is in flight or its outcome is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_install: Option<PendingWrite>,
