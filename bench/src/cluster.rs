@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::channel::mpsc;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -195,6 +195,38 @@ pub async fn create_accounts(
         .buffer_unordered(concurrency)
         .try_collect()
         .await
+}
+
+/// Creates `count` unlabelled Secrets and as many ConfigMaps (1 KiB of data each) in
+/// `namespace`, `concurrency` at a time: the rest of a real cluster, which the operator must
+/// neither cache nor pay for.
+pub async fn create_unrelated(
+    client: &Client,
+    namespace: &str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let value = "x".repeat(1024);
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (secrets, config_maps, value) = (secrets.clone(), config_maps.clone(), value.clone());
+            async move {
+                let name = format!("unrelated-{i:05}");
+                let secret: Secret = serde_json::from_value(json!({
+                    "metadata": {"name": name}, "stringData": {"value": value}}))?;
+                secrets.create(&PostParams::default(), &secret).await?;
+                let config_map: ConfigMap = serde_json::from_value(json!({
+                    "metadata": {"name": name}, "data": {"value": value}}))?;
+                config_maps.create(&PostParams::default(), &config_map).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await
+        .context("creating unrelated Secrets and ConfigMaps")
 }
 
 /// When each account of a namespace was first seen Ready, from a watch started before any

@@ -41,6 +41,9 @@ struct Args {
     /// The partner's resyncInterval, in seconds (the resync measured after the rollout).
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 30)]
     resync_seconds: u64,
+    /// Unrelated Secrets and ConfigMaps (each) in the cluster before the runs; default N.
+    #[arg(long, env = "UNRELATED")]
+    unrelated: Option<usize>,
     /// The operator binary; default: `cyclr-operator` next to this binary.
     #[arg(long, env = "CYCLR_OPERATOR")]
     operator: Option<PathBuf>,
@@ -85,8 +88,13 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
 
     println!(
-        "cyclr-bench: N={} accounts, cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s",
-        args.n, args.latency_ms, args.create_concurrency, args.operator_concurrency, args.limits
+        "cyclr-bench: N={} accounts, cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, {} unrelated Secrets and ConfigMaps",
+        args.n,
+        args.latency_ms,
+        args.create_concurrency,
+        args.operator_concurrency,
+        args.limits,
+        args.unrelated.unwrap_or(args.n)
     );
     println!("machine: {}", machine());
     println!(
@@ -95,6 +103,10 @@ async fn main() -> anyhow::Result<()> {
     let env = TestEnv::get().await;
     let client = env.client();
     cluster::install_crds(&client, &operator_bin).await?;
+    let unrelated = args.unrelated.unwrap_or(args.n);
+    println!("creating {unrelated} unrelated Secrets and {unrelated} ConfigMaps…");
+    let namespace = env.new_namespace("bench-unrelated").await;
+    cluster::create_unrelated(&client, &namespace, unrelated, args.create_concurrency).await?;
 
     let mut results = Vec::new();
     for &limit in &args.limits {

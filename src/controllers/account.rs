@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::channel::mpsc::UnboundedReceiver;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::OwnedMutexGuard;
 
-use super::partners::{AccountsSnapshot, PartnerRuntime, PartnerState};
+use super::partners::{AccountsSnapshot, Onboarding, PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, jittered, namespaced_api};
 use crate::driver::{self, Applied, Failure, Health, Note, Plan, Reason, Reconciler};
 use crate::index::Holder;
@@ -26,15 +27,31 @@ use crate::resources::{
 };
 use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 
+/// The account controller. Its watch is the only one of CyclrAccounts this operator serves:
+/// every change is also sent to `account_changes` (the installs wait on their account), and,
+/// when `feeds_claims` (the watch sees every CyclrAccount in the cluster), it keeps the claim
+/// index too, so no second watch of the kind is needed.
 pub fn controller(
     ctx: Arc<Context>,
     partner_wakes: UnboundedReceiver<String>,
+    account_changes: UnboundedSender<ObjectRef<CyclrAccount>>,
+    feeds_claims: bool,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ReconcileResult<CyclrAccount>> {
+    let claims = ctx.clone();
     let controller = controller_for::<CyclrAccount>(
         &ctx,
         namespaced_api::<DeserializeGuard<CyclrAccount>>(ctx.client.clone(), &ctx.config),
-        |_| {},
+        move |event| {
+            if let watcher::Event::Apply(DeserializeGuard(Ok(a))) | watcher::Event::InitApply(DeserializeGuard(Ok(a))) =
+                event
+            {
+                if feeds_claims {
+                    claims.claim_annotated(&a.metadata);
+                }
+                let _ = account_changes.unbounded_send(ObjectRef::from_obj(a));
+            }
+        },
     );
     let store = controller.store();
     let _ = ctx.accounts.set(store.clone());
@@ -92,6 +109,8 @@ pub struct Observed {
     pub now: DateTime<Utc>,
     /// Held while no id is known: creates of one name in one partner are serialised.
     _name_guard: Option<OwnedMutexGuard<()>>,
+    /// Held while this reconcile may create an account: the partner's usage reads wait.
+    _onboarding: Option<Onboarding>,
 }
 
 /// The Cyclr write an account needs.
@@ -144,6 +163,7 @@ impl Reconciler for CyclrAccount {
             usage: None,
             now,
             _name_guard: None,
+            _onboarding: None,
         };
         let Some(runtime) = ctx.partners.get(partner_name) else {
             if ctx.partner_exists(partner_name) {
@@ -161,6 +181,7 @@ impl Reconciler for CyclrAccount {
         }
         let id = self.known_id().map(str::to_string);
         if id.is_none() && self.spec.management_policy == ManagementPolicy::Full {
+            observed._onboarding = Some(runtime.onboarding());
             observed._name_guard = Some(runtime.lock_name(&self.cyclr_name()).await);
         }
         let snapshot = match refresh {
@@ -180,9 +201,8 @@ impl Reconciler for CyclrAccount {
         let name = self.cyclr_name();
         let relevant = snapshot
             .iter()
-            .flat_map(|s| s.accounts.values())
-            .filter(|a| a.name == name)
-            .map(|a| a.id.clone())
+            .flat_map(|s| s.named(&name))
+            .map(|a| a.id)
             .chain(id.clone());
         for candidate in relevant {
             if let Some(holder) = ctx.account_claims.held_by_other(&candidate, &uid) {
@@ -191,7 +211,7 @@ impl Reconciler for CyclrAccount {
         }
         if let Some(id) = &id
             && self.spec.usage.enabled
-            && snapshot.as_ref().is_some_and(|s| s.accounts.contains_key(id))
+            && snapshot.as_ref().is_some_and(|s| s.get(id).is_some())
         {
             observed.usage = poll_usage(self, ctx, &runtime, id).await;
         }
@@ -243,7 +263,8 @@ impl Reconciler for CyclrAccount {
                 Ok(Applied {
                     health: Health::ready(Reason::Synced, SYNCED),
                     status: with_account(previous, &created, observed.usage.clone()),
-                    event: Some((Reason::Created, format!("created Cyclr account {id}"))),
+                    // No Event: a rollout of thousands would write thousands; status says it.
+                    event: None,
                 })
             }
             Write::Update {
@@ -500,7 +521,7 @@ fn decide_known(
             None,
         );
     }
-    let Some(found) = snapshot.accounts.get(id) else {
+    let Some(found) = snapshot.get(id) else {
         // Not in a list taken during this reconcile either: it is gone.
         if snapshot.taken_at < obs.now {
             return Plan::Refresh(obs.now);
@@ -516,7 +537,7 @@ fn decide_known(
         return report(Health::stalled(Reason::ExternalAccountMissing, message), previous, None);
     };
     let adopted = previous.account_id.is_none();
-    let status = with_account(previous, found, obs.usage.clone());
+    let status = with_account(previous, &found, obs.usage.clone());
     let event = adopted.then(|| {
         let how = if account.spec.account_id.is_some() {
             "named by spec.accountID"
@@ -526,7 +547,7 @@ fn decide_known(
         (Reason::Adopted, format!("adopted Cyclr account {id} {how}"))
     });
     let spec_changed = account.status.as_ref().and_then(|s| s.observed_generation) != account.metadata.generation;
-    let changes = changed_fields(desired, found, spec_changed || adopted);
+    let changes = changed_fields(desired, &found, spec_changed || adopted);
     if account.spec.management_policy == ManagementPolicy::ObserveOnly {
         let message = if changes.is_empty() {
             "observed; Cyclr matches the spec".to_string()
@@ -596,7 +617,7 @@ fn decide_new(
         return Plan::Refresh(after.max(snapshot.taken_at));
     }
     let name = desired.name.clone().unwrap_or_default();
-    let same_name: Vec<&Account> = snapshot.accounts.values().filter(|a| a.name == name).collect();
+    let same_name = snapshot.named(&name);
     let unclaimed: Vec<&str> = same_name
         .iter()
         .filter(|a| !obs.claims.contains_key(&a.id))
@@ -612,7 +633,7 @@ fn decide_new(
         match ours.as_slice() {
             [] => {}
             [id] => {
-                let found = snapshot.accounts[*id].clone();
+                let found = snapshot.get(id).expect("listed above");
                 return Plan::Report {
                     health: Health::ready(Reason::Synced, SYNCED),
                     status: CyclrAccountStatus {
@@ -694,7 +715,9 @@ async fn poll_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRunt
             .get(&key)
             .is_none_or(|last| last.elapsed() >= runtime.usage_interval.mul_f64(0.9))
     };
-    if !due {
+    // Onboarding first: a usage read waits while the partner's accounts are being created
+    // (the next reconcile reads it), so creates get the whole request budget.
+    if !due || runtime.is_onboarding() {
         return None;
     }
     match runtime.client.account_usage(id, None).await {
@@ -788,12 +811,7 @@ mod tests {
             partner: PartnerView::Ready {
                 runtime: runtime(),
                 plans: plans(),
-                snapshot: snapshot.map(|(taken_at, accounts)| {
-                    Arc::new(AccountsSnapshot {
-                        taken_at,
-                        accounts: accounts.into_iter().map(|a| (a.id.clone(), a)).collect(),
-                    })
-                }),
+                snapshot: snapshot.map(|(taken_at, accounts)| Arc::new(AccountsSnapshot::new(taken_at, accounts))),
             },
             claims: claims
                 .iter()
@@ -811,6 +829,7 @@ mod tests {
             usage: None,
             now,
             _name_guard: None,
+            _onboarding: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::channel::mpsc::UnboundedReceiver;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -32,6 +32,7 @@ use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
 pub fn controller(
     ctx: Arc<Context>,
     secret_changes: UnboundedReceiver<Secret>,
+    account_changes: UnboundedReceiver<ObjectRef<CyclrAccount>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ReconcileResult<CyclrConnectorInstall>> {
     // The installed-name index is fed by the installs' own watch.
@@ -53,21 +54,18 @@ pub fn controller(
         i.namespace() == s.namespace() && i.secret_names().contains(&s.name_any().as_str())
     });
     controller
-        // An account getting its id (or becoming ready) wakes the installs waiting on it.
-        .watches(
-            namespaced_api::<CyclrAccount>(ctx.client.clone(), &ctx.config),
-            watcher::Config::default(),
-            move |account| {
-                let name = account.name_any();
-                by_account
-                    .state()
-                    .iter()
-                    .filter_map(|g| g.0.as_ref().ok())
-                    .filter(|i| i.namespace() == account.namespace() && i.spec.account_ref.name == name)
-                    .map(|i| ObjectRef::new(&i.name_any()).within(&i.namespace().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        // An account getting its id (or becoming ready) wakes the installs waiting on it
+        // (from the account controller's watch: one watch per kind).
+        .reconcile_on(account_changes.flat_map(move |account| {
+            let installs: Vec<_> = by_account
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok())
+                .filter(|i| i.namespace() == account.namespace && i.spec.account_ref.name == account.name)
+                .map(|i| ObjectRef::new(&i.name_any()).within(&i.namespace().unwrap_or_default()))
+                .collect();
+            stream::iter(installs)
+        }))
         // A credentials Secret appearing wakes the installs that wait for it.
         .watches_stream(secret_changes.map(Ok), users)
         .graceful_shutdown_on(shutdown)

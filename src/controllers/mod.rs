@@ -125,9 +125,18 @@ impl Context {
     /// Whether a CyclrPartner of this name exists (from the watch; `true` until the watch
     /// has listed, so a restart never reports a partner missing).
     pub fn partner_exists(&self, name: &str) -> bool {
-        self.partner_objects
-            .get()
-            .is_none_or(|store| store.get(&ObjectRef::new(name)).is_some())
+        use futures::FutureExt as _;
+        self.partner_objects.get().is_none_or(|store| {
+            // Listed yet? (`wait_until_ready` is ready at once when it has.)
+            store.wait_until_ready().now_or_never().is_none() || store.get(&ObjectRef::new(name)).is_some()
+        })
+    }
+
+    /// Records the Cyclr account a CyclrAccount holds by its `cyclr.com/account-id`
+    /// annotation (from a watch event).
+    fn claim_annotated(&self, meta: &kube::api::ObjectMeta) {
+        let id = resources::annotation(meta, annotations::ACCOUNT_ID).map(str::to_string);
+        self.account_claims.set(Holder::of(meta), id.into_iter().collect());
     }
 
     /// The labels of a namespace, from the watch.
@@ -309,42 +318,56 @@ pub async fn run(
         readiness: readiness.clone(),
     });
     // Claims come from every CyclrAccount in the cluster, not only those this operator
-    // serves (other namespaces, other shards): a metadata-only watch is enough.
-    let claims_ctx = ctx.clone();
-    let claims_run = readiness
-        .watched(
-            "CyclrAccount claims",
-            watcher::watcher(
-                Api::<PartialObjectMeta<CyclrAccount>>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
-                    let id = resources::annotation(&m.metadata, annotations::ACCOUNT_ID).map(str::to_string);
-                    claims_ctx
+    // serves. When it serves them all, the account controller's watch keeps the index;
+    // otherwise (a namespace, a shard) a metadata-only watch of the rest is added.
+    let whole_cluster = config.watch_namespace.is_none() && config.label_selector.is_none();
+    let claims_run = (!whole_cluster).then(|| {
+        let claims_ctx = ctx.clone();
+        readiness
+            .watched(
+                "CyclrAccount claims",
+                watcher::watcher(
+                    Api::<PartialObjectMeta<CyclrAccount>>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            )
+            .default_backoff()
+            .for_each(move |event| {
+                match event {
+                    Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
+                        claims_ctx.claim_annotated(&m.metadata)
+                    }
+                    Ok(watcher::Event::Delete(m)) => claims_ctx
                         .account_claims
-                        .set(Holder::of(&m.metadata), id.into_iter().collect());
+                        .remove(m.metadata.uid.as_deref().unwrap_or_default()),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "account claim watch failed; retrying"),
                 }
-                Ok(watcher::Event::Delete(m)) => claims_ctx
-                    .account_claims
-                    .remove(m.metadata.uid.as_deref().unwrap_or_default()),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "account claim watch failed; retrying"),
-            }
-            futures::future::ready(())
-        });
+                futures::future::ready(())
+            })
+    });
     let background = tokio::spawn(async move {
+        let claims_run = async move {
+            if let Some(run) = claims_run {
+                run.await
+            }
+        };
         futures::join!(secret_run, namespace_run, claims_run);
     });
     let _ = secret_store.wait_until_ready().await;
     let _ = namespace_store.wait_until_ready().await;
 
     let partners = partner::controller(ctx.clone(), secret_changes_partners, shutdown.clone());
-    let accounts = account::controller(ctx.clone(), partner_wakes, shutdown.clone());
-    let installs = connector_install::controller(ctx.clone(), secret_changes_installs, shutdown);
+    let (account_changes, account_changes_installs) = mpsc::unbounded();
+    let accounts = account::controller(
+        ctx.clone(),
+        partner_wakes,
+        account_changes,
+        whole_cluster,
+        shutdown.clone(),
+    );
+    let installs =
+        connector_install::controller(ctx.clone(), secret_changes_installs, account_changes_installs, shutdown);
     tracing::info!(namespace = %config.namespace, "controllers started");
     futures::join!(report(partners), report(accounts), report(installs));
     background.abort();

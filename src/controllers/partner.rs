@@ -234,7 +234,7 @@ async fn check(runtime: &PartnerRuntime) -> cyclr::Result<(PartnerDetails, Vec<P
     let details = runtime.client.partner_details().await?;
     let plans = runtime.client.price_plans().await?;
     let snapshot = runtime.snapshot_since(Utc::now()).await?;
-    Ok((details, plans, snapshot.accounts.len()))
+    Ok((details, plans, snapshot.count()))
 }
 
 /// The partner status for what a check found (pure).

@@ -3,6 +3,7 @@
 //! shared snapshot of its accounts that drift detection reads.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -16,12 +17,72 @@ use crate::secrets::CredentialsDigest;
 use cyclr::types::{Account, PricePlan};
 use cyclr::{CyclrClient, Result as CyclrResult};
 
-/// All accounts of one partner as one List Accounts returned them.
+/// All accounts of one partner as one List Accounts returned them, plus the accounts the
+/// operator wrote since, which win (the list is older). Shared, never copied: a write is
+/// recorded in place, so holding 10,000 accounts costs one copy however many reconciles run.
 #[derive(Debug, Default)]
 pub struct AccountsSnapshot {
     /// When the list request was sent: anything written before is in it.
     pub taken_at: DateTime<Utc>,
-    pub accounts: HashMap<String, Account>,
+    listed: HashMap<String, Account>,
+    /// Listed ids by Cyclr account name, for the check before a create.
+    listed_by_name: HashMap<String, Vec<String>>,
+    /// Accounts created or updated by the operator after the list, by id.
+    written: RwLock<HashMap<String, Account>>,
+}
+
+impl AccountsSnapshot {
+    /// A snapshot of `accounts`, listed by a request sent at `taken_at`.
+    pub fn new(taken_at: DateTime<Utc>, accounts: Vec<Account>) -> Self {
+        let mut listed_by_name: HashMap<String, Vec<String>> = HashMap::new();
+        for account in &accounts {
+            listed_by_name
+                .entry(account.name.clone())
+                .or_default()
+                .push(account.id.clone());
+        }
+        AccountsSnapshot {
+            taken_at,
+            listed: accounts.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            listed_by_name,
+            written: RwLock::default(),
+        }
+    }
+
+    /// The account with Cyclr id `id`, as last listed or written.
+    pub fn get(&self, id: &str) -> Option<Account> {
+        if let Some(written) = self.written.read().expect("lock").get(id) {
+            return Some(written.clone());
+        }
+        self.listed.get(id).cloned()
+    }
+
+    /// Every account named `name`, as last listed or written.
+    pub fn named(&self, name: &str) -> Vec<Account> {
+        let written = self.written.read().expect("lock");
+        let listed = self
+            .listed_by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|id| !written.contains_key(*id))
+            .filter_map(|id| self.listed.get(id));
+        listed
+            .chain(written.values().filter(|a| a.name == name))
+            .cloned()
+            .collect()
+    }
+
+    /// How many accounts the partner has (listed, or created since).
+    pub fn count(&self) -> usize {
+        let written = self.written.read().expect("lock");
+        self.listed.len() + written.keys().filter(|id| !self.listed.contains_key(*id)).count()
+    }
+
+    /// Records an account as the operator just wrote it.
+    fn remember(&self, account: Account) {
+        self.written.write().expect("lock").insert(account.id.clone(), account);
+    }
 }
 
 /// A partner the accounts can use, or why they cannot.
@@ -49,6 +110,9 @@ pub struct PartnerRuntime {
     /// One lock per account name: creates of the same name are serialised, so the second
     /// sees the first's account and never creates a twin.
     names: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Reconciles of this partner's accounts that may create one, now: while any run,
+    /// usage reads wait, so onboarding has the partner's whole request budget.
+    onboarding: Arc<AtomicUsize>,
     /// Where each new snapshot's size and time are reported (partner name, metrics).
     snapshot_metrics: Option<(String, Arc<Metrics>)>,
 }
@@ -73,6 +137,7 @@ impl PartnerRuntime {
             price_plans: RwLock::new(Vec::new()),
             snapshot: Mutex::new(None),
             names: Default::default(),
+            onboarding: Arc::default(),
             snapshot_metrics: None,
         }
     }
@@ -113,6 +178,17 @@ impl PartnerRuntime {
         lock.lock_owned().await
     }
 
+    /// Counts an account reconcile that may create an account, until the guard is dropped.
+    pub fn onboarding(&self) -> Onboarding {
+        self.onboarding.fetch_add(1, Ordering::SeqCst);
+        Onboarding(self.onboarding.clone())
+    }
+
+    /// Whether any account of this partner is being onboarded now.
+    pub fn is_onboarding(&self) -> bool {
+        self.onboarding.load(Ordering::SeqCst) > 0
+    }
+
     pub fn state(&self) -> PartnerState {
         self.state.read().expect("lock").clone()
     }
@@ -138,13 +214,10 @@ impl PartnerRuntime {
         }
         let taken_at = Utc::now();
         let accounts = self.client.list_accounts().await?;
-        let snapshot = Arc::new(AccountsSnapshot {
-            taken_at,
-            accounts: accounts.into_iter().map(|a| (a.id.clone(), a)).collect(),
-        });
+        let snapshot = Arc::new(AccountsSnapshot::new(taken_at, accounts));
         *held = Some(snapshot.clone());
         if let Some((name, metrics)) = &self.snapshot_metrics {
-            metrics.account_snapshot(name, snapshot.accounts.len(), snapshot.taken_at);
+            metrics.account_snapshot(name, snapshot.count(), snapshot.taken_at);
         }
         Ok(snapshot)
     }
@@ -157,15 +230,18 @@ impl PartnerRuntime {
     /// Records an account as the operator just wrote it, so the next reconcile does not
     /// mistake the snapshot's older view for drift or a missing account.
     pub async fn remember_account(&self, account: Account) {
-        let mut held = self.snapshot.lock().await;
-        if let Some(current) = held.as_ref() {
-            let mut accounts = current.accounts.clone();
-            accounts.insert(account.id.clone(), account);
-            *held = Some(Arc::new(AccountsSnapshot {
-                taken_at: current.taken_at,
-                accounts,
-            }));
+        if let Some(current) = self.snapshot.lock().await.as_ref() {
+            current.remember(account);
         }
+    }
+}
+
+/// One account reconcile that may create an account ([`PartnerRuntime::onboarding`]).
+pub struct Onboarding(Arc<AtomicUsize>);
+
+impl Drop for Onboarding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -187,5 +263,38 @@ impl Partners {
     /// Drops the partner's client, token and snapshot at once (the CyclrPartner is gone).
     pub fn remove(&self, name: &str) {
         self.by_name.write().expect("lock").remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(id: &str, name: &str) -> Account {
+        Account {
+            id: id.into(),
+            name: name.into(),
+            description: None,
+            timezone: None,
+            price_plan_id: None,
+            last_bill_date: None,
+            next_bill_date: None,
+            audit_info: None,
+        }
+    }
+
+    #[test]
+    fn written_accounts_win_over_the_list_without_copying_it() {
+        let snapshot = AccountsSnapshot::new(Utc::now(), vec![account("1", "acme"), account("2", "beta")]);
+        snapshot.remember(account("3", "acme"));
+        let mut renamed = account("2", "acme");
+        renamed.description = Some("renamed".into());
+        snapshot.remember(renamed);
+        let mut ids: Vec<String> = snapshot.named("acme").into_iter().map(|a| a.id).collect();
+        ids.sort();
+        assert_eq!(ids, ["1", "2", "3"]);
+        assert!(snapshot.named("beta").is_empty(), "the write replaced the listed name");
+        assert_eq!(snapshot.get("2").unwrap().description.as_deref(), Some("renamed"));
+        assert_eq!(snapshot.count(), 3);
     }
 }

@@ -40,8 +40,7 @@ reasons! {
     Installing,
     /// An existing Cyclr object was taken over.
     Adopted,
-    /// A Cyclr object was created, updated or corrected (Events only).
-    Created,
+    /// A Cyclr object was updated or corrected (Events only).
     Updated,
     DriftCorrected,
     /// `cyclr.com/paused: "true"`.

@@ -81,13 +81,18 @@ impl Harness {
         h
     }
 
+    /// Starts the operator on this test's namespace and label only.
     pub fn start_operator(&mut self) {
-        let config = OperatorConfig {
+        self.start_operator_with(OperatorConfig {
             namespace: self.namespace.clone(),
             watch_namespace: Some(self.namespace.clone()),
             label_selector: Some(format!("cyclr.com/test={}", self.namespace)),
             concurrency: 16,
-        };
+        });
+    }
+
+    /// Starts the operator with `config` (its own namespace is this test's).
+    pub fn start_operator_with(&mut self, config: OperatorConfig) {
         let client = self.client.clone();
         let metrics = self.metrics.clone();
         self.operator = Some(tokio::spawn(async move {
