@@ -162,9 +162,10 @@ fn error_policy<K>(_obj: Arc<DeserializeGuard<K>>, error: &driver::Error, _ctx: 
     controller::Action::requeue(jittered(Duration::from_secs(5)))
 }
 
-/// A controller for kind K driven by the driver: the watch drops managed fields, reports
-/// deletions to the kind's `forget` (and `on_delete`), and wakes reconciles only for spec
-/// (generation), pause and deletion changes, so the operator's own writes never wake it.
+/// A controller for kind K driven by the driver: the watch drops managed fields and kubectl's
+/// last-applied copy, reports deletions to the kind's `forget` (and `on_event`), and wakes
+/// reconciles only for spec (generation), pause and deletion changes, so the operator's own
+/// writes never wake it.
 fn controller_for<K>(
     ctx: &Arc<Context>,
     api: Api<DeserializeGuard<K>>,
@@ -179,7 +180,13 @@ where
         .readiness
         .watched(&K::kind(&()), watcher::watcher(api, watch_config(&ctx.config)))
         .default_backoff()
-        .modify(|obj| obj.managed_fields_mut().clear())
+        // The cache keeps what reconciles read: not the field managers, nor kubectl's copy
+        // of the last applied manifest (as large as the spec again).
+        .modify(|obj| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
         .map_ok(move |event| {
             if let watcher::Event::Delete(DeserializeGuard(Ok(obj))) = &event {
                 K::forget(&forget_ctx, obj.meta());
