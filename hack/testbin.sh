@@ -137,4 +137,6 @@ for t in "${targets[@]}"; do
     *) echo "testbin: unknown target $t" >&2; exit 2 ;;
   esac
 done
-echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION)"
+peer=""
+[[ " ${targets[*]} " == *" provider-http "* ]] && peer=", provider-http $PROVIDER_HTTP_VERSION"
+echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION$peer)"

@@ -323,3 +323,29 @@ async fn reconciles(http: &reqwest::Client) -> anyhow::Result<BTreeMap<String, u
 fn total(map: &BTreeMap<String, u64>) -> u64 {
     map.values().sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_injects_the_token_and_maps_create_and_observe() {
+        let request = request("ns", "acct-00001", "http://127.0.0.1:1");
+        let for_provider = &request["spec"]["forProvider"];
+        // provider-http's secret injection syntax: {{ name:namespace:key }}.
+        assert_eq!(
+            for_provider["headers"]["Authorization"][0],
+            "Bearer {{ cyclr-token:ns:token }}"
+        );
+        let body: serde_json::Value = serde_json::from_str(for_provider["payload"]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["Name"], "acct-00001");
+        let actions: Vec<&str> = for_provider["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["CREATE", "OBSERVE"]);
+        serde_json::from_value::<DynamicObject>(request).unwrap();
+    }
+}
