@@ -33,8 +33,10 @@ image:
 	bash hack/image.sh
 
 ## N CyclrAccounts onboarded by the release operator and by the floor, at 10 and 1000 req/s
-## (N=1000 by default; N=300 make bench for a quicker run). See docs/performance.md.
+## (N=1000 by default; N=300 make bench for a quicker run); PEER=1 adds Crossplane's
+## provider-http doing the same job (built into bin/ only then). See docs/performance.md.
 bench: testbin
+	case "$${PEER:-0}" in 0|n|no|f|false|off) ;; *) bash hack/testbin.sh provider-http ;; esac
 	$(CARGO) build --release -p cyclr-operator -p cyclr-bench --bin cyclr-operator --bin cyclr-bench
 	"$${CARGO_TARGET_DIR:-target}/release/cyclr-bench"
 

@@ -2,6 +2,8 @@
 # Builds kube-apiserver, etcd, helm and kustomize from their official Go modules into bin/,
 # and bin/kstatus (hack/kstatus/main.go) on the kstatus library of sigs.k8s.io/cli-utils.
 # Each binary is rebuilt only when its pinned version changes (a stamp file per binary).
+# `hack/testbin.sh provider-http` (only `PEER=1 make bench` asks for it) also builds Crossplane's
+# provider-http, with its CRDs from the same module version in bin/provider-http-crds/.
 set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.35.4}"
@@ -11,6 +13,8 @@ CLI_UTILS_VERSION="${CLI_UTILS_VERSION:-v0.37.2}"
 # kustomize renders deploy/ for the `kubectl apply -k` test; it is much cheaper to build
 # than kubectl, and the test applies what it renders server-side from Rust.
 KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.8.1}"
+# The newest provider-http release the Go module proxy serves (several older tags are refused).
+PROVIDER_HTTP_VERSION="${PROVIDER_HTTP_VERSION:-v1.0.14}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/bin"
@@ -95,6 +99,31 @@ build_kstatus() {
   stamp kstatus "$v"
 }
 
+# Crossplane's provider-http at a pinned release, its dependencies as its own go.mod selects
+# them (it is the only requirement of the build module); its CRDs are copied from the same
+# module version in the module cache, so the bench installs exactly what this binary serves.
+# (`go install module@version` cannot be used: it reads the module's version list, which the
+# module proxy refuses for this module, while it serves the pinned version itself.)
+build_provider_http() {
+  local v="$PROVIDER_HTTP_VERSION" module=github.com/crossplane-contrib/provider-http
+  up_to_date provider-http "$v" && [ -d "$bin/provider-http-crds" ] && return
+  echo "testbin: building provider-http $v (cold: a few minutes)"
+  local dir="$work/provider-http"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  printf 'module local/provider-http-build\n\ngo 1.24\n' > go.mod
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/provider"\n' "$module" > tools.go
+  go get "$module@$v" >/dev/null 2>&1 || go get "$module@$v"
+  go mod tidy >/dev/null 2>&1 || go mod tidy
+  go build -trimpath -ldflags "-s -w" -o "$bin/provider-http" "$module/cmd/provider"
+  local src
+  src="$(go list -m -f '{{.Dir}}' "$module")"
+  [ -d "$src/package/crds" ] || { echo "testbin: no package/crds in $module@$v ($src)" >&2; exit 1; }
+  rm -rf "$bin/provider-http-crds" && mkdir -p "$bin/provider-http-crds"
+  cp "$src"/package/crds/*.yaml "$bin/provider-http-crds/"
+  chmod u+w "$bin"/provider-http-crds/*.yaml
+  stamp provider-http "$v"
+}
+
 targets=("$@")
 [ $# -gt 0 ] || targets=(etcd kube-apiserver helm kustomize kstatus)
 for t in "${targets[@]}"; do
@@ -103,8 +132,11 @@ for t in "${targets[@]}"; do
     etcd) build_go_main etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ;;
     helm) build_go_main helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
     kstatus) build_kstatus ;;
+    provider-http) build_provider_http ;;
     kustomize) build_go_main kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 sigs.k8s.io/kustomize/kustomize/v5 ;;
     *) echo "testbin: unknown target $t" >&2; exit 2 ;;
   esac
 done
-echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION)"
+peer=""
+[[ " ${targets[*]} " == *" provider-http "* ]] && peer=", provider-http $PROVIDER_HTTP_VERSION"
+echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION$peer)"

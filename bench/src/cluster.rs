@@ -58,11 +58,20 @@ pub async fn install_crds(client: &Client, operator: &Path) -> anyhow::Result<()
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    apply_crds(client, &output.stdout).await
+}
+
+/// Applies the CRDs of a YAML stream (server-side) and waits until they are Established.
+pub async fn apply_crds(client: &Client, yaml: &[u8]) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
-    for document in serde_yaml::Deserializer::from_slice(&output.stdout) {
-        let crd: CustomResourceDefinition =
-            serde::Deserialize::deserialize(document).context("parsing the operator's CRDs")?;
+    for document in serde_yaml::Deserializer::from_slice(yaml) {
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(document).context("parsing CRDs")?;
+        // Files may start with `---`, which leaves empty documents between them.
+        if value.is_null() {
+            continue;
+        }
+        let crd: CustomResourceDefinition = serde_yaml::from_value(value).context("parsing a CRD")?;
         let name = crd.metadata.name.clone().context("a CRD without a name")?;
         api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
             .await
@@ -138,9 +147,14 @@ pub async fn wait_partner_ready(client: &Client, name: &str) -> anyhow::Result<(
 
 /// Whether the object's `status.conditions` holds Ready=True.
 pub fn is_ready(object: &DynamicObject) -> bool {
+    has_condition(object, "Ready")
+}
+
+/// Whether the object's `status.conditions` holds a condition `type_` with status True.
+pub fn has_condition(object: &DynamicObject, type_: &str) -> bool {
     object.data["status"]["conditions"]
         .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == type_ && c["status"] == "True"))
 }
 
 /// Polls `check` every 200 ms until it returns Some; an error naming `what` after `timeout`.
@@ -171,21 +185,43 @@ pub async fn create_accounts(
     created: Option<mpsc::UnboundedSender<String>>,
 ) -> anyhow::Result<HashMap<String, Instant>> {
     let api = accounts(client, namespace);
+    create_objects(&api, n, concurrency, created, |name| {
+        json!({
+            "apiVersion": "cyclr.com/v1alpha1",
+            "kind": "CyclrAccount",
+            "metadata": {"name": name, "labels": {LABEL: namespace}},
+            "spec": {"partnerRef": {"name": namespace}, "description": "cyclr-bench"},
+        })
+    })
+    .await
+}
+
+/// The name of the `i`th account of a run, the same in every run.
+fn account_name(i: usize) -> String {
+    format!("acct-{i:05}")
+}
+
+/// Creates `n` objects, each `object(name)` for the names [`account_name`] gives, with
+/// `concurrency` creates in flight, and returns when each create was sent. Each created name
+/// is also sent to `created`, if given.
+pub async fn create_objects(
+    api: &Api<DynamicObject>,
+    n: usize,
+    concurrency: usize,
+    created: Option<mpsc::UnboundedSender<String>>,
+    object: impl Fn(&str) -> serde_json::Value,
+) -> anyhow::Result<HashMap<String, Instant>> {
     futures::stream::iter(0..n)
         .map(|i| {
-            let (api, created) = (api.clone(), created.clone());
+            let name = account_name(i);
+            let body = serde_json::from_value::<DynamicObject>(object(&name));
+            let created = created.clone();
             async move {
-                let name = format!("acct-{i:05}");
-                let account: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "cyclr.com/v1alpha1",
-                    "kind": "CyclrAccount",
-                    "metadata": {"name": name, "labels": {LABEL: namespace}},
-                    "spec": {"partnerRef": {"name": namespace}, "description": "cyclr-bench"},
-                }))?;
+                let body = body.with_context(|| format!("building {name}"))?;
                 let sent = Instant::now();
-                api.create(&PostParams::default(), &account)
+                api.create(&PostParams::default(), &body)
                     .await
-                    .with_context(|| format!("creating CyclrAccount {name}"))?;
+                    .with_context(|| format!("creating {name}"))?;
                 if let Some(created) = created {
                     let _ = created.unbounded_send(name.clone());
                 }
@@ -229,20 +265,29 @@ pub async fn create_unrelated(
         .context("creating unrelated Secrets and ConfigMaps")
 }
 
-/// When each account of a namespace was first seen Ready, from a watch started before any
-/// account exists.
+/// When each object of a kind in a namespace (by default: each account) was first seen
+/// Ready, from a watch started before any of them exists.
 #[derive(Clone, Default)]
 pub struct ReadyWatch {
     ready: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl ReadyWatch {
-    /// Starts the watch and returns once its initial list is done.
+    /// Starts the watch of the namespace's accounts and returns once its initial list is done.
     pub async fn start(client: &Client, namespace: &str) -> anyhow::Result<(ReadyWatch, tokio::task::JoinHandle<()>)> {
+        Self::start_with(accounts(client, namespace), is_ready).await
+    }
+
+    /// Starts a watch of `api`'s objects, where `is_ready` says which are Ready, and returns
+    /// once its initial list is done.
+    pub async fn start_with(
+        api: Api<DynamicObject>,
+        is_ready: fn(&DynamicObject) -> bool,
+    ) -> anyhow::Result<(ReadyWatch, tokio::task::JoinHandle<()>)> {
         let watch = ReadyWatch::default();
         let (listed, mut on_listed) = oneshot::channel();
         let ready = watch.ready.clone();
-        let stream = watcher(accounts(client, namespace), watcher::Config::default());
+        let stream = watcher(api, watcher::Config::default());
         let task = tokio::spawn(async move {
             let mut listed = Some(listed);
             let mut stream = std::pin::pin!(stream);
@@ -265,7 +310,7 @@ impl ReadyWatch {
         });
         tokio::time::timeout(Duration::from_secs(30), &mut on_listed)
             .await
-            .context("the account watch did not list within 30 s")??;
+            .context("the watch did not list within 30 s")??;
         Ok((watch, task))
     }
 

@@ -1,12 +1,14 @@
 //! `make bench`: onboards N CyclrAccounts with the real operator (release binary, a child
 //! process) on a real control plane (cyclr-testenv) against cyclr-sim with added latency, then
 //! does the same with the floor (no operator logic), at the default partner rate limit and at
-//! a raised one, and prints times, Cyclr calls, Kubernetes writes, memory and CPU.
+//! a raised one, and prints times, Cyclr calls, Kubernetes writes, memory and CPU. With
+//! `PEER=1`, also Crossplane's provider-http doing the same job (`peer.rs`).
 //! See docs/performance.md.
 
 mod cluster;
 mod floor;
 mod operator;
+mod peer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +49,18 @@ struct Args {
     /// The operator binary; default: `cyclr-operator` next to this binary.
     #[arg(long, env = "CYCLR_OPERATOR")]
     operator: Option<PathBuf>,
+    /// Also run Crossplane's provider-http (`bin/provider-http`, built by
+    /// `hack/testbin.sh provider-http`) doing the same job, and compare.
+    // PEER=1 as well as PEER=true: any value but n, no, f, false, off, 0 or empty.
+    #[arg(long, env = "PEER", value_parser = clap::builder::FalseyValueParser::new())]
+    peer: bool,
+    /// How long provider-http may take before the bench reports how many Requests were Ready;
+    /// default: 120 s plus 1 s per account.
+    #[arg(long, env = "PEER_TIMEOUT_SECONDS")]
+    peer_timeout_seconds: Option<u64>,
+    /// How long to watch provider-http once everything is Ready (its polls of each object).
+    #[arg(long, env = "PEER_IDLE_SECONDS", default_value_t = 60)]
+    peer_idle_seconds: u64,
 }
 
 /// One rollout of N accounts, operator or floor.
@@ -126,8 +140,68 @@ async fn main() -> anyhow::Result<()> {
         );
         results.push((limit, run, floor));
     }
+    let peer = if args.peer {
+        println!("\n[provider-http] {} Requests…", args.n);
+        let run = run_peer(env, &args, logs.join("provider-http.log")).await?;
+        println!(
+            "[provider-http] {} of {} Ready and Synced in {:.1} s{}",
+            run.ready,
+            args.n,
+            run.all_ready.as_secs_f64(),
+            if run.timed_out { " (timed out)" } else { "" }
+        );
+        Some(run)
+    } else {
+        None
+    };
     report(&args, &results);
+    if let Some(peer) = &peer {
+        report_peer(&args, &results, peer);
+    }
     Ok(())
+}
+
+/// provider-http on the same control plane: its CRDs (from `bin/provider-http-crds/`, copied
+/// from the same module version as the binary), a fresh namespace and a fresh simulator.
+async fn run_peer(env: &TestEnv, args: &Args, log: PathBuf) -> anyhow::Result<peer::PeerRun> {
+    let bin = cyclr_testenv::control_plane::testbin_dir();
+    let (binary, crds) = (bin.join("provider-http"), bin.join("provider-http-crds"));
+    anyhow::ensure!(
+        binary.is_file() && crds.is_dir(),
+        "{} or {} is missing: run `bash hack/testbin.sh provider-http` (PEER=1 make bench does)",
+        binary.display(),
+        crds.display()
+    );
+    let mut yaml = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&crds)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+        yaml.extend_from_slice(b"\n---\n");
+        yaml.extend(std::fs::read(file)?);
+    }
+    let client = env.client();
+    cluster::apply_crds(&client, &yaml).await?;
+    let namespace = env.new_namespace("bench-peer").await;
+    let sim = start_sim(args).await?;
+    let run = peer::run(
+        &client,
+        env.kubeconfig_path(),
+        &namespace,
+        &sim,
+        peer::PeerArgs {
+            binary: &binary,
+            n: args.n,
+            create_concurrency: args.create_concurrency,
+            timeout: Duration::from_secs(args.peer_timeout_seconds.unwrap_or(120 + args.n as u64)),
+            idle: Duration::from_secs(args.peer_idle_seconds),
+            log,
+        },
+    )
+    .await;
+    sim.shutdown().await;
+    run
 }
 
 async fn start_sim(args: &Args) -> anyhow::Result<SimHandle> {
@@ -435,4 +509,69 @@ fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
 
 fn counts_u16(map: &BTreeMap<u16, u64>) -> String {
     counts(&map.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn report_peer(args: &Args, results: &[(u32, OperatorRun, Rollout)], peer: &peer::PeerRun) {
+    let n = args.n;
+    println!("\n## provider-http (PEER=1), N = {n}\n");
+    println!("- defaults (its --help): {}", peer.defaults.join(" "));
+    println!(
+        "- one namespaced Request per account: CREATE POST /api/partner/createaccount, OBSERVE GET /v1.0/accounts/{{id}}; Ready means Ready=True and Synced=True"
+    );
+    let done = if peer.timed_out {
+        format!(
+            "**timed out** after {}: {} of {n} Ready",
+            secs(peer.all_ready),
+            peer.ready
+        )
+    } else {
+        format!("all {n} Ready in {}", secs(peer.all_ready))
+    };
+    println!(
+        "- {done}; {:.1} accounts/s; time to Ready p50 {}, p99 {} (of those Ready)",
+        peer.ready as f64 / peer.all_ready.as_secs_f64().max(1e-9),
+        secs(cluster::quantile(&peer.each, 0.5)),
+        secs(cluster::quantile(&peer.each, 0.99)),
+    );
+    println!("- Cyclr calls per account (rollout): {}", per_account(&peer.calls, n));
+    println!("- Cyclr responses: {}", counts_u16(&peer.responses));
+    println!(
+        "- accounts in the simulator: {} ({} duplicates by name)",
+        peer.accounts, peer.duplicates
+    );
+    println!(
+        "- Request reconciles per account (rollout): {}",
+        per_account(&peer.reconciles, n)
+    );
+    println!(
+        "- idle {} s after the rollout: Cyclr calls {}; {} reconciles",
+        peer.idle.as_secs(),
+        counts(&peer.idle_calls),
+        peer.idle_reconciles
+    );
+    println!(
+        "- provider-http peak RSS {:.1} MiB, CPU {:.1} s (rollout and idle window)",
+        mib(peer.usage.peak_rss_kib),
+        peer.usage.cpu_seconds
+    );
+    println!(
+        "\n| operator at | operator all Ready | provider-http all Ready | provider-http / operator time | operator peak RSS | provider-http peak RSS | memory operator / provider-http |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (limit, run, _) in results {
+        let bound = if peer.timed_out { "≥ " } else { "" };
+        println!(
+            "| {limit} req/s | {} | {bound}{} | **{bound}{:.1}×** | {:.1} MiB | {:.1} MiB | **{:.2}** |",
+            secs(run.rollout.all_ready),
+            secs(peer.all_ready),
+            peer.all_ready.as_secs_f64() / run.rollout.all_ready.as_secs_f64().max(1e-9),
+            mib(run.usage.peak_rss_kib),
+            mib(peer.usage.peak_rss_kib),
+            run.usage.peak_rss_kib as f64 / peer.usage.peak_rss_kib.max(1) as f64,
+        );
+    }
 }

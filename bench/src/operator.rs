@@ -12,12 +12,67 @@ use crate::cluster::LABEL;
 
 /// A running operator; killed when dropped.
 pub struct Operator {
-    child: tokio::process::Child,
-    pid: u32,
+    process: Process,
     metrics_url: String,
     http: reqwest::Client,
     /// Where its logs go (warnings and errors only).
     pub log: PathBuf,
+}
+
+/// A child process under measurement (the operator, or provider-http): its output goes to a
+/// log file, and it is killed when dropped.
+pub struct Process {
+    name: &'static str,
+    child: tokio::process::Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Spawns `command` with stdin closed and stdout and stderr appended to `log`.
+    pub fn spawn(name: &'static str, mut command: tokio::process::Command, log: &Path) -> anyhow::Result<Process> {
+        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let pid = child.id().with_context(|| format!("{name} exited at once"))?;
+        Ok(Process {
+            name,
+            child,
+            pid,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}); see {}", self.name, self.log.display());
+        }
+        Ok(())
+    }
+
+    /// Its peak RSS and CPU time so far.
+    pub fn usage(&self) -> anyhow::Result<ProcUsage> {
+        proc_usage(self.pid)
+    }
+
+    /// SIGTERM, then waits up to 10 s for the exit before killing it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await?;
+        }
+        Ok(())
+    }
 }
 
 /// What /proc says of a process.
@@ -40,23 +95,15 @@ impl Operator {
         log: PathBuf,
     ) -> anyhow::Result<Operator> {
         let addr = free_local_addr()?;
-        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        command
             .args(["run", "--namespace", namespace, "--watch-namespace", namespace])
             .args(["--label-selector", &format!("{LABEL}={namespace}")])
             .args(["--http-addr", &addr.to_string(), "--log-level", "warn"])
             .args(["--concurrency", &concurrency.to_string()])
-            .env("KUBECONFIG", kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let pid = child.id().context("the operator exited at once")?;
+            .env("KUBECONFIG", kubeconfig);
         Ok(Operator {
-            child,
-            pid,
+            process: Process::spawn("the operator", command, &log)?,
             metrics_url: format!("http://{addr}/metrics"),
             http: reqwest::Client::new(),
             log,
@@ -65,10 +112,7 @@ impl Operator {
 
     /// Fails if the operator has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("the operator exited ({status}); see {}", self.log.display());
-        }
-        Ok(())
+        self.process.check_running()
     }
 
     /// `cyclr_operator_kubernetes_writes_total` by label set, e.g. `kind="CyclrAccount"`.
@@ -87,20 +131,12 @@ impl Operator {
 
     /// The operator's peak RSS and CPU time so far.
     pub fn usage(&self) -> anyhow::Result<ProcUsage> {
-        proc_usage(self.pid)
+        self.process.usage()
     }
 
     /// SIGTERM, then waits for the exit (the operator stops within its 5 s grace).
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-        if tokio::time::timeout(std::time::Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            self.child.kill().await?;
-        }
-        Ok(())
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.process.stop().await
     }
 }
 
@@ -110,7 +146,7 @@ fn free_local_addr() -> anyhow::Result<SocketAddr> {
 }
 
 /// The samples of one counter in Prometheus text format, by label set (without braces).
-fn parse_counter(text: &str, name: &str) -> BTreeMap<String, u64> {
+pub fn parse_counter(text: &str, name: &str) -> BTreeMap<String, u64> {
     text.lines()
         .filter_map(|line| line.strip_prefix(name))
         .filter_map(|rest| {
