@@ -24,7 +24,8 @@ use super::{Context, ReconcileResult, controller_for, namespaced_api, users_of_s
 use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
 use crate::index::Holder;
 use crate::resources::{
-    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite, READY, condition,
+    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite, READY, annotation, annotations,
+    condition,
 };
 use crate::secrets::CredentialsDigest;
 use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
@@ -235,6 +236,14 @@ impl Reconciler for CyclrConnectorInstall {
         None
     }
 
+    fn identity(status: &CyclrConnectorInstallStatus) -> Option<(&'static str, String)> {
+        status.installed_at.as_ref()?;
+        status
+            .account_id
+            .clone()
+            .map(|id| (annotations::INSTALLED_IN_ACCOUNT, id))
+    }
+
     fn forget(ctx: &Context, meta: &ObjectMeta) {
         ctx.install_claims.remove(meta.uid.as_deref().unwrap_or_default());
     }
@@ -318,6 +327,43 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
             ));
         }
         _ => {}
+    }
+    // Installed by this resource before its status was lost (a restore without status, a
+    // status edit): the annotation written after the install says where, and the list shows
+    // it again. Found again, never refused as a name in use, never installed twice.
+    if pending.is_none()
+        && annotation(&install.metadata, annotations::INSTALLED_IN_ACCOUNT) == Some(account_id.as_str())
+    {
+        let found_again = |id: Option<String>| Plan::Report {
+            health: Health::ready(Reason::Installed, "the connector is installed"),
+            status: CyclrConnectorInstallStatus {
+                account_id: Some(account_id.clone()),
+                installed_connector_id: id,
+                installed_at: Some(Time(Timestamp::now())),
+                credentials_digest: obs.credentials_digest.clone(),
+                ..previous.clone()
+            },
+            event: None,
+        };
+        return match (&obs.installed, same_name.as_slice()) {
+            // No list to look in: the annotation, written only after a confirmed install, stands.
+            (InstalledView::Unavailable(_), _) => found_again(None),
+            (_, [found]) => found_again(Some(found.id.clone())),
+            (_, []) => report(Health::stalled(
+                Reason::ExternalInstallMissing,
+                format!(
+                    "this resource installed {name:?} into account {account_id} (annotation {}), but the account has no installed connector of that name now; it is never installed twice: delete and re-create this resource to install it again",
+                    annotations::INSTALLED_IN_ACCOUNT
+                ),
+            )),
+            (_, several) => report(Health::stalled(
+                Reason::InstallOutcomeUnknown,
+                format!(
+                    "{} installed connectors are named {name:?} in account {account_id}; check Cyclr",
+                    several.len()
+                ),
+            )),
+        };
     }
     if let Some(existing) = same_name.first() {
         return report(Health::stalled(
@@ -550,6 +596,57 @@ mod tests {
             decide(&install(), &ready(InstalledView::Listed(vec![listed("other", "9")]))),
             Plan::Write { pending: Some(_), .. }
         ));
+    }
+
+    /// An install whose status was lost (a restore): only the annotation its install wrote.
+    fn restored(account_id: &str) -> CyclrConnectorInstall {
+        let mut i = install();
+        i.metadata.annotations = Some([(annotations::INSTALLED_IN_ACCOUNT.to_string(), account_id.to_string())].into());
+        i
+    }
+
+    #[test]
+    fn after_a_restore_its_own_install_is_found_again_never_installed_twice() {
+        let obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
+        match decide(&restored("a1"), &obs) {
+            Plan::Report { health, status, event } => {
+                assert!(matches!(
+                    health,
+                    Health::Ready {
+                        reason: Reason::Installed,
+                        ..
+                    }
+                ));
+                assert!(status.installed_at.is_some());
+                assert_eq!(status.account_id.as_deref(), Some("a1"));
+                assert_eq!(status.installed_connector_id.as_deref(), Some("7"));
+                assert!(event.is_none());
+            }
+            _ => panic!("expected a report"),
+        }
+        // Gone from Cyclr meanwhile: said, not installed again.
+        let obs = ready(InstalledView::Listed(vec![listed("other", "9")]));
+        assert_eq!(
+            reason(&decide(&restored("a1"), &obs)),
+            Some(Reason::ExternalInstallMissing)
+        );
+        // An annotation naming another account proves nothing here: the name is in use.
+        let obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
+        assert_eq!(reason(&decide(&restored("a2"), &obs)), Some(Reason::InstalledNameInUse));
+    }
+
+    #[test]
+    fn the_annotation_records_where_it_was_installed_once_installed() {
+        let mut status = CyclrConnectorInstallStatus {
+            account_id: Some("a1".into()),
+            ..Default::default()
+        };
+        assert_eq!(CyclrConnectorInstall::identity(&status), None, "not installed yet");
+        status.installed_at = Some(Time(Timestamp::now()));
+        assert_eq!(
+            CyclrConnectorInstall::identity(&status),
+            Some((annotations::INSTALLED_IN_ACCOUNT, "a1".to_string()))
+        );
     }
 
     #[test]
