@@ -39,6 +39,18 @@ impl Operator {
         concurrency: u16,
         log: PathBuf,
     ) -> anyhow::Result<Operator> {
+        Self::start_with(binary, kubeconfig, namespace, concurrency, log, &[])
+    }
+
+    /// [`Operator::start`] with more `run` arguments, e.g. `--leader-election`.
+    pub fn start_with(
+        binary: &Path,
+        kubeconfig: &Path,
+        namespace: &str,
+        concurrency: u16,
+        log: PathBuf,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Operator> {
         let addr = free_local_addr()?;
         let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = tokio::process::Command::new(binary)
@@ -46,6 +58,7 @@ impl Operator {
             .args(["--label-selector", &format!("{LABEL}={namespace}")])
             .args(["--http-addr", &addr.to_string(), "--log-level", "warn"])
             .args(["--concurrency", &concurrency.to_string()])
+            .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -69,6 +82,16 @@ impl Operator {
             bail!("the operator exited ({status}); see {}", self.log.display());
         }
         Ok(())
+    }
+
+    /// The process id (the Lease holder identity ends with it).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// `kill -9`, and reaps the process.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("SIGKILL the operator")
     }
 
     /// `cyclr_operator_kubernetes_writes_total` by label set, e.g. `kind="CyclrAccount"`.
