@@ -88,6 +88,9 @@ pub struct Context {
     /// (see [`account::CreateAttempt`]): what this process knows before its own status
     /// writes are seen.
     create_attempts: Mutex<HashMap<String, account::CreateAttempt>>,
+    /// The same for each connector install, by uid (see
+    /// [`connector_install::InstallAttempt`]).
+    install_attempts: Mutex<HashMap<String, connector_install::InstallAttempt>>,
     recorder: Recorder,
     /// What `/readyz` reports: every watch registers here.
     readiness: Arc<Readiness>,
@@ -311,6 +314,7 @@ pub async fn run(
         wake_partner,
         usage_polls: Mutex::default(),
         create_attempts: Mutex::default(),
+        install_attempts: Mutex::default(),
         readiness: readiness.clone(),
     });
     // Claims come from every CyclrAccount in the cluster, not only those this operator
