@@ -117,6 +117,7 @@ pub enum InstalledView {
 /// `make chaos` (scenario 4) for accounts; installs follow the same rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstallAttempt {
+    /// When it ended (answered or failed).
     pub ended: DateTime<Utc>,
     /// The account it was sent for.
     pub account_id: String,
@@ -129,6 +130,7 @@ pub struct InstallAttempt {
 const STALE_AFTER_INSTALL: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 pub struct Observed {
+    /// When this reconcile started.
     pub now: DateTime<Utc>,
     /// This process's latest install for the resource that did or may have installed one.
     pub attempt: Option<InstallAttempt>,

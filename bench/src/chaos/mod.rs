@@ -60,6 +60,7 @@ impl Scenario {
         Scenario::ALL.into_iter().find(|s| s.number() == n)
     }
 
+    /// What the scenario does, in a few words.
     pub fn title(self) -> &'static str {
         match self {
             Scenario::OperatorKills => "operator kill -9 during the rollout",
@@ -74,8 +75,11 @@ impl Scenario {
 /// How big and how rough a run is.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Seeds each scenario's fault schedule (plus its number) and the simulator's dice.
     pub seed: u64,
+    /// CyclrAccounts per scenario.
     pub accounts: usize,
+    /// CyclrConnectorInstalls per scenario.
     pub installs: usize,
     /// Operator kills (scenario 1) and leader kills (scenario 3).
     pub kills: usize,
@@ -95,6 +99,7 @@ pub struct Settings {
 /// What one scenario tried and what it lost.
 #[derive(Debug)]
 pub struct Outcome {
+    /// Which scenario ran.
     pub scenario: Scenario,
     /// Each fault and each event seen, with its time since the scenario started.
     pub tried: Vec<String>,
@@ -104,10 +109,12 @@ pub struct Outcome {
     pub lost: Vec<String>,
     /// Measurements (request rates, Cyclr calls, takeover times).
     pub figures: Vec<String>,
+    /// How long it took, set-up and check included.
     pub duration: Duration,
 }
 
 impl Outcome {
+    /// Nothing was lost.
     pub fn passed(&self) -> bool {
         self.lost.is_empty()
     }

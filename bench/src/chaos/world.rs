@@ -47,6 +47,7 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
+    /// Every resource is Ready.
     pub fn done(&self) -> bool {
         self.accounts_ready == self.accounts && self.installs_ready == self.installs
     }
