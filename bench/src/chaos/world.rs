@@ -20,6 +20,7 @@ const CREATE_CONCURRENCY: usize = 32;
 /// The connector every install installs; its installed name is the resource's name.
 const CONNECTOR: &str = "Slack";
 
+/// A scenario's namespace, simulator and partner, and its record of what was tried.
 pub(crate) struct World {
     pub client: Client,
     /// The control plane's admin kubeconfig, for the operators started.
