@@ -24,10 +24,22 @@ pub const LABEL: &str = "cyclr.com/bench";
 pub const CLIENT_ID: &str = "bench-client";
 pub const CLIENT_SECRET: &str = "bench-secret";
 const FIELD_MANAGER: &str = "cyclr-bench";
+/// The partner's `rateLimit.burst` in every scenario (the CRD's default).
+pub const PARTNER_BURST: u32 = 20;
 
 /// `cyclr.com/v1alpha1` CyclrAccount, for dynamic objects (the bench does not link the operator).
 pub fn account_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrAccount"))
+}
+
+/// `cyclr.com/v1alpha1` CyclrConnectorInstall, for dynamic objects.
+pub fn install_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrConnectorInstall"))
+}
+
+/// The CyclrConnectorInstalls of `namespace`.
+pub fn installs(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &install_resource())
 }
 
 fn partner_resource() -> ApiResource {
@@ -97,7 +109,7 @@ pub async fn apply_crds(client: &Client, yaml: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The partner of a scenario: its credentials Secret (in `namespace`) and a CyclrPartner named
-/// after the namespace, at `requests_per_second` (burst 20, the default).
+/// after the namespace, at `requests_per_second` (burst [`PARTNER_BURST`], the default).
 pub async fn create_partner(
     client: &Client,
     namespace: &str,
@@ -123,7 +135,7 @@ pub async fn create_partner(
         "spec": {
             "apiURL": api_url,
             "credentialsSecretRef": {"name": "partner-credentials"},
-            "rateLimit": {"requestsPerSecond": requests_per_second, "burst": 20},
+            "rateLimit": {"requestsPerSecond": requests_per_second, "burst": PARTNER_BURST},
             "resyncInterval": resync,
             // Usage polls would fall into the resync window; the first read still happens.
             "usageInterval": "1h",

@@ -5,9 +5,7 @@
 //! `PEER=1`, also Crossplane's provider-http doing the same job (`peer.rs`).
 //! See docs/performance.md.
 
-mod cluster;
 mod floor;
-mod operator;
 mod peer;
 
 use std::collections::BTreeMap;
@@ -17,6 +15,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use cyclr_sim::{Faults, SimConfig, SimHandle, Simulator};
 use cyclr_testenv::TestEnv;
+
+use cyclr_bench::{cluster, operator};
 
 use cluster::{CLIENT_ID, CLIENT_SECRET, ReadyWatch};
 use operator::{Operator, ProcUsage};
@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         args.limits,
         args.unrelated.unwrap_or(args.n)
     );
-    println!("machine: {}", machine());
+    println!("machine: {}", cyclr_bench::machine());
     println!(
         "note: this machine is shared (other builds may run): absolute times are noisy, the operator/floor ratio is the headline."
     );
@@ -399,29 +399,6 @@ async fn run_floor(env: &TestEnv, args: &Args, limit: u32, per_account: floor::P
         calls: stats.requests,
         responses: stats.responses,
     })
-}
-
-/// CPU model, cores, memory and load, from /proc.
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!(
-        "{model}, {cores} cores (nproc), {mem_gib:.1} GiB, load average {} at start",
-        load.join(" ")
-    )
 }
 
 fn secs(d: Duration) -> String {

@@ -61,6 +61,14 @@ impl Process {
         proc_usage(self.pid)
     }
 
+    /// `kill -9`, and reaps the process.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child
+            .kill()
+            .await
+            .with_context(|| format!("SIGKILL {}", self.name))
+    }
+
     /// SIGTERM, then waits up to 10 s for the exit before killing it.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
@@ -94,6 +102,18 @@ impl Operator {
         concurrency: u16,
         log: PathBuf,
     ) -> anyhow::Result<Operator> {
+        Self::start_with(binary, kubeconfig, namespace, concurrency, log, &[])
+    }
+
+    /// [`Operator::start`] with more `run` arguments, e.g. `--leader-election`.
+    pub fn start_with(
+        binary: &Path,
+        kubeconfig: &Path,
+        namespace: &str,
+        concurrency: u16,
+        log: PathBuf,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Operator> {
         let addr = free_local_addr()?;
         let mut command = tokio::process::Command::new(binary);
         command
@@ -101,6 +121,7 @@ impl Operator {
             .args(["--label-selector", &format!("{LABEL}={namespace}")])
             .args(["--http-addr", &addr.to_string(), "--log-level", "warn"])
             .args(["--concurrency", &concurrency.to_string()])
+            .args(extra_args)
             .env("KUBECONFIG", kubeconfig);
         Ok(Operator {
             process: Process::spawn("the operator", command, &log)?,
@@ -113,6 +134,16 @@ impl Operator {
     /// Fails if the operator has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         self.process.check_running()
+    }
+
+    /// The process id (the Lease holder identity ends with it).
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    /// `kill -9`, and reaps the process.
+    pub async fn kill(self) -> anyhow::Result<()> {
+        self.process.kill().await
     }
 
     /// `cyclr_operator_kubernetes_writes_total` by label set, e.g. `kind="CyclrAccount"`.

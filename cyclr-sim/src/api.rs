@@ -131,6 +131,9 @@ impl Shared {
             tokio::time::sleep(delay).await;
         }
         let lost = lock(&self.faults).take_commit_then_fail();
+        if lost.is_some() {
+            lock(&self.stats).lost_responses += 1;
+        }
         match lost {
             None => answer.into_response(),
             Some(LostResponse::ServerError) => {
@@ -152,6 +155,7 @@ impl Shared {
 async fn faults_and_stats(State(sim): Sim, route: MatchedPath, request: Request, next: Next) -> Response {
     let endpoint = format!("{} {}", request.method(), route.as_str());
     *lock(&sim.stats).requests.entry(endpoint.clone()).or_default() += 1;
+    lock(&sim.request_log).push(std::time::Instant::now());
     let latency = lock(&sim.faults).latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

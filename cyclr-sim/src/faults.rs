@@ -5,7 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::StatusCode;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// Faults the simulator injects, per request. `Default` injects none.
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 /// JSON form (admin API `PUT /_sim/faults`; missing fields take their default):
 /// `{"latency_ms":0,"error_rate":0.0,"rate_limit_rps":null,"retry_after_secs":1,
 ///   "retry_after_form":"seconds","commit_then_fail":0,"commit_then_fail_mode":"server_error",
-///   "token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,"outage_endpoints":[],
-///   "install_error_echoes_credentials":false}`
+///   "commit_then_fail_rate":0.0,"token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,
+///   "outage_endpoints":[],"install_error_echoes_credentials":false,"seed":null}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -36,6 +37,10 @@ pub struct Faults {
     /// Counts down as writes consume it.
     pub commit_then_fail: u32,
     pub commit_then_fail_mode: LostResponse,
+    /// Share (0.0–1.0) of writes, after the `commit_then_fail` count is used up, that are
+    /// applied and then lose their response the same way: a steady trickle rather than a
+    /// countdown, for long chaos runs.
+    pub commit_then_fail_rate: f64,
     /// Lifetime of tokens issued from now on; `None` keeps `SimConfig::token_ttl`.
     #[serde(rename = "token_ttl_secs", with = "optional_duration_secs")]
     pub token_ttl: Option<Duration>,
@@ -53,6 +58,9 @@ pub struct Faults {
     /// Install Connector answers 400 with a `Message` that echoes the credential it was sent
     /// (`ApiKey`, else `Password`), as a Cyclr error text can, and installs nothing.
     pub install_error_echoes_credentials: bool,
+    /// Seeds the dice of `error_rate` and `commit_then_fail_rate`, so a run sees the same
+    /// sequence of decisions (the n-th request meets the same fate); `None` seeds from the OS.
+    pub seed: Option<u64>,
 }
 
 impl Default for Faults {
@@ -66,11 +74,13 @@ impl Default for Faults {
             retry_after_form: RetryAfterForm::default(),
             commit_then_fail: 0,
             commit_then_fail_mode: LostResponse::default(),
+            commit_then_fail_rate: 0.0,
             token_ttl: None,
             write_response_delay: Duration::ZERO,
             outage: Duration::ZERO,
             outage_endpoints: Vec::new(),
             install_error_echoes_credentials: false,
+            seed: None,
         }
     }
 }
@@ -128,6 +138,8 @@ pub(crate) struct FaultState {
     limiter: Option<DefaultDirectRateLimiter>,
     /// When these faults were set: the outage runs from here.
     set_at: Instant,
+    /// The dice of the error rate and the commit-then-fail rate.
+    dice: StdRng,
 }
 
 impl FaultState {
@@ -136,10 +148,15 @@ impl FaultState {
             .rate_limit_rps
             .and_then(NonZeroU32::new)
             .map(|rps| RateLimiter::direct(Quota::per_second(rps)));
+        let dice = match faults.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
         FaultState {
             faults,
             limiter,
             set_at: Instant::now(),
+            dice,
         }
     }
 
@@ -161,7 +178,7 @@ impl FaultState {
 
     /// The outage first, then the rate limit (a refused request never reaches the error dice),
     /// then the error rate. `endpoint` as the statistics name it.
-    pub(crate) fn verdict(&self, endpoint: &str) -> Verdict {
+    pub(crate) fn verdict(&mut self, endpoint: &str) -> Verdict {
         let faults = &self.faults;
         if self.set_at.elapsed() < faults.outage
             && (faults.outage_endpoints.is_empty() || faults.outage_endpoints.iter().any(|e| e == endpoint))
@@ -179,7 +196,7 @@ impl FaultState {
             };
         }
         if self.faults.error_rate > 0.0 {
-            let mut rng = rand::rng();
+            let rng = &mut self.dice;
             if rng.random::<f64>() < self.faults.error_rate {
                 let status = if rng.random_bool(0.5) {
                     StatusCode::INTERNAL_SERVER_ERROR
@@ -194,11 +211,12 @@ impl FaultState {
 
     /// Consumes one "commit then fail" if any is left; says how the response is to be lost.
     pub(crate) fn take_commit_then_fail(&mut self) -> Option<LostResponse> {
-        if self.faults.commit_then_fail == 0 {
-            return None;
+        if self.faults.commit_then_fail > 0 {
+            self.faults.commit_then_fail -= 1;
+            return Some(self.faults.commit_then_fail_mode);
         }
-        self.faults.commit_then_fail -= 1;
-        Some(self.faults.commit_then_fail_mode)
+        let rate = self.faults.commit_then_fail_rate;
+        (rate > 0.0 && self.dice.random::<f64>() < rate).then_some(self.faults.commit_then_fail_mode)
     }
 }
 

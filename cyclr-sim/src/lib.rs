@@ -25,7 +25,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
@@ -90,6 +90,9 @@ pub struct SimStats {
     /// Writes applied: account create, update and delete, connector install (including those
     /// whose response "commit then fail" lost). Rejected writes do not count.
     pub writes: u64,
+    /// Writes applied whose response "commit then fail" lost (a 500 or a dropped connection).
+    #[serde(default)]
+    pub lost_responses: u64,
 }
 
 impl SimStats {
@@ -167,9 +170,16 @@ impl SimHandle {
         self.shared.stats()
     }
 
-    /// Zeroes the statistics (also `POST /_sim/stats/reset`).
+    /// Zeroes the statistics (also `POST /_sim/stats/reset`) and the request log.
     pub fn reset_stats(&self) {
         self.shared.reset_stats();
+    }
+
+    /// When each API request (the token endpoint included, faulted ones too) arrived since
+    /// the start or the last [`SimHandle::reset_stats`], in arrival order: for measuring a
+    /// client's request rate over any window.
+    pub fn request_log(&self) -> Vec<Instant> {
+        lock(&self.shared.request_log).clone()
     }
 
     /// All accounts as stored, in creation order: `Timezone` included, which List Accounts
@@ -245,6 +255,9 @@ pub(crate) struct Shared {
     store: RwLock<Store>,
     faults: Mutex<FaultState>,
     stats: Mutex<SimStats>,
+    /// Arrival times of API requests, kept beside the counters (not in `SimStats`, which is
+    /// the admin API's JSON and would grow with every request).
+    request_log: Mutex<Vec<Instant>>,
     /// The body of the latest Update Account, so tests can check that only changed fields
     /// were sent. Account fields hold no credentials.
     last_update_body: Mutex<Option<serde_json::Value>>,
@@ -264,6 +277,7 @@ impl Shared {
             store: RwLock::new(store),
             faults: Mutex::new(FaultState::new(config.faults)),
             stats: Mutex::new(SimStats::default()),
+            request_log: Mutex::new(Vec::new()),
             last_update_body: Mutex::new(None),
             persister: config.state_file.map(Persister::new),
         })
@@ -315,6 +329,7 @@ impl Shared {
 
     fn reset_stats(&self) {
         *lock(&self.stats) = SimStats::default();
+        lock(&self.request_log).clear();
     }
 
     fn token_ttl(&self) -> Duration {

@@ -737,6 +737,36 @@ async fn commit_then_fail_applies_the_write_but_answers_500() {
 }
 
 #[tokio::test]
+async fn a_commit_then_fail_rate_loses_that_share_of_responses_the_same_way_for_one_seed() {
+    let env = Env::start().await;
+    let faults = Faults {
+        commit_then_fail_rate: 0.5,
+        seed: Some(42),
+        ..Faults::default()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        env.sim.set_faults(faults.clone());
+        env.sim.reset_stats();
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            let response = env
+                .call(Method::POST, "/api/partner/createaccount", Some(SEED_CREATE))
+                .await;
+            statuses.push(response.status().as_u16());
+        }
+        let stats = env.sim.stats();
+        assert_eq!(stats.writes, 20, "every write is applied");
+        let lost = statuses.iter().filter(|s| **s == 500).count() as u64;
+        assert_eq!(stats.lost_responses, lost);
+        assert!((1..20).contains(&lost), "about half lost: {statuses:?}");
+        assert!(env.sim.request_log().len() >= 20, "every request is logged");
+        runs.push(statuses);
+    }
+    assert_eq!(runs[0], runs[1], "one seed, one sequence of fates");
+}
+
+#[tokio::test]
 async fn commit_then_fail_can_drop_the_connection_instead() {
     let env = Env::start().await;
     let id = env.create(SEED_CREATE).await;

@@ -107,11 +107,32 @@ pub struct Observed {
     pub usage: Option<UsageStatus>,
     /// When this reconcile started.
     pub now: DateTime<Utc>,
+    /// This process's latest create for the account that did or may have created one.
+    pub create: Option<CreateAttempt>,
     /// Held while no id is known: creates of one name in one partner are serialised.
     _name_guard: Option<OwnedMutexGuard<()>>,
     /// Held while this reconcile may create an account: the partner's usage reads wait.
     _onboarding: Option<Onboarding>,
 }
+
+/// A create this process sent for an account, kept in memory until the resource is gone.
+/// Both of its uses are about a status write not (yet) seen: found by `make chaos`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateAttempt {
+    /// When it ended. `pendingCreate.since` is stamped before the create waits for the
+    /// partner's budget, so a list taken between the two cannot show the account yet: a lost
+    /// create is judged only from a list taken after this (scenario 2, Cyclr faults).
+    pub ended: DateTime<Utc>,
+    /// The id Cyclr answered; `None` when the response was lost. The status write that
+    /// records the id can fail (the API server away) and the watch can stay behind our own
+    /// pending marker: the id is then known from here, and an object showing neither marker
+    /// nor id is older than our own writes (scenario 4, API server restarts).
+    pub id: Option<String>,
+}
+
+/// How long an object showing neither the pending marker nor the id of a create this
+/// process made is taken as stale: the watch catches up within it.
+const STALE_AFTER_CREATE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// The Cyclr write an account needs.
 #[derive(Debug)]
@@ -162,6 +183,7 @@ impl Reconciler for CyclrAccount {
             claims: HashMap::new(),
             usage: None,
             now,
+            create: ctx.create_attempts.lock().expect("lock").get(&uid).cloned(),
             _name_guard: None,
             _onboarding: None,
         };
@@ -239,11 +261,26 @@ impl Reconciler for CyclrAccount {
         let previous = self.status.clone().unwrap_or_default();
         match write {
             Write::Create { fields } => {
-                let id = runtime
+                let created = runtime
                     .client
                     .create_account(&fields)
                     .await
-                    .map_err(Failure::cyclr("the account create"))?;
+                    .map_err(Failure::cyclr("the account create"));
+                let attempt = match &created {
+                    Ok(id) => Some(Some(id.clone())),
+                    Err(failure) if failure.outcome_unknown() => Some(None),
+                    // Refused, nothing created: nothing to remember.
+                    Err(_) => None,
+                };
+                let uid = self.uid().unwrap_or_default();
+                {
+                    let mut attempts = ctx.create_attempts.lock().expect("lock");
+                    match attempt {
+                        Some(id) => attempts.insert(uid, CreateAttempt { ended: Utc::now(), id }),
+                        None => attempts.remove(&uid),
+                    };
+                }
+                let id = created?;
                 let created = apply_changes(
                     Account {
                         id: id.clone(),
@@ -317,6 +354,7 @@ impl Reconciler for CyclrAccount {
     fn forget(ctx: &Context, meta: &ObjectMeta) {
         let uid = meta.uid.as_deref().unwrap_or_default();
         ctx.usage_polls.lock().expect("lock").remove(uid);
+        ctx.create_attempts.lock().expect("lock").remove(uid);
         ctx.account_claims.remove(uid);
         ctx.metrics.forget_account(
             meta.namespace.as_deref().unwrap_or_default(),
@@ -483,7 +521,8 @@ pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
             ),
         ));
     }
-    match account.known_id() {
+    let created = obs.create.as_ref().and_then(|c| c.id.as_deref());
+    match account.known_id().or(created) {
         Some(id) => decide_known(account, obs, snapshot, &desired, id, previous),
         None => decide_new(account, obs, snapshot, desired, previous),
     }
@@ -541,8 +580,10 @@ fn decide_known(
     let event = adopted.then(|| {
         let how = if account.spec.account_id.is_some() {
             "named by spec.accountID"
-        } else {
+        } else if status_or_annotation_id(account).is_some() {
             "recorded in the cyclr.com/account-id annotation"
+        } else {
+            "created by this operator (the status write recording it had failed)"
         };
         (Reason::Adopted, format!("adopted Cyclr account {id} {how}"))
     });
@@ -593,8 +634,21 @@ fn decide_new(
         ));
     }
     // Look in a list taken after the resource was made (and after any earlier attempt), so
-    // an account made by hand or by a lost create is seen before creating.
+    // an account made by hand or by a lost create is seen before creating. An attempt this
+    // process made ended later than `pendingCreate.since` (the create waited for the
+    // partner's budget first): a list taken in between may not show its account yet. After
+    // a restart every list is taken after the attempt.
     let pending = previous.pending_create.as_ref();
+    // This process sent a create whose outcome it does not know, yet the object shows no
+    // marker: it is older than our own marker write. Deciding from it would report the
+    // account as someone else's and write away the marker; wait for the watch instead.
+    if pending.is_none()
+        && let Some(attempt) = &obs.create
+        && attempt.id.is_none()
+        && obs.now - attempt.ended < STALE_AFTER_CREATE
+    {
+        return Plan::Wait(Duration::from_secs(1));
+    }
     let not_before = [
         // creationTimestamp has whole seconds: the resource may be up to 1 s younger.
         account
@@ -607,6 +661,7 @@ fn decide_new(
                 .ok()
                 .map(|d| d.with_timezone(&Utc))
         }),
+        pending.and(obs.create.as_ref().map(|c| c.ended)),
     ]
     .into_iter()
     .flatten()
@@ -828,6 +883,7 @@ mod tests {
                 .collect(),
             usage: None,
             now,
+            create: None,
             _name_guard: None,
             _onboarding: None,
         }
@@ -1141,6 +1197,66 @@ mod tests {
             decide(&account, &observed(Some((now, vec![])), &[], now)),
             Plan::Write { .. }
         ));
+    }
+
+    #[test]
+    fn a_lost_create_is_judged_by_a_list_taken_after_the_attempt_ended() {
+        // The create was decided at since, waited for the budget, was sent and committed,
+        // and its response was lost at ended. A list taken in between cannot show it.
+        let ended = Utc::now();
+        let since = ended - chrono::Duration::seconds(8);
+        let mut account = pro();
+        account.status = Some(CyclrAccountStatus {
+            pending_create: Some(PendingWrite {
+                since: since.to_rfc3339(),
+                existing_ids: vec![],
+            }),
+            ..Default::default()
+        });
+        let between = ended - chrono::Duration::seconds(3);
+        let lost = Some(CreateAttempt { ended, id: None });
+        let mut obs = observed(Some((between, vec![])), &[], ended);
+        obs.create = lost.clone();
+        assert!(
+            matches!(decide(&account, &obs), Plan::Refresh(after) if after >= ended),
+            "a list from before the attempt ended must not lead to a second create"
+        );
+        let mut obs = observed(Some((ended, vec![cyclr_account("mine", "acme", 3)])), &[], ended);
+        obs.create = lost;
+        assert!(matches!(decide(&account, &obs), Plan::Report { .. }), "adopted");
+    }
+
+    #[test]
+    fn an_object_older_than_our_own_create_is_not_decided_from() {
+        // The API server went away: the marker write and the create went through, the
+        // status write with the id did not, and the watch still shows the object before
+        // the marker. Cyclr lists the account, which no resource holds.
+        let now = Utc::now();
+        let list = vec![cyclr_account("mine", "acme", 3)];
+        let mut obs = observed(Some((now, list.clone())), &[], now);
+        obs.create = Some(CreateAttempt {
+            ended: now - chrono::Duration::seconds(2),
+            id: Some("mine".into()),
+        });
+        match decide(&pro(), &obs) {
+            Plan::Report { status, health, .. } => {
+                assert_eq!(status.account_id.as_deref(), Some("mine"), "the id it was answered");
+                assert!(matches!(health, Health::Ready { .. }));
+            }
+            _ => panic!("expected the created account to be recorded"),
+        }
+        // The response was lost too: wait for the watch, never AccountNameInUse.
+        obs.create = Some(CreateAttempt {
+            ended: now - chrono::Duration::seconds(2),
+            id: None,
+        });
+        assert!(matches!(decide(&pro(), &obs), Plan::Wait(_)));
+        // Long after, the object is what it is: the name is in use.
+        obs.create = Some(CreateAttempt {
+            ended: now - chrono::Duration::minutes(10),
+            id: None,
+        });
+        assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::AccountNameInUse));
     }
 
     #[test]

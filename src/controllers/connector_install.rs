@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
@@ -24,7 +24,8 @@ use super::{Context, ReconcileResult, controller_for, namespaced_api, users_of_s
 use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
 use crate::index::Holder;
 use crate::resources::{
-    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite, READY, condition,
+    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite, READY, annotation, annotations,
+    condition,
 };
 use crate::secrets::CredentialsDigest;
 use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
@@ -108,7 +109,29 @@ pub enum InstalledView {
     Listed(Vec<InstalledConnector>),
 }
 
+/// An install this process sent that did or may have installed something, kept in memory
+/// until the resource is gone: the status write recording it can fail (the API server away)
+/// while the watch still shows the object from before the pending marker. Found by
+/// `make chaos` (scenario 4) for accounts; installs follow the same rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallAttempt {
+    /// When it ended (answered or failed).
+    pub ended: DateTime<Utc>,
+    /// The account it was sent for.
+    pub account_id: String,
+    /// Cyclr answered it (installed); false when the response was lost.
+    pub answered: bool,
+}
+
+/// How long an object showing neither the pending marker nor the installation of an
+/// unanswered install this process sent is taken as stale.
+const STALE_AFTER_INSTALL: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 pub struct Observed {
+    /// When this reconcile started.
+    pub now: DateTime<Utc>,
+    /// This process's latest install for the resource that did or may have installed one.
+    pub attempt: Option<InstallAttempt>,
     pub account: AccountView,
     pub credentials: CredentialsView,
     /// The credentials' digest under the account's partner key, when both can be read.
@@ -147,6 +170,8 @@ impl Reconciler for CyclrConnectorInstall {
             _ => None,
         };
         let mut observed = Observed {
+            now: Utc::now(),
+            attempt: ctx.install_attempts.lock().expect("lock").get(&holder.uid).cloned(),
             account,
             credentials,
             credentials_digest,
@@ -201,11 +226,33 @@ impl Reconciler for CyclrConnectorInstall {
             installed_name: self.installed_name(),
             auth,
         };
-        runtime
+        let result = runtime
             .client
             .install_connector(&request)
             .await
-            .map_err(Failure::cyclr("the connector install"))?;
+            .map_err(Failure::cyclr("the connector install"));
+        let answered = match &result {
+            Ok(()) => Some(true),
+            Err(failure) if failure.outcome_unknown() => Some(false),
+            // Refused, nothing installed: nothing to remember.
+            Err(_) => None,
+        };
+        {
+            let uid = self.uid().unwrap_or_default();
+            let mut attempts = ctx.install_attempts.lock().expect("lock");
+            match answered {
+                Some(answered) => attempts.insert(
+                    uid,
+                    InstallAttempt {
+                        ended: Utc::now(),
+                        account_id: account_id.clone(),
+                        answered,
+                    },
+                ),
+                None => attempts.remove(&uid),
+            };
+        }
+        result?;
         Ok(Applied {
             health: Health::ready(Reason::Installed, "the connector is installed"),
             status: CyclrConnectorInstallStatus {
@@ -233,8 +280,20 @@ impl Reconciler for CyclrConnectorInstall {
         None
     }
 
+    fn identity(status: &CyclrConnectorInstallStatus) -> Option<(&'static str, String)> {
+        status.installed_at.as_ref()?;
+        status
+            .account_id
+            .clone()
+            .map(|id| (annotations::INSTALLED_IN_ACCOUNT, id))
+    }
+
     fn forget(ctx: &Context, meta: &ObjectMeta) {
         ctx.install_claims.remove(meta.uid.as_deref().unwrap_or_default());
+        ctx.install_attempts
+            .lock()
+            .expect("lock")
+            .remove(meta.uid.as_deref().unwrap_or_default());
     }
 }
 
@@ -316,6 +375,54 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
             ));
         }
         _ => {}
+    }
+    let ours = obs.attempt.as_ref().filter(|a| a.account_id == account_id);
+    // This process sent an install whose outcome it does not know, yet the object shows no
+    // marker: it is older than our own marker write; wait for the watch.
+    if pending.is_none()
+        && let Some(attempt) = ours
+        && !attempt.answered
+        && obs.now - attempt.ended < STALE_AFTER_INSTALL
+    {
+        return Plan::Wait(Duration::from_secs(1));
+    }
+    // Installed by this resource before its status was lost (a restore without status, a
+    // status edit, a status write that failed): the annotation written after the install,
+    // or this process's answered install, says where, and the list shows it again. Found
+    // again, never refused as a name in use, never installed twice.
+    let installed_here = annotation(&install.metadata, annotations::INSTALLED_IN_ACCOUNT) == Some(account_id.as_str())
+        || ours.is_some_and(|a| a.answered);
+    if pending.is_none() && installed_here {
+        let found_again = |id: Option<String>| Plan::Report {
+            health: Health::ready(Reason::Installed, "the connector is installed"),
+            status: CyclrConnectorInstallStatus {
+                account_id: Some(account_id.clone()),
+                installed_connector_id: id,
+                installed_at: Some(Time(Timestamp::now())),
+                credentials_digest: obs.credentials_digest.clone(),
+                ..previous.clone()
+            },
+            event: None,
+        };
+        return match (&obs.installed, same_name.as_slice()) {
+            // No list to look in: the annotation, written only after a confirmed install, stands.
+            (InstalledView::Unavailable(_), _) => found_again(None),
+            (_, [found]) => found_again(Some(found.id.clone())),
+            (_, []) => report(Health::stalled(
+                Reason::ExternalInstallMissing,
+                format!(
+                    "this resource installed {name:?} into account {account_id} (annotation {}), but the account has no installed connector of that name now; it is never installed twice: delete and re-create this resource to install it again",
+                    annotations::INSTALLED_IN_ACCOUNT
+                ),
+            )),
+            (_, several) => report(Health::stalled(
+                Reason::InstallOutcomeUnknown,
+                format!(
+                    "{} installed connectors are named {name:?} in account {account_id}; check Cyclr",
+                    several.len()
+                ),
+            )),
+        };
     }
     if let Some(existing) = same_name.first() {
         return report(Health::stalled(
@@ -483,6 +590,8 @@ mod tests {
     fn ready(installed: InstalledView) -> Observed {
         let config = ClientConfig::new("http://127.0.0.1:9", "id", SecretString::from("s"));
         Observed {
+            now: Utc::now(),
+            attempt: None,
             account: AccountView::Ready {
                 account_id: "a1".into(),
                 runtime: Arc::new(PartnerRuntime::new(
@@ -548,6 +657,77 @@ mod tests {
             decide(&install(), &ready(InstalledView::Listed(vec![listed("other", "9")]))),
             Plan::Write { pending: Some(_), .. }
         ));
+    }
+
+    /// An install whose status was lost (a restore): only the annotation its install wrote.
+    fn restored(account_id: &str) -> CyclrConnectorInstall {
+        let mut i = install();
+        i.metadata.annotations = Some([(annotations::INSTALLED_IN_ACCOUNT.to_string(), account_id.to_string())].into());
+        i
+    }
+
+    #[test]
+    fn after_a_restore_its_own_install_is_found_again_never_installed_twice() {
+        let obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
+        match decide(&restored("a1"), &obs) {
+            Plan::Report { health, status, event } => {
+                assert!(matches!(
+                    health,
+                    Health::Ready {
+                        reason: Reason::Installed,
+                        ..
+                    }
+                ));
+                assert!(status.installed_at.is_some());
+                assert_eq!(status.account_id.as_deref(), Some("a1"));
+                assert_eq!(status.installed_connector_id.as_deref(), Some("7"));
+                assert!(event.is_none());
+            }
+            _ => panic!("expected a report"),
+        }
+        // Gone from Cyclr meanwhile: said, not installed again.
+        let obs = ready(InstalledView::Listed(vec![listed("other", "9")]));
+        assert_eq!(
+            reason(&decide(&restored("a1"), &obs)),
+            Some(Reason::ExternalInstallMissing)
+        );
+        // An annotation naming another account proves nothing here: the name is in use.
+        let obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
+        assert_eq!(reason(&decide(&restored("a2"), &obs)), Some(Reason::InstalledNameInUse));
+    }
+
+    #[test]
+    fn an_object_older_than_our_own_install_is_not_decided_from() {
+        // Installed, but the status write failed and the watch shows the object from before
+        // the marker: recorded from memory, not refused as a name in use.
+        let mut obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
+        obs.attempt = Some(InstallAttempt {
+            ended: Utc::now(),
+            account_id: "a1".into(),
+            answered: true,
+        });
+        assert_eq!(reason(&decide(&install(), &obs)), Some(Reason::Installed));
+        // The response was lost too: wait for the watch.
+        obs.attempt = Some(InstallAttempt {
+            ended: Utc::now(),
+            account_id: "a1".into(),
+            answered: false,
+        });
+        assert!(matches!(decide(&install(), &obs), Plan::Wait(_)));
+    }
+
+    #[test]
+    fn the_annotation_records_where_it_was_installed_once_installed() {
+        let mut status = CyclrConnectorInstallStatus {
+            account_id: Some("a1".into()),
+            ..Default::default()
+        };
+        assert_eq!(CyclrConnectorInstall::identity(&status), None, "not installed yet");
+        status.installed_at = Some(Time(Timestamp::now()));
+        assert_eq!(
+            CyclrConnectorInstall::identity(&status),
+            Some((annotations::INSTALLED_IN_ACCOUNT, "a1".to_string()))
+        );
     }
 
     #[test]

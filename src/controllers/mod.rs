@@ -84,6 +84,13 @@ pub struct Context {
     /// When each account's usage was last read (by uid): in memory, not status, so a poll
     /// that finds nothing new writes nothing.
     usage_polls: Mutex<HashMap<String, Instant>>,
+    /// Each account's latest create attempt that did or may have created something, by uid
+    /// (see [`account::CreateAttempt`]): what this process knows before its own status
+    /// writes are seen.
+    create_attempts: Mutex<HashMap<String, account::CreateAttempt>>,
+    /// The same for each connector install, by uid (see
+    /// [`connector_install::InstallAttempt`]).
+    install_attempts: Mutex<HashMap<String, connector_install::InstallAttempt>>,
     recorder: Recorder,
     /// What `/readyz` reports: every watch registers here.
     readiness: Arc<Readiness>,
@@ -322,6 +329,8 @@ pub async fn run(
         namespaces: namespace_store.clone(),
         wake_partner,
         usage_polls: Mutex::default(),
+        create_attempts: Mutex::default(),
+        install_attempts: Mutex::default(),
         readiness: readiness.clone(),
     });
     // Claims come from every CyclrAccount in the cluster, not only those this operator

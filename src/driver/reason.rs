@@ -87,6 +87,8 @@ reasons! {
     InstalledNameInUse,
     /// An install's outcome was lost and cannot be confirmed.
     InstallOutcomeUnknown,
+    /// This resource's installed connector is gone from Cyclr; never installed again.
+    ExternalInstallMissing,
     /// An installed connector's credentials changed; the Partner API cannot apply them.
     CredentialsNotApplied,
     /// The CyclrPartner's client cannot be built (bad URL).

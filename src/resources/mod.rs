@@ -27,6 +27,10 @@ pub mod annotations {
     /// The Cyclr account id (an opaque string), kept in metadata too (like Crossplane's external name) so a
     /// restore without status, or a status edit, never leads to a second create.
     pub const ACCOUNT_ID: &str = "cyclr.com/account-id";
+    /// The Cyclr account a connector install installed into, kept in metadata for the same
+    /// reason: after a restore without status the install is found again, not refused as a
+    /// name in use nor installed twice.
+    pub const INSTALLED_IN_ACCOUNT: &str = "cyclr.com/installed-in-account";
 }
 
 /// The operator's field manager for server-side apply and its Event reporter name.

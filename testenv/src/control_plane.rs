@@ -47,6 +47,11 @@ pub fn testbin_dir() -> PathBuf {
 /// `dir`, and returns an admin config once `/readyz` answers 200. With
 /// [`Lifetime::Detached`] it also writes `etcd.pid` and `kube-apiserver.pid` for [`stop`].
 pub async fn start(dir: &Path, lifetime: Lifetime) -> Result<kube::Config> {
+    Ok(start_with_apiserver(dir, lifetime).await?.0)
+}
+
+/// [`start`], also returning what it takes to stop and start the same kube-apiserver again.
+pub async fn start_with_apiserver(dir: &Path, lifetime: Lifetime) -> Result<(kube::Config, ApiServer)> {
     let dir = std::path::absolute(dir)?;
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let bin = testbin_dir();
@@ -71,7 +76,7 @@ pub async fn start(dir: &Path, lifetime: Lifetime) -> Result<kube::Config> {
     }
 }
 
-async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime) -> Result<kube::Config> {
+async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime) -> Result<(kube::Config, ApiServer)> {
     let ports = free_ports(3)?;
     let (etcd_port, peer_port, secure_port) = (ports[0], ports[1], ports[2]);
     let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -109,8 +114,7 @@ async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime
         // Throw-away data: fsync only costs time.
         "--unsafe-no-fsync=true".to_owned(),
     ]);
-    let mut apiserver_cmd = Command::new(apiserver);
-    apiserver_cmd.args([
+    let apiserver_args = vec![
         format!("--etcd-servers={etcd_url}"),
         format!("--cert-dir={}", cert_dir.display()),
         format!("--secure-port={secure_port}"),
@@ -130,7 +134,9 @@ async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime
             "--service-account-signing-key-file={}",
             pki_dir.join("sa.key").display()
         ),
-    ]);
+    ];
+    let mut apiserver_cmd = Command::new(apiserver);
+    apiserver_cmd.args(&apiserver_args);
 
     let mut children = Vec::new();
     let config = async {
@@ -138,7 +144,7 @@ async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime
         children.push(spawn_logged(apiserver_cmd, dir, KUBE_APISERVER, lifetime)?);
         let config = Kubeconfig::read_from(&kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
-        wait_ready(&config, &mut children).await?;
+        wait_ready(&config, &[ETCD, KUBE_APISERVER], &mut children).await?;
         anyhow::Ok(config)
     }
     .await;
@@ -152,6 +158,14 @@ async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime
             bail!("starting the control plane failed: {err:#}\n{}", log_tails(dir));
         }
     };
+    let restartable = ApiServer {
+        binary: apiserver.to_path_buf(),
+        args: apiserver_args,
+        dir: dir.to_path_buf(),
+        lifetime,
+        pid: std::sync::Mutex::new(Some(children[1].id() as libc::pid_t)),
+        starts: std::sync::atomic::AtomicU32::new(1),
+    };
     match lifetime {
         Lifetime::Process => process::kill_at_exit(children),
         Lifetime::Detached => {
@@ -160,7 +174,60 @@ async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime
             }
         }
     }
-    Ok(config)
+    Ok((config, restartable))
+}
+
+/// The kube-apiserver of a control plane, to be stopped and started again on the same port,
+/// certificates and etcd (whose data stays): an API server restart as a user's cluster sees
+/// one during an upgrade.
+pub struct ApiServer {
+    binary: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    lifetime: Lifetime,
+    /// The running process, if any.
+    pid: std::sync::Mutex<Option<libc::pid_t>>,
+    /// How many times it was started, to name each run's log.
+    starts: std::sync::atomic::AtomicU32,
+}
+
+impl ApiServer {
+    /// SIGTERM (SIGKILL after 15 s) and waits until it has exited. Fine if it is not running.
+    pub fn stop(&self) {
+        if let Some(pid) = self.pid.lock().expect("apiserver pid").take() {
+            terminate(pid, KUBE_APISERVER);
+        }
+    }
+
+    /// Starts it again with the same arguments and waits until `/readyz` answers (at most
+    /// 120 s); its log goes to `kube-apiserver.<n>.log` beside the first one. Does nothing
+    /// while it runs. A detached control plane's pid file is not updated: `control-plane
+    /// down` would not stop a restarted one, so only tests (lifetime `Process`) restart.
+    pub async fn start(&self, config: &kube::Config) -> Result<()> {
+        if self.pid.lock().expect("apiserver pid").is_some() {
+            return Ok(());
+        }
+        let n = self.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args);
+        let name = format!("{KUBE_APISERVER}.{n}");
+        let mut children = vec![spawn_logged(cmd, &self.dir, &name, self.lifetime)?];
+        if let Err(err) = wait_ready(config, &[KUBE_APISERVER], &mut children).await {
+            for child in &mut children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Err(err.context(format!(
+                "restarting kube-apiserver (log: {})",
+                log_file(&self.dir, &name).display()
+            )));
+        }
+        *self.pid.lock().expect("apiserver pid") = Some(children[0].id() as libc::pid_t);
+        if self.lifetime == Lifetime::Process {
+            process::kill_at_exit(children);
+        }
+        Ok(())
+    }
 }
 
 fn spawn_logged(mut cmd: Command, dir: &Path, name: &str, lifetime: Lifetime) -> Result<Child> {
@@ -169,11 +236,12 @@ fn spawn_logged(mut cmd: Command, dir: &Path, name: &str, lifetime: Lifetime) ->
     process::spawn(cmd, lifetime).with_context(|| format!("spawning {name}"))
 }
 
-async fn wait_ready(config: &kube::Config, children: &mut [Child]) -> Result<()> {
+/// Waits for `/readyz`; fails at once if one of `children` (named by `names`) exits.
+async fn wait_ready(config: &kube::Config, names: &[&str], children: &mut [Child]) -> Result<()> {
     let client = kube::Client::try_from(config.clone())?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        for (name, child) in [ETCD, KUBE_APISERVER].into_iter().zip(children.iter_mut()) {
+        for (name, child) in names.iter().zip(children.iter_mut()) {
             if let Some(status) = child.try_wait()? {
                 bail!("{name} exited during start-up ({status})");
             }

@@ -32,6 +32,9 @@ pub use process::Lifetime;
 pub struct TestEnv {
     kubeconfig: PathBuf,
     config: kube::Config,
+    /// The kube-apiserver this process started; `None` on a cluster given by
+    /// `CYCLR_TEST_KUBECONFIG`, which is not ours to restart.
+    apiserver: Option<control_plane::ApiServer>,
 }
 
 impl TestEnv {
@@ -55,15 +58,20 @@ impl TestEnv {
             let config = Kubeconfig::read_from(&kubeconfig)
                 .with_context(|| format!("CYCLR_TEST_KUBECONFIG={}", kubeconfig.display()))?;
             let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
-            return Ok(TestEnv { kubeconfig, config });
+            return Ok(TestEnv {
+                kubeconfig,
+                config,
+                apiserver: None,
+            });
         }
         let dir = scratch_dir()?;
-        let config = control_plane::start(&dir, Lifetime::Process).await?;
+        let (config, apiserver) = control_plane::start_with_apiserver(&dir, Lifetime::Process).await?;
         // Only now: after a failed start the logs stay for reading until the next run.
         process::remove_dir_at_exit(dir.clone());
         Ok(TestEnv {
             kubeconfig: control_plane::kubeconfig_in(&dir),
             config,
+            apiserver: Some(apiserver),
         })
     }
 
@@ -71,6 +79,25 @@ impl TestEnv {
     /// runtime that built it, and every `#[tokio::test]` has its own runtime.
     pub fn client(&self) -> Client {
         Client::try_from(self.config.clone()).expect("building a client for the test cluster")
+    }
+
+    /// Stops kube-apiserver (SIGTERM, then waits for its exit); etcd and its data stay. Tests
+    /// that use this must not share the control plane with tests running at the same time.
+    pub fn stop_apiserver(&self) -> Result<()> {
+        self.own_apiserver()?.stop();
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again (same port, certificates and etcd) after
+    /// [`TestEnv::stop_apiserver`], and returns once `/readyz` answers.
+    pub async fn start_apiserver(&self) -> Result<()> {
+        self.own_apiserver()?.start(&self.config).await
+    }
+
+    fn own_apiserver(&self) -> Result<&control_plane::ApiServer> {
+        self.apiserver
+            .as_ref()
+            .context("this control plane came from CYCLR_TEST_KUBECONFIG: its kube-apiserver is not ours to restart")
     }
 
     /// The admin kubeconfig, e.g. for building an impersonating client or running kubectl.

@@ -1,0 +1,155 @@
+//! `make chaos`: the operator rolling out accounts and connector installs while things go
+//! wrong (the operator killed, Cyclr failing, the leader killed, the API server restarted,
+//! status lost), each scenario ending with the same check read from the simulator's state:
+//! exactly one Cyclr account per CyclrAccount, exactly one installed connector per
+//! CyclrConnectorInstall, all Ready. See docs/reliability.md.
+//!
+//! A scenario's fault schedule comes from a seeded generator (seed + scenario number), so the
+//! same `SEED` tries the same faults at the same moments; the simulator's error dice are
+//! seeded too. What the operator and the API server do in between is not deterministic.
+
+mod rate;
+mod scenarios;
+mod world;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cyclr_testenv::TestEnv;
+
+pub use rate::{bucket_bound, max_in_window};
+
+/// One way of going wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    /// 1: `kill -9` of the operator at random moments of the rollout, restarted each time.
+    OperatorKills,
+    /// 2: Cyclr answering 5xx, 429, expiring tokens and losing responses of applied writes.
+    CyclrFaults,
+    /// 3: two replicas with leader election, the leader killed again and again.
+    LeaderKills,
+    /// 4: kube-apiserver stopped and started again (same etcd) mid-rollout.
+    ApiServerRestarts,
+    /// 5: every resource's status wiped while the operator is stopped (a restore).
+    StatusWiped,
+}
+
+impl Scenario {
+    /// All of them, in order.
+    pub const ALL: [Scenario; 5] = [
+        Scenario::OperatorKills,
+        Scenario::CyclrFaults,
+        Scenario::LeaderKills,
+        Scenario::ApiServerRestarts,
+        Scenario::StatusWiped,
+    ];
+
+    /// 1–5, as `SCENARIOS` names them.
+    pub fn number(self) -> u64 {
+        match self {
+            Scenario::OperatorKills => 1,
+            Scenario::CyclrFaults => 2,
+            Scenario::LeaderKills => 3,
+            Scenario::ApiServerRestarts => 4,
+            Scenario::StatusWiped => 5,
+        }
+    }
+
+    /// The scenario numbered `n` (1–5).
+    pub fn from_number(n: u64) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.number() == n)
+    }
+
+    /// What the scenario does, in a few words.
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::OperatorKills => "operator kill -9 during the rollout",
+            Scenario::CyclrFaults => "Cyclr faults: 5xx, 429, token expiry, commit then fail",
+            Scenario::LeaderKills => "two replicas, the leader killed repeatedly",
+            Scenario::ApiServerRestarts => "kube-apiserver restarted mid-rollout",
+            Scenario::StatusWiped => "status wiped (a restore), operator restarted",
+        }
+    }
+}
+
+/// How big and how rough a run is.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Seeds each scenario's fault schedule (plus its number) and the simulator's dice.
+    pub seed: u64,
+    /// CyclrAccounts per scenario.
+    pub accounts: usize,
+    /// CyclrConnectorInstalls per scenario.
+    pub installs: usize,
+    /// Operator kills (scenario 1) and leader kills (scenario 3).
+    pub kills: usize,
+    /// API server restarts (scenario 4).
+    pub apiserver_restarts: usize,
+    /// The partner's rate limit in scenarios 1, 3, 4 and 5, requests/s: how long their
+    /// rollout lasts, so that their faults land in it (scenario 2 runs at the default 10).
+    pub rate: u32,
+    /// The `cyclr-operator` binary.
+    pub operator: PathBuf,
+    /// Where operator logs go.
+    pub logs: PathBuf,
+    /// The longest a scenario waits for everything to be Ready after its last fault.
+    pub ready_timeout: Duration,
+}
+
+/// What one scenario tried and what it lost.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Which scenario ran.
+    pub scenario: Scenario,
+    /// Each fault and each event seen, with its time since the scenario started.
+    pub tried: Vec<String>,
+    /// How many faults were injected.
+    pub faults: usize,
+    /// Duplicates, losses, strays, resources not Ready, limits exceeded: empty when it passed.
+    pub lost: Vec<String>,
+    /// Measurements (request rates, Cyclr calls, takeover times).
+    pub figures: Vec<String>,
+    /// How long it took, set-up and check included.
+    pub duration: Duration,
+}
+
+impl Outcome {
+    /// Nothing was lost.
+    pub fn passed(&self) -> bool {
+        self.lost.is_empty()
+    }
+}
+
+/// Runs one scenario on the control plane of `env` (which scenario 4 restarts: nothing else
+/// may use it meanwhile). An error means the scenario could not be run, not that it failed.
+pub async fn run(env: &'static TestEnv, settings: &Settings, scenario: Scenario) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    println!("\n== scenario {}: {} ==", scenario.number(), scenario.title());
+    let (world, lost, figures) = scenarios::run(env, settings, scenario).await?;
+    let outcome = Outcome {
+        scenario,
+        tried: world.tried,
+        faults: world.faults,
+        lost,
+        figures,
+        duration: started.elapsed(),
+    };
+    world.sim.shutdown().await;
+    for figure in &outcome.figures {
+        println!("[s{}] figure: {figure}", scenario.number());
+    }
+    for lost in &outcome.lost {
+        println!("[s{}] LOST: {lost}", scenario.number());
+    }
+    println!(
+        "== scenario {}: {} in {:.0} s ==",
+        scenario.number(),
+        if outcome.passed() {
+            "passed, nothing lost"
+        } else {
+            "FAILED"
+        },
+        outcome.duration.as_secs_f64()
+    );
+    Ok(outcome)
+}

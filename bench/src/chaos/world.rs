@@ -1,0 +1,383 @@
+//! One scenario's world: its namespace, simulator and partner, the accounts and installs it
+//! rolls out, what was tried (with times), and the end check against the simulator's state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cyclr_sim::{Faults, SimConfig, SimHandle, Simulator};
+use cyclr_testenv::TestEnv;
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::cluster::{self, CLIENT_ID, CLIENT_SECRET, LABEL};
+
+/// Resources created at once (a GitOps tool applying a directory).
+const CREATE_CONCURRENCY: usize = 32;
+/// The connector every install installs; its installed name is the resource's name.
+const CONNECTOR: &str = "Slack";
+
+/// A scenario's namespace, simulator and partner, and its record of what was tried.
+pub(crate) struct World {
+    pub client: Client,
+    /// The control plane's admin kubeconfig, for the operators started.
+    pub kubeconfig: std::path::PathBuf,
+    pub namespace: String,
+    pub sim: SimHandle,
+    accounts: usize,
+    installs: usize,
+    started: Instant,
+    /// What was tried and seen, each with its time since the scenario started.
+    pub tried: Vec<String>,
+    /// How many faults were injected.
+    pub faults: usize,
+    /// Printed as `[sN +12.3s] …` while the scenario runs.
+    tag: String,
+}
+
+/// How far a rollout is, from the resources' Ready conditions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub accounts_ready: usize,
+    pub installs_ready: usize,
+    pub accounts: usize,
+    pub installs: usize,
+}
+
+impl Progress {
+    /// Every resource is Ready.
+    pub fn done(&self) -> bool {
+        self.accounts_ready == self.accounts && self.installs_ready == self.installs
+    }
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} accounts and {}/{} installs Ready",
+            self.accounts_ready, self.accounts, self.installs_ready, self.installs
+        )
+    }
+}
+
+impl World {
+    /// A fresh namespace, a simulator with `faults` and a CyclrPartner at `rate` requests/s;
+    /// no operator yet.
+    pub async fn start(
+        env: &TestEnv,
+        tag: String,
+        accounts: usize,
+        installs: usize,
+        rate: u32,
+        faults: Faults,
+    ) -> anyhow::Result<World> {
+        let client = env.client();
+        let namespace = env.new_namespace("chaos").await;
+        let mut config = SimConfig::new(CLIENT_ID, CLIENT_SECRET);
+        config.faults = faults;
+        let sim = Simulator::start(config, "127.0.0.1:0".parse()?).await?;
+        // resyncInterval 10m (the default): a rollout never waits for a resync.
+        cluster::create_partner(&client, &namespace, &sim.base_url(), rate, "10m").await?;
+        Ok(World {
+            client,
+            kubeconfig: env.kubeconfig_path().to_path_buf(),
+            namespace,
+            sim,
+            accounts,
+            installs,
+            started: Instant::now(),
+            tried: Vec::new(),
+            faults: 0,
+            tag,
+        })
+    }
+
+    /// Seconds since the scenario started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Records and prints one thing tried (or seen), with the time.
+    pub fn note(&mut self, what: impl Into<String>) {
+        let line = format!("{:6.1} s  {}", self.elapsed(), what.into());
+        println!("[{}] {line}", self.tag);
+        self.tried.push(line);
+    }
+
+    /// Records and prints one fault injected.
+    pub fn fault(&mut self, what: impl Into<String>) {
+        self.faults += 1;
+        self.note(what);
+    }
+
+    /// Creates the accounts `acct-00000`… (Cyclr name = resource name) and the installs
+    /// `inst-00000`…, install i into account i mod accounts, all at once.
+    pub async fn create_resources(&mut self) -> anyhow::Result<()> {
+        let (namespace, accounts) = (self.namespace.clone(), self.accounts);
+        let account_api = cluster::accounts(&self.client, &namespace);
+        let install_api = cluster::installs(&self.client, &namespace);
+        let objects = (0..self.accounts)
+            .map(|i| {
+                let name = account_name(i);
+                (
+                    account_api.clone(),
+                    json!({
+                        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
+                        "metadata": {"name": name, "labels": {LABEL: namespace}},
+                        "spec": {"partnerRef": {"name": namespace}, "name": name, "description": "cyclr-chaos"},
+                    }),
+                )
+            })
+            .chain((0..self.installs).map(|i| {
+                let name = install_name(i);
+                (
+                    install_api.clone(),
+                    json!({
+                        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrConnectorInstall",
+                        "metadata": {"name": name, "labels": {LABEL: namespace}},
+                        "spec": {
+                            "accountRef": {"name": account_name(i % accounts.max(1))},
+                            "connectorName": CONNECTOR, "connectorVersion": "v1", "installedName": name,
+                        },
+                    }),
+                )
+            }));
+        futures::stream::iter(objects)
+            .map(|(api, object)| async move {
+                let object: DynamicObject = serde_json::from_value(object)?;
+                api.create(&PostParams::default(), &object)
+                    .await
+                    .with_context(|| format!("creating {:?}", object.metadata.name))?;
+                anyhow::Ok(())
+            })
+            .buffer_unordered(CREATE_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.note(format!(
+            "created {} CyclrAccounts and {} CyclrConnectorInstalls",
+            self.accounts, self.installs
+        ));
+        Ok(())
+    }
+
+    /// Ready counts now; an error while the API server is away.
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        let (accounts, installs) = self.list().await?;
+        let ready = |objects: &[DynamicObject]| objects.iter().filter(|o| cluster::is_ready(o)).count();
+        Ok(Progress {
+            accounts_ready: ready(&accounts),
+            installs_ready: ready(&installs),
+            accounts: self.accounts,
+            installs: self.installs,
+        })
+    }
+
+    async fn list(&self) -> anyhow::Result<(Vec<DynamicObject>, Vec<DynamicObject>)> {
+        let params = ListParams::default().labels(&format!("{LABEL}={}", self.namespace));
+        let accounts = cluster::accounts(&self.client, &self.namespace).list(&params).await?;
+        let installs = cluster::installs(&self.client, &self.namespace).list(&params).await?;
+        Ok((accounts.items, installs.items))
+    }
+
+    /// Waits until every resource is Ready, giving up after `timeout` or when nothing became
+    /// Ready for `stuck_after`; `alive` fails the wait (e.g. the operator exited). Returns the
+    /// last progress seen.
+    pub async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        stuck_after: Duration,
+        mut alive: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Progress> {
+        let deadline = Instant::now() + timeout;
+        let mut last = Progress::default();
+        let mut changed = Instant::now();
+        loop {
+            alive()?;
+            // The API server may be away for a moment: that is progress unknown, not an error.
+            if let Ok(now) = self.progress().await {
+                if now.done() {
+                    self.note(format!("all Ready: {now}"));
+                    return Ok(now);
+                }
+                if now != last {
+                    last = now;
+                    changed = Instant::now();
+                }
+            }
+            if Instant::now() > deadline || changed.elapsed() > stuck_after {
+                self.note(format!("gave up waiting: {last}"));
+                return Ok(last);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until the simulator has had no request for `quiet` (at most `max`), so writes in
+    /// flight land before the check.
+    pub async fn settle(&self, quiet: Duration, max: Duration) {
+        let deadline = Instant::now() + max;
+        let mut last = self.sim.stats().total_requests();
+        let mut since = Instant::now();
+        while since.elapsed() < quiet && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.sim.stats().total_requests();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+        }
+    }
+
+    /// The end check, from the simulator's state and the resources: exactly one Cyclr account
+    /// per CyclrAccount (and none besides), exactly one installed connector per
+    /// CyclrConnectorInstall (and none besides), every resource Ready and its status naming
+    /// that account. Returns what is wrong: duplicates, losses, strays, stuck resources.
+    pub async fn check(&self) -> anyhow::Result<Vec<String>> {
+        let (accounts, installs) = self.list().await.context("listing the resources for the check")?;
+        let mut lost = Vec::new();
+        if accounts.len() != self.accounts || installs.len() != self.installs {
+            lost.push(format!(
+                "{} CyclrAccounts and {} CyclrConnectorInstalls exist, {} and {} were created",
+                accounts.len(),
+                installs.len(),
+                self.accounts,
+                self.installs
+            ));
+        }
+        let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
+        for account in self.sim.accounts() {
+            by_name.entry(account.name).or_default().push(account.id);
+        }
+        let mut account_ids = HashMap::new();
+        for account in &accounts {
+            let name = account.metadata.name.clone().unwrap_or_default();
+            let ids = by_name.remove(&name).unwrap_or_default();
+            match ids.as_slice() {
+                [id] => {
+                    if account.data["status"]["accountID"].as_str() != Some(id) {
+                        lost.push(format!(
+                            "CyclrAccount {name}: status.accountID {} is not its Cyclr account {id}",
+                            account.data["status"]["accountID"]
+                        ));
+                    }
+                    account_ids.insert(name.clone(), id.clone());
+                }
+                [] => lost.push(format!("CyclrAccount {name}: no Cyclr account")),
+                _ => lost.push(format!(
+                    "CyclrAccount {name}: {} Cyclr accounts (duplicates: {})",
+                    ids.len(),
+                    ids.join(", ")
+                )),
+            }
+            if !cluster::is_ready(account) {
+                lost.push(format!("CyclrAccount {name}: not Ready ({})", ready_condition(account)));
+            }
+        }
+        for (name, ids) in by_name {
+            lost.push(format!(
+                "Cyclr account(s) {name:?} that no resource holds: {}",
+                ids.join(", ")
+            ));
+        }
+        let mut installed: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for id in account_ids.values() {
+            for connector in self.sim.installed_connectors(id) {
+                *installed.entry((id.clone(), connector.name)).or_default() += 1;
+            }
+        }
+        for install in &installs {
+            let name = install.metadata.name.clone().unwrap_or_default();
+            let account = install.data["spec"]["accountRef"]["name"].as_str().unwrap_or_default();
+            let installed_name = install.data["spec"]["installedName"].as_str().unwrap_or_default();
+            match account_ids.get(account) {
+                None => lost.push(format!(
+                    "CyclrConnectorInstall {name}: its account {account} has no Cyclr account"
+                )),
+                Some(id) => match installed.remove(&(id.clone(), installed_name.to_owned())) {
+                    Some(1) => {}
+                    None => lost.push(format!(
+                        "CyclrConnectorInstall {name}: nothing installed as {installed_name:?} in {id}"
+                    )),
+                    Some(n) => lost.push(format!(
+                        "CyclrConnectorInstall {name}: {n} connectors installed as {installed_name:?} in {id}"
+                    )),
+                },
+            }
+            if !cluster::is_ready(install) {
+                lost.push(format!(
+                    "CyclrConnectorInstall {name}: not Ready ({})",
+                    ready_condition(install)
+                ));
+            }
+        }
+        for ((id, name), n) in installed {
+            lost.push(format!(
+                "{n} installed connector(s) {name:?} in {id} that no resource holds"
+            ));
+        }
+        Ok(lost)
+    }
+}
+
+pub(crate) fn account_name(i: usize) -> String {
+    format!("acct-{i:05}")
+}
+
+fn install_name(i: usize) -> String {
+    format!("inst-{i:05}")
+}
+
+/// `Ready=False Reason: message`, for saying why a resource is stuck.
+fn ready_condition(object: &DynamicObject) -> String {
+    object.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .map_or_else(
+            || "no Ready condition".to_owned(),
+            |c| {
+                format!(
+                    "Ready={} {}: {}",
+                    c["status"].as_str().unwrap_or("?"),
+                    c["reason"].as_str().unwrap_or("?"),
+                    c["message"].as_str().unwrap_or("")
+                )
+            },
+        )
+}
+
+/// Every account and install of a namespace with its status emptied through the status
+/// subresource, as a restore from an etcd backup without status (or a careless status edit)
+/// leaves them. Returns how many of each.
+pub(crate) async fn wipe_statuses(client: &Client, namespace: &str) -> anyhow::Result<(usize, usize)> {
+    let mut counts = Vec::new();
+    for api in [
+        cluster::accounts(client, namespace),
+        cluster::installs(client, namespace),
+    ] {
+        let objects = api.list(&ListParams::default()).await?.items;
+        wipe(&api, &objects).await?;
+        counts.push(objects.len());
+    }
+    Ok((counts[0], counts[1]))
+}
+
+async fn wipe(api: &Api<DynamicObject>, objects: &[DynamicObject]) -> anyhow::Result<()> {
+    let patch = kube::api::Patch::Merge(json!({"status": null}));
+    for object in objects {
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let wiped = api
+            .patch_status(&name, &kube::api::PatchParams::default(), &patch)
+            .await
+            .with_context(|| format!("wiping the status of {name}"))?;
+        anyhow::ensure!(
+            wiped.data.get("status").is_none_or(|s| s.is_null() || s == &json!({})),
+            "the status of {name} is still {}",
+            wiped.data["status"]
+        );
+    }
+    Ok(())
+}
