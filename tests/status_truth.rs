@@ -140,15 +140,23 @@ async fn a_restart_rewrites_no_status() {
             .sum::<f64>()
     };
     let before = account_writes();
-    let checks = h.cyclr_requests("GET /api/partner/details");
+    // A slow partner check (3 s per Cyclr call, four calls): the accounts look at the
+    // configured but unchecked partner meanwhile, and must wait for the check, not report it.
+    h.sim.set_faults(Faults {
+        latency: Duration::from_secs(3),
+        ..Faults::default()
+    });
+    let lists = h.cyclr_requests("GET /api/partner/accounts");
     h.kill_operator();
     h.start_operator();
-    h.wait_for("the partner checked again", Duration::from_secs(30), || async {
-        (h.cyclr_requests("GET /api/partner/details") > checks).then_some(())
+    h.wait_for("the partner checked again", Duration::from_secs(60), || async {
+        (h.cyclr_requests("GET /api/partner/accounts") > lists).then_some(())
     })
     .await;
-    // Its accounts are woken by that check and looked at with nothing to change.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The list answers 3 s later; its accounts are woken by the check and looked at with
+    // nothing to change.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    h.sim.set_faults(Faults::default());
     assert_eq!(account_writes(), before, "no status written by the restart");
     for name in ["a1", "a2", "a3"] {
         let a = h.account(name).await;

@@ -197,9 +197,17 @@ impl Reconciler for CyclrAccount {
             observed.partner = PartnerView::NotAllowed;
             return Ok(observed);
         }
-        if let PartnerState::NotReady(why) = runtime.state() {
-            observed.partner = PartnerView::NotReady(why);
-            return Ok(observed);
+        match runtime.state() {
+            // Configured but not checked yet (a restart): judged after the check.
+            PartnerState::Unchecked => {
+                observed.partner = PartnerView::Unchecked;
+                return Ok(observed);
+            }
+            PartnerState::NotReady(why) => {
+                observed.partner = PartnerView::NotReady(why);
+                return Ok(observed);
+            }
+            PartnerState::Ready => {}
         }
         let id = self.known_id().map(str::to_string);
         if id.is_none() && self.spec.management_policy == ManagementPolicy::Full {

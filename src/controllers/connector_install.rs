@@ -535,11 +535,20 @@ fn observe_account(install: &CyclrConnectorInstall, ctx: &Context) -> AccountVie
             format!("CyclrPartner {partner:?} does not admit namespace {namespace:?}"),
         );
     }
-    if let PartnerState::NotReady(why) = runtime.state() {
-        return AccountView::Waiting(
-            Reason::PartnerNotReady,
-            format!("the account's partner is not ready: {why}"),
-        );
+    match runtime.state() {
+        PartnerState::Unchecked => {
+            return AccountView::Waiting(
+                Reason::PartnerNotReady,
+                format!("CyclrPartner {partner:?} has not been checked yet"),
+            );
+        }
+        PartnerState::NotReady(why) => {
+            return AccountView::Waiting(
+                Reason::PartnerNotReady,
+                format!("the account's partner is not ready: {why}"),
+            );
+        }
+        PartnerState::Ready => {}
     }
     AccountView::Ready { account_id, runtime }
 }

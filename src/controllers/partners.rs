@@ -88,6 +88,9 @@ impl AccountsSnapshot {
 /// A partner the accounts can use, or why they cannot.
 #[derive(Clone, Debug)]
 pub enum PartnerState {
+    /// Not checked yet by this process (just started, or just configured): its accounts keep
+    /// the status they have until the check.
+    Unchecked,
     Ready,
     NotReady(String),
 }
@@ -133,7 +136,7 @@ impl PartnerRuntime {
             usage_interval,
             namespace_selector,
             credentials_digest,
-            state: RwLock::new(PartnerState::NotReady("the partner has not been checked yet".into())),
+            state: RwLock::new(PartnerState::Unchecked),
             price_plans: RwLock::new(Vec::new()),
             snapshot: Mutex::new(None),
             names: Default::default(),
