@@ -5,13 +5,10 @@
 
 mod support;
 
-use cyclr::types::AccountFields;
 use cyclr_operator::controllers::OperatorConfig;
-use cyclr_operator::resources::{CyclrAccount, CyclrAccountSpec, CyclrConnectorInstall, READY, STALLED, annotations};
-use kube::Api;
-use kube::api::{Patch, PatchParams};
+use cyclr_operator::resources::{CyclrAccount, CyclrAccountSpec, CyclrConnectorInstall, READY, STALLED};
 use serde_json::json;
-use support::{Harness, cyclr_client, ready_message};
+use support::{Harness, ready_message};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_account_watch_serves_claims_and_installs() {
@@ -33,27 +30,7 @@ async fn one_account_watch_serves_claims_and_installs() {
         .await;
 
     // A Cyclr account held by a resource in another namespace cannot be taken.
-    let other = cyclr_client(&h.sim)
-        .create_account(&AccountFields {
-            name: Some("elsewhere".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let env = cyclr_testenv::TestEnv::get().await;
-    let team_a = env.new_namespace("team-a").await;
-    Api::<CyclrAccount>::namespaced(h.client.clone(), &team_a)
-        .patch(
-            "holder",
-            &PatchParams::apply("cyclr-tests"),
-            &Patch::Apply(json!({
-                "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
-                "metadata": {"name": "holder", "annotations": {annotations::ACCOUNT_ID: other}},
-                "spec": {"partnerRef": {"name": "nobody"}},
-            })),
-        )
-        .await
-        .unwrap();
+    let (other, team_a) = h.held_elsewhere().await;
     let mut spec: CyclrAccountSpec = serde_json::from_value(json!({"partnerRef": {"name": h.partner}})).unwrap();
     spec.account_id = Some(other.clone());
     h.apply::<CyclrAccount>(json!({"metadata": {"name": "taker"}, "spec": spec}))

@@ -189,28 +189,7 @@ async fn an_account_held_by_one_resource_cannot_be_taken_by_another() {
     assert!(ready_message(&stalled).contains("/acme"), "{}", ready_message(&stalled));
 
     // A holder outside what this operator watches (another namespace) counts too.
-    let cyclr = cyclr_client(&h.sim);
-    let other = cyclr
-        .create_account(&AccountFields {
-            name: Some("elsewhere".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let env = cyclr_testenv::TestEnv::get().await;
-    let team_a = env.new_namespace("team-a").await;
-    Api::<CyclrAccount>::namespaced(h.client.clone(), &team_a)
-        .patch(
-            "holder",
-            &PatchParams::apply("cyclr-tests"),
-            &Patch::Apply(json!({
-                "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
-                "metadata": {"name": "holder", "annotations": {annotations::ACCOUNT_ID: other}},
-                "spec": {"partnerRef": {"name": "nobody"}},
-            })),
-        )
-        .await
-        .unwrap();
+    let (other, team_a) = h.held_elsewhere().await;
     h.apply::<CyclrAccount>(account(
         "team-b",
         json!({"partnerRef": {"name": h.partner}, "description": "b"}),

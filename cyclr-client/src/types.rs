@@ -162,7 +162,7 @@ impl<'de> Deserialize<'de> for CyclrDate {
 }
 
 /// One account, as List Accounts returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Account {
     pub id: AccountId,

@@ -293,12 +293,7 @@ impl Reconciler for CyclrAccount {
                     Account {
                         id: id.clone(),
                         name: String::new(),
-                        description: None,
-                        timezone: None,
-                        price_plan_id: None,
-                        last_bill_date: None,
-                        next_bill_date: None,
-                        audit_info: None,
+                        ..Default::default()
                     },
                     &fields,
                 );
@@ -825,12 +820,8 @@ mod tests {
         Account {
             id: id.into(),
             name: name.into(),
-            description: None,
-            timezone: None,
             price_plan_id: Some(PricePlanId(plan)),
-            last_bill_date: None,
-            next_bill_date: None,
-            audit_info: None,
+            ..Default::default()
         }
     }
 

@@ -277,12 +277,7 @@ mod tests {
         Account {
             id: id.into(),
             name: name.into(),
-            description: None,
-            timezone: None,
-            price_plan_id: None,
-            last_bill_date: None,
-            next_bill_date: None,
-            audit_info: None,
+            ..Default::default()
         }
     }
 

@@ -147,6 +147,32 @@ impl Harness {
             .expect("apply Secret");
     }
 
+    /// A Cyclr account (named `elsewhere`) held by CyclrAccount `holder` in a new namespace,
+    /// which this test's objects do not live in: (the account id, that namespace).
+    pub async fn held_elsewhere(&self) -> (String, String) {
+        let id = cyclr_client(&self.sim)
+            .create_account(&cyclr::types::AccountFields {
+                name: Some("elsewhere".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("create the account in Cyclr");
+        let namespace = TestEnv::get().await.new_namespace("team-a").await;
+        Api::<CyclrAccount>::namespaced(self.client.clone(), &namespace)
+            .patch(
+                "holder",
+                &PatchParams::apply("cyclr-tests"),
+                &Patch::Apply(json!({
+                    "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
+                    "metadata": {"name": "holder", "annotations": {resources::annotations::ACCOUNT_ID: id}},
+                    "spec": {"partnerRef": {"name": "nobody"}},
+                })),
+            )
+            .await
+            .expect("apply the holder");
+        (id, namespace)
+    }
+
     pub async fn account(&self, name: &str) -> CyclrAccount {
         self.api::<CyclrAccount>().get(name).await.expect("get CyclrAccount")
     }

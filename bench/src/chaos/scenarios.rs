@@ -116,14 +116,9 @@ async fn operator_kills(settings: &Settings, world: &mut World, rng: &mut StdRng
     world.create_resources().await?;
     for k in 1..=settings.kills {
         tokio::time::sleep(seconds(rng, 1.0, 5.0)).await;
-        let progress = world.progress().await?;
-        if progress.done() {
-            world.note(format!(
-                "rollout done before kill {k}: {} kills not made",
-                settings.kills - k + 1
-            ));
+        let Some(progress) = world.progress_before_kill(k, settings.kills).await? else {
             break;
-        }
+        };
         let pid = op.pid();
         op.kill().await?;
         world.fault(format!("kill -9 operator pid {pid} ({progress})"));
@@ -238,14 +233,9 @@ async fn leader_kills(
     let mut takeovers = Vec::new();
     for k in 1..=settings.kills {
         tokio::time::sleep(seconds(rng, 2.0, 6.0)).await;
-        let progress = world.progress().await?;
-        if progress.done() {
-            world.note(format!(
-                "rollout done before kill {k}: {} kills not made",
-                settings.kills - k + 1
-            ));
+        let Some(progress) = world.progress_before_kill(k, settings.kills).await? else {
             break;
-        }
+        };
         let holder = cluster::wait_for("a leader", Duration::from_secs(60), || leader(world)).await?;
         let index = replicas
             .iter()

@@ -176,6 +176,20 @@ impl World {
         })
     }
 
+    /// The progress before kill `k` of `kills`, or `None` (noted) when the rollout is
+    /// already done and the remaining kills are not made.
+    pub async fn progress_before_kill(&mut self, k: usize, kills: usize) -> anyhow::Result<Option<Progress>> {
+        let progress = self.progress().await?;
+        if progress.done() {
+            self.note(format!(
+                "rollout done before kill {k}: {} kills not made",
+                kills - k + 1
+            ));
+            return Ok(None);
+        }
+        Ok(Some(progress))
+    }
+
     async fn list(&self) -> anyhow::Result<(Vec<DynamicObject>, Vec<DynamicObject>)> {
         let params = ListParams::default().labels(&format!("{LABEL}={}", self.namespace));
         let accounts = cluster::accounts(&self.client, &self.namespace).list(&params).await?;
