@@ -163,9 +163,13 @@ impl Reconciler for CyclrConnectorInstall {
             .install_claims
             .held_by_other(&install_key(self), &holder.uid)
             .filter(|other| *other < holder);
-        let account = observe_account(self, ctx);
+        // The account and its partner's runtime (ready or not: the credentials digest needs
+        // only its key), from the watches.
+        let cached = ctx.account(&self.namespace().unwrap_or_default(), &self.spec.account_ref.name);
+        let runtime = cached.as_ref().and_then(|a| ctx.partners.get(&a.spec.partner_ref.name));
+        let account = observe_account(self, ctx, cached.as_deref(), runtime.clone());
         let credentials = observe_credentials(self, ctx).await?;
-        let credentials_digest = match (&credentials, partner_of(self, ctx)) {
+        let credentials_digest = match (&credentials, runtime) {
             (CredentialsView::Ready(auth), Some(runtime)) => Some(runtime.credentials_digest.of(auth)),
             _ => None,
         };
@@ -496,17 +500,16 @@ fn stalled_message(status: &CyclrConnectorInstallStatus, reason: Reason) -> Opti
         .map(|c| c.message.clone())
 }
 
-/// The partner runtime of the install's account, ready or not (for the credentials digest).
-fn partner_of(install: &CyclrConnectorInstall, ctx: &Context) -> Option<Arc<PartnerRuntime>> {
-    let account = ctx.account(&install.namespace().unwrap_or_default(), &install.spec.account_ref.name)?;
-    ctx.partners.get(&account.spec.partner_ref.name)
-}
-
-/// The install's account and partner, from the watches (no API read).
-fn observe_account(install: &CyclrConnectorInstall, ctx: &Context) -> AccountView {
+/// What the install's account (`account`, from the watch) and its partner's `runtime` allow.
+fn observe_account(
+    install: &CyclrConnectorInstall,
+    ctx: &Context,
+    account: Option<&CyclrAccount>,
+    runtime: Option<Arc<PartnerRuntime>>,
+) -> AccountView {
     let namespace = install.namespace().unwrap_or_default();
     let name = &install.spec.account_ref.name;
-    let Some(account) = ctx.account(&namespace, name) else {
+    let Some(account) = account else {
         return AccountView::Waiting(Reason::AccountNotReady, format!("CyclrAccount {name:?} not found"));
     };
     let Some(account_id) = account.status.as_ref().and_then(|s| s.account_id.clone()) else {
@@ -516,7 +519,7 @@ fn observe_account(install: &CyclrConnectorInstall, ctx: &Context) -> AccountVie
         );
     };
     let partner = &account.spec.partner_ref.name;
-    let Some(runtime) = ctx.partners.get(partner) else {
+    let Some(runtime) = runtime else {
         return if ctx.partner_exists(partner) {
             AccountView::Waiting(
                 Reason::PartnerNotReady,
