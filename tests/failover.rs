@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cyclr_operator::resources::{
     ApiKeySecretRef, ConnectorAuthSpec, CredentialsSecretRef, CyclrAccount, CyclrAccountSpec, CyclrConnectorInstall,
-    CyclrConnectorInstallSpec, CyclrPartner, CyclrPartnerSpec, NameRef, READY, condition,
+    CyclrConnectorInstallSpec, CyclrPartner, CyclrPartnerSpec, NameRef, READY, RateLimit, condition,
 };
 use cyclr_sim::{Faults, SimConfig, Simulator};
 use cyclr_testenv::TestEnv;
@@ -204,7 +204,12 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
                 client_secret_key: "client_secret".into(),
             },
             namespace_selector: None,
-            rate_limit: Default::default(),
+            // Paced so the rollout lasts seconds: the kill must land mid-rollout however fast
+            // the operator onboards (a burst of 20 let all 12 go Ready between two polls).
+            rate_limit: RateLimit {
+                requests_per_second: 2,
+                burst: 1,
+            },
             resync_interval: "10s".parse().unwrap(),
             usage_interval: "10m".parse().unwrap(),
             service_url: None,
@@ -294,6 +299,7 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
     leader.child.start_kill().expect("SIGKILL the leader");
     let killed_at = Instant::now();
     leader.child.wait().await.expect("the leader is gone");
+    eprintln!("killed the leader with {ready_at_kill} of {ACCOUNTS} accounts Ready");
     assert!(
         ready_at_kill < ACCOUNTS,
         "the kill must land mid-rollout ({ready_at_kill} of {ACCOUNTS} Ready)"
