@@ -3,6 +3,7 @@
 //! partner, endpoint, status, condition, and namespace/name for per-account usage (removed
 //! when the resource goes); never an id or other unbounded value.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use cyclr::client::{CallObserver, CallRecord};
 
-use crate::resources::{READY, condition};
+use crate::resources::{READY, RECONCILING, STALLED, condition};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -63,12 +64,21 @@ struct AccountLabels {
     name: String,
 }
 
-/// A condition's (type, status).
-type ConditionStatus = (String, String);
+/// A condition's (type, status), without an allocation for the kstatus words.
+type ConditionStatus = (Cow<'static, str>, Cow<'static, str>);
+
+/// `word` as a static string when it is one of the kstatus words every status carries
+/// (10,000 resources would otherwise hold 60,000 copies of them).
+fn word(word: &str) -> Cow<'static, str> {
+    [READY, RECONCILING, STALLED, "True", "False", "Unknown"]
+        .into_iter()
+        .find(|known| *known == word)
+        .map_or_else(|| Cow::Owned(word.to_owned()), Cow::Borrowed)
+}
 
 /// What `status_computed` remembers of one resource.
 struct Counted {
-    conditions: Vec<ConditionStatus>,
+    conditions: Box<[ConditionStatus]>,
     /// Ready=True seen at least once by this process (or already when first seen).
     was_ready: bool,
 }
@@ -100,8 +110,8 @@ pub struct Metrics {
     token_renewals: Family<PartnerLabels, Counter>,
     time_to_ready: Family<KindLabels, Histogram>,
     resources: Family<ConditionLabels, Gauge>,
-    /// Each resource's conditions as last counted in `resources`, by (kind, uid).
-    counted: Mutex<HashMap<(String, String), Counted>>,
+    /// Each resource's conditions as last counted in `resources`, by kind, then uid.
+    counted: Mutex<HashMap<String, HashMap<String, Counted>>>,
     snapshot_size: Family<PartnerLabels, Gauge>,
     snapshot_time: Family<PartnerLabels, Gauge>,
 }
@@ -279,14 +289,17 @@ impl Metrics {
     /// resource first seen already Ready (an operator restart) is never observed.
     pub fn status_computed(&self, kind: &str, meta: &ObjectMeta, previous: &[Condition], next: &[Condition]) {
         let is_ready = |conditions: &[Condition]| condition(conditions, READY).is_some_and(|c| c.status == "True");
-        let now: Vec<ConditionStatus> = next.iter().map(|c| (c.type_.clone(), c.status.clone())).collect();
-        let key = (kind.to_owned(), resource_key(meta));
+        let now: Box<[ConditionStatus]> = next.iter().map(|c| (word(&c.type_), word(&c.status))).collect();
         let (before, first_ready) = {
             let mut counted = self.counted.lock().expect("lock");
-            let entry = counted.entry(key).or_insert_with(|| Counted {
-                conditions: Vec::new(),
-                was_ready: is_ready(previous),
-            });
+            let entry = counted
+                .entry(kind.to_owned())
+                .or_default()
+                .entry(resource_key(meta))
+                .or_insert_with(|| Counted {
+                    conditions: Box::default(),
+                    was_ready: is_ready(previous),
+                });
             let first_ready = is_ready(next) && !entry.was_ready;
             entry.was_ready |= is_ready(next);
             (std::mem::replace(&mut entry.conditions, now.clone()), first_ready)
@@ -306,22 +319,23 @@ impl Metrics {
             .counted
             .lock()
             .expect("lock")
-            .remove(&(kind.to_owned(), resource_key(meta)));
-        self.recount(kind, before.map(|c| c.conditions).unwrap_or_default(), Vec::new());
+            .get_mut(kind)
+            .and_then(|of_kind| of_kind.remove(&resource_key(meta)));
+        self.recount(kind, before.map(|c| c.conditions).unwrap_or_default(), Box::default());
     }
 
-    fn recount(&self, kind: &str, before: Vec<ConditionStatus>, now: Vec<ConditionStatus>) {
-        let gauge = |(condition, status): ConditionStatus| {
+    fn recount(&self, kind: &str, before: Box<[ConditionStatus]>, now: Box<[ConditionStatus]>) {
+        let gauge = |(condition, status): &ConditionStatus| {
             self.resources.get_or_create(&ConditionLabels {
                 kind: kind.into(),
-                condition,
-                status,
+                condition: condition.to_string(),
+                status: status.to_string(),
             })
         };
-        for pair in before {
+        for pair in &before {
             gauge(pair).dec();
         }
-        for pair in now {
+        for pair in &now {
             gauge(pair).inc();
         }
     }

@@ -23,7 +23,7 @@ use crate::driver::{self, Applied, Failure, Health, Note, Plan, Reason, Reconcil
 use crate::index::Holder;
 use crate::resources::{
     CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, ManagementPolicy, PendingWrite, UsageStatus, annotation,
-    annotations,
+    annotations, same_conditions,
 };
 use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 
@@ -105,6 +105,8 @@ pub struct Observed {
     pub claims: HashMap<String, Holder>,
     /// Usage read in this reconcile (when due).
     pub usage: Option<UsageStatus>,
+    /// A usage read was due but waits while the partner onboards accounts.
+    pub usage_deferred: bool,
     /// When this reconcile started.
     pub now: DateTime<Utc>,
     /// This process's latest create for the account that did or may have created one.
@@ -182,6 +184,7 @@ impl Reconciler for CyclrAccount {
             partner: PartnerView::NotFound,
             claims: HashMap::new(),
             usage: None,
+            usage_deferred: false,
             now,
             create: ctx.create_attempts.lock().expect("lock").get(&uid).cloned(),
             _name_guard: None,
@@ -242,8 +245,15 @@ impl Reconciler for CyclrAccount {
         if let Some(id) = &id
             && self.spec.usage.enabled
             && snapshot.as_ref().is_some_and(|s| s.get(id).is_some())
+            && usage_due(self, ctx, &runtime)
         {
-            observed.usage = poll_usage(self, ctx, &runtime, id).await;
+            // Onboarding first: a usage read waits while the partner's accounts are being
+            // created (a later reconcile reads it), so creates get the whole request budget.
+            if runtime.is_onboarding() {
+                observed.usage_deferred = true;
+            } else {
+                observed.usage = read_usage(self, ctx, &runtime, id).await;
+            }
         }
         observed.partner = PartnerView::Ready {
             plans: runtime.price_plans(),
@@ -579,6 +589,7 @@ fn decide_known(
         return report(Health::stalled(Reason::ExternalAccountMissing, message), previous, None);
     };
     let adopted = previous.account_id.is_none();
+    let before = previous.clone();
     let status = with_account(previous, &found, obs.usage.clone());
     let event = adopted.then(|| {
         let how = if account.spec.account_id.is_some() {
@@ -601,10 +612,24 @@ fn decide_known(
                 field_names(&changes)
             )
         };
-        return report(Health::ready(Reason::Observed, message), status, event);
+        return settle(
+            account,
+            obs,
+            before,
+            Health::ready(Reason::Observed, message),
+            status,
+            event,
+        );
     }
     if changes.is_empty() {
-        return report(Health::ready(Reason::Synced, SYNCED), status, event);
+        return settle(
+            account,
+            obs,
+            before,
+            Health::ready(Reason::Synced, SYNCED),
+            status,
+            event,
+        );
     }
     Plan::Write {
         write: Write::Update {
@@ -616,6 +641,30 @@ fn decide_known(
         status,
         event,
     }
+}
+
+/// How long an account in sync waits for a usage read held back by onboarding.
+const USAGE_DEFERRED_WAIT: Duration = Duration::from_secs(20);
+
+/// Reports an account in sync, except when a usage read is held back by the partner's
+/// onboarding and nothing but Cyclr's fields would change: then the status stays as it is
+/// until the read, so the bill dates and the first usage take one write, not two.
+fn settle(
+    account: &CyclrAccount,
+    obs: &Observed,
+    previous: CyclrAccountStatus,
+    health: Health,
+    status: CyclrAccountStatus,
+    event: Option<Note>,
+) -> Plan<CyclrAccount> {
+    let shown = same_conditions(
+        &health.conditions(account.metadata.generation, &previous.conditions),
+        &previous.conditions,
+    ) && previous.observed_generation == account.metadata.generation;
+    if obs.usage_deferred && event.is_none() && shown && status != previous {
+        return Plan::Wait(jittered(USAGE_DEFERRED_WAIT));
+    }
+    Plan::Report { health, status, event }
 }
 
 fn decide_new(
@@ -765,19 +814,17 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
 }
 
 /// Reads usage when due (every usage interval, jittered); `None` when not due or failed.
-async fn poll_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime, id: &str) -> Option<UsageStatus> {
+/// Whether the account's usage is due (`usageInterval` since the last read, less 10%).
+fn usage_due(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime) -> bool {
+    let polls = ctx.usage_polls.lock().expect("lock");
+    polls
+        .get(account.uid().as_deref().unwrap_or_default())
+        .is_none_or(|last| last.elapsed() >= runtime.usage_interval.mul_f64(0.9))
+}
+
+/// Get Account Usage, recorded in the metrics; `None` when Cyclr failed (read again later).
+async fn read_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime, id: &str) -> Option<UsageStatus> {
     let key = account.uid().unwrap_or_default();
-    let due = {
-        let polls = ctx.usage_polls.lock().expect("lock");
-        polls
-            .get(&key)
-            .is_none_or(|last| last.elapsed() >= runtime.usage_interval.mul_f64(0.9))
-    };
-    // Onboarding first: a usage read waits while the partner's accounts are being created
-    // (the next reconcile reads it), so creates get the whole request budget.
-    if !due || runtime.is_onboarding() {
-        return None;
-    }
     match runtime.client.account_usage(id, None).await {
         Ok(usage) => {
             ctx.usage_polls.lock().expect("lock").insert(key, Instant::now());
@@ -881,6 +928,7 @@ mod tests {
                 })
                 .collect(),
             usage: None,
+            usage_deferred: false,
             now,
             create: None,
             _name_guard: None,
@@ -985,6 +1033,28 @@ mod tests {
         let now = Utc::now();
         let obs = observed(Some((now, vec![cyclr_account("a1", "acme", 3)])), &[], now);
         assert_eq!(reason(&decide(&held(pro(), "a1"), &obs)), Some(Reason::Synced));
+    }
+
+    #[test]
+    fn bill_dates_wait_for_a_usage_read_held_back_by_onboarding() {
+        let now = Utc::now();
+        let mut account = held(pro(), "a1");
+        account.status.as_mut().unwrap().conditions = Health::ready(Reason::Synced, SYNCED).conditions(Some(1), &[]);
+        let mut remote = cyclr_account("a1", "acme", 3);
+        remote.next_bill_date = CyclrDate::parse("2030-03-09T16:23:08");
+        let mut obs = observed(Some((now, vec![remote])), &[], now);
+        match decide(&account, &obs) {
+            Plan::Report { status, .. } => assert!(status.next_bill_date.is_some(), "written when nothing waits"),
+            _ => panic!("an account in sync is reported"),
+        }
+        obs.usage_deferred = true;
+        assert!(
+            matches!(decide(&account, &obs), Plan::Wait(_)),
+            "bill dates alone wait for the usage read, so both take one write"
+        );
+        // A change of conditions is never held back.
+        let stale = held(pro(), "a1");
+        assert_eq!(reason(&decide(&stale, &obs)), Some(Reason::Synced));
     }
 
     #[test]
