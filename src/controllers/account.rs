@@ -132,6 +132,20 @@ pub struct CreateAttempt {
     pub id: Option<String>,
 }
 
+impl super::Context {
+    /// This process's create for the account `uid`, forgotten once the object shows its id
+    /// (`held`): the watch has caught up, and 10,000 accounts need not keep one each.
+    fn create_attempt(&self, uid: &str, held: Option<&str>) -> Option<CreateAttempt> {
+        let mut attempts = self.create_attempts.lock().expect("lock");
+        let attempt = attempts.get(uid)?;
+        if attempt.id.is_some() && attempt.id.as_deref() == held {
+            attempts.remove(uid);
+            return None;
+        }
+        Some(attempt.clone())
+    }
+}
+
 /// How long an object showing neither the pending marker nor the id of a create this
 /// process made is taken as stale: the watch catches up within it.
 const STALE_AFTER_CREATE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
@@ -186,7 +200,7 @@ impl Reconciler for CyclrAccount {
             usage: None,
             usage_deferred: false,
             now,
-            create: ctx.create_attempts.lock().expect("lock").get(&uid).cloned(),
+            create: ctx.create_attempt(&uid, status_or_annotation_id(self)),
             _name_guard: None,
             _onboarding: None,
         };
