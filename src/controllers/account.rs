@@ -256,9 +256,11 @@ impl Reconciler for CyclrAccount {
                 observed.claims.insert(candidate, holder);
             }
         }
+        // Usage is read once a list has shown the account, so the bill dates Cyclr chose (which
+        // only a list reports) are written with the first usage, in one write.
         if let Some(id) = &id
             && self.spec.usage.enabled
-            && snapshot.as_ref().is_some_and(|s| s.get(id).is_some())
+            && snapshot.as_ref().is_some_and(|s| s.listed(id))
             && usage_due(self, ctx, &runtime)
         {
             // Onboarding first: a usage read waits while the partner's accounts are being

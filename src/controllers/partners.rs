@@ -57,6 +57,11 @@ impl AccountsSnapshot {
         self.listed.get(id).cloned()
     }
 
+    /// Whether the list itself showed the account (not only a write recorded since).
+    pub fn listed(&self, id: &str) -> bool {
+        self.listed.contains_key(id)
+    }
+
     /// Every account named `name`, as last listed or written.
     pub fn named(&self, name: &str) -> Vec<Account> {
         let written = self.written.read().expect("lock");
@@ -294,5 +299,10 @@ mod tests {
         assert!(snapshot.named("beta").is_empty(), "the write replaced the listed name");
         assert_eq!(snapshot.get("2").unwrap().description.as_deref(), Some("renamed"));
         assert_eq!(snapshot.count(), 3);
+        assert!(
+            snapshot.get("3").is_some() && !snapshot.listed("3"),
+            "created since: not listed"
+        );
+        assert!(snapshot.listed("2"));
     }
 }
