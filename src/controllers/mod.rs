@@ -26,7 +26,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 
-use crate::driver::{self, Backoffs, Reason, Reconciler};
+use crate::driver::{self, Backoffs, OwnWrites, Reason, Reconciler};
 use crate::index::{ClaimIndex, Holder};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -66,6 +66,8 @@ pub struct Context {
     pub partners: Partners,
     pub metrics: Arc<Metrics>,
     pub backoffs: Backoffs,
+    /// Our own last write per object, until the watch delivers it.
+    pub own_writes: OwnWrites,
     /// The labelled credential Secrets.
     pub secrets: Secrets,
     /// Cyclr account ids held by CyclrAccounts anywhere in the cluster (metadata watch of
@@ -201,10 +203,10 @@ where
         })
         .map_ok(move |event| {
             if let watcher::Event::Delete(DeserializeGuard(Ok(obj))) = &event {
+                let uid = obj.meta().uid.as_deref().unwrap_or_default();
                 K::forget(&forget_ctx, obj.meta());
-                forget_ctx
-                    .backoffs
-                    .forget(obj.meta().uid.as_deref().unwrap_or_default());
+                forget_ctx.backoffs.forget(uid);
+                forget_ctx.own_writes.forget(uid);
             }
             on_event(&event);
             event
@@ -326,6 +328,7 @@ pub async fn run(
         partners: Partners::default(),
         metrics,
         backoffs: Backoffs::default(),
+        own_writes: OwnWrites::default(),
         secrets: Secrets::new(secret_store.clone(), client.clone()),
         account_claims: ClaimIndex::default(),
         install_claims: ClaimIndex::default(),

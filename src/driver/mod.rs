@@ -14,7 +14,9 @@
 //!    marker before a write), `lastSyncTime` only when something else changed;
 //! 8. one failure → condition table ([`reason::health_of`]), messages scrubbed of secrets;
 //! 9. Events: Normal for what a kind did, Warning when a failure reason first appears;
-//! 10. requeue: resync when healthy, backoff when failing, nothing when stalled or paused.
+//! 10. requeue: resync when healthy, backoff when failing, nothing when stalled or paused;
+//! 11. no decision from a cached object older than this process's own last write to it
+//!     ([`OwnWrites`]): the reconcile waits for the watch instead.
 
 mod health;
 pub mod reason;
@@ -246,6 +248,64 @@ impl Backoffs {
     }
 }
 
+/// The resourceVersions of each object that this process knows to be older than its own
+/// last write: the version a reconcile read, and those its earlier writes produced (the
+/// pending marker, then the status). A reconcile that finds the cache at one of them (the
+/// watch is behind our own write) waits for it: found by `make bench`, where an account's
+/// resync timer and its partner's wake ran back to back and the second wrote its usage away.
+#[derive(Default)]
+pub struct OwnWrites {
+    by_uid: Mutex<HashMap<String, Written>>,
+}
+
+struct Written {
+    older: Vec<String>,
+    last: String,
+}
+
+impl OwnWrites {
+    /// Records a write made from the object `read` that left it at `written`. A write that
+    /// changed nothing (the same resourceVersion) brings no watch event: nothing to wait for.
+    fn wrote(&self, read: &ObjectMeta, written: &ObjectMeta) {
+        let (Some(uid), Some(read), Some(written)) = (&read.uid, &read.resource_version, &written.resource_version)
+        else {
+            return;
+        };
+        if read == written {
+            return;
+        }
+        let mut map = self.by_uid.lock().expect("lock");
+        let entry = map.entry(uid.clone()).or_insert_with(|| Written {
+            older: Vec::new(),
+            last: read.clone(),
+        });
+        for version in [read.clone(), std::mem::replace(&mut entry.last, written.clone())] {
+            if !entry.older.contains(&version) {
+                entry.older.push(version);
+            }
+        }
+    }
+
+    /// Whether the cached object (at `cached`) is older than our last write; forgets the
+    /// record once the cache has moved on.
+    fn cache_behind(&self, uid: &str, cached: Option<&str>) -> bool {
+        let mut map = self.by_uid.lock().expect("lock");
+        let Some(written) = map.get(uid) else {
+            return false;
+        };
+        if cached.is_some_and(|c| written.older.iter().any(|v| v == c)) {
+            return true;
+        }
+        map.remove(uid);
+        false
+    }
+
+    /// Drops the object's record (deleted).
+    pub fn forget(&self, uid: &str) {
+        self.by_uid.lock().expect("lock").remove(uid);
+    }
+}
+
 /// The Api through which an object is written.
 fn api_for<K: Reconciler>(client: Client, obj: &K) -> Api<K> {
     obj.api(client)
@@ -285,6 +345,11 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let uid = meta.uid.clone().unwrap_or_default();
+    if ctx.own_writes.cache_behind(&uid, meta.resource_version.as_deref()) {
+        // The watch has not delivered our own last write yet: a decision from this older
+        // object could undo it (or write again what is already written).
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let generation = meta.generation;
     let previous = obj.status().cloned().unwrap_or_default();
     if is_paused(meta) {
@@ -422,9 +487,10 @@ async fn finish<K: Reconciler>(
     {
         tracing::debug!(annotation = key, %id, "recording the id in metadata");
         let patch = serde_json::json!({"metadata": {"annotations": {key: id}}});
-        api_for(ctx.client.clone(), obj)
+        let patched = api_for(ctx.client.clone(), obj)
             .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        ctx.own_writes.wrote(obj.meta(), patched.meta());
         ctx.metrics.kubernetes_write(&K::kind(&()));
     }
     for (reason, note) in events {
@@ -482,13 +548,49 @@ async fn write_status<K: Reconciler>(
     if precondition {
         patch["metadata"] = serde_json::json!({"resourceVersion": obj.resource_version()});
     }
-    api_for(ctx.client.clone(), obj)
+    let patched = api_for(ctx.client.clone(), obj)
         .patch_status(
             &obj.name_any(),
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
+    ctx.own_writes.wrote(obj.meta(), patched.meta());
     ctx.metrics.kubernetes_write(&K::kind(&()));
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(version: &str) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some("u1".into()),
+            resource_version: Some(version.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn the_cache_is_behind_until_it_shows_our_last_write() {
+        let writes = OwnWrites::default();
+        // The pending marker (read at 10, written 11), then the status (still from 10, written 12).
+        writes.wrote(&meta("10"), &meta("11"));
+        writes.wrote(&meta("10"), &meta("12"));
+        assert!(writes.cache_behind("u1", Some("10")), "the version the reconcile read");
+        assert!(writes.cache_behind("u1", Some("11")), "our own intermediate write");
+        assert!(!writes.cache_behind("u1", Some("12")), "caught up");
+        assert!(!writes.cache_behind("u1", Some("10")), "forgotten once caught up");
+        assert!(!writes.cache_behind("other", Some("10")));
+    }
+
+    #[test]
+    fn a_write_that_changed_nothing_is_not_waited_for() {
+        let writes = OwnWrites::default();
+        writes.wrote(&meta("10"), &meta("10"));
+        assert!(!writes.cache_behind("u1", Some("10")));
+        writes.wrote(&meta("10"), &meta("11"));
+        assert!(!writes.cache_behind("u1", Some("13")), "someone else's newer write");
+    }
 }
