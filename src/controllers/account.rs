@@ -829,7 +829,6 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
     }
 }
 
-/// Reads usage when due (every usage interval, jittered); `None` when not due or failed.
 /// Whether the account's usage is due (`usageInterval` since the last read, less 10%).
 fn usage_due(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime) -> bool {
     let polls = ctx.usage_polls.lock().expect("lock");
