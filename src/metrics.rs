@@ -292,9 +292,13 @@ impl Metrics {
         let now: Box<[ConditionStatus]> = next.iter().map(|c| (word(&c.type_), word(&c.status))).collect();
         let (before, first_ready) = {
             let mut counted = self.counted.lock().expect("lock");
+            // Looked up by `&str` first: no allocation for the kind on every reconcile.
+            if !counted.contains_key(kind) {
+                counted.insert(kind.to_owned(), HashMap::new());
+            }
             let entry = counted
-                .entry(kind.to_owned())
-                .or_default()
+                .get_mut(kind)
+                .expect("inserted above")
                 .entry(resource_key(meta))
                 .or_insert_with(|| Counted {
                     conditions: Box::default(),

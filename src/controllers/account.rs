@@ -605,7 +605,6 @@ fn decide_known(
         return report(Health::stalled(Reason::ExternalAccountMissing, message), previous, None);
     };
     let adopted = previous.account_id.is_none();
-    let before = previous.clone();
     let status = with_account(previous, &found, obs.usage.clone());
     let event = adopted.then(|| {
         let how = if account.spec.account_id.is_some() {
@@ -619,7 +618,7 @@ fn decide_known(
     });
     let spec_changed = account.status.as_ref().and_then(|s| s.observed_generation) != account.metadata.generation;
     let changes = changed_fields(desired, &found, spec_changed || adopted);
-    if account.spec.management_policy == ManagementPolicy::ObserveOnly {
+    let in_sync = if account.spec.management_policy == ManagementPolicy::ObserveOnly {
         let message = if changes.is_empty() {
             "observed; Cyclr matches the spec".to_string()
         } else {
@@ -628,24 +627,12 @@ fn decide_known(
                 field_names(&changes)
             )
         };
-        return settle(
-            account,
-            obs,
-            before,
-            Health::ready(Reason::Observed, message),
-            status,
-            event,
-        );
-    }
-    if changes.is_empty() {
-        return settle(
-            account,
-            obs,
-            before,
-            Health::ready(Reason::Synced, SYNCED),
-            status,
-            event,
-        );
+        Some(Health::ready(Reason::Observed, message))
+    } else {
+        changes.is_empty().then(|| Health::ready(Reason::Synced, SYNCED))
+    };
+    if let Some(health) = in_sync {
+        return settle(account, obs, health, status, event);
     }
     Plan::Write {
         write: Write::Update {
@@ -668,16 +655,20 @@ const USAGE_DEFERRED_WAIT: Duration = Duration::from_secs(20);
 fn settle(
     account: &CyclrAccount,
     obs: &Observed,
-    previous: CyclrAccountStatus,
     health: Health,
     status: CyclrAccountStatus,
     event: Option<Note>,
 ) -> Plan<CyclrAccount> {
-    let shown = same_conditions(
-        &health.conditions(account.metadata.generation, &previous.conditions),
-        &previous.conditions,
-    ) && previous.observed_generation == account.metadata.generation;
-    if obs.usage_deferred && event.is_none() && shown && status != previous {
+    if let Some(previous) = &account.status
+        && obs.usage_deferred
+        && event.is_none()
+        && status != *previous
+        && previous.observed_generation == account.metadata.generation
+        && same_conditions(
+            &health.conditions(account.metadata.generation, &previous.conditions),
+            &previous.conditions,
+        )
+    {
         return Plan::Wait(jittered(USAGE_DEFERRED_WAIT));
     }
     Plan::Report { health, status, event }
