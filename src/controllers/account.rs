@@ -15,9 +15,8 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use tokio::sync::OwnedMutexGuard;
 
-use super::partners::{AccountsSnapshot, Onboarding, PartnerRuntime, PartnerState};
+use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, jittered, namespaced_api};
 use crate::driver::{self, Applied, Failure, Health, Note, Plan, Reason, Reconciler};
 use crate::index::Holder;
@@ -112,7 +111,7 @@ pub struct Observed {
     /// This process's latest create for the account that did or may have created one.
     pub create: Option<CreateAttempt>,
     /// Held while no id is known: creates of one name in one partner are serialised.
-    _name_guard: Option<OwnedMutexGuard<()>>,
+    _name_guard: Option<NameGuard>,
     /// Held while this reconcile may create an account: the partner's usage reads wait.
     _onboarding: Option<Onboarding>,
 }

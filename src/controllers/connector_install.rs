@@ -17,9 +17,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{ResourceExt, api::Api};
 use secrecy::SecretString;
-use tokio::sync::OwnedMutexGuard;
 
-use super::partners::{PartnerRuntime, PartnerState};
+use super::partners::{NameGuard, PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, namespaced_api, users_of_secret};
 use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
 use crate::index::Holder;
@@ -140,7 +139,7 @@ pub struct Observed {
     pub claimed_by: Option<Holder>,
     pub installed: InstalledView,
     /// Held while an install may be decided: installs of one name are serialised.
-    _name_guard: Option<OwnedMutexGuard<()>>,
+    _name_guard: Option<NameGuard>,
 }
 
 impl Reconciler for CyclrConnectorInstall {

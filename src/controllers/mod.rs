@@ -21,7 +21,7 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::runtime::{PredicateConfig, WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use serde::de::DeserializeOwned;
@@ -185,6 +185,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let forget_ctx = ctx.clone();
+    let mut wakes = Wakes::default();
     let stream = ctx
         .readiness
         .watched(&K::kind(&()), watcher::watcher(api, watch_config(&ctx.config)))
@@ -212,23 +213,58 @@ where
             event
         })
         .reflect(writer)
-        .applied_objects()
-        .predicate_filter(spec_pause_or_deletion, PredicateConfig::default());
+        .try_filter_map(move |event| futures::future::ready(Ok(wakes.wake(event))));
     Controller::for_stream(stream, reader)
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
 }
 
-fn spec_pause_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let meta = obj.meta();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (
-        meta.generation,
-        resources::is_paused(meta),
-        meta.deletion_timestamp.is_some(),
-    )
-        .hash(&mut hasher);
-    Some(hasher.finish())
+/// What each watched object last woke a reconcile for: its generation, pause and deletion,
+/// hashed, by a hash of its uid, with the watch (re)list it was last seen in. An event wakes
+/// a reconcile only when that changed, so the operator's own status writes never wake it.
+/// (kube's `predicate_filter` does the same with three strings per object and forgets only
+/// after an hour; this keeps 24 bytes and forgets at the Delete event, or, for objects
+/// deleted while the watch was down, at the end of the relist that no longer holds them.)
+#[derive(Default)]
+struct Wakes {
+    seen: HashMap<u64, (u64, u32)>,
+    list: u32,
+}
+
+impl Wakes {
+    /// The object to reconcile for this watch event, if any.
+    fn wake<K: Resource>(&mut self, event: watcher::Event<K>) -> Option<K> {
+        match event {
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let meta = obj.meta();
+                let wake = hash(&(
+                    meta.generation,
+                    resources::is_paused(meta),
+                    meta.deletion_timestamp.is_some(),
+                ));
+                let last = self.seen.insert(hash(&meta.uid), (wake, self.list));
+                (last.map(|(w, _)| w) != Some(wake)).then_some(obj)
+            }
+            watcher::Event::Delete(obj) => {
+                self.seen.remove(&hash(&obj.meta().uid));
+                None
+            }
+            watcher::Event::Init => {
+                self.list = self.list.wrapping_add(1);
+                None
+            }
+            watcher::Event::InitDone => {
+                let list = self.list;
+                self.seen.retain(|_, (_, seen_in)| *seen_in == list);
+                None
+            }
+        }
+    }
+}
+
+/// The same hash for the same value on every thread and poll.
+fn hash(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
 }
 
 fn watch_config(config: &OperatorConfig) -> watcher::Config {
@@ -435,5 +471,56 @@ where
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn object(uid: &str, generation: i64, paused: bool) -> ConfigMap {
+        let mut obj = ConfigMap::default();
+        obj.metadata.uid = Some(uid.into());
+        obj.metadata.generation = Some(generation);
+        obj.metadata.resource_version = Some(format!("{generation}{paused}"));
+        if paused {
+            obj.metadata.annotations = Some([(annotations::PAUSED.to_string(), "true".to_string())].into());
+        }
+        obj
+    }
+
+    #[test]
+    fn only_spec_pause_and_deletion_changes_wake_a_reconcile() {
+        let mut wakes = Wakes::default();
+        let woke = |wakes: &mut Wakes, event| wakes.wake(event).is_some();
+        assert!(woke(&mut wakes, watcher::Event::InitApply(object("a", 1, false))));
+        let mut status_write = object("a", 1, false);
+        status_write.data = Some([("status".to_string(), "written".to_string())].into());
+        assert!(!woke(&mut wakes, watcher::Event::Apply(status_write)), "our own write");
+        assert!(woke(&mut wakes, watcher::Event::Apply(object("a", 2, false))), "spec");
+        assert!(woke(&mut wakes, watcher::Event::Apply(object("a", 2, true))), "pause");
+        let mut deleting = object("a", 2, true);
+        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        assert!(woke(&mut wakes, watcher::Event::Apply(deleting.clone())), "deletion");
+        assert!(
+            woke(&mut wakes, watcher::Event::Apply(object("b", 2, true))),
+            "another object"
+        );
+        assert!(!woke(&mut wakes, watcher::Event::Delete(deleting)));
+        assert_eq!(wakes.seen.len(), 1, "a deleted object is forgotten");
+        assert!(woke(&mut wakes, watcher::Event::Apply(object("a", 2, true))));
+
+        // A relist after the watch was down: "b" was deleted meanwhile, "a" is unchanged.
+        assert!(!woke(&mut wakes, watcher::Event::Init));
+        assert!(
+            !woke(&mut wakes, watcher::Event::InitApply(object("a", 2, true))),
+            "unchanged"
+        );
+        assert!(!woke(&mut wakes, watcher::Event::InitDone));
+        assert_eq!(wakes.seen.len(), 1, "an object gone from the relist is forgotten");
+        assert!(wakes.seen.contains_key(&hash(&Some("a".to_string()))));
     }
 }
