@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 
+use crate::driver::stable_hash;
+
 /// A resource holding a claim. Ordered oldest first, so when two claim the same thing
 /// (across operators), every observer agrees the oldest keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,13 +48,15 @@ pub struct ClaimIndex {
 
 /// Sized for tens of thousands of resources: a key is almost always held by one resource,
 /// so its holders are a sorted `Vec` (a one-element `BTreeSet` allocates a node for eleven,
-/// about 0.8 KiB), and each holder is stored once and shared by both maps.
+/// about 0.8 KiB), each holder is stored once and shared by both maps, and keys and uids
+/// are kept as 64-bit hashes (`stable_hash`). Two keys with the same hash (odds about
+/// 10⁻¹¹ among 10,000 keys) would read as one: a claim refused, never one shared.
 #[derive(Default)]
 struct Inner {
-    /// Oldest first.
-    holders: HashMap<String, Vec<Arc<Holder>>>,
-    /// What each resource (uid) holds, so an update or delete drops its old keys.
-    keys: HashMap<String, (Arc<Holder>, Vec<String>)>,
+    /// By key hash, oldest first.
+    holders: HashMap<u64, Vec<Arc<Holder>>>,
+    /// What each resource (uid hash) holds, so an update or delete drops its old keys.
+    keys: HashMap<u64, (Arc<Holder>, Vec<u64>)>,
 }
 
 impl ClaimIndex {
@@ -64,10 +68,11 @@ impl ClaimIndex {
             return;
         }
         let holder = Arc::new(holder);
+        let keys: Vec<u64> = keys.iter().map(|key| stable_hash(key.as_str())).collect();
         for key in &keys {
-            inner.hold(key, &holder);
+            inner.hold(*key, &holder);
         }
-        inner.keys.insert(holder.uid.clone(), (holder, keys));
+        inner.keys.insert(stable_hash(holder.uid.as_str()), (holder, keys));
     }
 
     /// Drops everything the resource `uid` held (deleted).
@@ -80,7 +85,7 @@ impl ClaimIndex {
         let inner = self.inner.lock().expect("lock");
         inner
             .holders
-            .get(key)?
+            .get(&stable_hash(key))?
             .iter()
             .find(|h| h.uid != uid)
             .map(|h| (**h).clone())
@@ -89,8 +94,9 @@ impl ClaimIndex {
     /// Claims `key` for `holder` unless an older resource holds it; adds it to what the
     /// holder already holds. Returns the holder that keeps it when that is another.
     pub fn claim(&self, key: &str, holder: &Holder) -> Result<(), Holder> {
+        let key = stable_hash(key);
         let mut inner = self.inner.lock().expect("lock");
-        if let Some(first) = inner.holders.get(key).and_then(|h| h.first())
+        if let Some(first) = inner.holders.get(&key).and_then(|h| h.first())
             && first.uid != holder.uid
             && **first < *holder
         {
@@ -98,28 +104,28 @@ impl ClaimIndex {
         }
         let (held_as, keys) = inner
             .keys
-            .entry(holder.uid.clone())
+            .entry(stable_hash(holder.uid.as_str()))
             .or_insert_with(|| (Arc::new(holder.clone()), Vec::new()));
         let held_as = held_as.clone();
-        if keys.iter().any(|k| k == key) {
+        if keys.contains(&key) {
             return Ok(());
         }
-        keys.push(key.to_string());
+        keys.push(key);
         inner.hold(key, &held_as);
         Ok(())
     }
 }
 
 impl Inner {
-    fn hold(&mut self, key: &str, holder: &Arc<Holder>) {
-        let holders = self.holders.entry(key.to_string()).or_default();
+    fn hold(&mut self, key: u64, holder: &Arc<Holder>) {
+        let holders = self.holders.entry(key).or_default();
         if let Err(at) = holders.binary_search(holder) {
             holders.insert(at, holder.clone());
         }
     }
 
     fn remove(&mut self, uid: &str) {
-        if let Some((holder, keys)) = self.keys.remove(uid) {
+        if let Some((holder, keys)) = self.keys.remove(&stable_hash(uid)) {
             for key in keys {
                 if let Some(holders) = self.holders.get_mut(&key) {
                     holders.retain(|h| !Arc::ptr_eq(h, &holder));

@@ -1,3 +1,5 @@
+mod allocator;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,11 +69,17 @@ struct RunArgs {
     lease_duration: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", resources::crds_yaml()),
-        Command::Run(args) => run(args).await?,
+        Command::Run(args) => {
+            // Before the runtime starts its threads, so they share the arenas set here.
+            allocator::tune();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(args))?
+        }
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! partner, endpoint, status, condition, and namespace/name for per-account usage (removed
 //! when the resource goes); never an id or other unbounded value.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,15 +10,18 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use cyclr::client::{CallObserver, CallRecord};
 
+use crate::driver::stable_hash;
 use crate::resources::{READY, RECONCILING, STALLED, condition};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,40 +60,90 @@ struct ConditionLabels {
     status: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AccountLabels {
-    namespace: String,
-    name: String,
+/// Every account's usage (tasks, cycles) by `namespace/name`, encoded at each scrape as the
+/// gauges `cyclr_account_tasks` and `cyclr_account_cycles`: one small entry per account,
+/// where two gauge families would hold its labels twice (about 300 bytes).
+#[derive(Debug, Default)]
+struct AccountUsage(Mutex<HashMap<Box<str>, [u64; 2]>>);
+
+impl Collector for AccountUsage {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let usage = self.0.lock().expect("lock");
+        // Sorted, so a scrape lists series in a stable order.
+        let mut accounts: Vec<_> = usage.iter().collect();
+        accounts.sort_unstable_by_key(|(key, _)| *key);
+        let gauges = [
+            ("account_tasks", "Tasks used by a Cyclr account in its billing period"),
+            ("account_cycles", "Cycles used by a Cyclr account in its billing period"),
+        ];
+        for (i, (name, help)) in gauges.into_iter().enumerate() {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (key, values) in &accounts {
+                let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+                let labels = [("namespace", namespace), ("name", name)];
+                ConstGauge::new(values[i]).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// A condition's (type, status), without an allocation for the kstatus words.
-type ConditionStatus = (Cow<'static, str>, Cow<'static, str>);
+/// The kstatus conditions `cyclr_operator_resources` counts, and the statuses each can have.
+const COUNTED_TYPES: [&str; 3] = [READY, RECONCILING, STALLED];
+const COUNTED_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
 
-/// `word` as a static string when it is one of the kstatus words every status carries
-/// (10,000 resources would otherwise hold 60,000 copies of them).
-fn word(word: &str) -> Cow<'static, str> {
-    [READY, RECONCILING, STALLED, "True", "False", "Unknown"]
-        .into_iter()
-        .find(|known| *known == word)
-        .map_or_else(|| Cow::Owned(word.to_owned()), Cow::Borrowed)
+/// What `status_computed` remembers of one resource, in one byte: for each of
+/// `COUNTED_TYPES` two bits (0 absent, else 1 + its index in `COUNTED_STATUSES`), and bit 7
+/// for "Ready=True seen at least once by this process (or already when first seen)".
+/// 10,000 resources cost 160 KiB here, not 2.5 MiB of strings.
+#[derive(Clone, Copy, Default, PartialEq)]
+struct Counted(u8);
+
+impl Counted {
+    const WAS_READY: u8 = 1 << 7;
+
+    fn of(conditions: &[Condition]) -> Self {
+        let mut packed = 0;
+        for (i, type_) in COUNTED_TYPES.iter().enumerate() {
+            if let Some(c) = condition(conditions, type_)
+                && let Some(s) = COUNTED_STATUSES.iter().position(|s| *s == c.status)
+            {
+                packed |= ((s as u8) + 1) << (2 * i);
+            }
+        }
+        Counted(packed)
+    }
+
+    /// The status of `COUNTED_TYPES[i]`, if present.
+    fn status(self, i: usize) -> Option<&'static str> {
+        let code = (self.0 >> (2 * i)) & 0b11;
+        (code != 0).then(|| COUNTED_STATUSES[usize::from(code) - 1])
+    }
+
+    fn ready(self) -> bool {
+        self.status(0) == Some("True")
+    }
+
+    fn was_ready(self) -> bool {
+        self.0 & Self::WAS_READY != 0
+    }
+
+    fn with_was_ready(self, was_ready: bool) -> Self {
+        Counted(if was_ready {
+            self.0 | Self::WAS_READY
+        } else {
+            self.0 & !Self::WAS_READY
+        })
+    }
 }
 
-/// What `status_computed` remembers of one resource.
-struct Counted {
-    conditions: Box<[ConditionStatus]>,
-    /// Ready=True seen at least once by this process (or already when first seen).
-    was_ready: bool,
-}
-
-/// A resource's identity across renames and re-creations: its uid, else namespace/name.
-fn resource_key(meta: &ObjectMeta) -> String {
-    meta.uid.clone().unwrap_or_else(|| {
-        format!(
-            "{}/{}",
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default()
-        )
-    })
+/// A resource's identity across renames and re-creations, hashed: its uid, else
+/// namespace/name.
+fn resource_key(meta: &ObjectMeta) -> u64 {
+    match &meta.uid {
+        Some(uid) => stable_hash(uid.as_str()),
+        None => stable_hash(&(&meta.namespace, &meta.name)),
+    }
 }
 
 /// The operator's metrics registry and every series in it; shared (`Arc`) by the HTTP server,
@@ -103,15 +155,14 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_duration: Family<KindLabels, Histogram>,
     kubernetes_writes: Family<KindLabels, Counter>,
-    account_tasks: Family<AccountLabels, Gauge>,
-    account_cycles: Family<AccountLabels, Gauge>,
+    account_usage: Arc<AccountUsage>,
     cyclr_wait: Family<PartnerLabels, Histogram>,
     retry_after_holds: Family<PartnerLabels, Counter>,
     token_renewals: Family<PartnerLabels, Counter>,
     time_to_ready: Family<KindLabels, Histogram>,
     resources: Family<ConditionLabels, Gauge>,
     /// Each resource's conditions as last counted in `resources`, by kind, then uid.
-    counted: Mutex<HashMap<String, HashMap<String, Counted>>>,
+    counted: Mutex<HashMap<String, HashMap<u64, Counted>>>,
     snapshot_size: Family<PartnerLabels, Gauge>,
     snapshot_time: Family<PartnerLabels, Gauge>,
 }
@@ -153,18 +204,8 @@ impl Default for Metrics {
             "Writes to the Kubernetes API",
             kubernetes_writes.clone(),
         );
-        let account_tasks = Family::<AccountLabels, Gauge>::default();
-        registry.register(
-            "account_tasks",
-            "Tasks used by a Cyclr account in its billing period",
-            account_tasks.clone(),
-        );
-        let account_cycles = Family::<AccountLabels, Gauge>::default();
-        registry.register(
-            "account_cycles",
-            "Cycles used by a Cyclr account in its billing period",
-            account_cycles.clone(),
-        );
+        let account_usage = Arc::new(AccountUsage::default());
+        registry.register_collector(Box::new(account_usage.clone()));
         let cyclr_wait = Family::<PartnerLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
@@ -229,8 +270,7 @@ impl Default for Metrics {
             reconciles,
             reconcile_duration,
             kubernetes_writes,
-            account_tasks,
-            account_cycles,
+            account_usage,
         }
     }
 }
@@ -264,22 +304,20 @@ impl Metrics {
 
     /// Usage gauges of one account, labelled by its resource only (bounded cardinality).
     pub fn account_usage(&self, namespace: &str, name: &str, tasks: u64, cycles: u64) {
-        let labels = AccountLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-        };
-        self.account_tasks.get_or_create(&labels).set(tasks as i64);
-        self.account_cycles.get_or_create(&labels).set(cycles as i64);
+        let key = format!("{namespace}/{name}");
+        let mut usage = self.account_usage.0.lock().expect("lock");
+        match usage.get_mut(key.as_str()) {
+            Some(values) => *values = [tasks, cycles],
+            None => {
+                usage.insert(key.into_boxed_str(), [tasks, cycles]);
+            }
+        }
     }
 
     /// Drops an account's usage series (the resource is gone).
     pub fn forget_account(&self, namespace: &str, name: &str) {
-        let labels = AccountLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-        };
-        self.account_tasks.remove(&labels);
-        self.account_cycles.remove(&labels);
+        let key = format!("{namespace}/{name}");
+        self.account_usage.0.lock().expect("lock").remove(key.as_str());
     }
 
     /// What a reconcile's status tells the metrics; the driver calls it for every status it
@@ -288,8 +326,7 @@ impl Metrics {
     /// for the first time this process sees, observes the time since `creationTimestamp`. A
     /// resource first seen already Ready (an operator restart) is never observed.
     pub fn status_computed(&self, kind: &str, meta: &ObjectMeta, previous: &[Condition], next: &[Condition]) {
-        let is_ready = |conditions: &[Condition]| condition(conditions, READY).is_some_and(|c| c.status == "True");
-        let now: Box<[ConditionStatus]> = next.iter().map(|c| (word(&c.type_), word(&c.status))).collect();
+        let now = Counted::of(next);
         let (before, first_ready) = {
             let mut counted = self.counted.lock().expect("lock");
             // Looked up by `&str` first: no allocation for the kind on every reconcile.
@@ -300,15 +337,12 @@ impl Metrics {
                 .get_mut(kind)
                 .expect("inserted above")
                 .entry(resource_key(meta))
-                .or_insert_with(|| Counted {
-                    conditions: Box::default(),
-                    was_ready: is_ready(previous),
-                });
-            let first_ready = is_ready(next) && !entry.was_ready;
-            entry.was_ready |= is_ready(next);
-            (std::mem::replace(&mut entry.conditions, now.clone()), first_ready)
+                .or_insert_with(|| Counted::default().with_was_ready(Counted::of(previous).ready()));
+            let before = *entry;
+            *entry = now.with_was_ready(before.was_ready() || now.ready());
+            (before, now.ready() && !before.was_ready())
         };
-        self.recount(kind, before, now);
+        self.recount(kind, Some(before), Some(now));
         if first_ready && let Some(created) = &meta.creation_timestamp {
             let since = Timestamp::now().duration_since(created.0);
             self.time_to_ready
@@ -325,22 +359,30 @@ impl Metrics {
             .expect("lock")
             .get_mut(kind)
             .and_then(|of_kind| of_kind.remove(&resource_key(meta)));
-        self.recount(kind, before.map(|c| c.conditions).unwrap_or_default(), Box::default());
+        self.recount(kind, before, None);
     }
 
-    fn recount(&self, kind: &str, before: Box<[ConditionStatus]>, now: Box<[ConditionStatus]>) {
-        let gauge = |(condition, status): &ConditionStatus| {
-            self.resources.get_or_create(&ConditionLabels {
-                kind: kind.into(),
-                condition: condition.to_string(),
-                status: status.to_string(),
-            })
-        };
-        for pair in &before {
-            gauge(pair).dec();
-        }
-        for pair in &now {
-            gauge(pair).inc();
+    /// Moves the resource's count from its `before` conditions to its `now` ones; a reconcile
+    /// that changed no condition touches no series.
+    fn recount(&self, kind: &str, before: Option<Counted>, now: Option<Counted>) {
+        for (i, condition) in COUNTED_TYPES.iter().enumerate() {
+            let (was, is) = (before.and_then(|c| c.status(i)), now.and_then(|c| c.status(i)));
+            if was == is {
+                continue;
+            }
+            let gauge = |status: &str| {
+                self.resources.get_or_create(&ConditionLabels {
+                    kind: kind.into(),
+                    condition: (*condition).into(),
+                    status: status.into(),
+                })
+            };
+            if let Some(status) = was {
+                gauge(status).dec();
+            }
+            if let Some(status) = is {
+                gauge(status).inc();
+            }
         }
     }
 
@@ -405,5 +447,72 @@ impl CallObserver for PartnerCalls {
             Some(200..=299) if call.endpoint == "oauth_token" => m.token_renewals.get_or_create(&partner).inc(),
             _ => 0,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conditions(ready: &str, reconciling: &str) -> Vec<Condition> {
+        [(READY, ready), (RECONCILING, reconciling), (STALLED, "False")]
+            .map(|(type_, status)| Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: "Test".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+            })
+            .to_vec()
+    }
+
+    fn meta(uid: &str) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some(uid.into()),
+            creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn count(metrics: &Metrics, condition: &str, status: &str) -> Option<String> {
+        let series =
+            format!(r#"cyclr_operator_resources{{kind="CyclrAccount",condition="{condition}",status="{status}"}} "#);
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series).map(str::to_owned))
+    }
+
+    #[test]
+    fn conditions_are_counted_once_per_resource_and_uncounted_when_it_goes() {
+        let metrics = Metrics::default();
+        let (a, b) = (meta("a"), meta("b"));
+        metrics.status_computed("CyclrAccount", &a, &[], &conditions("Unknown", "True"));
+        metrics.status_computed("CyclrAccount", &b, &[], &conditions("Unknown", "True"));
+        assert_eq!(count(&metrics, READY, "Unknown").as_deref(), Some("2"));
+        assert_eq!(count(&metrics, STALLED, "False").as_deref(), Some("2"));
+
+        let ready = conditions("True", "False");
+        metrics.status_computed("CyclrAccount", &a, &conditions("Unknown", "True"), &ready);
+        metrics.status_computed("CyclrAccount", &a, &ready, &ready);
+        assert_eq!(count(&metrics, READY, "True").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, READY, "Unknown").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, RECONCILING, "True").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, RECONCILING, "False").as_deref(), Some("1"));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"cyclr_operator_time_to_first_ready_seconds_count{kind="CyclrAccount"} 1"#),
+            "Ready observed once, not on every reconcile:\n{text}"
+        );
+
+        metrics.forget_resource("CyclrAccount", &a);
+        metrics.forget_resource("CyclrAccount", &b);
+        for (condition, status) in [(READY, "True"), (READY, "Unknown"), (STALLED, "False")] {
+            assert_eq!(
+                count(&metrics, condition, status).as_deref(),
+                Some("0"),
+                "{condition}={status}"
+            );
+        }
     }
 }

@@ -100,7 +100,15 @@ fn every_metric_the_dashboard_queries_is_served() {
 #[test]
 fn usage_and_condition_series_go_away_with_their_resource() {
     let metrics = Metrics::default();
+    metrics.account_usage("team-a", "acme", 40, 7);
     metrics.account_usage("team-a", "acme", 42, 7);
+    let text = metrics.encode();
+    for series in [
+        r#"cyclr_account_tasks{namespace="team-a",name="acme"} 42"#,
+        r#"cyclr_account_cycles{namespace="team-a",name="acme"} 7"#,
+    ] {
+        assert!(text.contains(series), "{series} in {text}");
+    }
     metrics.forget_account("team-a", "acme");
     let not_ready = Condition {
         type_: "Ready".into(),

@@ -26,7 +26,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 
-use crate::driver::{self, Backoffs, OwnWrites, Reason, Reconciler};
+use crate::driver::{self, Backoffs, OwnWrites, Reason, Reconciler, stable_hash};
 use crate::index::{ClaimIndex, Holder};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -186,6 +186,7 @@ where
     let (reader, writer) = reflector::store();
     let forget_ctx = ctx.clone();
     let mut wakes = Wakes::default();
+    let seen_ctx = ctx.clone();
     let stream = ctx
         .readiness
         .watched(&K::kind(&()), watcher::watcher(api, watch_config(&ctx.config)))
@@ -213,7 +214,13 @@ where
             event
         })
         .reflect(writer)
-        .try_filter_map(move |event| futures::future::ready(Ok(wakes.wake(event))));
+        .try_filter_map(move |event| {
+            // After `reflect`: the cache already holds this version when the record goes.
+            if let watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) = &event {
+                seen_ctx.own_writes.seen(obj.meta());
+            }
+            futures::future::ready(Ok(wakes.wake(event)))
+        });
     Controller::for_stream(stream, reader)
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
 }
@@ -236,16 +243,16 @@ impl Wakes {
         match event {
             watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
                 let meta = obj.meta();
-                let wake = hash(&(
+                let wake = stable_hash(&(
                     meta.generation,
                     resources::is_paused(meta),
                     meta.deletion_timestamp.is_some(),
                 ));
-                let last = self.seen.insert(hash(&meta.uid), (wake, self.list));
+                let last = self.seen.insert(stable_hash(&meta.uid), (wake, self.list));
                 (last.map(|(w, _)| w) != Some(wake)).then_some(obj)
             }
             watcher::Event::Delete(obj) => {
-                self.seen.remove(&hash(&obj.meta().uid));
+                self.seen.remove(&stable_hash(&obj.meta().uid));
                 None
             }
             watcher::Event::Init => {
@@ -259,12 +266,6 @@ impl Wakes {
             }
         }
     }
-}
-
-/// The same hash for the same value on every thread and poll.
-fn hash(value: &impl std::hash::Hash) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
 }
 
 fn watch_config(config: &OperatorConfig) -> watcher::Config {
@@ -521,6 +522,6 @@ mod tests {
         );
         assert!(!woke(&mut wakes, watcher::Event::InitDone));
         assert_eq!(wakes.seen.len(), 1, "an object gone from the relist is forgotten");
-        assert!(wakes.seen.contains_key(&hash(&Some("a".to_string()))));
+        assert!(wakes.seen.contains_key(&stable_hash(&Some("a".to_string()))));
     }
 }

@@ -253,14 +253,16 @@ impl Backoffs {
 /// pending marker, then the status). A reconcile that finds the cache at one of them (the
 /// watch is behind our own write) waits for it: found by `make bench`, where an account's
 /// resync timer and its partner's wake ran back to back and the second wrote its usage away.
+/// Uids and versions are kept as 64-bit hashes, and a record lasts only until the watch
+/// delivers our write: 10,000 Ready accounts hold nothing here.
 #[derive(Default)]
 pub struct OwnWrites {
-    by_uid: Mutex<HashMap<String, Written>>,
+    by_uid: Mutex<HashMap<u64, Written>>,
 }
 
 struct Written {
-    older: Vec<String>,
-    last: String,
+    older: Vec<u64>,
+    last: u64,
 }
 
 impl OwnWrites {
@@ -274,36 +276,52 @@ impl OwnWrites {
         if read == written {
             return;
         }
+        let (read, written) = (stable_hash(read), stable_hash(written));
         let mut map = self.by_uid.lock().expect("lock");
-        let entry = map.entry(uid.clone()).or_insert_with(|| Written {
+        let entry = map.entry(stable_hash(uid.as_str())).or_insert_with(|| Written {
             older: Vec::new(),
-            last: read.clone(),
+            last: read,
         });
-        for version in [read.clone(), std::mem::replace(&mut entry.last, written.clone())] {
+        for version in [read, std::mem::replace(&mut entry.last, written)] {
             if !entry.older.contains(&version) {
                 entry.older.push(version);
             }
         }
     }
 
-    /// Whether the cached object (at `cached`) is older than our last write; forgets the
-    /// record once the cache has moved on.
-    fn cache_behind(&self, uid: &str, cached: Option<&str>) -> bool {
+    /// Whether the cached object `cached` is older than our last write; forgets the record
+    /// once the cache has moved on.
+    fn cache_behind(&self, cached: &ObjectMeta) -> bool {
+        let uid = stable_hash(cached.uid.as_deref().unwrap_or_default());
         let mut map = self.by_uid.lock().expect("lock");
-        let Some(written) = map.get(uid) else {
+        let Some(written) = map.get(&uid) else {
             return false;
         };
-        if cached.is_some_and(|c| written.older.iter().any(|v| v == c)) {
+        let version = cached.resource_version.as_ref().map(stable_hash);
+        if version.is_some_and(|v| written.older.contains(&v)) {
             return true;
         }
-        map.remove(uid);
+        map.remove(&uid);
         false
+    }
+
+    /// The watch delivered (and the cache now holds) this version of the object: forgets
+    /// its record if that is our last write or newer.
+    pub fn seen(&self, cached: &ObjectMeta) {
+        self.cache_behind(cached);
     }
 
     /// Drops the object's record (deleted).
     pub fn forget(&self, uid: &str) {
-        self.by_uid.lock().expect("lock").remove(uid);
+        self.by_uid.lock().expect("lock").remove(&stable_hash(uid));
     }
+}
+
+/// A 64-bit hash of `value`, the same on every thread and in every process (keys of the
+/// per-object maps, where a string uid would cost 60 bytes more per object).
+pub fn stable_hash(value: &(impl std::hash::Hash + ?Sized)) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
 }
 
 /// The Api through which an object is written.
@@ -345,7 +363,7 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let uid = meta.uid.clone().unwrap_or_default();
-    if ctx.own_writes.cache_behind(&uid, meta.resource_version.as_deref()) {
+    if ctx.own_writes.cache_behind(meta) {
         // The watch has not delivered our own last write yet: a decision from this older
         // object could undo it (or write again what is already written).
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -578,19 +596,36 @@ mod tests {
         // The pending marker (read at 10, written 11), then the status (still from 10, written 12).
         writes.wrote(&meta("10"), &meta("11"));
         writes.wrote(&meta("10"), &meta("12"));
-        assert!(writes.cache_behind("u1", Some("10")), "the version the reconcile read");
-        assert!(writes.cache_behind("u1", Some("11")), "our own intermediate write");
-        assert!(!writes.cache_behind("u1", Some("12")), "caught up");
-        assert!(!writes.cache_behind("u1", Some("10")), "forgotten once caught up");
-        assert!(!writes.cache_behind("other", Some("10")));
+        assert!(writes.cache_behind(&meta("10")), "the version the reconcile read");
+        assert!(writes.cache_behind(&meta("11")), "our own intermediate write");
+        assert!(!writes.cache_behind(&meta("12")), "caught up");
+        assert!(!writes.cache_behind(&meta("10")), "forgotten once caught up");
+        let other = ObjectMeta {
+            uid: Some("other".into()),
+            ..meta("10")
+        };
+        assert!(!writes.cache_behind(&other));
     }
 
     #[test]
     fn a_write_that_changed_nothing_is_not_waited_for() {
         let writes = OwnWrites::default();
         writes.wrote(&meta("10"), &meta("10"));
-        assert!(!writes.cache_behind("u1", Some("10")));
+        assert!(!writes.cache_behind(&meta("10")));
         writes.wrote(&meta("10"), &meta("11"));
-        assert!(!writes.cache_behind("u1", Some("13")), "someone else's newer write");
+        assert!(!writes.cache_behind(&meta("13")), "someone else's newer write");
+    }
+
+    #[test]
+    fn the_watch_delivering_our_write_forgets_it() {
+        let writes = OwnWrites::default();
+        writes.wrote(&meta("10"), &meta("11"));
+        writes.seen(&meta("10"));
+        assert_eq!(writes.by_uid.lock().unwrap().len(), 1, "an older version: still behind");
+        writes.seen(&meta("11"));
+        assert!(
+            writes.by_uid.lock().unwrap().is_empty(),
+            "nothing kept per Ready object"
+        );
     }
 }

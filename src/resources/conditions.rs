@@ -10,15 +10,9 @@ pub const STALLED: &str = "Stalled";
 /// Conditions equal but for their transition times: a status write is needed only when
 /// this is false.
 pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
-    let key = |c: &Condition| {
-        (
-            c.type_.clone(),
-            c.status.clone(),
-            c.reason.clone(),
-            c.message.clone(),
-            c.observed_generation,
-        )
-    };
+    fn key(c: &Condition) -> (&str, &str, &str, &str, Option<i64>) {
+        (&c.type_, &c.status, &c.reason, &c.message, c.observed_generation)
+    }
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
 }
 

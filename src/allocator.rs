@@ -1,0 +1,32 @@
+//! The memory allocator's settings, so an operator holding 10,000 accounts gives back what a
+//! burst (a List Accounts of every account, a watch relist) took.
+//!
+//! glibc's malloc defaults suit short-lived programs, not a long-running one on many threads:
+//! it opens up to 8 arenas per core, each keeping its own freed memory, and after the first
+//! large block is freed it raises the size above which blocks are mapped on their own (and
+//! unmapped when freed) from 128 KiB up to 32 MiB, so the response bodies of large lists
+//! land in the arenas and fragment them. Measured with `N=10000 LIMITS=1000 make bench` (see
+//! `docs/performance.md`). The static musl build of the image has its own allocator, which
+//! returns freed pages without tuning.
+
+/// Two arenas (one per core of a typical operator pod) and a fixed 128 KiB mmap threshold.
+/// `MALLOC_ARENA_MAX` and `GLIBC_TUNABLES` in the environment still win: they are read
+/// before `main`, and only values not set there are changed here.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn tune() {
+    let set_by_env = |name: &str| std::env::var_os(name).is_some();
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    // SAFETY: `mallopt` only changes malloc's parameters; called once, before other threads.
+    unsafe {
+        if !set_by_env("MALLOC_ARENA_MAX") && !tunables.contains("arena_max") {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+        if !set_by_env("MALLOC_MMAP_THRESHOLD_") && !tunables.contains("mmap_threshold") {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        }
+    }
+}
+
+/// Nothing to tune outside glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn tune() {}
