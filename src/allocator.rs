@@ -30,3 +30,24 @@ pub fn tune() {
 /// Nothing to tune outside glibc.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn tune() {}
+
+/// Every 10 s, hands the free pages inside malloc's arenas back to the kernel
+/// (`malloc_trim`): glibc on its own returns only the free memory at the top of a heap, so
+/// the holes left by replaced watch objects and dropped account lists would stay resident.
+/// Runs off the async workers; its duration is logged at debug level.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub async fn trim_periodically() {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let started = std::time::Instant::now();
+        // SAFETY: `malloc_trim` is thread-safe; it only releases free memory.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        tracing::debug!(took = ?started.elapsed(), "returned free heap pages to the kernel");
+    }
+}
+
+/// Nothing to trim outside glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub async fn trim_periodically() {}

@@ -94,6 +94,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let readiness = Arc::new(Readiness::default());
     let server = tokio::spawn(http::serve(args.http_addr, metrics.clone(), readiness.clone()));
     let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone()));
+    tokio::spawn(allocator::trim_periodically());
 
     // SIGTERM is how Kubernetes stops a pod; Ctrl-C is how a person does.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

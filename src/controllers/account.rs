@@ -18,7 +18,7 @@ use kube::{Api, ResourceExt};
 
 use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState};
 use super::{Context, ReconcileResult, controller_for, jittered, namespaced_api};
-use crate::driver::{self, Applied, Failure, Health, Note, Plan, Reason, Reconciler};
+use crate::driver::{self, Applied, Failure, Health, Note, Plan, Reason, Reconciler, stable_hash};
 use crate::index::Holder;
 use crate::resources::{
     CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, ManagementPolicy, PendingWrite, UsageStatus, annotation,
@@ -381,7 +381,7 @@ impl Reconciler for CyclrAccount {
 
     fn forget(ctx: &Context, meta: &ObjectMeta) {
         let uid = meta.uid.as_deref().unwrap_or_default();
-        ctx.usage_polls.lock().expect("lock").remove(uid);
+        ctx.usage_polls.lock().expect("lock").remove(&stable_hash(uid));
         ctx.create_attempts.lock().expect("lock").remove(uid);
         ctx.account_claims.remove(uid);
         ctx.metrics.forget_account(
@@ -823,13 +823,13 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
 fn usage_due(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime) -> bool {
     let polls = ctx.usage_polls.lock().expect("lock");
     polls
-        .get(account.uid().as_deref().unwrap_or_default())
+        .get(&stable_hash(account.metadata.uid.as_deref().unwrap_or_default()))
         .is_none_or(|last| last.elapsed() >= runtime.usage_interval.mul_f64(0.9))
 }
 
 /// Get Account Usage, recorded in the metrics; `None` when Cyclr failed (read again later).
 async fn read_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime, id: &str) -> Option<UsageStatus> {
-    let key = account.uid().unwrap_or_default();
+    let key = stable_hash(account.metadata.uid.as_deref().unwrap_or_default());
     match runtime.client.account_usage(id, None).await {
         Ok(usage) => {
             ctx.usage_polls.lock().expect("lock").insert(key, Instant::now());

@@ -83,9 +83,9 @@ pub struct Context {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Partner names whose accounts should be reconciled now.
     wake_partner: mpsc::UnboundedSender<String>,
-    /// When each account's usage was last read (by uid): in memory, not status, so a poll
-    /// that finds nothing new writes nothing.
-    usage_polls: Mutex<HashMap<String, Instant>>,
+    /// When each account's usage was last read (by uid hash): in memory, not status, so a
+    /// poll that finds nothing new writes nothing.
+    usage_polls: Mutex<HashMap<u64, Instant>>,
     /// Each account's latest create attempt that did or may have created something, by uid
     /// (see [`account::CreateAttempt`]): what this process knows before its own status
     /// writes are seen.
