@@ -106,6 +106,8 @@ pub struct Observed {
     pub usage: Option<UsageStatus>,
     /// A usage read was due but waits while the partner onboards accounts.
     pub usage_deferred: bool,
+    /// How long until the next usage read is due, for an account whose usage is read.
+    pub usage_due_in: Option<Duration>,
     /// When this reconcile started.
     pub now: DateTime<Utc>,
     /// This process's latest create for the account that did or may have created one.
@@ -198,6 +200,7 @@ impl Reconciler for CyclrAccount {
             claims: HashMap::new(),
             usage: None,
             usage_deferred: false,
+            usage_due_in: None,
             now,
             create: ctx.create_attempt(&uid, status_or_annotation_id(self)),
             _name_guard: None,
@@ -260,15 +263,17 @@ impl Reconciler for CyclrAccount {
         if let Some(id) = &id
             && self.spec.usage.enabled
             && snapshot.as_ref().is_some_and(|s| s.listed(id))
-            && usage_due(self, ctx, &runtime)
         {
-            // Onboarding first: a usage read waits while the partner's accounts are being
-            // created (a later reconcile reads it), so creates get the whole request budget.
-            if runtime.is_onboarding() {
-                observed.usage_deferred = true;
-            } else {
-                observed.usage = read_usage(self, ctx, &runtime, id).await;
+            if usage_due_in(self, ctx, &runtime).is_zero() {
+                // Onboarding first: a usage read waits while the partner's accounts are being
+                // created (a later reconcile reads it), so creates get the whole request budget.
+                if runtime.is_onboarding() {
+                    observed.usage_deferred = true;
+                } else {
+                    observed.usage = read_usage(self, ctx, &runtime, id).await;
+                }
             }
+            observed.usage_due_in = Some(usage_due_in(self, ctx, &runtime));
         }
         observed.partner = PartnerView::Ready {
             plans: runtime.price_plans(),
@@ -370,7 +375,14 @@ impl Reconciler for CyclrAccount {
 
     fn resync(&self, observed: &Observed) -> Option<Duration> {
         match &observed.partner {
-            PartnerView::Ready { runtime, .. } => Some(jittered(runtime.resync_interval.min(runtime.usage_interval))),
+            PartnerView::Ready { runtime, .. } => {
+                let resync = jittered(runtime.resync_interval.min(runtime.usage_interval));
+                // The partner's resync wakes every account too, and a look moves the
+                // account's timer on: the next usage read is timed to fall due, not left to
+                // the first look after it is due.
+                let due = observed.usage_due_in.filter(|due| !due.is_zero());
+                Some(due.map_or(resync, |due| resync.min(due)))
+            }
             _ => None,
         }
     }
@@ -819,12 +831,15 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
     }
 }
 
-/// Whether the account's usage is due (`usageInterval` since the last read, less 10%).
-fn usage_due(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime) -> bool {
+/// How long until the account's usage is due (`usageInterval` since the last read, less
+/// 10%); zero when it is.
+fn usage_due_in(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime) -> Duration {
     let polls = ctx.usage_polls.lock().expect("lock");
     polls
         .get(&stable_hash(account.metadata.uid.as_deref().unwrap_or_default()))
-        .is_none_or(|last| last.elapsed() >= runtime.usage_interval.mul_f64(0.9))
+        .map_or(Duration::ZERO, |last| {
+            runtime.usage_interval.mul_f64(0.9).saturating_sub(last.elapsed())
+        })
 }
 
 /// Get Account Usage, recorded in the metrics; `None` when Cyclr failed (read again later).
@@ -934,6 +949,7 @@ mod tests {
                 .collect(),
             usage: None,
             usage_deferred: false,
+            usage_due_in: None,
             now,
             create: None,
             _name_guard: None,

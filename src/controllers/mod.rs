@@ -26,7 +26,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 
-use crate::driver::{self, Backoffs, OwnWrites, Reason, Reconciler, stable_hash};
+use crate::driver::{self, Backoffs, OwnWrites, Reason, Reconciler, Resyncs, stable_hash};
 use crate::index::{ClaimIndex, Holder};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -96,6 +96,8 @@ pub struct Context {
     recorder: Recorder,
     /// What `/readyz` reports: every watch registers here.
     readiness: Arc<Readiness>,
+    /// Each kind's resync timers, by kind.
+    resyncs: Mutex<HashMap<String, Arc<Resyncs>>>,
 }
 
 impl Context {
@@ -112,6 +114,15 @@ impl Context {
             tracing::warn!(%error, %reason, "could not publish an Event");
         } else {
             self.metrics.kubernetes_write("Event");
+        }
+    }
+
+    /// The resync timers of `kind`.
+    pub fn resyncs_of(&self, kind: &str) -> Arc<Resyncs> {
+        let mut resyncs = self.resyncs.lock().expect("lock");
+        match resyncs.get(kind) {
+            Some(timers) => timers.clone(),
+            None => resyncs.entry(kind.to_owned()).or_default().clone(),
         }
     }
 
@@ -207,6 +218,7 @@ where
             if let watcher::Event::Delete(DeserializeGuard(Ok(obj))) = &event {
                 let uid = obj.meta().uid.as_deref().unwrap_or_default();
                 K::forget(&forget_ctx, obj.meta());
+                forget_ctx.resyncs_of(&K::kind(&())).take(obj.meta());
                 forget_ctx.backoffs.forget(uid);
                 forget_ctx.own_writes.forget(uid);
             }
@@ -222,6 +234,7 @@ where
             futures::future::ready(Ok(wakes.wake(event)))
         });
     Controller::for_stream(stream, reader)
+        .reconcile_on(ctx.resyncs_of(&K::kind(&())).due())
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
 }
 
@@ -377,6 +390,7 @@ pub async fn run(
         create_attempts: Mutex::default(),
         install_attempts: Mutex::default(),
         readiness: readiness.clone(),
+        resyncs: Mutex::default(),
     });
     // Claims come from every CyclrAccount in the cluster, not only those this operator
     // serves. When it serves them all, the account controller's watch keeps the index;

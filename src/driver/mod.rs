@@ -14,12 +14,14 @@
 //!    marker before a write), `lastSyncTime` only when something else changed;
 //! 8. one failure → condition table ([`reason::health_of`]), messages scrubbed of secrets;
 //! 9. Events: Normal for what a kind did, Warning when a failure reason first appears;
-//! 10. requeue: resync when healthy, backoff when failing, nothing when stalled or paused;
+//! 10. requeue: resync when healthy (on compact timers, [`Resyncs`]), backoff when failing,
+//!     nothing when stalled or paused;
 //! 11. no decision from a cached object older than this process's own last write to it
 //!     ([`OwnWrites`]): the reconcile waits for the watch instead.
 
 mod health;
 pub mod reason;
+mod resync;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -40,6 +42,7 @@ use tracing::Instrument;
 
 pub use health::Health;
 pub use reason::{Failure, Reason, health_of};
+pub use resync::Resyncs;
 
 use crate::controllers::{Context, jittered};
 use crate::resources::{MANAGER, PendingWrite, annotation, condition, is_paused, same_conditions, stalled_reason};
@@ -331,6 +334,12 @@ fn api_for<K: Reconciler>(client: Client, obj: &K) -> Api<K> {
 
 /// One reconcile of any kind: the driver's promises around the kind's steps.
 pub async fn reconcile<K: Reconciler>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let meta = match &guard.0 {
+        Ok(obj) => obj.meta(),
+        Err(invalid) => &invalid.metadata,
+    };
+    // This reconcile is the object's resync; a Ready outcome sets the next one.
+    ctx.resyncs_of(&K::kind(&())).take(meta);
     let obj = match &guard.0 {
         Ok(obj) => obj,
         Err(invalid) => {
@@ -477,7 +486,10 @@ fn next_action<K: Reconciler>(obj: &K, ctx: &Context, health: &Health, observed:
     match health {
         Health::Ready { .. } => {
             ctx.backoffs.succeeded(&uid);
-            obj.resync(observed).map_or_else(Action::await_change, Action::requeue)
+            if let Some(after) = obj.resync(observed) {
+                ctx.resyncs_of(&K::kind(&())).schedule(obj.meta(), after);
+            }
+            Action::await_change()
         }
         Health::Stalled { reason, .. } if !reason.waits_for_spec() => Action::requeue(jittered(RECHECK)),
         Health::Stalled { .. } | Health::Paused { .. } => Action::await_change(),
