@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
@@ -54,16 +54,19 @@ pub fn controller(
     );
     let store = controller.store();
     let _ = ctx.accounts.set(store.clone());
-    // A new snapshot, a change in the partner's readiness or its deletion wakes its accounts.
-    let partner_accounts = partner_wakes.flat_map(move |partner| {
-        let refs: Vec<_> = store
-            .state()
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok())
-            .filter(|a| a.spec.partner_ref.name == partner)
-            .map(|a| ObjectRef::new(&a.name_any()).within(&a.namespace().unwrap_or_default()))
-            .collect();
-        stream::iter(refs)
+    // A new snapshot, a change in the partner's readiness or its deletion wakes its accounts:
+    // due at once on the resync queue, which hands them to kube a few at a time. (A stream
+    // that never yields, polled by the controller for as long as it runs.)
+    let resyncs = ctx.resyncs_of(&<CyclrAccount as kube::Resource>::kind(&()));
+    let partner_accounts = partner_wakes.filter_map(move |partner| {
+        for account in store.state() {
+            if let Ok(a) = &account.0
+                && a.spec.partner_ref.name == partner
+            {
+                resyncs.schedule(&a.metadata, Duration::ZERO);
+            }
+        }
+        futures::future::ready(None)
     });
     controller
         .reconcile_on(partner_accounts)

@@ -4,7 +4,9 @@
 //! as a request holding the object's reference (name, namespace, uid, resourceVersion) twice,
 //! about 0.7 KiB: 7 MiB for 10,000 Ready accounts (a heap profile of `make bench`). Here a
 //! timer is a deadline and a name, about 100 bytes, and reaches kube's scheduler only when
-//! due, through [`Resyncs::due`] (`Controller::reconcile_on`).
+//! due, through [`Resyncs::due`] (`Controller::reconcile_on`). The same queue takes the
+//! wakes of every account of a partner: handed to kube's scheduler only a few at a time
+//! ([`HANDED_MAX`]), so 10,000 of them never sit there at once.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -20,12 +22,21 @@ use tokio::time::Instant;
 
 use super::stable_hash;
 
+/// Objects handed to kube's scheduler whose reconcile has not started yet, at most: enough
+/// to keep every worker busy (`--concurrency`, default 16), few enough that a partner's wake
+/// of 10,000 accounts waits here, not there.
+pub const HANDED_MAX: usize = 64;
+
+/// A handed object whose reconcile never started (deleted meanwhile) stops counting after this.
+const HANDED_FOR: Duration = Duration::from_secs(60);
+
 /// One kind's resync timers. A reconcile takes its object's timer ([`Resyncs::take`]); a
 /// Ready outcome sets the next one ([`Resyncs::schedule`]).
 #[derive(Default)]
 pub struct Resyncs {
     timers: Mutex<Timers>,
-    earlier: Notify,
+    /// A timer sooner than all others was set, or a handed reconcile started.
+    changed: Notify,
 }
 
 #[derive(Default)]
@@ -35,6 +46,8 @@ struct Timers {
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     /// uid hash → (deadline, `namespace/name`, or `name` when cluster-scoped).
     by_uid: HashMap<u64, (Instant, Box<str>)>,
+    /// uid hash → when it was handed to kube's scheduler, until its reconcile starts.
+    handed: HashMap<u64, Instant>,
 }
 
 impl Resyncs {
@@ -52,14 +65,18 @@ impl Resyncs {
         timers.by_uid.insert(uid, (deadline, name.into_boxed_str()));
         timers.queue.push(Reverse((deadline, uid)));
         if soonest.is_none_or(|soonest| deadline < soonest) {
-            self.earlier.notify_one();
+            self.changed.notify_one();
         }
     }
 
     /// Drops the object's timer: it is being reconciled now, or is gone.
     pub fn take(&self, meta: &ObjectMeta) {
         let uid = stable_hash(meta.uid.as_deref().unwrap_or_default());
-        self.timers.lock().expect("lock").by_uid.remove(&uid);
+        let mut timers = self.timers.lock().expect("lock");
+        timers.by_uid.remove(&uid);
+        if timers.handed.remove(&uid).is_some() && timers.handed.len() == HANDED_MAX - 1 {
+            self.changed.notify_one();
+        }
     }
 
     /// The objects whose timer is due, as they come due; never ends.
@@ -76,24 +93,29 @@ impl Resyncs {
                     }
                     Err(soonest) => soonest,
                 };
-                // `notify_one` keeps a permit when nobody waits: a timer set since
-                // `pop_due` is not missed.
+                // `notify_one` keeps a permit when nobody waits: a change since `pop_due`
+                // is not missed.
                 match soonest {
                     Some(at) => {
                         tokio::select! {
                             _ = tokio::time::sleep_until(at) => {}
-                            _ = resyncs.earlier.notified() => {}
+                            _ = resyncs.changed.notified() => {}
                         }
                     }
-                    None => resyncs.earlier.notified().await,
+                    None => resyncs.changed.notified().await,
                 }
             }
         })
     }
 
-    /// The name of an object due at `now`, or else the soonest deadline, if any.
+    /// The name of an object due at `now` (now handed), or else when to look again: the
+    /// soonest deadline, or while [`HANDED_MAX`] are handed, when the oldest stops counting.
     fn pop_due(&self, now: Instant) -> Result<Box<str>, Option<Instant>> {
         let mut timers = self.timers.lock().expect("lock");
+        timers.handed.retain(|_, at| now.duration_since(*at) < HANDED_FOR);
+        if timers.handed.len() >= HANDED_MAX {
+            return Err(timers.handed.values().min().map(|at| *at + HANDED_FOR));
+        }
         while let Some(&Reverse((at, uid))) = timers.queue.peek() {
             if timers.by_uid.get(&uid).is_none_or(|(deadline, _)| *deadline != at) {
                 timers.queue.pop();
@@ -104,6 +126,7 @@ impl Resyncs {
             }
             timers.queue.pop();
             let (_, name) = timers.by_uid.remove(&uid).expect("checked above");
+            timers.handed.insert(uid, now);
             return Ok(name);
         }
         Err(None)
@@ -140,8 +163,10 @@ mod tests {
         let first = due.next().await.unwrap();
         assert_eq!((first.name.as_str(), first.namespace.as_deref()), ("a", Some("ns")));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+        resyncs.take(&meta("a"));
         assert_eq!(due.next().await.unwrap().name, "b");
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+        resyncs.take(&meta("b"));
 
         // Nothing left: a timer set now, sooner than anything, wakes the waiting stream.
         let waiting = tokio::spawn(async move { due.next().await.map(|o| o.name) });
@@ -150,7 +175,46 @@ mod tests {
         resyncs.schedule(&meta("d"), Duration::from_secs(1));
         assert_eq!(waiting.await.unwrap().as_deref(), Some("d"));
         assert_eq!(started.elapsed(), Duration::from_secs(111));
-        assert!(resyncs.timers.lock().unwrap().by_uid.is_empty());
+        resyncs.take(&meta("d"));
+        let timers = resyncs.timers.lock().unwrap();
+        assert!(timers.by_uid.is_empty() && timers.handed.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_of_many_reaches_kube_a_few_at_a_time() {
+        let resyncs = Arc::new(Resyncs::default());
+        let all: Vec<_> = (0..HANDED_MAX + 10).map(|i| meta(&format!("acct-{i}"))).collect();
+        for m in &all {
+            resyncs.schedule(m, Duration::ZERO);
+        }
+        let mut due = Box::pin(resyncs.clone().due::<ConfigMap>());
+        let mut handed = Vec::new();
+        for _ in 0..HANDED_MAX {
+            handed.push(due.next().await.unwrap().name);
+        }
+        let more = tokio::time::timeout(Duration::from_secs(10), due.next()).await;
+        assert!(more.is_err(), "no more while {HANDED_MAX} wait for their reconcile");
+
+        // One reconcile starts: one more is handed, at once.
+        let first = all
+            .iter()
+            .find(|m| m.name.as_deref() == Some(handed[0].as_str()))
+            .unwrap();
+        resyncs.take(first);
+        let started = Instant::now();
+        assert!(due.next().await.is_some());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        // Reconciles that never start (their objects went) stop counting after a while.
+        let rest = tokio::time::timeout(Duration::from_secs(120), async {
+            let mut n = 0;
+            while n < 9 {
+                due.next().await.unwrap();
+                n += 1;
+            }
+        })
+        .await;
+        assert!(rest.is_ok(), "the other 9 come once the handed ones stop counting");
     }
 
     #[tokio::test(start_paused = true)]
