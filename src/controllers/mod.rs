@@ -185,7 +185,7 @@ fn error_policy<K>(_obj: Arc<DeserializeGuard<K>>, error: &driver::Error, _ctx: 
 /// A controller for kind K driven by the driver: the watch drops managed fields and kubectl's
 /// last-applied copy, reports deletions to the kind's `forget` (and `on_event`), and wakes
 /// reconciles only for spec (generation), pause and deletion changes, so the operator's own
-/// writes never wake it.
+/// writes never wake it; the kind's resync queue ([`Resyncs`]) wakes the rest.
 fn controller_for<K>(
     ctx: &Arc<Context>,
     api: Api<DeserializeGuard<K>>,
