@@ -320,8 +320,9 @@ impl OwnWrites {
     }
 }
 
-/// A 64-bit hash of `value`, the same on every thread and in every process (keys of the
-/// per-object maps, where a string uid would cost 60 bytes more per object).
+/// A 64-bit hash of `value`, the same on every thread for the life of the process (keys of
+/// the per-object maps, where a string uid would cost 60 bytes more per object). Not stable
+/// across Rust versions: nothing compares it between processes.
 pub fn stable_hash(value: &(impl std::hash::Hash + ?Sized)) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
