@@ -50,7 +50,7 @@ pub struct ClaimIndex {
 /// so its holders are a sorted `Vec` (a one-element `BTreeSet` allocates a node for eleven,
 /// about 0.8 KiB), each holder is stored once and shared by both maps, and keys and uids
 /// are kept as 64-bit hashes (`stable_hash`). Two keys with the same hash (odds about
-/// 10⁻¹¹ among 10,000 keys) would read as one: a claim refused, never one shared.
+/// 10⁻¹² among 10,000 keys) would read as one: a claim refused, never one shared.
 #[derive(Default)]
 struct Inner {
     /// By key hash, oldest first.

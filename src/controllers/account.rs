@@ -267,16 +267,18 @@ impl Reconciler for CyclrAccount {
             && self.spec.usage.enabled
             && snapshot.as_ref().is_some_and(|s| s.listed(id))
         {
-            if usage_due_in(self, ctx, &runtime).is_zero() {
+            let mut due_in = usage_due_in(self, ctx, &runtime);
+            if due_in.is_zero() {
                 // Onboarding first: a usage read waits while the partner's accounts are being
                 // created (a later reconcile reads it), so creates get the whole request budget.
                 if runtime.is_onboarding() {
                     observed.usage_deferred = true;
                 } else {
                     observed.usage = read_usage(self, ctx, &runtime, id).await;
+                    due_in = usage_due_in(self, ctx, &runtime);
                 }
             }
-            observed.usage_due_in = Some(usage_due_in(self, ctx, &runtime));
+            observed.usage_due_in = Some(due_in);
         }
         observed.partner = PartnerView::Ready {
             plans: runtime.price_plans(),
