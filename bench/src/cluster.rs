@@ -278,10 +278,32 @@ pub async fn create_unrelated(
 }
 
 /// When each object of a kind in a namespace (by default: each account) was first seen
-/// Ready, from a watch started before any of them exists.
+/// Ready, and how many times each was written, from a watch started before any of them
+/// exists.
 #[derive(Clone, Default)]
 pub struct ReadyWatch {
     ready: Arc<Mutex<HashMap<String, Instant>>>,
+    versions: Arc<Mutex<Versions>>,
+}
+
+/// The versions a watch delivered, by object name.
+#[derive(Default)]
+struct Versions {
+    /// Each object's last resourceVersion and how many distinct ones were seen.
+    by_name: HashMap<String, (String, u32)>,
+    /// Lists after the first: versions written while the watch was down were not seen.
+    relists: u32,
+}
+
+/// The most writes any one object took, from its watch events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MostWrites {
+    /// Writes after the create (versions seen less one).
+    pub writes: u32,
+    /// How many objects took that many.
+    pub objects: usize,
+    /// Whether the watch had to list again, so versions may have been missed (a lower bound).
+    pub lower_bound: bool,
 }
 
 impl ReadyWatch {
@@ -299,6 +321,7 @@ impl ReadyWatch {
         let watch = ReadyWatch::default();
         let (listed, mut on_listed) = oneshot::channel();
         let ready = watch.ready.clone();
+        let versions = watch.versions.clone();
         let stream = watcher(api, watcher::Config::default());
         let task = tokio::spawn(async move {
             let mut listed = Some(listed);
@@ -310,10 +333,22 @@ impl ReadyWatch {
                             let _ = listed.send(());
                         }
                     }
-                    Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) if is_ready(&obj) => {
+                    Ok(watcher::Event::Init) if listed.is_none() => {
+                        versions.lock().expect("versions").relists += 1;
+                    }
+                    Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
                         let name = obj.metadata.name.clone().unwrap_or_default();
-                        let mut ready = ready.lock().expect("ready map");
-                        ready.entry(name).or_insert_with(Instant::now);
+                        versions
+                            .lock()
+                            .expect("versions")
+                            .saw(&name, &obj.metadata.resource_version);
+                        if is_ready(&obj) {
+                            ready
+                                .lock()
+                                .expect("ready map")
+                                .entry(name)
+                                .or_insert_with(Instant::now);
+                        }
                     }
                     // The watcher re-lists by itself after an error.
                     _ => {}
@@ -336,6 +371,12 @@ impl ReadyWatch {
         self.ready.lock().expect("ready map").clone()
     }
 
+    /// The most writes one object took since it was created, and how many objects took that
+    /// many (`None` before any object was seen).
+    pub fn most_writes(&self) -> Option<MostWrites> {
+        self.versions.lock().expect("versions").most_writes()
+    }
+
     /// Waits until `n` accounts are Ready, or fails after `timeout` saying how many were.
     pub async fn wait_all(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
@@ -346,6 +387,31 @@ impl ReadyWatch {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
+    }
+}
+
+impl Versions {
+    fn saw(&mut self, name: &str, version: &Option<String>) {
+        let version = version.as_deref().unwrap_or_default();
+        match self.by_name.get_mut(name) {
+            Some((last, _)) if last == version => {}
+            Some((last, seen)) => {
+                *last = version.to_owned();
+                *seen += 1;
+            }
+            None => {
+                self.by_name.insert(name.to_owned(), (version.to_owned(), 1));
+            }
+        }
+    }
+
+    fn most_writes(&self) -> Option<MostWrites> {
+        let most = self.by_name.values().map(|(_, seen)| *seen).max()?;
+        Some(MostWrites {
+            writes: most - 1,
+            objects: self.by_name.values().filter(|(_, seen)| *seen == most).count(),
+            lower_bound: self.relists > 0,
+        })
     }
 }
 
@@ -375,4 +441,32 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_the_versions_seen_after_the_create() {
+        let mut versions = Versions::default();
+        assert_eq!(versions.most_writes(), None);
+        for (name, version) in [("a", "1"), ("b", "2"), ("a", "3"), ("a", "3"), ("a", "4"), ("b", "5")] {
+            versions.saw(name, &Some(version.to_owned()));
+        }
+        let most = MostWrites {
+            writes: 2,
+            objects: 1,
+            lower_bound: false,
+        };
+        assert_eq!(
+            versions.most_writes(),
+            Some(most),
+            "a's create, then 3 and 4 (3 delivered twice)"
+        );
+        versions.saw("b", &Some("6".to_owned()));
+        assert_eq!(versions.most_writes().map(|m| m.objects), Some(2));
+        versions.relists += 1;
+        assert!(versions.most_writes().is_some_and(|m| m.lower_bound));
+    }
 }

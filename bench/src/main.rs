@@ -78,6 +78,8 @@ struct OperatorRun {
     rollout: Rollout,
     /// Kubernetes writes during the rollout, by metric label set.
     writes: BTreeMap<String, u64>,
+    /// The most writes one account took, rollout and resyncs (from the accounts' watch).
+    most_writes: Option<cluster::MostWrites>,
     usage: ProcUsage,
     /// The first resync after the rollout: the accounts' first usage reads.
     first_resync: Resync,
@@ -261,7 +263,6 @@ async fn run_operator(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (each, all_ready) = cluster::readiness_times(&sent, &watch.snapshot())?;
-    watch_task.abort();
     // Writes that trail the last Ready (Events, annotations) belong to the rollout.
     let after = settle(&op, &sim, Duration::from_secs(60)).await?;
     let stats = sim.stats();
@@ -286,12 +287,15 @@ async fn run_operator(
     )
     .await?;
 
+    let most_writes = watch.most_writes();
+    watch_task.abort();
     let usage = op.usage()?;
     op.stop().await?;
     sim.shutdown().await;
     Ok(OperatorRun {
         rollout,
         writes,
+        most_writes,
         usage,
         first_resync,
         resync,
@@ -466,6 +470,14 @@ fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
             writes as f64 / n as f64,
             per_account(&run.writes, n)
         );
+        if let Some(most) = run.most_writes {
+            println!(
+                "- most writes to one CyclrAccount, rollout and both resyncs (its watch events): {}{} ({} of {n} accounts)",
+                if most.lower_bound { "at least " } else { "" },
+                most.writes,
+                most.objects,
+            );
+        }
         println!(
             "- operator peak RSS {:.1} MiB, CPU {:.1} s (rollout and both resyncs)",
             run.usage.peak_rss_kib as f64 / 1024.0,

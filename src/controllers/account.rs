@@ -16,7 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState};
+use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState, Wrote};
 use super::{Context, ReconcileResult, controller_for, jittered, namespaced_api};
 use crate::driver::{self, Applied, Failure, Health, Note, Plan, Reason, Reconciler, stable_hash};
 use crate::index::Holder;
@@ -332,7 +332,7 @@ impl Reconciler for CyclrAccount {
                     },
                     &fields,
                 );
-                runtime.remember_account(created.clone()).await;
+                runtime.remember_account(created.clone(), Wrote::Created).await;
                 // Claimed at once, before the watch reports the annotation.
                 let _ = ctx.account_claims.claim(&id, &Holder::of(&self.metadata));
                 Ok(Applied {
@@ -353,7 +353,7 @@ impl Reconciler for CyclrAccount {
                     .await
                     .map_err(Failure::cyclr("the account update"))?;
                 let updated = apply_changes(account, &changes);
-                runtime.remember_account(updated.clone()).await;
+                runtime.remember_account(updated.clone(), Wrote::Updated).await;
                 let note = if drift {
                     (
                         Reason::DriftCorrected,

@@ -96,10 +96,24 @@ impl AccountsSnapshot {
         self.listed.len() + written.keys().filter(|id| !self.listed(id)).count()
     }
 
-    /// Records an account as the operator just wrote it.
-    fn remember(&self, account: Account) {
+    /// Records an account as the operator just wrote it. A created account the list already
+    /// shows is not recorded: that list was read after the create committed, and it holds
+    /// what Cyclr chose (price plan, bill dates), which the create's answer does not.
+    fn remember(&self, account: Account, how: Wrote) {
+        if how == Wrote::Created && self.listed(&account.id) {
+            return;
+        }
         self.written.write().expect("lock").insert(account.id.clone(), account);
     }
+}
+
+/// How the operator wrote an account it records in the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wrote {
+    /// Create Account: what was sent and the id Cyclr returned.
+    Created,
+    /// Update Account: the account as observed with the sent changes applied.
+    Updated,
 }
 
 /// A partner the accounts can use, or why they cannot.
@@ -254,9 +268,9 @@ impl PartnerRuntime {
 
     /// Records an account as the operator just wrote it, so the next reconcile does not
     /// mistake the snapshot's older view for drift or a missing account.
-    pub async fn remember_account(&self, account: Account) {
+    pub async fn remember_account(&self, account: Account, how: Wrote) {
         if let Some(current) = self.snapshot.lock().await.as_ref() {
-            current.remember(account);
+            current.remember(account, how);
         }
     }
 }
@@ -326,12 +340,32 @@ mod tests {
     }
 
     #[test]
+    fn a_create_the_list_already_shows_keeps_what_cyclr_chose() {
+        // The list was read after the create committed but arrived before its answer: the
+        // listed account has the bill dates and plan Cyclr chose, the create's answer has not.
+        let mut listed = account("1", "acme");
+        listed.price_plan_id = Some(cyclr::types::PricePlanId(2));
+        listed.next_bill_date = cyclr::types::CyclrDate::parse("2027-01-06");
+        let snapshot = AccountsSnapshot::new(Utc::now(), vec![listed.clone()]);
+        snapshot.remember(account("1", "acme"), Wrote::Created);
+        assert_eq!(
+            snapshot.get("1"),
+            Some(listed.clone()),
+            "the list wins over the create's answer"
+        );
+        let mut renamed = listed.clone();
+        renamed.name = "acme-2".into();
+        snapshot.remember(renamed.clone(), Wrote::Updated);
+        assert_eq!(snapshot.get("1"), Some(renamed), "an update wins over the list");
+    }
+
+    #[test]
     fn written_accounts_win_over_the_list_without_copying_it() {
         let snapshot = AccountsSnapshot::new(Utc::now(), vec![account("1", "acme"), account("2", "beta")]);
-        snapshot.remember(account("3", "acme"));
+        snapshot.remember(account("3", "acme"), Wrote::Created);
         let mut renamed = account("2", "acme");
         renamed.description = Some("renamed".into());
-        snapshot.remember(renamed);
+        snapshot.remember(renamed, Wrote::Updated);
         let mut ids: Vec<String> = snapshot.named("acme").into_iter().map(|a| a.id).collect();
         ids.sort();
         assert_eq!(ids, ["1", "2", "3"]);
