@@ -14,7 +14,7 @@ use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState, Wrote};
 use super::{Context, ReconcileResult, controller_for, jittered, namespaced_api};
@@ -60,10 +60,8 @@ pub fn controller(
     let resyncs = ctx.resyncs_of(&<CyclrAccount as kube::Resource>::kind(&()));
     let partner_accounts = partner_wakes.filter_map(move |partner| {
         for account in store.state() {
-            if let Ok(a) = &account.0
-                && a.spec.partner_ref.name == partner
-            {
-                resyncs.schedule(&a.metadata, Duration::ZERO);
+            if account.depends_on(None, &partner) {
+                resyncs.schedule(account.meta(), Duration::ZERO);
             }
         }
         futures::future::ready(None)
@@ -394,6 +392,10 @@ impl Reconciler for CyclrAccount {
 
     fn identity(status: &CyclrAccountStatus) -> Option<(&'static str, String)> {
         status.account_id.clone().map(|id| (annotations::ACCOUNT_ID, id))
+    }
+
+    fn depends_on(&self) -> Option<(Option<&str>, &str)> {
+        Some((None, &self.spec.partner_ref.name))
     }
 
     fn forget(ctx: &Context, meta: &ObjectMeta) {

@@ -60,9 +60,8 @@ pub fn controller(
             let installs: Vec<_> = by_account
                 .state()
                 .iter()
-                .filter_map(|g| g.0.as_ref().ok())
-                .filter(|i| i.namespace() == account.namespace && i.spec.account_ref.name == account.name)
-                .map(|i| ObjectRef::new(&i.name_any()).within(&i.namespace().unwrap_or_default()))
+                .filter(|i| i.depends_on(account.namespace.as_deref(), &account.name))
+                .map(|i| ObjectRef::from_obj(i.as_ref()))
                 .collect();
             stream::iter(installs)
         }))
@@ -289,6 +288,10 @@ impl Reconciler for CyclrConnectorInstall {
             .account_id
             .clone()
             .map(|id| (annotations::INSTALLED_IN_ACCOUNT, id))
+    }
+
+    fn depends_on(&self) -> Option<(Option<&str>, &str)> {
+        Some((self.metadata.namespace.as_deref(), &self.spec.account_ref.name))
     }
 
     fn forget(ctx: &Context, meta: &ObjectMeta) {

@@ -22,11 +22,10 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use rand::Rng;
-use serde::de::DeserializeOwned;
 
-use crate::driver::{self, Backoffs, OwnWrites, Reason, Reconciler, Resyncs, stable_hash};
+use crate::driver::{self, Backoffs, OwnWrites, Packed, Reason, Reconciler, Resyncs, stable_hash};
 use crate::index::{ClaimIndex, Holder};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -76,9 +75,9 @@ pub struct Context {
     /// Installed names per account held by CyclrConnectorInstalls (`namespace/account/name`).
     pub install_claims: ClaimIndex,
     /// The watched accounts, for installs looking up their account.
-    accounts: OnceLock<Store<DeserializeGuard<CyclrAccount>>>,
+    accounts: OnceLock<Store<Packed<CyclrAccount>>>,
     /// The watched partners, to tell "not checked yet" from "does not exist".
-    partner_objects: OnceLock<Store<DeserializeGuard<CyclrPartner>>>,
+    partner_objects: OnceLock<Store<Packed<CyclrPartner>>>,
     /// Namespace labels, for the partners' namespaceSelector.
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Partner names whose accounts should be reconciled now.
@@ -138,8 +137,8 @@ impl Context {
 
     /// The account `namespace/name` from the watch.
     pub fn account(&self, namespace: &str, name: &str) -> Option<Arc<CyclrAccount>> {
-        let guard = self.accounts.get()?.get(&ObjectRef::new(name).within(namespace))?;
-        guard.0.as_ref().ok().map(|a| Arc::new(a.clone()))
+        let packed = self.accounts.get()?.get(&ObjectRef::new(name).within(namespace))?;
+        packed.unpack().ok().map(Arc::new)
     }
 
     /// Whether a CyclrPartner of this name exists (from the watch; `true` until the watch
@@ -169,7 +168,7 @@ impl Context {
 
 /// One item of a controller's result stream.
 pub type ReconcileResult<K> =
-    Result<(ObjectRef<DeserializeGuard<K>>, controller::Action), controller::Error<driver::Error, watcher::Error>>;
+    Result<(ObjectRef<Packed<K>>, controller::Action), controller::Error<driver::Error, watcher::Error>>;
 
 /// Requeue after `interval` with up to 10% jitter, so objects spread out over time.
 pub fn jittered(interval: Duration) -> Duration {
@@ -177,20 +176,21 @@ pub fn jittered(interval: Duration) -> Duration {
 }
 
 /// What kube's error policy does with a failed status write: retry soon, with jitter.
-fn error_policy<K>(_obj: Arc<DeserializeGuard<K>>, error: &driver::Error, _ctx: Arc<Context>) -> controller::Action {
+fn error_policy<K>(_obj: Arc<Packed<K>>, error: &driver::Error, _ctx: Arc<Context>) -> controller::Action {
     tracing::warn!(%error, "reconcile failed");
     controller::Action::requeue(jittered(Duration::from_secs(5)))
 }
 
-/// A controller for kind K driven by the driver: the watch drops managed fields and kubectl's
-/// last-applied copy, reports deletions to the kind's `forget` (and `on_event`), and wakes
-/// reconciles only for spec (generation), pause and deletion changes, so the operator's own
-/// writes never wake it; the kind's resync queue ([`Resyncs`]) wakes the rest.
+/// A controller for kind K driven by the driver: the watch reports deletions to the kind's
+/// `forget` (and every event to `on_event`, with the whole object), the cache keeps each
+/// object packed ([`Packed`]), and reconciles are woken only for spec (generation), pause and
+/// deletion changes, so the operator's own writes never wake it; the kind's resync queue
+/// ([`Resyncs`]) wakes the rest.
 fn controller_for<K>(
     ctx: &Arc<Context>,
     api: Api<DeserializeGuard<K>>,
     on_event: impl Fn(&watcher::Event<DeserializeGuard<K>>) + Send + 'static,
-) -> Controller<DeserializeGuard<K>>
+) -> Controller<Packed<K>>
 where
     K: Reconciler,
 {
@@ -202,18 +202,6 @@ where
         .readiness
         .watched(&K::kind(&()), watcher::watcher(api, watch_config(&ctx.config)))
         .default_backoff()
-        // The cache keeps what reconciles read: not the field managers, nor kubectl's copy
-        // of the last applied manifest (as large as the spec again), nor the labels (the
-        // label selector is applied by the API server; a one-label map is a 0.5 KiB node).
-        // Set to `None` rather than cleared, so no buffer is kept per object.
-        .modify(|obj| {
-            let meta = obj.meta_mut();
-            meta.managed_fields = None;
-            meta.labels = None;
-            if let Some(annotations) = &mut meta.annotations {
-                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        })
         .map_ok(move |event| {
             if let watcher::Event::Delete(DeserializeGuard(Ok(obj))) = &event {
                 let uid = obj.meta().uid.as_deref().unwrap_or_default();
@@ -223,7 +211,7 @@ where
                 forget_ctx.own_writes.forget(uid);
             }
             on_event(&event);
-            event
+            driver::pack_event(event)
         })
         .reflect(writer)
         .try_filter_map(move |event| {
@@ -465,26 +453,17 @@ where
 }
 
 /// Maps a changed Secret to the objects in `store` that use it (for `.watches_stream`).
-fn users_of_secret<K>(
-    store: Store<DeserializeGuard<K>>,
+/// Decodes every object: Secrets with the credentials label change rarely.
+fn users_of_secret<K: Reconciler>(
+    store: Store<Packed<K>>,
     uses: impl Fn(&K, &Secret) -> bool + Send + Sync + 'static,
-) -> impl Fn(Secret) -> Vec<ObjectRef<DeserializeGuard<K>>> + Send + Sync + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
+) -> impl Fn(Secret) -> Vec<ObjectRef<Packed<K>>> + Send + Sync + 'static {
     move |secret| {
         store
             .state()
             .iter()
-            .filter_map(|g| g.0.as_ref().ok())
-            .filter(|obj| uses(obj, &secret))
-            .map(|obj| {
-                let r = ObjectRef::new(&obj.name_any());
-                match obj.namespace() {
-                    Some(ns) => r.within(&ns),
-                    None => r,
-                }
-            })
+            .filter(|packed| packed.unpack().is_ok_and(|obj| uses(&obj, &secret)))
+            .map(|packed| ObjectRef::from_obj(packed.as_ref()))
             .collect()
     }
 }

@@ -20,6 +20,7 @@
 //!     ([`OwnWrites`]): the reconcile waits for the watch instead.
 
 mod health;
+mod packed;
 pub mod reason;
 mod resync;
 
@@ -32,7 +33,6 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -41,6 +41,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 pub use health::Health;
+pub use packed::{Packed, pack_event};
 pub use reason::{Failure, Reason, health_of};
 pub use resync::Resyncs;
 
@@ -139,6 +140,13 @@ pub trait Reconciler:
 
     /// The annotation that keeps the Cyclr id in metadata, once status holds one.
     fn identity(_status: &Self::Status) -> Option<(&'static str, String)> {
+        None
+    }
+
+    /// The object whose changes wake this one (the partner of an account, the account of an
+    /// install), as namespace (`None` for a cluster-scoped one) and name. The cache keeps a
+    /// hash of it, so the dependants of a change are found without decoding every object.
+    fn depends_on(&self) -> Option<(Option<&str>, &str)> {
         None
     }
 
@@ -334,14 +342,10 @@ fn api_for<K: Reconciler>(client: Client, obj: &K) -> Api<K> {
 }
 
 /// One reconcile of any kind: the driver's promises around the kind's steps.
-pub async fn reconcile<K: Reconciler>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let meta = match &guard.0 {
-        Ok(obj) => obj.meta(),
-        Err(invalid) => &invalid.metadata,
-    };
+pub async fn reconcile<K: Reconciler>(packed: Arc<Packed<K>>, ctx: Arc<Context>) -> Result<Action, Error> {
     // This reconcile is the object's resync; a Ready outcome sets the next one.
-    ctx.resyncs_of(&K::kind(&())).take(meta);
-    let obj = match &guard.0 {
+    ctx.resyncs_of(&K::kind(&())).take(packed.meta());
+    let obj = match packed.unpack() {
         Ok(obj) => obj,
         Err(invalid) => {
             tracing::warn!(kind = %K::kind(&()), name = ?invalid.metadata.name, error = %invalid, "cannot read the object; fix its spec");
@@ -356,7 +360,7 @@ pub async fn reconcile<K: Reconciler>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<
         generation = obj.meta().generation.unwrap_or_default()
     );
     let started = Instant::now();
-    let result = run_once(obj, &ctx).instrument(span).await;
+    let result = run_once(&obj, &ctx).instrument(span).await;
     let category = match &result {
         Ok(_) => None,
         Err(_) => Some("kubernetes"),
