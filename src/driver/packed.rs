@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use kube::Resource;
 use kube::api::ObjectMeta;
@@ -29,8 +30,10 @@ use crate::resources::{annotations, is_paused};
 #[derive(Clone)]
 pub struct Packed<K> {
     metadata: ObjectMeta,
-    /// The rest of the object as JSON, or why it could not be read.
-    body: Result<Box<[u8]>, Box<str>>,
+    /// The rest of the object as JSON, or why it could not be read. Shared: kube's cache
+    /// stores a clone of each object the watch delivers, and a copy of every body made and
+    /// dropped at each event would leave the heap full of holes.
+    body: Result<Arc<[u8]>, Arc<str>>,
     /// A hash of [`Reconciler::depends_on`] (0 for none).
     depends_on: u64,
     kind: PhantomData<fn() -> K>,
@@ -52,8 +55,8 @@ impl<K: Reconciler> Packed<K> {
                 // Kept once, in `metadata`; restored by `unpack`.
                 (meta.name, meta.namespace, meta.uid, meta.resource_version) = (None, None, None, None);
                 let body = serde_json::to_vec(&obj)
-                    .map(Vec::into_boxed_slice)
-                    .map_err(|e| e.to_string().into_boxed_str());
+                    .map(Arc::from)
+                    .map_err(|e| Arc::from(e.to_string()));
                 Packed {
                     metadata,
                     body,
@@ -63,7 +66,7 @@ impl<K: Reconciler> Packed<K> {
             }
             Err(invalid) => Packed {
                 metadata: lean(&invalid.metadata),
-                body: Err(invalid.error.into_boxed_str()),
+                body: Err(Arc::from(invalid.error)),
                 depends_on: 0,
                 kind: PhantomData,
             },
