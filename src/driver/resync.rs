@@ -4,9 +4,10 @@
 //! as a request holding the object's reference (name, namespace, uid, resourceVersion) twice,
 //! about 0.7 KiB: 7 MiB for 10,000 Ready accounts (a heap profile of `make bench`). Here a
 //! timer is a deadline and a name, about 100 bytes, and reaches kube's scheduler only when
-//! due, through [`Resyncs::due`] (`Controller::reconcile_on`). The same queue takes the
-//! wakes of every account of a partner: handed to kube's scheduler only a few at a time
-//! ([`HANDED_MAX`]), so 10,000 of them never sit there at once.
+//! due, through [`Resyncs::due`] (`Controller::reconcile_on`). The same queue takes every
+//! other wake too (a watch event that changed the spec, pause or deletion; a partner's wake of
+//! all its accounts): handed to kube's scheduler only a few at a time ([`HANDED_MAX`]), so the
+//! 10,000 objects of a rollout never sit there at once.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
