@@ -25,7 +25,7 @@ use crate::resources::{annotations, is_paused};
 ///
 /// Why: decoded, a CyclrAccount with its usage and three conditions is about 2.6 KiB of heap
 /// (an annotation map alone is a 0.5 KiB B-tree node, each condition four strings); packed it
-/// is about 1.5 KiB. With 10,000 accounts that is the largest part of the operator's memory.
+/// is about 1.7 KiB. With 10,000 accounts that is the largest part of the operator's memory.
 /// A reconcile decodes the one object it works on, about 1 KiB of JSON.
 #[derive(Clone)]
 pub struct Packed<K> {
