@@ -31,8 +31,7 @@ use crate::resources::{annotations, is_paused};
 pub struct Packed<K> {
     metadata: ObjectMeta,
     /// The rest of the object as JSON, or why it could not be read. Shared: kube's cache
-    /// stores a clone of each object the watch delivers, and a copy of every body made and
-    /// dropped at each event would leave the heap full of holes.
+    /// stores a clone of each object the watch delivers, which then costs no second body.
     body: Result<Arc<[u8]>, Arc<str>>,
     /// A hash of [`Reconciler::depends_on`] (0 for none).
     depends_on: u64,
