@@ -324,9 +324,12 @@ impl CyclrClient {
     }
 
     pub async fn list_accounts(&self) -> Result<Vec<Account>> {
-        let call = Call::new("list_accounts", Verb::Get, self.url(&["api", "partner", "accounts"]));
-        let body = self.send(&call).await?;
-        decode_list(&body).map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
+        self.send_list(Call::new(
+            "list_accounts",
+            Verb::Get,
+            self.url(&["api", "partner", "accounts"]),
+        ))
+        .await
     }
 
     pub async fn partner_details(&self) -> Result<PartnerDetails> {
@@ -379,7 +382,7 @@ impl CyclrClient {
     }
 
     pub async fn price_plans(&self) -> Result<Vec<PricePlan>> {
-        self.send_json(Call::new(
+        self.send_list(Call::new(
             "price_plans",
             Verb::Get,
             self.url(&["api", "partner", "priceplans"]),
@@ -400,7 +403,7 @@ impl CyclrClient {
     /// The connectors installed into an account (v1.0 API), to check before installing.
     pub async fn installed_connectors(&self, account_id: &str) -> Result<Vec<InstalledConnector>> {
         let url = self.url(&["v1.0", "account", "connectors"]);
-        self.send_json(Call::new("installed_connectors", Verb::Get, url).account(account_id))
+        self.send_list(Call::new("installed_connectors", Verb::Get, url).account(account_id))
             .await
     }
 
@@ -417,6 +420,12 @@ impl CyclrClient {
     async fn send_json<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
         let body = self.send(&call).await?;
         serde_json::from_slice(&body).map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
+    }
+
+    /// [`send_json`](Self::send_json) for an endpoint answering a JSON array ([`decode_list`]).
+    async fn send_list<T: DeserializeOwned>(&self, call: Call) -> Result<Vec<T>> {
+        let body = self.send(&call).await?;
+        decode_list(&body).map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
     }
 
     /// The one path every operation takes: attempts, the single token renewal on a 401, and

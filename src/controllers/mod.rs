@@ -199,6 +199,7 @@ where
     let mut wakes = Wakes::default();
     let seen_ctx = ctx.clone();
     let resyncs = ctx.resyncs_of(&K::kind(&()));
+    let wake_on = resyncs.clone();
     let stream = ctx
         .readiness
         .watched(&K::kind(&()), watcher::watcher(api, watch_config(&ctx.config)))
@@ -224,12 +225,12 @@ where
             // a time: a rollout of thousands never sits there at once (a request there costs
             // about 0.7 KiB, and the scheduler's tables keep their largest size for good).
             if let Some(obj) = wakes.wake(event) {
-                resyncs.schedule(obj.meta(), Duration::ZERO);
+                wake_on.schedule(obj.meta(), Duration::ZERO);
             }
             futures::future::ready(Ok(None))
         });
     Controller::for_stream(stream, reader)
-        .reconcile_on(ctx.resyncs_of(&K::kind(&())).due())
+        .reconcile_on(resyncs.due())
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
 }
 
