@@ -109,8 +109,10 @@ pub struct Observed {
     pub usage_deferred: bool,
     /// How long until the next usage read is due, for an account whose usage is read.
     pub usage_due_in: Option<Duration>,
-    /// When this reconcile started.
+    /// When this look started (a list taken during the reconcile is at least this new).
     pub now: DateTime<Utc>,
+    /// When the watch delivered this version of the resource: it existed then.
+    pub seen_at: DateTime<Utc>,
     /// This process's latest create for the account that did or may have created one.
     pub create: Option<CreateAttempt>,
     /// Held while no id is known: creates of one name in one partner are serialised.
@@ -191,7 +193,12 @@ impl Reconciler for CyclrAccount {
         Api::namespaced(client, self.metadata.namespace.as_deref().unwrap_or_default())
     }
 
-    async fn observe(&self, ctx: &Context, refresh: Option<DateTime<Utc>>) -> Result<Observed, Failure> {
+    async fn observe(
+        &self,
+        ctx: &Context,
+        seen_at: DateTime<Utc>,
+        refresh: Option<DateTime<Utc>>,
+    ) -> Result<Observed, Failure> {
         let now = Utc::now();
         let uid = self.uid().unwrap_or_default();
         let partner_name = &self.spec.partner_ref.name;
@@ -203,6 +210,7 @@ impl Reconciler for CyclrAccount {
             usage_deferred: false,
             usage_due_in: None,
             now,
+            seen_at,
             create: ctx.create_attempt(&uid, status_or_annotation_id(self)),
             _name_guard: None,
             _onboarding: None,
@@ -235,17 +243,12 @@ impl Reconciler for CyclrAccount {
             observed._name_guard = Some(runtime.lock_name(&self.cyclr_name()).await);
         }
         let snapshot = match refresh {
-            Some(after) => Some({
-                // A list must be taken after `after` (at most a second away): wait for it
-                // rather than list again and again.
-                if let Ok(wait) = (after - Utc::now()).to_std() {
-                    tokio::time::sleep(wait).await;
-                }
+            Some(after) => Some(
                 runtime
                     .snapshot_since(after)
                     .await
-                    .map_err(Failure::cyclr("listing the partner's accounts"))?
-            }),
+                    .map_err(Failure::cyclr("listing the partner's accounts"))?,
+            ),
             None => runtime.snapshot().await,
         };
         let name = self.cyclr_name();
@@ -711,10 +714,13 @@ fn decide_new(
         ));
     }
     // Look in a list taken after the resource was made (and after any earlier attempt), so
-    // an account made by hand or by a lost create is seen before creating. An attempt this
-    // process made ended later than `pendingCreate.since` (the create waited for the
-    // partner's budget first): a list taken in between may not show its account yet. After
-    // a restart every list is taken after the attempt.
+    // an account made by hand or by a lost create is seen before creating. The resource was
+    // made before the watch delivered it, and before its creationTimestamp's next whole
+    // second: whichever comes first bounds the list (a list of a rollout's backlog is usually
+    // newer than both; a new resource waits for the partner's next list, not for the second).
+    // An attempt this process made ended later than `pendingCreate.since` (the create waited
+    // for the partner's budget first): a list taken in between may not show its account yet.
+    // After a restart every list is taken after the attempt.
     let pending = previous.pending_create.as_ref();
     // This process sent a create whose outcome it does not know, yet the object shows no
     // marker: it is older than our own marker write. Deciding from it would report the
@@ -726,13 +732,13 @@ fn decide_new(
     {
         return Plan::Wait(Duration::from_secs(1));
     }
+    let made_by = account
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|Time(t)| DateTime::from_timestamp(t.as_second() + 1, 0))
+        .map_or(obs.seen_at, |next_second| next_second.min(obs.seen_at));
     let not_before = [
-        // creationTimestamp has whole seconds: the resource may be up to 1 s younger.
-        account
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .and_then(|Time(t)| DateTime::from_timestamp(t.as_second() + 1, 0)),
         pending.and_then(|p| {
             DateTime::parse_from_rfc3339(&p.since)
                 .ok()
@@ -742,11 +748,9 @@ fn decide_new(
     ]
     .into_iter()
     .flatten()
-    .max();
-    if let Some(after) = not_before
-        && snapshot.taken_at < after
-    {
-        return Plan::Refresh(after.max(snapshot.taken_at));
+    .fold(made_by, DateTime::max);
+    if snapshot.taken_at < not_before {
+        return Plan::Refresh(not_before);
     }
     let name = desired.name.clone().unwrap_or_default();
     let same_name = snapshot.named(&name);
@@ -958,6 +962,8 @@ mod tests {
             usage_deferred: false,
             usage_due_in: None,
             now,
+            // Seen a minute ago: any snapshot a test builds is newer unless it says otherwise.
+            seen_at: now - chrono::Duration::seconds(60),
             create: None,
             _name_guard: None,
             _onboarding: None,
@@ -1028,12 +1034,32 @@ mod tests {
     }
 
     #[test]
-    fn a_list_older_than_the_resource_is_refreshed_before_creating() {
-        let now = Utc::now();
+    fn a_new_account_is_checked_against_a_list_taken_after_the_resource_surely_existed() {
+        // Made at second 100 (creationTimestamp has whole seconds).
+        let at = |millis: i64| DateTime::from_timestamp_millis(100_000 + millis).unwrap();
         let mut account = pro();
-        account.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        let obs = observed(Some((now - chrono::Duration::seconds(30), vec![])), &[], now);
-        assert!(matches!(decide(&account, &obs), Plan::Refresh(_)));
+        account.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap()));
+        let decide_at = |taken: DateTime<Utc>, seen: DateTime<Utc>| {
+            let mut obs = observed(Some((taken, vec![])), &[], seen.max(taken));
+            obs.seen_at = seen;
+            decide(&account, &obs)
+        };
+        let refreshed = |plan: Plan<CyclrAccount>| match plan {
+            Plan::Refresh(after) => Some(after),
+            Plan::Write {
+                write: Write::Create { .. },
+                ..
+            } => None,
+            _ => panic!("expected a create or a refresh"),
+        };
+        // Seen by the watch at .300: a list from .500 shows everything made before it,
+        // without waiting for second 101.
+        assert_eq!(refreshed(decide_at(at(500), at(300))), None);
+        // A list from before the watch delivered it may not.
+        assert_eq!(refreshed(decide_at(at(200), at(300))), Some(at(300)));
+        // Seen long after (a restart): any list from second 101 on will do.
+        assert_eq!(refreshed(decide_at(at(1_000), at(90_000))), None);
+        assert_eq!(refreshed(decide_at(at(900), at(90_000))), Some(at(1_000)));
     }
 
     #[test]

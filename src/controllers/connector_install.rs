@@ -155,7 +155,7 @@ impl Reconciler for CyclrConnectorInstall {
         Api::namespaced(client, self.metadata.namespace.as_deref().unwrap_or_default())
     }
 
-    async fn observe(&self, ctx: &Context, list: Option<()>) -> Result<Observed, Failure> {
+    async fn observe(&self, ctx: &Context, _: DateTime<Utc>, list: Option<()>) -> Result<Observed, Failure> {
         let holder = Holder::of(&self.metadata);
         let claimed_by = ctx
             .install_claims

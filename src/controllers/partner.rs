@@ -5,7 +5,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -70,7 +70,7 @@ impl Reconciler for CyclrPartner {
         Api::all(client)
     }
 
-    async fn observe(&self, ctx: &Context, _: Option<()>) -> Result<Observed, Failure> {
+    async fn observe(&self, ctx: &Context, _: DateTime<Utc>, _: Option<()>) -> Result<Observed, Failure> {
         let name = self.name_any();
         let runtime = match runtime_for(self, ctx).await? {
             Ok(runtime) => runtime,

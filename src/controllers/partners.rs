@@ -245,20 +245,38 @@ impl PartnerRuntime {
     }
 
     /// A snapshot taken at or after `after`, listing accounts only when the one held is
-    /// older. Callers waiting at the same time share a single List Accounts.
+    /// older. Callers waiting at the same time share a single List Accounts, and a list starts
+    /// at least [`list_interval`] after the one before it: resources arriving one by one are
+    /// checked in batches, whatever their number. The snapshot's lock is held only while
+    /// listing.
+    ///
+    /// Errors: the List Accounts failure (the held snapshot stays).
     pub async fn snapshot_since(&self, after: DateTime<Utc>) -> CyclrResult<Arc<AccountsSnapshot>> {
-        let mut held = self.snapshot.lock().await;
-        if let Some(snapshot) = held.as_ref().filter(|s| s.taken_at >= after) {
-            return Ok(snapshot.clone());
+        let interval = list_interval(self.client.current_rate());
+        loop {
+            let mut held = self.snapshot.lock().await;
+            if let Some(snapshot) = held.as_ref().filter(|s| s.taken_at >= after) {
+                return Ok(snapshot.clone());
+            }
+            // Wait without the lock: reconciles read the held snapshot meanwhile, and the
+            // first waiter awake lists for all of them.
+            if let Some(wait) = held
+                .as_ref()
+                .and_then(|s| (s.taken_at + interval - Utc::now()).to_std().ok())
+            {
+                drop(held);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let taken_at = Utc::now();
+            let accounts = self.client.list_accounts().await?;
+            let snapshot = Arc::new(AccountsSnapshot::new(taken_at, accounts));
+            *held = Some(snapshot.clone());
+            if let Some((name, metrics)) = &self.snapshot_metrics {
+                metrics.account_snapshot(name, snapshot.count(), snapshot.taken_at);
+            }
+            return Ok(snapshot);
         }
-        let taken_at = Utc::now();
-        let accounts = self.client.list_accounts().await?;
-        let snapshot = Arc::new(AccountsSnapshot::new(taken_at, accounts));
-        *held = Some(snapshot.clone());
-        if let Some((name, metrics)) = &self.snapshot_metrics {
-            metrics.account_snapshot(name, snapshot.count(), snapshot.taken_at);
-        }
-        Ok(snapshot)
     }
 
     /// The latest snapshot, if any was taken.
@@ -273,6 +291,16 @@ impl PartnerRuntime {
             current.remember(account, how);
         }
     }
+}
+
+/// The least time between the starts of two List Accounts of one partner sending `rate`
+/// requests per second: 250 ms, or 10 requests' worth of its budget when that is longer
+/// (1 s at the default 10/s), so lists take at most a tenth of the budget however the
+/// partner's resources arrive, and a list of 10,000 accounts (about 2.5 MB) is parsed at most
+/// four times a second.
+pub fn list_interval(rate: f64) -> Duration {
+    const FLOOR: Duration = Duration::from_millis(250);
+    FLOOR.max(Duration::from_secs_f64(10.0 / rate.max(0.1)))
 }
 
 type NameLocks = std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>;
@@ -398,6 +426,65 @@ mod tests {
         assert!(ids("bb").is_empty() && ids("").is_empty());
         assert!(snapshot.listed("9") && snapshot.listed("3") && !snapshot.listed("4"));
         assert_eq!(snapshot.get("5").map(|a| a.name), Some("b".into()));
+    }
+
+    #[test]
+    fn lists_take_at_most_a_tenth_of_the_budget_and_never_come_closer_than_250_ms() {
+        assert_eq!(list_interval(10.0), Duration::from_secs(1));
+        assert_eq!(list_interval(2.0), Duration::from_secs(5));
+        assert_eq!(list_interval(1000.0), Duration::from_millis(250));
+        assert_eq!(
+            list_interval(0.0),
+            Duration::from_secs(100),
+            "a rate of 0 is not a division by 0"
+        );
+    }
+
+    #[tokio::test]
+    async fn callers_asking_together_share_one_list_and_the_next_list_waits_its_interval() {
+        use futures::FutureExt as _;
+        let sim = cyclr_sim::Simulator::start(
+            cyclr_sim::SimConfig::new("id", "secret"),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let mut config = cyclr::ClientConfig::new(sim.base_url(), "id", secrecy::SecretString::from("secret"));
+        config.requests_per_second = 1000;
+        let runtime = PartnerRuntime::new(
+            CyclrClient::new(config).unwrap(),
+            0,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            None,
+            crate::secrets::CredentialsDigest::new("s"),
+        );
+        let lists = || sim.stats().requests_to("GET /api/partner/accounts");
+        let asked = Utc::now();
+        let together = futures::future::join_all((0..5).map(|_| runtime.snapshot_since(asked))).await;
+        let first = together[0].as_ref().unwrap().taken_at;
+        assert!(first >= asked);
+        assert!(together.iter().all(|s| s.as_ref().unwrap().taken_at == first));
+        assert_eq!(lists(), 1, "five callers at once, one List Accounts");
+
+        // While the next list waits its turn, reconciles still read the held snapshot.
+        let reader = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let held = runtime.snapshot().now_or_never();
+            held.expect("the snapshot is not locked while a list waits")
+                .unwrap()
+                .taken_at
+        };
+        let (again, read) = tokio::join!(runtime.snapshot_since(Utc::now()), reader);
+        let again = again.unwrap();
+        assert_eq!(read, first);
+        assert_eq!(lists(), 2);
+        assert!(
+            again.taken_at - first >= chrono::Duration::milliseconds(250),
+            "the second list started {} after the first",
+            again.taken_at - first
+        );
+        sim.shutdown().await;
     }
 
     #[tokio::test]

@@ -117,10 +117,13 @@ pub trait Reconciler:
     /// The Api through which this object is written (its namespace, or cluster-wide).
     fn api(&self, client: Client) -> Api<Self>;
 
-    /// Reads what `decide` needs: referenced objects, the partner, Cyclr lists.
+    /// Reads what `decide` needs: referenced objects, the partner, Cyclr lists. `seen_at` is
+    /// when the watch delivered this version of the object ([`Packed::seen_at`]): it existed
+    /// then.
     fn observe(
         &self,
         ctx: &Context,
+        seen_at: chrono::DateTime<chrono::Utc>,
         refresh: Option<Self::Refresh>,
     ) -> impl Future<Output = Result<Self::Observed, Failure>> + Send;
 
@@ -360,7 +363,7 @@ pub async fn reconcile<K: Reconciler>(packed: Arc<Packed<K>>, ctx: Arc<Context>)
         generation = obj.meta().generation.unwrap_or_default()
     );
     let started = Instant::now();
-    let result = run_once(&obj, &ctx).instrument(span).await;
+    let result = run_once(&obj, packed.seen_at(), &ctx).instrument(span).await;
     let category = match &result {
         Ok(_) => None,
         Err(_) => Some("kubernetes"),
@@ -370,7 +373,11 @@ pub async fn reconcile<K: Reconciler>(packed: Arc<Packed<K>>, ctx: Arc<Context>)
     result
 }
 
-async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+async fn run_once<K: Reconciler>(
+    obj: &K,
+    seen_at: chrono::DateTime<chrono::Utc>,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let meta = obj.meta();
     if meta.deletion_timestamp.is_some() {
         // Orphan is the only policy the Partner API allows: no finalizer, nothing to do.
@@ -402,7 +409,7 @@ async fn run_once<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error
     let mut looks = 0;
     let (observed, plan) = loop {
         looks += 1;
-        let observed = match obj.observe(ctx, refresh.take()).await {
+        let observed = match obj.observe(ctx, seen_at, refresh.take()).await {
             Ok(observed) => observed,
             Err(failure) => return failed(obj, ctx, &previous, previous.clone(), failure).await,
         };

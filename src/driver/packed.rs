@@ -6,6 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use kube::Resource;
 use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
@@ -35,12 +36,15 @@ pub struct Packed<K> {
     body: Result<Arc<[u8]>, Arc<str>>,
     /// A hash of [`Reconciler::depends_on`] (0 for none).
     depends_on: u64,
+    /// When the watch delivered this version: the object existed then.
+    seen_at: DateTime<Utc>,
     kind: PhantomData<fn() -> K>,
 }
 
 impl<K: Reconciler> Packed<K> {
     /// Packs an object from the watch (or why it could not be read).
     pub fn pack(guard: DeserializeGuard<K>) -> Self {
+        let seen_at = Utc::now();
         match guard.0 {
             Ok(mut obj) => {
                 let depends_on = obj.depends_on().map_or(0, |on| stable_hash(&on));
@@ -60,6 +64,7 @@ impl<K: Reconciler> Packed<K> {
                     metadata,
                     body,
                     depends_on,
+                    seen_at,
                     kind: PhantomData,
                 }
             }
@@ -67,6 +72,7 @@ impl<K: Reconciler> Packed<K> {
                 metadata: lean(&invalid.metadata),
                 body: Err(Arc::from(invalid.error)),
                 depends_on: 0,
+                seen_at,
                 kind: PhantomData,
             },
         }
@@ -90,6 +96,12 @@ impl<K: Reconciler> Packed<K> {
         meta.uid.clone_from(&self.metadata.uid);
         meta.resource_version.clone_from(&self.metadata.resource_version);
         Ok(obj)
+    }
+
+    /// When the watch delivered this version of the object (so it existed then): a list of
+    /// Cyclr accounts taken later shows every account made before the object was.
+    pub fn seen_at(&self) -> DateTime<Utc> {
+        self.seen_at
     }
 
     /// Whether this object depends on the object `name` (in `namespace`, for a namespaced
