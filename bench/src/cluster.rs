@@ -11,7 +11,9 @@ use futures::channel::mpsc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
@@ -154,6 +156,31 @@ pub async fn wait_partner_ready(client: &Client, name: &str) -> anyhow::Result<(
     wait_for("the CyclrPartner to be Ready", Duration::from_secs(60), || async {
         is_ready(&api.get(name).await.ok()?).then_some(())
     })
+    .await
+}
+
+/// Deletes a run's CyclrAccounts in `namespace` and its CyclrPartner (named after the
+/// namespace, if any), and waits until the accounts are gone: the next run's operator serves
+/// the whole cluster and must find nothing of this one. (No finalizers: the operator's
+/// deletion policy is Orphan.)
+pub async fn delete_run(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let api = accounts(client, namespace);
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .with_context(|| format!("deleting the CyclrAccounts in {namespace}"))?;
+    match partners(client).delete(namespace, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => return Err(e).with_context(|| format!("deleting the CyclrPartner {namespace}")),
+    }
+    wait_for(
+        "the run's CyclrAccounts to be deleted",
+        Duration::from_secs(120),
+        || async {
+            let left = api.list_metadata(&ListParams::default().limit(1)).await.ok()?;
+            left.items.is_empty().then_some(())
+        },
+    )
     .await
 }
 
@@ -415,13 +442,23 @@ impl Versions {
     }
 }
 
-/// Time to Ready of every account (from its create to its first Ready), sorted, and the time
-/// from the first create to the last Ready.
-pub fn readiness_times(
-    sent: &HashMap<String, Instant>,
-    ready: &HashMap<String, Instant>,
-) -> anyhow::Result<(Vec<Duration>, Duration)> {
+/// When a rollout's accounts became Ready, measured from the bench's creates.
+#[derive(Debug, PartialEq)]
+pub struct Readiness {
+    /// Each account's time from its create to its first Ready, sorted.
+    pub each: Vec<Duration>,
+    /// From the first create sent to the last account Ready.
+    pub all_ready: Duration,
+    /// From the last create sent to the last account Ready: the tail the creates do not
+    /// explain (how long the last accounts waited once nothing new arrived).
+    pub after_last_create: Duration,
+}
+
+/// The readiness of every account in `sent` (name → when its create was sent) from `ready`
+/// (name → when its first Ready was seen). Errors if none was sent or one never became Ready.
+pub fn readiness_times(sent: &HashMap<String, Instant>, ready: &HashMap<String, Instant>) -> anyhow::Result<Readiness> {
     let first = sent.values().min().context("no account was created")?;
+    let last_sent = sent.values().max().context("no account was created")?;
     let last = ready.values().max().context("no account was Ready")?;
     let mut each: Vec<Duration> = sent
         .iter()
@@ -431,7 +468,11 @@ pub fn readiness_times(
         })
         .collect::<anyhow::Result<_>>()?;
     each.sort();
-    Ok((each, last.saturating_duration_since(*first)))
+    Ok(Readiness {
+        each,
+        all_ready: last.saturating_duration_since(*first),
+        after_last_create: last.saturating_duration_since(*last_sent),
+    })
 }
 
 /// The `q` quantile (0.0–1.0) of sorted durations, nearest rank.
@@ -446,6 +487,30 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_is_measured_from_the_first_and_the_last_create() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let sent = HashMap::from([("a".to_owned(), at(0)), ("b".to_owned(), at(100))]);
+        let ready = HashMap::from([("a".to_owned(), at(700)), ("b".to_owned(), at(400))]);
+        let readiness = readiness_times(&sent, &ready).unwrap();
+        assert_eq!(
+            readiness,
+            Readiness {
+                each: vec![Duration::from_millis(300), Duration::from_millis(700)],
+                all_ready: Duration::from_millis(700),
+                after_last_create: Duration::from_millis(600),
+            }
+        );
+        let never = HashMap::from([("a".to_owned(), at(700))]);
+        assert!(
+            readiness_times(&sent, &never)
+                .unwrap_err()
+                .to_string()
+                .contains("b never Ready")
+        );
+    }
 
     #[test]
     fn writes_are_the_versions_seen_after_the_create() {

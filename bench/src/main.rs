@@ -65,10 +65,8 @@ struct Args {
 
 /// One rollout of N accounts, operator or floor.
 struct Rollout {
-    /// From the first create sent to the last account Ready.
-    all_ready: Duration,
-    /// Each account's time from its create to its first Ready, sorted.
-    each: Vec<Duration>,
+    /// When the accounts became Ready.
+    readiness: cluster::Readiness,
     /// Cyclr requests by endpoint, and responses by status.
     calls: BTreeMap<String, u64>,
     responses: BTreeMap<u16, u64>,
@@ -78,6 +76,8 @@ struct OperatorRun {
     rollout: Rollout,
     /// Kubernetes writes during the rollout, by metric label set.
     writes: BTreeMap<String, u64>,
+    /// Reconciles during the rollout, by kind and result.
+    reconciles: BTreeMap<String, u64>,
     /// The most writes one account took, rollout and resyncs (from the accounts' watch).
     most_writes: Option<cluster::MostWrites>,
     usage: ProcUsage,
@@ -131,14 +131,14 @@ async fn main() -> anyhow::Result<()> {
         let run = run_operator(env, &args, &operator_bin, limit, log).await?;
         println!(
             "[{limit} req/s] operator: all Ready in {:.1} s",
-            run.rollout.all_ready.as_secs_f64()
+            run.rollout.readiness.all_ready.as_secs_f64()
         );
         let per_account = floor_work(&run.writes, args.n);
         println!("[{limit} req/s] floor: {} accounts ({per_account:?})…", args.n);
         let floor = run_floor(env, &args, limit, per_account).await?;
         println!(
             "[{limit} req/s] floor: all Ready in {:.1} s",
-            floor.all_ready.as_secs_f64()
+            floor.readiness.all_ready.as_secs_f64()
         );
         results.push((limit, run, floor));
     }
@@ -240,11 +240,16 @@ async fn run_operator(
         args.operator_concurrency,
         log,
     )?;
-    if let Err(e) = cluster::wait_partner_ready(&client, &namespace).await {
+    let ready = async {
+        cluster::wait_partner_ready(&client, &namespace).await?;
+        op.wait_ready(Duration::from_secs(60)).await
+    };
+    if let Err(e) = ready.await {
         op.check_running()?;
         return Err(e.context(format!("operator log: {}", op.log.display())));
     }
     let before = op.kubernetes_writes().await?;
+    let reconciles_before = op.reconciles().await?;
     sim.reset_stats();
 
     let (watch, watch_task) = ReadyWatch::start(&client, &namespace).await?;
@@ -262,17 +267,17 @@ async fn run_operator(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (each, all_ready) = cluster::readiness_times(&sent, &watch.snapshot())?;
+    let readiness = cluster::readiness_times(&sent, &watch.snapshot())?;
     // Writes that trail the last Ready (Events, annotations) belong to the rollout.
     let after = settle(&op, &sim, Duration::from_secs(60)).await?;
     let stats = sim.stats();
     let rollout = Rollout {
-        all_ready,
-        each,
+        readiness,
         calls: stats.requests,
         responses: stats.responses,
     };
     let writes = delta(&before, &after);
+    let reconciles = delta(&reconciles_before, &op.reconciles().await?);
 
     // The first resync after the rollout does the accounts' first usage reads (an account's
     // usage is read once a List Accounts has shown it); the second has nothing to change.
@@ -292,9 +297,11 @@ async fn run_operator(
     let usage = op.usage()?;
     op.stop().await?;
     sim.shutdown().await;
+    cluster::delete_run(&client, &namespace).await?;
     Ok(OperatorRun {
         rollout,
         writes,
+        reconciles,
         most_writes,
         usage,
         first_resync,
@@ -393,13 +400,13 @@ async fn run_floor(env: &TestEnv, args: &Args, limit: u32, per_account: floor::P
         ),
     )?;
     watch.wait_all(args.n, Duration::from_secs(60)).await?;
-    let (each, all_ready) = cluster::readiness_times(&sent, &watch.snapshot())?;
+    let readiness = cluster::readiness_times(&sent, &watch.snapshot())?;
     watch_task.abort();
     let stats = sim.stats();
     sim.shutdown().await;
+    cluster::delete_run(&client, &namespace).await?;
     Ok(Rollout {
-        all_ready,
-        each,
+        readiness,
         calls: stats.requests,
         responses: stats.responses,
     })
@@ -433,20 +440,24 @@ fn counts(map: &BTreeMap<String, u64>) -> String {
 fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
     let n = args.n;
     println!("\n## Results (N = {n})\n");
-    println!("| limit | run | all Ready | accounts/s | time to Ready p50 | p99 | operator/floor |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| limit | run | all Ready | accounts/s | time to Ready p50 | p99 | last Ready after the last create | operator/floor |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for (limit, run, floor) in results {
-        let ratio = run.rollout.all_ready.as_secs_f64() / floor.all_ready.as_secs_f64().max(1e-9);
+        let ratio = run.rollout.readiness.all_ready.as_secs_f64() / floor.readiness.all_ready.as_secs_f64().max(1e-9);
         for (name, r, ratio) in [
             ("operator", &run.rollout, format!("**{ratio:.2}×**")),
             ("floor", floor, String::new()),
         ] {
+            let r = &r.readiness;
             println!(
-                "| {limit}/s | {name} | {} | {:.1} | {} | {} | {ratio} |",
+                "| {limit}/s | {name} | {} | {:.1} | {} | {} | {} | {ratio} |",
                 secs(r.all_ready),
                 n as f64 / r.all_ready.as_secs_f64().max(1e-9),
                 secs(cluster::quantile(&r.each, 0.5)),
                 secs(cluster::quantile(&r.each, 0.99)),
+                secs(r.after_last_create),
             );
         }
     }
@@ -469,6 +480,10 @@ fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
             "- operator Kubernetes writes per account: {:.2} ({})",
             writes as f64 / n as f64,
             per_account(&run.writes, n)
+        );
+        println!(
+            "- operator reconciles per account (rollout): {}",
+            per_account(&run.reconciles, n)
         );
         if let Some(most) = run.most_writes {
             println!(
@@ -555,9 +570,9 @@ fn report_peer(args: &Args, results: &[(u32, OperatorRun, Rollout)], peer: &peer
         let bound = if peer.timed_out { "≥ " } else { "" };
         println!(
             "| {limit} req/s | {} | {bound}{} | **{bound}{:.1}×** | {:.1} MiB | {:.1} MiB | **{:.2}** |",
-            secs(run.rollout.all_ready),
+            secs(run.rollout.readiness.all_ready),
             secs(peer.all_ready),
-            peer.all_ready.as_secs_f64() / run.rollout.all_ready.as_secs_f64().max(1e-9),
+            peer.all_ready.as_secs_f64() / run.rollout.readiness.all_ready.as_secs_f64().max(1e-9),
             mib(run.usage.peak_rss_kib),
             mib(peer.usage.peak_rss_kib),
             run.usage.peak_rss_kib as f64 / peer.usage.peak_rss_kib.max(1) as f64,

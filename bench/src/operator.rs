@@ -5,10 +5,23 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
 use crate::cluster::LABEL;
+
+/// `run` arguments that make the operator serve only the objects of `namespace` labelled for
+/// it (a sharded install, which adds a metadata-only watch of every CyclrAccount for the
+/// claims): several operators then share one control plane.
+pub fn scoped_to(namespace: &str) -> [String; 4] {
+    [
+        "--watch-namespace".to_owned(),
+        namespace.to_owned(),
+        "--label-selector".to_owned(),
+        format!("{LABEL}={namespace}"),
+    ]
+}
 
 /// A running operator; killed when dropped.
 pub struct Operator {
@@ -73,7 +86,7 @@ impl Process {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-        if tokio::time::timeout(std::time::Duration::from_secs(10), self.child.wait())
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .is_err()
         {
@@ -93,8 +106,8 @@ pub struct ProcUsage {
 }
 
 impl Operator {
-    /// Starts `binary run` for one namespace (its own and the watched one) and the scenario's
-    /// label, with `/metrics` on a free local port.
+    /// Starts `binary run` as installed by default (every namespace, no label selector; its
+    /// own namespace for the lease and Events), with `/metrics` on a free local port.
     pub fn start(
         binary: &Path,
         kubeconfig: &Path,
@@ -105,7 +118,8 @@ impl Operator {
         Self::start_with(binary, kubeconfig, namespace, concurrency, log, &[])
     }
 
-    /// [`Operator::start`] with more `run` arguments, e.g. `--leader-election`.
+    /// [`Operator::start`] with more `run` arguments, e.g. `--leader-election` or
+    /// [`scoped_to`].
     pub fn start_with(
         binary: &Path,
         kubeconfig: &Path,
@@ -117,8 +131,7 @@ impl Operator {
         let addr = free_local_addr()?;
         let mut command = tokio::process::Command::new(binary);
         command
-            .args(["run", "--namespace", namespace, "--watch-namespace", namespace])
-            .args(["--label-selector", &format!("{LABEL}={namespace}")])
+            .args(["run", "--namespace", namespace])
             .args(["--http-addr", &addr.to_string(), "--log-level", "warn"])
             .args(["--concurrency", &concurrency.to_string()])
             .args(extra_args)
@@ -146,8 +159,29 @@ impl Operator {
         self.process.kill().await
     }
 
+    /// Waits until the operator's `/readyz` answers 200: every watch has listed, so a rollout
+    /// measured from now is not also timing the operator's start. Errors after `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let url = self.metrics_url.replace("/metrics", "/readyz");
+        crate::cluster::wait_for("the operator's /readyz", timeout, || async {
+            let response = self.http.get(&url).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await
+    }
+
     /// `cyclr_operator_kubernetes_writes_total` by label set, e.g. `kind="CyclrAccount"`.
     pub async fn kubernetes_writes(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        self.counter("cyclr_operator_kubernetes_writes_total").await
+    }
+
+    /// `cyclr_operator_reconciles_total` by label set, e.g. `kind="CyclrAccount",result="ok"`.
+    pub async fn reconciles(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        self.counter("cyclr_operator_reconciles_total").await
+    }
+
+    /// The counter `name` from the operator's `/metrics`, by label set.
+    async fn counter(&self, name: &str) -> anyhow::Result<BTreeMap<String, u64>> {
         let text = self
             .http
             .get(&self.metrics_url)
@@ -157,7 +191,7 @@ impl Operator {
             .with_context(|| format!("scraping {}", self.metrics_url))?
             .text()
             .await?;
-        Ok(parse_counter(&text, "cyclr_operator_kubernetes_writes_total"))
+        Ok(parse_counter(&text, name))
     }
 
     /// The operator's peak RSS and CPU time so far.

@@ -189,7 +189,8 @@ pub async fn run(
         each.sort();
         (each, args.timeout)
     } else {
-        cluster::readiness_times(&sent, &ready_at)?
+        let readiness = cluster::readiness_times(&sent, &ready_at)?;
+        (readiness.each, readiness.all_ready)
     };
     watch_task.abort();
 

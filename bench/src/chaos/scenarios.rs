@@ -89,13 +89,16 @@ fn cyclr_faults(seed: u64) -> Faults {
 /// log named after the namespace and `name`.
 fn start_operator(settings: &Settings, world: &World, name: &str, extra: &[&str]) -> anyhow::Result<Operator> {
     let log = settings.logs.join(format!("{}-{name}.log", world.namespace));
+    // Scoped: every scenario's world shares the control plane.
+    let scope = crate::operator::scoped_to(&world.namespace);
+    let args: Vec<&str> = scope.iter().map(String::as_str).chain(extra.iter().copied()).collect();
     Operator::start_with(
         &settings.operator,
         &world.kubeconfig,
         &world.namespace,
         CONCURRENCY,
         log,
-        extra,
+        &args,
     )
 }
 
