@@ -26,7 +26,8 @@ pub fn scoped_to(namespace: &str) -> [String; 4] {
 /// A running operator; killed when dropped.
 pub struct Operator {
     process: Process,
-    metrics_url: String,
+    /// `http://ADDR`, where `/metrics` and `/readyz` are served.
+    http_base: String,
     http: reqwest::Client,
     /// Where its logs go (warnings and errors only).
     pub log: PathBuf,
@@ -138,7 +139,7 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig);
         Ok(Operator {
             process: Process::spawn("the operator", command, &log)?,
-            metrics_url: format!("http://{addr}/metrics"),
+            http_base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             log,
         })
@@ -162,7 +163,7 @@ impl Operator {
     /// Waits until the operator's `/readyz` answers 200: every watch has listed, so a rollout
     /// measured from now is not also timing the operator's start. Errors after `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let url = self.metrics_url.replace("/metrics", "/readyz");
+        let url = format!("{}/readyz", self.http_base);
         crate::cluster::wait_for("the operator's /readyz", timeout, || async {
             let response = self.http.get(&url).send().await.ok()?;
             response.status().is_success().then_some(())
@@ -182,13 +183,14 @@ impl Operator {
 
     /// The counter `name` from the operator's `/metrics`, by label set.
     async fn counter(&self, name: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        let url = format!("{}/metrics", self.http_base);
         let text = self
             .http
-            .get(&self.metrics_url)
+            .get(&url)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .with_context(|| format!("scraping {}", self.metrics_url))?
+            .with_context(|| format!("scraping {url}"))?
             .text()
             .await?;
         Ok(parse_counter(&text, name))
