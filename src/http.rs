@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
-use crate::readiness::Readiness;
+use driver::readiness::Readiness;
 
 #[derive(Clone)]
 struct Shared {

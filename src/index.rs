@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 
-use crate::driver::stable_hash;
+use driver::stable_hash;
 
 /// A resource holding a claim. Ordered oldest first, so when two claim the same thing
 /// (across operators), every observer agrees the oldest keeps it.

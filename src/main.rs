@@ -15,9 +15,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use cyclr_operator::controllers::{self, OperatorConfig};
 use cyclr_operator::metrics::Metrics;
-use cyclr_operator::readiness::Readiness;
 use cyclr_operator::telemetry::{self, LogFormat};
 use cyclr_operator::{http, resources};
+use driver::readiness::Readiness;
 
 /// Cyclr partner accounts and connector installs as Kubernetes resources.
 #[derive(Parser)]
@@ -93,7 +93,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
     let server = tokio::spawn(http::serve(args.http_addr, metrics.clone(), readiness.clone()));
-    let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone()));
+    let crd_names = resources::all_crds()
+        .into_iter()
+        .filter_map(|crd| crd.metadata.name)
+        .collect();
+    let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone(), crd_names));
     tokio::spawn(allocator::trim_periodically());
 
     // SIGTERM is how Kubernetes stops a pod; Ctrl-C is how a person does.

@@ -21,8 +21,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use cyclr::client::{CallObserver, CallRecord};
 
-use crate::driver::stable_hash;
 use crate::resources::{READY, RECONCILING, STALLED, condition};
+use driver::stable_hash;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -41,6 +41,12 @@ struct EndpointLabels {
 struct ReconcileLabels {
     kind: String,
     result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: String,
+    category: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,6 +159,8 @@ pub struct Metrics {
     cyclr_requests: Family<CallLabels, Counter>,
     cyclr_latency: Family<EndpointLabels, Histogram>,
     reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_failures: Family<FailureLabels, Counter>,
+    orphaned: Family<KindLabels, Counter>,
     reconcile_duration: Family<KindLabels, Histogram>,
     kubernetes_writes: Family<KindLabels, Counter>,
     account_usage: Arc<AccountUsage>,
@@ -189,8 +197,20 @@ impl Default for Metrics {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
             "operator_reconciles",
-            "Reconciles by kind and result",
+            "Reconciles by kind and result (success or error)",
             reconciles.clone(),
+        );
+        let reconcile_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "operator_reconcile_failures",
+            "Failed reconciles by kind and category (cyclr_transient, cyclr_terminal, kubernetes)",
+            reconcile_failures.clone(),
+        );
+        let orphaned = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "operator_orphaned",
+            "Cyclr objects made for resources deleted while the write was in flight (see the partner's Warning Events)",
+            orphaned.clone(),
         );
         let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -270,6 +290,8 @@ impl Default for Metrics {
             cyclr_requests,
             cyclr_latency,
             reconciles,
+            reconcile_failures,
+            orphaned,
             reconcile_duration,
             kubernetes_writes,
             account_usage,
@@ -291,25 +313,6 @@ impl Metrics {
         out
     }
 
-    pub fn reconciled(&self, kind: &str, ok: bool, took: Duration) {
-        let result = if ok { "success" } else { "error" };
-        self.reconciles
-            .get_or_create(&ReconcileLabels {
-                kind: kind.into(),
-                result: result.into(),
-            })
-            .inc();
-        self.reconcile_duration
-            .get_or_create(&KindLabels { kind: kind.into() })
-            .observe(took.as_secs_f64());
-    }
-
-    pub fn kubernetes_write(&self, kind: &str) {
-        self.kubernetes_writes
-            .get_or_create(&KindLabels { kind: kind.into() })
-            .inc();
-    }
-
     /// Usage gauges of one account, labelled by its resource only (bounded cardinality).
     pub fn account_usage(&self, namespace: &str, name: &str, tasks: u64, cycles: u64) {
         let key = format!("{namespace}/{name}");
@@ -326,48 +329,6 @@ impl Metrics {
     pub fn forget_account(&self, namespace: &str, name: &str) {
         let key = format!("{namespace}/{name}");
         self.account_usage.0.lock().expect("lock").remove(key.as_str());
-    }
-
-    /// What a reconcile's status tells the metrics; the driver calls it for every status it
-    /// computes, written or not. Counts the resource's conditions in
-    /// `cyclr_operator_resources` (replacing its previous count), and when `Ready` turns True
-    /// for the first time this process sees, observes the time since `creationTimestamp`. A
-    /// resource first seen already Ready (an operator restart) is never observed.
-    pub fn status_computed(&self, kind: &str, meta: &ObjectMeta, previous: &[Condition], next: &[Condition]) {
-        let now = Counted::of(next);
-        let (before, first_ready) = {
-            let mut counted = self.counted.lock().expect("lock");
-            // Looked up by `&str` first: no allocation for the kind on every reconcile.
-            if !counted.contains_key(kind) {
-                counted.insert(kind.to_owned(), HashMap::new());
-            }
-            let entry = counted
-                .get_mut(kind)
-                .expect("inserted above")
-                .entry(resource_key(meta))
-                .or_insert_with(|| Counted::default().with_was_ready(Counted::of(previous).ready()));
-            let before = *entry;
-            *entry = now.with_was_ready(before.was_ready() || now.ready());
-            (before, now.ready() && !before.was_ready())
-        };
-        self.recount(kind, Some(before), Some(now));
-        if first_ready && let Some(created) = &meta.creation_timestamp {
-            let since = Timestamp::now().duration_since(created.0);
-            self.time_to_ready
-                .get_or_create(&KindLabels { kind: kind.into() })
-                .observe(since.as_secs_f64().max(0.0));
-        }
-    }
-
-    /// Stops counting a resource (its watch reported it deleted).
-    pub fn forget_resource(&self, kind: &str, meta: &ObjectMeta) {
-        let before = self
-            .counted
-            .lock()
-            .expect("lock")
-            .get_mut(kind)
-            .and_then(|of_kind| of_kind.remove(&resource_key(meta)));
-        self.recount(kind, before, None);
     }
 
     /// Moves the resource's count from its `before` conditions to its `now` ones; a reconcile
@@ -429,6 +390,81 @@ struct PartnerCalls {
     metrics: Arc<Metrics>,
 }
 
+/// The driver's series.
+impl driver::Metrics for Metrics {
+    fn reconciled(&self, kind: &str, failure: Option<&'static str>, took: Duration) {
+        self.reconciles
+            .get_or_create(&ReconcileLabels {
+                kind: kind.into(),
+                result: if failure.is_none() { "success" } else { "error" }.into(),
+            })
+            .inc();
+        if let Some(category) = failure {
+            self.reconcile_failures
+                .get_or_create(&FailureLabels {
+                    kind: kind.into(),
+                    category: category.into(),
+                })
+                .inc();
+        }
+        self.reconcile_duration
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    fn kubernetes_write(&self, kind: &str) {
+        self.kubernetes_writes
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// What a reconcile's status tells the metrics; the driver calls it for every status it
+    /// computes, written or not. Counts the resource's conditions in
+    /// `cyclr_operator_resources` (replacing its previous count), and when `Ready` turns True
+    /// for the first time this process sees, observes the time since `creationTimestamp`. A
+    /// resource first seen already Ready (an operator restart) is never observed.
+    fn status_computed(&self, kind: &str, meta: &ObjectMeta, previous: &[Condition], next: &[Condition]) {
+        let now = Counted::of(next);
+        let (before, first_ready) = {
+            let mut counted = self.counted.lock().expect("lock");
+            // Looked up by `&str` first: no allocation for the kind on every reconcile.
+            if !counted.contains_key(kind) {
+                counted.insert(kind.to_owned(), HashMap::new());
+            }
+            let entry = counted
+                .get_mut(kind)
+                .expect("inserted above")
+                .entry(resource_key(meta))
+                .or_insert_with(|| Counted::default().with_was_ready(Counted::of(previous).ready()));
+            let before = *entry;
+            *entry = now.with_was_ready(before.was_ready() || now.ready());
+            (before, now.ready() && !before.was_ready())
+        };
+        self.recount(kind, Some(before), Some(now));
+        if first_ready && let Some(created) = &meta.creation_timestamp {
+            let since = Timestamp::now().duration_since(created.0);
+            self.time_to_ready
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .observe(since.as_secs_f64().max(0.0));
+        }
+    }
+
+    /// Stops counting a resource (its watch reported it deleted).
+    fn forget(&self, kind: &str, meta: &ObjectMeta) {
+        let before = self
+            .counted
+            .lock()
+            .expect("lock")
+            .get_mut(kind)
+            .and_then(|of_kind| of_kind.remove(&resource_key(meta)));
+        self.recount(kind, before, None);
+    }
+
+    fn orphaned(&self, kind: &str) {
+        self.orphaned.get_or_create(&KindLabels { kind: kind.into() }).inc();
+    }
+}
+
 impl CallObserver for PartnerCalls {
     fn observe(&self, call: &CallRecord) {
         let status = call.status.map(|s| s.to_string()).unwrap_or_else(|| "error".into());
@@ -461,6 +497,7 @@ impl CallObserver for PartnerCalls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use driver::Metrics as _;
 
     fn conditions(ready: &str, reconciling: &str) -> Vec<Condition> {
         [(READY, ready), (RECONCILING, reconciling), (STALLED, "False")]
@@ -513,8 +550,8 @@ mod tests {
             "Ready observed once, not on every reconcile:\n{text}"
         );
 
-        metrics.forget_resource("CyclrAccount", &a);
-        metrics.forget_resource("CyclrAccount", &b);
+        metrics.forget("CyclrAccount", &a);
+        metrics.forget("CyclrAccount", &b);
         for (condition, status) in [(READY, "True"), (READY, "Unknown"), (STALLED, "False")] {
             assert_eq!(
                 count(&metrics, condition, status).as_deref(),

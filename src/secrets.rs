@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 
-use crate::driver::Reason;
+use crate::reason::Reason;
 
 /// The label a Secret must carry for the operator to read it.
 pub const CREDENTIALS_LABEL: &str = "cyclr.com/credentials";

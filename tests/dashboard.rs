@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cyclr::client::CallRecord;
 use cyclr_operator::metrics::Metrics;
+use driver::Metrics as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 
 const DASHBOARD: &str = include_str!("../deploy/grafana/cyclr-operator.json");
@@ -53,7 +54,8 @@ fn meta(name: &str) -> ObjectMeta {
 
 fn exercised_metrics() -> String {
     let metrics = std::sync::Arc::new(Metrics::default());
-    metrics.reconciled("CyclrAccount", true, Duration::from_millis(3));
+    metrics.reconciled("CyclrAccount", None, Duration::from_millis(3));
+    metrics.reconciled("CyclrAccount", Some("cyclr_transient"), Duration::from_millis(3));
     metrics.kubernetes_write("CyclrAccount");
     metrics.account_usage("team-a", "acme", 42, 7);
     let ready = Condition {
@@ -120,7 +122,7 @@ fn usage_and_condition_series_go_away_with_their_resource() {
     };
     metrics.status_computed("CyclrAccount", &meta("acme"), &[], std::slice::from_ref(&not_ready));
     metrics.status_computed("CyclrAccount", &meta("globex"), &[], &[not_ready]);
-    metrics.forget_resource("CyclrAccount", &meta("acme"));
+    metrics.forget("CyclrAccount", &meta("acme"));
     let text = metrics.encode();
     assert!(!text.contains("name=\"acme\""), "usage series removed: {text}");
     assert!(

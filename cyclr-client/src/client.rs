@@ -281,6 +281,14 @@ impl CyclrClient {
         self.inner.budget.current_rate()
     }
 
+    /// The longest one call can take, waits and retries included: every retry starts before
+    /// the retry policy's `max_elapsed`, and the last request may run its whole
+    /// `request_timeout` after that. A write abandoned by the caller has surely been answered
+    /// or given up by then (as far as this client is concerned).
+    pub fn call_deadline(&self) -> Duration {
+        self.inner.config.retry.max_elapsed + self.inner.config.request_timeout
+    }
+
     fn build(config: ClientConfig, budget: Arc<RateBudget>, observer: Option<Arc<dyn CallObserver>>) -> Result<Self> {
         // reqwest is built without a default crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();

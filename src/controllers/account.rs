@@ -3,76 +3,103 @@
 //! the rest.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use driver::{Applied, Driver, Facts, Intent, Kind, Note, Packed, Plan, Reconciler, jittered, stable_hash};
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState, Wrote};
-use super::{Context, ReconcileResult, controller_for, jittered, namespaced_api};
-use crate::driver::{self, Applied, Failure, Health, Note, Plan, Reason, Reconciler, stable_hash};
+use super::{Services, namespaced_api};
 use crate::index::Holder;
+use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
-    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, ManagementPolicy, PendingWrite, UsageStatus, annotation,
+    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, CyclrPartner, ManagementPolicy, UsageStatus, annotation,
     annotations, same_conditions,
 };
 use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
 
-/// The account controller. Its watch is the only one of CyclrAccounts this operator serves:
-/// every change is also sent to `account_changes` (the installs wait on their account), and,
-/// when `feeds_claims` (the watch sees every CyclrAccount in the cluster), it keeps the claim
-/// index too, so no second watch of the kind is needed.
+/// The account kind's own state.
+pub struct AccountState {
+    services: Arc<Services>,
+    /// The watched partners, to tell "not checked yet" from "does not exist".
+    partners: Store<Packed<CyclrPartner>>,
+    /// When each account's usage was last read (by uid hash): in memory, not status, so a
+    /// poll that finds nothing new writes nothing.
+    usage_polls: Mutex<HashMap<u64, Instant>>,
+}
+
+impl AccountState {
+    /// The state of the account kind, reading partners from `partners` (the partner watch).
+    pub fn new(services: Arc<Services>, partners: Store<Packed<CyclrPartner>>) -> Self {
+        AccountState {
+            services,
+            partners,
+            usage_polls: Mutex::default(),
+        }
+    }
+}
+
+/// The account controller, and its store (installs look their account up in it). Its watch is
+/// the only one of CyclrAccounts this operator serves: every change is also sent to
+/// `account_changes` (the installs wait on their account), and, when `feeds_claims` (the watch
+/// sees every CyclrAccount in the cluster), it keeps the claim index too, so no second watch
+/// of the kind is needed.
 pub fn controller(
-    ctx: Arc<Context>,
+    driver: Arc<Driver>,
+    state: AccountState,
     partner_wakes: UnboundedReceiver<String>,
     account_changes: UnboundedSender<ObjectRef<CyclrAccount>>,
     feeds_claims: bool,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Stream<Item = ReconcileResult<CyclrAccount>> {
-    let claims = ctx.clone();
-    let controller = controller_for::<CyclrAccount>(
-        &ctx,
-        namespaced_api::<DeserializeGuard<CyclrAccount>>(ctx.client.clone(), &ctx.config),
-        move |event| {
-            if let watcher::Event::Apply(DeserializeGuard(Ok(a))) | watcher::Event::InitApply(DeserializeGuard(Ok(a))) =
-                event
-            {
-                if feeds_claims {
-                    claims.claim_annotated(&a.metadata);
-                }
-                let _ = account_changes.unbounded_send(ObjectRef::from_obj(a));
+) -> (
+    impl Stream<Item = driver::ReconcileResult<CyclrAccount>>,
+    Store<Packed<CyclrAccount>>,
+) {
+    let api = namespaced_api::<DeserializeGuard<CyclrAccount>>(driver.client.clone(), &state.services.config);
+    let claims = state.services.clone();
+    let kind = Kind::<CyclrAccount>::new(driver, state);
+    let controller = driver::controller_for(&kind, api, move |event| {
+        if let watcher::Event::Apply(DeserializeGuard(Ok(a))) | watcher::Event::InitApply(DeserializeGuard(Ok(a))) =
+            event
+        {
+            if feeds_claims {
+                claims.claim_annotated(&a.metadata);
             }
-        },
-    );
+            let _ = account_changes.unbounded_send(ObjectRef::from_obj(a));
+        }
+    });
     let store = controller.store();
-    let _ = ctx.accounts.set(store.clone());
     // A new snapshot, a change in the partner's readiness or its deletion wakes its accounts:
     // due at once on the resync queue, which hands them to kube a few at a time. (A stream
     // that never yields, polled by the controller for as long as it runs.)
-    let resyncs = ctx.resyncs_of(&<CyclrAccount as kube::Resource>::kind(&()));
+    let accounts = store.clone();
+    let waker = kind.clone();
     let partner_accounts = partner_wakes.filter_map(move |partner| {
-        for account in store.state() {
+        for account in accounts.state() {
             if account.depends_on(None, &partner) {
-                resyncs.schedule(account.meta(), Duration::ZERO);
+                waker.wake(account.meta());
             }
         }
         futures::future::ready(None)
     });
-    controller
+    let results = controller
         .reconcile_on(partner_accounts)
         .graceful_shutdown_on(shutdown)
-        .run(driver::reconcile::<CyclrAccount>, super::error_policy, ctx)
+        .run(driver::reconcile, driver::error_policy, kind);
+    (results, store)
 }
 
-crate::managed_status!(
+driver::managed_status!(
     CyclrAccountStatus,
     pending = pending_create,
     last_sync_time = last_sync_time
@@ -90,7 +117,9 @@ pub enum PartnerView {
     Unchecked,
     /// Its namespaceSelector does not select this namespace.
     NotAllowed,
+    /// It cannot be used: why.
     NotReady(String),
+    /// Ready, with its price plans and (once listed) its account snapshot.
     Ready {
         runtime: Arc<PartnerRuntime>,
         plans: Vec<PricePlan>,
@@ -98,7 +127,7 @@ pub enum PartnerView {
     },
 }
 
-/// Everything `decide` looks at.
+/// Everything `decide` looks at (the clock and the pending create are in [`Facts`]).
 pub struct Observed {
     pub partner: PartnerView,
     /// Who else holds each Cyclr account id `decide` may look at (the oldest other holder).
@@ -109,50 +138,11 @@ pub struct Observed {
     pub usage_deferred: bool,
     /// How long until the next usage read is due, for an account whose usage is read.
     pub usage_due_in: Option<Duration>,
-    /// When this look started (a list taken during the reconcile is at least this new).
-    pub now: DateTime<Utc>,
-    /// When the watch delivered this version of the resource: it existed then.
-    pub seen_at: DateTime<Utc>,
-    /// This process's latest create for the account that did or may have created one.
-    pub create: Option<CreateAttempt>,
     /// Held while no id is known: creates of one name in one partner are serialised.
     _name_guard: Option<NameGuard>,
     /// Held while this reconcile may create an account: the partner's usage reads wait.
     _onboarding: Option<Onboarding>,
 }
-
-/// A create this process sent for an account, kept in memory until the resource is gone.
-/// Both of its uses are about a status write not (yet) seen: found by `make chaos`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CreateAttempt {
-    /// When it ended. `pendingCreate.since` is stamped before the create waits for the
-    /// partner's budget, so a list taken between the two cannot show the account yet: a lost
-    /// create is judged only from a list taken after this (scenario 2, Cyclr faults).
-    pub ended: DateTime<Utc>,
-    /// The id Cyclr answered; `None` when the response was lost. The status write that
-    /// records the id can fail (the API server away) and the watch can stay behind our own
-    /// pending marker: the id is then known from here, and an object showing neither marker
-    /// nor id is older than our own writes (scenario 4, API server restarts).
-    pub id: Option<String>,
-}
-
-impl super::Context {
-    /// This process's create for the account `uid`, forgotten once the object shows its id
-    /// (`held`): the watch has caught up, and 10,000 accounts need not keep one each.
-    fn create_attempt(&self, uid: &str, held: Option<&str>) -> Option<CreateAttempt> {
-        let mut attempts = self.create_attempts.lock().expect("lock");
-        let attempt = attempts.get(uid)?;
-        if attempt.id.is_some() && attempt.id.as_deref() == held {
-            attempts.remove(uid);
-            return None;
-        }
-        Some(attempt.clone())
-    }
-}
-
-/// How long an object showing neither the pending marker nor the id of a create this
-/// process made is taken as stale: the watch catches up within it.
-const STALE_AFTER_CREATE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// The Cyclr write an account needs.
 #[derive(Debug)]
@@ -180,7 +170,10 @@ impl CyclrAccount {
 }
 
 impl Reconciler for CyclrAccount {
+    type State = AccountState;
     type Status = CyclrAccountStatus;
+    type Reason = Reason;
+    type Failure = Failure;
     type Observed = Observed;
     type Refresh = DateTime<Utc>;
     type Write = Write;
@@ -195,11 +188,11 @@ impl Reconciler for CyclrAccount {
 
     async fn observe(
         &self,
-        ctx: &Context,
-        seen_at: DateTime<Utc>,
+        state: &AccountState,
+        _: &Facts,
         refresh: Option<DateTime<Utc>>,
     ) -> Result<Observed, Failure> {
-        let now = Utc::now();
+        let services = &state.services;
         let uid = self.uid().unwrap_or_default();
         let partner_name = &self.spec.partner_ref.name;
         let namespace = self.namespace().unwrap_or_default();
@@ -209,19 +202,16 @@ impl Reconciler for CyclrAccount {
             usage: None,
             usage_deferred: false,
             usage_due_in: None,
-            now,
-            seen_at,
-            create: ctx.create_attempt(&uid, status_or_annotation_id(self)),
             _name_guard: None,
             _onboarding: None,
         };
-        let Some(runtime) = ctx.partners.get(partner_name) else {
-            if ctx.partner_exists(partner_name) {
+        let Some(runtime) = services.partners.get(partner_name) else {
+            if super::partner::exists(&state.partners, partner_name) {
                 observed.partner = PartnerView::Unchecked;
             }
             return Ok(observed);
         };
-        if !runtime.admits(&ctx.namespace_labels(&namespace).unwrap_or_default()) {
+        if !runtime.admits(&services.namespace_labels(&namespace).unwrap_or_default()) {
             observed.partner = PartnerView::NotAllowed;
             return Ok(observed);
         }
@@ -251,14 +241,19 @@ impl Reconciler for CyclrAccount {
             ),
             None => runtime.snapshot().await,
         };
-        let name = self.cyclr_name();
-        let relevant = snapshot
-            .iter()
-            .flat_map(|s| s.named(&name))
+        // Under the name in the spec, and under the name a pending create sent.
+        let sent = self
+            .status
+            .as_ref()
+            .and_then(|s| s.pending_create.as_ref()?.sent.clone());
+        let relevant = [Some(self.cyclr_name()), sent]
+            .into_iter()
+            .flatten()
+            .flat_map(|name| snapshot.iter().flat_map(move |s| s.named(&name)).collect::<Vec<_>>())
             .map(|a| a.id)
             .chain(id.clone());
         for candidate in relevant {
-            if let Some(holder) = ctx.account_claims.held_by_other(&candidate, &uid) {
+            if let Some(holder) = services.account_claims.held_by_other(&candidate, &uid) {
                 observed.claims.insert(candidate, holder);
             }
         }
@@ -268,15 +263,15 @@ impl Reconciler for CyclrAccount {
             && self.spec.usage.enabled
             && snapshot.as_ref().is_some_and(|s| s.listed(id))
         {
-            let mut due_in = usage_due_in(self, ctx, &runtime);
+            let mut due_in = usage_due_in(self, state, &runtime);
             if due_in.is_zero() {
                 // Onboarding first: a usage read waits while the partner's accounts are being
                 // created (a later reconcile reads it), so creates get the whole request budget.
                 if runtime.is_onboarding() {
                     observed.usage_deferred = true;
                 } else {
-                    observed.usage = read_usage(self, ctx, &runtime, id).await;
-                    due_in = usage_due_in(self, ctx, &runtime);
+                    observed.usage = read_usage(self, state, &runtime, id).await;
+                    due_in = usage_due_in(self, state, &runtime);
                 }
             }
             observed.usage_due_in = Some(due_in);
@@ -289,42 +284,22 @@ impl Reconciler for CyclrAccount {
         Ok(observed)
     }
 
-    fn decide(&self, observed: &Observed) -> Plan<Self> {
-        decide(self, observed)
+    fn decide(&self, observed: &Observed, facts: &Facts) -> Plan<Self> {
+        decide(self, observed, facts)
     }
 
-    async fn act(
-        &self,
-        ctx: &Context,
-        observed: &Observed,
-        write: Write,
-    ) -> Result<Applied<CyclrAccountStatus>, Failure> {
+    async fn act(&self, state: &AccountState, observed: &Observed, write: Write) -> Result<Applied<Self>, Failure> {
         let PartnerView::Ready { runtime, .. } = &observed.partner else {
             unreachable!("writes are decided only for a ready partner")
         };
         let previous = self.status.clone().unwrap_or_default();
         match write {
             Write::Create { fields } => {
-                let created = runtime
+                let id = runtime
                     .client
                     .create_account(&fields)
                     .await
-                    .map_err(Failure::cyclr("the account create"));
-                let attempt = match &created {
-                    Ok(id) => Some(Some(id.clone())),
-                    Err(failure) if failure.outcome_unknown() => Some(None),
-                    // Refused, nothing created: nothing to remember.
-                    Err(_) => None,
-                };
-                let uid = self.uid().unwrap_or_default();
-                {
-                    let mut attempts = ctx.create_attempts.lock().expect("lock");
-                    match attempt {
-                        Some(id) => attempts.insert(uid, CreateAttempt { ended: Utc::now(), id }),
-                        None => attempts.remove(&uid),
-                    };
-                }
-                let id = created?;
+                    .map_err(Failure::cyclr("the account create"))?;
                 let created = apply_changes(
                     Account {
                         id: id.clone(),
@@ -335,12 +310,13 @@ impl Reconciler for CyclrAccount {
                 );
                 runtime.remember_account(created.clone(), Wrote::Created).await;
                 // Claimed at once, before the watch reports the annotation.
-                let _ = ctx.account_claims.claim(&id, &Holder::of(&self.metadata));
+                let _ = state.services.account_claims.claim(&id, &Holder::of(&self.metadata));
                 Ok(Applied {
                     health: Health::ready(Reason::Synced, SYNCED),
                     status: with_account(previous, &created, observed.usage.clone()),
                     // No Event: a rollout of thousands would write thousands; status says it.
                     event: None,
+                    made: Some(id),
                 })
             }
             Write::Update {
@@ -374,12 +350,13 @@ impl Reconciler for CyclrAccount {
                     health: Health::ready(Reason::Synced, SYNCED),
                     status: with_account(previous, &updated, observed.usage.clone()),
                     event: Some(note),
+                    made: None,
                 })
             }
         }
     }
 
-    fn resync(&self, observed: &Observed) -> Option<Duration> {
+    fn resync(&self, _: &AccountState, observed: &Observed) -> Option<Duration> {
         match &observed.partner {
             PartnerView::Ready { runtime, .. } => {
                 let resync = jittered(runtime.resync_interval.min(runtime.usage_interval));
@@ -401,15 +378,29 @@ impl Reconciler for CyclrAccount {
         Some((None, &self.spec.partner_ref.name))
     }
 
-    fn forget(ctx: &Context, meta: &ObjectMeta) {
+    /// A create that outlived its resource is reported on the partner.
+    fn orphan_report(&self) -> Option<ObjectReference> {
+        Some(partner_reference(&self.spec.partner_ref.name))
+    }
+
+    fn forget(state: &AccountState, meta: &ObjectMeta) {
         let uid = meta.uid.as_deref().unwrap_or_default();
-        ctx.usage_polls.lock().expect("lock").remove(&stable_hash(uid));
-        ctx.create_attempts.lock().expect("lock").remove(uid);
-        ctx.account_claims.remove(uid);
-        ctx.metrics.forget_account(
+        state.usage_polls.lock().expect("lock").remove(&stable_hash(uid));
+        state.services.account_claims.remove(uid);
+        state.services.metrics.forget_account(
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),
         );
+    }
+}
+
+/// A reference to the CyclrPartner `name`, for Events about it.
+fn partner_reference(name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(CyclrPartner::api_version(&()).into_owned()),
+        kind: Some(CyclrPartner::kind(&()).into_owned()),
+        name: Some(name.to_string()),
+        ..ObjectReference::default()
     }
 }
 
@@ -506,8 +497,8 @@ fn field_names(changes: &AccountFields) -> String {
     .join(", ")
 }
 
-/// The one decision of a reconcile (pure).
-pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
+/// The one decision of a reconcile (pure: the time and the pending create are in `facts`).
+pub fn decide(account: &CyclrAccount, obs: &Observed, facts: &Facts) -> Plan<CyclrAccount> {
     let spec = &account.spec;
     let previous = account.status.clone().unwrap_or_default();
     let report = |health: Health| Plan::Report {
@@ -521,13 +512,13 @@ pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
         // every account; a new account gets its first status at once.
         PartnerView::Unchecked if account.status.is_some() => return Plan::Wait(Duration::from_secs(5)),
         PartnerView::Unchecked => {
-            return report(Health::progressing(
+            return report(Health::reconciling(
                 Reason::PartnerNotReady,
                 format!("CyclrPartner {partner:?} has not been checked yet"),
             ));
         }
         PartnerView::NotFound => {
-            return report(Health::progressing(
+            return report(Health::reconciling(
                 Reason::PartnerNotFound,
                 format!("CyclrPartner {partner:?} does not exist (or has not been checked yet); no Cyclr call is made"),
             ));
@@ -542,7 +533,7 @@ pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
             ));
         }
         PartnerView::NotReady(why) => {
-            return report(Health::progressing(
+            return report(Health::reconciling(
                 Reason::PartnerNotReady,
                 format!("CyclrPartner {partner:?} is not ready: {why}"),
             ));
@@ -558,7 +549,7 @@ pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
         Err(health) => return report(health),
     };
     let Some(snapshot) = snapshot else {
-        return Plan::Refresh(obs.now);
+        return Plan::Refresh(facts.now);
     };
     let held = status_or_annotation_id(account);
     if let (Some(held), Some(wanted)) = (held, spec.account_id.as_deref())
@@ -571,10 +562,11 @@ pub fn decide(account: &CyclrAccount, obs: &Observed) -> Plan<CyclrAccount> {
             ),
         ));
     }
-    let created = obs.create.as_ref().and_then(|c| c.id.as_deref());
+    // Created by this process, answered, and not yet in the object the watch shows.
+    let created = facts.pending.made();
     match account.known_id().or(created) {
-        Some(id) => decide_known(account, obs, snapshot, &desired, id, previous),
-        None => decide_new(account, obs, snapshot, desired, previous),
+        Some(id) => decide_known(account, obs, facts, snapshot, &desired, id, previous, None),
+        None => decide_new(account, obs, facts, snapshot, desired, previous),
     }
 }
 
@@ -587,16 +579,24 @@ fn status_or_annotation_id(account: &CyclrAccount) -> Option<&str> {
         .or_else(|| annotation(&account.metadata, annotations::ACCOUNT_ID))
 }
 
+/// An account whose Cyclr id is known: adopt it, correct it, or report it in sync.
+/// `adoption` says how the id was found, when a lost create's account is adopted.
+#[allow(clippy::too_many_arguments)]
 fn decide_known(
     account: &CyclrAccount,
     obs: &Observed,
+    facts: &Facts,
     snapshot: &AccountsSnapshot,
     desired: &AccountFields,
     id: &str,
     previous: CyclrAccountStatus,
+    adoption: Option<&str>,
 ) -> Plan<CyclrAccount> {
-    let report =
-        |health: Health, status: CyclrAccountStatus, event: Option<Note>| Plan::Report { health, status, event };
+    let report = |health: Health, status: CyclrAccountStatus, event: Option<Note<Reason>>| Plan::Report {
+        health,
+        status,
+        event,
+    };
     if let Some(holder) = obs.claims.get(id) {
         return report(
             Health::stalled(
@@ -612,8 +612,8 @@ fn decide_known(
     }
     let Some(found) = snapshot.get(id) else {
         // Not in a list taken during this reconcile either: it is gone.
-        if snapshot.taken_at < obs.now {
-            return Plan::Refresh(obs.now);
+        if snapshot.taken_at < facts.now {
+            return Plan::Refresh(facts.now);
         }
         let message = if status_or_annotation_id(account).is_some() {
             format!(
@@ -628,7 +628,9 @@ fn decide_known(
     let adopted = previous.account_id.is_none();
     let status = with_account(previous, &found, obs.usage.clone());
     let event = adopted.then(|| {
-        let how = if account.spec.account_id.is_some() {
+        let how = if let Some(how) = adoption {
+            how
+        } else if account.spec.account_id.is_some() {
             "named by spec.accountID"
         } else if status_or_annotation_id(account).is_some() {
             "recorded in the cyclr.com/account-id annotation"
@@ -678,7 +680,7 @@ fn settle(
     obs: &Observed,
     health: Health,
     status: CyclrAccountStatus,
-    event: Option<Note>,
+    event: Option<Note<Reason>>,
 ) -> Plan<CyclrAccount> {
     if let Some(previous) = &account.status
         && obs.usage_deferred
@@ -695,9 +697,11 @@ fn settle(
     Plan::Report { health, status, event }
 }
 
+/// An account without a Cyclr id: judge a lost create, or create it (once).
 fn decide_new(
     account: &CyclrAccount,
     obs: &Observed,
+    facts: &Facts,
     snapshot: &AccountsSnapshot,
     desired: AccountFields,
     previous: CyclrAccountStatus,
@@ -713,91 +717,79 @@ fn decide_new(
             "managementPolicy ObserveOnly needs spec.accountID",
         ));
     }
-    // Look in a list taken after the resource was made (and after any earlier attempt), so
+    // Look in a list taken after the resource was made (and after an open create ended), so
     // an account made by hand or by a lost create is seen before creating. The resource was
     // made before the watch delivered it, and before its creationTimestamp's next whole
     // second: whichever comes first bounds the list (a list of a rollout's backlog is usually
     // newer than both; a new resource waits for the partner's next list, not for the second).
-    // An attempt this process made ended later than `pendingCreate.since` (the create waited
-    // for the partner's budget first): a list taken in between may not show its account yet.
-    // After a restart every list is taken after the attempt.
-    let pending = previous.pending_create.as_ref();
-    // This process sent a create whose outcome it does not know, yet the object shows no
-    // marker: it is older than our own marker write. Deciding from it would report the
-    // account as someone else's and write away the marker; wait for the watch instead.
-    if pending.is_none()
-        && let Some(attempt) = &obs.create
-        && attempt.id.is_none()
-        && obs.now - attempt.ended < STALE_AFTER_CREATE
-    {
-        return Plan::Wait(Duration::from_secs(1));
-    }
     let made_by = account
         .metadata
         .creation_timestamp
         .as_ref()
         .and_then(|Time(t)| DateTime::from_timestamp(t.as_second() + 1, 0))
-        .map_or(obs.seen_at, |next_second| next_second.min(obs.seen_at));
-    let not_before = [
-        pending.and_then(|p| {
-            DateTime::parse_from_rfc3339(&p.since)
-                .ok()
-                .map(|d| d.with_timezone(&Utc))
-        }),
-        pending.and(obs.create.as_ref().map(|c| c.ended)),
-    ]
-    .into_iter()
-    .flatten()
-    .fold(made_by, DateTime::max);
+        .map_or(facts.seen_at, |next_second| next_second.min(facts.seen_at));
+    // An open create shows in a list taken after it started; that it made nothing, only in
+    // one taken after it surely ended.
+    let not_before = facts.pending.since().map_or(made_by, |since| since.max(made_by));
     if snapshot.taken_at < not_before {
         return Plan::Refresh(not_before);
     }
     let name = desired.name.clone().unwrap_or_default();
-    let same_name = snapshot.named(&name);
-    let unclaimed: Vec<&str> = same_name
-        .iter()
-        .filter(|a| !obs.claims.contains_key(&a.id))
-        .map(|a| a.id.as_str())
-        .collect();
-    if let Some(pending) = pending {
-        // Only an account that did not exist before the attempt can be ours.
-        let ours: Vec<&str> = unclaimed
-            .iter()
-            .copied()
-            .filter(|id| !pending.existing_ids.iter().any(|e| e == id))
+    if facts.pending.is_open() {
+        // A create may have happened: look for the name it sent (the spec may have changed
+        // since); only an unclaimed account that did not exist before it can be ours.
+        let sent = facts.pending.sent().unwrap_or(&name);
+        let ours: Vec<Account> = snapshot
+            .named(sent)
+            .into_iter()
+            .filter(|a| !obs.claims.contains_key(&a.id) && !facts.pending.existed_before(&a.id))
             .collect();
         match ours.as_slice() {
-            [] => {}
-            [id] => {
-                let found = snapshot.get(id).expect("listed above");
-                return Plan::Report {
-                    health: Health::ready(Reason::Synced, SYNCED),
-                    status: CyclrAccountStatus {
-                        pending_create: None,
-                        ..with_account(previous, &found, None)
-                    },
-                    event: Some((
-                        Reason::Adopted,
-                        format!("adopted Cyclr account {id}, created by an earlier attempt whose response was lost"),
-                    )),
+            [] => {
+                // Nothing yet: wait until the create surely ended (after a restart, until the
+                // client's deadline the marker records), then look once more.
+                if let Some(wait) = facts.pending.wait_to_judge(facts.now) {
+                    return Plan::Wait(wait);
+                }
+                if let Some(after) = facts.pending.judge_after().filter(|after| snapshot.taken_at < *after) {
+                    return Plan::Refresh(after);
+                }
+            }
+            [found] => {
+                // Adopted, then brought to the spec (a name fixed since) in the same reconcile.
+                let status = CyclrAccountStatus {
+                    pending_create: None,
+                    ..previous
                 };
+                return decide_known(
+                    account,
+                    obs,
+                    facts,
+                    snapshot,
+                    &desired,
+                    &found.id,
+                    status,
+                    Some("created by an earlier attempt whose response was lost"),
+                );
             }
             many => {
+                let ids: Vec<&str> = many.iter().map(|a| a.id.as_str()).collect();
                 return report(Health::stalled(
                     Reason::AmbiguousAdoption,
                     format!(
-                        "a create may have succeeded, but {} new unclaimed Cyclr accounts are named {name:?} ({}); set spec.accountID to the right one when re-creating this resource",
-                        many.len(),
-                        many.join(", ")
+                        "a create may have succeeded, but {} new unclaimed Cyclr accounts are named {sent:?} ({}); set spec.accountID to the right one when re-creating this resource",
+                        ids.len(),
+                        ids.join(", ")
                     ),
                 ));
             }
         }
     }
-    let foreign: Vec<&str> = unclaimed
+    let same_name = snapshot.named(&name);
+    let foreign: Vec<&str> = same_name
         .iter()
-        .copied()
-        .filter(|id| pending.is_none_or(|p| p.existing_ids.iter().any(|e| e == id)))
+        .filter(|a| !obs.claims.contains_key(&a.id))
+        .map(|a| a.id.as_str())
         .collect();
     if !foreign.is_empty() {
         return report(Health::stalled(
@@ -809,11 +801,17 @@ fn decide_new(
             ),
         ));
     }
+    let PartnerView::Ready { runtime, .. } = &obs.partner else {
+        unreachable!("decided only for a ready partner")
+    };
     Plan::Write {
         write: Write::Create { fields: desired },
-        pending: Some(PendingWrite {
-            since: obs.now.to_rfc3339(),
+        pending: Some(Intent {
+            sent: name,
             existing_ids: same_name.iter().map(|a| a.id.clone()).collect(),
+            lasts: runtime.client.call_deadline(),
+            reason: Reason::Creating,
+            message: "creating the Cyclr account".into(),
         }),
         status: previous,
         event: None,
@@ -844,8 +842,8 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
 
 /// How long until the account's usage is due (`usageInterval` since the last read, less
 /// 10%); zero when it is.
-fn usage_due_in(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime) -> Duration {
-    let polls = ctx.usage_polls.lock().expect("lock");
+fn usage_due_in(account: &CyclrAccount, state: &AccountState, runtime: &PartnerRuntime) -> Duration {
+    let polls = state.usage_polls.lock().expect("lock");
     polls
         .get(&stable_hash(account.metadata.uid.as_deref().unwrap_or_default()))
         .map_or(Duration::ZERO, |last| {
@@ -854,12 +852,17 @@ fn usage_due_in(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime)
 }
 
 /// Get Account Usage, recorded in the metrics; `None` when Cyclr failed (read again later).
-async fn read_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRuntime, id: &str) -> Option<UsageStatus> {
+async fn read_usage(
+    account: &CyclrAccount,
+    state: &AccountState,
+    runtime: &PartnerRuntime,
+    id: &str,
+) -> Option<UsageStatus> {
     let key = stable_hash(account.metadata.uid.as_deref().unwrap_or_default());
     match runtime.client.account_usage(id, None).await {
         Ok(usage) => {
-            ctx.usage_polls.lock().expect("lock").insert(key, Instant::now());
-            ctx.metrics.account_usage(
+            state.usage_polls.lock().expect("lock").insert(key, Instant::now());
+            state.services.metrics.account_usage(
                 &account.namespace().unwrap_or_default(),
                 &account.name_any(),
                 usage.task_count,
@@ -868,7 +871,7 @@ async fn read_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRunt
             Some(usage_status(&usage))
         }
         Err(error) => {
-            tracing::warn!(error = %ctx.scrub(&error.to_string()), "could not read account usage");
+            tracing::warn!(error = %state.services.secrets.scrub(&error.to_string()), "could not read account usage");
             None
         }
     }
@@ -877,8 +880,9 @@ async fn read_usage(account: &CyclrAccount, ctx: &Context, runtime: &PartnerRunt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{PricePlanRef, READY, condition};
+    use crate::resources::{PendingWrite, PricePlanRef, READY, condition};
     use cyclr::{ClientConfig, CyclrClient};
+    use driver::{Attempt, State};
     use std::collections::BTreeMap;
 
     fn plans() -> Vec<PricePlan> {
@@ -934,12 +938,35 @@ mod tests {
         ))
     }
 
-    fn observed(
-        snapshot: Option<(DateTime<Utc>, Vec<Account>)>,
-        claims: &[(&str, &str)],
-        now: DateTime<Utc>,
-    ) -> Observed {
-        Observed {
+    /// What a reconcile observed, and the driver's facts.
+    struct Given {
+        obs: Observed,
+        facts: Facts,
+    }
+
+    impl std::ops::Deref for Given {
+        type Target = Observed;
+        fn deref(&self) -> &Observed {
+            &self.obs
+        }
+    }
+
+    impl std::ops::DerefMut for Given {
+        fn deref_mut(&mut self) -> &mut Observed {
+            &mut self.obs
+        }
+    }
+
+    /// The decision, with the pending marker read from the account's status as the driver
+    /// reads it.
+    fn decide(account: &CyclrAccount, given: &Given) -> Plan<CyclrAccount> {
+        let mut facts = given.facts.clone();
+        facts.pending.marker = account.status.as_ref().and_then(|s| s.pending_create.clone());
+        super::decide(account, &given.obs, &facts)
+    }
+
+    fn observed(snapshot: Option<(DateTime<Utc>, Vec<Account>)>, claims: &[(&str, &str)], now: DateTime<Utc>) -> Given {
+        let obs = Observed {
             partner: PartnerView::Ready {
                 runtime: runtime(),
                 plans: plans(),
@@ -961,13 +988,16 @@ mod tests {
             usage: None,
             usage_deferred: false,
             usage_due_in: None,
+            _name_guard: None,
+            _onboarding: None,
+        };
+        let facts = Facts {
             now,
             // Seen a minute ago: any snapshot a test builds is newer unless it says otherwise.
             seen_at: now - chrono::Duration::seconds(60),
-            create: None,
-            _name_guard: None,
-            _onboarding: None,
-        }
+            pending: Default::default(),
+        };
+        Given { obs, facts }
     }
 
     fn held(mut account: CyclrAccount, id: &str) -> CyclrAccount {
@@ -987,7 +1017,7 @@ mod tests {
 
     fn reason(plan: &Plan<CyclrAccount>) -> Option<Reason> {
         match plan {
-            Plan::Report { health, .. } => Some(health.reason()),
+            Plan::Report { health, .. } => Some(health.reason),
             _ => None,
         }
     }
@@ -1020,7 +1050,12 @@ mod tests {
         let obs = observed(Some((now, vec![cyclr_account("handmade", "acme", 2)])), &[], now);
         match decide(&pro(), &obs) {
             Plan::Report {
-                health: Health::Stalled { reason, message },
+                health:
+                    Health {
+                        state: State::Stalled,
+                        reason,
+                        message,
+                    },
                 ..
             } => {
                 assert_eq!(reason, Reason::AccountNameInUse);
@@ -1041,7 +1076,7 @@ mod tests {
         account.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap()));
         let decide_at = |taken: DateTime<Utc>, seen: DateTime<Utc>| {
             let mut obs = observed(Some((taken, vec![])), &[], seen.max(taken));
-            obs.seen_at = seen;
+            obs.facts.seen_at = seen;
             decide(&account, &obs)
         };
         let refreshed = |plan: Plan<CyclrAccount>| match plan {
@@ -1068,7 +1103,12 @@ mod tests {
         let account = resource(serde_json::json!({"pricePlan": {"name": "Gold"}}));
         match decide(&account, &observed(Some((now, vec![])), &[], now)) {
             Plan::Report {
-                health: Health::Stalled { reason, message },
+                health:
+                    Health {
+                        state: State::Stalled,
+                        reason,
+                        message,
+                    },
                 ..
             } => {
                 assert_eq!(reason, Reason::PricePlanNotFound);
@@ -1119,7 +1159,7 @@ mod tests {
         match decide(&account, &obs) {
             Plan::Report { status, health, .. } => {
                 assert_eq!(status.account_id.as_deref(), Some("a1"));
-                assert_eq!(health.reason(), Reason::Synced);
+                assert_eq!(health.reason, Reason::Synced);
             }
             _ => panic!("no create, no update: the id is restored"),
         }
@@ -1136,7 +1176,12 @@ mod tests {
         );
         match decide(&account, &obs) {
             Plan::Report {
-                health: Health::Stalled { reason, message },
+                health:
+                    Health {
+                        state: State::Stalled,
+                        reason,
+                        message,
+                    },
                 ..
             } => {
                 assert_eq!(reason, Reason::AccountClaimed);
@@ -1246,7 +1291,12 @@ mod tests {
         let obs = observed(Some((now, vec![cyclr_account("a1", "other", 2)])), &[], now);
         match decide(&account, &obs) {
             Plan::Report {
-                health: Health::Ready { message, .. },
+                health:
+                    Health {
+                        state: State::Ready,
+                        message,
+                        ..
+                    },
                 ..
             } => assert!(message.contains("not corrected")),
             _ => panic!("expected a report"),
@@ -1285,6 +1335,7 @@ mod tests {
             pending_create: Some(PendingWrite {
                 since: (now - chrono::Duration::seconds(5)).to_rfc3339(),
                 existing_ids: vec!["before".into()],
+                ..Default::default()
             }),
             ..Default::default()
         });
@@ -1332,54 +1383,111 @@ mod tests {
         account.status = Some(CyclrAccountStatus {
             pending_create: Some(PendingWrite {
                 since: since.to_rfc3339(),
-                existing_ids: vec![],
+                ..Default::default()
             }),
             ..Default::default()
         });
         let between = ended - chrono::Duration::seconds(3);
-        let lost = Some(CreateAttempt { ended, id: None });
+        let lost = Some(Attempt {
+            ended,
+            sent: "acme".into(),
+            made: None,
+        });
         let mut obs = observed(Some((between, vec![])), &[], ended);
-        obs.create = lost.clone();
+        obs.facts.pending.attempt = lost.clone();
         assert!(
             matches!(decide(&account, &obs), Plan::Refresh(after) if after >= ended),
             "a list from before the attempt ended must not lead to a second create"
         );
         let mut obs = observed(Some((ended, vec![cyclr_account("mine", "acme", 3)])), &[], ended);
-        obs.create = lost;
+        obs.facts.pending.attempt = lost;
         assert!(matches!(decide(&account, &obs), Plan::Report { .. }), "adopted");
     }
 
     #[test]
-    fn an_object_older_than_our_own_create_is_not_decided_from() {
+    fn after_a_restart_a_lost_create_is_judged_after_the_clients_deadline() {
+        // The create may still be applied until its deadline, recorded in the marker: a list
+        // from before then must not lead to a second create.
+        let now = Utc::now();
+        let mut account = pro();
+        account.status = Some(CyclrAccountStatus {
+            pending_create: Some(PendingWrite {
+                since: (now - chrono::Duration::seconds(5)).to_rfc3339(),
+                until: Some((now + chrono::Duration::seconds(25)).to_rfc3339()),
+                sent: Some("acme".into()),
+                existing_ids: vec![],
+            }),
+            ..Default::default()
+        });
+        let obs = observed(Some((now, vec![])), &[], now);
+        assert!(
+            matches!(decide(&account, &obs), Plan::Wait(wait) if wait > Duration::from_secs(20)),
+            "nothing shown yet: wait for the deadline, no list storm"
+        );
+        // What it made is adopted as soon as a list shows it.
+        let obs = observed(Some((now, vec![cyclr_account("mine", "acme", 3)])), &[], now);
+        assert!(matches!(decide(&account, &obs), Plan::Report { .. }));
+        let later = now + chrono::Duration::seconds(26);
+        let obs = observed(Some((later, vec![])), &[], later);
+        assert!(matches!(decide(&account, &obs), Plan::Write { .. }), "nothing was made");
+    }
+
+    #[test]
+    fn a_lost_create_is_looked_for_under_the_name_it_sent_then_updated_to_the_spec() {
+        // The create sent "Acme Typo", committed, lost its answer; the name was fixed since.
+        let now = Utc::now();
+        let mut account = resource(serde_json::json!({"name": "Acme"}));
+        account.status = Some(CyclrAccountStatus {
+            pending_create: Some(PendingWrite {
+                since: (now - chrono::Duration::seconds(60)).to_rfc3339(),
+                until: Some((now - chrono::Duration::seconds(30)).to_rfc3339()),
+                sent: Some("Acme Typo".into()),
+                existing_ids: vec![],
+            }),
+            ..Default::default()
+        });
+        let obs = observed(Some((now, vec![cyclr_account("mine", "Acme Typo", 3)])), &[], now);
+        match decide(&account, &obs) {
+            Plan::Write {
+                write: Write::Update { observed, changes, .. },
+                pending: None,
+                status,
+                event,
+            } => {
+                assert_eq!(observed.id, "mine");
+                assert_eq!(changes.name.as_deref(), Some("Acme"), "the edit, in one Update");
+                assert_eq!(
+                    status.account_id.as_deref(),
+                    Some("mine"),
+                    "adopted even if the update fails"
+                );
+                assert_eq!(status.pending_create, None);
+                assert_eq!(event.map(|e| e.0), Some(Reason::Adopted));
+            }
+            _ => panic!("expected the lost create's account adopted and updated"),
+        }
+    }
+
+    #[test]
+    fn an_object_older_than_our_own_create_is_decided_with_the_id_we_were_answered() {
         // The API server went away: the marker write and the create went through, the
         // status write with the id did not, and the watch still shows the object before
         // the marker. Cyclr lists the account, which no resource holds.
         let now = Utc::now();
         let list = vec![cyclr_account("mine", "acme", 3)];
-        let mut obs = observed(Some((now, list.clone())), &[], now);
-        obs.create = Some(CreateAttempt {
+        let mut obs = observed(Some((now, list)), &[], now);
+        obs.facts.pending.attempt = Some(Attempt {
             ended: now - chrono::Duration::seconds(2),
-            id: Some("mine".into()),
+            sent: "acme".into(),
+            made: Some("mine".into()),
         });
         match decide(&pro(), &obs) {
             Plan::Report { status, health, .. } => {
                 assert_eq!(status.account_id.as_deref(), Some("mine"), "the id it was answered");
-                assert!(matches!(health, Health::Ready { .. }));
+                assert_eq!(health.state, State::Ready);
             }
             _ => panic!("expected the created account to be recorded"),
         }
-        // The response was lost too: wait for the watch, never AccountNameInUse.
-        obs.create = Some(CreateAttempt {
-            ended: now - chrono::Duration::seconds(2),
-            id: None,
-        });
-        assert!(matches!(decide(&pro(), &obs), Plan::Wait(_)));
-        // Long after, the object is what it is: the name is in use.
-        obs.create = Some(CreateAttempt {
-            ended: now - chrono::Duration::minutes(10),
-            id: None,
-        });
-        assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::AccountNameInUse));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use driver::{Applied, Driver, Facts, Intent, Kind, Packed, Plan, Reconciler, State};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
@@ -13,42 +14,70 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{ResourceExt, api::Api};
 use secrecy::SecretString;
 
 use super::partners::{NameGuard, PartnerRuntime, PartnerState};
-use super::{Context, ReconcileResult, controller_for, namespaced_api, users_of_secret};
-use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
+use super::{Services, namespaced_api, partner, users_of_secret};
 use crate::index::Holder;
+use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
-    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, PendingWrite, READY, annotation, annotations,
+    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, CyclrPartner, READY, annotation, annotations,
     condition,
 };
 use crate::secrets::CredentialsDigest;
 use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
 
+/// The install kind's own state.
+pub struct InstallState {
+    services: Arc<Services>,
+    /// The watched partners, to tell "not checked yet" from "does not exist".
+    partners: Store<Packed<CyclrPartner>>,
+    /// The watched accounts: an install reads its account from here (no GET).
+    accounts: Store<Packed<CyclrAccount>>,
+}
+
+impl InstallState {
+    /// The state of the install kind, reading partners and accounts from their watches.
+    pub fn new(
+        services: Arc<Services>,
+        partners: Store<Packed<CyclrPartner>>,
+        accounts: Store<Packed<CyclrAccount>>,
+    ) -> Self {
+        InstallState {
+            services,
+            partners,
+            accounts,
+        }
+    }
+
+    /// The account `namespace/name` from the watch.
+    fn account(&self, namespace: &str, name: &str) -> Option<CyclrAccount> {
+        let packed = self.accounts.get(&ObjectRef::new(name).within(namespace))?;
+        packed.unpack().ok()
+    }
+}
+
+/// The install controller.
 pub fn controller(
-    ctx: Arc<Context>,
+    driver: Arc<Driver>,
+    state: InstallState,
     secret_changes: UnboundedReceiver<Secret>,
     account_changes: UnboundedReceiver<ObjectRef<CyclrAccount>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Stream<Item = ReconcileResult<CyclrConnectorInstall>> {
+) -> impl Stream<Item = driver::ReconcileResult<CyclrConnectorInstall>> {
+    let api = namespaced_api::<DeserializeGuard<CyclrConnectorInstall>>(driver.client.clone(), &state.services.config);
     // The installed-name index is fed by the installs' own watch.
-    let index_ctx = ctx.clone();
-    let controller = controller_for::<CyclrConnectorInstall>(
-        &ctx,
-        namespaced_api::<DeserializeGuard<CyclrConnectorInstall>>(ctx.client.clone(), &ctx.config),
-        move |event| match event {
-            watcher::Event::Apply(DeserializeGuard(Ok(i))) | watcher::Event::InitApply(DeserializeGuard(Ok(i))) => {
-                index_ctx
-                    .install_claims
-                    .set(Holder::of(&i.metadata), vec![install_key(i)]);
-            }
-            _ => {}
-        },
-    );
+    let index = state.services.clone();
+    let kind = Kind::<CyclrConnectorInstall>::new(driver, state);
+    let controller = driver::controller_for(&kind, api, move |event| match event {
+        watcher::Event::Apply(DeserializeGuard(Ok(i))) | watcher::Event::InitApply(DeserializeGuard(Ok(i))) => {
+            index.install_claims.set(Holder::of(&i.metadata), vec![install_key(i)]);
+        }
+        _ => {}
+    });
     let by_account = controller.store();
     let users = users_of_secret(controller.store(), |i: &CyclrConnectorInstall, s: &Secret| {
         i.namespace() == s.namespace() && i.secret_names().contains(&s.name_any().as_str())
@@ -68,7 +97,7 @@ pub fn controller(
         // A credentials Secret appearing wakes the installs that wait for it.
         .watches_stream(secret_changes.map(Ok), users)
         .graceful_shutdown_on(shutdown)
-        .run(driver::reconcile::<CyclrConnectorInstall>, super::error_policy, ctx)
+        .run(driver::reconcile, driver::error_policy, kind)
 }
 
 /// The claim key of an install: one installed name per account.
@@ -81,12 +110,13 @@ fn install_key(install: &CyclrConnectorInstall) -> String {
     )
 }
 
-crate::managed_status!(CyclrConnectorInstallStatus, pending = pending_install);
+driver::managed_status!(CyclrConnectorInstallStatus, pending = pending_install);
 
 /// The account (and its partner) as an install needs it.
 pub enum AccountView {
     /// Not usable yet: the reason and message to report.
     Waiting(Reason, String),
+    /// Ready, with its Cyclr id and its partner's runtime.
     Ready {
         account_id: String,
         runtime: Arc<PartnerRuntime>,
@@ -107,29 +137,8 @@ pub enum InstalledView {
     Listed(Vec<InstalledConnector>),
 }
 
-/// An install this process sent that did or may have installed something, kept in memory
-/// until the resource is gone: the status write recording it can fail (the API server away)
-/// while the watch still shows the object from before the pending marker. Found by
-/// `make chaos` (scenario 4) for accounts; installs follow the same rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstallAttempt {
-    /// When it ended (answered or failed).
-    pub ended: DateTime<Utc>,
-    /// The account it was sent for.
-    pub account_id: String,
-    /// Cyclr answered it (installed); false when the response was lost.
-    pub answered: bool,
-}
-
-/// How long an object showing neither the pending marker nor the installation of an
-/// unanswered install this process sent is taken as stale.
-const STALE_AFTER_INSTALL: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
-
+/// Everything `decide` looks at (the clock and the pending install are in [`Facts`]).
 pub struct Observed {
-    /// When this reconcile started.
-    pub now: DateTime<Utc>,
-    /// This process's latest install for the resource that did or may have installed one.
-    pub attempt: Option<InstallAttempt>,
     pub account: AccountView,
     pub credentials: CredentialsView,
     /// The credentials' digest under the account's partner key, when both can be read.
@@ -142,7 +151,10 @@ pub struct Observed {
 }
 
 impl Reconciler for CyclrConnectorInstall {
+    type State = InstallState;
     type Status = CyclrConnectorInstallStatus;
+    type Reason = Reason;
+    type Failure = Failure;
     type Observed = Observed;
     type Refresh = ();
     type Write = ConnectorAuth;
@@ -155,25 +167,26 @@ impl Reconciler for CyclrConnectorInstall {
         Api::namespaced(client, self.metadata.namespace.as_deref().unwrap_or_default())
     }
 
-    async fn observe(&self, ctx: &Context, _: DateTime<Utc>, list: Option<()>) -> Result<Observed, Failure> {
+    async fn observe(&self, state: &InstallState, _: &Facts, list: Option<()>) -> Result<Observed, Failure> {
+        let services = &state.services;
         let holder = Holder::of(&self.metadata);
-        let claimed_by = ctx
+        let claimed_by = services
             .install_claims
             .held_by_other(&install_key(self), &holder.uid)
             .filter(|other| *other < holder);
         // The account and its partner's runtime (ready or not: the credentials digest needs
         // only its key), from the watches.
-        let cached = ctx.account(&self.namespace().unwrap_or_default(), &self.spec.account_ref.name);
-        let runtime = cached.as_ref().and_then(|a| ctx.partners.get(&a.spec.partner_ref.name));
-        let account = observe_account(self, ctx, cached.as_deref(), runtime.clone());
-        let credentials = observe_credentials(self, ctx).await?;
+        let cached = state.account(&self.namespace().unwrap_or_default(), &self.spec.account_ref.name);
+        let runtime = cached
+            .as_ref()
+            .and_then(|a| services.partners.get(&a.spec.partner_ref.name));
+        let account = observe_account(self, state, cached.as_ref(), runtime.clone());
+        let credentials = observe_credentials(self, services).await?;
         let credentials_digest = match (&credentials, runtime) {
             (CredentialsView::Ready(auth), Some(runtime)) => Some(runtime.credentials_digest.of(auth)),
             _ => None,
         };
         let mut observed = Observed {
-            now: Utc::now(),
-            attempt: ctx.install_attempts.lock().expect("lock").get(&holder.uid).cloned(),
             account,
             credentials,
             credentials_digest,
@@ -203,15 +216,16 @@ impl Reconciler for CyclrConnectorInstall {
 
     async fn act(
         &self,
-        ctx: &Context,
+        state: &InstallState,
         observed: &Observed,
         auth: ConnectorAuth,
-    ) -> Result<Applied<CyclrConnectorInstallStatus>, Failure> {
+    ) -> Result<Applied<Self>, Failure> {
         let AccountView::Ready { account_id, runtime } = &observed.account else {
             unreachable!("installs are decided only for a ready account")
         };
         // Recorded at once, so a second resource of the same name in this process stops.
-        if let Err(holder) = ctx
+        if let Err(holder) = state
+            .services
             .install_claims
             .claim(&install_key(self), &Holder::of(&self.metadata))
         {
@@ -219,6 +233,7 @@ impl Reconciler for CyclrConnectorInstall {
                 health: name_in_use(&holder.name),
                 status: self.status.clone().unwrap_or_default(),
                 event: None,
+                made: None,
             });
         }
         let request = InstallConnectorRequest {
@@ -228,33 +243,11 @@ impl Reconciler for CyclrConnectorInstall {
             installed_name: self.installed_name(),
             auth,
         };
-        let result = runtime
+        runtime
             .client
             .install_connector(&request)
             .await
-            .map_err(Failure::cyclr("the connector install"));
-        let answered = match &result {
-            Ok(()) => Some(true),
-            Err(failure) if failure.outcome_unknown() => Some(false),
-            // Refused, nothing installed: nothing to remember.
-            Err(_) => None,
-        };
-        {
-            let uid = self.uid().unwrap_or_default();
-            let mut attempts = ctx.install_attempts.lock().expect("lock");
-            match answered {
-                Some(answered) => attempts.insert(
-                    uid,
-                    InstallAttempt {
-                        ended: Utc::now(),
-                        account_id: account_id.clone(),
-                        answered,
-                    },
-                ),
-                None => attempts.remove(&uid),
-            };
-        }
-        result?;
+            .map_err(Failure::cyclr("the connector install"))?;
         Ok(Applied {
             health: Health::ready(Reason::Installed, "the connector is installed"),
             status: CyclrConnectorInstallStatus {
@@ -270,14 +263,16 @@ impl Reconciler for CyclrConnectorInstall {
                     request.connector_name, request.connector_version
                 ),
             )),
+            // Where it was installed: what the watch may not show yet.
+            made: Some(account_id.clone()),
         })
     }
 
-    fn decide(&self, observed: &Observed) -> Plan<Self> {
-        decide(self, observed)
+    fn decide(&self, observed: &Observed, facts: &Facts) -> Plan<Self> {
+        decide(self, observed, facts)
     }
 
-    fn resync(&self, _: &Observed) -> Option<Duration> {
+    fn resync(&self, _: &InstallState, _: &Observed) -> Option<Duration> {
         // Installed is final; nothing in Cyclr to compare with on a timer.
         None
     }
@@ -294,13 +289,17 @@ impl Reconciler for CyclrConnectorInstall {
         Some((self.metadata.namespace.as_deref(), &self.spec.account_ref.name))
     }
 
-    fn forget(ctx: &Context, meta: &ObjectMeta) {
-        ctx.install_claims.remove(meta.uid.as_deref().unwrap_or_default());
-        ctx.install_attempts
-            .lock()
-            .expect("lock")
+    fn forget(state: &InstallState, meta: &ObjectMeta) {
+        state
+            .services
+            .install_claims
             .remove(meta.uid.as_deref().unwrap_or_default());
     }
+}
+
+/// `at` as a Kubernetes timestamp.
+fn time(at: DateTime<Utc>) -> Time {
+    Time(Timestamp::from_microsecond(at.timestamp_micros()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 fn name_in_use(holder: &str) -> Health {
@@ -312,8 +311,8 @@ fn name_in_use(holder: &str) -> Health {
     )
 }
 
-/// The one decision of a reconcile (pure).
-pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConnectorInstall> {
+/// The one decision of a reconcile (pure: the time and the pending install are in `facts`).
+pub fn decide(install: &CyclrConnectorInstall, obs: &Observed, facts: &Facts) -> Plan<CyclrConnectorInstall> {
     let previous = install.status.clone().unwrap_or_default();
     let report = |health: Health| Plan::Report {
         health,
@@ -327,18 +326,18 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
         return report(name_in_use(&holder.name));
     }
     let account_id = match &obs.account {
-        AccountView::Waiting(reason, message) => return report(Health::progressing(*reason, message.clone())),
+        AccountView::Waiting(reason, message) => return report(Health::reconciling(*reason, message.clone())),
         AccountView::Ready { account_id, .. } => account_id.clone(),
     };
     let auth = match &obs.credentials {
-        CredentialsView::Missing(reason, message) => return report(Health::progressing(*reason, message.clone())),
+        CredentialsView::Missing(reason, message) => return report(Health::reconciling(*reason, message.clone())),
         CredentialsView::Ready(auth) => auth.clone(),
     };
     let name = install.installed_name();
-    let pending = previous.pending_install.as_ref();
+    let pending = &facts.pending;
     let same_name: Vec<&InstalledConnector> = match &obs.installed {
         InstalledView::NotListed => return Plan::Refresh(()),
-        InstalledView::Unavailable(why) if pending.is_some() => {
+        InstalledView::Unavailable(why) if pending.is_open() => {
             return report(Health::stalled(
                 Reason::InstallOutcomeUnknown,
                 format!(
@@ -349,18 +348,24 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
         InstalledView::Unavailable(_) => vec![],
         InstalledView::Listed(list) => list.iter().filter(|c| c.name == name).collect(),
     };
-    let new: Vec<&&InstalledConnector> = same_name
-        .iter()
-        .filter(|c| pending.is_some_and(|p| !p.existing_ids.contains(&c.id)))
-        .collect();
-    match (pending, new.as_slice()) {
-        (Some(_), [found]) => {
+    // An install may have happened: look for the name it sent; only an installed connector
+    // that did not exist before it can be ours.
+    let sent = pending.sent().unwrap_or(&name);
+    let new: Vec<&InstalledConnector> = match &obs.installed {
+        InstalledView::Listed(list) if pending.is_open() => list
+            .iter()
+            .filter(|c| c.name == sent && !pending.existed_before(&c.id))
+            .collect(),
+        _ => vec![],
+    };
+    match new.as_slice() {
+        [found] => {
             return Plan::Report {
                 health: Health::ready(Reason::Installed, "the connector is installed"),
                 status: CyclrConnectorInstallStatus {
                     account_id: Some(account_id.clone()),
                     installed_connector_id: Some(found.id.clone()),
-                    installed_at: Some(Time(Timestamp::now())),
+                    installed_at: Some(time(facts.now)),
                     credentials_digest: obs.credentials_digest.clone(),
                     pending_install: None,
                     ..previous.clone()
@@ -374,37 +379,33 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
                 )),
             };
         }
-        (Some(_), [_, _, ..]) => {
+        [_, _, ..] => {
             return report(Health::stalled(
                 Reason::InstallOutcomeUnknown,
-                format!("several new installed connectors are named {name:?} in account {account_id}; check Cyclr"),
+                format!("several new installed connectors are named {sent:?} in account {account_id}; check Cyclr"),
             ));
         }
-        _ => {}
-    }
-    let ours = obs.attempt.as_ref().filter(|a| a.account_id == account_id);
-    // This process sent an install whose outcome it does not know, yet the object shows no
-    // marker: it is older than our own marker write; wait for the watch.
-    if pending.is_none()
-        && let Some(attempt) = ours
-        && !attempt.answered
-        && obs.now - attempt.ended < STALE_AFTER_INSTALL
-    {
-        return Plan::Wait(Duration::from_secs(1));
+        // Nothing yet (the list was taken during this reconcile): wait until the install
+        // surely ended (after a restart, until the client's deadline the marker records).
+        [] => {
+            if let Some(wait) = pending.wait_to_judge(facts.now) {
+                return Plan::Wait(wait);
+            }
+        }
     }
     // Installed by this resource before its status was lost (a restore without status, a
     // status edit, a status write that failed): the annotation written after the install,
     // or this process's answered install, says where, and the list shows it again. Found
     // again, never refused as a name in use, never installed twice.
     let installed_here = annotation(&install.metadata, annotations::INSTALLED_IN_ACCOUNT) == Some(account_id.as_str())
-        || ours.is_some_and(|a| a.answered);
-    if pending.is_none() && installed_here {
+        || pending.made() == Some(account_id.as_str());
+    if !pending.is_open() && installed_here {
         let found_again = |id: Option<String>| Plan::Report {
             health: Health::ready(Reason::Installed, "the connector is installed"),
             status: CyclrConnectorInstallStatus {
                 account_id: Some(account_id.clone()),
                 installed_connector_id: id,
-                installed_at: Some(Time(Timestamp::now())),
+                installed_at: Some(time(facts.now)),
                 credentials_digest: obs.credentials_digest.clone(),
                 ..previous.clone()
             },
@@ -439,11 +440,17 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConn
             ),
         ));
     }
+    let AccountView::Ready { runtime, .. } = &obs.account else {
+        unreachable!("decided only for a ready account")
+    };
     Plan::Write {
         write: auth,
-        pending: Some(PendingWrite {
-            since: Utc::now().to_rfc3339(),
+        pending: Some(Intent {
+            sent: name,
             existing_ids: vec![],
+            lasts: runtime.client.call_deadline(),
+            reason: Reason::Installing,
+            message: "installing the connector".into(),
         }),
         status: previous,
         event: None,
@@ -482,7 +489,7 @@ fn installed(
     let status = match (&health, &obs.credentials_digest) {
         // The first digest, or one under the partner's rotated key: the credentials now in
         // force are taken as the ones installed (nothing older can be compared).
-        (Health::Ready { .. }, Some(current)) => CyclrConnectorInstallStatus {
+        (health, Some(current)) if health.state == State::Ready => CyclrConnectorInstallStatus {
             credentials_digest: Some(current.clone()),
             ..previous
         },
@@ -505,7 +512,7 @@ fn stalled_message(status: &CyclrConnectorInstallStatus, reason: Reason) -> Opti
 /// What the install's account (`account`, from the watch) and its partner's `runtime` allow.
 fn observe_account(
     install: &CyclrConnectorInstall,
-    ctx: &Context,
+    state: &InstallState,
     account: Option<&CyclrAccount>,
     runtime: Option<Arc<PartnerRuntime>>,
 ) -> AccountView {
@@ -522,7 +529,7 @@ fn observe_account(
     };
     let partner = &account.spec.partner_ref.name;
     let Some(runtime) = runtime else {
-        return if ctx.partner_exists(partner) {
+        return if partner::exists(&state.partners, partner) {
             AccountView::Waiting(
                 Reason::PartnerNotReady,
                 format!("CyclrPartner {partner:?} has not been checked yet"),
@@ -534,7 +541,7 @@ fn observe_account(
             )
         };
     };
-    if !runtime.admits(&ctx.namespace_labels(&namespace).unwrap_or_default()) {
+    if !runtime.admits(&state.services.namespace_labels(&namespace).unwrap_or_default()) {
         return AccountView::Waiting(
             Reason::PartnerNotAllowed,
             format!("CyclrPartner {partner:?} does not admit namespace {namespace:?}"),
@@ -559,7 +566,7 @@ fn observe_account(
 }
 
 /// The credentials from the labelled Secret in the install's namespace.
-async fn observe_credentials(install: &CyclrConnectorInstall, ctx: &Context) -> Result<CredentialsView, Failure> {
+async fn observe_credentials(install: &CyclrConnectorInstall, services: &Services) -> Result<CredentialsView, Failure> {
     let Some(auth) = &install.spec.auth else {
         return Ok(CredentialsView::Ready(ConnectorAuth::None));
     };
@@ -569,7 +576,7 @@ async fn observe_credentials(install: &CyclrConnectorInstall, ctx: &Context) -> 
         (None, Some(r)) => (&r.name, vec![&r.username_key, &r.password_key]),
         (None, None) => return Ok(CredentialsView::Ready(ConnectorAuth::None)),
     };
-    let values = match ctx.secrets.values(&namespace, name, &keys).await? {
+    let values = match services.secrets.values(&namespace, name, &keys).await? {
         Ok(values) => values,
         Err((reason, message)) => return Ok(CredentialsView::Missing(reason, message)),
     };
@@ -586,8 +593,10 @@ async fn observe_credentials(install: &CyclrConnectorInstall, ctx: &Context) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::PendingWrite;
     use cyclr::types::ConnectorSummary;
     use cyclr::{ClientConfig, CyclrClient};
+    use driver::{Attempt, Pending};
 
     fn install() -> CyclrConnectorInstall {
         let spec = serde_json::from_value(serde_json::json!({
@@ -601,11 +610,31 @@ mod tests {
         i
     }
 
+    /// The decision, with the pending marker read from the install's status as the driver
+    /// reads it, and this process's `attempt`.
+    fn decide_with(
+        install: &CyclrConnectorInstall,
+        obs: &Observed,
+        attempt: Option<Attempt>,
+    ) -> Plan<CyclrConnectorInstall> {
+        let facts = Facts {
+            now: Utc::now(),
+            seen_at: Utc::now(),
+            pending: Pending {
+                marker: install.status.as_ref().and_then(|s| s.pending_install.clone()),
+                attempt,
+            },
+        };
+        super::decide(install, obs, &facts)
+    }
+
+    fn decide(install: &CyclrConnectorInstall, obs: &Observed) -> Plan<CyclrConnectorInstall> {
+        decide_with(install, obs, None)
+    }
+
     fn ready(installed: InstalledView) -> Observed {
         let config = ClientConfig::new("http://127.0.0.1:9", "id", SecretString::from("s"));
         Observed {
-            now: Utc::now(),
-            attempt: None,
             account: AccountView::Ready {
                 account_id: "a1".into(),
                 runtime: Arc::new(PartnerRuntime::new(
@@ -646,7 +675,7 @@ mod tests {
 
     fn reason(plan: &Plan<CyclrConnectorInstall>) -> Option<Reason> {
         match plan {
-            Plan::Report { health, .. } => Some(health.reason()),
+            Plan::Report { health, .. } => Some(health.reason),
             _ => None,
         }
     }
@@ -685,13 +714,7 @@ mod tests {
         let obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
         match decide(&restored("a1"), &obs) {
             Plan::Report { health, status, event } => {
-                assert!(matches!(
-                    health,
-                    Health::Ready {
-                        reason: Reason::Installed,
-                        ..
-                    }
-                ));
+                assert_eq!((health.state, health.reason), (State::Ready, Reason::Installed));
                 assert!(status.installed_at.is_some());
                 assert_eq!(status.account_id.as_deref(), Some("a1"));
                 assert_eq!(status.installed_connector_id.as_deref(), Some("7"));
@@ -714,20 +737,36 @@ mod tests {
     fn an_object_older_than_our_own_install_is_not_decided_from() {
         // Installed, but the status write failed and the watch shows the object from before
         // the marker: recorded from memory, not refused as a name in use.
-        let mut obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
-        obs.attempt = Some(InstallAttempt {
+        let obs = ready(InstalledView::Listed(vec![listed("slack", "7")]));
+        let answered = Attempt {
             ended: Utc::now(),
-            account_id: "a1".into(),
-            answered: true,
+            sent: "slack".into(),
+            made: Some("a1".into()),
+        };
+        assert_eq!(
+            reason(&decide_with(&install(), &obs, Some(answered))),
+            Some(Reason::Installed)
+        );
+    }
+
+    #[test]
+    fn a_lost_install_is_looked_for_under_the_name_it_sent() {
+        let mut i = install();
+        i.status = Some(CyclrConnectorInstallStatus {
+            pending_install: Some(PendingWrite {
+                since: "2026-01-01T00:00:00Z".into(),
+                sent: Some("slack-old".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
         });
-        assert_eq!(reason(&decide(&install(), &obs)), Some(Reason::Installed));
-        // The response was lost too: wait for the watch.
-        obs.attempt = Some(InstallAttempt {
-            ended: Utc::now(),
-            account_id: "a1".into(),
-            answered: false,
-        });
-        assert!(matches!(decide(&install(), &obs), Plan::Wait(_)));
+        match decide(&i, &ready(InstalledView::Listed(vec![listed("slack-old", "7")]))) {
+            Plan::Report { status, health, .. } => {
+                assert_eq!(health.reason, Reason::Installed);
+                assert_eq!(status.installed_connector_id.as_deref(), Some("7"));
+            }
+            _ => panic!("expected the install it sent to be recorded"),
+        }
     }
 
     #[test]
@@ -763,13 +802,13 @@ mod tests {
         i.status = Some(CyclrConnectorInstallStatus {
             pending_install: Some(PendingWrite {
                 since: "2026-01-01T00:00:00Z".into(),
-                existing_ids: vec![],
+                ..Default::default()
             }),
             ..Default::default()
         });
         match decide(&i, &ready(InstalledView::Listed(vec![listed("slack", "7")]))) {
             Plan::Report { status, health, .. } => {
-                assert_eq!(health.reason(), Reason::Installed);
+                assert_eq!(health.reason, Reason::Installed);
                 assert_eq!(status.installed_connector_id.as_deref(), Some("7"));
                 assert!(status.pending_install.is_none());
             }
@@ -790,7 +829,7 @@ mod tests {
             ..Default::default()
         });
         match decide(&i, obs) {
-            Plan::Report { health, status, .. } => (health.reason(), status.credentials_digest),
+            Plan::Report { health, status, .. } => (health.reason, status.credentials_digest),
             _ => panic!("an installed connector is never written again"),
         }
     }

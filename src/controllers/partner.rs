@@ -5,62 +5,102 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use driver::{Applied, Driver, Facts, Kind, Packed, Plan, Reconciler, jittered};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use kube::core::{DeserializeGuard, Selector};
+use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use secrecy::SecretString;
 
 use super::partners::{PartnerRuntime, PartnerState};
-use super::{Context, ReconcileResult, controller_for, jittered, users_of_secret};
-use crate::driver::{self, Applied, Failure, Health, Plan, Reason, Reconciler};
+use super::{Services, users_of_secret};
+use crate::reason::{Failure, Health, Reason};
 use crate::resources::{CyclrPartner, CyclrPartnerStatus, PartnerDetailsStatus, PricePlanStatus};
 use crate::secrets::CredentialsDigest;
 use cyclr::types::{PartnerDetails, PricePlan};
-use cyclr::{ClientConfig, CyclrClient};
+use cyclr::{ClientConfig, CyclrClient, CyclrError};
 
+/// The partner controller, and its store (accounts tell "not checked yet" from "does not
+/// exist" by it).
 pub fn controller(
-    ctx: Arc<Context>,
+    driver: Arc<Driver>,
+    services: Arc<Services>,
     secret_changes: UnboundedReceiver<Secret>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Stream<Item = ReconcileResult<CyclrPartner>> {
-    let api: Api<DeserializeGuard<CyclrPartner>> = Api::all(ctx.client.clone());
-    let controller = controller_for::<CyclrPartner>(&ctx, api, |_| {});
-    let _ = ctx.partner_objects.set(controller.store());
-    let operator_namespace = ctx.config.namespace.clone();
+) -> (
+    impl Stream<Item = driver::ReconcileResult<CyclrPartner>>,
+    Store<Packed<CyclrPartner>>,
+) {
+    let api: Api<DeserializeGuard<CyclrPartner>> = Api::all(driver.client.clone());
+    let operator_namespace = services.config.namespace.clone();
+    let kind = Kind::<CyclrPartner>::new(driver, services);
+    let controller = driver::controller_for(&kind, api, |_| {});
+    let store = controller.store();
     let users = users_of_secret(controller.store(), move |p: &CyclrPartner, s: &Secret| {
         s.namespace().as_deref() == Some(operator_namespace.as_str())
             && p.spec.credentials_secret_ref.name == s.name_any()
     });
-    controller
+    let results = controller
         // A rotated or fixed credentials Secret takes effect at once.
         .watches_stream(secret_changes.map(Ok), users)
         .graceful_shutdown_on(shutdown)
-        .run(driver::reconcile::<CyclrPartner>, super::error_policy, ctx)
+        .run(driver::reconcile, driver::error_policy, kind);
+    (results, store)
 }
 
-crate::managed_status!(CyclrPartnerStatus, last_sync_time = last_sync_time);
+driver::managed_status!(CyclrPartnerStatus, last_sync_time = last_sync_time);
 
 /// What checking the partner found.
 pub enum Observed {
     /// The client cannot be built: why (a missing or unlabelled Secret, a bad URL).
     Unusable(Health),
+    /// The partner's client (new, or the one in use when its values did not change) and what
+    /// its check gave.
     Checked {
         runtime: Arc<PartnerRuntime>,
-        details: PartnerDetails,
+        check: Result<Check, CyclrError>,
+    },
+}
+
+/// What a successful check read.
+pub struct Check {
+    pub details: PartnerDetails,
+    pub plans: Vec<PricePlan>,
+    pub account_count: usize,
+}
+
+/// What the partner publishes to its accounts (the partner makes no Cyclr writes).
+#[derive(Debug)]
+pub enum Publish {
+    /// No client: its accounts stop at once (no calls).
+    Stop(String),
+    /// The checked client, ready, with its price plans.
+    Ready {
+        runtime: Arc<PartnerRuntime>,
         plans: Vec<PricePlan>,
-        account_count: usize,
+    },
+    /// The check failed with `error`; the accounts stop only when `stop` (refused
+    /// credentials, or a partner that never worked): a transient failure leaves a working
+    /// partner working.
+    Failed {
+        runtime: Arc<PartnerRuntime>,
+        error: CyclrError,
+        stop: bool,
     },
 }
 
 impl Reconciler for CyclrPartner {
+    type State = Arc<Services>;
     type Status = CyclrPartnerStatus;
+    type Reason = Reason;
+    type Failure = Failure;
     type Observed = Observed;
     type Refresh = ();
-    type Write = std::convert::Infallible;
+    type Write = Publish;
 
     fn status(&self) -> Option<&CyclrPartnerStatus> {
         self.status.as_ref()
@@ -70,38 +110,86 @@ impl Reconciler for CyclrPartner {
         Api::all(client)
     }
 
-    async fn observe(&self, ctx: &Context, _: DateTime<Utc>, _: Option<()>) -> Result<Observed, Failure> {
-        let name = self.name_any();
-        let runtime = match runtime_for(self, ctx).await? {
+    async fn observe(&self, services: &Arc<Services>, _: &Facts, _: Option<()>) -> Result<Observed, Failure> {
+        let runtime = match runtime_for(self, services).await? {
             Ok(runtime) => runtime,
-            Err(health) => {
-                // Accounts must stop at once: no client, no calls.
-                if let Some(old) = ctx.partners.get(&name) {
-                    old.set_state(PartnerState::NotReady(health.message().to_string()));
-                }
-                ctx.wake_partner(&name);
-                return Ok(Observed::Unusable(health));
-            }
+            Err(health) => return Ok(Observed::Unusable(health)),
         };
-        let was_ready = matches!(runtime.state(), PartnerState::Ready);
-        match check(&runtime).await {
-            Ok((details, plans, account_count)) => {
-                runtime.set_price_plans(plans.clone());
-                runtime.set_state(PartnerState::Ready);
-                ctx.wake_partner(&name);
-                Ok(Observed::Checked {
-                    runtime,
-                    details,
-                    plans,
-                    account_count,
-                })
+        let check = check(&runtime).await;
+        Ok(Observed::Checked { runtime, check })
+    }
+
+    fn decide(&self, observed: &Observed, _: &Facts) -> Plan<Self> {
+        let previous = self.status.clone().unwrap_or_default();
+        let publish = match observed {
+            Observed::Unusable(health) => Publish::Stop(health.message.clone()),
+            Observed::Checked { runtime, check } => match check {
+                Ok(check) => Publish::Ready {
+                    runtime: runtime.clone(),
+                    plans: check.plans.clone(),
+                },
+                Err(error) => Publish::Failed {
+                    runtime: runtime.clone(),
+                    error: error.clone(),
+                    stop: !error.is_retryable() || !matches!(runtime.state(), PartnerState::Ready),
+                },
+            },
+        };
+        let status = match observed {
+            Observed::Checked { check: Ok(check), .. } => checked_status(previous, check),
+            _ => previous,
+        };
+        Plan::Write {
+            write: publish,
+            pending: None,
+            status,
+            event: None,
+        }
+    }
+
+    async fn act(
+        &self,
+        services: &Arc<Services>,
+        observed: &Observed,
+        write: Publish,
+    ) -> Result<Applied<Self>, Failure> {
+        let name = self.name_any();
+        let status = self.status.clone().unwrap_or_default();
+        let applied = |health: Health, status: CyclrPartnerStatus| Applied {
+            health,
+            status,
+            event: None,
+            made: None,
+        };
+        match write {
+            Publish::Stop(why) => {
+                if let Some(old) = services.partners.get(&name) {
+                    old.set_state(PartnerState::NotReady(why));
+                }
+                services.wake_partner(&name);
+                let Observed::Unusable(health) = observed else {
+                    unreachable!("a stop is decided for an unusable partner")
+                };
+                Ok(applied(health.clone(), status))
             }
-            Err(error) => {
-                // A transient failure leaves a working partner working: retried with
-                // backoff, accounts keep going. Refused credentials stop them.
-                if !error.is_retryable() || !was_ready {
-                    runtime.set_state(PartnerState::NotReady(ctx.scrub(&error.to_string())));
-                    ctx.wake_partner(&name);
+            Publish::Ready { runtime, plans } => {
+                install(services, &name, &runtime);
+                runtime.set_price_plans(plans);
+                runtime.set_state(PartnerState::Ready);
+                services.wake_partner(&name);
+                let Observed::Checked { check: Ok(check), .. } = observed else {
+                    unreachable!("ready is decided for a checked partner")
+                };
+                Ok(applied(
+                    Health::ready(Reason::Connected, "the credentials work and Partner Details answers"),
+                    checked_status(status, check),
+                ))
+            }
+            Publish::Failed { runtime, error, stop } => {
+                install(services, &name, &runtime);
+                if stop {
+                    runtime.set_state(PartnerState::NotReady(services.secrets.scrub(&error.to_string())));
+                    services.wake_partner(&name);
                 }
                 Err(Failure::Cyclr {
                     action: "checking the partner",
@@ -111,57 +199,53 @@ impl Reconciler for CyclrPartner {
         }
     }
 
-    fn decide(&self, observed: &Observed) -> Plan<Self> {
-        let previous = self.status.clone().unwrap_or_default();
-        match observed {
-            Observed::Unusable(health) => Plan::Report {
-                health: health.clone(),
-                status: previous,
-                event: None,
-            },
-            Observed::Checked {
-                details,
-                plans,
-                account_count,
-                ..
-            } => Plan::Report {
-                health: Health::ready(Reason::Connected, "the credentials work and Partner Details answers"),
-                status: checked_status(previous, details, plans, *account_count),
-                event: None,
-            },
-        }
-    }
-
-    async fn act(&self, _: &Context, _: &Observed, write: Self::Write) -> Result<Applied<CyclrPartnerStatus>, Failure> {
-        match write {}
-    }
-
-    fn resync(&self, observed: &Observed) -> Option<std::time::Duration> {
+    fn resync(&self, _: &Arc<Services>, observed: &Observed) -> Option<std::time::Duration> {
         match observed {
             Observed::Checked { runtime, .. } => Some(jittered(runtime.resync_interval)),
             Observed::Unusable(_) => None,
         }
     }
 
-    fn forget(ctx: &Context, meta: &ObjectMeta) {
+    fn forget(services: &Arc<Services>, meta: &ObjectMeta) {
         let name = meta.name.clone().unwrap_or_default();
-        ctx.partners.remove(&name);
-        ctx.metrics.forget_partner(&name);
-        ctx.wake_partner(&name);
+        services.partners.remove(&name);
+        services.metrics.forget_partner(&name);
+        services.wake_partner(&name);
+    }
+}
+
+/// Whether a CyclrPartner of this name exists in `partners` (the watch's store; `true` until
+/// the watch has listed, so a restart never reports a partner missing).
+pub fn exists(partners: &Store<Packed<CyclrPartner>>, name: &str) -> bool {
+    use futures::FutureExt as _;
+    // Listed yet? (`wait_until_ready` is ready at once when it has.)
+    partners.wait_until_ready().now_or_never().is_none()
+        || partners.get(&kube::runtime::reflector::ObjectRef::new(name)).is_some()
+}
+
+/// Puts `runtime` in service for the partner `name`, unless it already is.
+fn install(services: &Services, name: &str, runtime: &Arc<PartnerRuntime>) {
+    if !services.partners.get(name).is_some_and(|r| Arc::ptr_eq(&r, runtime)) {
+        services.partners.insert(name, runtime.clone());
+        tracing::info!(partner = %name, "partner client configured");
     }
 }
 
 /// The partner's runtime, rebuilt only when the values it is made of change; or why it
 /// cannot be built (reported as the partner's health).
-async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc<PartnerRuntime>, Health>, Failure> {
+/// A new runtime is put in service only by `act`.
+async fn runtime_for(
+    partner: &CyclrPartner,
+    services: &Services,
+) -> Result<Result<Arc<PartnerRuntime>, Health>, Failure> {
     let name = partner.name_any();
-    let namespace = &ctx.config.namespace;
+    let namespace = &services.config.namespace;
     let secret_ref = &partner.spec.credentials_secret_ref;
     let keys = [secret_ref.client_id_key.as_str(), secret_ref.client_secret_key.as_str()];
-    let (client_id, client_secret) = match ctx.secrets.values(namespace, &secret_ref.name, &keys).await? {
+    let (client_id, client_secret) = match services.secrets.values(namespace, &secret_ref.name, &keys).await? {
         Ok(values) => (values[0].trim().to_string(), values[1].trim().to_string()),
         Err((reason, message)) => {
-            return Ok(Err(Health::progressing(
+            return Ok(Err(Health::reconciling(
                 reason,
                 format!("{message} (partner credentials are read from the operator's namespace)"),
             )));
@@ -192,7 +276,7 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
             .hash(&mut h);
         h.finish()
     };
-    let existing = ctx.partners.get(&name);
+    let existing = services.partners.get(&name);
     if let Some(existing) = existing.as_ref().filter(|r| r.fingerprint == fingerprint) {
         return Ok(Ok(existing.clone()));
     }
@@ -203,7 +287,7 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
     // A changed partner keeps its rate budget: the limiter, a 429's hold, the adapted rate.
     let built = match &existing {
         Some(old) => old.client.with_config(config),
-        None => CyclrClient::new(config).map(|c| c.with_observer(ctx.metrics.cyclr_observer(&name))),
+        None => CyclrClient::new(config).map(|c| c.with_observer(services.metrics.cyclr_observer(&name))),
     };
     let client = match built {
         Ok(client) => client,
@@ -217,33 +301,34 @@ async fn runtime_for(partner: &CyclrPartner, ctx: &Context) -> Result<Result<Arc
         selector,
         credentials_digest,
     )
-    .with_snapshot_metrics(&name, ctx.metrics.clone());
+    .with_snapshot_metrics(&name, services.metrics.clone());
     if let Some(old) = &existing {
         runtime = runtime.succeed(old);
     }
-    let runtime = Arc::new(runtime);
-    ctx.partners.insert(&name, runtime.clone());
-    tracing::info!(partner = %name, url = %spec.api_url, "partner client configured");
-    Ok(Ok(runtime))
+    Ok(Ok(Arc::new(runtime)))
 }
 
 /// Partner Details, price plans and a fresh account list (a token when none is cached).
-async fn check(runtime: &PartnerRuntime) -> cyclr::Result<(PartnerDetails, Vec<PricePlan>, usize)> {
+async fn check(runtime: &PartnerRuntime) -> cyclr::Result<Check> {
     // No forced token fetch: Partner Details obtains one when none is cached, and a token
     // Cyclr refuses is renewed once by the client, so refused credentials still show.
     let details = runtime.client.partner_details().await?;
     let plans = runtime.client.price_plans().await?;
     let snapshot = runtime.snapshot_since(Utc::now()).await?;
-    Ok((details, plans, snapshot.count()))
+    Ok(Check {
+        details,
+        plans,
+        account_count: snapshot.count(),
+    })
 }
 
 /// The partner status for what a check found (pure).
-pub fn checked_status(
-    previous: CyclrPartnerStatus,
-    details: &PartnerDetails,
-    plans: &[PricePlan],
-    account_count: usize,
-) -> CyclrPartnerStatus {
+pub fn checked_status(previous: CyclrPartnerStatus, check: &Check) -> CyclrPartnerStatus {
+    let Check {
+        details,
+        plans,
+        account_count,
+    } = check;
     CyclrPartnerStatus {
         details: Some(PartnerDetailsStatus {
             application_display_name: details.application_display_name.clone(),
@@ -261,7 +346,7 @@ pub fn checked_status(
                 name: p.name.clone(),
             })
             .collect(),
-        account_count: Some(account_count as u32),
+        account_count: Some(*account_count as u32),
         ..previous
     }
 }
@@ -294,7 +379,12 @@ mod tests {
             id: PricePlanId(2),
             name: "Starter".into(),
         }];
-        let status = checked_status(Default::default(), &details(), &plans, 3);
+        let check = Check {
+            details: details(),
+            plans,
+            account_count: 3,
+        };
+        let status = checked_status(Default::default(), &check);
         assert_eq!(status.account_count, Some(3));
         assert_eq!(status.price_plans[0].name, "Starter");
         assert_eq!(
@@ -304,14 +394,24 @@ mod tests {
     }
 
     #[test]
-    fn an_unusable_partner_reports_why_and_keeps_its_status() {
-        let health = Health::progressing(Reason::SecretNotLabelled, "label it");
-        match partner().decide(&Observed::Unusable(health.clone())) {
-            Plan::Report { health: h, status, .. } => {
-                assert_eq!(h, health);
+    fn an_unusable_partner_stops_its_accounts_and_keeps_its_status() {
+        let health = Health::reconciling(Reason::SecretNotLabelled, "label it");
+        let facts = Facts {
+            now: Utc::now(),
+            seen_at: Utc::now(),
+            pending: Default::default(),
+        };
+        match partner().decide(&Observed::Unusable(health), &facts) {
+            Plan::Write {
+                write: Publish::Stop(why),
+                status,
+                pending: None,
+                ..
+            } => {
+                assert_eq!(why, "label it");
                 assert_eq!(status, CyclrPartnerStatus::default());
             }
-            _ => panic!("a report"),
+            _ => panic!("a stop"),
         }
     }
 }

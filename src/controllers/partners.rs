@@ -126,6 +126,7 @@ pub enum PartnerState {
     NotReady(String),
 }
 
+/// One partner's client and what the operator knows of it.
 pub struct PartnerRuntime {
     pub client: CyclrClient,
     /// A hash of the values the client is built from (URL, credential values, limits): a
@@ -150,6 +151,15 @@ pub struct PartnerRuntime {
     onboarding: Arc<AtomicUsize>,
     /// Where each new snapshot's size and time are reported (partner name, metrics).
     snapshot_metrics: Option<(String, Arc<Metrics>)>,
+}
+
+impl std::fmt::Debug for PartnerRuntime {
+    /// The fingerprint only: the client holds credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartnerRuntime")
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
 }
 
 impl PartnerRuntime {

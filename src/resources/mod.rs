@@ -1,29 +1,28 @@
 //! The operator's custom resources (group `cyclr.com`, version `v1alpha1`) and what they share.
 
 mod account;
-mod conditions;
 mod connector_install;
 mod partner;
 mod validation;
 
 pub use account::*;
-pub use conditions::*;
 pub use connector_install::*;
+pub use driver::PendingWrite;
+pub use driver::conditions::*;
+pub use driver::{annotation, is_paused};
 pub use partner::*;
 pub use validation::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::Rule;
 use kube::{CustomResourceExt, KubeSchema};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "cyclr.com";
 
 /// Annotations the operator reads or writes.
 pub mod annotations {
-    /// `"true"` stops every Cyclr call for the resource.
-    pub const PAUSED: &str = "cyclr.com/paused";
+    pub use driver::annotations::PAUSED;
     /// The Cyclr account id (an opaque string), kept in metadata too (like Crossplane's external name) so a
     /// restore without status, or a status edit, never leads to a second create.
     pub const ACCOUNT_ID: &str = "cyclr.com/account-id";
@@ -79,26 +78,4 @@ fn secret_key() -> Rule {
 fn trimmed() -> Rule {
     Rule::new("self.size() > 0 && self.trim() == self")
         .message("must not be empty, whitespace only, or start or end with whitespace")
-}
-
-/// Whether the resource is paused by annotation.
-pub fn is_paused(meta: &kube::api::ObjectMeta) -> bool {
-    annotation(meta, annotations::PAUSED).is_some_and(|v| v.eq_ignore_ascii_case("true"))
-}
-
-/// A Cyclr write whose outcome is not recorded yet (the pending-write protocol). Kept in
-/// status, written with a resourceVersion precondition before the write is sent, so only the
-/// operator can set it and two writers cannot both start.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PendingWrite {
-    /// When the attempt started (RFC 3339).
-    pub since: String,
-    /// Ids of same-named Cyclr objects that existed before the attempt: never adopted as ours.
-    #[serde(default, rename = "existingIDs", skip_serializing_if = "Vec::is_empty")]
-    pub existing_ids: Vec<String>,
-}
-
-pub fn annotation<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
 }

@@ -21,7 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::stable_hash;
+use crate::stable_hash;
 
 /// Objects handed to kube's scheduler whose reconcile has not started yet, at most: enough
 /// that a worker finishing a reconcile finds the next one waiting, few enough that the order

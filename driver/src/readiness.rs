@@ -15,8 +15,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
-use crate::resources;
-
 /// How long a watch may fail in a row before `/readyz` turns 503: long enough to ride out a
 /// restarted API server or an expired resourceVersion, short enough to show a forbidden watch.
 pub const WATCH_FAILURE_GRACE: Duration = Duration::from_secs(10);
@@ -125,11 +123,12 @@ impl Readiness {
         }
     }
 
-    /// Checks the operator's CRDs every few seconds, for as long as the process runs.
-    pub async fn check_crds(self: Arc<Self>, client: Client) {
+    /// Checks that the CRDs named `crds` are established, every few seconds, for as long as
+    /// the process runs.
+    pub async fn check_crds(self: Arc<Self>, client: Client, crds: Vec<String>) {
         let api: Api<CustomResourceDefinition> = Api::all(client);
         loop {
-            let state = crds_established(&api).await;
+            let state = crds_established(&api, &crds).await;
             if let Err(why) = &state {
                 tracing::warn!(%why, "not ready");
             }
@@ -139,9 +138,8 @@ impl Readiness {
     }
 }
 
-async fn crds_established(api: &Api<CustomResourceDefinition>) -> Result<(), String> {
-    for crd in resources::all_crds() {
-        let name = crd.metadata.name.unwrap_or_default();
+async fn crds_established(api: &Api<CustomResourceDefinition>, crds: &[String]) -> Result<(), String> {
+    for name in crds {
         let found = api
             .get_opt(&name)
             .await

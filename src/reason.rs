@@ -93,14 +93,27 @@ reasons! {
     CredentialsNotApplied,
     /// The CyclrPartner's client cannot be built (bad URL).
     InvalidConfiguration,
+    /// A Cyclr object was made for a resource deleted while the write was in flight (a
+    /// Warning Event on the partner: nothing holds it).
+    Orphaned,
 }
 
-impl Reason {
-    /// Whether a Stalled resource with this reason waits for a new spec. The others stall on
-    /// something another object may release (a holder deleted, a partner's selector
-    /// widened, a Secret restored), so they are looked at again on wakes and every few
-    /// minutes, still without any Cyclr write.
-    pub fn waits_for_spec(self) -> bool {
+impl driver::ReasonCode for Reason {
+    const PAUSED: Self = Reason::Paused;
+    const KUBERNETES_UNAVAILABLE: Self = Reason::KubernetesUnavailable;
+    const ORPHANED: Self = Reason::Orphaned;
+
+    fn as_str(self) -> &'static str {
+        Reason::as_str(self)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Reason::parse(text)
+    }
+
+    /// The others stall on something another object may release (a holder deleted, a
+    /// partner's selector widened, a Secret restored).
+    fn waits_for_spec(self) -> bool {
         !matches!(
             self,
             Reason::AccountClaimed
@@ -110,7 +123,22 @@ impl Reason {
                 | Reason::CredentialsNotApplied
         )
     }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Reason::Synced | Reason::Creating => "Create",
+            Reason::Installed | Reason::Installing => "Install",
+            Reason::Adopted => "Adopt",
+            Reason::Updated | Reason::DriftCorrected => "Update",
+            Reason::Connected => "Connect",
+            Reason::Orphaned => "Create",
+            _ => "Reconcile",
+        }
+    }
 }
+
+/// Where a resource stands: a state, a [`Reason`] and a message.
+pub type Health = driver::Health<Reason>;
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -118,8 +146,8 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Why a reconcile step failed. The kind says which Cyclr action failed; the driver's table
-/// below turns it into a condition.
+/// Why a reconcile step failed. The kind says which Cyclr action failed; the table below
+/// ([`driver::Fault::health`]) turns it into a condition.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     #[error("{action}: {error}")]
@@ -133,57 +161,62 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Wraps a Cyclr error from `action` (e.g. "the account create"), for `map_err`.
     pub fn cyclr(action: &'static str) -> impl FnOnce(CyclrError) -> Failure {
         move |error| Failure::Cyclr { action, error }
     }
+}
 
-    /// Whether a write may have happened although it failed: the pending marker stays.
-    pub fn outcome_unknown(&self) -> bool {
-        matches!(self, Failure::Cyclr { error, .. } if error.outcome_unknown())
-    }
+impl driver::Fault for Failure {
+    type Reason = Reason;
 
-    /// How long the partner must wait (a 429's hold), when Cyclr said.
-    pub fn retry_after(&self) -> Option<std::time::Duration> {
+    /// The one error → condition table of the operator.
+    fn health(&self) -> Health {
         match self {
-            Failure::Cyclr { error, .. } => error.retry_after(),
-            Failure::Kube(_) => None,
+            Failure::Kube(error) => Health::reconciling(Reason::KubernetesUnavailable, error.to_string()),
+            Failure::Cyclr { action, error } => {
+                let message = format!("{action}: {error}");
+                match error {
+                    CyclrError::Validation { .. } => Health::stalled(Reason::CyclrRejected, message),
+                    CyclrError::NotFound { .. } => Health::stalled(Reason::ExternalAccountMissing, message),
+                    // Refused credentials need a human; rechecked when the Secret changes.
+                    CyclrError::Unauthorized { .. } => Health::stalled(Reason::AuthenticationFailed, message),
+                    CyclrError::Config(_) => Health::stalled(Reason::InvalidConfiguration, message),
+                    CyclrError::RateLimited { .. } => Health::reconciling(Reason::RateLimited, message),
+                    _ => Health::reconciling(Reason::CyclrUnavailable, message),
+                }
+            }
         }
     }
 
-    /// A label for the failure metric and logs.
-    pub fn category(&self) -> &'static str {
+    fn category(&self) -> &'static str {
         match self {
             Failure::Cyclr { error, .. } if error.is_retryable() => "cyclr_transient",
             Failure::Cyclr { .. } => "cyclr_terminal",
             Failure::Kube(_) => "kubernetes",
         }
     }
-}
 
-/// The one error → condition table of the operator. `missing` is the reason a 404 means for
-/// this kind (an account gone from Cyclr).
-pub fn health_of(failure: &Failure) -> super::Health {
-    use super::Health;
-    match failure {
-        Failure::Kube(error) => Health::failing(Reason::KubernetesUnavailable, error.to_string()),
-        Failure::Cyclr { action, error } => {
-            let message = format!("{action}: {error}");
-            match error {
-                CyclrError::Validation { .. } => Health::stalled(Reason::CyclrRejected, message),
-                CyclrError::NotFound { .. } => Health::stalled(Reason::ExternalAccountMissing, message),
-                // Refused credentials need a human; rechecked when the Secret changes.
-                CyclrError::Unauthorized { .. } => Health::stalled(Reason::AuthenticationFailed, message),
-                CyclrError::Config(_) => Health::stalled(Reason::InvalidConfiguration, message),
-                CyclrError::RateLimited { .. } => Health::failing(Reason::RateLimited, message),
-                _ => Health::failing(Reason::CyclrUnavailable, message),
-            }
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Failure::Cyclr { error, .. } => error.retry_after(),
+            Failure::Kube(_) => None,
         }
+    }
+
+    fn outcome_unknown(&self) -> bool {
+        matches!(self, Failure::Cyclr { error, .. } if error.outcome_unknown())
+    }
+
+    fn kubernetes(error: kube::Error) -> Self {
+        Failure::Kube(error)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use driver::Fault;
 
     #[test]
     fn reasons_are_their_names() {
@@ -193,23 +226,25 @@ mod tests {
 
     #[test]
     fn the_table_keeps_cyclrs_message_and_sorts_terminal_from_transient() {
-        let rejected = health_of(&Failure::Cyclr {
+        let rejected = (Failure::Cyclr {
             action: "the account create",
             error: CyclrError::Validation {
                 status: 400,
                 message: "Name is required".into(),
             },
-        });
+        })
+        .health();
         assert!(rejected.is_stalled());
-        assert!(rejected.message().contains("Name is required"));
-        let limited = health_of(&Failure::Cyclr {
+        assert!(rejected.message.contains("Name is required"));
+        let limited = (Failure::Cyclr {
             action: "the account update",
             error: CyclrError::RateLimited {
                 retry_after: Some(std::time::Duration::from_secs(60)),
                 hold: std::time::Duration::from_secs(60),
             },
-        });
-        assert_eq!(limited.reason(), Reason::RateLimited);
+        })
+        .health();
+        assert_eq!(limited.reason, Reason::RateLimited);
         assert!(!limited.is_stalled());
     }
 }

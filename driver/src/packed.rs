@@ -14,12 +14,11 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::watcher;
 use serde::{Deserialize, Deserializer};
 
-use super::{Reconciler, stable_hash};
-use crate::resources::{annotations, is_paused};
+use crate::{Reconciler, annotations, is_paused, stable_hash};
 
 /// A watched object as the cache holds it: its name, namespace, uid, resourceVersion,
 /// generation and deletionTimestamp (what kube's controller, the wake filter and
-/// [`OwnWrites`](super::OwnWrites) read; plus the pause annotation when set), and everything
+/// [`OwnWrites`](crate::OwnWrites) read; plus the pause annotation when set), and everything
 /// else as the JSON the API server sent, less the field managers, the labels (the label
 /// selector is applied by the API server) and kubectl's last-applied copy, which no reconcile
 /// reads.
@@ -185,26 +184,26 @@ impl<K> fmt::Debug for Packed<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::CyclrAccount;
+    use crate::kind::tests::Widget;
 
     fn account(annotations: serde_json::Value) -> serde_json::Value {
         serde_json::json!({
-            "apiVersion": "cyclr.com/v1alpha1",
-            "kind": "CyclrAccount",
+            "apiVersion": "test.cyclr.com/v1",
+            "kind": "Widget",
             "metadata": {
                 "name": "acme", "namespace": "team-a", "uid": "u-1", "resourceVersion": "42",
                 "generation": 3, "labels": {"team": "a"}, "annotations": annotations,
                 "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
             },
-            "spec": {"partnerRef": {"name": "prod"}, "name": "Acme"},
-            "status": {"accountID": "c-1", "observedGeneration": 3, "conditions": [{
+            "spec": {"ownerRef": {"name": "prod"}, "name": "Acme"},
+            "status": {"widgetID": "c-1", "observedGeneration": 3, "conditions": [{
                 "type": "Ready", "status": "True", "reason": "Synced", "message": "in sync",
                 "lastTransitionTime": "2026-12-06T12:00:00Z", "observedGeneration": 3,
             }]},
         })
     }
 
-    fn packed(json: &serde_json::Value) -> Packed<CyclrAccount> {
+    fn packed(json: &serde_json::Value) -> Packed<Widget> {
         serde_json::from_value(json.clone()).unwrap()
     }
 
@@ -214,7 +213,7 @@ mod tests {
             "cyclr.com/account-id": "c-1",
             "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
         }));
-        let mut expected: CyclrAccount = serde_json::from_value(json.clone()).unwrap();
+        let mut expected: Widget = serde_json::from_value(json.clone()).unwrap();
         expected.metadata.managed_fields = None;
         expected.metadata.labels = None;
         expected.metadata.annotations = Some([("cyclr.com/account-id".to_owned(), "c-1".to_owned())].into());
@@ -253,12 +252,12 @@ mod tests {
     #[test]
     fn an_unreadable_object_keeps_its_name_and_why() {
         let mut json = account(serde_json::json!({}));
-        json["spec"]["partnerRef"] = serde_json::json!(7);
+        json["spec"]["ownerRef"] = serde_json::json!(7);
         let packed = packed(&json);
         assert_eq!(packed.meta().name.as_deref(), Some("acme"));
         let invalid = packed.unpack().unwrap_err();
         assert_eq!(invalid.metadata.name.as_deref(), Some("acme"));
-        assert!(invalid.error.contains("NameRef"), "{}", invalid.error);
+        assert!(invalid.error.contains("OwnerRef"), "{}", invalid.error);
     }
 
     #[test]

@@ -1,0 +1,334 @@
+//! The driver's infrastructure: what every kind's reconciles share ([`Driver`]), one kind's
+//! own part ([`Kind`]), and the controller that feeds a kind from its watch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource};
+
+use crate::pending::Attempts;
+use crate::readiness::Readiness;
+use crate::{Backoffs, MESSAGE_MAX, OwnWrites, Packed, ReasonCode, Reconciler, Resyncs, capped, jittered, stable_hash};
+
+/// The series the driver keeps up to date; the operator's metrics registry implements it.
+pub trait Metrics: Send + Sync {
+    /// A reconcile of `kind` ended, successfully (`failure: None`) or with a failure of this
+    /// category (e.g. `cyclr_transient`, `cyclr_terminal`, `kubernetes`), after `took`.
+    fn reconciled(&self, kind: &str, failure: Option<&'static str>, took: Duration);
+    /// A reconcile computed the object's conditions (written or not).
+    fn status_computed(&self, kind: &str, meta: &ObjectMeta, previous: &[Condition], next: &[Condition]);
+    /// One write to the Kubernetes API (a status, an annotation, an Event) for `kind`.
+    fn kubernetes_write(&self, kind: &str);
+    /// The object is gone: drop its series.
+    fn forget(&self, kind: &str, meta: &ObjectMeta);
+    /// An external object was made for a resource of `kind` deleted meanwhile.
+    fn orphaned(&self, kind: &str);
+}
+
+/// Where and how the controllers watch.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// The field manager of status writes and the Events' reporting controller.
+    pub manager: &'static str,
+    /// Reconcile only objects with these labels (sharding, side-by-side tests).
+    pub label_selector: Option<String>,
+    /// Reconciles running at once, per kind.
+    pub concurrency: u16,
+}
+
+/// What every kind's reconciles share: the Kubernetes client, Events, metrics, the backoff
+/// gate, the record of our own writes, readiness, and the scrubber every message passes.
+pub struct Driver {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The watch configuration.
+    pub config: DriverConfig,
+    /// The driver's series.
+    pub metrics: Arc<dyn Metrics>,
+    /// What `/readyz` reports: every watch registers here.
+    pub readiness: Arc<Readiness>,
+    pub(crate) backoffs: Backoffs,
+    pub(crate) own_writes: OwnWrites,
+    recorder: Recorder,
+    scrub: Box<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+impl Driver {
+    /// A driver whose messages pass through `scrub` (secret values removed) before they reach
+    /// a condition, an Event or a log line.
+    pub fn new(
+        client: Client,
+        config: DriverConfig,
+        metrics: Arc<dyn Metrics>,
+        readiness: Arc<Readiness>,
+        scrub: impl Fn(&str) -> String + Send + Sync + 'static,
+    ) -> Self {
+        Driver {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: config.manager.into(),
+                    instance: None,
+                },
+            ),
+            client,
+            config,
+            metrics,
+            readiness,
+            backoffs: Backoffs::default(),
+            own_writes: OwnWrites::default(),
+            scrub: Box::new(scrub),
+        }
+    }
+
+    /// `text` scrubbed of secrets and capped at [`MESSAGE_MAX`] bytes.
+    pub fn scrub(&self, text: &str) -> String {
+        capped(&(self.scrub)(text), MESSAGE_MAX).into_owned()
+    }
+
+    /// Publishes an Event (events.k8s.io) about `regarding`; the recorder folds repeats into a
+    /// series. `action` is the verb done (e.g. `Create`), `reason` the CamelCase reason.
+    pub async fn event<R: ReasonCode>(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: R,
+        action: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(self.scrub(note)),
+            action: action.to_string(),
+            secondary: None,
+        };
+        match self.recorder.publish(&event, regarding).await {
+            Ok(()) => self.metrics.kubernetes_write("Event"),
+            Err(error) => tracing::warn!(%error, %reason, "could not publish an Event"),
+        }
+    }
+}
+
+/// One kind's part of the driver: the shared [`Driver`], the kind's own state, its resync
+/// timers and its pending-write attempts.
+pub struct Kind<K: Reconciler> {
+    /// What every kind shares.
+    pub driver: Arc<Driver>,
+    /// The kind's own state, handed to its steps.
+    pub state: K::State,
+    pub(crate) resyncs: Arc<Resyncs>,
+    pub(crate) attempts: Attempts,
+}
+
+impl<K: Reconciler> Kind<K> {
+    /// The kind `K` on `driver`, with its own `state`.
+    pub fn new(driver: Arc<Driver>, state: K::State) -> Arc<Self> {
+        Arc::new(Kind {
+            driver,
+            state,
+            resyncs: Arc::default(),
+            attempts: Attempts::default(),
+        })
+    }
+
+    /// Reconciles the object soon (a dependency changed), through the kind's resync queue.
+    pub fn wake(&self, meta: &ObjectMeta) {
+        self.resyncs.schedule(meta, Duration::ZERO);
+    }
+
+    /// The kind's name, e.g. `CyclrAccount`.
+    pub fn name() -> String {
+        K::kind(&()).into_owned()
+    }
+}
+
+/// One item of a controller's result stream.
+pub type ReconcileResult<K> =
+    Result<(ObjectRef<Packed<K>>, controller::Action), controller::Error<crate::Error, watcher::Error>>;
+
+/// What kube's error policy does with a failed status write: retry soon, with jitter.
+pub fn error_policy<K: Reconciler>(_obj: Arc<Packed<K>>, error: &crate::Error, _kind: Arc<Kind<K>>) -> Action {
+    tracing::warn!(%error, "reconcile failed");
+    Action::requeue(jittered(Duration::from_secs(5)))
+}
+
+/// A controller for kind `K`: the watch reports deletions to the kind's `forget` (and every
+/// event to `on_event`, with the whole object), the cache keeps each object packed
+/// ([`Packed`]), and reconciles are woken only for spec (generation), pause and deletion
+/// changes, so the operator's own writes never wake it. Every wake, from the watch or a timer,
+/// goes through the kind's resync queue ([`Resyncs`]). Run it with
+/// `.run(driver::reconcile, driver::error_policy, kind)`.
+pub fn controller_for<K: Reconciler>(
+    kind: &Arc<Kind<K>>,
+    api: Api<DeserializeGuard<K>>,
+    on_event: impl Fn(&watcher::Event<DeserializeGuard<K>>) + Send + 'static,
+) -> Controller<Packed<K>> {
+    let (reader, writer) = reflector::store();
+    let forget = kind.clone();
+    let seen = kind.clone();
+    let mut wakes = Wakes::default();
+    let wake_on = kind.resyncs.clone();
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = &kind.driver.config.label_selector {
+        config = config.labels(selector);
+    }
+    let stream = kind
+        .driver
+        .readiness
+        .watched(&Kind::<K>::name(), watcher::watcher(api, config))
+        .default_backoff()
+        .map_ok(move |event| {
+            if let watcher::Event::Delete(DeserializeGuard(Ok(obj))) = &event {
+                forget_object(&forget, obj.meta());
+            }
+            on_event(&event);
+            crate::pack_event(event)
+        })
+        .reflect(writer)
+        .try_filter_map(move |event| {
+            // After `reflect`: the cache already holds this version when the record goes.
+            if let watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) = &event {
+                seen.driver.own_writes.seen(obj.meta());
+            }
+            // A woken object waits on the resync queue, which hands kube's scheduler a few at
+            // a time: a rollout of thousands never sits there at once (a request there costs
+            // about 0.7 KiB, and the scheduler's tables keep their largest size for good).
+            if let Some(obj) = wakes.wake(event) {
+                wake_on.schedule(obj.meta(), Duration::ZERO);
+            }
+            futures::future::ready(Ok(None))
+        });
+    Controller::for_stream(stream, reader)
+        .reconcile_on(kind.resyncs.clone().due())
+        .with_config(controller::Config::default().concurrency(kind.driver.config.concurrency))
+}
+
+/// Everything kept about a deleted object goes with it.
+fn forget_object<K: Reconciler>(kind: &Kind<K>, meta: &ObjectMeta) {
+    let uid = meta.uid.as_deref().unwrap_or_default();
+    K::forget(&kind.state, meta);
+    kind.resyncs.take(meta);
+    kind.attempts.forget(uid);
+    kind.driver.backoffs.forget(uid);
+    kind.driver.own_writes.forget(uid);
+    kind.driver.metrics.forget(&Kind::<K>::name(), meta);
+}
+
+/// Drains a controller's result stream, logging what kube itself could not run.
+pub async fn report<S, T, E>(results: S)
+where
+    S: Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    results
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await
+}
+
+/// What each watched object last woke a reconcile for: its generation, pause and deletion,
+/// hashed, by a hash of its uid, with the watch (re)list it was last seen in. An event wakes
+/// a reconcile only when that changed, so the operator's own status writes never wake it.
+/// (kube's `predicate_filter` does the same with three strings per object and forgets only
+/// after an hour; this keeps 24 bytes and forgets at the Delete event, or, for objects
+/// deleted while the watch was down, at the end of the relist that no longer holds them.)
+#[derive(Default)]
+struct Wakes {
+    seen: HashMap<u64, (u64, u32)>,
+    list: u32,
+}
+
+impl Wakes {
+    /// The object to reconcile for this watch event, if any.
+    fn wake<K: Resource>(&mut self, event: watcher::Event<K>) -> Option<K> {
+        match event {
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let meta = obj.meta();
+                let wake = stable_hash(&(
+                    meta.generation,
+                    crate::is_paused(meta),
+                    meta.deletion_timestamp.is_some(),
+                ));
+                let last = self.seen.insert(stable_hash(&meta.uid), (wake, self.list));
+                (last.map(|(w, _)| w) != Some(wake)).then_some(obj)
+            }
+            watcher::Event::Delete(obj) => {
+                self.seen.remove(&stable_hash(&obj.meta().uid));
+                None
+            }
+            watcher::Event::Init => {
+                self.list = self.list.wrapping_add(1);
+                None
+            }
+            watcher::Event::InitDone => {
+                let list = self.list;
+                self.seen.retain(|_, (_, seen_in)| *seen_in == list);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn object(uid: &str, generation: i64, paused: bool) -> ConfigMap {
+        let mut obj = ConfigMap::default();
+        obj.metadata.uid = Some(uid.into());
+        obj.metadata.generation = Some(generation);
+        obj.metadata.resource_version = Some(format!("{generation}{paused}"));
+        if paused {
+            obj.metadata.annotations = Some([(crate::annotations::PAUSED.to_string(), "true".to_string())].into());
+        }
+        obj
+    }
+
+    #[test]
+    fn only_spec_pause_and_deletion_changes_wake_a_reconcile() {
+        let mut wakes = Wakes::default();
+        let woke = |wakes: &mut Wakes, event| wakes.wake(event).is_some();
+        assert!(woke(&mut wakes, watcher::Event::InitApply(object("a", 1, false))));
+        let mut status_write = object("a", 1, false);
+        status_write.data = Some([("status".to_string(), "written".to_string())].into());
+        assert!(!woke(&mut wakes, watcher::Event::Apply(status_write)), "our own write");
+        assert!(woke(&mut wakes, watcher::Event::Apply(object("a", 2, false))), "spec");
+        assert!(woke(&mut wakes, watcher::Event::Apply(object("a", 2, true))), "pause");
+        let mut deleting = object("a", 2, true);
+        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        assert!(woke(&mut wakes, watcher::Event::Apply(deleting.clone())), "deletion");
+        assert!(
+            woke(&mut wakes, watcher::Event::Apply(object("b", 2, true))),
+            "another object"
+        );
+        assert!(!woke(&mut wakes, watcher::Event::Delete(deleting)));
+        assert_eq!(wakes.seen.len(), 1, "a deleted object is forgotten");
+        assert!(woke(&mut wakes, watcher::Event::Apply(object("a", 2, true))));
+
+        // A relist after the watch was down: "b" was deleted meanwhile, "a" is unchanged.
+        assert!(!woke(&mut wakes, watcher::Event::Init));
+        assert!(
+            !woke(&mut wakes, watcher::Event::InitApply(object("a", 2, true))),
+            "unchanged"
+        );
+        assert!(!woke(&mut wakes, watcher::Event::InitDone));
+        assert_eq!(wakes.seen.len(), 1, "an object gone from the relist is forgotten");
+        assert!(wakes.seen.contains_key(&stable_hash(&Some("a".to_string()))));
+    }
+}

@@ -1,0 +1,122 @@
+//! The reconcile engine of cyclr-operator. It knows Kubernetes (kube-rs), not Cyclr: the
+//! operator's kinds plug into it through [`Reconciler`], and the compiler keeps this crate
+//! from importing them.
+//!
+//! One object's way from its watch event to its status write:
+//!
+//! ```text
+//! watch ─► pack (Packed) ─► wake filter (spec, pause, deletion) ─► resync queue (Resyncs)
+//!       ─► reconcile: gates ─► look (observe → decide) ─► mark ─► act ─► record ─► requeue
+//! ```
+//!
+//! Every promise the kinds share is kept here, once:
+//!
+//! 1. a malformed object is reported, never breaks the watch;
+//! 2. deletion needs no finalizer (Orphan); per-object state and metric series are dropped on
+//!    the watch's Delete event ([`Reconciler::forget`], [`Metrics::forget`]);
+//! 3. the backoff gate: after a failure nothing reaches Cyclr before the backoff (or a 429's
+//!    hold) ends, unless the spec changed;
+//! 4. pause (`cyclr.com/paused: "true"`): no external call, the spec is not marked observed;
+//! 5. the stalled gate: a terminal failure waits for a new generation;
+//! 6. the pending-write protocol ([`pending`]): a non-idempotent write is recorded in status
+//!    first, with a resourceVersion precondition and what it sends, remembered in memory
+//!    once it ended, and judged only from a look taken after it ended;
+//! 7. one status comparison and at most one status write per reconcile (plus the pending
+//!    marker before a write), `lastSyncTime` only when something else changed;
+//! 8. one failure → condition table (the kind's [`Fault::health`]), messages scrubbed of
+//!    secrets and capped in size;
+//! 9. Events: Normal for what a kind did, Warning when a failure reason first appears;
+//! 10. requeue: resync when Ready (compact timers, [`Resyncs`]), backoff when failing,
+//!     nothing when stalled or paused;
+//! 11. no decision from a cached object older than this process's own last write to it
+//!     ([`OwnWrites`]).
+
+#![warn(missing_docs)]
+
+mod backoff;
+pub mod conditions;
+mod controller;
+mod health;
+mod kind;
+mod own_writes;
+mod packed;
+pub mod pending;
+pub mod readiness;
+mod reconcile;
+mod resync;
+
+use std::time::Duration;
+
+use rand::Rng;
+
+pub use backoff::Backoffs;
+pub use controller::{Driver, DriverConfig, Kind, Metrics, ReconcileResult, controller_for, error_policy, report};
+pub use health::{Health, State};
+pub use kind::{Applied, Facts, Fault, ManagedStatus, Note, Plan, ReasonCode, Reconciler};
+pub use own_writes::OwnWrites;
+pub use packed::{Packed, pack_event};
+pub use pending::{Attempt, Intent, Pending, PendingWrite};
+pub use reconcile::{Error, reconcile};
+pub use resync::Resyncs;
+
+/// The annotations the driver reads and writes on every kind.
+pub mod annotations {
+    /// `"true"` pauses reconciliation: no external call, status says Paused.
+    pub const PAUSED: &str = "cyclr.com/paused";
+}
+
+/// The value of annotation `key`, if set.
+pub fn annotation<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Whether the object is paused by `cyclr.com/paused: "true"` (any case).
+pub fn is_paused(meta: &kube::api::ObjectMeta) -> bool {
+    annotation(meta, annotations::PAUSED).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// A 64-bit hash of `value`, the same on every thread for the life of the process (keys of
+/// the per-object maps, where a string uid would cost 60 bytes more per object). Not stable
+/// across Rust versions: nothing compares it between processes.
+pub fn stable_hash(value: &(impl std::hash::Hash + ?Sized)) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+}
+
+/// `interval` less up to 10% (uniform), so objects requeued together spread out over time.
+pub fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(rand::rng().random_range(0.9..1.0))
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), the cut said, so a message
+/// from outside can never make a condition or an Event too large to write (the API server
+/// refuses an Event note over 1 KiB; a large status can make an object unwritable).
+pub fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let marker = format!("… [{} bytes cut]", text.len());
+    let mut end = max.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &text[..end]).into()
+}
+
+/// The longest message a condition or an Event note carries, in bytes.
+pub const MESSAGE_MAX: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary_and_say_so() {
+        assert_eq!(capped("short", 1024), "short");
+        let long = "é".repeat(150_000);
+        let cut = capped(&long, MESSAGE_MAX);
+        assert!(cut.len() <= MESSAGE_MAX, "{}", cut.len());
+        assert!(cut.ends_with("… [300000 bytes cut]"), "{cut}");
+        assert!(cut.starts_with("éé"));
+    }
+}

@@ -1,0 +1,484 @@
+//! One reconcile of any kind: the driver's promises around the kind's observe → decide → act.
+//! [`reconcile`] reads as the pipeline; each step below has its own error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::Instrument;
+
+use crate::conditions::{READY, condition, same_conditions, stalled_reason};
+use crate::pending::{Attempt, Pending};
+use crate::{
+    Applied, Facts, Fault, Health, Kind, ManagedStatus, Note, Packed, Plan, ReasonCode, Reconciler, State, annotation,
+    is_paused, jittered,
+};
+
+/// Observe → decide rounds in one reconcile (a fresher list may be asked for once or twice).
+const MAX_LOOKS: u32 = 3;
+
+/// How often a resource stalled on another object is looked at again.
+const RECHECK: Duration = Duration::from_secs(300);
+
+/// The Kubernetes writes of a reconcile that failed, by step. Kube's error policy retries them
+/// soon; the Cyclr side of a failure is reported in status instead (it is not an error here).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Recording the pending-write marker before the write.
+    #[error("recording the pending write: {0}")]
+    Mark(#[source] kube::Error),
+    /// Writing status after the reconcile.
+    #[error("writing status: {0}")]
+    Record(#[source] kube::Error),
+    /// Recording the external id in the object's annotation.
+    #[error("recording the id annotation: {0}")]
+    Annotate(#[source] kube::Error),
+}
+
+/// How a reconcile ended, for the requeue and the failure metric.
+struct Done {
+    action: Action,
+    /// The failure's category, when the reconcile failed.
+    failure: Option<&'static str>,
+}
+
+impl Done {
+    fn ok(action: Action) -> Self {
+        Done { action, failure: None }
+    }
+}
+
+/// One reconcile of any kind, from the cached object to its status write.
+pub async fn reconcile<K: Reconciler>(packed: Arc<Packed<K>>, kind: Arc<Kind<K>>) -> Result<Action, Error> {
+    // This reconcile is the object's resync; a Ready outcome sets the next one.
+    kind.resyncs.take(packed.meta());
+    let obj = match packed.unpack() {
+        Ok(obj) => obj,
+        Err(invalid) => {
+            tracing::warn!(kind = %K::kind(&()), name = ?invalid.metadata.name, error = %invalid, "cannot read the object; fix its spec");
+            return Ok(Action::await_change());
+        }
+    };
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = %K::kind(&()),
+        namespace = obj.meta().namespace.as_deref().unwrap_or(""),
+        name = %obj.name_any(),
+        generation = obj.meta().generation.unwrap_or_default()
+    );
+    let started = Instant::now();
+    let result = run(&obj, packed.seen_at(), &kind).instrument(span).await;
+    let failure = match &result {
+        Ok(done) => done.failure,
+        Err(_) => Some("kubernetes"),
+    };
+    kind.driver
+        .metrics
+        .reconciled(&K::kind(&()), failure, started.elapsed());
+    result.map(|done| done.action)
+}
+
+/// The pipeline: gates → look (observe → decide) → mark → act → record.
+async fn run<K: Reconciler>(obj: &K, seen_at: DateTime<Utc>, kind: &Kind<K>) -> Result<Done, Error> {
+    let previous = obj.status().cloned().unwrap_or_default();
+    let facts = match gate(obj, seen_at, kind, &previous) {
+        Gate::Pass(facts) => facts,
+        Gate::Stop(action) => return Ok(Done::ok(action)),
+        Gate::Pause => {
+            record(
+                obj,
+                kind,
+                &previous,
+                previous.clone(),
+                &Health::paused(),
+                vec![],
+                How::Paused,
+            )
+            .await?;
+            return Ok(Done::ok(Action::await_change()));
+        }
+    };
+    let (observed, plan) = match look(obj, kind, &facts).await {
+        Ok(Some(looked)) => looked,
+        Ok(None) => return Ok(Done::ok(Action::requeue(Duration::from_secs(1)))),
+        Err(failure) => return fail(obj, kind, &previous, previous.clone(), failure).await,
+    };
+    match plan {
+        Plan::Refresh(_) => unreachable!("`look` decides again until it is not a refresh"),
+        Plan::Wait(after) => Ok(Done::ok(Action::requeue(after))),
+        Plan::Report { health, status, event } => {
+            record(
+                obj,
+                kind,
+                &previous,
+                status,
+                &health,
+                event.into_iter().collect(),
+                How::Decided,
+            )
+            .await?;
+            Ok(Done::ok(next(obj, kind, &health, &observed)))
+        }
+        Plan::Write {
+            write,
+            pending,
+            status,
+            event,
+        } => {
+            let (base, intent) = match pending {
+                None => (previous.clone(), None),
+                Some(intent) => match mark(obj, kind, &previous, status.clone(), &intent, facts.now).await? {
+                    Some(marked) => (marked, Some(intent)),
+                    // Someone changed the object since it was read: decide again on the fresh object.
+                    None => return Ok(Done::ok(Action::requeue(Duration::from_secs(1)))),
+                },
+            };
+            let result = obj.act(&kind.state, &observed, write).await;
+            if let Some(intent) = intent {
+                remember(obj, kind, &intent.sent, &result);
+            }
+            let events: Vec<_> = event.into_iter().collect();
+            match result {
+                Ok(applied) => {
+                    let Applied {
+                        health,
+                        mut status,
+                        event,
+                        made,
+                    } = applied;
+                    status.set_pending(None);
+                    let events = events.into_iter().chain(event).collect();
+                    match record(obj, kind, &base, status, &health, events, How::Decided).await {
+                        Err(Error::Record(kube::Error::Api(e))) if e.code == 404 && made.is_some() => {
+                            orphaned(obj, kind, made.as_deref().unwrap_or_default()).await;
+                            Ok(Done::ok(Action::await_change()))
+                        }
+                        Err(e) => Err(e),
+                        Ok(()) => Ok(Done::ok(next(obj, kind, &health, &observed))),
+                    }
+                }
+                Err(failure) => {
+                    // The plan's status (e.g. an adoption found before the write) stands; the
+                    // marker stays only while the write's outcome is unknown.
+                    let mut status = status;
+                    status.set_pending(if failure.outcome_unknown() {
+                        base.pending().cloned()
+                    } else {
+                        None
+                    });
+                    for (reason, note) in &events {
+                        kind.driver
+                            .event(&obj.object_ref(&()), EventType::Normal, *reason, reason.verb(), note)
+                            .await;
+                    }
+                    fail(obj, kind, &base, status, failure).await
+                }
+            }
+        }
+    }
+}
+
+/// What the gates let through.
+enum Gate {
+    /// Go on, with these facts.
+    Pass(Facts),
+    /// Stop here, with this requeue.
+    Stop(Action),
+    /// Paused: report it, nothing else.
+    Pause,
+}
+
+/// The checks before any look: deletion, our own writes, pause, backoff, stalled, and an
+/// object older than our own pending marker.
+fn gate<K: Reconciler>(obj: &K, seen_at: DateTime<Utc>, kind: &Kind<K>, previous: &K::Status) -> Gate {
+    let meta = obj.meta();
+    let uid = meta.uid.as_deref().unwrap_or_default();
+    if meta.deletion_timestamp.is_some() {
+        // Orphan: no finalizer, nothing to do.
+        return Gate::Stop(Action::await_change());
+    }
+    if kind.driver.own_writes.cache_behind(meta) {
+        // The watch has not delivered our own last write yet: a decision from this older
+        // object could undo it (or write again what is already written).
+        return Gate::Stop(Action::requeue(Duration::from_secs(1)));
+    }
+    if is_paused(meta) {
+        return Gate::Pause;
+    }
+    if let Some(wait) = kind.driver.backoffs.wait(uid, meta.generation) {
+        return Gate::Stop(Action::requeue(wait));
+    }
+    if previous.observed_generation() == meta.generation
+        && stalled_reason(previous.conditions())
+            .is_some_and(|r| K::Reason::parse(r).is_none_or(K::Reason::waits_for_spec))
+    {
+        return Gate::Stop(Action::await_change());
+    }
+    let settled = previous.pending().is_none() && K::identity(previous).is_some();
+    let facts = Facts {
+        now: Utc::now(),
+        seen_at,
+        pending: Pending {
+            marker: previous.pending().cloned(),
+            attempt: kind.attempts.get(uid, settled),
+        },
+    };
+    if facts.pending.behind_our_marker(facts.now) {
+        // This process sent a write whose outcome it does not know, yet the object shows no
+        // marker: it is older than our own marker write. Deciding from it could write the
+        // marker away or start the write again.
+        return Gate::Stop(Action::requeue(Duration::from_secs(1)));
+    }
+    Gate::Pass(facts)
+}
+
+/// Observe → decide, again while the kind asks for a fresher look (bounded: a kind that keeps
+/// asking waits for the next reconcile, `None`).
+async fn look<K: Reconciler>(
+    obj: &K,
+    kind: &Kind<K>,
+    facts: &Facts,
+) -> Result<Option<(K::Observed, Plan<K>)>, K::Failure> {
+    let mut refresh = None;
+    let mut facts = facts.clone();
+    for looks in 1..=MAX_LOOKS {
+        let observed = obj.observe(&kind.state, &facts, refresh.take()).await?;
+        match obj.decide(&observed, &facts) {
+            Plan::Refresh(_) if looks == MAX_LOOKS => return Ok(None),
+            Plan::Refresh(again) => refresh = Some(again),
+            plan => return Ok(Some((observed, plan))),
+        }
+        facts.now = Utc::now();
+    }
+    Ok(None)
+}
+
+/// Records the pending marker (and the plan's status) with a resourceVersion precondition.
+/// `None` when the object changed since it was read (409): decide again.
+async fn mark<K: Reconciler>(
+    obj: &K,
+    kind: &Kind<K>,
+    previous: &K::Status,
+    mut status: K::Status,
+    intent: &crate::Intent<K::Reason>,
+    now: DateTime<Utc>,
+) -> Result<Option<K::Status>, Error> {
+    status.set_pending(Some(crate::pending::mark(intent, now)));
+    let health = Health::reconciling(intent.reason, intent.message.clone());
+    match write_status(obj, kind, previous, status, &health, true, true).await {
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(Error::Mark(e)),
+    }
+}
+
+/// Remembers how a non-idempotent write ended, until the watch shows it.
+fn remember<K: Reconciler>(obj: &K, kind: &Kind<K>, sent: &str, result: &Result<Applied<K>, K::Failure>) {
+    let attempt = |made: Option<String>| Attempt {
+        ended: Utc::now(),
+        sent: sent.to_string(),
+        made,
+    };
+    let attempt = match result {
+        Ok(applied) => Some(attempt(applied.made.clone())),
+        Err(failure) if failure.outcome_unknown() => Some(attempt(None)),
+        // Refused, nothing made: nothing to remember.
+        Err(_) => None,
+    };
+    kind.attempts
+        .ended(obj.meta().uid.as_deref().unwrap_or_default(), attempt);
+}
+
+/// The resource went while its write was in flight: what the write made is reported where a
+/// person will find it, so nothing is orphaned silently.
+async fn orphaned<K: Reconciler>(obj: &K, kind: &Kind<K>, made: &str) {
+    let what = format!(
+        "{} {}/{} was deleted while its write was in flight; Cyclr object {made} was made and no resource holds it",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
+    tracing::warn!(made, "{what}");
+    kind.driver.metrics.orphaned(&K::kind(&()));
+    if let Some(regarding) = obj.orphan_report() {
+        kind.driver
+            .event(&regarding, EventType::Warning, K::Reason::ORPHANED, "Create", &what)
+            .await;
+    }
+}
+
+/// Reports a failure through the kind's table and backs off.
+async fn fail<K: Reconciler>(
+    obj: &K,
+    kind: &Kind<K>,
+    previous: &K::Status,
+    status: K::Status,
+    failure: K::Failure,
+) -> Result<Done, Error> {
+    let health = failure.health();
+    let category = failure.category();
+    tracing::warn!(reason = %health.reason, category, error = %kind.driver.scrub(&failure.to_string()), "reconcile failed");
+    record(obj, kind, previous, status, &health, vec![], How::Failed).await?;
+    let action = if health.is_stalled() {
+        Action::await_change()
+    } else {
+        let uid = obj.meta().uid.as_deref().unwrap_or_default();
+        Action::requeue(
+            kind.driver
+                .backoffs
+                .failed(uid, obj.meta().generation, failure.retry_after()),
+        )
+    };
+    Ok(Done {
+        action,
+        failure: Some(category),
+    })
+}
+
+/// The requeue after a report or a write that did not fail.
+fn next<K: Reconciler>(obj: &K, kind: &Kind<K>, health: &Health<K::Reason>, observed: &K::Observed) -> Action {
+    let uid = obj.meta().uid.as_deref().unwrap_or_default();
+    match health.state {
+        State::Ready => {
+            kind.driver.backoffs.succeeded(uid);
+            if let Some(after) = obj.resync(&kind.state, observed) {
+                kind.resyncs.schedule(obj.meta(), after);
+            }
+            Action::await_change()
+        }
+        State::Stalled if !health.reason.waits_for_spec() => Action::requeue(jittered(RECHECK)),
+        State::Stalled | State::Paused => Action::await_change(),
+        // Waiting on something that is watched; a slow safety net besides.
+        State::Reconciling => Action::requeue(Duration::from_secs(60)),
+    }
+}
+
+/// How a reconcile came to its status.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Paused: the spec is not applied (`observedGeneration` stays).
+    Paused,
+    /// Decided by the kind, or written.
+    Decided,
+    /// A failure from the table: a Warning Event when its reason first appears.
+    Failed,
+}
+
+/// The end of every reconcile: one status comparison, at most one status write, the
+/// identity annotation, and Events (Normal for what was done, Warning when a failure or a
+/// stall first appears).
+async fn record<K: Reconciler>(
+    obj: &K,
+    kind: &Kind<K>,
+    previous: &K::Status,
+    status: K::Status,
+    health: &Health<K::Reason>,
+    events: Vec<Note<K::Reason>>,
+    how: How,
+) -> Result<(), Error> {
+    let driver = &kind.driver;
+    let health = Health {
+        message: driver.scrub(&health.message),
+        ..health.clone()
+    };
+    let written = write_status(obj, kind, previous, status, &health, how != How::Paused, false)
+        .await
+        .map_err(Error::Record)?;
+    if let Some((key, id)) = K::identity(&written)
+        && annotation(obj.meta(), key) != Some(id.as_str())
+    {
+        tracing::debug!(annotation = key, %id, "recording the id in metadata");
+        let patch = serde_json::json!({"metadata": {"annotations": {key: id}}});
+        let patched = obj
+            .api(driver.client.clone())
+            .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::Annotate)?;
+        driver.own_writes.wrote(obj.meta(), patched.meta());
+        driver.metrics.kubernetes_write(&K::kind(&()));
+    }
+    let regarding = obj.object_ref(&());
+    for (reason, note) in events {
+        driver
+            .event(&regarding, EventType::Normal, reason, reason.verb(), &note)
+            .await;
+    }
+    let first_time = condition(previous.conditions(), READY).is_none_or(|c| c.reason != health.reason.as_str());
+    if (how == How::Failed || health.is_stalled()) && first_time {
+        driver
+            .event(
+                &regarding,
+                EventType::Warning,
+                health.reason,
+                health.reason.verb(),
+                &health.message,
+            )
+            .await;
+    }
+    Ok(())
+}
+
+/// Writes status when it differs from `previous` (server-side apply, one write), with a
+/// resourceVersion precondition when `precondition`. Returns the status now in force.
+async fn write_status<K: Reconciler>(
+    obj: &K,
+    kind: &Kind<K>,
+    previous: &K::Status,
+    mut next: K::Status,
+    health: &Health<K::Reason>,
+    observed_spec: bool,
+    precondition: bool,
+) -> Result<K::Status, kube::Error> {
+    let driver = &kind.driver;
+    // A spec that was not applied (paused) is not marked observed, so kstatus never reads
+    // it as Current.
+    let generation = if observed_spec {
+        obj.meta().generation
+    } else {
+        previous.observed_generation()
+    };
+    next.set_conditions(health.conditions(generation, previous.conditions()));
+    next.set_observed_generation(generation);
+    driver
+        .metrics
+        .status_computed(&K::kind(&()), obj.meta(), previous.conditions(), next.conditions());
+    let rest = |s: &K::Status| {
+        let mut s = s.clone();
+        s.set_conditions(vec![]);
+        s.set_last_sync_time(None);
+        s
+    };
+    let rest_changed = rest(previous) != rest(&next);
+    if !rest_changed && same_conditions(previous.conditions(), next.conditions()) && !precondition {
+        return Ok(previous.clone());
+    }
+    if rest_changed {
+        next.set_last_sync_time(Some(Time(Timestamp::now())));
+    }
+    tracing::debug!(?previous, ?next, "writing status");
+    let mut patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": next,
+    });
+    if precondition {
+        patch["metadata"] = serde_json::json!({"resourceVersion": obj.resource_version()});
+    }
+    let patched = obj
+        .api(driver.client.clone())
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(driver.config.manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    driver.own_writes.wrote(obj.meta(), patched.meta());
+    driver.metrics.kubernetes_write(&K::kind(&()));
+    Ok(next)
+}
