@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Faults, LostResponse, RetryAfterForm};
+pub use faults::{Faults, HtmlAnswer, LostResponse, RetryAfterForm};
 
 use cyclr::types::{Account, InstalledConnector};
 use faults::FaultState;
