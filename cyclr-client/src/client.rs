@@ -2,9 +2,11 @@
 //! token, waits for the rate limiter, applies the timeout, maps errors and retries.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use backon::Retryable;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -191,6 +193,20 @@ impl Call {
         self.idempotent = false;
         self
     }
+}
+
+/// What the attempts of one call share.
+struct Attempts {
+    /// Attempts made so far, token renewals included (for the observer and the log).
+    number: AtomicU32,
+    /// A token generation to replace: the caller's, then the one Cyclr refused. Kept for every
+    /// later attempt, so a renewal that failed is tried again rather than the refused token.
+    stale_token: Mutex<Option<u64>>,
+    renewed_after_401: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A failed HTTP attempt, with what `send` needs to decide on a retry.
@@ -429,39 +445,48 @@ impl CyclrClient {
     }
 
     /// The one path every operation takes: attempts, the single token renewal on a 401, and
-    /// backoff retries bounded by the policy. Returns the response body.
+    /// retries with the policy's backoff (backon), never sooner than Cyclr asked (the 429
+    /// hold) and never one that would end after the policy's deadline. Returns the body.
     async fn send(&self, call: &Call) -> Result<Vec<u8>> {
         let policy = &self.inner.config.retry;
         let deadline = Instant::now() + policy.max_elapsed;
-        let mut stale_token = call.stale_token;
-        let mut renewed_after_401 = false;
-        let mut failures = 0;
-        let mut attempt = 0;
+        let attempts = Attempts {
+            number: AtomicU32::new(0),
+            stale_token: Mutex::new(call.stale_token),
+            renewed_after_401: AtomicBool::new(false),
+        };
+        (|| self.attempt_renewing(call, &attempts, deadline))
+            .retry(policy.backoff())
+            .when(|failure| failure.error.is_retryable() && (call.idempotent || failure.not_applied))
+            .adjust(|failure, backoff| {
+                let delay = backoff?.max(failure.error.retry_after().unwrap_or_default());
+                (Instant::now() + delay <= deadline).then_some(delay)
+            })
+            .notify(|failure, delay| {
+                let attempt = attempts.number.load(Ordering::Relaxed);
+                debug!(endpoint = call.endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "retrying Cyclr call");
+            })
+            .await
+            .map_err(|failure| failure.error)
+    }
+
+    /// One attempt, made again at once with a new token if Cyclr refused the token (401), once
+    /// per call: tokens can be revoked or expire early, and Cyclr refused the request, so
+    /// repeating it is safe even for a create.
+    async fn attempt_renewing(&self, call: &Call, attempts: &Attempts, deadline: Instant) -> Result<Vec<u8>, Failure> {
         loop {
-            attempt += 1;
+            let attempt = attempts.number.fetch_add(1, Ordering::Relaxed) + 1;
+            let stale_token = *lock(&attempts.stale_token);
             let failure = match self.attempt(call, attempt, stale_token, deadline).await {
                 Ok(body) => return Ok(body),
                 Err(failure) => failure,
             };
-            // Tokens can be revoked or expire early; Cyclr refused the request, so repeating
-            // it once with a new token is safe even for a create.
-            if let Some(generation) = failure.refused_token
-                && !renewed_after_401
-            {
-                renewed_after_401 = true;
-                stale_token = Some(generation);
-                continue;
+            match failure.refused_token {
+                Some(generation) if !attempts.renewed_after_401.swap(true, Ordering::Relaxed) => {
+                    *lock(&attempts.stale_token) = Some(generation);
+                }
+                _ => return Err(failure),
             }
-            failures += 1;
-            let retry = failure.error.is_retryable()
-                && (call.idempotent || failure.not_applied)
-                && failures < policy.max_attempts;
-            let delay = policy.delay(failures, failure.error.retry_after());
-            if !retry || Instant::now() + delay > deadline {
-                return Err(failure.error);
-            }
-            debug!(endpoint = call.endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "retrying Cyclr call");
-            tokio::time::sleep(delay).await;
         }
     }
 
