@@ -209,6 +209,46 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A 2xx response: its body and what names it when the body is not Cyclr's JSON.
+#[derive(Default)]
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body read by `decode`: a body that is not JSON at all (a firewall's page with `200`)
+    /// is [`CyclrError::NotJson`], JSON of another shape [`CyclrError::Decode`].
+    fn decode<T>(self, endpoint: &str, decode: impl FnOnce(&[u8]) -> serde_json::Result<T>) -> Result<T> {
+        decode(&self.body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                self.not_json()
+            } else {
+                CyclrError::Decode(format!("{endpoint}: {e}"))
+            }
+        })
+    }
+
+    /// For a call whose answer carries nothing (Install Connector's empty `200`): an empty or
+    /// JSON body is success, anything else is not Cyclr's answer.
+    fn expect_nothing(self) -> Result<()> {
+        if self.body.trim_ascii().is_empty() || is_json(&self.body) {
+            Ok(())
+        } else {
+            Err(self.not_json())
+        }
+    }
+
+    fn not_json(self) -> CyclrError {
+        CyclrError::NotJson {
+            status: self.status,
+            content_type: self.content_type,
+            excerpt: excerpt(&self.body),
+        }
+    }
+}
+
 /// A failed HTTP attempt, with what `send` needs to decide on a retry.
 struct Failure {
     error: CyclrError,
@@ -394,7 +434,7 @@ impl CyclrClient {
         let call = Call::new("install_connector", Verb::Post, url)
             .json(request)?
             .at_most_once();
-        self.send(&call).await.map(drop)
+        self.send(&call).await?.expect_nothing()
     }
 
     pub async fn price_plans(&self) -> Result<Vec<PricePlan>> {
@@ -434,20 +474,20 @@ impl CyclrClient {
     }
 
     async fn send_json<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
-        let body = self.send(&call).await?;
-        serde_json::from_slice(&body).map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
+        self.send(&call)
+            .await?
+            .decode(call.endpoint, |body| serde_json::from_slice(body))
     }
 
     /// [`send_json`](Self::send_json) for an endpoint answering a JSON array ([`decode_list`]).
     async fn send_list<T: DeserializeOwned>(&self, call: Call) -> Result<Vec<T>> {
-        let body = self.send(&call).await?;
-        decode_list(&body).map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
+        self.send(&call).await?.decode(call.endpoint, decode_list)
     }
 
     /// The one path every operation takes: attempts, the single token renewal on a 401, and
     /// retries with the policy's backoff (backon), never sooner than Cyclr asked (the 429
     /// hold) and never one that would end after the policy's deadline. Returns the body.
-    async fn send(&self, call: &Call) -> Result<Vec<u8>> {
+    async fn send(&self, call: &Call) -> Result<Answer> {
         let policy = &self.inner.config.retry;
         let deadline = Instant::now() + policy.max_elapsed;
         let attempts = Attempts {
@@ -473,12 +513,12 @@ impl CyclrClient {
     /// One attempt, made again at once with a new token if Cyclr refused the token (401), once
     /// per call: tokens can be revoked or expire early, and Cyclr refused the request, so
     /// repeating it is safe even for a create.
-    async fn attempt_renewing(&self, call: &Call, attempts: &Attempts, deadline: Instant) -> Result<Vec<u8>, Failure> {
+    async fn attempt_renewing(&self, call: &Call, attempts: &Attempts, deadline: Instant) -> Result<Answer, Failure> {
         loop {
             let attempt = attempts.number.fetch_add(1, Ordering::Relaxed) + 1;
             let stale_token = *lock(&attempts.stale_token);
             let failure = match self.attempt(call, attempt, stale_token, deadline).await {
-                Ok(body) => return Ok(body),
+                Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
             match failure.refused_token {
@@ -496,7 +536,7 @@ impl CyclrClient {
         attempt: u32,
         stale_token: Option<u64>,
         deadline: Instant,
-    ) -> Result<Vec<u8>, Failure> {
+    ) -> Result<Answer, Failure> {
         let token = self
             .inner
             .tokens
@@ -506,7 +546,7 @@ impl CyclrClient {
             .await
             .map_err(Failure::not_sent)?;
         let Some(request) = &call.request else {
-            return Ok(Vec::new());
+            return Ok(Answer::default());
         };
         let mut builder = self
             .inner
@@ -539,8 +579,7 @@ impl CyclrClient {
             .post(self.url(&["oauth", "token"]))
             .header(header::ACCEPT, "application/json")
             .form(&form);
-        let body = self
-            .execute("oauth_token", Verb::Post, builder, None, attempt, deadline)
+        self.execute("oauth_token", Verb::Post, builder, None, attempt, deadline)
             .await
             .map_err(|failure| match failure.error {
                 // OAuth answers refused client credentials with 400 (RFC 6749 §5.2) or 401.
@@ -550,8 +589,8 @@ impl CyclrClient {
                     self.inner.base
                 )),
                 error => error,
-            })?;
-        serde_json::from_slice(&body).map_err(|e| CyclrError::Decode(format!("oauth_token: {e}")))
+            })?
+            .decode("oauth_token", |body| serde_json::from_slice(body))
     }
 
     /// Sends one HTTP request: waits for the budget (429 hold, limiter, adapted rate), reports
@@ -564,7 +603,7 @@ impl CyclrClient {
         token: Option<&BearerToken>,
         attempt: u32,
         deadline: Instant,
-    ) -> Result<Vec<u8>, Failure> {
+    ) -> Result<Answer, Failure> {
         let queued = Instant::now();
         self.inner.budget.acquire(deadline).await.map_err(Failure::not_sent)?;
         let waited = queued.elapsed();
@@ -606,7 +645,11 @@ impl CyclrClient {
         let status = status.unwrap_or_default();
         if status.is_success() {
             self.inner.budget.on_success(started);
-            return Ok(body);
+            return Ok(Answer {
+                status: status.as_u16(),
+                content_type: content_type(&headers),
+                body,
+            });
         }
         let mut error = error_for_status(status, &headers, &body, SystemTime::now());
         if let CyclrError::RateLimited { retry_after, hold } = &mut error {
@@ -663,6 +706,16 @@ fn parse_base_url(api_url: &str) -> Result<Url> {
 /// Maps a non-2xx response to the error the rest of the operator reasons about.
 fn error_for_status(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> CyclrError {
     let code = status.as_u16();
+    // Cyclr writes its errors as JSON. A page in front of it (a firewall's 403, a proxy's 404)
+    // is named as such, never read as refused credentials or a missing account. A 401 is
+    // about credentials whatever its body; a 429's delay is in its header.
+    if status.is_client_error() && !matches!(code, 401 | 429) && !body.trim_ascii().is_empty() && !is_json(body) {
+        return CyclrError::NotJson {
+            status: code,
+            content_type: content_type(headers),
+            excerpt: excerpt(body),
+        };
+    }
     match code {
         401 | 403 => CyclrError::Unauthorized {
             message: error_message(status, body),
@@ -702,21 +755,42 @@ fn error_for_status(status: StatusCode, headers: &HeaderMap, body: &[u8], now: S
 /// of the body, else the status's reason phrase.
 fn error_message(status: StatusCode, body: &[u8]) -> String {
     const KEYS: [&str; 4] = ["Message", "message", "error_description", "error"];
-    const MAX_EXCERPT: usize = 200;
     if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body)
         && let Some(message) = KEYS.iter().find_map(|key| fields.get(*key)?.as_str())
     {
         return message.to_owned();
     }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
+    if body.trim_ascii().is_empty() {
         return status.canonical_reason().unwrap_or("no message").to_owned();
     }
-    match text.char_indices().nth(MAX_EXCERPT) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+    excerpt(body)
+}
+
+/// The first 200 characters of a body, its runs of white space (an HTML page's line breaks
+/// and indentation) made single spaces, so the excerpt reads on one line of a condition.
+fn excerpt(body: &[u8]) -> String {
+    const MAX_EXCERPT: usize = 200;
+    let text = String::from_utf8_lossy(body);
+    let mut chars = text
+        .split_whitespace()
+        .flat_map(|word| std::iter::once(' ').chain(word.chars()))
+        .skip(1);
+    let excerpt: String = chars.by_ref().take(MAX_EXCERPT).collect();
+    match chars.next() {
+        Some(_) => format!("{}…", excerpt.trim_end()),
+        None => excerpt,
     }
+}
+
+fn is_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// reqwest's own message is terse ("error sending request"); the causes say what happened.
@@ -785,6 +859,88 @@ mod tests {
         assert!(matches!(map(302, ""), CyclrError::Config(_)));
     }
 
+    const PAGE: &str = "<!DOCTYPE html>\n<html>\n  <head><title>Request Rejected</title></head>\n  <body>The requested URL was rejected.</body>\n</html>";
+
+    #[test]
+    fn a_page_in_front_of_cyclr_is_named_not_read_as_cyclrs_answer() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        for code in [403, 404, 400, 405] {
+            let error = error_for_status(status(code), &headers, PAGE.as_bytes(), SystemTime::now());
+            let CyclrError::NotJson {
+                status,
+                content_type,
+                excerpt,
+            } = &error
+            else {
+                panic!("{code}: {error:?}")
+            };
+            assert_eq!((*status, content_type.as_deref()), (code, Some("text/html")));
+            assert_eq!(
+                excerpt,
+                "<!DOCTYPE html> <html> <head><title>Request Rejected</title></head> <body>The requested URL was rejected.</body> </html>"
+            );
+            assert!(!error.is_retryable() && error.outcome_unknown(), "{code}");
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!("answered {code} with text/html instead of JSON")),
+                "{text}"
+            );
+        }
+        // Plain text is not JSON either; without a Content-Type the error says so.
+        let text = map(403, "Forbidden by policy").to_string();
+        assert!(
+            text.contains("403 with no Content-Type") && text.ends_with("Forbidden by policy"),
+            "{text}"
+        );
+        // A 401 is about credentials whatever its body; a 5xx page is transient; a 429 is a 429.
+        assert!(matches!(map(401, PAGE), CyclrError::Unauthorized { .. }));
+        assert!(matches!(map(502, PAGE), CyclrError::Server { status: 502, .. }));
+        assert!(matches!(map(429, PAGE), CyclrError::RateLimited { .. }));
+        // JSON without a Message, or no body at all, is still Cyclr's answer.
+        assert!(matches!(map(403, "{}"), CyclrError::Unauthorized { .. }));
+        assert!(matches!(map(404, " "), CyclrError::NotFound { .. }));
+    }
+
+    #[test]
+    fn a_2xx_answer_is_named_when_it_is_not_json() {
+        let answer = |body: &str| Answer {
+            status: 200,
+            content_type: Some("text/html; charset=utf-8".into()),
+            body: body.as_bytes().to_vec(),
+        };
+        let read = |body: &str| answer(body).decode("list_accounts", decode_list::<Account>);
+        assert!(
+            matches!(read(PAGE), Err(CyclrError::NotJson { status: 200, excerpt, .. }) if excerpt.starts_with("<!DOCTYPE html> <html>"))
+        );
+        assert!(matches!(read(""), Err(CyclrError::NotJson { excerpt, .. }) if excerpt.is_empty()));
+        assert!(
+            matches!(read(r#"[{"Id":"a1"}]"#), Err(CyclrError::Decode(message)) if message.starts_with("list_accounts: ")),
+            "JSON of another shape"
+        );
+        assert_eq!(read(r#"[{"Id":"a1","Name":"Acme"}]"#).unwrap().len(), 1);
+
+        for nothing in ["", " \n", "{}", "null"] {
+            assert!(answer(nothing).expect_nothing().is_ok(), "{nothing:?}");
+        }
+        let error = answer(PAGE).expect_nothing().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("answered 200 with text/html; charset=utf-8 instead of JSON"),
+            "{error}"
+        );
+        assert!(
+            CyclrError::NotJson {
+                status: 200,
+                content_type: None,
+                excerpt: String::new()
+            }
+            .to_string()
+            .ends_with("an empty body")
+        );
+    }
+
     #[test]
     fn oauth_error_fields_are_messages_too() {
         let body = r#"{"error":"invalid_client","error_description":"bad client"}"#;
@@ -802,6 +958,13 @@ mod tests {
         };
         assert_eq!(message.chars().count(), 201);
         assert!(message.ends_with('…'));
+        // Exactly 200 characters are not cut; white space is collapsed before counting.
+        assert_eq!(excerpt(b" a \n\t b\n"), "a b");
+        assert_eq!(excerpt("x".repeat(200).as_bytes()), "x".repeat(200));
+        assert_eq!(
+            excerpt(format!("{} tail", "x".repeat(199)).as_bytes()),
+            format!("{}…", "x".repeat(199))
+        );
     }
 
     #[test]

@@ -33,9 +33,27 @@ pub enum CyclrError {
     /// The request never completed at the network level.
     #[error("could not reach Cyclr: {0}")]
     Transport(String),
-    /// Cyclr answered 2xx with a body we cannot read.
+    /// Cyclr answered 2xx with JSON we cannot read.
     #[error("unexpected response from Cyclr: {0}")]
     Decode(String),
+    /// Something other than Cyclr's JSON answered: an HTML page or text, as a web
+    /// application firewall, proxy or load balancer in front of Cyclr writes one, or an API
+    /// URL that points at a web site. It says nothing of the credentials (a firewall's `403`
+    /// is not Cyclr refusing them), nor of whether a write reached Cyclr (a firewall's block
+    /// page may even claim `200`). A 5xx page stays [`CyclrError::Server`]: that is transient.
+    #[error(
+        "Cyclr's address answered {status} with {} instead of JSON (a firewall or proxy in front of Cyclr?): {}",
+        content_type.as_deref().unwrap_or("no Content-Type"),
+        if excerpt.is_empty() { "an empty body" } else { excerpt }
+    )]
+    NotJson {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// Its `Content-Type` header, if any (e.g. `text/html; charset=utf-8`).
+        content_type: Option<String>,
+        /// The first 200 characters of its body, white space collapsed, `…` when cut.
+        excerpt: String,
+    },
     /// The client was configured wrongly (bad URL, …).
     #[error("invalid Cyclr client configuration: {0}")]
     Config(String),
@@ -57,7 +75,11 @@ impl CyclrError {
     pub fn outcome_unknown(&self) -> bool {
         matches!(
             self,
-            CyclrError::Server { .. } | CyclrError::Timeout(_) | CyclrError::Transport(_) | CyclrError::Decode(_)
+            CyclrError::Server { .. }
+                | CyclrError::Timeout(_)
+                | CyclrError::Transport(_)
+                | CyclrError::Decode(_)
+                | CyclrError::NotJson { .. }
         )
     }
 
