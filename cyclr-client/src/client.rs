@@ -29,16 +29,23 @@ use super::types::{
 pub struct ClientConfig {
     /// e.g. `https://api.cyclr.com`; the API paths are appended to it.
     pub api_url: String,
+    /// The partner's OAuth client id, sent to `POST /oauth/token`.
     pub client_id: String,
+    /// The partner's OAuth client secret, sent to `POST /oauth/token` only.
     pub client_secret: SecretString,
+    /// The configured request rate, requests per second (at least 1; see [`RateBudget`]).
     pub requests_per_second: u32,
+    /// How many requests may go out at once above the rate (at least 1).
     pub burst: u32,
     /// Per HTTP request, from connecting until the whole body is read.
     pub request_timeout: Duration,
+    /// How failed calls are retried.
     pub retry: RetryPolicy,
 }
 
 impl ClientConfig {
+    /// The defaults: 10 requests per second with bursts of 20, a 30 s request timeout and
+    /// [`RetryPolicy::default`].
     pub fn new(api_url: impl Into<String>, client_id: impl Into<String>, client_secret: SecretString) -> Self {
         ClientConfig {
             api_url: api_url.into(),
@@ -69,6 +76,7 @@ impl fmt::Debug for ClientConfig {
 
 /// Told about every HTTP request the client makes (token requests and retries included).
 pub trait CallObserver: Send + Sync {
+    /// Called once per HTTP request, after its response (or its failure) arrived.
     fn observe(&self, call: &CallRecord);
 }
 
@@ -77,9 +85,11 @@ pub trait CallObserver: Send + Sync {
 pub struct CallRecord {
     /// The client operation, e.g. `"create_account"`, or `"oauth_token"`.
     pub endpoint: &'static str,
+    /// The HTTP method, e.g. `"POST"`.
     pub method: &'static str,
     /// `None` when no response arrived (timeout, connection failure).
     pub status: Option<u16>,
+    /// From sending the request until its whole body was read (or it failed).
     pub latency: Duration,
     /// Time spent before sending: waiting out a 429 hold (`Retry-After`) and the rate limiter.
     pub waited: Duration,
@@ -379,6 +389,7 @@ impl CyclrClient {
         self.send(&call).await.map(drop)
     }
 
+    /// List Accounts (`GET /api/partner/accounts`): every account of the partner.
     pub async fn list_accounts(&self) -> Result<Vec<Account>> {
         self.send_list(Call::new(
             "list_accounts",
@@ -388,6 +399,7 @@ impl CyclrClient {
         .await
     }
 
+    /// Partner Details (`GET /api/partner/details`).
     pub async fn partner_details(&self) -> Result<PartnerDetails> {
         self.send_json(Call::new(
             "partner_details",
@@ -397,6 +409,7 @@ impl CyclrClient {
         .await
     }
 
+    /// Create Account (`POST /api/partner/createaccount`, `Name` required): the new id.
     /// Never re-sent after an ambiguous failure (`CyclrError::outcome_unknown`): the account
     /// may exist, and only the caller can look for it.
     pub async fn create_account(&self, fields: &AccountFields) -> Result<AccountId> {
@@ -407,13 +420,17 @@ impl CyclrClient {
         self.send_json::<IdResponse>(call).await.map(|response| response.id)
     }
 
-    /// Sends only the fields that are set; the others keep their values in Cyclr.
+    /// Update Account (`PUT /api/partner/accounts/{id}`): sends only the fields that are set;
+    /// the others keep their values in Cyclr. Returns the id Cyclr answers with.
     pub async fn update_account(&self, id: &str, fields: &AccountFields) -> Result<AccountId> {
         let url = self.url(&["api", "partner", "accounts", id]);
         let call = Call::new("update_account", Verb::Put, url).json(fields)?;
         self.send_json::<IdResponse>(call).await.map(|response| response.id)
     }
 
+    /// Get Account Signin Token (`POST /api/partner/createaccountsignintoken`): a single-use
+    /// token for `username` in the account, valid for five minutes. Never re-sent after an
+    /// ambiguous failure.
     pub async fn create_signin_token(&self, account_id: &str, username: &str) -> Result<SignInToken> {
         let url = self.url(&["api", "partner", "createaccountsignintoken"]);
         let body = SignInTokenRequest {
@@ -428,7 +445,8 @@ impl CyclrClient {
         .await
     }
 
-    /// Never re-sent after an ambiguous failure: installing twice makes two connectors.
+    /// Install Connector (`POST /api/partner/installconnector`, answered `200` with no
+    /// body). Never re-sent after an ambiguous failure: installing twice makes two connectors.
     pub async fn install_connector(&self, request: &InstallConnectorRequest) -> Result<()> {
         let url = self.url(&["api", "partner", "installconnector"]);
         let call = Call::new("install_connector", Verb::Post, url)
@@ -437,6 +455,7 @@ impl CyclrClient {
         self.send(&call).await?.expect_nothing()
     }
 
+    /// Get Price Plans (`GET /api/partner/priceplans`).
     pub async fn price_plans(&self) -> Result<Vec<PricePlan>> {
         self.send_list(Call::new(
             "price_plans",
@@ -446,7 +465,8 @@ impl CyclrClient {
         .await
     }
 
-    /// Usage since `from_date`, or since the last bill date when `None`.
+    /// Get Account Usage (`GET /api/partner/accounts/{id}/billing`): usage since `from_date`,
+    /// or since the last bill date when `None`.
     pub async fn account_usage(&self, account_id: &str, from_date: Option<chrono::NaiveDate>) -> Result<AccountUsage> {
         let mut url = self.url(&["api", "partner", "accounts", account_id, "billing"]);
         if let Some(date) = from_date {
@@ -456,7 +476,8 @@ impl CyclrClient {
         self.send_json(Call::new("account_usage", Verb::Get, url)).await
     }
 
-    /// The connectors installed into an account (v1.0 API), to check before installing.
+    /// The connectors installed into an account (v1.0 `GET /v1.0/account/connectors` with
+    /// `X-Cyclr-Account`), to check before installing.
     pub async fn installed_connectors(&self, account_id: &str) -> Result<Vec<InstalledConnector>> {
         let url = self.url(&["v1.0", "account", "connectors"]);
         self.send_list(Call::new("installed_connectors", Verb::Get, url).account(account_id))

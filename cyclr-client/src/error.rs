@@ -7,13 +7,24 @@ use std::time::Duration;
 pub enum CyclrError {
     /// 401/403: the credentials or the token were refused.
     #[error("Cyclr refused the credentials: {message}")]
-    Unauthorized { message: String },
+    Unauthorized {
+        /// Cyclr's `Message` (or OAuth's `error_description`), else an excerpt of the body.
+        message: String,
+    },
     /// 404: usually an unknown account id.
     #[error("Cyclr found no such object: {message}")]
-    NotFound { message: String },
+    NotFound {
+        /// Cyclr's `Message`, e.g. `Account … not found.`
+        message: String,
+    },
     /// 400 and other 4xx: Cyclr rejected the request; `message` is Cyclr's own.
     #[error("Cyclr rejected the request: {message}")]
-    Validation { status: u16, message: String },
+    Validation {
+        /// The HTTP status, 400–499 (not 401, 404 or 429).
+        status: u16,
+        /// Cyclr's `Message`, e.g. `Name is required.`
+        message: String,
+    },
     /// 429: Cyclr asks us to slow down. `retry_after` is what its `Retry-After` header said
     /// (`None` when absent or unreadable, zero for `0` or a date already past); `hold` is how
     /// long the client actually stops sending to this partner from the moment the error is
@@ -21,12 +32,19 @@ pub enum CyclrError {
     /// [`crate::RateBudget`]). Requeue after `hold`.
     #[error("Cyclr rate limit reached, holding requests for {:.1}s", hold.as_secs_f64())]
     RateLimited {
+        /// What Cyclr's `Retry-After` said, at most a day.
         retry_after: Option<Duration>,
+        /// How long this partner's requests are held, from when the error was returned.
         hold: Duration,
     },
     /// 5xx.
     #[error("Cyclr server error {status}: {message}")]
-    Server { status: u16, message: String },
+    Server {
+        /// The HTTP status, 500–599 (or another code no other variant takes).
+        status: u16,
+        /// Cyclr's `Message` (`An error has occurred.`), else an excerpt of the body.
+        message: String,
+    },
     /// No answer within the request timeout: the request may or may not have been applied.
     #[error("Cyclr did not answer in time: {0}")]
     Timeout(String),
@@ -104,4 +122,5 @@ impl CyclrError {
     }
 }
 
+/// The result of a Cyclr call.
 pub type Result<T, E = CyclrError> = std::result::Result<T, E>;

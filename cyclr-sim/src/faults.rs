@@ -33,10 +33,12 @@ pub struct Faults {
     /// `retry_after_form: "http_date"` it is the offset from now of the date sent, so a
     /// negative value sends a date in the past.
     pub retry_after_secs: i64,
+    /// How the `Retry-After` of a 429 is written.
     pub retry_after_form: RetryAfterForm,
     /// The next N writes are applied, but their response is lost (see `commit_then_fail_mode`).
     /// Counts down as writes consume it.
     pub commit_then_fail: u32,
+    /// How the response of a "commit then fail" write is lost.
     pub commit_then_fail_mode: LostResponse,
     /// Share (0.0–1.0) of writes, after the `commit_then_fail` count is used up, that are
     /// applied and then lose their response the same way: a steady trickle rather than a
