@@ -65,6 +65,9 @@ reasons! {
     RateLimited,
     /// Cyclr answered 5xx, timed out or could not be reached: retried with backoff.
     CyclrUnavailable,
+    /// Something other than Cyclr answered (an HTML page of a firewall or proxy in front of
+    /// it); the message quotes it. Retried with backoff.
+    CyclrAnswerNotJSON,
     /// The Kubernetes API failed a read or write: retried with backoff.
     KubernetesUnavailable,
     /// A spec value the operator cannot use (checked before any Cyclr call).
@@ -183,6 +186,7 @@ impl driver::Fault for Failure {
                     CyclrError::Unauthorized { .. } => Health::stalled(Reason::AuthenticationFailed, message),
                     CyclrError::Config(_) => Health::stalled(Reason::InvalidConfiguration, message),
                     CyclrError::RateLimited { .. } => Health::reconciling(Reason::RateLimited, message),
+                    CyclrError::NotJson { .. } => Health::reconciling(Reason::CyclrAnswerNotJSON, message),
                     _ => Health::reconciling(Reason::CyclrUnavailable, message),
                 }
             }

@@ -3,8 +3,11 @@
 //! pointed at one. Every value it holds is also what [`Secrets::scrub`] removes from text
 //! bound for status, Events and logs.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
@@ -32,11 +35,17 @@ pub enum Lookup {
 pub struct Secrets {
     store: Store<Secret>,
     client: Client,
+    /// Built for the store's state when a scrub first needs it, kept until a Secret changes.
+    scrubber: Arc<Mutex<Arc<Scrubber>>>,
 }
 
 impl Secrets {
     pub fn new(store: Store<Secret>, client: Client) -> Self {
-        Secrets { store, client }
+        Secrets {
+            store,
+            client,
+            scrubber: Arc::default(),
+        }
     }
 
     /// The Secret `namespace/name` if it is labelled. A miss is told apart from a missing
@@ -52,27 +61,145 @@ impl Secrets {
         })
     }
 
-    /// `text` with every value of every labelled Secret (and its base64 form, as a basic-auth
-    /// header would carry it) replaced by `[redacted]`.
+    /// `text` with every credential form of every labelled Secret replaced by `[redacted]`
+    /// (see [`Scrubber`]), in one pass.
     pub fn scrub(&self, text: &str) -> String {
-        use base64::Engine as _;
-        let mut out = text.to_string();
-        for secret in self.store.state() {
-            for value in secret.data.iter().flat_map(|d| d.values()) {
-                let Ok(plain) = std::str::from_utf8(&value.0) else {
-                    continue;
-                };
-                let plain = plain.trim();
-                // Very short values would redact ordinary words; they are not credentials.
-                if plain.len() < 4 {
+        self.scrubber().scrub(text)
+    }
+
+    /// The scrubber of the store's state: the cached one unless a Secret was added, changed
+    /// or removed since it was built. Built under the lock, so concurrent scrubs build once.
+    fn scrubber(&self) -> Arc<Scrubber> {
+        let secrets = self.store.state();
+        let mut cached = self.scrubber.lock().expect("lock");
+        if !cached.built_from(&secrets) {
+            *cached = Arc::new(Scrubber::new(&secrets));
+        }
+        cached.clone()
+    }
+}
+
+/// Values shorter than this are not scrubbed: they would redact ordinary words, and are no
+/// credentials.
+const MIN_SECRET_LEN: usize = 4;
+
+/// A Secret with more values than this gets no `user:password` pairs (their number grows with
+/// the square of its values); its values are still scrubbed one by one.
+const MAX_PAIRED_VALUES: usize = 32;
+
+/// Finds every form in which a credential of the labelled Secrets can appear in a message,
+/// all in one pass over it (Aho-Corasick, longest match first): each value (trimmed); its
+/// base64 (as an API-key header or a token may carry it); and the base64 of `user:password`
+/// for every ordered pair of values of one Secret, which is what a basic-auth header
+/// (`Authorization: Basic …`) or Cyclr's v1.0 `AuthValue` carries. Any two values may pair:
+/// the install's `usernameKey` and `passwordKey` (and a partner's `client_id` and
+/// `client_secret`) can be any keys. The base64 forms are of the values as stored and as
+/// trimmed, each with and without padding.
+#[derive(Default)]
+struct Scrubber {
+    /// The Secrets it was built from, as (uid, resourceVersion), sorted; `None` when one had
+    /// neither, so it is never taken for current.
+    versions: Option<Vec<(String, String)>>,
+    /// `None` when there is nothing to scrub.
+    automaton: Option<AhoCorasick>,
+}
+
+impl Scrubber {
+    fn new(secrets: &[Arc<Secret>]) -> Self {
+        let mut patterns = BTreeSet::new();
+        for secret in secrets {
+            let values: Vec<&str> = secret
+                .data
+                .iter()
+                .flat_map(|data| data.values())
+                .filter_map(|value| std::str::from_utf8(&value.0).ok())
+                .collect();
+            for value in &values {
+                if value.trim().len() >= MIN_SECRET_LEN {
+                    patterns.insert(value.trim().to_owned());
+                    patterns.extend(base64(value));
+                    patterns.extend(base64(value.trim()));
+                }
+            }
+            if values.len() > MAX_PAIRED_VALUES {
+                continue;
+            }
+            for (i, password) in values.iter().enumerate() {
+                // A short user name still makes a credential with a real password.
+                if password.trim().len() < MIN_SECRET_LEN {
                     continue;
                 }
-                let encoded = base64::engine::general_purpose::STANDARD.encode(plain);
-                out = out.replace(plain, "[redacted]").replace(&encoded, "[redacted]");
+                for (_, user) in values
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, user)| *j != i && !user.trim().is_empty())
+                {
+                    patterns.extend(base64(&format!("{user}:{password}")));
+                    patterns.extend(base64(&format!("{}:{}", user.trim(), password.trim())));
+                }
             }
         }
-        out
+        let automaton = (!patterns.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .expect("a few thousand patterns fit the automaton")
+        });
+        Scrubber {
+            versions: versions(secrets).map(|versions| {
+                versions
+                    .into_iter()
+                    .map(|(uid, version)| (uid.to_owned(), version.to_owned()))
+                    .collect()
+            }),
+            automaton,
+        }
     }
+
+    fn built_from(&self, secrets: &[Arc<Secret>]) -> bool {
+        match (&self.versions, versions(secrets)) {
+            (Some(built), Some(now)) => built
+                .iter()
+                .map(|(uid, version)| (uid.as_str(), version.as_str()))
+                .eq(now),
+            _ => false,
+        }
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        match &self.automaton {
+            Some(automaton) => {
+                let mut out = String::with_capacity(text.len());
+                automaton.replace_all_with(text, &mut out, |_, _, out| {
+                    out.push_str("[redacted]");
+                    true
+                });
+                out
+            }
+            None => text.to_owned(),
+        }
+    }
+}
+
+/// Each Secret's (uid, resourceVersion), sorted: what changes whenever its values can.
+fn versions(secrets: &[Arc<Secret>]) -> Option<Vec<(&str, &str)>> {
+    let mut versions = secrets
+        .iter()
+        .map(|secret| {
+            Some((
+                secret.metadata.uid.as_deref()?,
+                secret.metadata.resource_version.as_deref()?,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    versions.sort_unstable();
+    Some(versions)
+}
+
+/// Padded and not, so either occurrence is replaced whole (the longest match wins).
+fn base64(text: &str) -> [String; 2] {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    [STANDARD.encode(text), STANDARD_NO_PAD.encode(text)]
 }
 
 /// Why a referenced Secret cannot be used: the condition reason and its message.
@@ -185,8 +312,118 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     use cyclr::types::ConnectorAuth;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::runtime::{reflector, watcher};
     use secrecy::SecretString;
+
+    fn secret(uid: &str, version: &str, data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(format!("secret-{uid}")),
+                namespace: Some("tenants".into()),
+                uid: Some(uid.into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(key, value)| (key.to_string(), ByteString(value.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    fn scrubber(secrets: &[Secret]) -> Scrubber {
+        Scrubber::new(&secrets.iter().cloned().map(Arc::new).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn a_basic_auth_header_echoing_user_and_password_is_scrubbed() {
+        let scrubber = scrubber(&[secret(
+            "a",
+            "1",
+            &[
+                ("apiKey", "unrelated-key"),
+                ("username", "bob"),
+                ("password", "pa55w0rd-9f"),
+            ],
+        )]);
+        for (user, password) in [("bob", "pa55w0rd-9f"), ("pa55w0rd-9f", "unrelated-key")] {
+            let header = STANDARD.encode(format!("{user}:{password}"));
+            let message = format!("Cyclr: 'Authorization: Basic {header}' was refused");
+            assert_eq!(
+                scrubber.scrub(&message),
+                "Cyclr: 'Authorization: Basic [redacted]' was refused",
+                "{user}:{password}"
+            );
+        }
+        // Unpadded, as some servers echo it.
+        let unpadded = STANDARD_NO_PAD.encode("bob:pa55w0rd-9f");
+        assert_eq!(scrubber.scrub(&format!("Basic {unpadded}.")), "Basic [redacted].");
+        // The user name alone is too short to be a secret.
+        assert_eq!(scrubber.scrub("user bob"), "user bob");
+    }
+
+    #[test]
+    fn plain_and_base64_values_are_scrubbed_but_not_short_ones() {
+        let scrubber = scrubber(&[
+            secret("a", "1", &[("apiKey", "k3y-0b7e51\n"), ("short", "abc")]),
+            secret(
+                "b",
+                "7",
+                &[("client_secret", "s3cr3t-value"), ("other", "s3cr3t-value-2")],
+            ),
+        ]);
+        let message = format!(
+            "failed with 'k3y-0b7e51', {} and {}; abc; s3cr3t-value-2 s3cr3t-value",
+            STANDARD.encode("k3y-0b7e51"),
+            STANDARD.encode("k3y-0b7e51\n"),
+        );
+        assert_eq!(
+            scrubber.scrub(&message),
+            "failed with '[redacted]', [redacted] and [redacted]; abc; [redacted] [redacted]"
+        );
+        assert_eq!(Scrubber::default().scrub("nothing to hide"), "nothing to hide");
+    }
+
+    #[test]
+    fn a_scrubber_is_current_until_a_secret_is_added_changed_or_removed() {
+        let built = [secret("a", "1", &[("k", "value-1")]), secret("b", "2", &[])];
+        let arcs = |secrets: &[Secret]| secrets.iter().cloned().map(Arc::new).collect::<Vec<_>>();
+        let scrubber = scrubber(&built);
+        let reordered = [built[1].clone(), built[0].clone()];
+        assert!(scrubber.built_from(&arcs(&reordered)));
+        let changed = [secret("a", "3", &[("k", "value-2")]), built[1].clone()];
+        assert!(!scrubber.built_from(&arcs(&changed)));
+        assert!(!scrubber.built_from(&arcs(&built[..1])));
+        let added = [built[0].clone(), built[1].clone(), secret("c", "4", &[])];
+        assert!(!scrubber.built_from(&arcs(&added)));
+        let mut unversioned = built.clone();
+        unversioned[0].metadata.resource_version = None;
+        assert!(!Scrubber::new(&arcs(&unversioned)).built_from(&arcs(&unversioned)));
+    }
+
+    #[tokio::test]
+    async fn scrub_builds_once_per_state_of_the_store() {
+        let (store, mut writer) = reflector::store::<Secret>();
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let secrets = Secrets::new(store, Client::try_from(config).unwrap());
+        writer.apply_watcher_event(&watcher::Event::Apply(secret("a", "1", &[("apiKey", "first-key")])));
+        assert_eq!(secrets.scrub("first-key"), "[redacted]");
+        let first = secrets.scrubber();
+        assert!(
+            Arc::ptr_eq(&first, &secrets.clone().scrubber()),
+            "cached, clones share it"
+        );
+
+        writer.apply_watcher_event(&watcher::Event::Apply(secret("a", "2", &[("apiKey", "rotated-key")])));
+        assert_eq!(secrets.scrub("first-key rotated-key"), "first-key [redacted]");
+        assert!(!Arc::ptr_eq(&first, &secrets.scrubber()), "rebuilt after the change");
+    }
 
     fn key(k: &str) -> ConnectorAuth {
         ConnectorAuth::ApiKey(SecretString::from(k))

@@ -83,7 +83,7 @@ impl TokenCache {
             return Ok(cached.token.clone());
         }
         if let Some(failed) = &slot.failed
-            && (failed.at >= arrived || failed.at.elapsed() < policy.delay_with_jitter(failed.count, None, 0.0))
+            && (failed.at >= arrived || failed.at.elapsed() < policy.shortest_delay(failed.count))
         {
             return Err(failed.error.clone());
         }

@@ -2,9 +2,11 @@
 //! token, waits for the rate limiter, applies the timeout, maps errors and retries.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use backon::Retryable;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -27,16 +29,23 @@ use super::types::{
 pub struct ClientConfig {
     /// e.g. `https://api.cyclr.com`; the API paths are appended to it.
     pub api_url: String,
+    /// The partner's OAuth client id, sent to `POST /oauth/token`.
     pub client_id: String,
+    /// The partner's OAuth client secret, sent to `POST /oauth/token` only.
     pub client_secret: SecretString,
+    /// The configured request rate, requests per second (at least 1; see [`RateBudget`]).
     pub requests_per_second: u32,
+    /// How many requests may go out at once above the rate (at least 1).
     pub burst: u32,
     /// Per HTTP request, from connecting until the whole body is read.
     pub request_timeout: Duration,
+    /// How failed calls are retried.
     pub retry: RetryPolicy,
 }
 
 impl ClientConfig {
+    /// The defaults: 10 requests per second with bursts of 20, a 30 s request timeout and
+    /// [`RetryPolicy::default`].
     pub fn new(api_url: impl Into<String>, client_id: impl Into<String>, client_secret: SecretString) -> Self {
         ClientConfig {
             api_url: api_url.into(),
@@ -67,6 +76,7 @@ impl fmt::Debug for ClientConfig {
 
 /// Told about every HTTP request the client makes (token requests and retries included).
 pub trait CallObserver: Send + Sync {
+    /// Called once per HTTP request, after its response (or its failure) arrived.
     fn observe(&self, call: &CallRecord);
 }
 
@@ -75,9 +85,11 @@ pub trait CallObserver: Send + Sync {
 pub struct CallRecord {
     /// The client operation, e.g. `"create_account"`, or `"oauth_token"`.
     pub endpoint: &'static str,
+    /// The HTTP method, e.g. `"POST"`.
     pub method: &'static str,
     /// `None` when no response arrived (timeout, connection failure).
     pub status: Option<u16>,
+    /// From sending the request until its whole body was read (or it failed).
     pub latency: Duration,
     /// Time spent before sending: waiting out a 429 hold (`Retry-After`) and the rate limiter.
     pub waited: Duration,
@@ -190,6 +202,60 @@ impl Call {
     fn at_most_once(mut self) -> Self {
         self.idempotent = false;
         self
+    }
+}
+
+/// What the attempts of one call share.
+struct Attempts {
+    /// Attempts made so far, token renewals included (for the observer and the log).
+    number: AtomicU32,
+    /// A token generation to replace: the caller's, then the one Cyclr refused. Kept for every
+    /// later attempt, so a renewal that failed is tried again rather than the refused token.
+    stale_token: Mutex<Option<u64>>,
+    renewed_after_401: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A 2xx response: its body and what names it when the body is not Cyclr's JSON.
+#[derive(Default)]
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body read by `decode`: a body that is not JSON at all (a firewall's page with `200`)
+    /// is [`CyclrError::NotJson`], JSON of another shape [`CyclrError::Decode`].
+    fn decode<T>(self, endpoint: &str, decode: impl FnOnce(&[u8]) -> serde_json::Result<T>) -> Result<T> {
+        decode(&self.body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                self.not_json()
+            } else {
+                CyclrError::Decode(format!("{endpoint}: {e}"))
+            }
+        })
+    }
+
+    /// For a call whose answer carries nothing (Install Connector's empty `200`): an empty or
+    /// JSON body is success, anything else is not Cyclr's answer.
+    fn expect_nothing(self) -> Result<()> {
+        if self.body.trim_ascii().is_empty() || is_json(&self.body) {
+            Ok(())
+        } else {
+            Err(self.not_json())
+        }
+    }
+
+    fn not_json(self) -> CyclrError {
+        CyclrError::NotJson {
+            status: self.status,
+            content_type: self.content_type,
+            excerpt: excerpt(&self.body),
+        }
     }
 }
 
@@ -331,6 +397,7 @@ impl CyclrClient {
         self.send(&call).await.map(drop)
     }
 
+    /// List Accounts (`GET /api/partner/accounts`): every account of the partner.
     pub async fn list_accounts(&self) -> Result<Vec<Account>> {
         self.send_list(Call::new(
             "list_accounts",
@@ -340,6 +407,7 @@ impl CyclrClient {
         .await
     }
 
+    /// Partner Details (`GET /api/partner/details`).
     pub async fn partner_details(&self) -> Result<PartnerDetails> {
         self.send_json(Call::new(
             "partner_details",
@@ -349,6 +417,7 @@ impl CyclrClient {
         .await
     }
 
+    /// Create Account (`POST /api/partner/createaccount`, `Name` required): the new id.
     /// Never re-sent after an ambiguous failure (`CyclrError::outcome_unknown`): the account
     /// may exist, and only the caller can look for it.
     pub async fn create_account(&self, fields: &AccountFields) -> Result<AccountId> {
@@ -359,13 +428,17 @@ impl CyclrClient {
         self.send_json::<IdResponse>(call).await.map(|response| response.id)
     }
 
-    /// Sends only the fields that are set; the others keep their values in Cyclr.
+    /// Update Account (`PUT /api/partner/accounts/{id}`): sends only the fields that are set;
+    /// the others keep their values in Cyclr. Returns the id Cyclr answers with.
     pub async fn update_account(&self, id: &str, fields: &AccountFields) -> Result<AccountId> {
         let url = self.url(&["api", "partner", "accounts", id]);
         let call = Call::new("update_account", Verb::Put, url).json(fields)?;
         self.send_json::<IdResponse>(call).await.map(|response| response.id)
     }
 
+    /// Get Account Signin Token (`POST /api/partner/createaccountsignintoken`): a single-use
+    /// token for `username` in the account, valid for five minutes. Never re-sent after an
+    /// ambiguous failure.
     pub async fn create_signin_token(&self, account_id: &str, username: &str) -> Result<SignInToken> {
         let url = self.url(&["api", "partner", "createaccountsignintoken"]);
         let body = SignInTokenRequest {
@@ -380,15 +453,17 @@ impl CyclrClient {
         .await
     }
 
-    /// Never re-sent after an ambiguous failure: installing twice makes two connectors.
+    /// Install Connector (`POST /api/partner/installconnector`, answered `200` with no
+    /// body). Never re-sent after an ambiguous failure: installing twice makes two connectors.
     pub async fn install_connector(&self, request: &InstallConnectorRequest) -> Result<()> {
         let url = self.url(&["api", "partner", "installconnector"]);
         let call = Call::new("install_connector", Verb::Post, url)
             .json(request)?
             .at_most_once();
-        self.send(&call).await.map(drop)
+        self.send(&call).await?.expect_nothing()
     }
 
+    /// Get Price Plans (`GET /api/partner/priceplans`).
     pub async fn price_plans(&self) -> Result<Vec<PricePlan>> {
         self.send_list(Call::new(
             "price_plans",
@@ -398,7 +473,8 @@ impl CyclrClient {
         .await
     }
 
-    /// Usage since `from_date`, or since the last bill date when `None`.
+    /// Get Account Usage (`GET /api/partner/accounts/{id}/billing`): usage since `from_date`,
+    /// or since the last bill date when `None`.
     pub async fn account_usage(&self, account_id: &str, from_date: Option<chrono::NaiveDate>) -> Result<AccountUsage> {
         let mut url = self.url(&["api", "partner", "accounts", account_id, "billing"]);
         if let Some(date) = from_date {
@@ -408,7 +484,8 @@ impl CyclrClient {
         self.send_json(Call::new("account_usage", Verb::Get, url)).await
     }
 
-    /// The connectors installed into an account (v1.0 API), to check before installing.
+    /// The connectors installed into an account (v1.0 `GET /v1.0/account/connectors` with
+    /// `X-Cyclr-Account`), to check before installing.
     pub async fn installed_connectors(&self, account_id: &str) -> Result<Vec<InstalledConnector>> {
         let url = self.url(&["v1.0", "account", "connectors"]);
         self.send_list(Call::new("installed_connectors", Verb::Get, url).account(account_id))
@@ -426,50 +503,59 @@ impl CyclrClient {
     }
 
     async fn send_json<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
-        let body = self.send(&call).await?;
-        serde_json::from_slice(&body).map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
+        self.send(&call)
+            .await?
+            .decode(call.endpoint, |body| serde_json::from_slice(body))
     }
 
     /// [`send_json`](Self::send_json) for an endpoint answering a JSON array ([`decode_list`]).
     async fn send_list<T: DeserializeOwned>(&self, call: Call) -> Result<Vec<T>> {
-        let body = self.send(&call).await?;
-        decode_list(&body).map_err(|e| CyclrError::Decode(format!("{}: {e}", call.endpoint)))
+        self.send(&call).await?.decode(call.endpoint, decode_list)
     }
 
     /// The one path every operation takes: attempts, the single token renewal on a 401, and
-    /// backoff retries bounded by the policy. Returns the response body.
-    async fn send(&self, call: &Call) -> Result<Vec<u8>> {
+    /// retries with the policy's backoff (backon), never sooner than Cyclr asked (the 429
+    /// hold) and never one that would end after the policy's deadline. Returns the body.
+    async fn send(&self, call: &Call) -> Result<Answer> {
         let policy = &self.inner.config.retry;
         let deadline = Instant::now() + policy.max_elapsed;
-        let mut stale_token = call.stale_token;
-        let mut renewed_after_401 = false;
-        let mut failures = 0;
-        let mut attempt = 0;
+        let attempts = Attempts {
+            number: AtomicU32::new(0),
+            stale_token: Mutex::new(call.stale_token),
+            renewed_after_401: AtomicBool::new(false),
+        };
+        (|| self.attempt_renewing(call, &attempts, deadline))
+            .retry(policy.backoff())
+            .when(|failure| failure.error.is_retryable() && (call.idempotent || failure.not_applied))
+            .adjust(|failure, backoff| {
+                let delay = backoff?.max(failure.error.retry_after().unwrap_or_default());
+                (Instant::now() + delay <= deadline).then_some(delay)
+            })
+            .notify(|failure, delay| {
+                let attempt = attempts.number.load(Ordering::Relaxed);
+                debug!(endpoint = call.endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "retrying Cyclr call");
+            })
+            .await
+            .map_err(|failure| failure.error)
+    }
+
+    /// One attempt, made again at once with a new token if Cyclr refused the token (401), once
+    /// per call: tokens can be revoked or expire early, and Cyclr refused the request, so
+    /// repeating it is safe even for a create.
+    async fn attempt_renewing(&self, call: &Call, attempts: &Attempts, deadline: Instant) -> Result<Answer, Failure> {
         loop {
-            attempt += 1;
+            let attempt = attempts.number.fetch_add(1, Ordering::Relaxed) + 1;
+            let stale_token = *lock(&attempts.stale_token);
             let failure = match self.attempt(call, attempt, stale_token, deadline).await {
-                Ok(body) => return Ok(body),
+                Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
-            // Tokens can be revoked or expire early; Cyclr refused the request, so repeating
-            // it once with a new token is safe even for a create.
-            if let Some(generation) = failure.refused_token
-                && !renewed_after_401
-            {
-                renewed_after_401 = true;
-                stale_token = Some(generation);
-                continue;
+            match failure.refused_token {
+                Some(generation) if !attempts.renewed_after_401.swap(true, Ordering::Relaxed) => {
+                    *lock(&attempts.stale_token) = Some(generation);
+                }
+                _ => return Err(failure),
             }
-            failures += 1;
-            let retry = failure.error.is_retryable()
-                && (call.idempotent || failure.not_applied)
-                && failures < policy.max_attempts;
-            let delay = policy.delay(failures, failure.error.retry_after());
-            if !retry || Instant::now() + delay > deadline {
-                return Err(failure.error);
-            }
-            debug!(endpoint = call.endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "retrying Cyclr call");
-            tokio::time::sleep(delay).await;
         }
     }
 
@@ -479,7 +565,7 @@ impl CyclrClient {
         attempt: u32,
         stale_token: Option<u64>,
         deadline: Instant,
-    ) -> Result<Vec<u8>, Failure> {
+    ) -> Result<Answer, Failure> {
         let token = self
             .inner
             .tokens
@@ -489,7 +575,7 @@ impl CyclrClient {
             .await
             .map_err(Failure::not_sent)?;
         let Some(request) = &call.request else {
-            return Ok(Vec::new());
+            return Ok(Answer::default());
         };
         let mut builder = self
             .inner
@@ -522,8 +608,7 @@ impl CyclrClient {
             .post(self.url(&["oauth", "token"]))
             .header(header::ACCEPT, "application/json")
             .form(&form);
-        let body = self
-            .execute("oauth_token", Verb::Post, builder, None, attempt, deadline)
+        self.execute("oauth_token", Verb::Post, builder, None, attempt, deadline)
             .await
             .map_err(|failure| match failure.error {
                 // OAuth answers refused client credentials with 400 (RFC 6749 §5.2) or 401.
@@ -533,8 +618,8 @@ impl CyclrClient {
                     self.inner.base
                 )),
                 error => error,
-            })?;
-        serde_json::from_slice(&body).map_err(|e| CyclrError::Decode(format!("oauth_token: {e}")))
+            })?
+            .decode("oauth_token", |body| serde_json::from_slice(body))
     }
 
     /// Sends one HTTP request: waits for the budget (429 hold, limiter, adapted rate), reports
@@ -547,7 +632,7 @@ impl CyclrClient {
         token: Option<&BearerToken>,
         attempt: u32,
         deadline: Instant,
-    ) -> Result<Vec<u8>, Failure> {
+    ) -> Result<Answer, Failure> {
         let queued = Instant::now();
         self.inner.budget.acquire(deadline).await.map_err(Failure::not_sent)?;
         let waited = queued.elapsed();
@@ -589,7 +674,11 @@ impl CyclrClient {
         let status = status.unwrap_or_default();
         if status.is_success() {
             self.inner.budget.on_success(started);
-            return Ok(body);
+            return Ok(Answer {
+                status: status.as_u16(),
+                content_type: content_type(&headers),
+                body,
+            });
         }
         let mut error = error_for_status(status, &headers, &body, SystemTime::now());
         if let CyclrError::RateLimited { retry_after, hold } = &mut error {
@@ -646,6 +735,16 @@ fn parse_base_url(api_url: &str) -> Result<Url> {
 /// Maps a non-2xx response to the error the rest of the operator reasons about.
 fn error_for_status(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> CyclrError {
     let code = status.as_u16();
+    // Cyclr writes its errors as JSON. A page in front of it (a firewall's 403, a proxy's 404)
+    // is named as such, never read as refused credentials or a missing account. A 401 is
+    // about credentials whatever its body; a 429's delay is in its header.
+    if status.is_client_error() && !matches!(code, 401 | 429) && !body.trim_ascii().is_empty() && !is_json(body) {
+        return CyclrError::NotJson {
+            status: code,
+            content_type: content_type(headers),
+            excerpt: excerpt(body),
+        };
+    }
     match code {
         401 | 403 => CyclrError::Unauthorized {
             message: error_message(status, body),
@@ -685,21 +784,42 @@ fn error_for_status(status: StatusCode, headers: &HeaderMap, body: &[u8], now: S
 /// of the body, else the status's reason phrase.
 fn error_message(status: StatusCode, body: &[u8]) -> String {
     const KEYS: [&str; 4] = ["Message", "message", "error_description", "error"];
-    const MAX_EXCERPT: usize = 200;
     if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body)
         && let Some(message) = KEYS.iter().find_map(|key| fields.get(*key)?.as_str())
     {
         return message.to_owned();
     }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
+    if body.trim_ascii().is_empty() {
         return status.canonical_reason().unwrap_or("no message").to_owned();
     }
-    match text.char_indices().nth(MAX_EXCERPT) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+    excerpt(body)
+}
+
+/// The first 200 characters of a body, its runs of white space (an HTML page's line breaks
+/// and indentation) made single spaces, so the excerpt reads on one line of a condition.
+fn excerpt(body: &[u8]) -> String {
+    const MAX_EXCERPT: usize = 200;
+    let text = String::from_utf8_lossy(body);
+    let mut chars = text
+        .split_whitespace()
+        .flat_map(|word| std::iter::once(' ').chain(word.chars()))
+        .skip(1);
+    let excerpt: String = chars.by_ref().take(MAX_EXCERPT).collect();
+    match chars.next() {
+        Some(_) => format!("{}…", excerpt.trim_end()),
+        None => excerpt,
     }
+}
+
+fn is_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// reqwest's own message is terse ("error sending request"); the causes say what happened.
@@ -768,6 +888,88 @@ mod tests {
         assert!(matches!(map(302, ""), CyclrError::Config(_)));
     }
 
+    const PAGE: &str = "<!DOCTYPE html>\n<html>\n  <head><title>Request Rejected</title></head>\n  <body>The requested URL was rejected.</body>\n</html>";
+
+    #[test]
+    fn a_page_in_front_of_cyclr_is_named_not_read_as_cyclrs_answer() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        for code in [403, 404, 400, 405] {
+            let error = error_for_status(status(code), &headers, PAGE.as_bytes(), SystemTime::now());
+            let CyclrError::NotJson {
+                status,
+                content_type,
+                excerpt,
+            } = &error
+            else {
+                panic!("{code}: {error:?}")
+            };
+            assert_eq!((*status, content_type.as_deref()), (code, Some("text/html")));
+            assert_eq!(
+                excerpt,
+                "<!DOCTYPE html> <html> <head><title>Request Rejected</title></head> <body>The requested URL was rejected.</body> </html>"
+            );
+            assert!(!error.is_retryable() && error.outcome_unknown(), "{code}");
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!("answered {code} with text/html instead of JSON")),
+                "{text}"
+            );
+        }
+        // Plain text is not JSON either; without a Content-Type the error says so.
+        let text = map(403, "Forbidden by policy").to_string();
+        assert!(
+            text.contains("403 with no Content-Type") && text.ends_with("Forbidden by policy"),
+            "{text}"
+        );
+        // A 401 is about credentials whatever its body; a 5xx page is transient; a 429 is a 429.
+        assert!(matches!(map(401, PAGE), CyclrError::Unauthorized { .. }));
+        assert!(matches!(map(502, PAGE), CyclrError::Server { status: 502, .. }));
+        assert!(matches!(map(429, PAGE), CyclrError::RateLimited { .. }));
+        // JSON without a Message, or no body at all, is still Cyclr's answer.
+        assert!(matches!(map(403, "{}"), CyclrError::Unauthorized { .. }));
+        assert!(matches!(map(404, " "), CyclrError::NotFound { .. }));
+    }
+
+    #[test]
+    fn a_2xx_answer_is_named_when_it_is_not_json() {
+        let answer = |body: &str| Answer {
+            status: 200,
+            content_type: Some("text/html; charset=utf-8".into()),
+            body: body.as_bytes().to_vec(),
+        };
+        let read = |body: &str| answer(body).decode("list_accounts", decode_list::<Account>);
+        assert!(
+            matches!(read(PAGE), Err(CyclrError::NotJson { status: 200, excerpt, .. }) if excerpt.starts_with("<!DOCTYPE html> <html>"))
+        );
+        assert!(matches!(read(""), Err(CyclrError::NotJson { excerpt, .. }) if excerpt.is_empty()));
+        assert!(
+            matches!(read(r#"[{"Id":"a1"}]"#), Err(CyclrError::Decode(message)) if message.starts_with("list_accounts: ")),
+            "JSON of another shape"
+        );
+        assert_eq!(read(r#"[{"Id":"a1","Name":"Acme"}]"#).unwrap().len(), 1);
+
+        for nothing in ["", " \n", "{}", "null"] {
+            assert!(answer(nothing).expect_nothing().is_ok(), "{nothing:?}");
+        }
+        let error = answer(PAGE).expect_nothing().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("answered 200 with text/html; charset=utf-8 instead of JSON"),
+            "{error}"
+        );
+        assert!(
+            CyclrError::NotJson {
+                status: 200,
+                content_type: None,
+                excerpt: String::new()
+            }
+            .to_string()
+            .ends_with("an empty body")
+        );
+    }
+
     #[test]
     fn oauth_error_fields_are_messages_too() {
         let body = r#"{"error":"invalid_client","error_description":"bad client"}"#;
@@ -785,6 +987,13 @@ mod tests {
         };
         assert_eq!(message.chars().count(), 201);
         assert!(message.ends_with('…'));
+        // Exactly 200 characters are not cut; white space is collapsed before counting.
+        assert_eq!(excerpt(b" a \n\t b\n"), "a b");
+        assert_eq!(excerpt("x".repeat(200).as_bytes()), "x".repeat(200));
+        assert_eq!(
+            excerpt(format!("{} tail", "x".repeat(199)).as_bytes()),
+            format!("{}…", "x".repeat(199))
+        );
     }
 
     #[test]

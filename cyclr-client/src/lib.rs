@@ -1,4 +1,11 @@
 //! The Cyclr Partner API: wire types, errors and the client. Knows nothing of Kubernetes.
+//!
+//! The contract is the seed text of the legacy Partner API (eight endpoints under
+//! `/api/partner/`, `shared/seed/cyclr-partner-api.txt`), plus the OAuth token endpoint and
+//! the v1.0 installed-connector list from Cyclr's public documentation
+//! (`shared/docs/cyclr-api-facts.md` says which facts are documented and which inferred).
+
+#![warn(missing_docs)]
 
 mod auth;
 pub mod budget;

@@ -1,6 +1,9 @@
-//! How long to wait before retrying a transient failure, and how long Cyclr asked us to wait.
+//! How a call is retried (the bounds of [`RetryPolicy`], as backon's jittered exponential
+//! backoff), and how long Cyclr asked us to wait (`Retry-After`).
 
 use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 /// Bounds on retrying one call. A retry happens only for errors that
 /// [`CyclrError::is_retryable`](super::CyclrError::is_retryable) accepts, and for writes only
@@ -30,21 +33,36 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Doublings after which any backoff has reached its cap (from the smallest nonzero start).
+const MAX_DOUBLINGS: usize = 64;
+
 impl RetryPolicy {
-    /// The wait before the retry that follows the `failures`-th failure (1-based), with
-    /// random jitter, never shorter than Cyclr's `Retry-After`.
-    pub fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
-        self.delay_with_jitter(failures, retry_after, rand::random::<f64>())
+    /// The waits between the attempts of one call: `initial_backoff` doubling up to
+    /// `max_backoff`, each drawn at random from the upper half of its step ("equal jitter":
+    /// concurrent callers spread out, but none retries at once), `max_attempts - 1` of them.
+    /// `Retry-After` and the deadline are the caller's to apply.
+    pub fn backoff(&self) -> ExponentialBuilder {
+        self.lower_bounds()
+            .with_jitter()
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
     }
 
-    /// "Equal jitter": half the exponential backoff is fixed, the other half is scaled by
-    /// `jitter` in `[0, 1]`, so concurrent callers spread out but none retries at once.
-    pub fn delay_with_jitter(&self, failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-        let exponent = failures.saturating_sub(1).min(31);
-        let backoff = self.initial_backoff.saturating_mul(1 << exponent).min(self.max_backoff);
-        let half = backoff / 2;
-        let jittered = half + half.mul_f64(jitter.clamp(0.0, 1.0));
-        jittered.max(retry_after.unwrap_or_default())
+    /// The shortest wait [`backoff`](Self::backoff) can give after `failures` failures in a
+    /// row (1-based): the lower bound of its jitter, whatever the number of attempts.
+    pub fn shortest_delay(&self, failures: u32) -> Duration {
+        let retry = (failures.max(1) as usize - 1).min(MAX_DOUBLINGS);
+        self.lower_bounds().build().nth(retry).unwrap_or_default()
+    }
+
+    /// backon's jitter adds up to 100 % to each step, so its steps are half the policy's.
+    fn lower_bounds(&self) -> ExponentialBuilder {
+        let max = self.max_backoff / 2;
+        ExponentialBuilder::default()
+            .with_factor(2.0)
+            // backon does not cap its first step.
+            .with_min_delay((self.initial_backoff / 2).min(max))
+            .with_max_delay(max)
+            .without_max_times()
     }
 }
 
@@ -78,49 +96,74 @@ mod tests {
         }
     }
 
+    /// backon computes in f32: a step may miss the exact value by a few nanoseconds.
+    fn about(a: Duration, b: Duration) -> bool {
+        a.abs_diff(b) < Duration::from_micros(1)
+    }
+
     #[test]
-    fn backoff_doubles_within_jitter_bounds() {
+    fn backoff_doubles_within_equal_jitter_bounds_up_to_the_cap() {
         let p = policy();
-        for failures in 1..=5 {
-            let full = Duration::from_millis(100 * (1 << (failures - 1)));
+        for _ in 0..50 {
+            let delays: Vec<Duration> = p.backoff().build().collect();
+            assert_eq!(delays.len(), 9, "max_attempts - 1 retries");
+            for (retry, delay) in delays.into_iter().enumerate() {
+                let full = Duration::from_millis(100 << retry).min(Duration::from_secs(2));
+                assert!(
+                    delay + Duration::from_micros(1) >= full / 2 && delay < full + Duration::from_micros(1),
+                    "retry {retry}: {delay:?}"
+                );
+                assert!(about(p.shortest_delay(retry as u32 + 1), full / 2), "retry {retry}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_jitter_spreads_retries() {
+        let firsts: std::collections::HashSet<Duration> =
+            (0..20).map(|_| policy().backoff().build().next().unwrap()).collect();
+        assert!(firsts.len() > 10, "{firsts:?}");
+    }
+
+    #[test]
+    fn one_attempt_means_no_retry_and_odd_bounds_are_tamed() {
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..policy()
+        };
+        assert_eq!(once.backoff().build().next(), None);
+        let zero = RetryPolicy {
+            max_attempts: 0,
+            ..policy()
+        };
+        assert_eq!(zero.backoff().build().next(), None);
+        // An initial backoff above the cap starts at the cap.
+        let inverted = RetryPolicy {
+            initial_backoff: Duration::from_secs(10),
+            ..policy()
+        };
+        assert!(
+            inverted
+                .backoff()
+                .build()
+                .all(|d| d < Duration::from_secs(2) + Duration::from_micros(1))
+        );
+        assert_eq!(inverted.shortest_delay(1), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn shortest_delay_is_capped_and_quick_for_any_count() {
+        let p = policy();
+        for failures in [0, 1] {
+            assert_eq!(p.shortest_delay(failures), Duration::from_millis(50));
+        }
+        for failures in [6, 10, 32, 1000, u32::MAX] {
             assert_eq!(
-                p.delay_with_jitter(failures, None, 0.0),
-                full / 2,
+                p.shortest_delay(failures),
+                Duration::from_secs(1),
                 "failures={failures}"
             );
-            assert_eq!(p.delay_with_jitter(failures, None, 1.0), full, "failures={failures}");
-            let random = p.delay(failures, None);
-            assert!(random >= full / 2 && random <= full, "failures={failures}: {random:?}");
         }
-    }
-
-    #[test]
-    fn backoff_is_capped_and_never_overflows() {
-        let p = policy();
-        for failures in [6, 10, 32, 1000, u32::MAX] {
-            let delay = p.delay_with_jitter(failures, None, 1.0);
-            assert_eq!(delay, Duration::from_secs(2), "failures={failures}");
-            assert!(p.delay(failures, None) >= Duration::from_secs(1));
-        }
-    }
-
-    #[test]
-    fn out_of_range_jitter_is_clamped() {
-        let p = policy();
-        assert_eq!(p.delay_with_jitter(1, None, -3.0), Duration::from_millis(50));
-        assert_eq!(p.delay_with_jitter(1, None, 7.0), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn retry_after_wins_over_shorter_backoff_even_above_the_cap() {
-        let p = policy();
-        let wait = Duration::from_secs(7);
-        assert_eq!(p.delay_with_jitter(1, Some(wait), 1.0), wait);
-        // A Retry-After shorter than the backoff does not shorten it.
-        assert_eq!(
-            p.delay_with_jitter(5, Some(Duration::from_millis(1)), 1.0),
-            Duration::from_secs(1).mul_f64(1.6)
-        );
     }
 
     #[test]

@@ -102,6 +102,7 @@ impl Hash for CyclrDate {
 }
 
 impl CyclrDate {
+    /// The legacy API's date form (`chrono` format): `2017-02-09T16:23:08`.
     pub const LEGACY_FORMAT: &'static str = "%Y-%m-%dT%H:%M:%S";
 
     /// The date as the legacy API stores it: `time` without its fraction of a second.
@@ -161,22 +162,32 @@ impl<'de> Deserialize<'de> for CyclrDate {
     }
 }
 
-/// One account, as List Accounts returns it.
+/// One account, as List Accounts returns it (seed: `Id`, `Name`, `Description`,
+/// `PricePlanId`, `LastBillDate`, `NextBillDate`, `AuditInfo`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Account {
+    /// The account id (32 hex characters in the seed; opaque).
     pub id: AccountId,
+    /// The account's name; required, not unique.
     pub name: String,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// An IANA time zone, e.g. `Europe/London`. Create and Update take it; the seed's List
+    /// Accounts does not show it (v1.0 `GET /v1.0/accounts/{id}` does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// The account's price plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_plan_id: Option<PricePlanId>,
+    /// When the account was last billed (at creation: then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_bill_date: Option<CyclrDate>,
+    /// When the account is billed next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_bill_date: Option<CyclrDate>,
+    /// Free text the partner keeps with the account (e.g. who made it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_info: Option<String>,
 }
@@ -186,21 +197,28 @@ pub struct Account {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AccountFields {
+    /// `Name`: required on create; on update, a blank one is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// `Description`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `Timezone`, an IANA name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// `PricePlanId`, sent as a number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_plan_id: Option<PricePlanId>,
+    /// `NextBillDate`, sent in the legacy form; Cyclr keeps whole seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_bill_date: Option<CyclrDate>,
+    /// `AuditInfo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_info: Option<String>,
 }
 
 impl AccountFields {
+    /// Whether no field is set: an update with nothing to send.
     pub fn is_empty(&self) -> bool {
         *self == AccountFields::default()
     }
@@ -210,6 +228,7 @@ impl AccountFields {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IdResponse {
+    /// The id of the account created or updated.
     pub id: AccountId,
 }
 
@@ -218,27 +237,37 @@ pub struct IdResponse {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PartnerDetails {
+    /// `AnonymousAccountsEnabled`.
     #[serde(default)]
     pub anonymous_accounts_enabled: bool,
+    /// `ApplicationDisplayName`: the partner's name as its users see it.
     #[serde(default)]
     pub application_display_name: Option<String>,
+    /// `ComingSoonConnectorsEnabled`.
     #[serde(default)]
     pub coming_soon_connectors_enabled: bool,
+    /// `CustomConnectorsEnabled`.
     #[serde(default)]
     pub custom_connectors_enabled: bool,
+    /// `CycleNoun`: what the partner calls a cycle (seed: `Cycle`).
     #[serde(default)]
     pub cycle_noun: Option<String>,
+    /// `CycleSharingEnabled`.
     #[serde(default)]
     pub cycle_sharing_enabled: bool,
+    /// `Domain`: the partner's service domain, e.g. `partner.example.com`.
     #[serde(default)]
     pub domain: Option<String>,
 }
 
+/// One price plan of Get Price Plans (seed: `{"Id": "2", "Name": "Starter"}`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PricePlan {
+    /// The plan's id, a string on this endpoint.
     #[serde(serialize_with = "serialize_price_plan_id_as_string")]
     pub id: PricePlanId,
+    /// The plan's name, e.g. `Pro`.
     pub name: String,
 }
 
@@ -246,22 +275,31 @@ pub struct PricePlan {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AccountUsage {
+    /// Tasks run in the period.
     pub task_count: u64,
+    /// The most cycles the account had in the period.
     pub cycle_count: u64,
+    /// The period's start: the `fromDate` asked for, else the last bill date.
     #[serde(default)]
     pub from_date: Option<CyclrDate>,
+    /// The period's end, a month after its start.
     #[serde(default)]
     pub to_date: Option<CyclrDate>,
+    /// The account's price plan now.
     #[serde(default)]
     pub current_price_plan_id: Option<PricePlanId>,
+    /// The account's `AuditInfo`.
     #[serde(default)]
     pub audit_info: Option<String>,
 }
 
+/// The body of Get Account Signin Token.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct SignInTokenRequest {
+    /// The account to sign in to.
     pub account_id: AccountId,
+    /// The partner application's user, e.g. `user@example.com`.
     pub username: String,
 }
 
@@ -269,18 +307,25 @@ pub struct SignInTokenRequest {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct SignInToken {
+    /// When it expires (written in the v1.0 form, `…T10:50:45.6509216Z`).
     pub expires_at_utc: CyclrDate,
+    /// The token, for `https://{domain}/account/signinwithtoken?token={Token}`.
     pub token: SecretString,
 }
 
 /// How an installed connector authenticates. Values are secrets.
 #[derive(Clone, Debug, Default)]
 pub enum ConnectorAuth {
+    /// No credentials sent (the connector needs none, or is authenticated later).
     #[default]
     None,
+    /// Sent as `ApiKey`.
     ApiKey(SecretString),
+    /// Sent as `Username` and `Password`.
     Basic {
+        /// The user name.
         username: String,
+        /// The password.
         password: SecretString,
     },
 }
@@ -288,10 +333,15 @@ pub enum ConnectorAuth {
 /// The body of Install Connector.
 #[derive(Clone, Debug)]
 pub struct InstallConnectorRequest {
+    /// The account to install into.
     pub account_id: AccountId,
+    /// The connector's name in Cyclr's catalogue, e.g. `Connector`.
     pub connector_name: String,
+    /// Its version, e.g. `v1`.
     pub connector_version: String,
+    /// The name the installed connector gets in the account.
     pub installed_name: String,
+    /// Its credentials.
     pub auth: ConnectorAuth,
 }
 
@@ -320,18 +370,25 @@ impl Serialize for InstallConnectorRequest {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct InstallConnectorBody {
+    /// `AccountId` (required by Cyclr).
     #[serde(default)]
     pub account_id: Option<AccountId>,
+    /// `ConnectorName` (required by Cyclr).
     #[serde(default)]
     pub connector_name: Option<String>,
+    /// `ConnectorVersion`.
     #[serde(default)]
     pub connector_version: Option<String>,
+    /// `InstalledName`.
     #[serde(default)]
     pub installed_name: Option<String>,
+    /// `ApiKey`, for an API-key connector.
     #[serde(default)]
     pub api_key: Option<SecretString>,
+    /// `Username`, for a basic-auth connector.
     #[serde(default)]
     pub username: Option<String>,
+    /// `Password`, for a basic-auth connector.
     #[serde(default)]
     pub password: Option<SecretString>,
 }
@@ -340,23 +397,31 @@ pub struct InstallConnectorBody {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct InstalledConnector {
+    /// The account connector's id (a number on the wire, read as text).
     #[serde(deserialize_with = "id_as_string")]
     pub id: String,
     /// The installed name.
     pub name: String,
+    /// Free text.
     #[serde(default)]
     pub description: Option<String>,
+    /// Whether its credentials were accepted.
     #[serde(default)]
     pub authenticated: bool,
+    /// The catalogue connector it is an install of.
     pub connector: ConnectorSummary,
 }
 
+/// The catalogue connector of an installed one (`Connector` of v1.0's account connector).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ConnectorSummary {
+    /// The catalogue id (a number on the wire, read as text).
     #[serde(default, deserialize_with = "id_as_string")]
     pub id: String,
+    /// The connector's name, e.g. `Connector`.
     pub name: String,
+    /// Its version, e.g. `v1`.
     #[serde(default)]
     pub version: Option<String>,
 }
@@ -372,15 +437,19 @@ fn id_as_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 /// `POST /oauth/token` response.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TokenResponse {
+    /// The bearer token.
     pub access_token: SecretString,
+    /// `bearer`.
     #[serde(default)]
     pub token_type: Option<String>,
+    /// The token's lifetime in seconds (Cyclr: 1209599, about 14 days).
     pub expires_in: u64,
 }
 
 /// The `{"Message": "…"}` body Cyclr sends with errors.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong, in Cyclr's words.
     #[serde(rename = "Message", alias = "message", default)]
     pub message: String,
 }

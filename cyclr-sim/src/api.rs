@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::FormRejection;
@@ -23,13 +24,20 @@ use serde_json::{Map, Value, json};
 use super::faults::{Faults, LostResponse, Verdict};
 use super::store::{self, InstalledRecord, Store};
 use super::{Shared, SimStats, lock};
-use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, ErrorBody, IdResponse, PricePlan};
+use cyclr::types::{Account, AccountFields, AccountId, AccountUsage, CyclrDate, ErrorBody, IdResponse, PricePlan};
 
 type Sim = State<Arc<Shared>>;
 type Fields = Map<String, Value>;
 
 /// Page size of a List Accounts call that names a `page` but no `pageSize`.
 const DEFAULT_PAGE_SIZE: usize = 50;
+
+/// The page of `html_answer`, as a web application firewall writes one: longer than the 200
+/// characters a client quotes of it.
+const FIREWALL_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Request Rejected</title></head>\n\
+<body><h1>Request Rejected</h1><p>The requested URL was rejected by the web application \
+firewall. Please consult with your administrator.</p><p>Your support ID is: \
+8620134751190384651</p><p><a href='javascript:history.back();'>[Go Back]</a></p></body></html>\n";
 
 /// How long a sign-in token lasts, per Cyclr's documentation.
 const SIGNIN_TOKEN_TTL: chrono::Duration = chrono::Duration::minutes(5);
@@ -151,11 +159,22 @@ impl Shared {
     }
 }
 
-/// Counts every API request by route template, then applies latency, rate limit and errors.
+/// Counts every API request by route template, then applies latency, the firewall, outage,
+/// rate limit and errors. Under `apply_after_disconnect` the rest runs in a task of its own,
+/// which the server does not cancel when the client goes away (it drops only this future).
 async fn faults_and_stats(State(sim): Sim, route: MatchedPath, request: Request, next: Next) -> Response {
     let endpoint = format!("{} {}", request.method(), route.as_str());
     *lock(&sim.stats).requests.entry(endpoint.clone()).or_default() += 1;
-    lock(&sim.request_log).push(std::time::Instant::now());
+    lock(&sim.request_log).push(Instant::now());
+    if lock(&sim.faults).apply_after_disconnect() {
+        return tokio::spawn(faulted(sim, endpoint, request, next))
+            .await
+            .unwrap_or_else(|_| ApiError::server_error(StatusCode::INTERNAL_SERVER_ERROR).into_response());
+    }
+    faulted(sim, endpoint, request, next).await
+}
+
+async fn faulted(sim: Arc<Shared>, endpoint: String, request: Request, next: Next) -> Response {
     let latency = lock(&sim.faults).latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -172,6 +191,15 @@ async fn faults_and_stats(State(sim): Sim, route: MatchedPath, request: Request,
             response
         }
         Verdict::ServerError(status) => ApiError::server_error(status).into_response(),
+        Verdict::Html(status) => {
+            tracing::warn!(%endpoint, "fault: answered by the firewall's HTML page");
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                FIREWALL_PAGE,
+            )
+                .into_response()
+        }
     };
     let status = response.status();
     *lock(&sim.stats).responses.entry(status.as_u16()).or_default() += 1;
@@ -309,7 +337,7 @@ fn accounts_page(sim: &Shared, query: &HashMap<String, String>) -> Vec<Account> 
     let page = query_param(query, "page").and_then(|v| v.parse::<usize>().ok());
     let page_size = query_param(query, "pageSize").and_then(|v| v.parse::<usize>().ok());
     let store = sim.read_store();
-    let accounts = store.accounts().map(|record| record.account.clone());
+    let accounts = store.listed(Instant::now()).map(|record| record.account.clone());
     match (page, page_size) {
         (None, None) => accounts.collect(),
         _ => {
@@ -369,13 +397,39 @@ async fn price_plans() -> Json<Vec<PricePlan>> {
 
 async fn create_account(State(sim): Sim, body: Bytes) -> Result<Response, ApiError> {
     let fields = account_fields(&json_object(&body)?);
+    let mut listing = ListAfterAnswer {
+        sim: &sim,
+        lag: lock(&sim.faults).list_lag(),
+        id: None,
+    };
     Ok(sim
         .write(|store| {
             let id = store.create_account(fields, Utc::now())?;
             tracing::info!(account_id = %id, "account created");
+            if !listing.lag.is_zero() {
+                store.unlist(&id, Instant::now());
+                listing.id = Some(id.clone());
+            }
             Ok(Json(IdResponse { id }))
         })
         .await)
+}
+
+/// Under `list_lag_ms`, lists the account a create made `lag` after the create answered; on
+/// drop, so also when the client went away before the answer.
+struct ListAfterAnswer<'a> {
+    sim: &'a Shared,
+    lag: Duration,
+    id: Option<AccountId>,
+}
+
+impl Drop for ListAfterAnswer<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let mut store = self.sim.store.write().unwrap_or_else(PoisonError::into_inner);
+            store.list_from(&id, Instant::now() + self.lag);
+        }
+    }
 }
 
 async fn update_account(State(sim): Sim, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 /// `{"latency_ms":0,"error_rate":0.0,"rate_limit_rps":null,"retry_after_secs":1,
 ///   "retry_after_form":"seconds","commit_then_fail":0,"commit_then_fail_mode":"server_error",
 ///   "commit_then_fail_rate":0.0,"token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,
-///   "outage_endpoints":[],"install_error_echoes_credentials":false,"seed":null}`
+///   "outage_endpoints":[],"install_error_echoes_credentials":false,"apply_after_disconnect":false,
+///   "list_lag_ms":0,"html_answer":null,"seed":null}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -32,10 +33,12 @@ pub struct Faults {
     /// `retry_after_form: "http_date"` it is the offset from now of the date sent, so a
     /// negative value sends a date in the past.
     pub retry_after_secs: i64,
+    /// How the `Retry-After` of a 429 is written.
     pub retry_after_form: RetryAfterForm,
     /// The next N writes are applied, but their response is lost (see `commit_then_fail_mode`).
     /// Counts down as writes consume it.
     pub commit_then_fail: u32,
+    /// How the response of a "commit then fail" write is lost.
     pub commit_then_fail_mode: LostResponse,
     /// Share (0.0–1.0) of writes, after the `commit_then_fail` count is used up, that are
     /// applied and then lose their response the same way: a steady trickle rather than a
@@ -58,6 +61,19 @@ pub struct Faults {
     /// Install Connector answers 400 with a `Message` that echoes the credential it was sent
     /// (`ApiKey`, else `Password`), as a Cyclr error text can, and installs nothing.
     pub install_error_echoes_credentials: bool,
+    /// Every API request runs to its end even when its client has gone away (timed out,
+    /// closed the connection): a write is applied although nobody hears its answer, as a real
+    /// web server does. Without it, a client that leaves while its request waits (say in
+    /// `latency_ms`) cancels the request, and a write it carried never happens.
+    pub apply_after_disconnect: bool,
+    /// A newly created account shows in List Accounts (legacy and v1.0) only this long after
+    /// its create answered (a lagging read replica or search index); `GET /v1.0/accounts/{id}`
+    /// and the other calls see it at once.
+    #[serde(rename = "list_lag_ms", with = "duration_ms")]
+    pub list_lag: Duration,
+    /// A web application firewall in front of Cyclr: the requests it matches are answered
+    /// with an HTML page and never reach Cyclr (nothing is applied). `None`: no firewall.
+    pub html_answer: Option<HtmlAnswer>,
     /// Seeds the dice of `error_rate` and `commit_then_fail_rate`, so a run sees the same
     /// sequence of decisions (the n-th request meets the same fate); `None` seeds from the OS.
     pub seed: Option<u64>,
@@ -80,6 +96,9 @@ impl Default for Faults {
             outage: Duration::ZERO,
             outage_endpoints: Vec::new(),
             install_error_echoes_credentials: false,
+            apply_after_disconnect: false,
+            list_lag: Duration::ZERO,
+            html_answer: None,
             seed: None,
         }
     }
@@ -114,6 +133,28 @@ impl Faults {
     }
 }
 
+/// What the firewall of [`Faults::html_answer`] answers, and to which requests.
+///
+/// JSON form: `{"status":403,"endpoints":[]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HtmlAnswer {
+    /// The status of the HTML page, e.g. `200` (a "request blocked" page that claims
+    /// success) or `403`.
+    #[serde(with = "status_code")]
+    pub status: StatusCode,
+    /// The endpoints answered, as the statistics name them (`"POST /api/partner/createaccount"`),
+    /// or a method alone for all of its endpoints (`"POST"`); empty: every API endpoint.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+impl HtmlAnswer {
+    fn matches(&self, endpoint: &str) -> bool {
+        let method = endpoint.split(' ').next().unwrap_or_default();
+        self.endpoints.is_empty() || self.endpoints.iter().any(|e| e == endpoint || e == method)
+    }
+}
+
 /// How the response of a "commit then fail" write is lost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -128,8 +169,12 @@ pub enum LostResponse {
 /// What the fault layer decided for one request, before it reaches a handler.
 pub(crate) enum Verdict {
     Proceed,
-    RateLimited { retry_after: String },
+    RateLimited {
+        retry_after: String,
+    },
     ServerError(StatusCode),
+    /// The firewall's HTML page, with this status.
+    Html(StatusCode),
 }
 
 /// The faults in force plus the run-time state they need.
@@ -176,10 +221,23 @@ impl FaultState {
         self.faults.write_response_delay
     }
 
-    /// The outage first, then the rate limit (a refused request never reaches the error dice),
+    pub(crate) fn apply_after_disconnect(&self) -> bool {
+        self.faults.apply_after_disconnect
+    }
+
+    pub(crate) fn list_lag(&self) -> Duration {
+        self.faults.list_lag
+    }
+
+    /// The firewall first (it stands in front of Cyclr), then the outage, then the rate limit (a refused request never reaches the error dice),
     /// then the error rate. `endpoint` as the statistics name it.
     pub(crate) fn verdict(&mut self, endpoint: &str) -> Verdict {
         let faults = &self.faults;
+        if let Some(html) = &faults.html_answer
+            && html.matches(endpoint)
+        {
+            return Verdict::Html(html.status);
+        }
         if self.set_at.elapsed() < faults.outage
             && (faults.outage_endpoints.is_empty() || faults.outage_endpoints.iter().any(|e| e == endpoint))
         {
@@ -232,6 +290,21 @@ mod duration_ms {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// A status code as its number; a number that is no HTTP status is refused.
+mod status_code {
+    use axum::http::StatusCode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(status.as_u16())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StatusCode, D::Error> {
+        let code = u16::deserialize(d)?;
+        StatusCode::from_u16(code).map_err(|_| serde::de::Error::custom(format!("{code} is not an HTTP status")))
     }
 }
 

@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod api;
 mod faults;
 mod store;
@@ -34,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Faults, LostResponse, RetryAfterForm};
+pub use faults::{Faults, HtmlAnswer, LostResponse, RetryAfterForm};
 
 use cyclr::types::{Account, InstalledConnector};
 use faults::FaultState;
@@ -46,16 +48,22 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(1_209_599);
 /// How a simulator starts.
 #[derive(Clone)]
 pub struct SimConfig {
-    /// The partner credentials `POST /oauth/token` accepts.
+    /// The partner credentials `POST /oauth/token` accepts: the client id…
     pub client_id: String,
+    /// …and the client secret (never logged).
     pub client_secret: String,
+    /// The lifetime of the tokens it issues (`expires_in`), unless `Faults::token_ttl` says
+    /// otherwise.
     pub token_ttl: Duration,
+    /// The faults in force from the start.
     pub faults: Faults,
     /// Load state from this file at start and rewrite it after each change.
     pub state_file: Option<PathBuf>,
 }
 
 impl SimConfig {
+    /// A simulator accepting these credentials, with tokens of [`DEFAULT_TOKEN_TTL`], no
+    /// faults and no state file.
     pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
         SimConfig {
             client_id: client_id.into(),
@@ -101,6 +109,7 @@ impl SimStats {
         self.requests.get(endpoint).copied().unwrap_or(0)
     }
 
+    /// All API requests received.
     pub fn total_requests(&self) -> u64 {
         self.requests.values().sum()
     }
@@ -153,10 +162,12 @@ impl SimHandle {
         format!("http://{}", self.addr)
     }
 
+    /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The faults in force (also `GET /_sim/faults`).
     pub fn faults(&self) -> Faults {
         self.shared.faults()
     }
@@ -166,6 +177,7 @@ impl SimHandle {
         self.shared.set_faults(faults);
     }
 
+    /// The statistics since the start or the last reset (also `GET /_sim/stats`).
     pub fn stats(&self) -> SimStats {
         self.shared.stats()
     }

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Days, Months, Utc};
@@ -108,6 +108,10 @@ pub(crate) struct Store {
     /// Bumped by every change, so a slower writer never overwrites a newer state file.
     #[serde(skip)]
     revision: u64,
+    /// Accounts List Accounts does not show yet (`list_lag_ms`): `None` until their create
+    /// answered, then when they appear.
+    #[serde(skip)]
+    unlisted: HashMap<AccountId, Option<Instant>>,
 }
 
 impl Store {
@@ -162,6 +166,30 @@ impl Store {
 
     pub fn accounts(&self) -> impl ExactSizeIterator<Item = &AccountRecord> {
         self.accounts.iter()
+    }
+
+    /// The accounts List Accounts shows at `now`.
+    pub fn listed(&self, now: Instant) -> impl Iterator<Item = &AccountRecord> {
+        self.accounts.iter().filter(move |record| {
+            self.unlisted.is_empty()
+                || self
+                    .unlisted
+                    .get(&record.account.id)
+                    .is_none_or(|from| from.is_some_and(|from| from <= now))
+        })
+    }
+
+    /// Hides an account from List Accounts until [`Store::list_from`] says when it appears.
+    pub fn unlist(&mut self, id: &str, now: Instant) {
+        // Those already listed are dropped here rather than by a timer: creates are rare enough.
+        self.unlisted.retain(|_, from| from.is_none_or(|from| from > now));
+        self.unlisted.insert(id.to_owned(), None);
+    }
+
+    pub fn list_from(&mut self, id: &str, at: Instant) {
+        if let Some(from) = self.unlisted.get_mut(id) {
+            *from = Some(at);
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<&AccountRecord, ApiError> {

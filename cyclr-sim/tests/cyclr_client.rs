@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use cyclr::types::{AccountFields, ConnectorAuth, CyclrDate, InstallConnectorRequest, PricePlanId};
 use cyclr::{CallObserver, CallRecord, ClientConfig, CyclrClient, CyclrError, RetryPolicy};
-use cyclr_sim::{Faults, LostResponse, SimConfig, SimHandle, Simulator};
+use cyclr_sim::{Faults, HtmlAnswer, LostResponse, SimConfig, SimHandle, Simulator};
 use secrecy::ExposeSecret;
 
 const CLIENT_ID: &str = "partner-client-id";
@@ -655,6 +655,89 @@ async fn an_install_error_can_carry_the_api_key_it_was_sent() {
     assert!(
         matches!(&error, CyclrError::Validation { status: 400, message } if message.contains("key-0b7e51")),
         "{error:?}"
+    );
+    assert!(sim.installed_connectors(&id).is_empty());
+}
+
+// ---- a firewall in front of Cyclr (issue 22 row 4) ------------------------------------------
+
+fn firewall(status: u16, endpoints: &[&str]) -> Faults {
+    Faults {
+        html_answer: Some(HtmlAnswer {
+            status: status.try_into().unwrap(),
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+        }),
+        ..Faults::default()
+    }
+}
+
+fn assert_firewall_page(error: &CyclrError, expected_status: u16) {
+    let CyclrError::NotJson {
+        status,
+        content_type,
+        excerpt,
+    } = error
+    else {
+        panic!("not named as a page in front of Cyclr: {error:?}")
+    };
+    assert_eq!(*status, expected_status);
+    assert_eq!(content_type.as_deref(), Some("text/html; charset=utf-8"));
+    assert!(excerpt.starts_with("<!DOCTYPE html> <html><head>"), "{excerpt}");
+    assert_eq!(
+        excerpt.chars().count(),
+        201,
+        "200 characters and the ellipsis: {excerpt}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("answered {expected_status} with text/html")) && text.contains("firewall"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_firewalls_403_page_is_not_a_credentials_problem() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    cyclr.authenticate().await.unwrap();
+    sim.set_faults(firewall(403, &[]));
+
+    let error = cyclr.list_accounts().await.unwrap_err();
+    assert_firewall_page(&error, 403);
+    assert!(!error.is_retryable());
+    assert_eq!(error.cyclr_message(), None, "the page is not Cyclr's message");
+    let token = cyclr.authenticate().await.unwrap_err();
+    assert_firewall_page(&token, 403);
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.requests_to(LIST), stats.requests_to(TOKEN)),
+        (1, 2),
+        "no retries"
+    );
+}
+
+#[tokio::test]
+async fn a_firewalls_200_page_is_no_success_and_leaves_the_outcome_open() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    let id = cyclr.create_account(&named("before")).await.unwrap();
+    sim.set_faults(firewall(200, &["POST"]));
+
+    let create = cyclr.create_account(&named("behind the firewall")).await.unwrap_err();
+    assert_firewall_page(&create, 200);
+    assert!(create.outcome_unknown(), "a page is not Cyclr's word on the write");
+    // Install Connector answers an empty 200: a page instead is not taken for success.
+    let install = cyclr
+        .install_connector(&install_request(&id, "k3y-0f-the-install"))
+        .await
+        .unwrap_err();
+    assert_firewall_page(&install, 200);
+    assert_eq!(cyclr.list_accounts().await.unwrap().len(), 1, "a GET passes");
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.requests_to(CREATE), stats.requests_to(INSTALL)),
+        (2, 1),
+        "never re-sent"
     );
     assert!(sim.installed_connectors(&id).is_empty());
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cyclr::types::{Account, AccountUsage, CyclrDate, PartnerDetails};
-use cyclr_sim::{Faults, LostResponse, RetryAfterForm, SimConfig, SimHandle, SimStats, Simulator};
+use cyclr_sim::{Faults, HtmlAnswer, LostResponse, RetryAfterForm, SimConfig, SimHandle, SimStats, Simulator};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -1223,4 +1223,158 @@ async fn an_install_error_can_echo_the_credential_it_was_sent() {
     }
     assert!(env.sim.installed_connectors(&id).is_empty(), "nothing installed");
     assert_eq!(env.sim.stats().writes, 1, "the create only");
+}
+
+/// A create sent with a client timeout shorter than the simulator's latency, so the client
+/// gives up (and drops its connection) while the request still waits.
+async fn create_abandoned(env: &Env) {
+    let outcome = env
+        .http
+        .post(env.url("/api/partner/createaccount"))
+        .bearer_auth(&env.token)
+        .header("Content-Type", "application/json")
+        .body(SEED_CREATE)
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(outcome.is_err_and(|e| e.is_timeout()), "the client gave up");
+}
+
+#[tokio::test]
+async fn a_write_whose_client_went_away_is_applied_only_under_apply_after_disconnect() {
+    let env = Env::start().await;
+    let latency = Duration::from_millis(600);
+    env.sim.set_faults(Faults {
+        latency,
+        ..Faults::default()
+    });
+    create_abandoned(&env).await;
+    tokio::time::sleep(latency).await;
+    assert!(
+        env.sim.accounts().is_empty(),
+        "a request whose client left is cancelled"
+    );
+    assert_eq!(env.sim.stats().writes, 0);
+
+    env.sim.set_faults(Faults {
+        latency,
+        apply_after_disconnect: true,
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    create_abandoned(&env).await;
+    assert!(env.sim.accounts().is_empty(), "not before the latency");
+    while env.sim.accounts().is_empty() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.sim.accounts().len(), 1, "applied although nobody heard the answer");
+    assert!(started.elapsed() >= latency, "{:?}", started.elapsed());
+    let stats = env.sim.stats();
+    assert_eq!(
+        (stats.writes, stats.requests_to("POST /api/partner/createaccount")),
+        (1, 2)
+    );
+    // Reads run detached too, and answer as usual.
+    assert_eq!(env.list().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_new_account_is_listed_only_list_lag_after_its_create_answered() {
+    let env = Env::start().await;
+    let older = env.create(SEED_CREATE).await;
+    let lag = Duration::from_millis(800);
+    env.sim.set_faults(Faults {
+        list_lag: lag,
+        write_response_delay: Duration::from_millis(300),
+        ..Faults::default()
+    });
+    let created = env.create(SEED_CREATE).await;
+    let answered = Instant::now();
+    let ids = |list: Vec<Value>| {
+        list.iter()
+            .map(|a| a["Id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(env.list().await), [older.as_str()], "not listed yet");
+    let v1 = env
+        .expect(StatusCode::OK, Method::GET, "/v1.0/accounts?page=1&pageSize=10", None)
+        .await;
+    assert_eq!(ids(v1.as_array().unwrap().clone()), [older.as_str()], "nor by v1.0");
+    // Everything but the lists sees it at once.
+    let one = env
+        .expect(StatusCode::OK, Method::GET, &format!("/v1.0/accounts/{created}"), None)
+        .await;
+    assert_eq!(one["Id"], created.as_str());
+    assert_eq!(env.sim.accounts().len(), 2);
+    // The lag runs from the answer, not from when the write was applied 300 ms before it.
+    tokio::time::sleep(Duration::from_millis(600).saturating_sub(answered.elapsed())).await;
+    assert_eq!(ids(env.list().await).len(), 1, "not listed 600 ms after the answer");
+    assert!(answered.elapsed() < lag, "the test ran too slowly");
+
+    tokio::time::sleep(lag.saturating_sub(answered.elapsed()) + Duration::from_millis(50)).await;
+    assert_eq!(ids(env.list().await), [older, created], "listed, in creation order");
+}
+
+#[tokio::test]
+async fn a_firewall_answers_html_to_the_endpoints_it_matches_and_applies_nothing() {
+    let env = Env::start().await;
+    env.sim.set_faults(Faults {
+        html_answer: Some(HtmlAnswer {
+            status: StatusCode::OK,
+            endpoints: vec!["POST".into()],
+        }),
+        ..Faults::default()
+    });
+    let response = env
+        .call(Method::POST, "/api/partner/createaccount", Some(SEED_CREATE))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/html; charset=utf-8"
+    );
+    let page = response.text().await.unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.chars().count() > 200,
+        "{page}"
+    );
+    assert!(serde_json::from_str::<Value>(&page).is_err());
+    assert!(env.sim.accounts().is_empty(), "the firewall kept it from Cyclr");
+    let token = request_token(
+        &env.http,
+        &env.sim.base_url(),
+        &format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}"),
+    )
+    .await;
+    assert!(token.text().await.unwrap().starts_with("<!DOCTYPE html>"), "every POST");
+    assert!(env.list().await.is_empty(), "a GET passes");
+
+    // 403 to everything, set through the admin API.
+    let set = env
+        .http
+        .put(env.url("/_sim/faults"))
+        .json(&json!({"html_answer": {"status": 403}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    for (method, path) in [
+        (Method::GET, "/api/partner/accounts"),
+        (Method::GET, "/api/partner/details"),
+        (Method::POST, "/api/partner/createaccount"),
+    ] {
+        let response = env.call(method, path, Some(SEED_CREATE)).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(response.text().await.unwrap().contains("web application firewall"));
+    }
+    let stats = env.sim.stats();
+    assert_eq!((stats.writes, stats.responses.get(&403).copied()), (0, Some(3)));
+    let refused = env
+        .http
+        .put(env.url("/_sim/faults"))
+        .json(&json!({"html_answer": {"status": 1000}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_client_error(), "not an HTTP status");
 }
