@@ -112,11 +112,68 @@ impl Driver {
             action: action.to_string(),
             secondary: None,
         };
-        match self.recorder.publish(&event, regarding).await {
+        let published = match regarding.name.as_deref() {
+            // kube's recorder names an Event `<name>.<hex time>`, which the API server
+            // refuses past 253 characters: such an object's Events get a shortened name.
+            Some(name) if name.len() > EVENT_PREFIX_MAX => self.publish_shortened(&event, regarding, name).await,
+            _ => self.recorder.publish(&event, regarding).await,
+        };
+        match published {
             Ok(()) => self.metrics.kubernetes_write("Event"),
             Err(error) => tracing::warn!(%error, %reason, "could not publish an Event"),
         }
     }
+
+    /// Creates the Event itself (no series) under [`event_name`].
+    async fn publish_shortened(&self, event: &Event, regarding: &ObjectReference, name: &str) -> kube::Result<()> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        let event = K8sEvent {
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(self.config.manager.into()),
+            reporting_instance: Some(self.config.manager.into()),
+            type_: Some(
+                match event.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            metadata: ObjectMeta {
+                name: Some(event_name(name, now.as_nanosecond())),
+                namespace: Some(namespace.into()),
+                ..ObjectMeta::default()
+            },
+            ..K8sEvent::default()
+        };
+        Api::<K8sEvent>::namespaced(self.client.clone(), namespace)
+            .create(&Default::default(), &event)
+            .await
+            .map(drop)
+    }
+}
+
+/// The longest object name kube's recorder can name an Event after: `<name>.` and up to 16
+/// hex digits of the time must fit in 253 characters.
+const EVENT_PREFIX_MAX: usize = 253 - 17;
+
+/// An Event name for the object `name` at `nanos`, at most 253 characters and a valid DNS
+/// subdomain: a long name is cut and told apart from others cut the same way by a hash of
+/// the whole name.
+fn event_name(name: &str, nanos: i128) -> String {
+    let prefix = if name.len() > EVENT_PREFIX_MAX {
+        let cut = name[..EVENT_PREFIX_MAX - 17].trim_end_matches(['.', '-']);
+        format!("{cut}-{:016x}", stable_hash(name))
+    } else {
+        name.to_string()
+    };
+    format!("{prefix}.{:x}", nanos as u64)
 }
 
 /// One kind's part of the driver: the shared [`Driver`], the kind's own state, its resync
@@ -296,6 +353,18 @@ mod tests {
             obj.metadata.annotations = Some([(crate::annotations::PAUSED.to_string(), "true".to_string())].into());
         }
         obj
+    }
+
+    #[test]
+    fn an_event_name_fits_whatever_the_objects_name() {
+        let nanos = 1_800_000_000_000_000_000_i128;
+        assert_eq!(event_name("acme", nanos), format!("acme.{:x}", nanos));
+        let long = format!("{}.{}", "a".repeat(200), "b".repeat(52));
+        let name = event_name(&long, nanos);
+        assert!(name.len() <= 253, "{}", name.len());
+        assert!(!name.contains(".-") && !name.contains("-."), "a valid DNS subdomain: {name}");
+        let other = format!("{}.{}", "a".repeat(200), "c".repeat(52));
+        assert_ne!(event_name(&other, nanos), name, "cut names stay apart");
     }
 
     #[test]
