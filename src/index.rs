@@ -17,12 +17,14 @@ use driver::stable_hash;
 pub struct Holder {
     /// creationTimestamp as RFC 3339 (sorts by time).
     pub created: String,
+    /// The holder's uid.
     pub uid: String,
     /// `namespace/name`, for messages.
     pub name: String,
 }
 
 impl Holder {
+    /// The holder described by an object's metadata.
     pub fn of(meta: &ObjectMeta) -> Holder {
         Holder {
             created: meta

@@ -40,8 +40,9 @@ reasons! {
     Installing,
     /// An existing Cyclr object was taken over.
     Adopted,
-    /// A Cyclr object was updated or corrected (Events only).
+    /// A Cyclr object was updated to the spec (Events only).
     Updated,
+    /// Drift made in Cyclr was corrected (Events only).
     DriftCorrected,
     /// `cyclr.com/paused: "true"`.
     Paused,
@@ -154,12 +155,15 @@ impl fmt::Display for Reason {
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     #[error("{action}: {error}")]
+    /// A Cyclr call failed.
     Cyclr {
         /// What was being done, e.g. "the account create".
         action: &'static str,
+        /// Cyclr's error.
         error: CyclrError,
     },
     #[error("Kubernetes API: {0}")]
+    /// A Kubernetes read failed.
     Kube(#[from] kube::Error),
 }
 

@@ -24,9 +24,11 @@ pub fn selector() -> String {
 
 /// What looking a Secret up found.
 pub enum Lookup {
+    /// Labelled: its data may be read.
     Found(Arc<Secret>),
     /// It exists but lacks the label: the operator does not read it.
     NotLabelled,
+    /// No Secret of that name.
     Missing,
 }
 
@@ -40,6 +42,7 @@ pub struct Secrets {
 }
 
 impl Secrets {
+    /// The labelled Secrets of `store` (the watch's); `client` for metadata-only lookups.
     pub fn new(store: Store<Secret>, client: Client) -> Self {
         Secrets {
             store,

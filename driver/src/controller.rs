@@ -362,7 +362,10 @@ mod tests {
         let long = format!("{}.{}", "a".repeat(200), "b".repeat(52));
         let name = event_name(&long, nanos);
         assert!(name.len() <= 253, "{}", name.len());
-        assert!(!name.contains(".-") && !name.contains("-."), "a valid DNS subdomain: {name}");
+        assert!(
+            !name.contains(".-") && !name.contains("-."),
+            "a valid DNS subdomain: {name}"
+        );
         let other = format!("{}.{}", "a".repeat(200), "c".repeat(52));
         assert_ne!(event_name(&other, nanos), name, "cut names stay apart");
     }

@@ -121,14 +121,18 @@ pub enum PartnerView {
     NotReady(String),
     /// Ready, with its price plans and (once listed) its account snapshot.
     Ready {
+        /// The partner's client and state.
         runtime: Arc<PartnerRuntime>,
+        /// Its price plans, for `spec.pricePlan.name`.
         plans: Vec<PricePlan>,
+        /// Its accounts as last listed (and written since), once listed.
         snapshot: Option<Arc<AccountsSnapshot>>,
     },
 }
 
 /// Everything `decide` looks at (the clock and the pending create are in [`Facts`]).
 pub struct Observed {
+    /// The partner as this account sees it.
     pub partner: PartnerView,
     /// Who else holds each Cyclr account id `decide` may look at (the oldest other holder).
     pub claims: HashMap<String, Holder>,
@@ -147,12 +151,18 @@ pub struct Observed {
 /// The Cyclr write an account needs.
 #[derive(Debug)]
 pub enum Write {
+    /// Create Account (not idempotent: under the pending-write protocol).
     Create {
+        /// The fields sent.
         fields: AccountFields,
     },
+    /// Update Account with only the fields that differ.
     Update {
+        /// The account as Cyclr has it.
         observed: Account,
+        /// The fields to send.
         changes: AccountFields,
+        /// Whether this corrects drift made in Cyclr (else applies a spec change).
         drift: bool,
     },
 }

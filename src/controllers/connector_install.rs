@@ -118,33 +118,42 @@ pub enum AccountView {
     Waiting(Reason, String),
     /// Ready, with its Cyclr id and its partner's runtime.
     Ready {
+        /// The account's Cyclr id.
         account_id: String,
+        /// Its partner's client and state.
         runtime: Arc<PartnerRuntime>,
     },
 }
 
 /// The connector credentials from the referenced Secret.
 pub enum CredentialsView {
+    /// The credentials to send.
     Ready(ConnectorAuth),
+    /// Why they cannot be had: the reason and message to report.
     Missing(Reason, String),
 }
 
 /// The account's installed connectors (v1.0 list), when looked at.
 pub enum InstalledView {
+    /// Not looked at yet in this reconcile.
     NotListed,
     /// The API offers no list: an install cannot be confirmed.
     Unavailable(String),
+    /// The account's installed connectors.
     Listed(Vec<InstalledConnector>),
 }
 
 /// Everything `decide` looks at (the clock and the pending install are in [`Facts`]).
 pub struct Observed {
+    /// The install's account, as it can be used.
     pub account: AccountView,
+    /// The credentials from the referenced Secret.
     pub credentials: CredentialsView,
     /// The credentials' digest under the account's partner key, when both can be read.
     pub credentials_digest: Option<String>,
     /// An older install resource with the same installed name in the same account.
     pub claimed_by: Option<Holder>,
+    /// The account's installed connectors, when listed.
     pub installed: InstalledView,
     /// Held while an install may be decided: installs of one name are serialised.
     _name_guard: Option<NameGuard>,

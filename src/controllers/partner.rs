@@ -61,15 +61,20 @@ pub enum Observed {
     /// The partner's client (new, or the one in use when its values did not change) and what
     /// its check gave.
     Checked {
+        /// The client in service, or a new one for changed values.
         runtime: Arc<PartnerRuntime>,
+        /// What checking it gave.
         check: Result<Check, CyclrError>,
     },
 }
 
 /// What a successful check read.
 pub struct Check {
+    /// Partner Details.
     pub details: PartnerDetails,
+    /// The partner's price plans.
     pub plans: Vec<PricePlan>,
+    /// How many accounts the partner has.
     pub account_count: usize,
 }
 
@@ -80,15 +85,20 @@ pub enum Publish {
     Stop(String),
     /// The checked client, ready, with its price plans.
     Ready {
+        /// The checked client.
         runtime: Arc<PartnerRuntime>,
+        /// Its price plans.
         plans: Vec<PricePlan>,
     },
     /// The check failed with `error`; the accounts stop only when `stop` (refused
     /// credentials, or a partner that never worked): a transient failure leaves a working
     /// partner working.
     Failed {
+        /// The client that failed its check.
         runtime: Arc<PartnerRuntime>,
+        /// Cyclr's error.
         error: CyclrError,
+        /// Whether its accounts must stop.
         stop: bool,
     },
 }

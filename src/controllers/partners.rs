@@ -122,17 +122,22 @@ pub enum PartnerState {
     /// Not checked yet by this process (just started, or just configured): its accounts keep
     /// the status they have until the check.
     Unchecked,
+    /// Checked: accounts may call Cyclr.
     Ready,
+    /// Checked and unusable: why.
     NotReady(String),
 }
 
 /// One partner's client and what the operator knows of it.
 pub struct PartnerRuntime {
+    /// The partner's Cyclr client (one token and one rate budget, shared by every reconcile).
     pub client: CyclrClient,
     /// A hash of the values the client is built from (URL, credential values, limits): a
     /// new client is built only when it changes, never for a label or annotation edit.
     pub fingerprint: u64,
+    /// How often the partner lists its accounts and its accounts are looked at (drift).
     pub resync_interval: Duration,
+    /// How often an account's usage is read.
     pub usage_interval: Duration,
     /// Which namespaces may use the partner (`None`: all).
     pub namespace_selector: Option<Selector>,
@@ -163,6 +168,7 @@ impl std::fmt::Debug for PartnerRuntime {
 }
 
 impl PartnerRuntime {
+    /// A runtime for `client`, not checked yet.
     pub fn new(
         client: CyclrClient,
         fingerprint: u64,
@@ -238,18 +244,22 @@ impl PartnerRuntime {
         self.onboarding.load(Ordering::SeqCst) > 0
     }
 
+    /// Whether the partner's accounts may call Cyclr.
     pub fn state(&self) -> PartnerState {
         self.state.read().expect("lock").clone()
     }
 
+    /// Sets whether the partner's accounts may call Cyclr.
     pub fn set_state(&self, state: PartnerState) {
         *self.state.write().expect("lock") = state;
     }
 
+    /// The partner's price plans, as last checked.
     pub fn price_plans(&self) -> Vec<PricePlan> {
         self.price_plans.read().expect("lock").clone()
     }
 
+    /// Replaces the partner's price plans.
     pub fn set_price_plans(&self, plans: Vec<PricePlan>) {
         *self.price_plans.write().expect("lock") = plans;
     }
@@ -351,10 +361,12 @@ pub struct Partners {
 }
 
 impl Partners {
+    /// The runtime of the partner `name`, if it is in service.
     pub fn get(&self, name: &str) -> Option<Arc<PartnerRuntime>> {
         self.by_name.read().expect("lock").get(name).cloned()
     }
 
+    /// Puts `runtime` in service for the partner `name`.
     pub fn insert(&self, name: &str, runtime: Arc<PartnerRuntime>) {
         self.by_name.write().expect("lock").insert(name.to_string(), runtime);
     }

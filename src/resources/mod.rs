@@ -18,6 +18,7 @@ use kube::core::Rule;
 use kube::{CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+/// The API group of the operator's resources.
 pub const GROUP: &str = "cyclr.com";
 
 /// Annotations the operator reads or writes.
