@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 ///   "retry_after_form":"seconds","commit_then_fail":0,"commit_then_fail_mode":"server_error",
 ///   "commit_then_fail_rate":0.0,"token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,
 ///   "outage_endpoints":[],"install_error_echoes_credentials":false,"apply_after_disconnect":false,
-///   "list_lag_ms":0,"html_answer":null,"seed":null}`
+///   "list_lag_ms":0,"empty_lists_ms":0,"html_answer":null,"seed":null}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -71,6 +71,11 @@ pub struct Faults {
     /// and the other calls see it at once.
     #[serde(rename = "list_lag_ms", with = "duration_ms")]
     pub list_lag: Duration,
+    /// For this long after the faults are set, List Accounts (legacy and v1.0) answers
+    /// `200 []` although accounts exist (a caching proxy, a regional host mix-up); every other
+    /// call sees them.
+    #[serde(rename = "empty_lists_ms", with = "duration_ms")]
+    pub empty_lists: Duration,
     /// A web application firewall in front of Cyclr: the requests it matches are answered
     /// with an HTML page and never reach Cyclr (nothing is applied). `None`: no firewall.
     pub html_answer: Option<HtmlAnswer>,
@@ -98,6 +103,7 @@ impl Default for Faults {
             install_error_echoes_credentials: false,
             apply_after_disconnect: false,
             list_lag: Duration::ZERO,
+            empty_lists: Duration::ZERO,
             html_answer: None,
             seed: None,
         }
@@ -227,6 +233,11 @@ impl FaultState {
 
     pub(crate) fn list_lag(&self) -> Duration {
         self.faults.list_lag
+    }
+
+    /// Whether List Accounts answers `[]` now (`empty_lists_ms`).
+    pub(crate) fn lists_empty(&self) -> bool {
+        self.set_at.elapsed() < self.faults.empty_lists
     }
 
     /// The firewall first (it stands in front of Cyclr), then the outage, then the rate limit (a refused request never reaches the error dice),
