@@ -116,6 +116,20 @@ fn container_args(docs: &[Value]) -> Vec<String> {
     serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone()).expect("args")
 }
 
+/// The README's two commands are the whole set-up of a fresh machine: `make test`, `make
+/// demo` (and `make image`, which `make test` runs) install what they need before anything else.
+#[test]
+fn make_targets_install_what_they_need_first() {
+    for target in ["test", "demo", "image"] {
+        let plan = run(Command::new("make").args(["-n", target]).current_dir(ROOT));
+        assert_eq!(
+            plan.lines().next(),
+            Some("bash hack/install-deps.sh"),
+            "`make {target}` does not start with the install step:\n{plan}"
+        );
+    }
+}
+
 #[test]
 fn chart_lints_and_renders_a_hardened_deployment() {
     run(testbin("helm").args(["lint", "--strict", CHART]));
