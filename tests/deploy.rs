@@ -231,6 +231,56 @@ fn generated_manifests_match_their_sources() {
     );
 }
 
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// One version for everything users pin (docs/versioning.md): the chart's appVersion and so
+/// the default image tag, and the krew plugin, follow Cargo.toml (the image is checked in
+/// tests/image.rs). The license the krew archives pack, and the changelog, exist.
+#[test]
+fn one_version_a_license_and_a_changelog() {
+    let version = env!("CARGO_PKG_VERSION");
+    let chart: Value = serde_yaml::from_str(&read("charts/cyclr-operator/Chart.yaml")).unwrap();
+    assert_eq!(
+        chart["appVersion"], version,
+        "the chart's appVersion is not Cargo.toml's version: run `make manifests`"
+    );
+    let deployment = find(&template(&[]), "Deployment").cloned().unwrap();
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(image.ends_with(&format!(":{version}")), "default image {image}");
+
+    let krew: Value = serde_yaml::from_str(&read("deploy/krew/cyclr.yaml")).unwrap();
+    assert_eq!(
+        krew["spec"]["version"],
+        format!("v{version}"),
+        "deploy/krew/cyclr.yaml: run `make manifests`"
+    );
+    let platforms = krew["spec"]["platforms"].as_array().unwrap();
+    assert!(!platforms.is_empty());
+    for platform in platforms {
+        let uri = platform["uri"].as_str().unwrap();
+        assert!(uri.contains(&format!("/kubectl-cyclr-v{version}-")), "{uri}");
+        assert!(platform["files"].as_array().unwrap().iter().any(|f| f["from"] == "LICENSE"));
+    }
+
+    assert_eq!(env!("CARGO_PKG_LICENSE"), "Apache-2.0");
+    let license = read("LICENSE");
+    for expected in [
+        "Apache License",
+        "Version 2.0, January 2004",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "END OF TERMS AND CONDITIONS",
+    ] {
+        assert!(license.contains(expected), "LICENSE is not Apache-2.0's text: no {expected:?}");
+    }
+    let changelog = read("CHANGELOG.md");
+    assert!(changelog.contains("\n## [Unreleased]\n"), "CHANGELOG.md has no Unreleased section");
+}
+
 /// (scope, API group, resource, verb) of each permission in a set of rules.
 type Grant = (String, String, String, String);
 
