@@ -20,9 +20,9 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{Discovery, Scope};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -156,6 +156,15 @@ fn chart_lints_and_renders_a_hardened_deployment() {
         .map(String::from)
         .into()
     );
+    let role_names = |docs: &[Value]| -> BTreeSet<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let aggregated = ["t-cyclr-operator-view", "t-cyclr-operator-edit"].map(String::from);
+    assert!(role_names(&docs).is_superset(&aggregated.clone().into()));
+    assert!(role_names(&template(&["rbac.aggregateClusterRoles=false"])).is_disjoint(&aggregated.into()));
     let pod = &find(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -330,7 +339,11 @@ fn documented_grants() -> BTreeSet<Grant> {
 #[test]
 fn rbac_is_exactly_the_documented_table() {
     let docs = template(&[]);
-    let mut granted = grants("cluster", &find(&docs, "ClusterRole").unwrap()["rules"]);
+    let operator_role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "t-cyclr-operator")
+        .expect("the operator's ClusterRole");
+    let mut granted = grants("cluster", &operator_role["rules"]);
     granted.extend(grants("namespace", &find(&docs, "Role").unwrap()["rules"]));
     assert_eq!(
         granted,
@@ -897,4 +910,163 @@ async fn helm_upgrade_and_uninstall_leave_accounts_alone() {
             .await
             .expect("helm uninstall leaves the CRDs");
     }
+}
+
+/// What the clusterrole-aggregation controller of kube-controller-manager does for the
+/// built-in `role` (the test control plane runs no controller-manager): its rules become
+/// those of every ClusterRole its aggregationRule selects, read from the API server. So the
+/// chart's labels are tested as well as its rules.
+async fn aggregate(client: &Client, role: &str) {
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let mut target = roles.get(role).await.unwrap_or_else(|e| panic!("ClusterRole {role}: {e}"));
+    let selectors = target
+        .aggregation_rule
+        .clone()
+        .and_then(|a| a.cluster_role_selectors)
+        .unwrap_or_else(|| panic!("{role} aggregates nothing"));
+    let mut rules = Vec::new();
+    for selector in selectors {
+        assert!(selector.match_expressions.is_none(), "{role}: only matchLabels emulated");
+        let labels: Vec<String> = selector
+            .match_labels
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let selected = roles
+            .list(&ListParams::default().labels(&labels.join(",")))
+            .await
+            .expect("list ClusterRoles");
+        for source in selected.items.into_iter().filter(|r| r.metadata.name.as_deref() != Some(role)) {
+            for rule in source.rules.unwrap_or_default() {
+                if !rules.contains(&rule) {
+                    rules.push(rule);
+                }
+            }
+        }
+    }
+    target.rules = Some(rules);
+    roles
+        .replace(role, &PostParams::default(), &target)
+        .await
+        .unwrap_or_else(|e| panic!("aggregate {role}: {e}"));
+}
+
+/// The HTTP status of a refused API call (panics on success or on another error).
+fn refused<T: std::fmt::Debug>(result: kube::Result<T>) -> u16 {
+    match result {
+        Err(kube::Error::Api(status)) => status.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A tenant bound to the built-in `edit` role in its namespace creates and changes
+/// CyclrAccounts and CyclrConnectorInstalls (and cannot before the chart's roles are
+/// aggregated), but writes no status and no CyclrPartner; a `view` user only reads.
+#[tokio::test]
+async fn namespace_editors_manage_accounts_through_the_builtin_roles() {
+    let env = TestEnv::get().await;
+    let client = env.client();
+    let scratch = tempfile::tempdir().unwrap();
+    run(helm(env, scratch.path()).args([
+        "install",
+        "roles",
+        CHART,
+        "--namespace",
+        "cyclr-roles",
+        "--create-namespace",
+    ]));
+    let tenants = env.new_namespace("tenant").await;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &tenants);
+    for (user, role) in [("tenant-editor", "edit"), ("tenant-viewer", "view")] {
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))
+        .unwrap();
+        bindings.create(&PostParams::default(), &binding).await.expect("RoleBinding");
+    }
+    let as_user = |user: &str| {
+        let path = scratch.path().join(format!("{user}.kubeconfig"));
+        impersonating_kubeconfig(env, user, &path);
+        path
+    };
+    let editor = impersonated_client(&as_user("tenant-editor")).await;
+    let viewer = impersonated_client(&as_user("tenant-viewer")).await;
+    let account = |name: &str| -> resources::CyclrAccount {
+        serde_json::from_value(json!({
+            "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
+            "metadata": {"name": name},
+            "spec": {"description": "A tenant's account"},
+        }))
+        .unwrap()
+    };
+    let as_editor: Api<resources::CyclrAccount> = Api::namespaced(editor.clone(), &tenants);
+    assert_eq!(
+        refused(as_editor.create(&PostParams::default(), &account("before")).await),
+        403,
+        "the built-in edit role covered CyclrAccounts before aggregation"
+    );
+
+    for role in ["view", "edit", "admin"] {
+        aggregate(&client, role).await;
+    }
+    as_editor
+        .create(&PostParams::default(), &account("acme"))
+        .await
+        .expect("an editor creates a CyclrAccount");
+    as_editor
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"description": "Changed"}})),
+        )
+        .await
+        .expect("an editor changes a CyclrAccount");
+    let status = Patch::Merge(json!({"status": {"accountID": "forged"}}));
+    assert_eq!(
+        refused(as_editor.patch_status("acme", &PatchParams::default(), &status).await),
+        403,
+        "an editor writes status"
+    );
+    let install: resources::CyclrConnectorInstall = serde_json::from_value(json!({
+        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrConnectorInstall",
+        "metadata": {"name": "acme-slack"},
+        "spec": {"accountRef": {"name": "acme"}, "connectorName": "Slack", "connectorVersion": "v1"},
+    }))
+    .unwrap();
+    Api::<resources::CyclrConnectorInstall>::namespaced(editor.clone(), &tenants)
+        .create(&PostParams::default(), &install)
+        .await
+        .expect("an editor creates a CyclrConnectorInstall");
+    let partner: resources::CyclrPartner = serde_json::from_value(json!({
+        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrPartner",
+        "metadata": {"name": "tenant-made"},
+        "spec": {"apiURL": "https://cyclr.example.com", "credentialsSecretRef": {"name": "creds"}},
+    }))
+    .unwrap();
+    assert_eq!(
+        refused(Api::<resources::CyclrPartner>::all(editor).create(&PostParams::default(), &partner).await),
+        403,
+        "an editor creates a CyclrPartner"
+    );
+
+    let as_viewer: Api<resources::CyclrAccount> = Api::namespaced(viewer, &tenants);
+    let seen = as_viewer.get("acme").await.expect("a viewer reads a CyclrAccount");
+    assert_eq!(seen.spec.description.as_deref(), Some("Changed"));
+    assert_eq!(
+        refused(as_viewer.create(&PostParams::default(), &account("viewer-made")).await),
+        403,
+        "a viewer creates a CyclrAccount"
+    );
+    assert_eq!(
+        refused(as_viewer.delete("acme", &Default::default()).await),
+        403,
+        "a viewer deletes a CyclrAccount"
+    );
+    as_editor
+        .delete("acme", &Default::default())
+        .await
+        .expect("an editor deletes a CyclrAccount");
 }
