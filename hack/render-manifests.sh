@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make manifests`: writes every generated manifest from its one source.
 #   crds/, the chart's crds/ and deploy/crds.yaml   <- `cyclr-operator crd` (the Rust types)
+#   docs/api.md                                     <- `cyclr-operator crd --reference` (the same)
 #   the chart's appVersion, the krew manifest's version  <- the root Cargo.toml's version
 #   deploy/operator.yaml                            <- `helm template` of the chart's defaults
 # tests/deploy.rs fails when any of them differs from what this script would write.
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 cargo run -q --bin cyclr-operator -- crd > crds/cyclr.com_crds.yaml
 cp crds/cyclr.com_crds.yaml charts/cyclr-operator/crds/cyclr.com_crds.yaml
 cp crds/cyclr.com_crds.yaml deploy/crds.yaml
+cargo run -q --bin cyclr-operator -- crd --reference > docs/api.md
 
 # One version for the operator, its image, the chart's appVersion and the plugin.
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"

@@ -4,12 +4,14 @@ mod account;
 mod conditions;
 mod connector_install;
 mod partner;
+mod reference;
 mod validation;
 
 pub use account::*;
 pub use conditions::*;
 pub use connector_install::*;
 pub use partner::*;
+pub use reference::*;
 pub use validation::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
