@@ -1070,3 +1070,81 @@ async fn namespace_editors_manage_accounts_through_the_builtin_roles() {
         .await
         .expect("an editor deletes a CyclrAccount");
 }
+
+/// Every flag of `cyclr-operator run` can be set through values (the chart passes the
+/// binary's own defaults unless told otherwise), `extraArgs` comes last, and the security
+/// contexts can be changed key by key with the rest of the restricted defaults kept.
+#[test]
+fn every_run_flag_is_reachable_through_values() {
+    let help = run(Command::new(env!("CARGO_BIN_EXE_cyclr-operator")).args(["run", "--help"]));
+    // (flag, the environment variable clap also reads it from, its default)
+    let mut flags = Vec::new();
+    for line in help.lines() {
+        let Some(flag) = line.split_whitespace().find(|w| w.starts_with("--")) else {
+            continue;
+        };
+        let after = |key: &str| line.split(key).nth(1).map(|s| s.split(['=', ']']).next().unwrap().to_string());
+        if flag != "--help" {
+            flags.push((flag.trim_end_matches(',').to_string(), after("[env: "), after("[default: ")));
+        }
+    }
+    assert!(flags.len() >= 10, "too few flags read from:\n{help}");
+
+    // The tuning flags' defaults are the binary's (logFormat is json on purpose).
+    let defaults = container_args(&template(&["replicaCount=2"]));
+    for tuning in ["--concurrency", "--lease-duration"] {
+        let default = flags.iter().find(|f| f.0 == tuning).and_then(|f| f.2.clone());
+        let expected = format!("{tuning}={}", default.expect("a default in --help"));
+        assert!(defaults.contains(&expected), "{expected} not in {defaults:?}");
+    }
+
+    let docs = template(&[
+        "replicaCount=2",
+        "watchNamespace=tenants",
+        "labelSelector=shard=a",
+        "logFormat=text",
+        "logLevel=debug",
+        "concurrency=4",
+        "leaderElection.leaseDuration=30",
+    ]);
+    let args = container_args(&docs);
+    let deployment = find(&docs, "Deployment").unwrap();
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    for (flag, env_var, _) in &flags {
+        let in_args = args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+        let in_env = env_var
+            .as_ref()
+            .is_some_and(|var| env.as_array().unwrap().iter().any(|e| e["name"] == var.as_str()));
+        assert!(in_args || in_env, "{flag} is not reachable through values: {args:?}");
+    }
+    for expected in [
+        "--label-selector=shard=a",
+        "--log-format=text",
+        "--log-level=debug",
+        "--concurrency=4",
+        "--lease-duration=30",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");
+    }
+
+    let args = container_args(&template(&["extraArgs[0]=--log-level=trace"]));
+    assert_eq!(args.last().map(String::as_str), Some("--log-level=trace"));
+
+    let docs = template(&[
+        "podSecurityContext.runAsUser=null",
+        "podSecurityContext.runAsGroup=null",
+        "podSecurityContext.fsGroup=1000",
+        "securityContext.runAsUser=1000",
+    ]);
+    let pod = &find(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    let (pod_context, container_context) = (&pod["securityContext"], &pod["containers"][0]["securityContext"]);
+    assert!(pod_context.get("runAsUser").is_none(), "{pod_context}");
+    assert!(pod_context.get("runAsGroup").is_none(), "{pod_context}");
+    assert_eq!(pod_context["fsGroup"], 1000);
+    assert_eq!(pod_context["runAsNonRoot"], true);
+    assert_eq!(pod_context["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(container_context["runAsUser"], 1000);
+    assert_eq!(container_context["readOnlyRootFilesystem"], true);
+    assert_eq!(container_context["allowPrivilegeEscalation"], false);
+    assert_eq!(container_context["capabilities"]["drop"], json!(["ALL"]));
+}
