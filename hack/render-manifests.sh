@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make manifests`: writes every generated manifest from its one source.
-#   crds/, the chart's crds/ and deploy/crds.yaml   <- `cyclr-operator crd` (the Rust types)
+#   crds/, the chart's files/crds.yaml, deploy/crds.yaml <- `cyclr-operator crd` (the Rust types)
 #   docs/api.md                                     <- `cyclr-operator crd --reference` (the same)
 #   the chart's appVersion, the krew manifest's version  <- the root Cargo.toml's version
 #   deploy/operator.yaml                            <- `helm template` of the chart's defaults
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo run -q --bin cyclr-operator -- crd > crds/cyclr.com_crds.yaml
-cp crds/cyclr.com_crds.yaml charts/cyclr-operator/crds/cyclr.com_crds.yaml
+cp crds/cyclr.com_crds.yaml charts/cyclr-operator/files/crds.yaml
 cp crds/cyclr.com_crds.yaml deploy/crds.yaml
 cargo run -q --bin cyclr-operator -- crd --reference > docs/api.md
 

@@ -3,14 +3,17 @@
 //! Debian's `lua5.1`) against the real control plane. The operator runs out of cluster as
 //! the chart's ServiceAccount (impersonation: the test control plane has no kubelet).
 
+#[path = "support/chart.rs"]
+mod chart;
 #[path = "support/kstatus.rs"]
 mod kstatus;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use chart::{CHART, ROOT, helm, repo, run, testbin};
 use cyclr_operator::resources;
 use cyclr_sim::{SimConfig, Simulator};
 use cyclr_testenv::TestEnv;
@@ -24,12 +27,11 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{Discovery, Scope};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/cyclr-operator");
 const HEALTH_LUA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/argocd/health.lua");
 /// The namespace of the examples' partner credentials, so the chart goes there too.
 const OPERATOR_NS: &str = "cyclr-system";
@@ -37,44 +39,11 @@ const OPERATOR_NS: &str = "cyclr-system";
 const RELEASE: &str = "cyclr";
 const SERVICE_ACCOUNT: &str = "cyclr-cyclr-operator";
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(ROOT).join(path)
-}
-
-/// A tool built into `bin/` by `make testbin`.
-fn testbin(name: &str) -> Command {
-    let path = repo("bin").join(name);
-    assert!(path.exists(), "{} is missing: run `make testbin`", path.display());
-    Command::new(path)
-}
-
-/// Runs `cmd`, panicking with its stderr unless it succeeds; returns its stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
 /// Runs `cmd`, which must fail; returns its stderr.
 fn run_failing(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(!out.status.success(), "{cmd:?} succeeded but should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `bin/helm` talking to the test control plane, with its own cache and config directories.
-fn helm(env: &TestEnv, home: &Path) -> Command {
-    let mut cmd = testbin("helm");
-    cmd.env("KUBECONFIG", env.kubeconfig_path())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    cmd
 }
 
 /// `helm template` of the chart with `--set` values; the documents it prints.
@@ -147,6 +116,7 @@ fn chart_lints_and_renders_a_hardened_deployment() {
         [
             "ClusterRole",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
             "Deployment",
             "Role",
             "RoleBinding",
@@ -225,7 +195,7 @@ fn chart_lints_and_renders_a_hardened_deployment() {
 #[test]
 fn generated_manifests_match_their_sources() {
     let crds = resources::crds_yaml();
-    for path in ["charts/cyclr-operator/crds/cyclr.com_crds.yaml", "deploy/crds.yaml"] {
+    for path in ["charts/cyclr-operator/files/crds.yaml", "deploy/crds.yaml"] {
         let committed = std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert!(
             committed == crds,
@@ -288,6 +258,34 @@ fn one_version_a_license_and_a_changelog() {
     }
     let changelog = read("CHANGELOG.md");
     assert!(changelog.contains("\n## [Unreleased]\n"), "CHANGELOG.md has no Unreleased section");
+}
+
+/// The chart's CRDs are the operator's, from the one generated file, with the release's
+/// labels and (unless `crds.keep=false`) kept on uninstall; `crds.enabled=false` leaves them out.
+#[test]
+fn chart_templates_the_generated_crds() {
+    let crds = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+            .cloned()
+            .collect()
+    };
+    let rendered = crds(&template(&[]));
+    let generated: Vec<Value> = resources::all_crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    assert_eq!(rendered.len(), generated.len());
+    for (rendered, generated) in rendered.iter().zip(&generated) {
+        assert_eq!(rendered["metadata"]["name"], generated["metadata"]["name"]);
+        assert_eq!(rendered["spec"], generated["spec"], "{}", generated["metadata"]["name"]);
+        assert_eq!(rendered["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+        assert_eq!(rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+    }
+    for crd in crds(&template(&["crds.keep=false"])) {
+        assert!(crd["metadata"].get("annotations").is_none(), "{crd}");
+    }
+    assert!(crds(&template(&["crds.enabled=false"])).is_empty());
 }
 
 /// (scope, API group, resource, verb) of each permission in a set of rules.
@@ -404,6 +402,22 @@ async fn apply_all(client: &Client, yaml: &str) {
         api.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&doc))
             .await
             .unwrap_or_else(|e| panic!("apply {} {name}: {e}", gvk.kind));
+    }
+}
+
+/// The CRDs as a team that manages them outside the chart applies them (`crds.enabled=false`
+/// for every release here: CRDs belong to one owner, and the chart's own CRD handling is
+/// tested alone on its control plane in tests/chart_upgrade.rs); returns once all are served.
+async fn apply_crds(client: &Client) {
+    apply_all(client, &resources::crds_yaml()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in resources::all_crds() {
+        let name = crd.metadata.name.unwrap();
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .unwrap_or_else(|_| panic!("{name} not established after 30s"))
+            .expect("watch the CRD");
     }
 }
 
@@ -635,6 +649,7 @@ async fn chart_service_account_runs_the_examples() {
     let env = TestEnv::get().await;
     let client = env.client();
     let scratch = tempfile::tempdir().unwrap();
+    apply_crds(&client).await;
     run(helm(env, scratch.path()).args([
         "install",
         RELEASE,
@@ -643,7 +658,7 @@ async fn chart_service_account_runs_the_examples() {
         OPERATOR_NS,
         "--create-namespace",
         "--set",
-        "replicaCount=2",
+        "replicaCount=2,crds.enabled=false",
     ]));
 
     // The examples as they are, but for the partner's URL: the local simulator's.
@@ -855,63 +870,6 @@ async fn rules_in(client: &Client, namespace: &str) -> BTreeSet<(String, String,
     out
 }
 
-/// `helm upgrade` and `helm uninstall` leave Cyclr resources (and so Cyclr accounts) alone:
-/// the CRDs stay, and so does every CyclrAccount, unchanged.
-#[tokio::test]
-async fn helm_upgrade_and_uninstall_leave_accounts_alone() {
-    let env = TestEnv::get().await;
-    let client = env.client();
-    let scratch = tempfile::tempdir().unwrap();
-    let (release, namespace) = ("keep", "cyclr-keep");
-    run(helm(env, scratch.path()).args([
-        "install",
-        release,
-        CHART,
-        "--namespace",
-        namespace,
-        "--create-namespace",
-    ]));
-    let tenants = env.new_namespace("keep-tenants").await;
-    let accounts: Api<resources::CyclrAccount> = Api::namespaced(client.clone(), &tenants);
-    let account: resources::CyclrAccount = serde_json::from_value(json!({
-        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
-        "metadata": {"name": "kept"},
-        "spec": {"description": "Kept", "pricePlan": {"name": "Pro"}},
-    }))
-    .unwrap();
-    let before = accounts
-        .create(&PostParams::default(), &account)
-        .await
-        .expect("create account");
-
-    run(helm(env, scratch.path()).args([
-        "upgrade",
-        release,
-        CHART,
-        "--namespace",
-        namespace,
-        "--set",
-        "replicaCount=3,podDisruptionBudget.enabled=true",
-    ]));
-    run(helm(env, scratch.path()).args(["uninstall", release, "--namespace", namespace]));
-
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    assert!(
-        roles.get_opt("keep-cyclr-operator").await.unwrap().is_none(),
-        "uninstall removes the ClusterRole"
-    );
-    let after = accounts.get("kept").await.expect("the account survives uninstall");
-    assert_eq!(after.metadata.uid, before.metadata.uid);
-    assert_eq!(after.spec, before.spec);
-    assert!(after.metadata.deletion_timestamp.is_none());
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    for crd in resources::all_crds() {
-        crds.get(crd.metadata.name.as_deref().unwrap())
-            .await
-            .expect("helm uninstall leaves the CRDs");
-    }
-}
-
 /// What the clusterrole-aggregation controller of kube-controller-manager does for the
 /// built-in `role` (the test control plane runs no controller-manager): its rules become
 /// those of every ClusterRole its aggregationRule selects, read from the API server. So the
@@ -968,6 +926,7 @@ async fn namespace_editors_manage_accounts_through_the_builtin_roles() {
     let env = TestEnv::get().await;
     let client = env.client();
     let scratch = tempfile::tempdir().unwrap();
+    apply_crds(&client).await;
     run(helm(env, scratch.path()).args([
         "install",
         "roles",
@@ -975,6 +934,8 @@ async fn namespace_editors_manage_accounts_through_the_builtin_roles() {
         "--namespace",
         "cyclr-roles",
         "--create-namespace",
+        "--set",
+        "crds.enabled=false",
     ]));
     let tenants = env.new_namespace("tenant").await;
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &tenants);
