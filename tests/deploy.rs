@@ -23,6 +23,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
@@ -1108,4 +1109,79 @@ fn every_run_flag_is_reachable_through_values() {
     assert_eq!(container_context["readOnlyRootFilesystem"], true);
     assert_eq!(container_context["allowPrivilegeEscalation"], false);
     assert_eq!(container_context["capabilities"]["drop"], json!(["ALL"]));
+}
+
+/// `networkPolicy.enabled` renders a NetworkPolicy the API server accepts that lets the
+/// operator's pod take metrics scrapes and reach DNS, the API server and Cyclr, on their
+/// ports only.
+#[tokio::test]
+async fn network_policy_opens_only_what_the_operator_uses() {
+    assert!(find(&template(&[]), "NetworkPolicy").is_none(), "off by default");
+    let docs = template(&[
+        "networkPolicy.enabled=true",
+        "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        "networkPolicy.cyclr.cidrs={203.0.113.0/24,198.51.100.7/32}",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
+    ]);
+    let policy = find(&docs, "NetworkPolicy").expect("a NetworkPolicy");
+    let deployment = find(&docs, "Deployment").unwrap();
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    let ingress = &policy["spec"]["ingress"];
+    assert_eq!(ingress.as_array().unwrap().len(), 1);
+    assert_eq!(ingress[0]["ports"], json!([{"port": "http", "protocol": "TCP"}]));
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"],
+        "http"
+    );
+    assert_eq!(ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["team"], "monitoring");
+
+    // Each egress rule as (destination blocks, ports): nothing open on every port.
+    let egress: Vec<(Vec<String>, Vec<String>)> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| {
+            let blocks = rule["to"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|peer| peer["ipBlock"]["cidr"].as_str().map(String::from))
+                .collect();
+            let ports = rule["ports"]
+                .as_array()
+                .expect("every egress rule names its ports")
+                .iter()
+                .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap()))
+                .collect();
+            (blocks, ports)
+        })
+        .collect();
+    let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        egress,
+        vec![
+            (vec![], strings(&["53/UDP", "53/TCP"])),
+            (strings(&["10.0.0.1/32"]), strings(&["443/TCP", "6443/TCP"])),
+            (strings(&["203.0.113.0/24", "198.51.100.7/32"]), strings(&["443/TCP"])),
+        ]
+    );
+
+    let env = TestEnv::get().await;
+    let namespace = env.new_namespace("netpol").await;
+    let mut policy: NetworkPolicy = serde_json::from_value(policy.clone()).unwrap();
+    policy.metadata.namespace = Some(namespace.clone());
+    Api::<NetworkPolicy>::namespaced(env.client(), &namespace)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &policy,
+        )
+        .await
+        .expect("the API server accepts the NetworkPolicy");
 }
