@@ -27,22 +27,23 @@ pub enum Lookup {
     Missing,
 }
 
-/// The labelled Secrets, from the watch.
+/// The labelled Secrets, from the watches (one, or one per namespace they are read from).
 #[derive(Clone)]
 pub struct Secrets {
-    store: Store<Secret>,
+    stores: Vec<Store<Secret>>,
     client: Client,
 }
 
 impl Secrets {
-    pub fn new(store: Store<Secret>, client: Client) -> Self {
-        Secrets { store, client }
+    pub fn new(stores: Vec<Store<Secret>>, client: Client) -> Self {
+        Secrets { stores, client }
     }
 
     /// The Secret `namespace/name` if it is labelled. A miss is told apart from a missing
     /// label by a metadata-only GET, which reads no values.
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Lookup, kube::Error> {
-        if let Some(secret) = self.store.get(&ObjectRef::new(name).within(namespace)) {
+        let key = ObjectRef::new(name).within(namespace);
+        if let Some(secret) = self.stores.iter().find_map(|store| store.get(&key)) {
             return Ok(Lookup::Found(secret));
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
@@ -57,7 +58,7 @@ impl Secrets {
     pub fn scrub(&self, text: &str) -> String {
         use base64::Engine as _;
         let mut out = text.to_string();
-        for secret in self.store.state() {
+        for secret in self.stores.iter().flat_map(Store::state) {
             for value in secret.data.iter().flat_map(|d| d.values()) {
                 let Ok(plain) = std::str::from_utf8(&value.0) else {
                     continue;

@@ -1185,3 +1185,77 @@ async fn network_policy_opens_only_what_the_operator_uses() {
         .await
         .expect("the API server accepts the NetworkPolicy");
 }
+
+/// With `watchNamespace`, the chart grants Secrets in the operator's namespace and the
+/// watched one only (the rest as in the documented table), and the operator runs on that:
+/// it is ready, so none of its watches is forbidden.
+#[tokio::test]
+async fn watch_namespace_install_reads_secrets_in_two_namespaces_only() {
+    let env = TestEnv::get().await;
+    let client = env.client();
+    let scratch = tempfile::tempdir().unwrap();
+    apply_crds(&client).await;
+    let own = env.new_namespace("scoped").await;
+    let watched = env.new_namespace("scoped-tenants").await;
+    let other = env.new_namespace("scoped-other").await;
+    run(helm(env, scratch.path()).args(["install", "scoped", CHART, "--namespace", &own]).args([
+        "--set",
+        &format!("crds.enabled=false,watchNamespace={watched}"),
+    ]));
+
+    let kubeconfig = scratch.path().join("kubeconfig");
+    impersonating_kubeconfig(env, &format!("system:serviceaccount:{own}:scoped-cyclr-operator"), &kubeconfig);
+    let as_operator = impersonated_client(&kubeconfig).await;
+    let documented = documented_grants();
+    let grants = |scope: &str| -> BTreeSet<(String, String, String)> {
+        documented
+            .iter()
+            .filter(|g| g.0 == scope && g.2 != "secrets")
+            .map(|(_, group, resource, verb)| (group.clone(), resource.clone(), verb.clone()))
+            .collect()
+    };
+    let secrets: BTreeSet<_> = ["get", "list", "watch"]
+        .map(|verb| (String::new(), "secrets".to_string(), verb.to_string()))
+        .into();
+    let cluster = grants("cluster");
+    assert!(cluster.iter().any(|g| g.1 == "namespaces"), "the table was read");
+    assert_eq!(rules_in(&as_operator, &other).await, cluster, "in another namespace");
+    assert_eq!(
+        rules_in(&as_operator, &watched).await,
+        &cluster | &secrets,
+        "in the watched namespace"
+    );
+    assert_eq!(
+        rules_in(&as_operator, &own).await,
+        &(&cluster | &secrets) | &grants("namespace"),
+        "in the operator's namespace"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = scratch.path().join("operator.log");
+    // A label nothing carries: it reconciles nothing of the other tests, but runs every watch.
+    let _operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_cyclr-operator"))
+        .args(["run", "--namespace", &own, "--watch-namespace", &watched])
+        .args(["--label-selector", &format!("cyclr.com/test={own}")])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("POD_NAMESPACE")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(scratch.path().join("operator.stderr")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start cyclr-operator");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while http_status(port, "/readyz").await != Some(200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready after 60s as the watchNamespace ServiceAccount:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
