@@ -1039,17 +1039,23 @@ async fn namespace_editors_manage_accounts_through_the_builtin_roles() {
 #[test]
 fn every_run_flag_is_reachable_through_values() {
     let help = run(Command::new(env!("CARGO_BIN_EXE_cyclr-operator")).args(["run", "--help"]));
-    // (flag, the environment variable clap also reads it from, its default)
-    let mut flags = Vec::new();
+    // (flag, the environment variable clap also reads it from, its default): an option's line
+    // starts with its flag, and its notes may follow on the lines after.
+    let mut flags: Vec<(String, Option<String>, Option<String>)> = Vec::new();
     for line in help.lines() {
-        let Some(flag) = line.split_whitespace().find(|w| w.starts_with("--")) else {
-            continue;
-        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first().is_some_and(|w| w.starts_with('-'))
+            && let Some(flag) = words.iter().find(|w| w.starts_with("--"))
+        {
+            flags.push((flag.trim_end_matches(',').to_string(), None, None));
+        }
         let after = |key: &str| line.split(key).nth(1).map(|s| s.split(['=', ']']).next().unwrap().to_string());
-        if flag != "--help" {
-            flags.push((flag.trim_end_matches(',').to_string(), after("[env: "), after("[default: ")));
+        if let Some(last) = flags.last_mut() {
+            last.1 = last.1.take().or(after("[env: "));
+            last.2 = last.2.take().or(after("[default: "));
         }
     }
+    flags.retain(|f| f.0 != "--help");
     assert!(flags.len() >= 10, "too few flags read from:\n{help}");
 
     // The tuning flags' defaults are the binary's (logFormat is json on purpose).
@@ -1089,8 +1095,21 @@ fn every_run_flag_is_reachable_through_values() {
         assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");
     }
 
-    let args = container_args(&template(&["extraArgs[0]=--log-level=trace"]));
+    let docs = template(&[
+        "extraArgs[0]=--log-level=trace",
+        "extraVolumes[0].name=ca",
+        "extraVolumes[0].configMap.name=corporate-ca",
+        "extraVolumeMounts[0].name=ca",
+        "extraVolumeMounts[0].mountPath=/etc/corporate-ca",
+    ]);
+    let args = container_args(&docs);
     assert_eq!(args.last().map(String::as_str), Some("--log-level=trace"));
+    let pod = &find(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"], json!([{"name": "ca", "configMap": {"name": "corporate-ca"}}]));
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([{"name": "ca", "mountPath": "/etc/corporate-ca"}])
+    );
 
     let docs = template(&[
         "podSecurityContext.runAsUser=null",

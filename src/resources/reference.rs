@@ -116,8 +116,9 @@ fn validation(schema: &Value, is_required: bool) -> String {
         ("maximum", "at most"),
         ("maxLength", "at most"),
     ] {
-        if let Some(n) = schema.get(key) {
+        if let Some(n) = schema[key].as_f64() {
             let unit = if key == "maxLength" { " characters" } else { "" };
+            // The schema's numbers are floats (`10000.0`); the limits are whole numbers.
             parts.push(format!("{what} {n}{unit}"));
         }
     }
