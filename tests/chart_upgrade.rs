@@ -120,14 +120,7 @@ async fn helm_upgrade_brings_new_crd_fields_and_uninstall_keeps_accounts() {
     );
 
     // The CRDs 0.1.0 installed from crds/ belong to no release: the first upgrade adopts them.
-    helm_run(&[
-        "upgrade",
-        RELEASE,
-        CHART,
-        "--namespace",
-        NAMESPACE,
-        "--take-ownership",
-    ]);
+    helm_run(&["upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--take-ownership"]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     // The API server takes a moment to serve the new schema.
     while !status_keeps_new_field(&accounts, "2030-02-01").await {

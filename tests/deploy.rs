@@ -244,7 +244,13 @@ fn one_version_a_license_and_a_changelog() {
     for platform in platforms {
         let uri = platform["uri"].as_str().unwrap();
         assert!(uri.contains(&format!("/kubectl-cyclr-v{version}-")), "{uri}");
-        assert!(platform["files"].as_array().unwrap().iter().any(|f| f["from"] == "LICENSE"));
+        assert!(
+            platform["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["from"] == "LICENSE")
+        );
     }
 
     assert_eq!(env!("CARGO_PKG_LICENSE"), "Apache-2.0");
@@ -255,10 +261,16 @@ fn one_version_a_license_and_a_changelog() {
         "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
         "END OF TERMS AND CONDITIONS",
     ] {
-        assert!(license.contains(expected), "LICENSE is not Apache-2.0's text: no {expected:?}");
+        assert!(
+            license.contains(expected),
+            "LICENSE is not Apache-2.0's text: no {expected:?}"
+        );
     }
     let changelog = read("CHANGELOG.md");
-    assert!(changelog.contains("\n## [Unreleased]\n"), "CHANGELOG.md has no Unreleased section");
+    assert!(
+        changelog.contains("\n## [Unreleased]\n"),
+        "CHANGELOG.md has no Unreleased section"
+    );
 }
 
 /// The chart's CRDs are the operator's, from the one generated file, with the release's
@@ -877,7 +889,10 @@ async fn rules_in(client: &Client, namespace: &str) -> BTreeSet<(String, String,
 /// chart's labels are tested as well as its rules.
 async fn aggregate(client: &Client, role: &str) {
     let roles: Api<ClusterRole> = Api::all(client.clone());
-    let mut target = roles.get(role).await.unwrap_or_else(|e| panic!("ClusterRole {role}: {e}"));
+    let mut target = roles
+        .get(role)
+        .await
+        .unwrap_or_else(|e| panic!("ClusterRole {role}: {e}"));
     let selectors = target
         .aggregation_rule
         .clone()
@@ -885,7 +900,10 @@ async fn aggregate(client: &Client, role: &str) {
         .unwrap_or_else(|| panic!("{role} aggregates nothing"));
     let mut rules = Vec::new();
     for selector in selectors {
-        assert!(selector.match_expressions.is_none(), "{role}: only matchLabels emulated");
+        assert!(
+            selector.match_expressions.is_none(),
+            "{role}: only matchLabels emulated"
+        );
         let labels: Vec<String> = selector
             .match_labels
             .unwrap_or_default()
@@ -896,7 +914,11 @@ async fn aggregate(client: &Client, role: &str) {
             .list(&ListParams::default().labels(&labels.join(",")))
             .await
             .expect("list ClusterRoles");
-        for source in selected.items.into_iter().filter(|r| r.metadata.name.as_deref() != Some(role)) {
+        for source in selected
+            .items
+            .into_iter()
+            .filter(|r| r.metadata.name.as_deref() != Some(role))
+        {
             for rule in source.rules.unwrap_or_default() {
                 if !rules.contains(&rule) {
                     rules.push(rule);
@@ -947,7 +969,10 @@ async fn namespace_editors_manage_accounts_through_the_builtin_roles() {
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
         }))
         .unwrap();
-        bindings.create(&PostParams::default(), &binding).await.expect("RoleBinding");
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("RoleBinding");
     }
     let as_user = |user: &str| {
         let path = scratch.path().join(format!("{user}.kubeconfig"));
@@ -1009,7 +1034,11 @@ async fn namespace_editors_manage_accounts_through_the_builtin_roles() {
     }))
     .unwrap();
     assert_eq!(
-        refused(Api::<resources::CyclrPartner>::all(editor).create(&PostParams::default(), &partner).await),
+        refused(
+            Api::<resources::CyclrPartner>::all(editor)
+                .create(&PostParams::default(), &partner)
+                .await
+        ),
         403,
         "an editor creates a CyclrPartner"
     );
@@ -1049,7 +1078,11 @@ fn every_run_flag_is_reachable_through_values() {
         {
             flags.push((flag.trim_end_matches(',').to_string(), None, None));
         }
-        let after = |key: &str| line.split(key).nth(1).map(|s| s.split(['=', ']']).next().unwrap().to_string());
+        let after = |key: &str| {
+            line.split(key)
+                .nth(1)
+                .map(|s| s.split(['=', ']']).next().unwrap().to_string())
+        };
         if let Some(last) = flags.last_mut() {
             last.1 = last.1.take().or(after("[env: "));
             last.2 = last.2.take().or(after("[default: "));
@@ -1105,7 +1138,10 @@ fn every_run_flag_is_reachable_through_values() {
     let args = container_args(&docs);
     assert_eq!(args.last().map(String::as_str), Some("--log-level=trace"));
     let pod = &find(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
-    assert_eq!(pod["volumes"], json!([{"name": "ca", "configMap": {"name": "corporate-ca"}}]));
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "ca", "configMap": {"name": "corporate-ca"}}])
+    );
     assert_eq!(
         pod["containers"][0]["volumeMounts"],
         json!([{"name": "ca", "mountPath": "/etc/corporate-ca"}])
@@ -1156,7 +1192,10 @@ async fn network_policy_opens_only_what_the_operator_uses() {
         deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"],
         "http"
     );
-    assert_eq!(ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["team"], "monitoring");
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["team"],
+        "monitoring"
+    );
 
     // Each egress rule as (destination blocks, ports): nothing open on every port.
     let egress: Vec<(Vec<String>, Vec<String>)> = policy["spec"]["egress"]
@@ -1217,13 +1256,16 @@ async fn watch_namespace_install_reads_secrets_in_two_namespaces_only() {
     let own = env.new_namespace("scoped").await;
     let watched = env.new_namespace("scoped-tenants").await;
     let other = env.new_namespace("scoped-other").await;
-    run(helm(env, scratch.path()).args(["install", "scoped", CHART, "--namespace", &own]).args([
-        "--set",
-        &format!("crds.enabled=false,watchNamespace={watched}"),
-    ]));
+    run(helm(env, scratch.path())
+        .args(["install", "scoped", CHART, "--namespace", &own])
+        .args(["--set", &format!("crds.enabled=false,watchNamespace={watched}")]));
 
     let kubeconfig = scratch.path().join("kubeconfig");
-    impersonating_kubeconfig(env, &format!("system:serviceaccount:{own}:scoped-cyclr-operator"), &kubeconfig);
+    impersonating_kubeconfig(
+        env,
+        &format!("system:serviceaccount:{own}:scoped-cyclr-operator"),
+        &kubeconfig,
+    );
     let as_operator = impersonated_client(&kubeconfig).await;
     let documented = documented_grants();
     let grants = |scope: &str| -> BTreeSet<(String, String, String)> {

@@ -109,7 +109,10 @@ fn validation(schema: &Value, is_required: bool) -> String {
         parts.push(format!("default `{}`", compact(default)));
     }
     if let Some(values) = schema["enum"].as_array() {
-        parts.push(format!("one of {}", code_list(&values.iter().map(compact).collect::<Vec<_>>())));
+        parts.push(format!(
+            "one of {}",
+            code_list(&values.iter().map(compact).collect::<Vec<_>>())
+        ));
     }
     for (key, what) in [
         ("minimum", "at least"),
@@ -182,6 +185,9 @@ mod tests {
         ] {
             assert!(reference.contains(expected), "no {expected:?} in\n{reference}");
         }
-        assert!(!reference.contains("Auto-generated"), "a kind without its own description");
+        assert!(
+            !reference.contains("Auto-generated"),
+            "a kind without its own description"
+        );
     }
 }
