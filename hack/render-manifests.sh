@@ -3,6 +3,7 @@
 #   crds/, the chart's files/crds.yaml, deploy/crds.yaml <- `cyclr-operator crd` (the Rust types)
 #   docs/api.md                                     <- `cyclr-operator crd --reference` (the same)
 #   the chart's appVersion, the krew manifest's version  <- the root Cargo.toml's version
+#   the chart's files/grafana-dashboard.json        <- deploy/grafana/cyclr-operator.json
 #   deploy/operator.yaml                            <- `helm template` of the chart's defaults
 # tests/deploy.rs fails when any of them differs from what this script would write.
 set -euo pipefail
@@ -12,6 +13,7 @@ cargo run -q --bin cyclr-operator -- crd > crds/cyclr.com_crds.yaml
 cp crds/cyclr.com_crds.yaml charts/cyclr-operator/files/crds.yaml
 cp crds/cyclr.com_crds.yaml deploy/crds.yaml
 cargo run -q --bin cyclr-operator -- crd --reference > docs/api.md
+cp deploy/grafana/cyclr-operator.json charts/cyclr-operator/files/grafana-dashboard.json
 
 # One version for the operator, its image, the chart's appVersion and the plugin.
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"

@@ -203,6 +203,10 @@ fn generated_manifests_match_their_sources() {
             "{path} differs from `cyclr-operator crd`: run `make manifests`"
         );
     }
+    assert!(
+        read("charts/cyclr-operator/files/grafana-dashboard.json") == read("deploy/grafana/cyclr-operator.json"),
+        "the chart's dashboard differs from deploy/grafana/cyclr-operator.json: run `make manifests`"
+    );
     let rendered = run(&mut Command::new(repo("hack/render-deploy.sh")));
     let committed = std::fs::read_to_string(repo("deploy/operator.yaml")).expect("deploy/operator.yaml");
     assert!(
@@ -1319,4 +1323,19 @@ async fn watch_namespace_install_reads_secrets_in_two_namespaces_only() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// `grafanaDashboard.enabled` ships deploy/grafana's dashboard in a ConfigMap that Grafana's
+/// dashboard sidecar picks up by its label.
+#[test]
+fn grafana_dashboard_ships_as_a_sidecar_configmap() {
+    assert!(find(&template(&[]), "ConfigMap").is_none(), "off by default");
+    let docs = template(&["grafanaDashboard.enabled=true", "grafanaDashboard.namespace=monitoring"]);
+    let config_map = find(&docs, "ConfigMap").expect("the dashboard ConfigMap");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(config_map["metadata"]["namespace"], "monitoring");
+    let shipped: Value = serde_json::from_str(config_map["data"]["cyclr-operator.json"].as_str().unwrap())
+        .expect("the ConfigMap holds JSON");
+    let source: Value = serde_json::from_str(&read("deploy/grafana/cyclr-operator.json")).unwrap();
+    assert_eq!(shipped, source);
 }
