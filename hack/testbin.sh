@@ -141,5 +141,6 @@ for t in "${targets[@]}"; do
   esac
 done
 peer=""
-[[ " ${targets[*]} " == *" provider-http "* ]] && peer=", provider-http $PROVIDER_HTTP_VERSION"
+[[ " ${targets[*]} " == *" kubectl "* ]] && peer=", kubectl $KUBERNETES_VERSION"
+[[ " ${targets[*]} " == *" provider-http "* ]] && peer="$peer, provider-http $PROVIDER_HTTP_VERSION"
 echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION$peer)"
