@@ -91,7 +91,12 @@ fn container_args(docs: &[Value]) -> Vec<String> {
 #[test]
 fn make_targets_install_what_they_need_first() {
     for target in ["test", "demo", "image"] {
-        let plan = run(Command::new("make").args(["-n", target]).current_dir(ROOT));
+        // Run by `make test`, this is a sub-make: no directory lines, no parent's jobserver.
+        let plan = run(Command::new("make")
+            .args(["-n", "--no-print-directory", target])
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .current_dir(ROOT));
         assert_eq!(
             plan.lines().next(),
             Some("bash hack/install-deps.sh"),
