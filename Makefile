@@ -2,15 +2,20 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test testbin cluster-up cluster-down lint fmt-check clippy manifests image demo bench chaos clean
+.PHONY: all build deps test testbin cluster-up cluster-down lint fmt-check clippy manifests image demo bench chaos clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace --bins
 
+## what a fresh machine lacks (Debian packages, the musl target), or a message naming it;
+## a second run only checks (under a second), so every target that needs them starts here
+deps:
+	bash hack/install-deps.sh
+
 ## bin/: kube-apiserver, etcd, helm, kustomize and kstatus built from their Go modules (rebuilt when a pinned version changes)
-testbin:
+testbin: deps
 	bash hack/testbin.sh
 
 ## a local control plane for humans and the demo; kubeconfig in .cluster/kubeconfig
@@ -21,7 +26,7 @@ cluster-down:
 	$(CARGO) run -q -p cyclr-testenv --bin control-plane -- down --dir .cluster
 
 ## a control plane, cyclr-sim, the operator and examples/, then a status table (DEMO_ONCE=1 to exit when Ready)
-demo:
+demo: deps
 	bash hack/demo.sh
 
 ## regenerate crds/, the chart's CRDs and deploy/ from their sources (a test fails when they differ)
@@ -29,7 +34,7 @@ manifests:
 	bash hack/render-manifests.sh
 
 ## the container image as an OCI archive in target/image/, without a container engine (see Dockerfile)
-image:
+image: deps
 	bash hack/image.sh
 
 ## N CyclrAccounts onboarded by the release operator and by the floor, at 10 and 1000 req/s

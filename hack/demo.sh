@@ -11,7 +11,11 @@ sim_port="${DEMO_SIM_PORT:-18181}"
 metrics_port="${DEMO_METRICS_PORT:-18080}"
 export KUBECONFIG="$PWD/$demo/cluster/kubeconfig"
 
-command -v kubectl >/dev/null || { echo "demo: kubectl is required (https://kubernetes.io/docs/tasks/tools/)" >&2; exit 1; }
+# A machine without kubectl gets one built into bin/ like the control plane (once, minutes).
+if ! command -v kubectl >/dev/null; then
+  bash hack/testbin.sh kubectl
+  export PATH="$PWD/bin:$PATH"
+fi
 
 pids=()
 cleanup() {

@@ -2,6 +2,7 @@
 # Builds kube-apiserver, etcd, helm and kustomize from their official Go modules into bin/,
 # and bin/kstatus (hack/kstatus/main.go) on the kstatus library of sigs.k8s.io/cli-utils.
 # Each binary is rebuilt only when its pinned version changes (a stamp file per binary).
+# `hack/testbin.sh kubectl` builds kubectl (only `make demo` asks for it, when none is on PATH).
 # `hack/testbin.sh provider-http` (only `PEER=1 make bench` asks for it) also builds Crossplane's
 # provider-http, with its CRDs from the same module version in bin/provider-http-crds/.
 set -euo pipefail
@@ -28,24 +29,26 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 up_to_date() { [ -x "$bin/$1" ] && [ "$(cat "$bin/.$1.version" 2>/dev/null)" = "$2" ]; }
 stamp() { echo "$2" > "$bin/.$1.version"; }
 
-build_kube_apiserver() {
-  local v="$KUBERNETES_VERSION" minor
-  up_to_date kube-apiserver "$v" && return
-  echo "testbin: building kube-apiserver $v (cold: several minutes)"
+# A command of k8s.io/kubernetes (kube-apiserver; kubectl for `make demo` on a machine
+# without one), at the pinned version.
+build_kubernetes_cmd() { # name
+  local name="$1" v="$KUBERNETES_VERSION" minor
+  up_to_date "$name" "$v" && return
+  echo "testbin: building $name $v (cold: several minutes)"
   minor="$(echo "$v" | cut -d. -f2)"
-  local dir="$work/kube-apiserver"
+  local dir="$work/$name"
   rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
   cat > go.mod <<MOD
-module local/kube-apiserver-build
+module local/$name-build
 
 go 1.24
 MOD
-  cat > tools.go <<'GO'
+  cat > tools.go <<GO
 //go:build tools
 
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import _ "k8s.io/kubernetes/cmd/$name"
 GO
   go mod download -json "k8s.io/kubernetes@$v" >/dev/null
   # The kubernetes go.mod maps each staging module to ./staging; replace each with its
@@ -61,11 +64,11 @@ GO
     echo ")"
   } >> go.mod
   go mod tidy >/dev/null 2>&1 || go mod tidy
-  go build -trimpath -o "$bin/kube-apiserver" -ldflags "-s -w \
+  go build -trimpath -o "$bin/$name" -ldflags "-s -w \
     -X k8s.io/component-base/version.gitVersion=$v \
     -X k8s.io/component-base/version.gitMajor=1 \
-    -X k8s.io/component-base/version.gitMinor=$minor" k8s.io/kubernetes/cmd/kube-apiserver
-  stamp kube-apiserver "$v"
+    -X k8s.io/component-base/version.gitMinor=$minor" "k8s.io/kubernetes/cmd/$name"
+  stamp "$name" "$v"
 }
 
 build_go_main() { # name version module package
@@ -128,7 +131,7 @@ targets=("$@")
 [ $# -gt 0 ] || targets=(etcd kube-apiserver helm kustomize kstatus)
 for t in "${targets[@]}"; do
   case "$t" in
-    kube-apiserver) build_kube_apiserver ;;
+    kube-apiserver | kubectl) build_kubernetes_cmd "$t" ;;
     etcd) build_go_main etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ;;
     helm) build_go_main helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
     kstatus) build_kstatus ;;
@@ -138,5 +141,6 @@ for t in "${targets[@]}"; do
   esac
 done
 peer=""
-[[ " ${targets[*]} " == *" provider-http "* ]] && peer=", provider-http $PROVIDER_HTTP_VERSION"
+[[ " ${targets[*]} " == *" kubectl "* ]] && peer=", kubectl $KUBERNETES_VERSION"
+[[ " ${targets[*]} " == *" provider-http "* ]] && peer="$peer, provider-http $PROVIDER_HTTP_VERSION"
 echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION$peer)"

@@ -32,7 +32,11 @@ enum Command {
     /// Run the controllers.
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
-    Crd,
+    Crd {
+        /// Print the API reference (docs/api.md) written from them instead, as Markdown.
+        #[arg(long)]
+        reference: bool,
+    },
 }
 
 #[derive(Args)]
@@ -71,7 +75,8 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crd => print!("{}", resources::crds_yaml()),
+        Command::Crd { reference: false } => print!("{}", resources::crds_yaml()),
+        Command::Crd { reference: true } => print!("{}", resources::api_reference()),
         Command::Run(args) => {
             // Before the runtime starts its threads, so they share the arenas set here.
             allocator::tune();

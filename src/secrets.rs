@@ -32,20 +32,20 @@ pub enum Lookup {
     Missing,
 }
 
-/// The labelled Secrets, from the watch.
+/// The labelled Secrets, from the watches (one, or one per namespace they are read from).
 #[derive(Clone)]
 pub struct Secrets {
-    store: Store<Secret>,
+    stores: Vec<Store<Secret>>,
     client: Client,
     /// Built for the store's state when a scrub first needs it, kept until a Secret changes.
     scrubber: Arc<Mutex<Arc<Scrubber>>>,
 }
 
 impl Secrets {
-    /// The labelled Secrets of `store` (the watch's); `client` for metadata-only lookups.
-    pub fn new(store: Store<Secret>, client: Client) -> Self {
+    /// The labelled Secrets of `stores` (the watches'); `client` for metadata-only lookups.
+    pub fn new(stores: Vec<Store<Secret>>, client: Client) -> Self {
         Secrets {
-            store,
+            stores,
             client,
             scrubber: Arc::default(),
         }
@@ -54,7 +54,8 @@ impl Secrets {
     /// The Secret `namespace/name` if it is labelled. A miss is told apart from a missing
     /// label by a metadata-only GET, which reads no values.
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Lookup, kube::Error> {
-        if let Some(secret) = self.store.get(&ObjectRef::new(name).within(namespace)) {
+        let key = ObjectRef::new(name).within(namespace);
+        if let Some(secret) = self.stores.iter().find_map(|store| store.get(&key)) {
             return Ok(Lookup::Found(secret));
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
@@ -73,7 +74,7 @@ impl Secrets {
     /// The scrubber of the store's state: the cached one unless a Secret was added, changed
     /// or removed since it was built. Built under the lock, so concurrent scrubs build once.
     fn scrubber(&self) -> Arc<Scrubber> {
-        let secrets = self.store.state();
+        let secrets: Vec<_> = self.stores.iter().flat_map(Store::state).collect();
         let mut cached = self.scrubber.lock().expect("lock");
         if !cached.built_from(&secrets) {
             *cached = Arc::new(Scrubber::new(&secrets));
@@ -414,7 +415,7 @@ mod tests {
     async fn scrub_builds_once_per_state_of_the_store() {
         let (store, mut writer) = reflector::store::<Secret>();
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let secrets = Secrets::new(store, Client::try_from(config).unwrap());
+        let secrets = Secrets::new(vec![store], Client::try_from(config).unwrap());
         writer.apply_watcher_event(&watcher::Event::Apply(secret("a", "1", &[("apiKey", "first-key")])));
         assert_eq!(secrets.scrub("first-key"), "[redacted]");
         let first = secrets.scrubber();

@@ -11,6 +11,35 @@ fn committed_crds_match_the_resource_types() {
     );
 }
 
+/// docs/api.md is the API reference written from the CRDs: run `make manifests` after
+/// changing a resource type.
+#[test]
+fn api_reference_matches_the_crds() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md");
+    let committed = std::fs::read_to_string(path).expect("docs/api.md exists");
+    assert!(
+        committed == cyclr_operator::resources::api_reference(),
+        "docs/api.md is out of date with the resource types: run `make manifests`"
+    );
+}
+
+/// `kubectl explain <kind>` starts with the kind's own description.
+#[test]
+fn every_kind_has_its_own_description() {
+    for crd in cyclr_operator::resources::all_crds() {
+        let kind = crd.spec.names.kind.clone();
+        for version in &crd.spec.versions {
+            let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+            let description = schema.and_then(|s| s.description.as_deref()).unwrap_or_default();
+            assert!(
+                description.len() > 80 && !description.contains("Auto-generated"),
+                "{kind} {}: {description:?}",
+                version.name
+            );
+        }
+    }
+}
+
 #[test]
 fn crds_carry_names_columns_and_validation() {
     let yaml = cyclr_operator::resources::crds_yaml();

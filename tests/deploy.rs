@@ -3,14 +3,17 @@
 //! Debian's `lua5.1`) against the real control plane. The operator runs out of cluster as
 //! the chart's ServiceAccount (impersonation: the test control plane has no kubelet).
 
+#[path = "support/chart.rs"]
+mod chart;
 #[path = "support/kstatus.rs"]
 mod kstatus;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use chart::{CHART, ROOT, helm, repo, run, testbin};
 use cyclr_operator::resources;
 use cyclr_sim::{SimConfig, Simulator};
 use cyclr_testenv::TestEnv;
@@ -20,16 +23,16 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{Discovery, Scope};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/cyclr-operator");
 const HEALTH_LUA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/argocd/health.lua");
 /// The namespace of the examples' partner credentials, so the chart goes there too.
 const OPERATOR_NS: &str = "cyclr-system";
@@ -37,44 +40,11 @@ const OPERATOR_NS: &str = "cyclr-system";
 const RELEASE: &str = "cyclr";
 const SERVICE_ACCOUNT: &str = "cyclr-cyclr-operator";
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(ROOT).join(path)
-}
-
-/// A tool built into `bin/` by `make testbin`.
-fn testbin(name: &str) -> Command {
-    let path = repo("bin").join(name);
-    assert!(path.exists(), "{} is missing: run `make testbin`", path.display());
-    Command::new(path)
-}
-
-/// Runs `cmd`, panicking with its stderr unless it succeeds; returns its stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
 /// Runs `cmd`, which must fail; returns its stderr.
 fn run_failing(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(!out.status.success(), "{cmd:?} succeeded but should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `bin/helm` talking to the test control plane, with its own cache and config directories.
-fn helm(env: &TestEnv, home: &Path) -> Command {
-    let mut cmd = testbin("helm");
-    cmd.env("KUBECONFIG", env.kubeconfig_path())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    cmd
 }
 
 /// `helm template` of the chart with `--set` values; the documents it prints.
@@ -116,6 +86,25 @@ fn container_args(docs: &[Value]) -> Vec<String> {
     serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone()).expect("args")
 }
 
+/// The README's two commands are the whole set-up of a fresh machine: `make test`, `make
+/// demo` (and `make image`, which `make test` runs) install what they need before anything else.
+#[test]
+fn make_targets_install_what_they_need_first() {
+    for target in ["test", "demo", "image"] {
+        // Run by `make test`, this is a sub-make: no directory lines, no parent's jobserver.
+        let plan = run(Command::new("make")
+            .args(["-n", "--no-print-directory", target])
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .current_dir(ROOT));
+        assert_eq!(
+            plan.lines().next(),
+            Some("bash hack/install-deps.sh"),
+            "`make {target}` does not start with the install step:\n{plan}"
+        );
+    }
+}
+
 #[test]
 fn chart_lints_and_renders_a_hardened_deployment() {
     run(testbin("helm").args(["lint", "--strict", CHART]));
@@ -133,6 +122,7 @@ fn chart_lints_and_renders_a_hardened_deployment() {
         [
             "ClusterRole",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
             "Deployment",
             "Role",
             "RoleBinding",
@@ -142,6 +132,15 @@ fn chart_lints_and_renders_a_hardened_deployment() {
         .map(String::from)
         .into()
     );
+    let role_names = |docs: &[Value]| -> BTreeSet<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let aggregated = ["t-cyclr-operator-view", "t-cyclr-operator-edit"].map(String::from);
+    assert!(role_names(&docs).is_superset(&aggregated.clone().into()));
+    assert!(role_names(&template(&["rbac.aggregateClusterRoles=false"])).is_disjoint(&aggregated.into()));
     let pod = &find(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -202,19 +201,113 @@ fn chart_lints_and_renders_a_hardened_deployment() {
 #[test]
 fn generated_manifests_match_their_sources() {
     let crds = resources::crds_yaml();
-    for path in ["charts/cyclr-operator/crds/cyclr.com_crds.yaml", "deploy/crds.yaml"] {
+    for path in ["charts/cyclr-operator/files/crds.yaml", "deploy/crds.yaml"] {
         let committed = std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert!(
             committed == crds,
             "{path} differs from `cyclr-operator crd`: run `make manifests`"
         );
     }
+    assert!(
+        read("charts/cyclr-operator/files/grafana-dashboard.json") == read("deploy/grafana/cyclr-operator.json"),
+        "the chart's dashboard differs from deploy/grafana/cyclr-operator.json: run `make manifests`"
+    );
     let rendered = run(&mut Command::new(repo("hack/render-deploy.sh")));
     let committed = std::fs::read_to_string(repo("deploy/operator.yaml")).expect("deploy/operator.yaml");
     assert!(
         committed == rendered,
         "deploy/operator.yaml differs from the chart: run `make manifests`"
     );
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// One version for everything users pin (docs/versioning.md): the chart's appVersion and so
+/// the default image tag, and the krew plugin, follow Cargo.toml (the image is checked in
+/// tests/image.rs). The license the krew archives pack, and the changelog, exist.
+#[test]
+fn one_version_a_license_and_a_changelog() {
+    let version = env!("CARGO_PKG_VERSION");
+    let chart: Value = serde_yaml::from_str(&read("charts/cyclr-operator/Chart.yaml")).unwrap();
+    assert_eq!(
+        chart["appVersion"], version,
+        "the chart's appVersion is not Cargo.toml's version: run `make manifests`"
+    );
+    let deployment = find(&template(&[]), "Deployment").cloned().unwrap();
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(image.ends_with(&format!(":{version}")), "default image {image}");
+
+    let krew: Value = serde_yaml::from_str(&read("deploy/krew/cyclr.yaml")).unwrap();
+    assert_eq!(
+        krew["spec"]["version"],
+        format!("v{version}"),
+        "deploy/krew/cyclr.yaml: run `make manifests`"
+    );
+    let platforms = krew["spec"]["platforms"].as_array().unwrap();
+    assert!(!platforms.is_empty());
+    for platform in platforms {
+        let uri = platform["uri"].as_str().unwrap();
+        assert!(uri.contains(&format!("/kubectl-cyclr-v{version}-")), "{uri}");
+        assert!(
+            platform["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["from"] == "LICENSE")
+        );
+    }
+
+    assert_eq!(env!("CARGO_PKG_LICENSE"), "Apache-2.0");
+    let license = read("LICENSE");
+    for expected in [
+        "Apache License",
+        "Version 2.0, January 2004",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "END OF TERMS AND CONDITIONS",
+    ] {
+        assert!(
+            license.contains(expected),
+            "LICENSE is not Apache-2.0's text: no {expected:?}"
+        );
+    }
+    let changelog = read("CHANGELOG.md");
+    assert!(
+        changelog.contains("\n## [Unreleased]\n"),
+        "CHANGELOG.md has no Unreleased section"
+    );
+}
+
+/// The chart's CRDs are the operator's, from the one generated file, with the release's
+/// labels and (unless `crds.keep=false`) kept on uninstall; `crds.enabled=false` leaves them out.
+#[test]
+fn chart_templates_the_generated_crds() {
+    let crds = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+            .cloned()
+            .collect()
+    };
+    let rendered = crds(&template(&[]));
+    let generated: Vec<Value> = resources::all_crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    assert_eq!(rendered.len(), generated.len());
+    for (rendered, generated) in rendered.iter().zip(&generated) {
+        assert_eq!(rendered["metadata"]["name"], generated["metadata"]["name"]);
+        assert_eq!(rendered["spec"], generated["spec"], "{}", generated["metadata"]["name"]);
+        assert_eq!(rendered["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+        assert_eq!(rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+    }
+    for crd in crds(&template(&["crds.keep=false"])) {
+        assert!(crd["metadata"].get("annotations").is_none(), "{crd}");
+    }
+    assert!(crds(&template(&["crds.enabled=false"])).is_empty());
 }
 
 /// (scope, API group, resource, verb) of each permission in a set of rules.
@@ -266,7 +359,11 @@ fn documented_grants() -> BTreeSet<Grant> {
 #[test]
 fn rbac_is_exactly_the_documented_table() {
     let docs = template(&[]);
-    let mut granted = grants("cluster", &find(&docs, "ClusterRole").unwrap()["rules"]);
+    let operator_role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "t-cyclr-operator")
+        .expect("the operator's ClusterRole");
+    let mut granted = grants("cluster", &operator_role["rules"]);
     granted.extend(grants("namespace", &find(&docs, "Role").unwrap()["rules"]));
     assert_eq!(
         granted,
@@ -327,6 +424,22 @@ async fn apply_all(client: &Client, yaml: &str) {
         api.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&doc))
             .await
             .unwrap_or_else(|e| panic!("apply {} {name}: {e}", gvk.kind));
+    }
+}
+
+/// The CRDs as a team that manages them outside the chart applies them (`crds.enabled=false`
+/// for every release here: CRDs belong to one owner, and the chart's own CRD handling is
+/// tested alone on its control plane in tests/chart_upgrade.rs); returns once all are served.
+async fn apply_crds(client: &Client) {
+    apply_all(client, &resources::crds_yaml()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in resources::all_crds() {
+        let name = crd.metadata.name.unwrap();
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .unwrap_or_else(|_| panic!("{name} not established after 30s"))
+            .expect("watch the CRD");
     }
 }
 
@@ -558,6 +671,7 @@ async fn chart_service_account_runs_the_examples() {
     let env = TestEnv::get().await;
     let client = env.client();
     let scratch = tempfile::tempdir().unwrap();
+    apply_crds(&client).await;
     run(helm(env, scratch.path()).args([
         "install",
         RELEASE,
@@ -566,7 +680,7 @@ async fn chart_service_account_runs_the_examples() {
         OPERATOR_NS,
         "--create-namespace",
         "--set",
-        "replicaCount=2",
+        "replicaCount=2,crds.enabled=false",
     ]));
 
     // The examples as they are, but for the partner's URL: the local simulator's.
@@ -778,59 +892,455 @@ async fn rules_in(client: &Client, namespace: &str) -> BTreeSet<(String, String,
     out
 }
 
-/// `helm upgrade` and `helm uninstall` leave Cyclr resources (and so Cyclr accounts) alone:
-/// the CRDs stay, and so does every CyclrAccount, unchanged.
+/// What the clusterrole-aggregation controller of kube-controller-manager does for the
+/// built-in `role` (the test control plane runs no controller-manager): its rules become
+/// those of every ClusterRole its aggregationRule selects, read from the API server. So the
+/// chart's labels are tested as well as its rules.
+async fn aggregate(client: &Client, role: &str) {
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let mut target = roles
+        .get(role)
+        .await
+        .unwrap_or_else(|e| panic!("ClusterRole {role}: {e}"));
+    let selectors = target
+        .aggregation_rule
+        .clone()
+        .and_then(|a| a.cluster_role_selectors)
+        .unwrap_or_else(|| panic!("{role} aggregates nothing"));
+    let mut rules = Vec::new();
+    for selector in selectors {
+        assert!(
+            selector.match_expressions.is_none(),
+            "{role}: only matchLabels emulated"
+        );
+        let labels: Vec<String> = selector
+            .match_labels
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let selected = roles
+            .list(&ListParams::default().labels(&labels.join(",")))
+            .await
+            .expect("list ClusterRoles");
+        for source in selected
+            .items
+            .into_iter()
+            .filter(|r| r.metadata.name.as_deref() != Some(role))
+        {
+            for rule in source.rules.unwrap_or_default() {
+                if !rules.contains(&rule) {
+                    rules.push(rule);
+                }
+            }
+        }
+    }
+    target.rules = Some(rules);
+    roles
+        .replace(role, &PostParams::default(), &target)
+        .await
+        .unwrap_or_else(|e| panic!("aggregate {role}: {e}"));
+}
+
+/// The HTTP status of a refused API call (panics on success or on another error).
+fn refused<T: std::fmt::Debug>(result: kube::Result<T>) -> u16 {
+    match result {
+        Err(kube::Error::Api(status)) => status.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A tenant bound to the built-in `edit` role in its namespace creates and changes
+/// CyclrAccounts and CyclrConnectorInstalls (and cannot before the chart's roles are
+/// aggregated), but writes no status and no CyclrPartner; a `view` user only reads.
 #[tokio::test]
-async fn helm_upgrade_and_uninstall_leave_accounts_alone() {
+async fn namespace_editors_manage_accounts_through_the_builtin_roles() {
     let env = TestEnv::get().await;
     let client = env.client();
     let scratch = tempfile::tempdir().unwrap();
-    let (release, namespace) = ("keep", "cyclr-keep");
+    apply_crds(&client).await;
     run(helm(env, scratch.path()).args([
         "install",
-        release,
+        "roles",
         CHART,
         "--namespace",
-        namespace,
+        "cyclr-roles",
         "--create-namespace",
+        "--set",
+        "crds.enabled=false",
     ]));
-    let tenants = env.new_namespace("keep-tenants").await;
-    let accounts: Api<resources::CyclrAccount> = Api::namespaced(client.clone(), &tenants);
-    let account: resources::CyclrAccount = serde_json::from_value(json!({
-        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
-        "metadata": {"name": "kept"},
-        "spec": {"description": "Kept", "pricePlan": {"name": "Pro"}},
+    let tenants = env.new_namespace("tenant").await;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &tenants);
+    for (user, role) in [("tenant-editor", "edit"), ("tenant-viewer", "view")] {
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))
+        .unwrap();
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("RoleBinding");
+    }
+    let as_user = |user: &str| {
+        let path = scratch.path().join(format!("{user}.kubeconfig"));
+        impersonating_kubeconfig(env, user, &path);
+        path
+    };
+    let editor = impersonated_client(&as_user("tenant-editor")).await;
+    let viewer = impersonated_client(&as_user("tenant-viewer")).await;
+    let account = |name: &str| -> resources::CyclrAccount {
+        serde_json::from_value(json!({
+            "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
+            "metadata": {"name": name},
+            "spec": {"description": "A tenant's account"},
+        }))
+        .unwrap()
+    };
+    let as_editor: Api<resources::CyclrAccount> = Api::namespaced(editor.clone(), &tenants);
+    assert_eq!(
+        refused(as_editor.create(&PostParams::default(), &account("before")).await),
+        403,
+        "the built-in edit role covered CyclrAccounts before aggregation"
+    );
+
+    for role in ["view", "edit", "admin"] {
+        aggregate(&client, role).await;
+    }
+    as_editor
+        .create(&PostParams::default(), &account("acme"))
+        .await
+        .expect("an editor creates a CyclrAccount");
+    as_editor
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"description": "Changed"}})),
+        )
+        .await
+        .expect("an editor changes a CyclrAccount");
+    let status = Patch::Merge(json!({"status": {"accountID": "forged"}}));
+    assert_eq!(
+        refused(as_editor.patch_status("acme", &PatchParams::default(), &status).await),
+        403,
+        "an editor writes status"
+    );
+    let install: resources::CyclrConnectorInstall = serde_json::from_value(json!({
+        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrConnectorInstall",
+        "metadata": {"name": "acme-slack"},
+        "spec": {"accountRef": {"name": "acme"}, "connectorName": "Slack", "connectorVersion": "v1"},
     }))
     .unwrap();
-    let before = accounts
-        .create(&PostParams::default(), &account)
+    Api::<resources::CyclrConnectorInstall>::namespaced(editor.clone(), &tenants)
+        .create(&PostParams::default(), &install)
         .await
-        .expect("create account");
-
-    run(helm(env, scratch.path()).args([
-        "upgrade",
-        release,
-        CHART,
-        "--namespace",
-        namespace,
-        "--set",
-        "replicaCount=3,podDisruptionBudget.enabled=true",
-    ]));
-    run(helm(env, scratch.path()).args(["uninstall", release, "--namespace", namespace]));
-
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    assert!(
-        roles.get_opt("keep-cyclr-operator").await.unwrap().is_none(),
-        "uninstall removes the ClusterRole"
+        .expect("an editor creates a CyclrConnectorInstall");
+    let partner: resources::CyclrPartner = serde_json::from_value(json!({
+        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrPartner",
+        "metadata": {"name": "tenant-made"},
+        "spec": {"apiURL": "https://cyclr.example.com", "credentialsSecretRef": {"name": "creds"}},
+    }))
+    .unwrap();
+    assert_eq!(
+        refused(
+            Api::<resources::CyclrPartner>::all(editor)
+                .create(&PostParams::default(), &partner)
+                .await
+        ),
+        403,
+        "an editor creates a CyclrPartner"
     );
-    let after = accounts.get("kept").await.expect("the account survives uninstall");
-    assert_eq!(after.metadata.uid, before.metadata.uid);
-    assert_eq!(after.spec, before.spec);
-    assert!(after.metadata.deletion_timestamp.is_none());
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    for crd in resources::all_crds() {
-        crds.get(crd.metadata.name.as_deref().unwrap())
-            .await
-            .expect("helm uninstall leaves the CRDs");
+
+    let as_viewer: Api<resources::CyclrAccount> = Api::namespaced(viewer, &tenants);
+    let seen = as_viewer.get("acme").await.expect("a viewer reads a CyclrAccount");
+    assert_eq!(seen.spec.description.as_deref(), Some("Changed"));
+    assert_eq!(
+        refused(as_viewer.create(&PostParams::default(), &account("viewer-made")).await),
+        403,
+        "a viewer creates a CyclrAccount"
+    );
+    assert_eq!(
+        refused(as_viewer.delete("acme", &Default::default()).await),
+        403,
+        "a viewer deletes a CyclrAccount"
+    );
+    as_editor
+        .delete("acme", &Default::default())
+        .await
+        .expect("an editor deletes a CyclrAccount");
+}
+
+/// Every flag of `cyclr-operator run` can be set through values (the chart passes the
+/// binary's own defaults unless told otherwise), `extraArgs` comes last, and the security
+/// contexts can be changed key by key with the rest of the restricted defaults kept.
+#[test]
+fn every_run_flag_is_reachable_through_values() {
+    let help = run(Command::new(env!("CARGO_BIN_EXE_cyclr-operator")).args(["run", "--help"]));
+    // (flag, the environment variable clap also reads it from, its default): an option's line
+    // starts with its flag, and its notes may follow on the lines after.
+    let mut flags: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    for line in help.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first().is_some_and(|w| w.starts_with('-'))
+            && let Some(flag) = words.iter().find(|w| w.starts_with("--"))
+        {
+            flags.push((flag.trim_end_matches(',').to_string(), None, None));
+        }
+        let after = |key: &str| {
+            line.split(key)
+                .nth(1)
+                .map(|s| s.split(['=', ']']).next().unwrap().to_string())
+        };
+        if let Some(last) = flags.last_mut() {
+            last.1 = last.1.take().or(after("[env: "));
+            last.2 = last.2.take().or(after("[default: "));
+        }
     }
+    flags.retain(|f| f.0 != "--help");
+    assert!(flags.len() >= 10, "too few flags read from:\n{help}");
+
+    // The tuning flags' defaults are the binary's (logFormat is json on purpose).
+    let defaults = container_args(&template(&["replicaCount=2"]));
+    for tuning in ["--concurrency", "--lease-duration"] {
+        let default = flags.iter().find(|f| f.0 == tuning).and_then(|f| f.2.clone());
+        let expected = format!("{tuning}={}", default.expect("a default in --help"));
+        assert!(defaults.contains(&expected), "{expected} not in {defaults:?}");
+    }
+
+    let docs = template(&[
+        "replicaCount=2",
+        "watchNamespace=tenants",
+        "labelSelector=shard=a",
+        "logFormat=text",
+        "logLevel=debug",
+        "concurrency=4",
+        "leaderElection.leaseDuration=30",
+    ]);
+    let args = container_args(&docs);
+    let deployment = find(&docs, "Deployment").unwrap();
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    for (flag, env_var, _) in &flags {
+        let in_args = args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+        let in_env = env_var
+            .as_ref()
+            .is_some_and(|var| env.as_array().unwrap().iter().any(|e| e["name"] == var.as_str()));
+        assert!(in_args || in_env, "{flag} is not reachable through values: {args:?}");
+    }
+    for expected in [
+        "--label-selector=shard=a",
+        "--log-format=text",
+        "--log-level=debug",
+        "--concurrency=4",
+        "--lease-duration=30",
+    ] {
+        assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");
+    }
+
+    let docs = template(&[
+        "extraArgs[0]=--log-level=trace",
+        "extraVolumes[0].name=ca",
+        "extraVolumes[0].configMap.name=corporate-ca",
+        "extraVolumeMounts[0].name=ca",
+        "extraVolumeMounts[0].mountPath=/etc/corporate-ca",
+    ]);
+    let args = container_args(&docs);
+    assert_eq!(args.last().map(String::as_str), Some("--log-level=trace"));
+    let pod = &find(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "ca", "configMap": {"name": "corporate-ca"}}])
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([{"name": "ca", "mountPath": "/etc/corporate-ca"}])
+    );
+
+    let docs = template(&[
+        "podSecurityContext.runAsUser=null",
+        "podSecurityContext.runAsGroup=null",
+        "podSecurityContext.fsGroup=1000",
+        "securityContext.runAsUser=1000",
+    ]);
+    let pod = &find(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    let (pod_context, container_context) = (&pod["securityContext"], &pod["containers"][0]["securityContext"]);
+    assert!(pod_context.get("runAsUser").is_none(), "{pod_context}");
+    assert!(pod_context.get("runAsGroup").is_none(), "{pod_context}");
+    assert_eq!(pod_context["fsGroup"], 1000);
+    assert_eq!(pod_context["runAsNonRoot"], true);
+    assert_eq!(pod_context["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(container_context["runAsUser"], 1000);
+    assert_eq!(container_context["readOnlyRootFilesystem"], true);
+    assert_eq!(container_context["allowPrivilegeEscalation"], false);
+    assert_eq!(container_context["capabilities"]["drop"], json!(["ALL"]));
+}
+
+/// `networkPolicy.enabled` renders a NetworkPolicy the API server accepts that lets the
+/// operator's pod take metrics scrapes and reach DNS, the API server and Cyclr, on their
+/// ports only.
+#[tokio::test]
+async fn network_policy_opens_only_what_the_operator_uses() {
+    assert!(find(&template(&[]), "NetworkPolicy").is_none(), "off by default");
+    let docs = template(&[
+        "networkPolicy.enabled=true",
+        "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        "networkPolicy.cyclr.cidrs={203.0.113.0/24,198.51.100.7/32}",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
+    ]);
+    let policy = find(&docs, "NetworkPolicy").expect("a NetworkPolicy");
+    let deployment = find(&docs, "Deployment").unwrap();
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    let ingress = &policy["spec"]["ingress"];
+    assert_eq!(ingress.as_array().unwrap().len(), 1);
+    assert_eq!(ingress[0]["ports"], json!([{"port": "http", "protocol": "TCP"}]));
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"],
+        "http"
+    );
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["team"],
+        "monitoring"
+    );
+
+    // Each egress rule as (destination blocks, ports): nothing open on every port.
+    let egress: Vec<(Vec<String>, Vec<String>)> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| {
+            let blocks = rule["to"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|peer| peer["ipBlock"]["cidr"].as_str().map(String::from))
+                .collect();
+            let ports = rule["ports"]
+                .as_array()
+                .expect("every egress rule names its ports")
+                .iter()
+                .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap()))
+                .collect();
+            (blocks, ports)
+        })
+        .collect();
+    let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        egress,
+        vec![
+            (vec![], strings(&["53/UDP", "53/TCP"])),
+            (strings(&["10.0.0.1/32"]), strings(&["443/TCP", "6443/TCP"])),
+            (strings(&["203.0.113.0/24", "198.51.100.7/32"]), strings(&["443/TCP"])),
+        ]
+    );
+
+    let env = TestEnv::get().await;
+    let namespace = env.new_namespace("netpol").await;
+    let mut policy: NetworkPolicy = serde_json::from_value(policy.clone()).unwrap();
+    policy.metadata.namespace = Some(namespace.clone());
+    Api::<NetworkPolicy>::namespaced(env.client(), &namespace)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &policy,
+        )
+        .await
+        .expect("the API server accepts the NetworkPolicy");
+}
+
+/// With `watchNamespace`, the chart grants Secrets in the operator's namespace and the
+/// watched one only (the rest as in the documented table), and the operator runs on that:
+/// it is ready, so none of its watches is forbidden.
+#[tokio::test]
+async fn watch_namespace_install_reads_secrets_in_two_namespaces_only() {
+    let env = TestEnv::get().await;
+    let client = env.client();
+    let scratch = tempfile::tempdir().unwrap();
+    apply_crds(&client).await;
+    let own = env.new_namespace("scoped").await;
+    let watched = env.new_namespace("scoped-tenants").await;
+    let other = env.new_namespace("scoped-other").await;
+    run(helm(env, scratch.path())
+        .args(["install", "scoped", CHART, "--namespace", &own])
+        .args(["--set", &format!("crds.enabled=false,watchNamespace={watched}")]));
+
+    let kubeconfig = scratch.path().join("kubeconfig");
+    impersonating_kubeconfig(
+        env,
+        &format!("system:serviceaccount:{own}:scoped-cyclr-operator"),
+        &kubeconfig,
+    );
+    let as_operator = impersonated_client(&kubeconfig).await;
+    let documented = documented_grants();
+    let grants = |scope: &str| -> BTreeSet<(String, String, String)> {
+        documented
+            .iter()
+            .filter(|g| g.0 == scope && g.2 != "secrets")
+            .map(|(_, group, resource, verb)| (group.clone(), resource.clone(), verb.clone()))
+            .collect()
+    };
+    let secrets: BTreeSet<_> = ["get", "list", "watch"]
+        .map(|verb| (String::new(), "secrets".to_string(), verb.to_string()))
+        .into();
+    let cluster = grants("cluster");
+    assert!(cluster.iter().any(|g| g.1 == "namespaces"), "the table was read");
+    assert_eq!(rules_in(&as_operator, &other).await, cluster, "in another namespace");
+    assert_eq!(
+        rules_in(&as_operator, &watched).await,
+        &cluster | &secrets,
+        "in the watched namespace"
+    );
+    assert_eq!(
+        rules_in(&as_operator, &own).await,
+        &(&cluster | &secrets) | &grants("namespace"),
+        "in the operator's namespace"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = scratch.path().join("operator.log");
+    // A label nothing carries: it reconciles nothing of the other tests, but runs every watch.
+    let _operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_cyclr-operator"))
+        .args(["run", "--namespace", &own, "--watch-namespace", &watched])
+        .args(["--label-selector", &format!("cyclr.com/test={own}")])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("POD_NAMESPACE")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(scratch.path().join("operator.stderr")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start cyclr-operator");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while http_status(port, "/readyz").await != Some(200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready after 60s as the watchNamespace ServiceAccount:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `grafanaDashboard.enabled` ships deploy/grafana's dashboard in a ConfigMap that Grafana's
+/// dashboard sidecar picks up by its label.
+#[test]
+fn grafana_dashboard_ships_as_a_sidecar_configmap() {
+    assert!(find(&template(&[]), "ConfigMap").is_none(), "off by default");
+    let docs = template(&["grafanaDashboard.enabled=true", "grafanaDashboard.namespace=monitoring"]);
+    let config_map = find(&docs, "ConfigMap").expect("the dashboard ConfigMap");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(config_map["metadata"]["namespace"], "monitoring");
+    let shipped: Value = serde_json::from_str(config_map["data"]["cyclr-operator.json"].as_str().unwrap())
+        .expect("the ConfigMap holds JSON");
+    let source: Value = serde_json::from_str(&read("deploy/grafana/cyclr-operator.json")).unwrap();
+    assert_eq!(shipped, source);
 }

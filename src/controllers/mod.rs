@@ -108,6 +108,17 @@ where
     }
 }
 
+/// Where labelled Secrets are read from (`None`: everywhere): partners' credentials in the
+/// operator's namespace, installs' in the namespaces it watches. With a watch namespace
+/// these are namespaced watches, so RBAC need grant Secrets in those namespaces only.
+fn secret_namespaces(config: &OperatorConfig) -> Vec<Option<String>> {
+    match &config.watch_namespace {
+        None => vec![None],
+        Some(ns) if *ns == config.namespace => vec![Some(ns.clone())],
+        Some(ns) => vec![Some(config.namespace.clone()), Some(ns.clone())],
+    }
+}
+
 /// Waits until the operator's CRDs are established, so the watches do not fail at start.
 pub async fn wait_for_crds(client: Client) -> Result<(), kube::runtime::wait::Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client);
@@ -129,34 +140,41 @@ pub async fn run(
 ) -> Result<(), kube::runtime::wait::Error> {
     wait_for_crds(client.clone()).await?;
 
-    // Only labelled Secrets, in every namespace the operator serves.
-    let secret_api: Api<Secret> = match &config.watch_namespace {
-        Some(ns) if *ns == config.namespace => Api::namespaced(client.clone(), ns),
-        _ => Api::all(client.clone()),
-    };
-    let (secret_store, secret_writer) = reflector::store();
+    // Only labelled Secrets, in the namespaces they are read from: one watch and store each.
     let (to_partners, secret_changes_partners) = mpsc::unbounded::<Secret>();
     let (to_installs, secret_changes_installs) = mpsc::unbounded::<Secret>();
-    // One watch of the labelled Secrets feeds the store and wakes partners and installs.
-    let secret_run = readiness
-        .watched(
-            "Secret",
-            watcher::watcher(secret_api, watcher::Config::default().labels(&secrets::selector())),
-        )
-        .default_backoff()
-        .modify(|s: &mut Secret| s.metadata.managed_fields = None)
-        .reflect(secret_writer)
-        .touched_objects()
-        .for_each(move |secret| {
-            match secret {
-                Ok(secret) => {
-                    let _ = to_partners.unbounded_send(secret.clone());
-                    let _ = to_installs.unbounded_send(secret);
-                }
-                Err(error) => tracing::warn!(%error, "Secret watch failed; retrying"),
-            }
-            futures::future::ready(())
-        });
+    let (mut secret_stores, mut secret_runs) = (Vec::new(), Vec::new());
+    for namespace in secret_namespaces(&config) {
+        let (api, watch): (Api<Secret>, _) = match &namespace {
+            Some(ns) => (Api::namespaced(client.clone(), ns), format!("Secret in {ns}")),
+            None => (Api::all(client.clone()), "Secret".to_string()),
+        };
+        let (store, writer) = reflector::store();
+        secret_stores.push(store);
+        let (to_partners, to_installs) = (to_partners.clone(), to_installs.clone());
+        // Each watch of labelled Secrets feeds its store and wakes partners and installs.
+        secret_runs.push(
+            readiness
+                .watched(
+                    &watch,
+                    watcher::watcher(api, watcher::Config::default().labels(&secrets::selector())),
+                )
+                .default_backoff()
+                .modify(|s: &mut Secret| s.metadata.managed_fields = None)
+                .reflect(writer)
+                .touched_objects()
+                .for_each(move |secret| {
+                    match secret {
+                        Ok(secret) => {
+                            let _ = to_partners.unbounded_send(secret.clone());
+                            let _ = to_installs.unbounded_send(secret);
+                        }
+                        Err(error) => tracing::warn!(%error, "Secret watch failed; retrying"),
+                    }
+                    futures::future::ready(())
+                }),
+        );
+    }
     let (namespace_store, namespace_writer) = reflector::store();
     let namespace_run = readiness
         .watched(
@@ -174,7 +192,7 @@ pub async fn run(
             }
         });
     let (wake_partner, partner_wakes) = mpsc::unbounded();
-    let secrets = Secrets::new(secret_store.clone(), client.clone());
+    let secrets = Secrets::new(secret_stores.clone(), client.clone());
     let scrubber = secrets.clone();
     let driver = Arc::new(Driver::new(
         client.clone(),
@@ -230,9 +248,11 @@ pub async fn run(
                 run.await
             }
         };
-        futures::join!(secret_run, namespace_run, claims_run);
+        futures::join!(futures::future::join_all(secret_runs), namespace_run, claims_run);
     });
-    let _ = secret_store.wait_until_ready().await;
+    for store in &secret_stores {
+        let _ = store.wait_until_ready().await;
+    }
     let _ = namespace_store.wait_until_ready().await;
 
     // Built in this order so each kind is handed the stores it looks up: accounts read the
@@ -282,5 +302,27 @@ fn users_of_secret<K: Reconciler>(
             .filter(|packed| packed.unpack().is_ok_and(|obj| uses(&obj, &secret)))
             .map(|packed| ObjectRef::from_obj(packed.as_ref()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_watched_where_they_are_read() {
+        let config = |watch: Option<&str>| OperatorConfig {
+            watch_namespace: watch.map(String::from),
+            ..OperatorConfig::new("cyclr-system")
+        };
+        assert_eq!(secret_namespaces(&config(None)), vec![None]);
+        assert_eq!(
+            secret_namespaces(&config(Some("cyclr-system"))),
+            vec![Some("cyclr-system".to_string())]
+        );
+        assert_eq!(
+            secret_namespaces(&config(Some("tenants"))),
+            vec![Some("cyclr-system".to_string()), Some("tenants".to_string())]
+        );
     }
 }

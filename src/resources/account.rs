@@ -12,6 +12,7 @@ use super::{NameRef, PendingWrite};
     group = "cyclr.com",
     version = "v1alpha1",
     kind = "CyclrAccount",
+    doc = "A Cyclr account of a CyclrPartner, created through the Cyclr Partner API (or adopted with spec.accountID) and kept as the spec says. Status holds its Cyclr id, price plan, usage and the kstatus conditions Ready, Reconciling and Stalled. Deleting the resource leaves the Cyclr account as it is.",
     namespaced,
     shortname = "cya",
     category = "cyclr",

@@ -11,6 +11,7 @@ use super::{NameRef, PendingWrite};
     group = "cyclr.com",
     version = "v1alpha1",
     kind = "CyclrConnectorInstall",
+    doc = "A connector of the Cyclr connector library, installed exactly once into the CyclrAccount of the same namespace that spec.accountRef names, with its API key or basic-auth credentials read from a Secret. Status holds the installed connector's id and the kstatus conditions.",
     namespaced,
     shortname = "cyci",
     category = "cyclr",

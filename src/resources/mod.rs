@@ -3,6 +3,7 @@
 mod account;
 mod connector_install;
 mod partner;
+mod reference;
 mod validation;
 
 pub use account::*;
@@ -11,6 +12,7 @@ pub use driver::PendingWrite;
 pub use driver::conditions::*;
 pub use driver::{annotation, is_paused};
 pub use partner::*;
+pub use reference::*;
 pub use validation::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

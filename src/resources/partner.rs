@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
     group = "cyclr.com",
     version = "v1alpha1",
     kind = "CyclrPartner",
+    doc = "A Cyclr partner console the operator talks to (cluster-scoped): the Cyclr API URL, the OAuth client credentials Secret in the operator's namespace, which namespaces may use it, its budget of API calls and how often accounts are compared with Cyclr. CyclrAccounts name it in spec.partnerRef.",
     shortname = "cyp",
     category = "cyclr",
     status = "CyclrPartnerStatus",
