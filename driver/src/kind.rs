@@ -119,7 +119,7 @@ macro_rules! managed_status {
 /// `decide` reads the time only from here, so it is pure and tested with any clock.
 #[derive(Clone, Debug)]
 pub struct Facts {
-    /// When this look started: anything read during it is at least this new.
+    /// When this reconcile started: anything read during it is at least this new.
     pub now: DateTime<Utc>,
     /// When the watch delivered this version of the object: it existed then.
     pub seen_at: DateTime<Utc>,

@@ -246,15 +246,13 @@ async fn look<K: Reconciler>(
     facts: &Facts,
 ) -> Result<Option<(K::Observed, Plan<K>)>, K::Failure> {
     let mut refresh = None;
-    let mut facts = facts.clone();
     for looks in 1..=MAX_LOOKS {
-        let observed = obj.observe(&kind.state, &facts, refresh.take()).await?;
-        match obj.decide(&observed, &facts) {
+        let observed = obj.observe(&kind.state, facts, refresh.take()).await?;
+        match obj.decide(&observed, facts) {
             Plan::Refresh(_) if looks == MAX_LOOKS => return Ok(None),
             Plan::Refresh(again) => refresh = Some(again),
             plan => return Ok(Some((observed, plan))),
         }
-        facts.now = Utc::now();
     }
     Ok(None)
 }

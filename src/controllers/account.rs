@@ -23,7 +23,7 @@ use super::{Services, namespaced_api};
 use crate::index::Holder;
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
-    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, CyclrPartner, ManagementPolicy, UsageStatus, annotation,
+    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, CyclrPartner, ManagementPolicy, READY, UsageStatus, annotation,
     annotations, same_conditions,
 };
 use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
@@ -130,6 +130,25 @@ pub enum PartnerView {
     },
 }
 
+/// What an account's next look must include.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Look {
+    /// A list of the partner's accounts taken after this time.
+    ListedAfter(DateTime<Utc>),
+    /// A read of this account (its usage), to confirm it is gone before saying so: one list
+    /// is not enough, or a proxy answering `[]` would make every account missing at once.
+    ReadBack(String),
+}
+
+/// What reading an account back found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReadBack {
+    /// It answers (with its usage): the list that left it out was wrong.
+    Exists(UsageStatus),
+    /// Cyclr answered 404: it is gone.
+    Gone,
+}
+
 /// Everything `decide` looks at (the clock and the pending create are in [`Facts`]).
 pub struct Observed {
     /// The partner as this account sees it.
@@ -142,6 +161,8 @@ pub struct Observed {
     pub usage_deferred: bool,
     /// How long until the next usage read is due, for an account whose usage is read.
     pub usage_due_in: Option<Duration>,
+    /// The account read back, when a list left it out.
+    pub read_back: Option<ReadBack>,
     /// Held while no id is known: creates of one name in one partner are serialised.
     _name_guard: Option<NameGuard>,
     /// Held while this reconcile may create an account: the partner's usage reads wait.
@@ -185,7 +206,7 @@ impl Reconciler for CyclrAccount {
     type Reason = Reason;
     type Failure = Failure;
     type Observed = Observed;
-    type Refresh = DateTime<Utc>;
+    type Refresh = Look;
     type Write = Write;
 
     fn status(&self) -> Option<&CyclrAccountStatus> {
@@ -196,12 +217,7 @@ impl Reconciler for CyclrAccount {
         Api::namespaced(client, self.metadata.namespace.as_deref().unwrap_or_default())
     }
 
-    async fn observe(
-        &self,
-        state: &AccountState,
-        _: &Facts,
-        refresh: Option<DateTime<Utc>>,
-    ) -> Result<Observed, Failure> {
+    async fn observe(&self, state: &AccountState, _: &Facts, refresh: Option<Look>) -> Result<Observed, Failure> {
         let services = &state.services;
         let uid = self.uid().unwrap_or_default();
         let partner_name = &self.spec.partner_ref.name;
@@ -212,6 +228,7 @@ impl Reconciler for CyclrAccount {
             usage: None,
             usage_deferred: false,
             usage_due_in: None,
+            read_back: None,
             _name_guard: None,
             _onboarding: None,
         };
@@ -243,12 +260,23 @@ impl Reconciler for CyclrAccount {
             observed._name_guard = Some(runtime.lock_name(&self.cyclr_name()).await);
         }
         let snapshot = match refresh {
-            Some(after) => Some(
+            Some(Look::ListedAfter(after)) => Some(
                 runtime
                     .snapshot_since(after)
                     .await
                     .map_err(Failure::cyclr("listing the partner's accounts"))?,
             ),
+            Some(Look::ReadBack(id)) => {
+                observed.read_back = Some(match read_usage(self, state, &runtime, &id).await {
+                    Ok(usage) => {
+                        runtime.note_list_missed(&id);
+                        ReadBack::Exists(usage)
+                    }
+                    Err(cyclr::CyclrError::NotFound { .. }) => ReadBack::Gone,
+                    Err(error) => return Err(Failure::cyclr("reading the account back")(error)),
+                });
+                runtime.snapshot().await
+            }
             None => runtime.snapshot().await,
         };
         // Under the name in the spec, and under the name a pending create sent.
@@ -280,7 +308,13 @@ impl Reconciler for CyclrAccount {
                 if runtime.is_onboarding() {
                     observed.usage_deferred = true;
                 } else {
-                    observed.usage = read_usage(self, state, &runtime, id).await;
+                    observed.usage = read_usage(self, state, &runtime, id)
+                        .await
+                        .inspect_err(|error| {
+                            let error = services.secrets.scrub(&error.to_string());
+                            tracing::warn!(%error, "could not read account usage");
+                        })
+                        .ok();
                     due_in = usage_due_in(self, state, &runtime);
                 }
             }
@@ -559,7 +593,7 @@ pub fn decide(account: &CyclrAccount, obs: &Observed, facts: &Facts) -> Plan<Cyc
         Err(health) => return report(health),
     };
     let Some(snapshot) = snapshot else {
-        return Plan::Refresh(facts.now);
+        return Plan::Refresh(Look::ListedAfter(facts.now));
     };
     let held = status_or_annotation_id(account);
     if let (Some(held), Some(wanted)) = (held, spec.account_id.as_deref())
@@ -621,9 +655,15 @@ fn decide_known(
         );
     }
     let Some(found) = snapshot.get(id) else {
-        // Not in a list taken during this reconcile either: it is gone.
+        // Not in a list taken during this reconcile either, and Cyclr says so when asked by
+        // id: it is gone.
         if snapshot.taken_at < facts.now {
-            return Plan::Refresh(facts.now);
+            return Plan::Refresh(Look::ListedAfter(facts.now));
+        }
+        match &obs.read_back {
+            None => return Plan::Refresh(Look::ReadBack(id.to_string())),
+            Some(ReadBack::Exists(usage)) => return listed_wrongly(account, previous, usage),
+            Some(ReadBack::Gone) => {}
         }
         let message = if status_or_annotation_id(account).is_some() {
             format!(
@@ -676,6 +716,32 @@ fn decide_known(
         pending: None,
         status,
         event,
+    }
+}
+
+/// An account the list left out although Cyclr answers for it: the list is wrong (the
+/// partner says so), the account stays as it was, with the usage just read. Nothing is
+/// corrected from a list that cannot be trusted.
+fn listed_wrongly(account: &CyclrAccount, previous: CyclrAccountStatus, usage: &UsageStatus) -> Plan<CyclrAccount> {
+    let ready = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY && c.status == "True")
+        .and_then(|c| Some((Reason::parse(&c.reason)?, c.message.clone())));
+    let health = match ready {
+        Some((reason, message)) => Health::ready(reason, message),
+        None if account.spec.management_policy == ManagementPolicy::ObserveOnly => {
+            Health::ready(Reason::Observed, "observed; Cyclr matches the spec")
+        }
+        None => Health::ready(Reason::Synced, SYNCED),
+    };
+    Plan::Report {
+        health,
+        status: CyclrAccountStatus {
+            usage: Some(usage.clone()),
+            ..previous
+        },
+        event: None,
     }
 }
 
@@ -742,7 +808,7 @@ fn decide_new(
     // one taken after it surely ended.
     let not_before = facts.pending.since().map_or(made_by, |since| since.max(made_by));
     if snapshot.taken_at < not_before {
-        return Plan::Refresh(not_before);
+        return Plan::Refresh(Look::ListedAfter(not_before));
     }
     let name = desired.name.clone().unwrap_or_default();
     if facts.pending.is_open() {
@@ -762,7 +828,7 @@ fn decide_new(
                     return Plan::Wait(wait);
                 }
                 if let Some(after) = facts.pending.judge_after().filter(|after| snapshot.taken_at < *after) {
-                    return Plan::Refresh(after);
+                    return Plan::Refresh(Look::ListedAfter(after));
                 }
             }
             [found] => {
@@ -861,30 +927,25 @@ fn usage_due_in(account: &CyclrAccount, state: &AccountState, runtime: &PartnerR
         })
 }
 
-/// Get Account Usage, recorded in the metrics; `None` when Cyclr failed (read again later).
+/// Get Account Usage, recorded in the metrics and as the account's last usage read.
+///
+/// Errors: Cyclr's (404: the account is gone).
 async fn read_usage(
     account: &CyclrAccount,
     state: &AccountState,
     runtime: &PartnerRuntime,
     id: &str,
-) -> Option<UsageStatus> {
+) -> Result<UsageStatus, cyclr::CyclrError> {
     let key = stable_hash(account.metadata.uid.as_deref().unwrap_or_default());
-    match runtime.client.account_usage(id, None).await {
-        Ok(usage) => {
-            state.usage_polls.lock().expect("lock").insert(key, Instant::now());
-            state.services.metrics.account_usage(
-                &account.namespace().unwrap_or_default(),
-                &account.name_any(),
-                usage.task_count,
-                usage.cycle_count,
-            );
-            Some(usage_status(&usage))
-        }
-        Err(error) => {
-            tracing::warn!(error = %state.services.secrets.scrub(&error.to_string()), "could not read account usage");
-            None
-        }
-    }
+    let usage = runtime.client.account_usage(id, None).await?;
+    state.usage_polls.lock().expect("lock").insert(key, Instant::now());
+    state.services.metrics.account_usage(
+        &account.namespace().unwrap_or_default(),
+        &account.name_any(),
+        usage.task_count,
+        usage.cycle_count,
+    );
+    Ok(usage_status(&usage))
 }
 
 #[cfg(test)]
@@ -998,6 +1059,7 @@ mod tests {
             usage: None,
             usage_deferred: false,
             usage_due_in: None,
+            read_back: None,
             _name_guard: None,
             _onboarding: None,
         };
@@ -1090,7 +1152,7 @@ mod tests {
             decide(&account, &obs)
         };
         let refreshed = |plan: Plan<CyclrAccount>| match plan {
-            Plan::Refresh(after) => Some(after),
+            Plan::Refresh(Look::ListedAfter(after)) => Some(after),
             Plan::Write {
                 write: Write::Create { .. },
                 ..
@@ -1328,13 +1390,38 @@ mod tests {
     }
 
     #[test]
-    fn vanished_account_is_reported_not_recreated() {
+    fn vanished_account_is_confirmed_by_a_read_then_reported_not_recreated() {
         let now = Utc::now();
         let account = held(pro(), "gone");
         let old = observed(Some((now - chrono::Duration::seconds(60), vec![])), &[], now);
-        assert!(matches!(decide(&account, &old), Plan::Refresh(_)));
-        let fresh = observed(Some((now, vec![])), &[], now);
+        assert!(matches!(decide(&account, &old), Plan::Refresh(Look::ListedAfter(_))));
+        let mut fresh = observed(Some((now, vec![])), &[], now);
+        assert!(
+            matches!(decide(&account, &fresh), Plan::Refresh(Look::ReadBack(id)) if id == "gone"),
+            "a list alone is not enough"
+        );
+        fresh.read_back = Some(ReadBack::Gone);
         assert_eq!(reason(&decide(&account, &fresh)), Some(Reason::ExternalAccountMissing));
+    }
+
+    #[test]
+    fn an_account_a_wrong_list_left_out_stays_ready_and_keeps_its_status() {
+        let now = Utc::now();
+        let account = held(pro(), "a1");
+        let mut obs = observed(Some((now, vec![])), &[], now);
+        let usage = UsageStatus {
+            task_count: 7,
+            ..Default::default()
+        };
+        obs.read_back = Some(ReadBack::Exists(usage.clone()));
+        match decide(&account, &obs) {
+            Plan::Report { health, status, .. } => {
+                assert_eq!((health.state, health.reason), (State::Ready, Reason::Synced));
+                assert_eq!(status.account_id.as_deref(), Some("a1"));
+                assert_eq!(status.usage, Some(usage));
+            }
+            _ => panic!("expected a report"),
+        }
     }
 
     #[test]
@@ -1406,7 +1493,7 @@ mod tests {
         let mut obs = observed(Some((between, vec![])), &[], ended);
         obs.facts.pending.attempt = lost.clone();
         assert!(
-            matches!(decide(&account, &obs), Plan::Refresh(after) if after >= ended),
+            matches!(decide(&account, &obs), Plan::Refresh(Look::ListedAfter(after)) if after >= ended),
             "a list from before the attempt ended must not lead to a second create"
         );
         let mut obs = observed(Some((ended, vec![cyclr_account("mine", "acme", 3)])), &[], ended);

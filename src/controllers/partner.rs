@@ -5,7 +5,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use driver::{Applied, Driver, Facts, Kind, Packed, Plan, Reconciler, jittered};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
@@ -76,6 +76,8 @@ pub struct Check {
     pub plans: Vec<PricePlan>,
     /// How many accounts the partner has.
     pub account_count: usize,
+    /// The last account a list left out although it answered when read, and when.
+    pub list_missed: Option<(DateTime<Utc>, String)>,
 }
 
 /// What the partner publishes to its accounts (the partner makes no Cyclr writes).
@@ -89,6 +91,8 @@ pub enum Publish {
         runtime: Arc<PartnerRuntime>,
         /// Its price plans.
         plans: Vec<PricePlan>,
+        /// What its conditions say.
+        health: Health,
     },
     /// The check failed with `error`; the accounts stop only when `stop` (refused
     /// credentials, or a partner that never worked): a transient failure leaves a working
@@ -129,7 +133,7 @@ impl Reconciler for CyclrPartner {
         Ok(Observed::Checked { runtime, check })
     }
 
-    fn decide(&self, observed: &Observed, _: &Facts) -> Plan<Self> {
+    fn decide(&self, observed: &Observed, facts: &Facts) -> Plan<Self> {
         let previous = self.status.clone().unwrap_or_default();
         let publish = match observed {
             Observed::Unusable(health) => Publish::Stop(health.message.clone()),
@@ -137,6 +141,7 @@ impl Reconciler for CyclrPartner {
                 Ok(check) => Publish::Ready {
                     runtime: runtime.clone(),
                     plans: check.plans.clone(),
+                    health: connected(check, runtime.resync_interval, facts.now),
                 },
                 Err(error) => Publish::Failed {
                     runtime: runtime.clone(),
@@ -182,7 +187,7 @@ impl Reconciler for CyclrPartner {
                 };
                 Ok(applied(health.clone(), status))
             }
-            Publish::Ready { runtime, plans } => {
+            Publish::Ready { runtime, plans, health } => {
                 install(services, &name, &runtime);
                 runtime.set_price_plans(plans);
                 runtime.set_state(PartnerState::Ready);
@@ -190,10 +195,7 @@ impl Reconciler for CyclrPartner {
                 let Observed::Checked { check: Ok(check), .. } = observed else {
                     unreachable!("ready is decided for a checked partner")
                 };
-                Ok(applied(
-                    Health::ready(Reason::Connected, "the credentials work and Partner Details answers"),
-                    checked_status(status, check),
-                ))
+                Ok(applied(health, checked_status(status, check)))
             }
             Publish::Failed { runtime, error, stop } => {
                 install(services, &name, &runtime);
@@ -221,6 +223,22 @@ impl Reconciler for CyclrPartner {
         services.partners.remove(&name);
         services.metrics.forget_partner(&name);
         services.wake_partner(&name);
+    }
+}
+
+/// The Ready health of a checked partner: whether its account list looked wrong lately (it
+/// left out an account that answered when read, within two resync intervals of `now`).
+fn connected(check: &Check, resync: std::time::Duration, now: DateTime<Utc>) -> Health {
+    let recent = chrono::TimeDelta::from_std(resync * 2).unwrap_or(chrono::TimeDelta::MAX);
+    match &check.list_missed {
+        Some((at, id)) if now - *at < recent => Health::ready(
+            Reason::Connected,
+            format!(
+                "the credentials work and Partner Details answers, but List Accounts left out account {id}, which answered when read at {}: a proxy or cache may be answering for Cyclr. Accounts are not reported missing on a list alone",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        ),
+        _ => Health::ready(Reason::Connected, "the credentials work and Partner Details answers"),
     }
 }
 
@@ -329,6 +347,7 @@ async fn check(runtime: &PartnerRuntime) -> cyclr::Result<Check> {
         details,
         plans,
         account_count: snapshot.count(),
+        list_missed: runtime.list_missed(),
     })
 }
 
@@ -338,6 +357,7 @@ pub fn checked_status(previous: CyclrPartnerStatus, check: &Check) -> CyclrPartn
         details,
         plans,
         account_count,
+        ..
     } = check;
     CyclrPartnerStatus {
         details: Some(PartnerDetailsStatus {
@@ -393,6 +413,7 @@ mod tests {
             details: details(),
             plans,
             account_count: 3,
+            list_missed: None,
         };
         let status = checked_status(Default::default(), &check);
         assert_eq!(status.account_count, Some(3));

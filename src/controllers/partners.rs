@@ -156,6 +156,9 @@ pub struct PartnerRuntime {
     onboarding: Arc<AtomicUsize>,
     /// Where each new snapshot's size and time are reported (partner name, metrics).
     snapshot_metrics: Option<(String, Arc<Metrics>)>,
+    /// The last account a list left out although it exists (read back), and when: the
+    /// partner's list looked wrong.
+    list_missed: std::sync::Mutex<Option<(DateTime<Utc>, String)>>,
 }
 
 impl std::fmt::Debug for PartnerRuntime {
@@ -190,6 +193,7 @@ impl PartnerRuntime {
             names: Default::default(),
             onboarding: Arc::default(),
             snapshot_metrics: None,
+            list_missed: Default::default(),
         }
     }
 
@@ -242,6 +246,16 @@ impl PartnerRuntime {
     /// Whether any account of this partner is being onboarded now.
     pub fn is_onboarding(&self) -> bool {
         self.onboarding.load(Ordering::SeqCst) > 0
+    }
+
+    /// Records that a list left out account `id`, which a read showed to exist.
+    pub fn note_list_missed(&self, id: &str) {
+        *self.list_missed.lock().expect("lock") = Some((Utc::now(), id.to_string()));
+    }
+
+    /// The last account a list left out although it exists, and when it was read back.
+    pub fn list_missed(&self) -> Option<(DateTime<Utc>, String)> {
+        self.list_missed.lock().expect("lock").clone()
     }
 
     /// Whether the partner's accounts may call Cyclr.

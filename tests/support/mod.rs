@@ -322,6 +322,12 @@ impl HasConditions for CyclrConnectorInstall {
     }
 }
 
+impl HasConditions for CyclrPartner {
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
 /// Server-side applies an object of kind K in `namespace` (ignored for CyclrPartner), with
 /// the test label `cyclr.com/test=<namespace>`, so each test's operator sees only its own.
 pub async fn try_apply<K>(client: &Client, namespace: &str, object: &mut serde_json::Value) -> Result<K, kube::Error>
