@@ -9,7 +9,6 @@ pub mod driver;
 pub mod http;
 pub mod index;
 pub mod metrics;
-pub mod plugin;
 pub mod readiness;
 pub mod resources;
 pub mod secrets;
