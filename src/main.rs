@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::signal::unix::{SignalKind, signal};
@@ -54,8 +54,10 @@ struct RunArgs {
     /// [default: `RUST_LOG`, else `info,kube=warn`].
     #[arg(long)]
     log_level: Option<String>,
-    /// Run only while holding a Lease in the operator's namespace (for 2+ replicas).
-    #[arg(long)]
+    /// Run only while holding a Lease in the operator's namespace, so two processes never
+    /// reconcile at once: a standby, or the old and new pod of a rolling update, which overlap
+    /// even with one replica. `--leader-election=false` for a process that is surely alone.
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
     leader_election: bool,
     #[arg(long, default_value = "cyclr-operator")]
     lease_name: String,

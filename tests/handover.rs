@@ -1,0 +1,264 @@
+//! Two `cyclr-operator run` processes with the default flags, as a rolling update runs the old
+//! and the new pod of a one-replica install, against the control plane and the Cyclr
+//! simulator: the new process reconciles nothing (no Cyclr call, no Kubernetes write) until the
+//! old one has stopped and released the Lease, since leader election is on by default.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cyclr_operator::resources::{
+    CredentialsSecretRef, CyclrAccount, CyclrAccountSpec, CyclrPartner, CyclrPartnerSpec, READY, RateLimit, condition,
+};
+use cyclr_sim::{SimConfig, SimHandle, Simulator};
+use cyclr_testenv::TestEnv;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use support::process::{OperatorProcess, lease_holder};
+use support::{CLIENT_ID, CLIENT_SECRET, install_crds};
+use tokio::time::Instant;
+
+/// The `--lease-name` default.
+const LEASE: &str = "cyclr-operator";
+/// The operator's lines that only reconciling produces: controllers, the driver, the Cyclr
+/// client.
+const WORK_TARGETS: [&str; 3] = ["cyclr_operator::controllers", "cyclr_operator::driver", "cyclr::"];
+
+/// A namespace with a partner on its own simulator; operators started for it.
+struct Scene {
+    client: Client,
+    namespace: String,
+    sim: SimHandle,
+    kubeconfig: &'static Path,
+}
+
+impl Scene {
+    async fn start(prefix: &str) -> Scene {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let env = TestEnv::get().await;
+        let client = env.client();
+        install_crds(&client).await;
+        let namespace = env.new_namespace(prefix).await;
+        let sim = Simulator::start(SimConfig::new(CLIENT_ID, CLIENT_SECRET), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("start cyclr-sim");
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {
+                "name": "partner-credentials",
+                "labels": {"cyclr.com/credentials": "true", "cyclr.com/test": namespace},
+            },
+            "stringData": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("credentials Secret");
+        let mut partner = CyclrPartner::new(
+            &namespace,
+            CyclrPartnerSpec {
+                api_url: sim.base_url(),
+                credentials_secret_ref: CredentialsSecretRef {
+                    name: "partner-credentials".into(),
+                    client_id_key: "client_id".into(),
+                    client_secret_key: "client_secret".into(),
+                },
+                namespace_selector: None,
+                rate_limit: RateLimit {
+                    requests_per_second: 10,
+                    burst: 20,
+                },
+                resync_interval: "10m".parse().unwrap(),
+                usage_interval: "10m".parse().unwrap(),
+                service_url: None,
+            },
+        );
+        partner.metadata.labels = Some([("cyclr.com/test".to_owned(), namespace.clone())].into());
+        Api::<CyclrPartner>::all(client.clone())
+            .create(&PostParams::default(), &partner)
+            .await
+            .expect("CyclrPartner");
+        Scene {
+            client,
+            namespace,
+            sim,
+            kubeconfig: env.kubeconfig_path(),
+        }
+    }
+
+    /// An operator process with the default flags (leader election not asked for).
+    fn operator(&self, name: &str) -> OperatorProcess {
+        let filter = "info,cyclr_operator=debug,cyclr=debug";
+        OperatorProcess::start(self.kubeconfig, &self.namespace, name, filter, &[])
+    }
+
+    fn accounts(&self) -> Api<CyclrAccount> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn create_account(&self, name: &str) {
+        let mut spec: CyclrAccountSpec = serde_json::from_value(json!({})).expect("defaults");
+        spec.partner_ref.name = self.namespace.clone();
+        let account = CyclrAccount {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([("cyclr.com/test".to_owned(), self.namespace.clone())].into()),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        };
+        self.accounts()
+            .create(&PostParams::default(), &account)
+            .await
+            .expect("CyclrAccount");
+    }
+
+    /// Waits until the account is Ready at its current generation.
+    async fn wait_ready(&self, name: &str, log: &Path) -> CyclrAccount {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let account = self.accounts().get(name).await.expect("get account");
+            let status = account.status.as_ref();
+            let current = status.and_then(|s| s.observed_generation) == account.metadata.generation;
+            if current
+                && status
+                    .and_then(|s| condition(&s.conditions, READY))
+                    .is_some_and(|c| c.status == "True")
+            {
+                return account;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} is not Ready: {:?} (log: {})",
+                account.status,
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn wait_holder(&self, operator: &OperatorProcess) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lease_holder(&self.client, &self.namespace, LEASE).await != Some(operator.pid()) {
+            assert!(
+                Instant::now() < deadline,
+                "pid {} did not take the Lease (log: {})",
+                operator.pid(),
+                operator.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Fails unless the process has made no Cyclr call, no Kubernetes write and no reconcile.
+async fn assert_idle(operator: &OperatorProcess, when: &str) {
+    for counter in [
+        "cyclr_api_requests_total",
+        "cyclr_operator_kubernetes_writes_total",
+        "cyclr_operator_reconciles_total",
+    ] {
+        let count = operator.counter(counter, "").await;
+        assert_eq!(
+            count,
+            0.0,
+            "{counter} of the standby {when} (log: {})",
+            operator.log.display()
+        );
+    }
+}
+
+/// When the first log line with this message was written.
+fn logged_at(operator: &OperatorProcess, message: &str) -> DateTime<Utc> {
+    let line = operator
+        .log_lines()
+        .into_iter()
+        .find(|line| line["message"] == message)
+        .unwrap_or_else(|| panic!("{message:?} not in {}", operator.log.display()));
+    timestamp(&line)
+}
+
+fn timestamp(line: &serde_json::Value) -> DateTime<Utc> {
+    line["timestamp"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no timestamp in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_pod_of_a_rolling_update_reconciles_only_after_the_old_one_stopped() {
+    let scene = Scene::start("rolling").await;
+    let old = scene.operator("old");
+    scene.create_account("tenant-a").await;
+    scene.wait_ready("tenant-a", &old.log).await;
+
+    // The new pod starts while the old one runs, as a rolling update's surge does, and there
+    // is work to do while both run: a new account and a changed one.
+    let new = scene.operator("new");
+    new.wait_readyz(200, "ready").await;
+    scene.create_account("tenant-b").await;
+    scene
+        .accounts()
+        .patch(
+            "tenant-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"description": "changed during the rollout"}})),
+        )
+        .await
+        .expect("change tenant-a");
+    scene.wait_ready("tenant-b", &old.log).await;
+    scene.wait_ready("tenant-a", &old.log).await;
+    assert_idle(&new, "while the old pod leads").await;
+    scene.wait_holder(&old).await;
+
+    // Stopped, the old pod hands over; until its Lease is released the new one stays idle.
+    old.terminate();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&scene.client, &scene.namespace, LEASE).await == Some(old.pid()) {
+        assert_idle(&new, "while the old pod holds the Lease").await;
+        assert!(Instant::now() < deadline, "the old pod kept its Lease after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut old = old;
+    let exit = tokio::time::timeout(Duration::from_secs(30), old.child.wait())
+        .await
+        .expect("the old pod exits after SIGTERM")
+        .expect("wait");
+    assert!(
+        exit.success(),
+        "a clean stop exits 0: {exit:?} (log: {})",
+        old.log.display()
+    );
+    scene.wait_holder(&new).await;
+
+    // The new pod works once it leads (so the counters above could have moved), and its first
+    // reconcile, Cyclr call or write came after the old pod's controllers stopped and it set out
+    // to release the Lease.
+    scene.create_account("tenant-c").await;
+    scene.wait_ready("tenant-c", &new.log).await;
+    assert!(new.counter("cyclr_operator_reconciles_total", "").await > 0.0);
+    assert!(new.counter("cyclr_api_requests_total", "").await > 0.0);
+    let released = logged_at(&old, "releasing the leader lease");
+    let first_work = new
+        .log_lines()
+        .iter()
+        .filter(|line| {
+            let target = line["target"].as_str().unwrap_or_default();
+            WORK_TARGETS.iter().any(|t| target.starts_with(t))
+        })
+        .map(timestamp)
+        .min()
+        .expect("the new leader logged its work");
+    assert!(
+        first_work >= released,
+        "the new pod worked at {first_work}, before the old one released the Lease at {released} (log: {})",
+        new.log.display()
+    );
+    let names: Vec<String> = scene.sim.accounts().into_iter().map(|a| a.name).collect();
+    assert_eq!(names.len(), 3, "one Cyclr account per resource: {names:?}");
+}
