@@ -156,21 +156,25 @@ impl Scene {
     }
 }
 
-/// Fails unless the process has made no Cyclr call, no Kubernetes write and no reconcile.
-async fn assert_idle(operator: &OperatorProcess, when: &str) {
+/// What the process has done so far, by counter: Cyclr calls, Kubernetes writes, reconciles.
+async fn work(operator: &OperatorProcess) -> Vec<(&'static str, f64)> {
+    let mut counts = Vec::new();
     for counter in [
         "cyclr_api_requests_total",
         "cyclr_operator_kubernetes_writes_total",
         "cyclr_operator_reconciles_total",
     ] {
-        let count = operator.counter(counter, "").await;
-        assert_eq!(
-            count,
-            0.0,
-            "{counter} of the standby {when} (log: {})",
-            operator.log.display()
-        );
+        counts.push((counter, operator.counter(counter, "").await));
     }
+    counts
+}
+
+fn assert_idle(operator: &OperatorProcess, work: &[(&str, f64)], when: &str) {
+    assert!(
+        work.iter().all(|(_, count)| *count == 0.0),
+        "the standby worked {when}: {work:?} (log: {})",
+        operator.log.display()
+    );
 }
 
 /// When the first log line with this message was written.
@@ -213,14 +217,21 @@ async fn the_new_pod_of_a_rolling_update_reconciles_only_after_the_old_one_stopp
         .expect("change tenant-a");
     scene.wait_ready("tenant-b", &old.log).await;
     scene.wait_ready("tenant-a", &old.log).await;
-    assert_idle(&new, "while the old pod leads").await;
+    let done = work(&new).await;
     scene.wait_holder(&old).await;
+    assert_idle(&new, &done, "while the old pod led");
 
     // Stopped, the old pod hands over; until its Lease is released the new one stays idle.
+    // The counters are read first: the old pod still holding the Lease afterwards means the
+    // new one did not lead when they were read.
     old.terminate();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lease_holder(&scene.client, &scene.namespace, LEASE).await == Some(old.pid()) {
-        assert_idle(&new, "while the old pod holds the Lease").await;
+    loop {
+        let done = work(&new).await;
+        if lease_holder(&scene.client, &scene.namespace, LEASE).await != Some(old.pid()) {
+            break;
+        }
+        assert_idle(&new, &done, "while the old pod held the Lease");
         assert!(Instant::now() < deadline, "the old pod kept its Lease after SIGTERM");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
