@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use secrecy::SecretString;
 use tokio::signal::unix::{SignalKind, signal};
 
 use cyclr_operator::controllers::{self, OperatorConfig};
@@ -130,7 +131,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the controllers until `shutdown`; then they start no reconcile and finish those under
-/// way, for at most [`SHUTDOWN_GRACE`], after which they are dropped.
+/// way, for at most [`shutdown_grace`], after which they are dropped.
 async fn run_controllers(
     client: kube::Client,
     config: OperatorConfig,
@@ -139,19 +140,30 @@ async fn run_controllers(
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> anyhow::Result<()> {
     let controllers = controllers::run(client, config, metrics, readiness, shutdown.clone());
-    let deadline = shutdown.then(|()| tokio::time::sleep(SHUTDOWN_GRACE));
+    let grace = shutdown_grace();
+    let deadline = shutdown.then(|()| tokio::time::sleep(grace));
     tokio::select! {
         result = controllers => Ok(result?),
         () = deadline => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "the controllers did not stop in time; stopping them now");
+            tracing::warn!(?grace, "the controllers did not stop in time; stopping them now");
             Ok(())
         }
     }
 }
 
-/// How long reconciles under way may take to finish after SIGTERM, well inside a pod's
-/// default 30 s termination grace period.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the reconciles under way at SIGTERM may take to end. Cut short, a create already
+/// sent could still commit in Cyclr after the Lease went to a replica whose list did not show
+/// it, which would create it again. A Cyclr request gets its answer within the client's request
+/// timeout (partners' clients keep the default: `controllers::partner`); the margin is for the
+/// status write that records it. The chart's `terminationGracePeriodSeconds` leaves room for
+/// this and the Lease's release.
+fn shutdown_grace() -> Duration {
+    let cyclr = cyclr::ClientConfig::new(String::new(), String::new(), SecretString::from(""));
+    cyclr.request_timeout + RECORD_MARGIN
+}
+
+/// After a Cyclr write's answer: the status write that records it, and the controllers' stop.
+const RECORD_MARGIN: Duration = Duration::from_secs(10);
 
 /// Resolves, for every clone, on SIGTERM (how Kubernetes stops a pod) or Ctrl-C (how a person
 /// does).
@@ -166,4 +178,28 @@ fn shutdown_signal() -> anyhow::Result<Shared<BoxFuture<'static, ()>>> {
     }
     .boxed()
     .shared())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kubelet kills a pod `terminationGracePeriodSeconds` after SIGTERM: killed during the
+    /// grace, a leader drops its Cyclr write and leaves its Lease to expire.
+    #[test]
+    fn the_charts_termination_grace_period_fits_the_shutdown() {
+        let deployment = include_str!("../charts/cyclr-operator/templates/deployment.yaml");
+        let seconds: u64 = deployment
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds:"))
+            .expect("the chart sets terminationGracePeriodSeconds")
+            .trim()
+            .parse()
+            .expect("terminationGracePeriodSeconds is a number of seconds");
+        let needed = shutdown_grace() + leader::RELEASE_TIMEOUT;
+        assert!(
+            Duration::from_secs(seconds) >= needed,
+            "terminationGracePeriodSeconds {seconds} is shorter than the grace and the release: {needed:?}"
+        );
+    }
 }

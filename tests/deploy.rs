@@ -164,6 +164,7 @@ fn chart_lints_and_renders_a_hardened_deployment() {
     for expected in ["--leader-election", "--lease-name=t-cyclr-operator"] {
         assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");
     }
+    assert_eq!(pod["terminationGracePeriodSeconds"], 50);
     let args = container_args(&template(&["leaderElection=false"]));
     assert!(args.contains(&"--leader-election=false".to_string()), "{args:?}");
 

@@ -1,7 +1,11 @@
 //! Two `cyclr-operator run` processes with the default flags, as a rolling update runs the old
 //! and the new pod of a one-replica install, against the control plane and the Cyclr
-//! simulator: the new process reconciles nothing (no Cyclr call, no Kubernetes write) until the
-//! old one has stopped and released the Lease, since leader election is on by default.
+//! simulator:
+//!
+//! - the new process reconciles nothing (no Cyclr call, no Kubernetes write) until the old one
+//!   has stopped and released the Lease: leader election is on by default;
+//! - SIGTERM to the leader while a Create Account is under way: the leader lets it end and
+//!   records the id before it releases the Lease, so the next leader never creates again.
 
 mod support;
 
@@ -10,9 +14,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cyclr_operator::resources::{
-    CredentialsSecretRef, CyclrAccount, CyclrAccountSpec, CyclrPartner, CyclrPartnerSpec, READY, RateLimit, condition,
+    CredentialsSecretRef, CyclrAccount, CyclrAccountSpec, CyclrPartner, CyclrPartnerSpec, READY, RateLimit,
+    annotations, condition,
 };
-use cyclr_sim::{SimConfig, SimHandle, Simulator};
+use cyclr_sim::{Faults, SimConfig, SimHandle, Simulator};
 use cyclr_testenv::TestEnv;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
@@ -24,6 +29,10 @@ use tokio::time::Instant;
 
 /// The `--lease-name` default.
 const LEASE: &str = "cyclr-operator";
+const CREATE: &str = "POST /api/partner/createaccount";
+/// How long the simulator holds every request in the graceful-stop test: a create that is
+/// still under way when SIGTERM arrives, longer than the old 5 s shutdown grace.
+const CREATE_LATENCY: Duration = Duration::from_secs(7);
 /// The operator's lines that only reconciling produces: controllers, the driver, the Cyclr
 /// client.
 const WORK_TARGETS: [&str; 3] = ["cyclr_operator::controllers", "cyclr_operator::driver", "cyclr::"];
@@ -272,4 +281,96 @@ async fn the_new_pod_of_a_rolling_update_reconciles_only_after_the_old_one_stopp
     );
     let names: Vec<String> = scene.sim.accounts().into_iter().map(|a| a.name).collect();
     assert_eq!(names.len(), 3, "one Cyclr account per resource: {names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_records_the_create_under_way_before_it_releases_the_lease() {
+    let scene = Scene::start("graceful").await;
+    let leader = scene.operator("leader");
+    scene.create_account("warm-up").await;
+    scene.wait_ready("warm-up", &leader.log).await;
+    scene.wait_holder(&leader).await;
+    let standby = scene.operator("standby");
+    standby.wait_readyz(200, "ready").await;
+
+    // A slow Cyclr: SIGTERM once the Create Account has reached it (counted on arrival,
+    // before the latency), so the create is under way.
+    scene.sim.set_faults(Faults {
+        latency: CREATE_LATENCY,
+        ..Faults::default()
+    });
+    scene.create_account("slow").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scene.sim.stats().requests_to(CREATE) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no Create Account for slow (log: {})",
+            leader.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut leader = leader;
+    leader.terminate();
+    let exit = tokio::time::timeout(Duration::from_secs(45), leader.child.wait())
+        .await
+        .expect("the leader exits within its shutdown grace")
+        .expect("wait");
+    assert!(
+        exit.success(),
+        "a clean stop exits 0: {exit:?} (log: {})",
+        leader.log.display()
+    );
+
+    // The stopping leader waited for Cyclr's answer and recorded the id, status and
+    // annotation, before it let go of the Lease.
+    let account = scene.accounts().get("slow").await.expect("get slow");
+    let status = account.status.clone().expect("status");
+    let id = status.account_id.clone().unwrap_or_else(|| {
+        panic!(
+            "the stopping leader did not record the id: {status:?} (log: {})",
+            leader.log.display()
+        )
+    });
+    assert_eq!(status.pending_create, None, "the pending marker is cleared");
+    assert_eq!(
+        account
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::ACCOUNT_ID)),
+        Some(&id)
+    );
+    let in_cyclr: Vec<String> = scene
+        .sim
+        .accounts()
+        .into_iter()
+        .filter(|a| a.name == "slow")
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(
+        in_cyclr,
+        std::slice::from_ref(&id),
+        "the one account Cyclr created is the one recorded"
+    );
+
+    // The next leader reconciles the account and keeps it: no second Create Account.
+    scene.sim.set_faults(Faults::default());
+    scene.wait_holder(&standby).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby
+        .counter("cyclr_operator_reconciles_total", "kind=\"CyclrAccount\"")
+        .await
+        < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new leader did not reconcile both accounts (log: {})",
+            standby.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let account = scene.wait_ready("slow", &standby.log).await;
+    assert_eq!(account.account_id(), Some(id.as_str()));
+    assert_eq!(scene.sim.stats().requests_to(CREATE), 2, "one create per account, ever");
+    assert_eq!(scene.sim.accounts().len(), 2);
 }
