@@ -7,11 +7,12 @@
 //! `controllers/account.rs` (its controller and observe → decide → act) and
 //! `driver/src/reconcile.rs` (the pipeline every kind shares).
 
+#![warn(missing_docs)]
+
 pub mod controllers;
 pub mod http;
 pub mod index;
 pub mod metrics;
-pub mod plugin;
 pub mod reason;
 pub mod resources;
 pub mod secrets;

@@ -1,16 +1,15 @@
 mod allocator;
+mod leader;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use secrecy::SecretString;
 use tokio::signal::unix::{SignalKind, signal};
 
 use cyclr_operator::controllers::{self, OperatorConfig};
@@ -18,6 +17,7 @@ use cyclr_operator::metrics::Metrics;
 use cyclr_operator::telemetry::{self, LogFormat};
 use cyclr_operator::{http, resources};
 use driver::readiness::Readiness;
+use leader::{Leadership, LeaseSettings};
 
 /// Cyclr partner accounts and connector installs as Kubernetes resources.
 #[derive(Parser)]
@@ -59,8 +59,10 @@ struct RunArgs {
     /// [default: `RUST_LOG`, else `info,kube=warn`].
     #[arg(long)]
     log_level: Option<String>,
-    /// Run only while holding a Lease in the operator's namespace (for 2+ replicas).
-    #[arg(long)]
+    /// Run only while holding a Lease in the operator's namespace, so two processes never
+    /// reconcile at once: a standby, or the old and new pod of a rolling update, which overlap
+    /// even with one replica. `--leader-election=false` for a process that is surely alone.
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
     leader_election: bool,
     #[arg(long, default_value = "cyclr-operator")]
     lease_name: String,
@@ -104,10 +106,79 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect();
     let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone(), crd_names));
     tokio::spawn(allocator::trim_periodically());
+    let shutdown = shutdown_signal()?;
 
-    // SIGTERM is how Kubernetes stops a pod; Ctrl-C is how a person does.
+    let leadership = if args.leader_election {
+        let lease = LeaseSettings {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            name: args.lease_name.clone(),
+            duration: args.lease_duration,
+        };
+        match Leadership::acquire(lease, shutdown.clone()).await? {
+            Some(leadership) => Some(leadership),
+            // Stopped while standing by: nothing to hand over.
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let config = OperatorConfig {
+        namespace: args.namespace,
+        watch_namespace: args.watch_namespace,
+        label_selector: args.label_selector,
+        concurrency: args.concurrency,
+    };
+    let result = run_controllers(client, config, metrics, readiness, shutdown).await;
+    // Only now, with the controllers stopped, may another replica lead.
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
+    server.abort();
+    crd_check.abort();
+    result
+}
+
+/// Runs the controllers until `shutdown`; then they start no reconcile and finish those under
+/// way, for at most [`shutdown_grace`], after which they are dropped.
+async fn run_controllers(
+    client: kube::Client,
+    config: OperatorConfig,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> anyhow::Result<()> {
+    let controllers = controllers::run(client, config, metrics, readiness, shutdown.clone());
+    let grace = shutdown_grace();
+    let deadline = shutdown.then(|()| tokio::time::sleep(grace));
+    tokio::select! {
+        result = controllers => Ok(result?),
+        () = deadline => {
+            tracing::warn!(?grace, "the controllers did not stop in time; stopping them now");
+            Ok(())
+        }
+    }
+}
+
+/// How long the reconciles under way at SIGTERM may take to end. Cut short, a create already
+/// sent could still commit in Cyclr after the Lease went to a replica whose list did not show
+/// it, which would create it again. A Cyclr request gets its answer within the client's request
+/// timeout (partners' clients keep the default: `controllers::partner`); the margin is for the
+/// status write that records it. The chart's `terminationGracePeriodSeconds` leaves room for
+/// this and the Lease's release.
+fn shutdown_grace() -> Duration {
+    let cyclr = cyclr::ClientConfig::new(String::new(), String::new(), SecretString::from(""));
+    cyclr.request_timeout + RECORD_MARGIN
+}
+
+/// After a Cyclr write's answer: the status write that records it, and the controllers' stop.
+const RECORD_MARGIN: Duration = Duration::from_secs(10);
+
+/// Resolves, for every clone, on SIGTERM (how Kubernetes stops a pod) or Ctrl-C (how a person
+/// does).
+fn shutdown_signal() -> anyhow::Result<Shared<BoxFuture<'static, ()>>> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let shutdown = async move {
+    Ok(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -115,181 +186,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     }
     .boxed()
-    .shared();
+    .shared())
+}
 
-    let lease = if args.leader_election {
-        match lead(&client, &args, shutdown.clone()).await? {
-            Some(lease) => Some(lease),
-            None => return Ok(()),
-        }
-    } else {
-        None
-    };
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    let config = OperatorConfig {
-        namespace: args.namespace,
-        watch_namespace: args.watch_namespace,
-        label_selector: args.label_selector,
-        concurrency: args.concurrency,
-    };
-    let controllers = controllers::run(client, config, metrics, readiness, shutdown.clone());
-    // The controllers finish their reconciles after the signal, but not for ever: the Lease
-    // is released only once they stopped (or were dropped), so two leaders never overlap.
-    let deadline = shutdown.then(|()| tokio::time::sleep(SHUTDOWN_GRACE));
-    let result = tokio::select! {
-        result = controllers => result,
-        () = deadline => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "the controllers did not stop in time; stopping them now");
-            Ok(())
-        }
-    };
-    if let Some(lease) = lease {
-        lease.release().await;
+    /// The kubelet kills a pod `terminationGracePeriodSeconds` after SIGTERM: killed during the
+    /// grace, a leader drops its Cyclr write and leaves its Lease to expire.
+    #[test]
+    fn the_charts_termination_grace_period_fits_the_shutdown() {
+        let deployment = include_str!("../charts/cyclr-operator/templates/deployment.yaml");
+        let seconds: u64 = deployment
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds:"))
+            .expect("the chart sets terminationGracePeriodSeconds")
+            .trim()
+            .parse()
+            .expect("terminationGracePeriodSeconds is a number of seconds");
+        let needed = shutdown_grace() + leader::RELEASE_TIMEOUT;
+        assert!(
+            Duration::from_secs(seconds) >= needed,
+            "terminationGracePeriodSeconds {seconds} is shorter than the grace and the release: {needed:?}"
+        );
     }
-    server.abort();
-    crd_check.abort();
-    result.map_err(Into::into)
-}
-
-/// How long reconciles under way may take to finish after SIGTERM, well inside a pod's
-/// default 30 s termination grace period.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The leader's Lease: while held, a task ends the process the moment it is lost, so two
-/// replicas never reconcile at once.
-struct Leadership {
-    guard: tokio::task::JoinHandle<()>,
-    holder: tokio::task::JoinHandle<()>,
-}
-
-impl Leadership {
-    /// Gives the Lease up, so the standby takes over at once instead of after it expires.
-    async fn release(self) {
-        // Dropping the last receiver tells `hold_lease` to release the Lease and end.
-        self.guard.abort();
-        let _ = self.guard.await;
-        if tokio::time::timeout(Duration::from_secs(5), self.holder).await.is_err() {
-            tracing::warn!("releasing the leader lease timed out");
-        }
-    }
-}
-
-/// Waits until this replica holds the Lease; `None` when shut down first.
-async fn lead(
-    client: &kube::Client,
-    args: &RunArgs,
-    shutdown: impl Future<Output = ()> + Clone + Send + 'static,
-) -> anyhow::Result<Option<Leadership>> {
-    let settings = LeaseSettings {
-        client: client.clone(),
-        namespace: args.namespace.clone(),
-        name: args.lease_name.clone(),
-        identity: lease_identity(),
-        duration: args.lease_duration,
-    };
-    let manager = settings
-        .manager()
-        .await
-        .context("creating the leader-election lease manager")?;
-    let identity = settings.identity.clone();
-    let (sender, mut leading) = tokio::sync::watch::channel(false);
-    tracing::info!(lease = %settings.name, %identity, "waiting to become the leader");
-    let holder = tokio::spawn(hold_lease(settings, manager, sender));
-    let became_leader = async {
-        while !*leading.borrow_and_update() {
-            leading.changed().await?;
-        }
-        Ok::<_, tokio::sync::watch::error::RecvError>(())
-    };
-    tokio::select! {
-        result = became_leader => result.context("the lease manager stopped")?,
-        _ = shutdown.clone() => {
-            drop(leading);
-            let _ = tokio::time::timeout(Duration::from_secs(5), holder).await;
-            return Ok(None);
-        }
-    }
-    tracing::info!(%identity, "became the leader");
-    let guard = tokio::spawn(async move {
-        while leading.changed().await.is_ok() {
-            if !*leading.borrow() {
-                // Another replica may already be reconciling: stop every write now.
-                tracing::error!("lost the leader lease; exiting");
-                std::process::exit(1);
-            }
-        }
-    });
-    Ok(Some(Leadership { guard, holder }))
-}
-
-/// Which Lease, and who this replica is in it.
-struct LeaseSettings {
-    client: kube::Client,
-    namespace: String,
-    name: String,
-    identity: String,
-    /// Seconds.
-    duration: u64,
-}
-
-impl LeaseSettings {
-    async fn manager(&self) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
-        LeaseManagerBuilder::new(self.client.clone(), &self.name)
-            .with_namespace(&self.namespace)
-            .with_identity(&self.identity)
-            .with_duration(self.duration)
-            // Renew a third of the duration before expiry, and never less than a second before.
-            .with_grace((self.duration / 3).clamp(1, 5))
-            .build()
-            .await
-    }
-}
-
-/// Tries to take and keep the Lease, sending whether this replica holds it, until every
-/// receiver is gone; then releases it.
-///
-/// The lease manager alone reads the Lease again only when its cached copy expires, so a
-/// standby would wait out a Lease its holder already released. The Lease is watched as well,
-/// and a release starts a fresh manager, which takes the Lease at once: a rolling update
-/// hands over without waiting for the lease duration.
-async fn hold_lease(settings: LeaseSettings, mut manager: LeaseManager, sender: tokio::sync::watch::Sender<bool>) {
-    let leases: Api<Lease> = Api::namespaced(settings.client.clone(), &settings.namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", settings.name));
-    let mut lease_changes = watcher(leases, config).default_backoff().applied_objects().boxed();
-    loop {
-        tokio::select! {
-            biased;
-            _ = sender.closed() => break,
-            changed = manager.changed() => match changed {
-                Ok(holding) => {
-                    let _ = sender.send(holding);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leader election");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-            Some(Ok(lease)) = lease_changes.next() => {
-                let released = lease.spec.and_then(|s| s.holder_identity).is_none_or(|h| h.is_empty());
-                if released && !*sender.borrow() {
-                    match settings.manager().await {
-                        Ok(fresh) => manager = fresh,
-                        Err(e) => tracing::warn!(error = %e, "leader election"),
-                    }
-                }
-            }
-        }
-    }
-    match manager.release().await {
-        Ok(()) => tracing::info!("released the leader lease"),
-        Err(e) => tracing::warn!(error = %e, "could not release the leader lease"),
-    }
-}
-
-/// `POD_NAME` in a pod (unique per replica, shown in the Lease), else host name and pid.
-fn lease_identity() -> String {
-    std::env::var("POD_NAME").unwrap_or_else(|_| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "cyclr-operator".into());
-        format!("{}-{}", host.trim(), std::process::id())
-    })
 }

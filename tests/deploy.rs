@@ -158,7 +158,14 @@ fn chart_lints_and_renders_a_hardened_deployment() {
         "metadata.namespace"
     );
     assert_eq!(pod["serviceAccountName"], "t-cyclr-operator");
-    assert!(!container_args(&docs).contains(&"--leader-election".to_string()));
+    // Leader election even for one replica: a rolling update runs the old and new pod at once.
+    let args = container_args(&docs);
+    for expected in ["--leader-election", "--lease-name=t-cyclr-operator"] {
+        assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");
+    }
+    assert_eq!(pod["terminationGracePeriodSeconds"], 50);
+    let args = container_args(&template(&["leaderElection.enabled=false"]));
+    assert!(args.contains(&"--leader-election=false".to_string()), "{args:?}");
 
     let docs = template(&[
         "replicaCount=2",
@@ -189,6 +196,10 @@ fn chart_lints_and_renders_a_hardened_deployment() {
         (["--set-string", "replicaCount=two"], "replicaCount"),
         (["--set", "metrics.prot=9090"], "prot"),
         (["--set", "partner.create=true"], "partner.apiURL is required"),
+        (
+            ["--set", "leaderElection.enabled=false,replicaCount=2"],
+            "leaderElection.enabled=false needs replicaCount <= 1",
+        ),
     ] {
         let mut cmd = testbin("helm");
         cmd.args(["template", "t", CHART, "--kube-version", "1.33.0"])

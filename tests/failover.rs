@@ -10,8 +10,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use cyclr_operator::resources::{
@@ -20,13 +19,12 @@ use cyclr_operator::resources::{
 };
 use cyclr_sim::{Faults, SimConfig, Simulator};
 use cyclr_testenv::TestEnv;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
+use support::process::{OperatorProcess, lease_holder};
 use support::{CLIENT_ID, CLIENT_SECRET, install_crds};
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 /// Seconds; long enough that a SIGTERM handover (immediate) and a wait for expiry differ.
@@ -35,91 +33,27 @@ const ACCOUNTS: usize = 12;
 const LEASE: &str = "cyclr-operator";
 const API_KEY: &str = "connector-api-key-value";
 
-struct Operator {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(kubeconfig: &Path, namespace: &str, name: &str) -> Operator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let log = std::env::temp_dir().join(format!("cyclr-failover-{namespace}-{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_cyclr-operator"))
-            .args([
-                "run",
-                "--leader-election",
-                "--namespace",
-                namespace,
-                "--watch-namespace",
-                namespace,
-            ])
-            .args(["--label-selector", &format!("cyclr.com/test={namespace}")])
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--lease-duration", &LEASE_DURATION.to_string(), "--lease-name", LEASE])
-            .env("KUBECONFIG", kubeconfig)
-            // Everything, from every crate, so the secret scan below sees all there is.
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", "trace")
-            .env_remove("POD_NAME")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("a log file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start cyclr-operator");
-        Operator { child, port, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-
-    /// `/readyz`'s status code and body; status 0 while nothing answers.
-    async fn readyz(&self) -> (u16, String) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
-        match reqwest::get(&url).await {
-            Ok(response) => (response.status().as_u16(), response.text().await.unwrap_or_default()),
-            Err(_) => (0, String::new()),
-        }
-    }
-
-    async fn wait_readyz(&self, want: u16, body_has: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, body) = self.readyz().await;
-            if status == want && body.contains(body_has) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz of pid {} answers {status} {body:?}, not {want} with {body_has:?} (log: {})",
-                self.pid(),
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-/// The pid at the end of the Lease's holder identity (`<host>-<pid>`), if it is held.
-async fn lease_holder(client: &Client, namespace: &str) -> Option<u32> {
-    let lease = Api::<Lease>::namespaced(client.clone(), namespace)
-        .get_opt(LEASE)
-        .await
-        .ok()??;
-    lease.spec?.holder_identity?.rsplit('-').next()?.parse().ok()
+/// A replica of this test: leader election on the test's Lease, logging everything.
+fn start_replica(kubeconfig: &Path, namespace: &str, name: &str) -> OperatorProcess {
+    let lease_duration = LEASE_DURATION.to_string();
+    let args = [
+        "--leader-election",
+        "--lease-duration",
+        &lease_duration,
+        "--lease-name",
+        LEASE,
+    ];
+    // Everything, from every crate, so the secret scan below sees all there is.
+    OperatorProcess::start(kubeconfig, namespace, name, "trace", &args)
 }
 
 async fn wait_holder(client: &Client, namespace: &str, pid: u32, timeout: Duration) -> Duration {
     let started = Instant::now();
-    while lease_holder(client, namespace).await != Some(pid) {
+    while lease_holder(client, namespace, LEASE).await != Some(pid) {
         assert!(
             started.elapsed() < timeout,
             "pid {pid} did not take the Lease within {timeout:?} (holder: {:?})",
-            lease_holder(client, namespace).await
+            lease_holder(client, namespace, LEASE).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -149,8 +83,8 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
     let namespace = env.new_namespace("failover").await;
 
     // 1. No CRDs yet: both replicas are live but not ready, and say why.
-    let a = Operator::start(env.kubeconfig_path(), &namespace, "a");
-    let b = Operator::start(env.kubeconfig_path(), &namespace, "b");
+    let a = start_replica(env.kubeconfig_path(), &namespace, "a");
+    let b = start_replica(env.kubeconfig_path(), &namespace, "b");
     a.wait_readyz(503, "is not installed").await;
     b.wait_readyz(503, "is not installed").await;
 
@@ -161,7 +95,7 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
     let leader_pid = {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(pid) = lease_holder(&client, &namespace).await {
+            if let Some(pid) = lease_holder(&client, &namespace, LEASE).await {
                 break pid;
             }
             assert!(Instant::now() < deadline, "nobody took the Lease");
@@ -369,18 +303,14 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
     assert_eq!(connectors, 1, "one connector installed in Cyclr");
 
     // 6. SIGTERM: the leader releases the Lease and a new standby takes over at once.
-    let standby = Operator::start(env.kubeconfig_path(), &namespace, "c");
+    let standby = start_replica(env.kubeconfig_path(), &namespace, "c");
     standby.wait_readyz(200, "ready").await;
     let mut old_leader = survivor;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &old_leader.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(term.success());
+    old_leader.terminate();
     let term_at = Instant::now();
     let exit = tokio::time::timeout(Duration::from_secs(10), old_leader.child.wait())
         .await
-        .expect("the old leader exits within 10s of SIGTERM (5s of shutdown grace)")
+        .expect("the old leader exits within 10s of SIGTERM (no slow Cyclr call under way)")
         .expect("wait");
     let exited_at = Instant::now();
     assert!(

@@ -78,6 +78,8 @@ async fn readyz_is_503_while_the_secret_watch_is_forbidden() {
     let log = dir.path().join("operator.log");
     let _operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_cyclr-operator"))
         .args(["run", "--namespace", &namespace, "--watch-namespace", &namespace])
+        // Alone, so its watches start at once: a standby (no Lease yet) is ready without them.
+        .arg("--leader-election=false")
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", &path)
         .stdout(Stdio::null())

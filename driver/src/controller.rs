@@ -60,6 +60,8 @@ pub struct Driver {
     pub(crate) own_writes: OwnWrites,
     recorder: Recorder,
     scrub: Box<dyn Fn(&str) -> String + Send + Sync>,
+    /// Set when the process is stopping: no new external write starts.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Driver {
@@ -87,7 +89,19 @@ impl Driver {
             backoffs: Backoffs::default(),
             own_writes: OwnWrites::default(),
             scrub: Box::new(scrub),
+            stopping: Default::default(),
         }
+    }
+
+    /// From now on no reconcile starts an external write (the process is stopping): a write
+    /// already sent may end within the grace period, a new one could be cut off mid-flight.
+    pub fn stop_writes(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Driver::stop_writes`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// `text` scrubbed of secrets and capped at [`MESSAGE_MAX`] bytes.

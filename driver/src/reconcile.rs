@@ -125,6 +125,8 @@ async fn run<K: Reconciler>(obj: &K, seen_at: DateTime<Utc>, kind: &Kind<K>) -> 
             .await?;
             Ok(Done::ok(next(obj, kind, &health, &observed)))
         }
+        // Stopping: a write started now could be cut off by the end of the grace period.
+        Plan::Write { .. } if kind.driver.stopping() => Ok(Done::ok(Action::requeue(Duration::from_secs(1)))),
         Plan::Write {
             write,
             pending,

@@ -255,6 +255,14 @@ pub async fn run(
     }
     let _ = namespace_store.wait_until_ready().await;
 
+    // Once stopping, no new Cyclr write starts; those already sent end within the grace.
+    tokio::spawn({
+        let (driver, shutdown) = (driver.clone(), shutdown.clone());
+        async move {
+            shutdown.await;
+            driver.stop_writes();
+        }
+    });
     // Built in this order so each kind is handed the stores it looks up: accounts read the
     // partners' watch, installs the accounts'.
     let (partners, partner_store) = partner::controller(

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod kstatus;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

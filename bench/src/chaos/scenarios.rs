@@ -85,6 +85,11 @@ fn cyclr_faults(seed: u64) -> Faults {
     }
 }
 
+/// `run` arguments of the scenarios with one operator at a time: without leader election, as
+/// before it became the default, so an operator restarted after `kill -9` does not wait out its
+/// predecessor's Lease (scenario 3 is about that).
+const ALONE: &[&str] = &["--leader-election=false"];
+
 /// The release (or test) operator binary as a child process for the world's namespace, its
 /// log named after the namespace and `name`.
 fn start_operator(settings: &Settings, world: &World, name: &str, extra: &[&str]) -> anyhow::Result<Operator> {
@@ -114,7 +119,7 @@ fn seconds(rng: &mut StdRng, from: f64, to: f64) -> Duration {
 
 /// 1: kill -9 at random moments (1–5 s apart) while the rollout runs, restarting each time.
 async fn operator_kills(settings: &Settings, world: &mut World, rng: &mut StdRng) -> anyhow::Result<()> {
-    let mut op = start_operator(settings, world, "operator-0", &[])?;
+    let mut op = start_operator(settings, world, "operator-0", ALONE)?;
     wait_partner(world).await?;
     world.create_resources().await?;
     for k in 1..=settings.kills {
@@ -126,7 +131,7 @@ async fn operator_kills(settings: &Settings, world: &mut World, rng: &mut StdRng
         op.kill().await?;
         world.fault(format!("kill -9 operator pid {pid} ({progress})"));
         tokio::time::sleep(seconds(rng, 0.0, 1.0)).await;
-        op = start_operator(settings, world, &format!("operator-{k}"), &[])?;
+        op = start_operator(settings, world, &format!("operator-{k}"), ALONE)?;
         world.note(format!("operator restarted: pid {}", op.pid()));
     }
     let progress = world
@@ -150,7 +155,7 @@ async fn cyclr_faults_run(settings: &Settings, world: &mut World, figures: &mut 
         faults.commit_then_fail_rate * 100.0,
         faults.seed.unwrap_or_default()
     ));
-    let mut op = start_operator(settings, world, "operator", &[])?;
+    let mut op = start_operator(settings, world, "operator", ALONE)?;
     wait_partner(world).await?;
     // The rate is measured over the rollout: from here on.
     world.sim.reset_stats();
@@ -291,7 +296,7 @@ async fn apiserver_restarts(
     world: &mut World,
     rng: &mut StdRng,
 ) -> anyhow::Result<()> {
-    let mut op = start_operator(settings, world, "operator", &[])?;
+    let mut op = start_operator(settings, world, "operator", ALONE)?;
     let pid = op.pid();
     wait_partner(world).await?;
     world.create_resources().await?;
@@ -328,7 +333,7 @@ async fn status_wiped(
     world: &mut World,
     figures: &mut Vec<String>,
 ) -> anyhow::Result<Vec<String>> {
-    let mut op = start_operator(settings, world, "operator", &[])?;
+    let mut op = start_operator(settings, world, "operator", ALONE)?;
     wait_partner(world).await?;
     world.create_resources().await?;
     let progress = world
@@ -346,7 +351,7 @@ async fn status_wiped(
         "status wiped through the status subresource: {accounts} accounts, {installs} installs"
     ));
     world.sim.reset_stats();
-    let mut op = start_operator(settings, world, "operator-restored", &[])?;
+    let mut op = start_operator(settings, world, "operator-restored", ALONE)?;
     world.note(format!("operator started: pid {}", op.pid()));
     world
         .wait_ready(settings.ready_timeout, STUCK_AFTER, || op.check_running())

@@ -37,7 +37,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* Leader election is needed, and only needed, when more than one replica runs. */}}
+{{/* Leader election, on unless turned off; two replicas without it would both reconcile. */}}
 {{- define "cyclr-operator.leaderElection" -}}
-{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- if .Values.leaderElection.enabled }}true
+{{- else if gt (int .Values.replicaCount) 1 }}
+{{- fail "leaderElection.enabled=false needs replicaCount <= 1: replicas without a Lease would reconcile at once" }}
+{{- end }}
 {{- end }}

@@ -6,6 +6,9 @@
 //! kubectl picks them) and talks to Cyclr with the partner's credentials, read from the
 //! partner's Secret in the operator's namespace. Nothing it prints to stderr or logs carries a
 //! secret: sign-in URLs go to stdout only.
+//!
+//! kubectl finds this binary (`kubectl-cyclr`) on `PATH`. It is a program of its own, not part
+//! of the operator's library: it shares only the resource types (`cyclr_operator::resources`).
 
 mod cyclr_calls;
 mod status;
@@ -16,9 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
-use crate::resources::{CyclrAccount, CyclrPartner, READY, condition};
-
-pub use cyclr_calls::{partner_service_url, service_url_for};
+use cyclr_operator::resources::{CyclrAccount, CyclrPartner, READY, condition};
 
 /// The namespace the operator runs in when `--operator-namespace` is not given.
 pub const DEFAULT_OPERATOR_NAMESPACE: &str = "cyclr-system";
@@ -131,16 +132,14 @@ pub enum PluginError {
     Cyclr(#[from] ::cyclr::CyclrError),
 }
 
-/// Parses the command line, runs the command and returns the process exit code: 0 on
-/// success, 1 with a message on stderr otherwise.
-pub async fn main() -> i32 {
+/// Parses the command line and runs the command: exit code 0 on success, 1 with a message on
+/// stderr otherwise.
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let cli = Cli::parse();
-    match run(cli, &mut std::io::stdout()).await {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
+    if let Err(e) = run(cli, &mut std::io::stdout()).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
 }
 

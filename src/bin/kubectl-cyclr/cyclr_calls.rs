@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use cyclr::{ClientConfig, CyclrClient};
 
 use super::{Ctx, PluginError, SigninArgs, UsageArgs, kube_error, ready_account_id};
-use crate::resources::CyclrPartner;
+use cyclr_operator::resources::CyclrPartner;
 
 /// Where people sign in for this partner: `spec.serviceURL` when set, else derived from
 /// `spec.apiURL` by [`service_url_for`].

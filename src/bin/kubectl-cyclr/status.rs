@@ -6,7 +6,7 @@ use kube::api::ListParams;
 use serde::Serialize;
 
 use super::{Ctx, PluginError, StatusArgs, kube_error};
-use crate::resources::{CyclrAccount, CyclrConnectorInstall, CyclrPartner, READY, condition};
+use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, CyclrPartner, READY, condition};
 
 /// `-o` of `kubectl cyclr status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
