@@ -553,7 +553,7 @@ impl Store {
         connector_version: String,
         installed_name: String,
     ) -> Result<u64, ApiError> {
-        let auth_type = self.catalogue(&connector_name)?.auth_type;
+        let auth_type = self.catalogue_by_name(&connector_name).auth_type;
         let id = self.last_installed_id + 1;
         let record = self.get_mut(account_id)?;
         record.connectors.push(InstalledRecord {
@@ -574,39 +574,40 @@ impl Store {
     /// the simulator's catalogue has every connector; its version and auth type come from a
     /// template naming it, else `v1` and `ApiKey`).
     fn catalogue(&self, key: &str) -> Result<CatalogueEntry, ApiError> {
-        let from_templates = |matches: &dyn Fn(&str) -> bool| {
-            self.templates
-                .iter()
-                .flat_map(|t| &t.connectors)
-                .find(|c| matches(&c.name))
-                .map(|c| CatalogueEntry {
-                    name: c.name.clone(),
-                    version: c.version.clone().unwrap_or_else(|| "v1".into()),
-                    auth_type: c.auth_type.clone().unwrap_or_else(api_key),
-                })
+        let Ok(number) = key.parse::<u64>() else {
+            return Ok(self.catalogue_by_name(key));
         };
-        if let Ok(number) = key.parse::<u64>() {
-            let installed = self.accounts.iter().flat_map(|a| &a.connectors);
-            return from_templates(&|name| connector_id(name) == number)
-                .or_else(|| {
-                    installed
-                        .clone()
-                        .find(|c| connector_id(&c.connector_name) == number)
-                        .map(|c| CatalogueEntry {
-                            name: c.connector_name.clone(),
-                            version: c.connector_version.clone(),
-                            auth_type: c.auth_type.clone(),
-                        })
-                })
-                .ok_or_else(|| ApiError::not_found(format!("Connector {key} not found.")));
+        let mut needed = self.templates.iter().flat_map(|t| &t.connectors);
+        if let Some(connector) = needed.find(|c| connector_id(&c.name) == number) {
+            return Ok(self.catalogue_by_name(&connector.name));
         }
-        Ok(
-            from_templates(&|name| name.eq_ignore_ascii_case(key)).unwrap_or_else(|| CatalogueEntry {
-                name: key.to_owned(),
+        let mut installed = self.accounts.iter().flat_map(|a| &a.connectors);
+        installed
+            .find(|c| connector_id(&c.connector_name) == number)
+            .map(|c| CatalogueEntry {
+                name: c.connector_name.clone(),
+                version: c.connector_version.clone(),
+                auth_type: c.auth_type.clone(),
+            })
+            .ok_or_else(|| ApiError::not_found(format!("Connector {key} not found.")))
+    }
+
+    /// The catalogue's connector of this name: a template's, else `v1` with an API key.
+    fn catalogue_by_name(&self, name: &str) -> CatalogueEntry {
+        self.templates
+            .iter()
+            .flat_map(|t| &t.connectors)
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+            .map(|c| CatalogueEntry {
+                name: c.name.clone(),
+                version: c.version.clone().unwrap_or_else(|| "v1".into()),
+                auth_type: c.auth_type.clone().unwrap_or_else(api_key),
+            })
+            .unwrap_or_else(|| CatalogueEntry {
+                name: name.to_owned(),
                 version: "v1".into(),
                 auth_type: api_key(),
-            }),
-        )
+            })
     }
 
     /// v1.0 install: authenticated when credentials came with it or the connector needs none.

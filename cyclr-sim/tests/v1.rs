@@ -922,3 +922,71 @@ async fn the_partner_apis_faults_apply_to_v1_calls() {
     assert!(matches!(error, CyclrError::Server { .. }), "{error:?}");
     assert_eq!(sim.stats().requests_to("GET /v1.0/cycles"), 3, "max_attempts");
 }
+
+#[tokio::test]
+async fn a_server_that_ignores_the_page_number_is_named_not_read_forever() {
+    // Two accounts on every page, whatever `page` says.
+    let app = axum::Router::new()
+        .route(
+            "/oauth/token",
+            axum::routing::post(|| async {
+                axum::Json(serde_json::json!({"access_token": "t", "token_type": "bearer", "expires_in": 3600}))
+            }),
+        )
+        .route(
+            "/v1.0/accounts",
+            axum::routing::get(|| async {
+                axum::Json(serde_json::json!([{"Id": "a", "Name": "A"}, {"Id": "b", "Name": "B"}]))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut config = ClientConfig::new(format!("http://{addr}"), CLIENT_ID, CLIENT_SECRET.into());
+    config.page_size = 2;
+    let error = CyclrClient::new(config).unwrap().list_accounts_v1().await.unwrap_err();
+    assert!(
+        matches!(&error, CyclrError::Decode(message) if message.contains("page 2 is page 1 again")),
+        "{error:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn v1_state_survives_a_restart_with_a_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        state_file: Some(dir.path().join("state.json")),
+        templates: vec![sync_template()],
+        ..SimConfig::new(CLIENT_ID, CLIENT_SECRET)
+    };
+    let sim = Simulator::start(config.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let cyclr = client(&sim);
+    let account = cyclr
+        .create_account_v1(&AccountFieldsV1 {
+            step_data_errored_retention_hours: Some(48),
+            ..named(Some("acme"), "Acme")
+        })
+        .await
+        .unwrap();
+    let cycle = cyclr.install_template_v1("acme", "sync", None).await.unwrap();
+    let connectors = cyclr.list_account_connectors_v1("acme").await.unwrap();
+    sim.shutdown().await;
+
+    let again = Simulator::start(
+        SimConfig {
+            templates: Vec::new(),
+            ..config
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let cyclr = client(&again);
+    assert_eq!(cyclr.get_account_v1("acme").await.unwrap(), account);
+    assert_eq!(cyclr.get_cycle_v1("acme", &cycle.id).await.unwrap(), cycle);
+    assert_eq!(cyclr.list_account_connectors_v1("acme").await.unwrap(), connectors);
+    assert_eq!(cyclr.get_template_v1("sync").await.unwrap().name, "Tickets sync");
+}

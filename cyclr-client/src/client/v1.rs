@@ -6,7 +6,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Call, CyclrClient, Verb};
+use super::{Call, CyclrClient, Verb, decode_list};
 use crate::error::{CyclrError, Result};
 use crate::types::{
     AccountConnector, AccountFieldsV1, AccountUsageV1, AccountV1, ActivateCycle, ConnectorAuth, Cycle, CycleVariable,
@@ -254,9 +254,10 @@ impl CyclrClient {
 
     /// Every page of a v1.0 list (`?page=N&pageSize=S`, bare arrays), until one is shorter
     /// than `S`. A page longer than `S` means the server ignored the paging and sent it all,
-    /// so it is the last too. An element deleted between two pages can move one that was not
-    /// read yet onto a page already read: callers treat a list as a snapshot that may miss
-    /// what changed while it was read.
+    /// so it is the last too; a page the same as the one before means it ignored `page`
+    /// ([`CyclrError::Decode`], rather than reading forever). An element deleted between two
+    /// pages can move one not read yet onto a page already read: a list is a snapshot that
+    /// may miss what changed while it was read.
     async fn list_all<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
@@ -265,6 +266,7 @@ impl CyclrClient {
     ) -> Result<Vec<T>> {
         let size = self.inner.config.page_size as usize;
         let mut all = Vec::new();
+        let mut previous = Vec::new();
         let mut page = 1u32;
         loop {
             let mut url = self.url(segments);
@@ -275,12 +277,21 @@ impl CyclrClient {
             if let Some(account_id) = account_id {
                 call = call.account(account_id);
             }
-            let items: Vec<T> = self.send_list(call).await?;
+            let answer = self.send(&call).await?;
+            if page > 1 && answer.body == previous {
+                return Err(CyclrError::Decode(format!(
+                    "{endpoint}: page {page} is page {} again: the server ignores `page`",
+                    page - 1
+                )));
+            }
+            let body = answer.body.clone();
+            let items: Vec<T> = answer.decode(endpoint, decode_list)?;
             let read = items.len();
             all.extend(items);
             if read != size {
                 return Ok(all);
             }
+            previous = body;
             page += 1;
         }
     }
