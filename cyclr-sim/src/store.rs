@@ -215,7 +215,6 @@ pub(crate) struct CycleRecord {
     pub active_from: Option<DateTime<Utc>>,
     /// The end of the last active spell that ran a task.
     pub last_run: Option<DateTime<Utc>>,
-    pub interval: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -822,14 +821,14 @@ impl Store {
             tasks_before: 0,
             active_from: None,
             last_run: None,
-            interval: None,
         };
         self.get_mut(account_id)?.cycles.push(cycle);
         Ok(id)
     }
 
-    /// Activates a cycle (again, with a new schedule, if Active): 400 while a prerequisite
-    /// fails or for an interval Cyclr does not offer. `RunOnce` runs one task and stays Paused.
+    /// Activates a cycle (an Active one stays as it is): 400 while a prerequisite fails or for
+    /// an interval Cyclr does not offer. The interval is checked, not kept: tasks accrue per
+    /// second whatever it is. `RunOnce` runs one task and stays Paused.
     pub fn activate_cycle(
         &mut self,
         account_id: &str,
@@ -856,9 +855,6 @@ impl Store {
             )));
         }
         let cycle = record.cycle_mut(id)?;
-        if schedule.interval.is_some() {
-            cycle.interval = schedule.interval;
-        }
         if schedule.run_once {
             cycle.stop("Paused", now);
             cycle.tasks_before += 1;
