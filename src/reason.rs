@@ -189,6 +189,11 @@ impl driver::Fault for Failure {
                     // Refused credentials need a human; rechecked when the Secret changes.
                     CyclrError::Unauthorized { .. } => Health::stalled(Reason::AuthenticationFailed, message),
                     CyclrError::Config(_) => Health::stalled(Reason::InvalidConfiguration, message),
+                    // A caller-chosen id someone else holds, an edit Cyclr refuses while a cycle
+                    // runs: refusals, as a 400 is.
+                    CyclrError::IdInUse { .. } | CyclrError::Conflict { .. } => {
+                        Health::stalled(Reason::CyclrRejected, message)
+                    }
                     CyclrError::RateLimited { .. } => Health::reconciling(Reason::RateLimited, message),
                     CyclrError::NotJson { .. } => Health::reconciling(Reason::CyclrAnswerNotJSON, message),
                     _ => Health::reconciling(Reason::CyclrUnavailable, message),

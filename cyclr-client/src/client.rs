@@ -19,6 +19,8 @@ use super::budget::RateBudget;
 use super::error::{CyclrError, Result};
 pub use super::retry::RetryPolicy;
 use super::retry::parse_retry_after;
+mod v1;
+
 use super::types::{
     Account, AccountFields, AccountId, AccountUsage, IdResponse, InstallConnectorRequest, InstalledConnector,
     PartnerDetails, PricePlan, SignInToken, SignInTokenRequest, TokenResponse,
@@ -41,11 +43,15 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How failed calls are retried.
     pub retry: RetryPolicy,
+    /// Elements asked for per page of a v1.0 list (`pageSize`; at least 1). A page shorter
+    /// than this is taken as the last, so it must not exceed the largest page Cyclr serves
+    /// (not documented; Cyclr's own tests use 100).
+    pub page_size: u32,
 }
 
 impl ClientConfig {
-    /// The defaults: 10 requests per second with bursts of 20, a 30 s request timeout and
-    /// [`RetryPolicy::default`].
+    /// The defaults: 10 requests per second with bursts of 20, a 30 s request timeout,
+    /// [`RetryPolicy::default`] and pages of 100.
     pub fn new(api_url: impl Into<String>, client_id: impl Into<String>, client_secret: SecretString) -> Self {
         ClientConfig {
             api_url: api_url.into(),
@@ -55,6 +61,7 @@ impl ClientConfig {
             burst: 20,
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            page_size: 100,
         }
     }
 }
@@ -70,6 +77,7 @@ impl fmt::Debug for ClientConfig {
             .field("burst", &self.burst)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
+            .field("page_size", &self.page_size)
             .finish()
     }
 }
@@ -127,6 +135,7 @@ enum Verb {
     Get,
     Post,
     Put,
+    Delete,
 }
 
 impl Verb {
@@ -135,6 +144,7 @@ impl Verb {
             Verb::Get => "GET",
             Verb::Post => "POST",
             Verb::Put => "PUT",
+            Verb::Delete => "DELETE",
         }
     }
 
@@ -143,6 +153,7 @@ impl Verb {
             Verb::Get => Method::GET,
             Verb::Post => Method::POST,
             Verb::Put => Method::PUT,
+            Verb::Delete => Method::DELETE,
         }
     }
 }
@@ -359,6 +370,9 @@ impl CyclrClient {
         // reqwest is built without a default crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let base = parse_base_url(&config.api_url)?;
+        if config.page_size == 0 {
+            return Err(CyclrError::Config("the page size must be at least 1".into()));
+        }
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -752,6 +766,9 @@ fn error_for_status(status: StatusCode, headers: &HeaderMap, body: &[u8], now: S
         404 => CyclrError::NotFound {
             message: error_message(status, body),
         },
+        409 => CyclrError::Conflict {
+            message: error_message(status, body),
+        },
         // The hold is the budget's to decide; `execute` fills it in.
         429 => CyclrError::RateLimited {
             retry_after: headers
@@ -885,6 +902,9 @@ mod tests {
             map(429, ""),
             CyclrError::RateLimited { retry_after: None, .. }
         ));
+        assert!(
+            matches!(map(409, r#"{"Message":"Cycle is active."}"#), CyclrError::Conflict { message } if message == "Cycle is active.")
+        );
         assert!(matches!(map(302, ""), CyclrError::Config(_)));
     }
 
@@ -1055,6 +1075,7 @@ mod tests {
         assert_eq!((config.requests_per_second, config.burst), (10, 20));
         assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert_eq!(config.retry, RetryPolicy::default());
+        assert_eq!(config.page_size, 100);
     }
 
     #[test]
@@ -1091,5 +1112,8 @@ mod tests {
         let mut zero_burst = config("https://api.cyclr.com");
         zero_burst.burst = 0;
         assert!(matches!(CyclrClient::new(zero_burst), Err(CyclrError::Config(_))));
+        let mut zero_page = config("https://api.cyclr.com");
+        zero_page.page_size = 0;
+        assert!(matches!(CyclrClient::new(zero_page), Err(CyclrError::Config(_))));
     }
 }

@@ -17,10 +17,25 @@ pub enum CyclrError {
         /// Cyclr's `Message`, e.g. `Account … not found.`
         message: String,
     },
+    /// v1.0 create account: the caller-chosen `Id` is taken (400 `ID already in use`,
+    /// observed). Read `GET /v1.0/accounts/{id}` to tell whether it is the account this
+    /// caller created before (a repeated create) or someone else's.
+    #[error("Cyclr says the account id is taken: {message}")]
+    IdInUse {
+        /// Cyclr's `Message`, e.g. `ID already in use`.
+        message: String,
+    },
+    /// 409: Cyclr refuses to change a running cycle (variables, settings, steps; observed).
+    /// Deactivate it, make the change, activate it again.
+    #[error("Cyclr refused to change a running cycle: {message}")]
+    Conflict {
+        /// Cyclr's `Message`.
+        message: String,
+    },
     /// 400 and other 4xx: Cyclr rejected the request; `message` is Cyclr's own.
     #[error("Cyclr rejected the request: {message}")]
     Validation {
-        /// The HTTP status, 400–499 (not 401, 404 or 429).
+        /// The HTTP status, 400–499 (not 401, 404, 409 or 429).
         status: u16,
         /// Cyclr's `Message`, e.g. `Name is required.`
         message: String,
@@ -115,6 +130,8 @@ impl CyclrError {
         match self {
             CyclrError::Unauthorized { message }
             | CyclrError::NotFound { message }
+            | CyclrError::IdInUse { message }
+            | CyclrError::Conflict { message }
             | CyclrError::Validation { message, .. }
             | CyclrError::Server { message, .. } => Some(message),
             _ => None,

@@ -2,8 +2,10 @@
 //!
 //! The contract is the seed text of the legacy Partner API (eight endpoints under
 //! `/api/partner/`, `shared/seed/cyclr-partner-api.txt`), plus the OAuth token endpoint and
-//! the v1.0 installed-connector list from Cyclr's public documentation
-//! (`shared/docs/cyclr-api-facts.md` says which facts are documented and which inferred).
+//! Cyclr's current v1.0 API as a second dialect on the same client (accounts with
+//! caller-chosen ids and delete, account connectors, templates and cycles, paged lists; the
+//! `*_v1` methods) from Cyclr's public documentation (`shared/docs/cyclr-api-facts.md` says
+//! which facts are documented, which observed and which inferred).
 
 #![warn(missing_docs)]
 

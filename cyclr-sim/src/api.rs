@@ -17,14 +17,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Form, Json, Router};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::faults::{Faults, LostResponse, Verdict};
-use super::store::{self, InstalledRecord, Store};
+use super::store::{self, Store};
 use super::{Shared, SimStats, lock};
 use cyclr::types::{Account, AccountFields, AccountId, AccountUsage, CyclrDate, ErrorBody, IdResponse, PricePlan};
+
+mod v1;
 
 type Sim = State<Arc<Shared>>;
 type Fields = Map<String, Value>;
@@ -52,9 +54,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/partner/installconnector", post(install_connector))
         .route("/api/partner/priceplans", get(price_plans))
         .route("/api/partner/accounts/{id}/billing", get(account_usage))
-        .route("/v1.0/accounts", get(list_v1_accounts))
-        .route("/v1.0/accounts/{id}", get(get_account).delete(delete_account))
-        .route("/v1.0/account/connectors", get(installed_connectors))
+        .merge(v1::routes())
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_token))
         // Added after the token layer, so it needs no token; the fault layer covers it.
         .route("/oauth/token", post(issue_token))
@@ -63,7 +63,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/_sim/stats", get(get_stats))
         .route("/_sim/stats/reset", post(reset_stats))
-        .route("/_sim/tokens/expire", post(expire_tokens));
+        .route("/_sim/tokens/expire", post(expire_tokens))
+        .route("/_sim/templates", post(v1::add_template));
     api.merge(admin).fallback(no_such_resource).with_state(shared)
 }
 
@@ -87,9 +88,20 @@ impl ApiError {
     }
 
     pub fn account_not_found(id: &str) -> Self {
+        ApiError::not_found(format!("Account {id} not found."))
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
-            message: format!("Account {id} not found."),
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            message: message.into(),
         }
     }
 
@@ -275,15 +287,6 @@ fn query_param<'q>(query: &'q HashMap<String, String>, name: &str) -> Option<&'q
         .filter(|value| !value.is_empty())
 }
 
-/// The v1.0 date form, `2016-11-18T10:50:45.6509216Z` (seven fraction digits).
-fn v1_date(time: DateTime<Utc>) -> String {
-    format!(
-        "{}.{:07}Z",
-        time.format(CyclrDate::LEGACY_FORMAT),
-        time.timestamp_subsec_nanos() / 100
-    )
-}
-
 // ---- OAuth -----------------------------------------------------------------------------------
 
 async fn issue_token(State(sim): Sim, form: Result<Form<HashMap<String, String>>, FormRejection>) -> Response {
@@ -332,29 +335,47 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 // ---- Partner API -----------------------------------------------------------------------------
 
-/// The whole list, or one page of it when `page` or `pageSize` is given (as v1.0 pages).
-fn accounts_page(sim: &Shared, query: &HashMap<String, String>) -> Vec<Account> {
+/// One page of `items` (`page` from 1, `pageSize`), capped at `max_page_size`. Without either
+/// parameter the whole list, capped too unless `whole_unpaged` (the Partner API's List
+/// Accounts, which knows no paging). A page past the end is empty.
+fn page<T>(
+    items: impl Iterator<Item = T>,
+    query: &HashMap<String, String>,
+    max_page_size: Option<usize>,
+    whole_unpaged: bool,
+) -> Vec<T> {
     let page = query_param(query, "page").and_then(|v| v.parse::<usize>().ok());
     let page_size = query_param(query, "pageSize").and_then(|v| v.parse::<usize>().ok());
-    if lock(&sim.faults).lists_empty() {
+    let cap = max_page_size.unwrap_or(usize::MAX).max(1);
+    match (page, page_size) {
+        (None, None) if whole_unpaged => items.collect(),
+        (None, None) => items.take(cap).collect(),
+        _ => {
+            let size = page_size.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, cap);
+            let skip = (page.unwrap_or(1).max(1) - 1).saturating_mul(size);
+            items.skip(skip).take(size).collect()
+        }
+    }
+}
+
+/// The accounts List Accounts shows now, paged as [`page`] says.
+fn accounts_page(sim: &Shared, query: &HashMap<String, String>, whole_unpaged: bool) -> Vec<Account> {
+    let (max_page_size, empty) = {
+        let faults = lock(&sim.faults);
+        (faults.max_page_size(), faults.lists_empty())
+    };
+    if empty {
         return Vec::new();
     }
     let store = sim.read_store();
     let accounts = store.listed(Instant::now()).map(|record| record.account.clone());
-    match (page, page_size) {
-        (None, None) => accounts.collect(),
-        _ => {
-            let size = page_size.unwrap_or(DEFAULT_PAGE_SIZE).max(1);
-            let skip = (page.unwrap_or(1).max(1) - 1).saturating_mul(size);
-            accounts.skip(skip).take(size).collect()
-        }
-    }
+    page(accounts, query, max_page_size, whole_unpaged)
 }
 
 /// List Accounts with exactly the seed's fields: no `Timezone` (the seed's list shows none,
 /// although Create and Update take it), and `null` for a field never set.
 async fn list_accounts(State(sim): Sim, Query(query): Query<HashMap<String, String>>) -> Json<Vec<Value>> {
-    Json(accounts_page(&sim, &query).iter().map(legacy_account).collect())
+    Json(accounts_page(&sim, &query, true).iter().map(legacy_account).collect())
 }
 
 /// One account of the seed's List Accounts.
@@ -368,11 +389,6 @@ fn legacy_account(account: &Account) -> Value {
         "NextBillDate": account.next_bill_date,
         "AuditInfo": account.audit_info,
     })
-}
-
-/// v1.0 `GET /v1.0/accounts`: the stored account, `Timezone` included.
-async fn list_v1_accounts(State(sim): Sim, Query(query): Query<HashMap<String, String>>) -> Json<Vec<Account>> {
-    Json(accounts_page(&sim, &query))
 }
 
 async fn partner_details() -> Json<Value> {
@@ -453,10 +469,15 @@ async fn create_signin_token(State(sim): Sim, body: Bytes) -> Result<Json<Value>
     let account_id = required_text(&fields, "AccountId")?;
     required_text(&fields, "Username")?;
     sim.read_store().get(&account_id)?;
-    Ok(Json(json!({
-        "ExpiresAtUtc": v1_date(Utc::now() + SIGNIN_TOKEN_TTL),
+    Ok(Json(signin_token_answer()))
+}
+
+/// A new sign-in token, as both APIs answer it.
+fn signin_token_answer() -> Value {
+    json!({
+        "ExpiresAtUtc": store::v1_date(Utc::now() + SIGNIN_TOKEN_TTL),
         "Token": store::random_hex(1),
-    })))
+    })
 }
 
 async fn install_connector(State(sim): Sim, body: Bytes) -> Result<Response, ApiError> {
@@ -496,39 +517,6 @@ async fn account_usage(
     };
     let store = sim.read_store();
     Ok(Json(store::usage(store.get(&id)?, from, Utc::now())))
-}
-
-// ---- v1.0 API --------------------------------------------------------------------------------
-
-async fn get_account(State(sim): Sim, Path(id): Path<String>) -> Result<Json<Account>, ApiError> {
-    Ok(Json(sim.read_store().get(&id)?.account.clone()))
-}
-
-async fn delete_account(State(sim): Sim, Path(id): Path<String>) -> Response {
-    sim.write(|store| {
-        store.delete_account(&id)?;
-        tracing::info!(account_id = %id, "account deleted");
-        Ok(StatusCode::OK)
-    })
-    .await
-}
-
-async fn installed_connectors(State(sim): Sim, headers: HeaderMap) -> Result<Json<Vec<Value>>, ApiError> {
-    let account_id = headers
-        .get("X-Cyclr-Account")
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .ok_or_else(|| ApiError::bad_request("The X-Cyclr-Account header is required."))?;
-    let store = sim.read_store();
-    Ok(Json(
-        store
-            .get(account_id)?
-            .connectors
-            .iter()
-            .map(InstalledRecord::to_wire)
-            .collect(),
-    ))
 }
 
 // ---- admin API (tests only: no authentication) -----------------------------------------------

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 ///   "retry_after_form":"seconds","commit_then_fail":0,"commit_then_fail_mode":"server_error",
 ///   "commit_then_fail_rate":0.0,"token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,
 ///   "outage_endpoints":[],"install_error_echoes_credentials":false,"apply_after_disconnect":false,
-///   "list_lag_ms":0,"empty_lists_ms":0,"html_answer":null,"seed":null}`
+///   "list_lag_ms":0,"empty_lists_ms":0,"html_answer":null,"max_page_size":null,"seed":null}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -79,6 +79,10 @@ pub struct Faults {
     /// A web application firewall in front of Cyclr: the requests it matches are answered
     /// with an HTML page and never reach Cyclr (nothing is applied). `None`: no firewall.
     pub html_answer: Option<HtmlAnswer>,
+    /// The largest page a paged list serves: a larger `pageSize` gets this many elements
+    /// (and pages are counted in this size), as a server with a cap it does not announce.
+    /// Caps every v1.0 list and a paged List Accounts; `None`: no cap.
+    pub max_page_size: Option<usize>,
     /// Seeds the dice of `error_rate` and `commit_then_fail_rate`, so a run sees the same
     /// sequence of decisions (the n-th request meets the same fate); `None` seeds from the OS.
     pub seed: Option<u64>,
@@ -105,6 +109,7 @@ impl Default for Faults {
             list_lag: Duration::ZERO,
             empty_lists: Duration::ZERO,
             html_answer: None,
+            max_page_size: None,
             seed: None,
         }
     }
@@ -238,6 +243,11 @@ impl FaultState {
     /// Whether List Accounts answers `[]` now (`empty_lists_ms`).
     pub(crate) fn lists_empty(&self) -> bool {
         self.set_at.elapsed() < self.faults.empty_lists
+    }
+
+    /// The largest page a paged list serves (`max_page_size`).
+    pub(crate) fn max_page_size(&self) -> Option<usize> {
+        self.faults.max_page_size
     }
 
     /// The firewall first (it stands in front of Cyclr), then the outage, then the rate limit (a refused request never reaches the error dice),

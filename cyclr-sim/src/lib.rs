@@ -1,9 +1,9 @@
 //! `cyclr-sim`: a faithful simulator of the Cyclr Partner API, for tests, benchmarks and the demo.
 //!
 //! It serves plain HTTP: `POST /oauth/token`, the seed's eight endpoints under `/api/partner/`,
-//! a few v1.0 calls (`GET /v1.0/account/connectors`, `GET`/`DELETE /v1.0/accounts/{id}`), and
-//! an unauthenticated admin API under `/_sim/` for tests only (faults and request statistics).
-//! See `docs/simulator.md`.
+//! Cyclr's v1.0 calls for accounts, account connectors, templates and cycles (`/v1.0/…`), and
+//! an unauthenticated admin API under `/_sim/` for tests only (faults, request statistics,
+//! templates). See `docs/simulator.md`.
 //!
 //! Tests start it in-process:
 //! ```no_run
@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Faults, HtmlAnswer, LostResponse, RetryAfterForm};
 
-use cyclr::types::{Account, InstalledConnector};
+use cyclr::types::{Account, AccountV1, Cycle, InstalledConnector};
 use faults::FaultState;
 use store::{Persister, Store};
 
@@ -59,6 +59,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Load state from this file at start and rewrite it after each change.
     pub state_file: Option<PathBuf>,
+    /// Templates served from the start (added to those of the state file, replacing any
+    /// with the same id).
+    pub templates: Vec<TemplateSeed>,
 }
 
 impl SimConfig {
@@ -71,6 +74,7 @@ impl SimConfig {
             token_ttl: DEFAULT_TOKEN_TTL,
             faults: Faults::default(),
             state_file: None,
+            templates: Vec::new(),
         }
     }
 }
@@ -83,7 +87,73 @@ impl fmt::Debug for SimConfig {
             .field("token_ttl", &self.token_ttl)
             .field("faults", &self.faults)
             .field("state_file", &self.state_file)
+            .field("templates", &self.templates)
             .finish()
+    }
+}
+
+/// A template the simulator serves (`GET /v1.0/templates`) and installs as a cycle. JSON form
+/// (`POST /_sim/templates`, `--templates FILE` takes an array of them):
+/// `{"Id": "sync", "Name": "Sync", "Connectors": [{"Name": "Tickets", "Version": "v1",
+/// "AuthType": "ApiKey"}], "Variables": [{"SystemName": "region", "Value": "eu"}]}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TemplateSeed {
+    /// The template's id (a string or a number); a new one when absent.
+    #[serde(default, deserialize_with = "optional_text")]
+    pub id: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The connectors a cycle made from it needs.
+    #[serde(default)]
+    pub connectors: Vec<TemplateConnectorSeed>,
+    /// The variables a cycle made from it has.
+    #[serde(default)]
+    pub variables: Vec<VariableSeed>,
+}
+
+/// A connector a template needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TemplateConnectorSeed {
+    /// The connector's name in the catalogue, e.g. `Tickets`.
+    pub name: String,
+    /// Its version; `v1` when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// How it authenticates: `ApiKey` when absent, `None` for a connector that needs no
+    /// credentials (an account connector a template install makes for it is authenticated
+    /// at once; any other starts unauthenticated). Also what a v1.0 install of this connector
+    /// by name or id reports.
+    #[serde(default)]
+    pub auth_type: Option<String>,
+}
+
+/// A variable of a template's cycles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VariableSeed {
+    /// The name it is addressed by.
+    pub system_name: String,
+    /// The name people see.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Its value in a new cycle.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+fn optional_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(text) => Ok(Some(text)),
+        serde_json::Value::Number(number) => Ok(Some(number.to_string())),
+        other => Err(serde::de::Error::custom(format!(
+            "an id is a string or a number, not {other}"
+        ))),
     }
 }
 
@@ -95,8 +165,9 @@ pub struct SimStats {
     pub requests: BTreeMap<String, u64>,
     /// API responses sent, by status code.
     pub responses: BTreeMap<u16, u64>,
-    /// Writes applied: account create, update and delete, connector install (including those
-    /// whose response "commit then fail" lost). Rejected writes do not count.
+    /// Writes applied: account create, update and delete, connector install, and the v1.0
+    /// writes (account connectors, template installs, cycle activation, variables, deletes),
+    /// including those whose response "commit then fail" lost. Rejected writes do not count.
     pub writes: u64,
     /// Writes applied whose response "commit then fail" lost (a 500 or a dropped connection).
     #[serde(default)]
@@ -221,6 +292,54 @@ impl SimHandle {
             .collect()
     }
 
+    /// An account in its v1.0 form (`GET /v1.0/accounts/{id}`), its v1.0 settings included.
+    pub fn account_v1(&self, id: &str) -> Option<AccountV1> {
+        let store = self.shared.read_store();
+        let record = store.get(id).ok()?;
+        Some(serde_json::from_value(record.to_v1_wire()).expect("the wire form of an account parses"))
+    }
+
+    /// The cycles of an account, as `GET /v1.0/cycles` lists them; empty for an unknown
+    /// account.
+    pub fn cycles(&self, account_id: &str) -> Vec<Cycle> {
+        let store = self.shared.read_store();
+        let Ok(record) = store.get(account_id) else {
+            return Vec::new();
+        };
+        let now = Utc::now();
+        record
+            .cycles
+            .iter()
+            .map(|c| serde_json::from_value(record.cycle_wire(c, now)).expect("the wire form of a cycle parses"))
+            .collect()
+    }
+
+    /// Sets an account connector's `Authenticated`, as a person authenticating an OAuth
+    /// connector in Cyclr, or a credential expiring, would. Losing it stops the Active cycles
+    /// that use it (`Stopped`). Returns whether the account connector exists.
+    pub fn set_connector_authenticated(
+        &self,
+        account_id: &str,
+        account_connector_id: &str,
+        authenticated: bool,
+    ) -> bool {
+        let Ok(id) = account_connector_id.parse() else {
+            return false;
+        };
+        self.shared
+            .mutate(|store| store.set_connector_authenticated(account_id, id, authenticated, Utc::now()))
+            .is_ok()
+    }
+
+    /// Adds a template (also `POST /_sim/templates`), replacing one with the same id; returns
+    /// its id.
+    pub fn add_template(&self, template: TemplateSeed) -> String {
+        let Ok(id) = self
+            .shared
+            .mutate(|store| Ok::<_, Infallible>(store.add_template(template)));
+        id
+    }
+
     /// The JSON body of the latest Update Account request.
     pub fn last_update_body(&self) -> Option<serde_json::Value> {
         lock(&self.shared.last_update_body).clone()
@@ -278,10 +397,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(config: SimConfig) -> anyhow::Result<Self> {
-        let store = match &config.state_file {
+        let mut store = match &config.state_file {
             Some(path) => Store::load(path)?,
             None => Store::default(),
         };
+        for template in config.templates {
+            store.add_template(template);
+        }
         Ok(Shared {
             client_id: config.client_id,
             client_secret: config.client_secret,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use cyclr_sim::{DEFAULT_TOKEN_TTL, Faults, SimConfig, Simulator};
 use tracing_subscriber::EnvFilter;
@@ -47,6 +48,9 @@ struct Args {
     /// Apply the next N writes but lose their response (answer 500).
     #[arg(long, env = "CYCLR_SIM_COMMIT_THEN_FAIL", default_value_t = 0)]
     commit_then_fail: u32,
+    /// Serve the templates of this JSON file (an array, each as `POST /_sim/templates` takes it).
+    #[arg(long, env = "CYCLR_SIM_TEMPLATES")]
+    templates: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -62,6 +66,13 @@ async fn main() -> anyhow::Result<()> {
         (0.0..=1.0).contains(&args.error_rate),
         "--error-rate must be between 0.0 and 1.0"
     );
+    let templates = match &args.templates {
+        Some(path) => {
+            let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_slice(&text).with_context(|| format!("parsing templates in {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
     let config = SimConfig {
         token_ttl: Duration::from_secs(args.token_ttl),
         faults: Faults {
@@ -73,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             ..Faults::default()
         },
         state_file: args.state_file,
+        templates,
         ..SimConfig::new(args.client_id, args.client_secret)
     };
     let sim = Simulator::start(config, args.listen).await?;

@@ -1,5 +1,5 @@
-//! The simulator's state (accounts, installed connectors, tokens), the rules that change it,
-//! and its file form for `--state-file`.
+//! The simulator's state (accounts with their v1.0 settings, account connectors and cycles;
+//! templates; tokens), the rules that change it, and its file form for `--state-file`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -14,9 +14,13 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::TemplateSeed;
 use super::api::ApiError;
 use super::lock;
-use cyclr::types::{Account, AccountFields, AccountId, AccountUsage, CyclrDate, PricePlan, PricePlanId};
+use cyclr::types::{
+    Account, AccountFields, AccountFieldsV1, AccountId, AccountUsage, CYCLE_INTERVALS, ConnectorProperty, CyclrDate,
+    Prerequisite, PricePlan, PricePlanId, normalize_webhook_url,
+};
 
 /// The partner's price plans, as Get Price Plans lists them.
 pub(crate) const PRICE_PLANS: [(i64, &str); 3] = [(2, "Starter"), (3, "Pro"), (4, "Enterprise")];
@@ -40,37 +44,248 @@ pub(crate) struct AccountRecord {
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub connectors: Vec<InstalledRecord>,
+    #[serde(default)]
+    pub settings: AccountSettings,
+    #[serde(default)]
+    pub cycles: Vec<CycleRecord>,
 }
 
-/// One installed connector. Its credentials are checked for presence and then forgotten, so
-/// they reach neither the state file nor the logs.
+/// The account fields only v1.0 shows. Defaults (no source gives Cyclr's): no retention,
+/// webhook off.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct AccountSettings {
+    pub task_audit_info: Option<String>,
+    pub step_data_success_retention_hours: u32,
+    pub step_data_errored_retention_hours: u32,
+    pub transaction_error_webhook_enabled: bool,
+    pub transaction_error_webhook_url: Option<String>,
+    pub transaction_error_webhook_include_warnings: bool,
+    pub parent_account_id: Option<AccountId>,
+}
+
+impl AccountRecord {
+    /// The v1.0 account form (`GET /v1.0/accounts/{id}`): no price plan, v1.0 dates.
+    pub fn to_v1_wire(&self) -> serde_json::Value {
+        let (account, settings) = (&self.account, &self.settings);
+        json!({
+            "Id": account.id,
+            "Name": account.name,
+            "Description": account.description,
+            "AuditInfo": account.audit_info,
+            "TaskAuditInfo": settings.task_audit_info,
+            "Timezone": account.timezone,
+            "CreatedDate": v1_date(self.created_at),
+            "NextBillDateUtc": account.next_bill_date.map(|date| v1_date(date.0)),
+            "StepDataSuccessRetentionHours": settings.step_data_success_retention_hours,
+            "StepDataErroredRetentionHours": settings.step_data_errored_retention_hours,
+            "TransactionErrorWebhookEnabled": settings.transaction_error_webhook_enabled,
+            "TransactionErrorWebhookUrl": settings.transaction_error_webhook_url,
+            "TransactionErrorWebhookIncludeWarnings": settings.transaction_error_webhook_include_warnings,
+            "ParentAccountId": settings.parent_account_id,
+        })
+    }
+
+    fn connector(&self, id: u64) -> Option<&InstalledRecord> {
+        self.connectors.iter().find(|c| c.id == id)
+    }
+
+    pub fn cycle(&self, id: &str) -> Result<&CycleRecord, ApiError> {
+        self.cycles
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| ApiError::not_found(format!("Cycle {id} not found.")))
+    }
+
+    fn cycle_mut(&mut self, id: &str) -> Result<&mut CycleRecord, ApiError> {
+        self.cycles
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| ApiError::not_found(format!("Cycle {id} not found.")))
+    }
+
+    /// What stops a cycle from being activated: each account connector it uses that is not
+    /// authenticated (or was deleted), reason code 20.
+    pub fn prerequisites(&self, cycle: &CycleRecord) -> Vec<Prerequisite> {
+        cycle
+            .connectors
+            .iter()
+            .filter(|c| !self.connector(c.account_connector_id).is_some_and(|a| a.authenticated))
+            .map(|c| Prerequisite {
+                reason_code: Prerequisite::CONNECTOR_NOT_AUTHENTICATED,
+                reason: format!("Connector '{}' is not authenticated.", c.connector_name),
+                object_type: Some("AccountConnector".into()),
+                object_id: Some(c.account_connector_id.to_string()),
+            })
+            .collect()
+    }
+
+    /// The v1.0 cycle form at `now`.
+    pub fn cycle_wire(&self, cycle: &CycleRecord, now: DateTime<Utc>) -> serde_json::Value {
+        let connectors: Vec<_> = cycle
+            .connectors
+            .iter()
+            .map(|c| {
+                json!({
+                    "Id": connector_id(&c.connector_name),
+                    "AccountConnectorId": c.account_connector_id,
+                    "Name": c.connector_name,
+                    "Version": c.version,
+                    "Authenticated": self.connector(c.account_connector_id).is_some_and(|a| a.authenticated),
+                })
+            })
+            .collect();
+        json!({
+            "Id": cycle.id,
+            "Name": cycle.name,
+            "Description": cycle.description,
+            "TemplateId": cycle.template_id,
+            "Status": cycle.status,
+            "Connectors": connectors,
+            "TasksUsed": cycle.tasks(now),
+            "ErrorCount": 0,
+            "WarningCount": 0,
+            "CreatedOnUtc": v1_date(cycle.created_at),
+            "LastSuccessfulRunDate": cycle.last_run(now).map(v1_date),
+        })
+    }
+}
+
+/// One installed (account) connector. Its credentials are checked for presence and then
+/// forgotten, so they reach neither the state file nor the logs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct InstalledRecord {
     pub id: u64,
     pub installed_name: String,
     pub connector_name: String,
     pub connector_version: String,
+    /// Installs of the Partner API, which takes credentials it cannot check, are authenticated.
+    #[serde(default = "yes")]
+    pub authenticated: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub properties: Vec<ConnectorProperty>,
+    #[serde(default = "api_key")]
+    pub auth_type: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn api_key() -> String {
+    "ApiKey".into()
 }
 
 impl InstalledRecord {
-    /// The v1.0 `GET /v1.0/account/connectors` form: numeric ids, as the real API writes them.
+    /// The v1.0 account connector form: numeric ids, as the real API writes them.
     pub fn to_wire(&self) -> serde_json::Value {
         json!({
             "Id": self.id,
             "Name": self.installed_name,
-            "Description": null,
-            "Authenticated": true,
+            "Description": self.description,
+            "Authenticated": self.authenticated,
             "Connector": {
                 "Id": connector_id(&self.connector_name),
                 "Name": self.connector_name,
                 "Version": self.connector_version,
+                "AuthType": self.auth_type,
             },
+            "Properties": self.properties,
         })
     }
 }
 
+/// An installed template. Tasks: one per second of activity from the later of activation
+/// and `StartTime`, whatever the interval, so a test sees them grow within a second or two.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct CycleRecord {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub template_id: String,
+    /// `Paused`, `Active` or `Stopped`.
+    pub status: String,
+    pub connectors: Vec<CycleConnectorRecord>,
+    pub variables: Vec<VariableRecord>,
+    pub created_at: DateTime<Utc>,
+    /// Tasks of earlier active spells.
+    pub tasks_before: u64,
+    /// When tasks started to accrue in the current active spell.
+    pub active_from: Option<DateTime<Utc>>,
+    /// The end of the last active spell that ran a task.
+    pub last_run: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct CycleConnectorRecord {
+    pub connector_name: String,
+    pub version: String,
+    pub account_connector_id: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct VariableRecord {
+    pub system_name: String,
+    pub display_name: Option<String>,
+    pub value: Option<String>,
+}
+
+impl VariableRecord {
+    pub fn to_wire(&self) -> serde_json::Value {
+        json!({
+            "SystemName": self.system_name,
+            "DisplayName": self.display_name,
+            "Value": self.value,
+            "MappingType": "StaticValue",
+        })
+    }
+}
+
+impl CycleRecord {
+    fn active_seconds(&self, now: DateTime<Utc>) -> u64 {
+        self.active_from
+            .map_or(0, |from| (now - from).num_seconds().max(0).unsigned_abs())
+    }
+
+    pub fn tasks(&self, now: DateTime<Utc>) -> u64 {
+        self.tasks_before + self.active_seconds(now)
+    }
+
+    fn last_run(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match (self.active_from, self.active_seconds(now)) {
+            (Some(from), secs) if secs > 0 => Some(from + chrono::Duration::seconds(secs as i64)),
+            _ => self.last_run,
+        }
+    }
+
+    /// Ends an active spell: its tasks are kept, the status becomes `status`.
+    fn stop(&mut self, status: &str, now: DateTime<Utc>) {
+        self.last_run = self.last_run(now);
+        self.tasks_before = self.tasks(now);
+        self.active_from = None;
+        self.status = status.to_owned();
+    }
+}
+
+/// The v1.0 date form, `2016-11-18T10:50:45.6509216Z` (seven fraction digits).
+pub(crate) fn v1_date(time: DateTime<Utc>) -> String {
+    format!(
+        "{}.{:07}Z",
+        time.format(CyclrDate::LEGACY_FORMAT),
+        time.timestamp_subsec_nanos() / 100
+    )
+}
+
+/// A connector of the catalogue: what an install by id or name, and a template, resolve to.
+struct CatalogueEntry {
+    name: String,
+    version: String,
+    auth_type: String,
+}
+
 /// A connector's catalogue id: stable per connector name, as it would be in Cyclr's catalogue.
-fn connector_id(name: &str) -> u64 {
+pub(crate) fn connector_id(name: &str) -> u64 {
     1000 + fnv1a(name.to_ascii_lowercase().as_bytes()) % 9000
 }
 
@@ -103,6 +318,9 @@ pub(crate) struct Store {
     /// Bearer tokens and when they expire. Kept across restarts, as the real service does.
     #[serde(default)]
     tokens: HashMap<String, DateTime<Utc>>,
+    /// In the order they were added, which is the order `GET /v1.0/templates` returns.
+    #[serde(default)]
+    templates: Vec<TemplateSeed>,
     #[serde(skip)]
     index: HashMap<AccountId, usize>,
     /// Bumped by every change, so a slower writer never overwrites a newer state file.
@@ -207,6 +425,35 @@ impl Store {
     }
 
     pub fn create_account(&mut self, fields: AccountFields, now: DateTime<Utc>) -> Result<AccountId, ApiError> {
+        self.insert_account(None, fields, AccountSettings::default(), now)
+    }
+
+    /// v1.0 create: a caller-chosen id (`ID already in use` when taken), the v1.0 settings.
+    pub fn create_account_v1(&mut self, fields: AccountFieldsV1, now: DateTime<Utc>) -> Result<AccountId, ApiError> {
+        let id = fields.id.clone().filter(|id| !id.trim().is_empty());
+        if id.as_ref().is_some_and(|id| self.index.contains_key(id)) {
+            return Err(ApiError::bad_request("ID already in use"));
+        }
+        if let Some(parent) = &fields.parent_account_id
+            && !self.index.contains_key(parent)
+        {
+            return Err(ApiError::bad_request(format!("Parent account {parent} not found.")));
+        }
+        let mut settings = AccountSettings {
+            parent_account_id: fields.parent_account_id.clone(),
+            ..AccountSettings::default()
+        };
+        apply_settings(&mut settings, &fields)?;
+        self.insert_account(id, legacy_fields(fields), settings, now)
+    }
+
+    fn insert_account(
+        &mut self,
+        id: Option<AccountId>,
+        fields: AccountFields,
+        settings: AccountSettings,
+        now: DateTime<Utc>,
+    ) -> Result<AccountId, ApiError> {
         let name = match fields.name {
             Some(name) if !name.trim().is_empty() => name,
             _ => return Err(ApiError::name_required()),
@@ -217,12 +464,14 @@ impl Store {
             .next_bill_date
             .map(whole_seconds)
             .unwrap_or_else(|| one_month_after(last_bill));
-        let id = loop {
-            let candidate = random_hex(1);
-            if !self.index.contains_key(&candidate) {
-                break candidate;
+        let id = id.unwrap_or_else(|| {
+            loop {
+                let candidate = random_hex(1);
+                if !self.index.contains_key(&candidate) {
+                    break candidate;
+                }
             }
-        };
+        });
         let account = Account {
             id: id.clone(),
             name,
@@ -238,6 +487,8 @@ impl Store {
             account,
             created_at: now,
             connectors: Vec::new(),
+            settings,
+            cycles: Vec::new(),
         });
         Ok(id)
     }
@@ -278,6 +529,15 @@ impl Store {
         Ok(())
     }
 
+    /// v1.0 update: the fields present, settings included; validated before anything changes.
+    pub fn update_account_v1(&mut self, id: &str, fields: AccountFieldsV1) -> Result<(), ApiError> {
+        let mut settings = self.get(id)?.settings.clone();
+        apply_settings(&mut settings, &fields)?;
+        self.update_account(id, legacy_fields(fields))?;
+        self.get_mut(id)?.settings = settings;
+        Ok(())
+    }
+
     pub fn delete_account(&mut self, id: &str) -> Result<(), ApiError> {
         let i = *self.index.get(id).ok_or_else(|| ApiError::account_not_found(id))?;
         self.accounts.remove(i);
@@ -292,6 +552,7 @@ impl Store {
         connector_version: String,
         installed_name: String,
     ) -> Result<u64, ApiError> {
+        let auth_type = self.catalogue_by_name(&connector_name).auth_type;
         let id = self.last_installed_id + 1;
         let record = self.get_mut(account_id)?;
         record.connectors.push(InstalledRecord {
@@ -299,10 +560,412 @@ impl Store {
             installed_name,
             connector_name,
             connector_version,
+            authenticated: true,
+            description: None,
+            properties: Vec::new(),
+            auth_type,
         });
         self.last_installed_id = id;
         Ok(id)
     }
+
+    /// A connector by catalogue id (one a template or an install named) or by name (any name:
+    /// the simulator's catalogue has every connector; its version and auth type come from a
+    /// template naming it, else `v1` and `ApiKey`).
+    fn catalogue(&self, key: &str) -> Result<CatalogueEntry, ApiError> {
+        let Ok(number) = key.parse::<u64>() else {
+            return Ok(self.catalogue_by_name(key));
+        };
+        let mut needed = self.templates.iter().flat_map(|t| &t.connectors);
+        if let Some(connector) = needed.find(|c| connector_id(&c.name) == number) {
+            return Ok(self.catalogue_by_name(&connector.name));
+        }
+        let mut installed = self.accounts.iter().flat_map(|a| &a.connectors);
+        installed
+            .find(|c| connector_id(&c.connector_name) == number)
+            .map(|c| CatalogueEntry {
+                name: c.connector_name.clone(),
+                version: c.connector_version.clone(),
+                auth_type: c.auth_type.clone(),
+            })
+            .ok_or_else(|| ApiError::not_found(format!("Connector {key} not found.")))
+    }
+
+    /// The catalogue's connector of this name: a template's, else `v1` with an API key.
+    fn catalogue_by_name(&self, name: &str) -> CatalogueEntry {
+        self.templates
+            .iter()
+            .flat_map(|t| &t.connectors)
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+            .map(|c| CatalogueEntry {
+                name: c.name.clone(),
+                version: c.version.clone().unwrap_or_else(|| "v1".into()),
+                auth_type: c.auth_type.clone().unwrap_or_else(api_key),
+            })
+            .unwrap_or_else(|| CatalogueEntry {
+                name: name.to_owned(),
+                version: "v1".into(),
+                auth_type: api_key(),
+            })
+    }
+
+    /// v1.0 install: authenticated when credentials came with it or the connector needs none.
+    pub fn install_connector_v1(
+        &mut self,
+        account_id: &str,
+        connector: &str,
+        install: ConnectorInstall,
+    ) -> Result<u64, ApiError> {
+        let entry = self.catalogue(connector)?;
+        let name = install.name.unwrap_or_else(|| entry.name.clone());
+        if self
+            .get(account_id)?
+            .connectors
+            .iter()
+            .any(|c| c.installed_name == name)
+        {
+            return Err(ApiError::bad_request(format!(
+                "Account connector name '{name}' is in use."
+            )));
+        }
+        let authenticated = install.authenticated || entry.auth_type == "None";
+        Ok(self.add_connector(
+            account_id,
+            entry,
+            name,
+            install.description,
+            install.properties,
+            authenticated,
+        ))
+    }
+
+    fn add_connector(
+        &mut self,
+        account_id: &str,
+        entry: CatalogueEntry,
+        installed_name: String,
+        description: Option<String>,
+        properties: Vec<ConnectorProperty>,
+        authenticated: bool,
+    ) -> u64 {
+        let id = self.last_installed_id + 1;
+        self.last_installed_id = id;
+        if let Ok(record) = self.get_mut(account_id) {
+            record.connectors.push(InstalledRecord {
+                id,
+                installed_name,
+                connector_name: entry.name,
+                connector_version: entry.version,
+                authenticated,
+                description,
+                properties,
+                auth_type: entry.auth_type,
+            });
+        }
+        id
+    }
+
+    pub fn connector(&self, account_id: &str, id: &str) -> Result<&InstalledRecord, ApiError> {
+        let record = self.get(account_id)?;
+        id.parse()
+            .ok()
+            .and_then(|id| record.connector(id))
+            .ok_or_else(|| connector_not_found(id))
+    }
+
+    /// Re-authenticates (an `AuthValue`) and/or changes the description of an account connector.
+    pub fn update_connector(
+        &mut self,
+        account_id: &str,
+        id: &str,
+        authenticate: bool,
+        description: Option<String>,
+    ) -> Result<(), ApiError> {
+        let record = self.get_mut(account_id)?;
+        let connector = id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| record.connectors.iter_mut().find(|c| c.id == id))
+            .ok_or_else(|| connector_not_found(id))?;
+        if authenticate {
+            connector.authenticated = true;
+        }
+        if description.is_some() {
+            connector.description = description;
+        }
+        Ok(())
+    }
+
+    /// Sets `Authenticated` as a person in the console (or an expired credential) would; an
+    /// account connector losing it stops the Active cycles that use it (`Stopped`).
+    pub fn set_connector_authenticated(
+        &mut self,
+        account_id: &str,
+        id: u64,
+        authenticated: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let record = self.get_mut(account_id)?;
+        let connector = record
+            .connectors
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| connector_not_found(&id.to_string()))?;
+        connector.authenticated = authenticated;
+        if !authenticated {
+            for cycle in &mut record.cycles {
+                if cycle.status == "Active" && cycle.connectors.iter().any(|c| c.account_connector_id == id) {
+                    cycle.stop("Stopped", now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn delete_connector(&mut self, account_id: &str, id: &str) -> Result<(), ApiError> {
+        let record = self.get_mut(account_id)?;
+        let before = record.connectors.len();
+        record.connectors.retain(|c| c.id.to_string() != id);
+        if record.connectors.len() == before {
+            return Err(connector_not_found(id));
+        }
+        Ok(())
+    }
+
+    pub fn templates(&self) -> &[TemplateSeed] {
+        &self.templates
+    }
+
+    pub fn template(&self, id: &str) -> Result<&TemplateSeed, ApiError> {
+        self.templates
+            .iter()
+            .find(|t| t.id.as_deref() == Some(id))
+            .ok_or_else(|| ApiError::not_found(format!("Template {id} not found.")))
+    }
+
+    /// Adds a template, or replaces the one with its id; one without an id gets a new one.
+    pub fn add_template(&mut self, mut template: TemplateSeed) -> String {
+        let id = template.id.clone().unwrap_or_else(|| random_hex(1));
+        template.id = Some(id.clone());
+        match self.templates.iter_mut().find(|t| t.id.as_deref() == Some(&id)) {
+            Some(existing) => *existing = template,
+            None => self.templates.push(template),
+        }
+        id
+    }
+
+    /// Installs a template as a `Paused` cycle. Each connector it needs reuses the account's
+    /// first account connector of the same connector and version, else a new one is made,
+    /// unauthenticated unless the connector needs no authentication (`AuthType: "None"`).
+    pub fn install_template(
+        &mut self,
+        account_id: &str,
+        template_id: &str,
+        name: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<String, ApiError> {
+        let template = self.template(template_id)?.clone();
+        self.get(account_id)?;
+        let mut connectors = Vec::new();
+        for needed in &template.connectors {
+            let entry = CatalogueEntry {
+                name: needed.name.clone(),
+                version: needed.version.clone().unwrap_or_else(|| "v1".into()),
+                auth_type: needed.auth_type.clone().unwrap_or_else(api_key),
+            };
+            let account = self.get(account_id)?;
+            let reused = account
+                .connectors
+                .iter()
+                .find(|c| c.connector_name.eq_ignore_ascii_case(&entry.name) && c.connector_version == entry.version);
+            let (connector_name, version) = (entry.name.clone(), entry.version.clone());
+            let account_connector_id = match reused {
+                Some(existing) => existing.id,
+                None => {
+                    let taken = |n: &str| account.connectors.iter().any(|c| c.installed_name == n);
+                    let installed_name = (1..)
+                        .map(|n| match n {
+                            1 => entry.name.clone(),
+                            n => format!("{} ({n})", entry.name),
+                        })
+                        .find(|n| !taken(n))
+                        .unwrap_or_default();
+                    let authenticated = entry.auth_type == "None";
+                    self.add_connector(account_id, entry, installed_name, None, Vec::new(), authenticated)
+                }
+            };
+            connectors.push(CycleConnectorRecord {
+                connector_name,
+                version,
+                account_connector_id,
+            });
+        }
+        let id = random_hex(1);
+        let cycle = CycleRecord {
+            id: id.clone(),
+            name: name.unwrap_or_else(|| template.name.clone()),
+            description: template.description.clone(),
+            template_id: template_id.to_owned(),
+            status: "Paused".into(),
+            connectors,
+            variables: template
+                .variables
+                .iter()
+                .map(|v| VariableRecord {
+                    system_name: v.system_name.clone(),
+                    display_name: v.display_name.clone(),
+                    value: v.value.clone(),
+                })
+                .collect(),
+            created_at: now,
+            tasks_before: 0,
+            active_from: None,
+            last_run: None,
+        };
+        self.get_mut(account_id)?.cycles.push(cycle);
+        Ok(id)
+    }
+
+    /// Activates a cycle (an Active one stays as it is): 400 while a prerequisite fails or for
+    /// an interval Cyclr does not offer. The interval is checked, not kept: tasks accrue per
+    /// second whatever it is. `RunOnce` runs one task and stays Paused.
+    pub fn activate_cycle(
+        &mut self,
+        account_id: &str,
+        id: &str,
+        schedule: Schedule,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        if let Some(interval) = schedule.interval
+            && !CYCLE_INTERVALS.contains(&interval)
+        {
+            let allowed: Vec<String> = CYCLE_INTERVALS.iter().map(u32::to_string).collect();
+            return Err(ApiError::bad_request(format!(
+                "Interval {interval} is not valid: use one of {} minutes.",
+                allowed.join(", ")
+            )));
+        }
+        let record = self.get_mut(account_id)?;
+        let failing = record.prerequisites(record.cycle(id)?);
+        if let Some(first) = failing.first() {
+            return Err(ApiError::bad_request(format!(
+                "The cycle cannot be activated: {} (AccountConnector {}).",
+                first.reason,
+                first.object_id.as_deref().unwrap_or_default()
+            )));
+        }
+        let cycle = record.cycle_mut(id)?;
+        if schedule.run_once {
+            cycle.stop("Paused", now);
+            cycle.tasks_before += 1;
+            cycle.last_run = Some(now);
+            return Ok(());
+        }
+        if cycle.status != "Active" {
+            cycle.tasks_before = cycle.tasks(now);
+            cycle.active_from = Some(schedule.start_time.map_or(now, |start| start.max(now)));
+            cycle.status = "Active".into();
+        }
+        Ok(())
+    }
+
+    pub fn deactivate_cycle(&mut self, account_id: &str, id: &str, now: DateTime<Utc>) -> Result<(), ApiError> {
+        let cycle = self.get_mut(account_id)?.cycle_mut(id)?;
+        cycle.stop("Paused", now);
+        Ok(())
+    }
+
+    /// Sets a variable of the template's; 409 while the cycle is Active, as Cyclr refuses
+    /// edits to a running cycle.
+    pub fn set_variable(
+        &mut self,
+        account_id: &str,
+        id: &str,
+        system_name: &str,
+        value: Option<String>,
+    ) -> Result<VariableRecord, ApiError> {
+        let cycle = self.get_mut(account_id)?.cycle_mut(id)?;
+        if cycle.status == "Active" {
+            return Err(ApiError::conflict(
+                "The cycle is active: deactivate it before changing its variables.",
+            ));
+        }
+        let variable = cycle
+            .variables
+            .iter_mut()
+            .find(|v| v.system_name == system_name)
+            .ok_or_else(|| ApiError::not_found(format!("Variable {system_name} not found.")))?;
+        variable.value = value;
+        Ok(variable.clone())
+    }
+
+    pub fn delete_cycle(&mut self, account_id: &str, id: &str) -> Result<(), ApiError> {
+        let record = self.get_mut(account_id)?;
+        record.cycle(id)?;
+        record.cycles.retain(|c| c.id != id);
+        Ok(())
+    }
+}
+
+/// The body of a v1.0 connector install, credentials reduced to whether there were any.
+pub(crate) struct ConnectorInstall {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub authenticated: bool,
+    pub properties: Vec<ConnectorProperty>,
+}
+
+/// The body of an activation.
+pub(crate) struct Schedule {
+    pub start_time: Option<DateTime<Utc>>,
+    pub interval: Option<u32>,
+    pub run_once: bool,
+}
+
+fn connector_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("Account connector {id} not found."))
+}
+
+/// The fields v1.0 shares with the Partner API.
+fn legacy_fields(fields: AccountFieldsV1) -> AccountFields {
+    AccountFields {
+        name: fields.name,
+        description: fields.description,
+        timezone: fields.timezone,
+        audit_info: fields.audit_info,
+        ..AccountFields::default()
+    }
+}
+
+/// Applies the v1.0-only fields present, as Cyclr stores them (retention clamped, `https://`
+/// added); the webhook cannot be on without a URL.
+fn apply_settings(settings: &mut AccountSettings, fields: &AccountFieldsV1) -> Result<(), ApiError> {
+    if let Some(url) = &fields.transaction_error_webhook_url {
+        // An empty URL clears it (normalising would make it `https://`).
+        settings.transaction_error_webhook_url = (!url.trim().is_empty()).then(|| normalize_webhook_url(url));
+    }
+    let fields = fields.normalized();
+    if fields.task_audit_info.is_some() {
+        settings.task_audit_info = fields.task_audit_info;
+    }
+    if let Some(hours) = fields.step_data_success_retention_hours {
+        settings.step_data_success_retention_hours = hours;
+    }
+    if let Some(hours) = fields.step_data_errored_retention_hours {
+        settings.step_data_errored_retention_hours = hours;
+    }
+    if let Some(enabled) = fields.transaction_error_webhook_enabled {
+        settings.transaction_error_webhook_enabled = enabled;
+    }
+    if let Some(warnings) = fields.transaction_error_webhook_include_warnings {
+        settings.transaction_error_webhook_include_warnings = warnings;
+    }
+    if settings.transaction_error_webhook_enabled && settings.transaction_error_webhook_url.is_none() {
+        return Err(ApiError::bad_request(
+            "TransactionErrorWebhookUrl is required when the transaction error webhook is enabled.",
+        ));
+    }
+    Ok(())
 }
 
 fn check_price_plan(plan: Option<PricePlanId>) -> Result<Option<PricePlanId>, ApiError> {

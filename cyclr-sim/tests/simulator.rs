@@ -513,7 +513,11 @@ async fn install_and_signin_need_their_fields() {
         .send()
         .await
         .unwrap();
-    assert_eq!(no_header.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        no_header.status(),
+        StatusCode::UNAUTHORIZED,
+        "an account-level call without X-Cyclr-Account"
+    );
     assert!(env.sim.installed_connectors(&id).is_empty());
 }
 
@@ -1117,13 +1121,36 @@ async fn every_response_has_exactly_the_seeds_fields() {
     let connector = &connectors.as_array().unwrap()[0];
     assert_eq!(
         keys(connector),
-        sorted(&["Id", "Name", "Description", "Authenticated", "Connector"])
+        sorted(&["Id", "Name", "Description", "Authenticated", "Connector", "Properties"])
     );
-    assert_eq!(keys(&connector["Connector"]), sorted(&["Id", "Name", "Version"]));
+    assert_eq!(
+        keys(&connector["Connector"]),
+        sorted(&["Id", "Name", "Version", "AuthType"])
+    );
     let v1 = env
         .expect(StatusCode::OK, Method::GET, &format!("/v1.0/accounts/{id}"), None)
         .await;
     assert_eq!(v1["Timezone"], "Europe/London", "{v1}");
+    assert_eq!(
+        keys(&v1),
+        sorted(&[
+            "Id",
+            "Name",
+            "Description",
+            "AuditInfo",
+            "TaskAuditInfo",
+            "Timezone",
+            "CreatedDate",
+            "NextBillDateUtc",
+            "StepDataSuccessRetentionHours",
+            "StepDataErroredRetentionHours",
+            "TransactionErrorWebhookEnabled",
+            "TransactionErrorWebhookUrl",
+            "TransactionErrorWebhookIncludeWarnings",
+            "ParentAccountId"
+        ]),
+        "no price plan or legacy bill dates on v1.0"
+    );
 }
 
 // ---- faults the operator's tests need ---------------------------------------------------------
