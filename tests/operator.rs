@@ -50,10 +50,17 @@ async fn create_gives_ready_account_with_id_and_exactly_one_cyclr_account() {
     // A create is the normal path: status says it, no Event is written for it (a rollout of
     // thousands would write thousands).
     assert!(h.events("acme", "Created").await.is_empty());
-    // Usage arrives in status.
+    // A new account's usage (nothing used yet) is in status by the time it is Ready; the
+    // first read brings Cyclr's own period.
+    let new_usage = status.usage.clone().expect("usage when Ready");
+    assert_eq!((new_usage.task_count, new_usage.current_price_plan_id), (0, Some(3)));
     let with_usage = h
-        .wait_for("usage in status", Duration::from_secs(30), || async {
-            h.account("acme").await.status.and_then(|s| s.usage)
+        .wait_for("usage read in status", Duration::from_secs(30), || async {
+            h.account("acme")
+                .await
+                .status
+                .and_then(|s| s.usage)
+                .filter(|u| u.from_date.is_some())
         })
         .await;
     assert_eq!(with_usage.current_price_plan_id, Some(3));

@@ -383,11 +383,14 @@ async fn partner_hiccups_and_secret_edits_do_not_disturb_accounts() {
     // A first edit wakes the accounts, which take their first usage read (deferred after a
     // create so it never competes with onboarding); after that, nothing is due.
     label("payments").await;
-    h.wait_for("usage in every account", Duration::from_secs(30), || async {
+    h.wait_for("usage read for every account", Duration::from_secs(30), || async {
         list()
             .await
             .iter()
-            .all(|a| a.status.as_ref().is_some_and(|s| s.usage.is_some()))
+            .all(|a| {
+                let usage = a.status.as_ref().and_then(|s| s.usage.as_ref());
+                usage.is_some_and(|u| u.from_date.is_some())
+            })
             .then_some(())
     })
     .await;

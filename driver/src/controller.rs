@@ -214,7 +214,13 @@ impl<K: Reconciler> Kind<K> {
 
     /// Reconciles the object soon (a dependency changed), through the kind's resync queue.
     pub fn wake(&self, meta: &ObjectMeta) {
-        self.resyncs.schedule(meta, Duration::ZERO);
+        self.wake_after(meta, Duration::ZERO);
+    }
+
+    /// Reconciles the object `after` from now, replacing its timer: woken again and again,
+    /// it is reconciled once, `after` the last wake.
+    pub fn wake_after(&self, meta: &ObjectMeta, after: Duration) {
+        self.resyncs.schedule(meta, after);
     }
 
     /// The kind's name, e.g. `CyclrAccount`.

@@ -31,8 +31,9 @@ use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, P
 /// The account kind's own state.
 pub struct AccountState {
     services: Arc<Services>,
-    /// The watched partners, to tell "not checked yet" from "does not exist".
-    partners: Store<Packed<CyclrPartner>>,
+    /// The watched partners, to tell "not checked yet" from "does not exist", and to have a
+    /// partner count its accounts again after creates.
+    partners: super::partner::Partners,
     /// When each account's usage was last read (by uid hash): in memory, not status, so a
     /// poll that finds nothing new writes nothing.
     usage_polls: Mutex<HashMap<u64, Instant>>,
@@ -40,7 +41,7 @@ pub struct AccountState {
 
 impl AccountState {
     /// The state of the account kind, reading partners from `partners` (the partner watch).
-    pub fn new(services: Arc<Services>, partners: Store<Packed<CyclrPartner>>) -> Self {
+    pub fn new(services: Arc<Services>, partners: super::partner::Partners) -> Self {
         AccountState {
             services,
             partners,
@@ -233,7 +234,7 @@ impl Reconciler for CyclrAccount {
             _onboarding: None,
         };
         let Some(runtime) = services.partners.get(partner_name) else {
-            if super::partner::exists(&state.partners, partner_name) {
+            if state.partners.exists(partner_name) {
                 observed.partner = PartnerView::Unchecked;
             }
             return Ok(observed);
@@ -355,9 +356,15 @@ impl Reconciler for CyclrAccount {
                 runtime.remember_account(created.clone(), Wrote::Created).await;
                 // Claimed at once, before the watch reports the annotation.
                 let _ = state.services.account_claims.claim(&id, &Holder::of(&self.metadata));
+                state.partners.created_account(&self.spec.partner_ref.name);
+                // A new account has used nothing yet: its usage is in status from the start.
+                let usage = observed.usage.clone().unwrap_or_else(|| UsageStatus {
+                    current_price_plan_id: created.price_plan_id.map(|p| p.0),
+                    ..UsageStatus::default()
+                });
                 Ok(Applied {
                     health: Health::ready(Reason::Synced, SYNCED),
-                    status: with_account(previous, &created, observed.usage.clone()),
+                    status: with_account(previous, &created, Some(usage)),
                     // No Event: a rollout of thousands would write thousands; status says it.
                     event: None,
                     made: Some(id),

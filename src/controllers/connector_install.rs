@@ -20,12 +20,11 @@ use kube::{ResourceExt, api::Api};
 use secrecy::SecretString;
 
 use super::partners::{NameGuard, PartnerRuntime, PartnerState};
-use super::{Services, namespaced_api, partner, users_of_secret};
+use super::{Services, namespaced_api, users_of_secret};
 use crate::index::Holder;
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
-    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, CyclrPartner, READY, annotation, annotations,
-    condition,
+    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, READY, annotation, annotations, condition,
 };
 use crate::secrets::CredentialsDigest;
 use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
@@ -34,7 +33,7 @@ use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
 pub struct InstallState {
     services: Arc<Services>,
     /// The watched partners, to tell "not checked yet" from "does not exist".
-    partners: Store<Packed<CyclrPartner>>,
+    partners: super::partner::Partners,
     /// The watched accounts: an install reads its account from here (no GET).
     accounts: Store<Packed<CyclrAccount>>,
 }
@@ -43,7 +42,7 @@ impl InstallState {
     /// The state of the install kind, reading partners and accounts from their watches.
     pub fn new(
         services: Arc<Services>,
-        partners: Store<Packed<CyclrPartner>>,
+        partners: super::partner::Partners,
         accounts: Store<Packed<CyclrAccount>>,
     ) -> Self {
         InstallState {
@@ -538,7 +537,7 @@ fn observe_account(
     };
     let partner = &account.spec.partner_ref.name;
     let Some(runtime) = runtime else {
-        return if partner::exists(&state.partners, partner) {
+        return if state.partners.exists(partner) {
             AccountView::Waiting(
                 Reason::PartnerNotReady,
                 format!("CyclrPartner {partner:?} has not been checked yet"),

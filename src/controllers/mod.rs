@@ -265,7 +265,7 @@ pub async fn run(
     });
     // Built in this order so each kind is handed the stores it looks up: accounts read the
     // partners' watch, installs the accounts'.
-    let (partners, partner_store) = partner::controller(
+    let (partners, partner_objects) = partner::controller(
         driver.clone(),
         services.clone(),
         secret_changes_partners,
@@ -274,7 +274,7 @@ pub async fn run(
     let (account_changes, account_changes_installs) = mpsc::unbounded();
     let (accounts, account_store) = account::controller(
         driver.clone(),
-        account::AccountState::new(services.clone(), partner_store.clone()),
+        account::AccountState::new(services.clone(), partner_objects.clone()),
         partner_wakes,
         account_changes,
         whole_cluster,
@@ -282,7 +282,7 @@ pub async fn run(
     );
     let installs = connector_install::controller(
         driver,
-        connector_install::InstallState::new(services, partner_store, account_store),
+        connector_install::InstallState::new(services, partner_objects, account_store),
         secret_changes_installs,
         account_changes_installs,
         shutdown,

@@ -10,6 +10,7 @@ use driver::{Applied, Driver, Facts, Kind, Packed, Plan, Reconciler, jittered};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use kube::Resource as _;
 use kube::api::ObjectMeta;
 use kube::core::{DeserializeGuard, Selector};
 use kube::runtime::reflector::Store;
@@ -24,22 +25,22 @@ use crate::secrets::CredentialsDigest;
 use cyclr::types::{PartnerDetails, PricePlan};
 use cyclr::{ClientConfig, CyclrClient, CyclrError};
 
-/// The partner controller, and its store (accounts tell "not checked yet" from "does not
-/// exist" by it).
+/// The partner controller, and how the other kinds reach it: the watch's store (accounts
+/// tell "not checked yet" from "does not exist" by it) and [`Partners`].
 pub fn controller(
     driver: Arc<Driver>,
     services: Arc<Services>,
     secret_changes: UnboundedReceiver<Secret>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> (
-    impl Stream<Item = driver::ReconcileResult<CyclrPartner>>,
-    Store<Packed<CyclrPartner>>,
-) {
+) -> (impl Stream<Item = driver::ReconcileResult<CyclrPartner>>, Partners) {
     let api: Api<DeserializeGuard<CyclrPartner>> = Api::all(driver.client.clone());
     let operator_namespace = services.config.namespace.clone();
     let kind = Kind::<CyclrPartner>::new(driver, services);
     let controller = driver::controller_for(&kind, api, |_| {});
-    let store = controller.store();
+    let partners = Partners {
+        store: controller.store(),
+        kind: kind.clone(),
+    };
     let users = users_of_secret(controller.store(), move |p: &CyclrPartner, s: &Secret| {
         s.namespace().as_deref() == Some(operator_namespace.as_str())
             && p.spec.credentials_secret_ref.name == s.name_any()
@@ -49,7 +50,40 @@ pub fn controller(
         .watches_stream(secret_changes.map(Ok), users)
         .graceful_shutdown_on(shutdown)
         .run(driver::reconcile, driver::error_policy, kind);
-    (results, store)
+    (results, partners)
+}
+
+/// The partners as the other kinds see them: the watched objects, and a way to have one
+/// looked at again.
+#[derive(Clone)]
+pub struct Partners {
+    store: Store<Packed<CyclrPartner>>,
+    kind: Arc<Kind<CyclrPartner>>,
+}
+
+/// How long after its last account's create a partner is checked again, so its account
+/// count is current after a rollout, checked once for the whole rollout.
+const AFTER_CREATES: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Partners {
+    /// Whether a CyclrPartner of this name exists (`true` until the watch has listed, so a
+    /// restart never reports a partner missing).
+    pub fn exists(&self, name: &str) -> bool {
+        use futures::FutureExt as _;
+        // Listed yet? (`wait_until_ready` is ready at once when it has.)
+        self.store.wait_until_ready().now_or_never().is_none()
+            || self
+                .store
+                .get(&kube::runtime::reflector::ObjectRef::new(name))
+                .is_some()
+    }
+
+    /// The partner `name` made an account: checked again shortly (once after many).
+    pub fn created_account(&self, name: &str) {
+        if let Some(partner) = self.store.get(&kube::runtime::reflector::ObjectRef::new(name)) {
+            self.kind.wake_after(partner.meta(), AFTER_CREATES);
+        }
+    }
 }
 
 driver::managed_status!(CyclrPartnerStatus, last_sync_time = last_sync_time);
@@ -240,15 +274,6 @@ fn connected(check: &Check, resync: std::time::Duration, now: DateTime<Utc>) -> 
         ),
         _ => Health::ready(Reason::Connected, "the credentials work and Partner Details answers"),
     }
-}
-
-/// Whether a CyclrPartner of this name exists in `partners` (the watch's store; `true` until
-/// the watch has listed, so a restart never reports a partner missing).
-pub fn exists(partners: &Store<Packed<CyclrPartner>>, name: &str) -> bool {
-    use futures::FutureExt as _;
-    // Listed yet? (`wait_until_ready` is ready at once when it has.)
-    partners.wait_until_ready().now_or_never().is_none()
-        || partners.get(&kube::runtime::reflector::ObjectRef::new(name)).is_some()
 }
 
 /// Puts `runtime` in service for the partner `name`, unless it already is.
