@@ -100,12 +100,15 @@ reasons! {
     /// A Cyclr object was made for a resource deleted while the write was in flight (a
     /// Warning Event on the partner: nothing holds it).
     Orphaned,
+    /// The pause annotation disappeared (a Warning Event naming the newest writer).
+    PauseRemoved,
 }
 
 impl driver::ReasonCode for Reason {
     const PAUSED: Self = Reason::Paused;
     const KUBERNETES_UNAVAILABLE: Self = Reason::KubernetesUnavailable;
     const ORPHANED: Self = Reason::Orphaned;
+    const PAUSE_REMOVED: Self = Reason::PauseRemoved;
 
     fn as_str(self) -> &'static str {
         Reason::as_str(self)

@@ -253,6 +253,7 @@ pub fn controller_for<K: Reconciler>(
     let (reader, writer) = reflector::store();
     let forget = kind.clone();
     let seen = kind.clone();
+    let mut pauses = Pauses::new(kind.driver.config.manager);
     let mut wakes = Wakes::default();
     let wake_on = kind.resyncs.clone();
     let mut config = watcher::Config::default().any_semantic();
@@ -265,8 +266,18 @@ pub fn controller_for<K: Reconciler>(
         .watched(&Kind::<K>::name(), watcher::watcher(api, config))
         .default_backoff()
         .map_ok(move |event| {
-            if let watcher::Event::Delete(DeserializeGuard(Ok(obj))) = &event {
-                forget_object(&forget, obj.meta());
+            match &event {
+                watcher::Event::Delete(DeserializeGuard(Ok(obj))) => {
+                    pauses.forget(obj.meta());
+                    forget_object(&forget, obj.meta());
+                }
+                watcher::Event::Apply(DeserializeGuard(Ok(obj)))
+                | watcher::Event::InitApply(DeserializeGuard(Ok(obj))) => {
+                    if let Some(by) = pauses.lifted(obj.meta()) {
+                        report_pause_removed(&forget, obj, by);
+                    }
+                }
+                _ => {}
             }
             on_event(&event);
             crate::pack_event(event)
@@ -280,7 +291,7 @@ pub fn controller_for<K: Reconciler>(
             // A woken object waits on the resync queue, which hands kube's scheduler a few at
             // a time: a rollout of thousands never sits there at once (a request there costs
             // about 0.7 KiB, and the scheduler's tables keep their largest size for good).
-            if let Some(obj) = wakes.wake(event) {
+            if let Some(obj) = wakes.wake(event, Packed::identity_recorded) {
                 wake_on.schedule(obj.meta(), Duration::ZERO);
             }
             futures::future::ready(Ok(None))
@@ -288,6 +299,80 @@ pub fn controller_for<K: Reconciler>(
     Controller::for_stream(stream, reader)
         .reconcile_on(kind.resyncs.clone().due())
         .with_config(controller::Config::default().concurrency(kind.driver.config.concurrency))
+}
+
+/// The objects the watch last saw paused, by a hash of their uid (few: a pause is rare), with
+/// the time of the newest write to them then (from `managedFields`).
+#[derive(Default)]
+struct Pauses {
+    paused: HashMap<u64, Option<k8s_openapi::jiff::Timestamp>>,
+    /// The operator's own field manager: its writes never lift a pause.
+    manager: &'static str,
+}
+
+impl Pauses {
+    fn new(manager: &'static str) -> Self {
+        Pauses {
+            paused: HashMap::new(),
+            manager,
+        }
+    }
+
+    /// Whether the pause annotation has just disappeared from the object; if so, who most
+    /// likely removed it: the field manager of a write newer than any while it was paused.
+    fn lifted(&mut self, meta: &ObjectMeta) -> Option<String> {
+        let uid = stable_hash(meta.uid.as_deref().unwrap_or_default());
+        // Writes by people and tools (not ours, not to status), newest last.
+        let mut writes: Vec<_> = meta
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|e| e.subresource.is_none() && e.manager.as_deref() != Some(self.manager))
+            .filter_map(|e| Some((e.time.as_ref()?.0, e.manager.clone()?)))
+            .collect();
+        writes.sort();
+        if crate::is_paused(meta) {
+            self.paused.insert(uid, writes.last().map(|(at, _)| *at));
+            return None;
+        }
+        let newest_while_paused = self.paused.remove(&uid)?;
+        Some(
+            writes
+                .into_iter()
+                .rev()
+                .find(|(at, _)| newest_while_paused.is_none_or(|before| *at > before))
+                .map(|(_, manager)| format!("field manager {manager:?}"))
+                // A replace that only removed fields leaves no entry of its own.
+                .unwrap_or_else(|| "a writer that left no managed fields (a replace without it?)".into()),
+        )
+    }
+
+    fn forget(&mut self, meta: &ObjectMeta) {
+        self.paused
+            .remove(&stable_hash(meta.uid.as_deref().unwrap_or_default()));
+    }
+}
+
+/// A Warning Event: the object's pause was lifted, by whom (a GitOps tool that applied a
+/// manifest without the annotation lifts it silently otherwise).
+fn report_pause_removed<K: Reconciler>(kind: &Arc<Kind<K>>, obj: &K, by: String) {
+    let driver = kind.driver.clone();
+    let regarding = obj.object_ref(&());
+    tokio::spawn(async move {
+        let note = format!(
+            "the annotation {}=true was removed, most likely by {by}; reconciliation resumes. To pause under GitOps, put the annotation in the manifest in Git",
+            crate::annotations::PAUSED
+        );
+        driver
+            .event(
+                &regarding,
+                EventType::Warning,
+                K::Reason::PAUSE_REMOVED,
+                "Unpause",
+                &note,
+            )
+            .await;
+    });
 }
 
 /// Everything kept about a deleted object goes with it.
@@ -317,20 +402,23 @@ where
 }
 
 /// What each watched object last woke a reconcile for: its generation, pause and deletion,
-/// hashed, by a hash of its uid, with the watch (re)list it was last seen in. An event wakes
-/// a reconcile only when that changed, so the operator's own status writes never wake it.
+/// hashed, by a hash of its uid, with the watch (re)list it was last seen in and whether its
+/// identity annotation was recorded. An event wakes a reconcile only when that changed, so the
+/// operator's own writes never wake it, or when a recorded identity annotation was dropped,
+/// so it is written back within seconds.
 /// (kube's `predicate_filter` does the same with three strings per object and forgets only
 /// after an hour; this keeps 24 bytes and forgets at the Delete event, or, for objects
 /// deleted while the watch was down, at the end of the relist that no longer holds them.)
 #[derive(Default)]
 struct Wakes {
-    seen: HashMap<u64, (u64, u32)>,
+    seen: HashMap<u64, (u64, u32, bool)>,
     list: u32,
 }
 
 impl Wakes {
-    /// The object to reconcile for this watch event, if any.
-    fn wake<K: Resource>(&mut self, event: watcher::Event<K>) -> Option<K> {
+    /// The object to reconcile for this watch event, if any; `identity` says whether its
+    /// identity annotation shows the id status holds (`None`: status holds none).
+    fn wake<K: Resource>(&mut self, event: watcher::Event<K>, identity: impl Fn(&K) -> Option<bool>) -> Option<K> {
         match event {
             watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
                 let meta = obj.meta();
@@ -339,8 +427,12 @@ impl Wakes {
                     crate::is_paused(meta),
                     meta.deletion_timestamp.is_some(),
                 ));
-                let last = self.seen.insert(stable_hash(&meta.uid), (wake, self.list));
-                (last.map(|(w, _)| w) != Some(wake)).then_some(obj)
+                let identity = identity(&obj);
+                let last = self
+                    .seen
+                    .insert(stable_hash(&meta.uid), (wake, self.list, identity == Some(true)));
+                let dropped = identity == Some(false) && last.is_some_and(|(_, _, recorded)| recorded);
+                (last.map(|(w, _, _)| w) != Some(wake) || dropped).then_some(obj)
             }
             watcher::Event::Delete(obj) => {
                 self.seen.remove(&stable_hash(&obj.meta().uid));
@@ -352,7 +444,7 @@ impl Wakes {
             }
             watcher::Event::InitDone => {
                 let list = self.list;
-                self.seen.retain(|_, (_, seen_in)| *seen_in == list);
+                self.seen.retain(|_, (_, seen_in, _)| *seen_in == list);
                 None
             }
         }
@@ -376,6 +468,37 @@ mod tests {
     }
 
     #[test]
+    fn a_lifted_pause_is_noticed_once_with_the_newest_writer() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+        let entry = |manager: &str, second: i64| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            time: Some(Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap())),
+            ..Default::default()
+        };
+        let mut pauses = Pauses::new("cyclr-operator");
+        let mut paused = object("a", 1, true).metadata;
+        paused.managed_fields = Some(vec![entry("kustomize-controller", 5), entry("kubectl-annotate", 10)]);
+        assert_eq!(pauses.lifted(&paused), None);
+        let mut lifted = object("a", 1, false).metadata;
+        lifted.managed_fields = Some(vec![
+            entry("kubectl-annotate", 10),
+            entry("kustomize-controller", 20),
+            entry("cyclr-operator", 30),
+        ]);
+        assert_eq!(
+            pauses.lifted(&lifted).as_deref(),
+            Some("field manager \"kustomize-controller\""),
+            "the newest write since the pause, not ours"
+        );
+        assert_eq!(pauses.lifted(&lifted), None, "said once");
+        assert_eq!(pauses.lifted(&object("b", 1, false).metadata), None, "never paused");
+        assert_eq!(pauses.lifted(&paused), None);
+        let mut replaced = object("a", 1, false).metadata;
+        replaced.managed_fields = Some(vec![entry("kubectl-annotate", 10)]);
+        assert!(pauses.lifted(&replaced).unwrap().contains("no managed fields"));
+    }
+
+    #[test]
     fn an_event_name_fits_whatever_the_objects_name() {
         let nanos = 1_800_000_000_000_000_000_i128;
         assert_eq!(event_name("acme", nanos), format!("acme.{:x}", nanos));
@@ -393,7 +516,7 @@ mod tests {
     #[test]
     fn only_spec_pause_and_deletion_changes_wake_a_reconcile() {
         let mut wakes = Wakes::default();
-        let woke = |wakes: &mut Wakes, event| wakes.wake(event).is_some();
+        let woke = |wakes: &mut Wakes, event| wakes.wake(event, |_: &ConfigMap| None).is_some();
         assert!(woke(&mut wakes, watcher::Event::InitApply(object("a", 1, false))));
         let mut status_write = object("a", 1, false);
         status_write.data = Some([("status".to_string(), "written".to_string())].into());
@@ -422,5 +545,32 @@ mod tests {
         assert!(!woke(&mut wakes, watcher::Event::InitDone));
         assert_eq!(wakes.seen.len(), 1, "an object gone from the relist is forgotten");
         assert!(wakes.seen.contains_key(&stable_hash(&Some("a".to_string()))));
+    }
+
+    #[test]
+    fn a_dropped_identity_annotation_wakes_a_reconcile_our_own_writes_do_not() {
+        let mut wakes = Wakes::default();
+        // The test's identity: no data, no id in status; an empty map, the id not recorded;
+        // a key, recorded.
+        let identity = |obj: &ConfigMap| obj.data.as_ref().map(|d| !d.is_empty());
+        let with = |data: Option<&[&str]>| {
+            let mut obj = object("a", 1, false);
+            obj.data = data.map(|keys| keys.iter().map(|k| (k.to_string(), String::new())).collect());
+            watcher::Event::Apply(obj)
+        };
+        assert!(wakes.wake(with(None), identity).is_some(), "first seen");
+        assert!(
+            wakes.wake(with(Some(&[])), identity).is_none(),
+            "our status write with the id"
+        );
+        assert!(
+            wakes.wake(with(Some(&["id"])), identity).is_none(),
+            "our annotation write"
+        );
+        assert!(
+            wakes.wake(with(Some(&[])), identity).is_some(),
+            "the annotation dropped"
+        );
+        assert!(wakes.wake(with(Some(&["id"])), identity).is_none(), "written back");
     }
 }

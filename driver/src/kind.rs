@@ -24,6 +24,9 @@ pub trait ReasonCode: Copy + Eq + Debug + Display + Send + Sync + 'static {
     /// The Warning Event's reason when an external object was made for a resource deleted
     /// while the write was in flight.
     const ORPHANED: Self;
+    /// The Warning Event's reason when the pause annotation disappears (removed by a person,
+    /// or dropped by a GitOps tool applying a manifest without it).
+    const PAUSE_REMOVED: Self;
     /// The reason as written in a condition and an Event (CamelCase).
     fn as_str(self) -> &'static str;
     /// The reason written as `text`, if it is one of the operator's.
@@ -365,6 +368,7 @@ pub(crate) mod tests {
         const PAUSED: Self = TestReason::Paused;
         const KUBERNETES_UNAVAILABLE: Self = TestReason::Unavailable;
         const ORPHANED: Self = TestReason::Orphaned;
+        const PAUSE_REMOVED: Self = TestReason::Working;
         fn as_str(self) -> &'static str {
             match self {
                 TestReason::Done => "Done",

@@ -37,6 +37,9 @@ pub struct Packed<K> {
     depends_on: u64,
     /// When the watch delivered this version: the object existed then.
     seen_at: DateTime<Utc>,
+    /// Whether the identity annotation shows the external id status holds (`None`: status
+    /// holds none): a dropped annotation (a `kubectl replace`, say) is written back.
+    identity_recorded: Option<bool>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -47,6 +50,10 @@ impl<K: Reconciler> Packed<K> {
         match guard.0 {
             Ok(mut obj) => {
                 let depends_on = obj.depends_on().map_or(0, |on| stable_hash(&on));
+                let identity_recorded = obj
+                    .status()
+                    .and_then(K::identity)
+                    .map(|(key, id)| crate::annotation(obj.meta(), key) == Some(id.as_str()));
                 let meta = obj.meta_mut();
                 meta.managed_fields = None;
                 meta.labels = None;
@@ -64,6 +71,7 @@ impl<K: Reconciler> Packed<K> {
                     body,
                     depends_on,
                     seen_at,
+                    identity_recorded,
                     kind: PhantomData,
                 }
             }
@@ -72,6 +80,7 @@ impl<K: Reconciler> Packed<K> {
                 body: Err(Arc::from(invalid.error)),
                 depends_on: 0,
                 seen_at,
+                identity_recorded: None,
                 kind: PhantomData,
             },
         }
@@ -101,6 +110,12 @@ impl<K: Reconciler> Packed<K> {
     /// Cyclr accounts taken later shows every account made before the object was.
     pub fn seen_at(&self) -> DateTime<Utc> {
         self.seen_at
+    }
+
+    /// Whether the identity annotation shows the external id status holds (`None`: status
+    /// holds none).
+    pub fn identity_recorded(&self) -> Option<bool> {
+        self.identity_recorded
     }
 
     /// Whether this object depends on the object `name` (in `namespace`, for a namespaced

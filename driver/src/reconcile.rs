@@ -397,7 +397,14 @@ async fn record<K: Reconciler>(
         let patch = serde_json::json!({"metadata": {"annotations": {key: id}}});
         let patched = obj
             .api(driver.client.clone())
-            .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &obj.name_any(),
+                &PatchParams {
+                    field_manager: Some(driver.config.manager.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
             .await
             .map_err(Error::Annotate)?;
         driver.own_writes.wrote(obj.meta(), patched.meta());
