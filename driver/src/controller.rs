@@ -264,7 +264,7 @@ pub fn controller_for<K: Reconciler>(
         .driver
         .readiness
         .watched(&Kind::<K>::name(), watcher::watcher(api, config))
-        .default_backoff()
+        .backoff(crate::watch_backoff())
         .map_ok(move |event| {
             match &event {
                 watcher::Event::Delete(DeserializeGuard(Ok(obj))) => {

@@ -103,12 +103,41 @@ pub fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}{marker}", &text[..end]).into()
 }
 
+/// The backoff of every watch: from 0.8 s, doubling, jittered, up to a minute (kube's default
+/// stops at 30 s). A watch whose resource is gone (its CRD deleted) then retries calmly, about
+/// once a minute, and recovers by itself when the resource is back; after two quiet minutes
+/// it starts from 0.8 s again.
+pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    use backon::ExponentialBuilder;
+    let exponential = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(Duration::from_secs(60))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        kube::runtime::watcher::ExponentialBackoff::from(exponential),
+        Duration::from_secs(120),
+    )
+}
+
 /// The longest message a condition or an Event note carries, in bytes.
 pub const MESSAGE_MAX: usize = 1024;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watches_back_off_to_about_a_minute() {
+        let delays: Vec<Duration> = watch_backoff().take(12).collect();
+        assert!(delays[0] <= Duration::from_millis(1600), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(120)), "{delays:?}");
+        assert!(
+            delays[11] >= Duration::from_secs(60),
+            "a minute apart at last: {delays:?}"
+        );
+    }
 
     #[test]
     fn long_messages_are_cut_on_a_character_boundary_and_say_so() {

@@ -159,7 +159,7 @@ pub async fn run(
                     &watch,
                     watcher::watcher(api, watcher::Config::default().labels(&secrets::selector())),
                 )
-                .default_backoff()
+                .backoff(driver::watch_backoff())
                 .modify(|s: &mut Secret| s.metadata.managed_fields = None)
                 .reflect(writer)
                 .touched_objects()
@@ -184,7 +184,7 @@ pub async fn run(
                 watcher::Config::default(),
             ),
         )
-        .default_backoff()
+        .backoff(driver::watch_backoff())
         .reflect(namespace_writer)
         .for_each(|event| async move {
             if let Err(error) = event {
@@ -229,7 +229,7 @@ pub async fn run(
                     watcher::Config::default(),
                 ),
             )
-            .default_backoff()
+            .backoff(driver::watch_backoff())
             .for_each(move |event| {
                 match event {
                     Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => claims.claim_annotated(&m.metadata),

@@ -36,6 +36,8 @@ pub struct Harness {
     pub partner: String,
     /// The running operator's metrics (what `/metrics` serves).
     pub metrics: Arc<Metrics>,
+    /// What the running operator's `/readyz` would answer.
+    pub readiness: Arc<driver::readiness::Readiness>,
     operator: Option<JoinHandle<()>>,
 }
 
@@ -61,6 +63,7 @@ impl Harness {
             namespace,
             sim,
             metrics: Arc::new(Metrics::default()),
+            readiness: Arc::default(),
             operator: None,
         };
         h.put_secret(
@@ -96,9 +99,10 @@ impl Harness {
     pub fn start_operator_with(&mut self, config: OperatorConfig) {
         let client = self.client.clone();
         let metrics = self.metrics.clone();
+        let readiness = self.readiness.clone();
         self.operator = Some(tokio::spawn(async move {
             let never = futures::FutureExt::shared(Box::pin(std::future::pending::<()>()));
-            controllers::run(client, config, metrics, Default::default(), never)
+            controllers::run(client, config, metrics, readiness, never)
                 .await
                 .expect("operator runs");
         }));
