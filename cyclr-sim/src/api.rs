@@ -63,7 +63,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/_sim/stats", get(get_stats))
         .route("/_sim/stats/reset", post(reset_stats))
-        .route("/_sim/tokens/expire", post(expire_tokens));
+        .route("/_sim/tokens/expire", post(expire_tokens))
+        .route("/_sim/client-secret", put(set_client_secret));
     api.merge(admin).fallback(no_such_resource).with_state(shared)
 }
 
@@ -301,7 +302,7 @@ async fn issue_token(State(sim): Sim, form: Result<Form<HashMap<String, String>>
             "Only client_credentials is supported.",
         );
     }
-    if form.get("client_id") != Some(&sim.client_id) || form.get("client_secret") != Some(&sim.client_secret) {
+    if !sim.credentials_match(form.get("client_id"), form.get("client_secret")) {
         tracing::warn!("token refused: invalid client credentials");
         return oauth_error(
             StatusCode::UNAUTHORIZED,
@@ -551,4 +552,15 @@ async fn reset_stats(State(sim): Sim) -> StatusCode {
 async fn expire_tokens(State(sim): Sim) -> StatusCode {
     sim.expire_tokens();
     StatusCode::NO_CONTENT
+}
+
+/// `{"client_secret": "…"}`: the secret `POST /oauth/token` accepts from now on.
+async fn set_client_secret(State(sim): Sim, Json(body): Json<Value>) -> StatusCode {
+    match body.get("client_secret").and_then(Value::as_str) {
+        Some(secret) if !secret.is_empty() => {
+            sim.set_client_secret(secret.to_owned());
+            StatusCode::NO_CONTENT
+        }
+        _ => StatusCode::BAD_REQUEST,
+    }
 }

@@ -829,6 +829,37 @@ async fn admin_api_reads_and_sets_faults_and_stats() {
         .await;
 }
 
+#[tokio::test]
+async fn admin_api_rotates_the_client_secret() {
+    let env = Env::start().await;
+    let rotate = |body: Value| env.http.put(env.url("/_sim/client-secret")).json(&body).send();
+    assert_eq!(
+        rotate(json!({"client_secret": ""})).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        rotate(json!({"client_secret": "rotated"})).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let token = |secret: &str| {
+        env.http.post(env.url("/oauth/token")).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", secret),
+        ])
+    };
+    assert_eq!(
+        token(CLIENT_SECRET).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(token("rotated").send().await.unwrap().status(), StatusCode::OK);
+    // A token issued before the rotation stays valid until it expires or is revoked.
+    env.expect(StatusCode::OK, Method::GET, "/api/partner/accounts", None)
+        .await;
+    env.sim.set_client_secret(CLIENT_SECRET);
+    assert_eq!(token(CLIENT_SECRET).send().await.unwrap().status(), StatusCode::OK);
+}
+
 // ---- statistics ------------------------------------------------------------------------------
 
 #[tokio::test]
