@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use cyclr_operator::resources::{CyclrAccount, CyclrPartner, READY, condition};
+use cyclr_operator::resources::{CyclrAccount, CyclrPartner, READY, STALLED, condition};
 use kube::Api;
 use serde_json::json;
 use support::{CLIENT_ID, Harness};
@@ -154,4 +154,41 @@ async fn revoked_tokens_and_a_secret_rotated_in_cyclr_first() {
         refused_tokens + 1,
         "one token request with the new secret"
     );
+}
+
+/// Row 3 (the part the driver's cap did not yet prove on a real API server): Cyclr refuses a
+/// create with a 300,000-character `Message`. The condition messages stay within about 1 KiB
+/// and say what was cut; the Warning Event is published (the API server refuses a note over
+/// 1 KiB); the object stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_cyclr_message_is_capped_in_status_and_events() {
+    let h = Harness::start("long-message", "10m").await;
+    h.sim.set_faults(cyclr_sim::Faults {
+        long_rejection: Some(cyclr_sim::LongRejection {
+            chars: 300_000,
+            endpoints: vec!["POST /api/partner/createaccount".into()],
+        }),
+        ..Default::default()
+    });
+    h.apply::<CyclrAccount>(account(&h, "acme")).await;
+    let stalled = h
+        .wait_condition::<CyclrAccount>("acme", STALLED, "True", Some("CyclrRejected"))
+        .await;
+    let conditions = support::HasConditions::conditions(&stalled);
+    for type_ in [READY, STALLED] {
+        let message = &condition(conditions, type_).unwrap().message;
+        assert!(message.len() <= 1024, "{type_}: {} bytes", message.len());
+        assert!(
+            message.starts_with("the account create: Cyclr rejected the request: The request is invalid"),
+            "{type_}: {message}"
+        );
+        assert!(message.ends_with(" bytes cut]"), "{type_}: the cut is said: {message}");
+    }
+    let event = h.wait_event("acme", "CyclrRejected").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.unwrap_or_default();
+    assert!(note.len() <= 1024 && note.ends_with(" bytes cut]"), "{note}");
+    let size = serde_json::to_vec(&h.account("acme").await).unwrap().len();
+    assert!(size < 16 * 1024, "the object is {size} bytes");
+    assert!(h.sim.accounts().is_empty());
 }

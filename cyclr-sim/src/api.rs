@@ -192,6 +192,10 @@ async fn faulted(sim: Arc<Shared>, endpoint: String, request: Request, next: Nex
             response
         }
         Verdict::ServerError(status) => ApiError::server_error(status).into_response(),
+        Verdict::Rejected(message) => {
+            tracing::warn!(%endpoint, chars = message.len(), "fault: rejected with a long message");
+            ApiError::bad_request(message).into_response()
+        }
         Verdict::Html(status) => {
             tracing::warn!(%endpoint, "fault: answered by the firewall's HTML page");
             (

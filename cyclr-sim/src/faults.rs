@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 ///   "retry_after_form":"seconds","commit_then_fail":0,"commit_then_fail_mode":"server_error",
 ///   "commit_then_fail_rate":0.0,"token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,
 ///   "outage_endpoints":[],"install_error_echoes_credentials":false,"apply_after_disconnect":false,
-///   "list_lag_ms":0,"html_answer":null,"seed":null}`
+///   "list_lag_ms":0,"html_answer":null,"long_rejection":null,"seed":null}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -74,6 +74,10 @@ pub struct Faults {
     /// A web application firewall in front of Cyclr: the requests it matches are answered
     /// with an HTML page and never reach Cyclr (nothing is applied). `None`: no firewall.
     pub html_answer: Option<HtmlAnswer>,
+    /// Cyclr refusing the requests it matches with `400` and a `Message` of a given length
+    /// (nothing is applied): a client must bound what it copies into status, Events and logs.
+    /// `None`: no such answer.
+    pub long_rejection: Option<LongRejection>,
     /// Seeds the dice of `error_rate` and `commit_then_fail_rate`, so a run sees the same
     /// sequence of decisions (the n-th request meets the same fate); `None` seeds from the OS.
     pub seed: Option<u64>,
@@ -99,6 +103,7 @@ impl Default for Faults {
             apply_after_disconnect: false,
             list_lag: Duration::ZERO,
             html_answer: None,
+            long_rejection: None,
             seed: None,
         }
     }
@@ -150,9 +155,36 @@ pub struct HtmlAnswer {
 
 impl HtmlAnswer {
     fn matches(&self, endpoint: &str) -> bool {
-        let method = endpoint.split(' ').next().unwrap_or_default();
-        self.endpoints.is_empty() || self.endpoints.iter().any(|e| e == endpoint || e == method)
+        matches_endpoint(&self.endpoints, endpoint)
     }
+}
+
+/// What [`Faults::long_rejection`] answers, and to which requests.
+///
+/// JSON form: `{"chars":300000,"endpoints":["POST /api/partner/createaccount"]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongRejection {
+    /// The length of the `Message`, in characters (Cyclr's validation text, repeated).
+    pub chars: usize,
+    /// The endpoints answered, named as for [`HtmlAnswer::endpoints`]; empty: every API
+    /// endpoint, `/oauth/token` included.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+impl LongRejection {
+    /// The `Message`: exactly `chars` characters.
+    pub(crate) fn message(&self) -> String {
+        const TEXT: &str = "The request is invalid: the account could not be validated. ";
+        TEXT.chars().cycle().take(self.chars).collect()
+    }
+}
+
+/// Whether `endpoint` (`"POST /api/partner/createaccount"`) is one of `endpoints`, named in
+/// full or by its method alone; an empty list names every endpoint.
+fn matches_endpoint(endpoints: &[String], endpoint: &str) -> bool {
+    let method = endpoint.split(' ').next().unwrap_or_default();
+    endpoints.is_empty() || endpoints.iter().any(|e| e == endpoint || e == method)
 }
 
 /// How the response of a "commit then fail" write is lost.
@@ -175,6 +207,8 @@ pub(crate) enum Verdict {
     ServerError(StatusCode),
     /// The firewall's HTML page, with this status.
     Html(StatusCode),
+    /// 400 with this (long) `Message`.
+    Rejected(String),
 }
 
 /// The faults in force plus the run-time state they need.
@@ -230,7 +264,7 @@ impl FaultState {
     }
 
     /// The firewall first (it stands in front of Cyclr), then the outage, then the rate limit (a refused request never reaches the error dice),
-    /// then the error rate. `endpoint` as the statistics name it.
+    /// then the error rate, then a long rejection. `endpoint` as the statistics name it.
     pub(crate) fn verdict(&mut self, endpoint: &str) -> Verdict {
         let faults = &self.faults;
         if let Some(html) = &faults.html_answer
@@ -263,6 +297,11 @@ impl FaultState {
                 };
                 return Verdict::ServerError(status);
             }
+        }
+        if let Some(rejection) = &self.faults.long_rejection
+            && matches_endpoint(&rejection.endpoints, endpoint)
+        {
+            return Verdict::Rejected(rejection.message());
         }
         Verdict::Proceed
     }

@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Faults, HtmlAnswer, LostResponse, RetryAfterForm};
+pub use faults::{Faults, HtmlAnswer, LongRejection, LostResponse, RetryAfterForm};
 
 use cyclr::types::{Account, InstalledConnector};
 use faults::FaultState;

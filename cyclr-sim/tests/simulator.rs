@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use cyclr::types::{Account, AccountUsage, CyclrDate, PartnerDetails};
-use cyclr_sim::{Faults, HtmlAnswer, LostResponse, RetryAfterForm, SimConfig, SimHandle, SimStats, Simulator};
+use cyclr_sim::{
+    Faults, HtmlAnswer, LongRejection, LostResponse, RetryAfterForm, SimConfig, SimHandle, SimStats, Simulator,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -1408,4 +1410,44 @@ async fn a_firewall_answers_html_to_the_endpoints_it_matches_and_applies_nothing
         .await
         .unwrap();
     assert!(refused.status().is_client_error(), "not an HTTP status");
+}
+
+#[tokio::test]
+async fn a_long_rejection_answers_400_with_a_message_of_that_length_and_applies_nothing() {
+    let env = Env::start().await;
+    env.sim.set_faults(Faults {
+        long_rejection: Some(LongRejection {
+            chars: 300_000,
+            endpoints: vec!["POST /api/partner/createaccount".into()],
+        }),
+        ..Faults::default()
+    });
+    let body = env
+        .expect(
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/api/partner/createaccount",
+            Some(SEED_CREATE),
+        )
+        .await;
+    let message = body["Message"].as_str().expect("Cyclr's Message");
+    assert_eq!(message.chars().count(), 300_000);
+    assert!(message.starts_with("The request is invalid"), "{}", &message[..80]);
+    assert!(env.sim.accounts().is_empty(), "nothing created");
+    assert!(env.list().await.is_empty(), "other endpoints answer as usual");
+    let set: Value = env
+        .http
+        .put(env.url("/_sim/faults"))
+        .json(&json!({"long_rejection": {"chars": 10}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(set["long_rejection"], json!({"chars": 10, "endpoints": []}));
+    let body = env
+        .expect(StatusCode::BAD_REQUEST, Method::GET, "/api/partner/accounts", None)
+        .await;
+    assert_eq!(body["Message"], "The reques", "every endpoint when none is named");
 }
