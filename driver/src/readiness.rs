@@ -141,7 +141,7 @@ impl Readiness {
 async fn crds_established(api: &Api<CustomResourceDefinition>, crds: &[String]) -> Result<(), String> {
     for name in crds {
         let found = api
-            .get_opt(&name)
+            .get_opt(name)
             .await
             .map_err(|e| format!("cannot read CRD {name}: {e}"))?
             .ok_or_else(|| format!("CRD {name} is not installed"))?;
