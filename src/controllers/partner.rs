@@ -338,8 +338,9 @@ struct PartnerCalls {
 impl CallObserver for PartnerCalls {
     fn observe(&self, call: &CallRecord) {
         self.metrics.observe(call);
-        // OAuth refuses client credentials with 400 or 401 (the client reads 403 as refused too).
-        if call.endpoint == "oauth_token" && matches!(call.status, Some(400 | 401 | 403)) {
+        // OAuth refuses client credentials with 400 or 401 (RFC 6749 §5.2). Not 403: a
+        // firewall's page says nothing of the credentials.
+        if call.endpoint == "oauth_token" && matches!(call.status, Some(400 | 401)) {
             let _ = self.check_partner.unbounded_send(self.partner.clone());
         }
     }
