@@ -1,6 +1,7 @@
 //! Admission on the real kube-apiserver: what the CRD schemas and their CEL rules refuse,
 //! each with an error that names the field and says why, and what they keep accepting
-//! (including everything in `examples/`). No operator and no simulator are needed.
+//! (including everything in `examples/`). No operator and no simulator are needed, except
+//! for what admission leaves to the operator (the time zone database, last test).
 
 mod support;
 
@@ -565,6 +566,10 @@ async fn good_manifests_and_the_examples_are_accepted() {
             Account,
             json!({"name": "Acme Ltd (EU)", "timezone": "America/Argentina/Buenos_Aires"}),
         ),
+        // IANA names without an Area/ (issue [M] row 5).
+        (Account, json!({"timezone": "CET"})),
+        (Account, json!({"timezone": "Etc/GMT+5"})),
+        (Account, json!({"timezone": "EST5EDT"})),
         (Account, json!({"pricePlan": {"id": 1}, "nextBillDate": "2028-02-29"})),
         (
             Account,
@@ -662,4 +667,53 @@ async fn good_manifests_and_the_examples_are_accepted() {
         "examples/ holds one partner, three accounts and two installs"
     );
     assert!(failures.is_empty(), "refused:\n{}", failures.join("\n"));
+}
+
+/// Issue [M] row 5: every IANA name is admitted (`CET` was refused by a pattern that wanted
+/// `Area/City`) and reaches Cyclr as spelled; a name shaped like one but not in the bundled
+/// database (`CEST`, an abbreviation) is Stalled `InvalidSpec` naming the field, before any
+/// Cyclr call for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_iana_zone_is_admitted_and_an_unknown_one_stalls_before_any_cyclr_call() {
+    use cyclr_operator::resources::{READY, STALLED};
+    let h = support::Harness::start("timezones", "10m").await;
+    let zones = ["CET", "UTC", "Etc/GMT+5", "America/Argentina/Buenos_Aires"];
+    let account = |name: &str, zone: &str| json!({"metadata": {"name": name}, "spec": {"partnerRef": {"name": h.partner}, "timezone": zone}});
+    for (i, zone) in zones.iter().enumerate() {
+        h.apply::<CyclrAccount>(account(&format!("zone-{i}"), zone)).await;
+    }
+    h.apply::<CyclrAccount>(account("unknown-zone", "CEST")).await;
+
+    let stalled = h
+        .wait_condition::<CyclrAccount>("unknown-zone", STALLED, "True", Some("InvalidSpec"))
+        .await;
+    let message = support::ready_message(&stalled);
+    assert!(
+        message.starts_with("spec.timezone: ") && message.contains("not an IANA time zone"),
+        "{message}"
+    );
+    h.wait_event("unknown-zone", "InvalidSpec").await;
+    for i in 0..zones.len() {
+        h.wait_condition::<CyclrAccount>(&format!("zone-{i}"), READY, "True", None)
+            .await;
+    }
+    let mut created: Vec<(String, Option<String>)> =
+        h.sim.accounts().into_iter().map(|a| (a.name, a.timezone)).collect();
+    created.sort();
+    let expected: Vec<(String, Option<String>)> = zones
+        .iter()
+        .enumerate()
+        .map(|(i, zone)| (format!("zone-{i}"), Some(zone.to_string())))
+        .collect();
+    assert_eq!(
+        created, expected,
+        "each zone reached Cyclr as spelled; nothing for CEST"
+    );
+    assert_eq!(
+        h.cyclr_requests("POST /api/partner/createaccount"),
+        zones.len() as u64,
+        "no create was tried for the unknown zone"
+    );
+    let stalled = h.account("unknown-zone").await;
+    assert!(stalled.status.and_then(|s| s.account_id).is_none());
 }

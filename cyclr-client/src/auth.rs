@@ -14,6 +14,14 @@ use super::types::TokenResponse;
 const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(60);
 /// Cyclr's tokens live about 14 days; a bogus `expires_in` must not overflow the clock.
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Refused client credentials are asked about again only after this, doubling with each
+/// refusal in a row up to [`MAX_REFUSED_HOLD`]: a client's credentials never change (new
+/// values make a new client, with a new cache), so asking sooner only gets the same answer,
+/// once per caller, while a secret is wrong.
+const REFUSED_HOLD: Duration = Duration::from_secs(1);
+/// At most this long between two token requests with refused credentials, so a refusal that
+/// was Cyclr's mistake, or a secret set back in Cyclr, is noticed within a minute.
+const MAX_REFUSED_HOLD: Duration = Duration::from_secs(60);
 
 /// An access token and the cache generation that produced it, so that a caller refused with
 /// it (401) can ask for a newer one without discarding one a concurrent caller just fetched.
@@ -35,11 +43,27 @@ struct Failed {
     count: u32,
 }
 
+impl Failed {
+    /// How long this failure is the answer instead of a new token request: refused
+    /// credentials calmly ([`REFUSED_HOLD`]), any other failure within the shortest backoff
+    /// `policy` gives after that many failures.
+    fn hold(&self, policy: &RetryPolicy) -> Duration {
+        match self.error {
+            CyclrError::Unauthorized { .. } => REFUSED_HOLD
+                .saturating_mul(1 << self.count.saturating_sub(1).min(16))
+                .min(MAX_REFUSED_HOLD),
+            _ => policy.shortest_delay(self.count),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     cached: Option<Cached>,
     /// The latest token request, if it failed and no token was fetched since.
     failed: Option<Failed>,
+    /// The generation of the latest token fetched (0: none yet).
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -68,6 +92,8 @@ impl TokenCache {
     /// get its error. Callers retrying a failed call in the same round (their jittered
     /// backoffs differ by less than that) so share one token request instead of each sending
     /// their own, while a caller's own retry, which waits at least as long, makes a new one.
+    /// Refused credentials are held longer (1 s, doubling, at most a minute; see
+    /// [`REFUSED_HOLD`]): every caller meanwhile gets the refusal without a request.
     pub(crate) async fn get(
         &self,
         stale: Option<u64>,
@@ -83,7 +109,7 @@ impl TokenCache {
             return Ok(cached.token.clone());
         }
         if let Some(failed) = &slot.failed
-            && (failed.at >= arrived || failed.at.elapsed() < policy.shortest_delay(failed.count))
+            && (failed.at >= arrived || failed.at.elapsed() < failed.hold(policy))
         {
             return Err(failed.error.clone());
         }
@@ -92,6 +118,16 @@ impl TokenCache {
         let response = match fetch().await {
             Ok(response) => response,
             Err(error) => {
+                // The token being replaced (refused by Cyclr) is not handed out again: later
+                // callers get this failure (held, see `Failed::hold`) instead of sending a
+                // request bound to be refused.
+                if slot
+                    .cached
+                    .as_ref()
+                    .is_some_and(|cached| Some(cached.token.generation) == stale)
+                {
+                    slot.cached = None;
+                }
                 let count = slot.failed.as_ref().map_or(1, |failed| failed.count.saturating_add(1));
                 slot.failed = Some(Failed {
                     error: error.clone(),
@@ -104,7 +140,7 @@ impl TokenCache {
         let lifetime = Duration::from_secs(response.expires_in).min(MAX_LIFETIME);
         let token = BearerToken {
             secret: response.access_token,
-            generation: slot.cached.as_ref().map_or(1, |cached| cached.token.generation + 1),
+            generation: slot.generation + 1,
         };
         *slot = Slot {
             cached: Some(Cached {
@@ -112,6 +148,7 @@ impl TokenCache {
                 renew_at: requested_at + lifetime - renewal_margin(lifetime),
             }),
             failed: None,
+            generation: token.generation,
         };
         Ok(token)
     }
@@ -245,21 +282,47 @@ mod tests {
         let cache = TokenCache::default();
         let error = cache
             .get(None, &policy(), async || {
-                Err(CyclrError::Unauthorized {
-                    message: "invalid_client".into(),
+                Err(CyclrError::Server {
+                    status: 503,
+                    message: "down".into(),
                 })
             })
             .await;
-        assert!(matches!(error, Err(CyclrError::Unauthorized { .. })));
+        assert!(matches!(error, Err(CyclrError::Server { .. })));
         assert_eq!(cache.generation().await, None);
         // Within the shortest backoff the failure is the answer; after it, a new request.
         let again = cache.get(None, &policy(), async || Ok(response("early", 3600))).await;
-        assert!(matches!(again, Err(CyclrError::Unauthorized { .. })));
+        assert!(matches!(again, Err(CyclrError::Server { .. })));
         tokio::time::sleep(policy().initial_backoff / 2).await;
         let token = cache
             .get(None, &policy(), async || Ok(response("after", 3600)))
             .await
             .unwrap();
         assert_eq!(token.secret.expose_secret(), "after");
+    }
+
+    #[test]
+    fn refused_credentials_are_held_calmly() {
+        let refused = |count| Failed {
+            error: CyclrError::Unauthorized {
+                message: "invalid_client".into(),
+            },
+            at: Instant::now(),
+            count,
+        };
+        let holds: Vec<u64> = [1, 2, 3, 7, 8, 100]
+            .into_iter()
+            .map(|count| refused(count).hold(&policy()).as_secs())
+            .collect();
+        assert_eq!(holds, [1, 2, 4, 60, 60, 60]);
+        let unavailable = Failed {
+            error: CyclrError::Server {
+                status: 503,
+                message: "down".into(),
+            },
+            at: Instant::now(),
+            count: 1,
+        };
+        assert_eq!(unavailable.hold(&policy()), policy().shortest_delay(1));
     }
 }

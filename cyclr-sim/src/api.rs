@@ -64,7 +64,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/stats", get(get_stats))
         .route("/_sim/stats/reset", post(reset_stats))
         .route("/_sim/tokens/expire", post(expire_tokens))
-        .route("/_sim/templates", post(v1::add_template));
+        .route("/_sim/templates", post(v1::add_template))
+        .route("/_sim/client-secret", put(set_client_secret));
     api.merge(admin).fallback(no_such_resource).with_state(shared)
 }
 
@@ -203,6 +204,10 @@ async fn faulted(sim: Arc<Shared>, endpoint: String, request: Request, next: Nex
             response
         }
         Verdict::ServerError(status) => ApiError::server_error(status).into_response(),
+        Verdict::Rejected(message) => {
+            tracing::warn!(%endpoint, chars = message.len(), "fault: rejected with a long message");
+            ApiError::bad_request(message).into_response()
+        }
         Verdict::Html(status) => {
             tracing::warn!(%endpoint, "fault: answered by the firewall's HTML page");
             (
@@ -304,7 +309,7 @@ async fn issue_token(State(sim): Sim, form: Result<Form<HashMap<String, String>>
             "Only client_credentials is supported.",
         );
     }
-    if form.get("client_id") != Some(&sim.client_id) || form.get("client_secret") != Some(&sim.client_secret) {
+    if !sim.credentials_match(form.get("client_id"), form.get("client_secret")) {
         tracing::warn!("token refused: invalid client credentials");
         return oauth_error(
             StatusCode::UNAUTHORIZED,
@@ -542,4 +547,15 @@ async fn reset_stats(State(sim): Sim) -> StatusCode {
 async fn expire_tokens(State(sim): Sim) -> StatusCode {
     sim.expire_tokens();
     StatusCode::NO_CONTENT
+}
+
+/// `{"client_secret": "…"}`: the secret `POST /oauth/token` accepts from now on.
+async fn set_client_secret(State(sim): Sim, Json(body): Json<Value>) -> StatusCode {
+    match body.get("client_secret").and_then(Value::as_str) {
+        Some(secret) if !secret.is_empty() => {
+            sim.set_client_secret(secret.to_owned());
+            StatusCode::NO_CONTENT
+        }
+        _ => StatusCode::BAD_REQUEST,
+    }
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 ///   "retry_after_form":"seconds","commit_then_fail":0,"commit_then_fail_mode":"server_error",
 ///   "commit_then_fail_rate":0.0,"token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,
 ///   "outage_endpoints":[],"install_error_echoes_credentials":false,"apply_after_disconnect":false,
-///   "list_lag_ms":0,"empty_lists_ms":0,"html_answer":null,"max_page_size":null,"seed":null}`
+///   "list_lag_ms":0,"empty_lists_ms":0,"html_answer":null,"max_page_size":null,"long_rejection":null,"seed":null}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -83,6 +83,10 @@ pub struct Faults {
     /// (and pages are counted in this size), as a server with a cap it does not announce.
     /// Caps every v1.0 list and a paged List Accounts; `None`: no cap.
     pub max_page_size: Option<usize>,
+    /// Cyclr refusing the requests it matches with `400` and a `Message` of a given length
+    /// (nothing is applied): a client must bound what it copies into status, Events and logs.
+    /// `None`: no such answer.
+    pub long_rejection: Option<LongRejection>,
     /// Seeds the dice of `error_rate` and `commit_then_fail_rate`, so a run sees the same
     /// sequence of decisions (the n-th request meets the same fate); `None` seeds from the OS.
     pub seed: Option<u64>,
@@ -110,6 +114,7 @@ impl Default for Faults {
             empty_lists: Duration::ZERO,
             html_answer: None,
             max_page_size: None,
+            long_rejection: None,
             seed: None,
         }
     }
@@ -161,9 +166,36 @@ pub struct HtmlAnswer {
 
 impl HtmlAnswer {
     fn matches(&self, endpoint: &str) -> bool {
-        let method = endpoint.split(' ').next().unwrap_or_default();
-        self.endpoints.is_empty() || self.endpoints.iter().any(|e| e == endpoint || e == method)
+        matches_endpoint(&self.endpoints, endpoint)
     }
+}
+
+/// What [`Faults::long_rejection`] answers, and to which requests.
+///
+/// JSON form: `{"chars":300000,"endpoints":["POST /api/partner/createaccount"]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongRejection {
+    /// The length of the `Message`, in characters (Cyclr's validation text, repeated).
+    pub chars: usize,
+    /// The endpoints answered, named as for [`HtmlAnswer::endpoints`]; empty: every API
+    /// endpoint, `/oauth/token` included.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+impl LongRejection {
+    /// The `Message`: exactly `chars` characters.
+    pub(crate) fn message(&self) -> String {
+        const TEXT: &str = "The request is invalid: the account could not be validated. ";
+        TEXT.chars().cycle().take(self.chars).collect()
+    }
+}
+
+/// Whether `endpoint` (`"POST /api/partner/createaccount"`) is one of `endpoints`, named in
+/// full or by its method alone; an empty list names every endpoint.
+fn matches_endpoint(endpoints: &[String], endpoint: &str) -> bool {
+    let method = endpoint.split(' ').next().unwrap_or_default();
+    endpoints.is_empty() || endpoints.iter().any(|e| e == endpoint || e == method)
 }
 
 /// How the response of a "commit then fail" write is lost.
@@ -186,6 +218,8 @@ pub(crate) enum Verdict {
     ServerError(StatusCode),
     /// The firewall's HTML page, with this status.
     Html(StatusCode),
+    /// 400 with this (long) `Message`.
+    Rejected(String),
 }
 
 /// The faults in force plus the run-time state they need.
@@ -251,7 +285,7 @@ impl FaultState {
     }
 
     /// The firewall first (it stands in front of Cyclr), then the outage, then the rate limit (a refused request never reaches the error dice),
-    /// then the error rate. `endpoint` as the statistics name it.
+    /// then the error rate, then a long rejection. `endpoint` as the statistics name it.
     pub(crate) fn verdict(&mut self, endpoint: &str) -> Verdict {
         let faults = &self.faults;
         if let Some(html) = &faults.html_answer
@@ -284,6 +318,11 @@ impl FaultState {
                 };
                 return Verdict::ServerError(status);
             }
+        }
+        if let Some(rejection) = &self.faults.long_rejection
+            && matches_endpoint(&rejection.endpoints, endpoint)
+        {
+            return Verdict::Rejected(rejection.message());
         }
         Verdict::Proceed
     }

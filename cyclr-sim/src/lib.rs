@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Faults, HtmlAnswer, LostResponse, RetryAfterForm};
+pub use faults::{Faults, HtmlAnswer, LongRejection, LostResponse, RetryAfterForm};
 
 use cyclr::types::{Account, AccountV1, Cycle, InstalledConnector};
 use faults::FaultState;
@@ -345,9 +345,17 @@ impl SimHandle {
         lock(&self.shared.last_update_body).clone()
     }
 
-    /// Invalidates every token issued so far, as if they had all expired.
+    /// Invalidates every token issued so far, as if they had all expired (also
+    /// `POST /_sim/tokens/expire`): a revocation.
     pub fn expire_tokens(&self) {
         self.shared.expire_tokens();
+    }
+
+    /// Rotates the partner's client secret in "Cyclr" (also `PUT /_sim/client-secret`): from
+    /// now on `POST /oauth/token` accepts only `secret`. Tokens issued before stay valid until
+    /// they expire or are revoked ([`SimHandle::expire_tokens`]).
+    pub fn set_client_secret(&self, secret: impl Into<String>) {
+        self.shared.set_client_secret(secret.into());
     }
 
     /// Stops accepting connections, lets requests in flight finish, and waits.
@@ -381,7 +389,8 @@ impl Drop for SimHandle {
 /// State shared by the HTTP handlers and the handle.
 pub(crate) struct Shared {
     client_id: String,
-    client_secret: String,
+    /// Rotated by the admin API.
+    client_secret: Mutex<String>,
     token_ttl: Duration,
     store: RwLock<Store>,
     faults: Mutex<FaultState>,
@@ -406,7 +415,7 @@ impl Shared {
         }
         Ok(Shared {
             client_id: config.client_id,
-            client_secret: config.client_secret,
+            client_secret: Mutex::new(config.client_secret),
             token_ttl: config.token_ttl,
             store: RwLock::new(store),
             faults: Mutex::new(FaultState::new(config.faults)),
@@ -475,6 +484,16 @@ impl Shared {
             store.expire_tokens();
             Ok::<_, Infallible>(())
         });
+    }
+
+    fn set_client_secret(&self, secret: String) {
+        tracing::info!("client secret rotated");
+        *lock(&self.client_secret) = secret;
+    }
+
+    /// Whether `id` and `secret` are the partner's client credentials now.
+    fn credentials_match(&self, id: Option<&String>, secret: Option<&String>) -> bool {
+        id == Some(&self.client_id) && secret == Some(&*lock(&self.client_secret))
     }
 
     fn token_valid(&self, token: &str) -> bool {

@@ -191,14 +191,15 @@ async fn wrong_credentials_are_unauthorized_and_not_retried() {
         "{error:?}"
     );
     assert!(!error.is_retryable());
-    // Past the shortest backoff a new call asks again (within it, it shares the failure).
+    // Past the retry policy's shortest backoff, but within the hold of refused credentials
+    // (1 s), a new call gets the refusal without asking again.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(matches!(
         cyclr.list_accounts().await,
         Err(CyclrError::Unauthorized { .. })
     ));
     let stats = sim.stats();
-    assert_eq!(stats.requests_to(TOKEN), 2, "one token request per call, no retries");
+    assert_eq!(stats.requests_to(TOKEN), 1, "one token request, no retries");
     assert_eq!(stats.requests_to(LIST), 0);
 }
 
@@ -552,6 +553,73 @@ async fn a_refused_token_is_renewed_once_and_the_call_repeated() {
     assert_eq!(stats.requests_to(CREATE), 2);
     assert_eq!(stats.responses.get(&401), Some(&2));
     assert_eq!(sim.accounts().len(), 1);
+}
+
+/// Issue [M] row 10: a revocation while many calls are in flight makes one token request,
+/// not one per 401 (the renewal is shared, keyed by the token Cyclr refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_refused_together_after_a_revocation_share_one_renewal() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    cyclr.authenticate().await.unwrap();
+    for revocation in 1..=2 {
+        // Every call is in flight (held by the latency) when the tokens are revoked.
+        sim.set_faults(Faults {
+            latency: Duration::from_millis(300),
+            ..Faults::default()
+        });
+        let calls: Vec<_> = (0..40)
+            .map(|_| {
+                let cyclr = cyclr.clone();
+                tokio::spawn(async move { cyclr.list_accounts().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sim.expire_tokens();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let stats = sim.stats();
+        assert_eq!(
+            stats.responses.get(&401),
+            Some(&(40 * revocation)),
+            "every call was refused once"
+        );
+        assert_eq!(
+            stats.requests_to(TOKEN),
+            1 + revocation,
+            "one token request per revocation"
+        );
+    }
+}
+
+/// Issue [M] row 10: while the client secret is wrong, the token endpoint is asked calmly
+/// (1 s, doubling), not once per caller; a client rebuilt with the new secret works at once.
+#[tokio::test]
+async fn refused_credentials_are_asked_about_calmly() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    cyclr.authenticate().await.unwrap();
+    sim.set_client_secret("rotated-in-cyclr");
+    sim.expire_tokens();
+    // Callers one after another for about 1.5 s: the refusal is held at least 1 s, then 2 s.
+    for _ in 0..15 {
+        let error = cyclr.list_accounts().await.unwrap_err();
+        assert!(matches!(error, CyclrError::Unauthorized { .. }), "{error:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tokens = sim.stats().requests_to(TOKEN);
+    assert!(
+        (2..=3).contains(&tokens),
+        "{tokens} token requests: the first, then at most one a second"
+    );
+    let rotated = cyclr.with_credentials(CLIENT_ID, "rotated-in-cyclr".to_string().into());
+    rotated.list_accounts().await.unwrap();
+    assert_eq!(
+        sim.stats().requests_to(TOKEN),
+        tokens + 1,
+        "the new secret is not held by the old refusal"
+    );
 }
 
 #[tokio::test]

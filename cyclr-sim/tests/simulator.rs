@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use cyclr::types::{Account, AccountUsage, CyclrDate, PartnerDetails};
-use cyclr_sim::{Faults, HtmlAnswer, LostResponse, RetryAfterForm, SimConfig, SimHandle, SimStats, Simulator};
+use cyclr_sim::{
+    Faults, HtmlAnswer, LongRejection, LostResponse, RetryAfterForm, SimConfig, SimHandle, SimStats, Simulator,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -833,6 +835,37 @@ async fn admin_api_reads_and_sets_faults_and_stats() {
         .await;
 }
 
+#[tokio::test]
+async fn admin_api_rotates_the_client_secret() {
+    let env = Env::start().await;
+    let rotate = |body: Value| env.http.put(env.url("/_sim/client-secret")).json(&body).send();
+    assert_eq!(
+        rotate(json!({"client_secret": ""})).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        rotate(json!({"client_secret": "rotated"})).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let token = |secret: &str| {
+        env.http.post(env.url("/oauth/token")).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", secret),
+        ])
+    };
+    assert_eq!(
+        token(CLIENT_SECRET).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(token("rotated").send().await.unwrap().status(), StatusCode::OK);
+    // A token issued before the rotation stays valid until it expires or is revoked.
+    env.expect(StatusCode::OK, Method::GET, "/api/partner/accounts", None)
+        .await;
+    env.sim.set_client_secret(CLIENT_SECRET);
+    assert_eq!(token(CLIENT_SECRET).send().await.unwrap().status(), StatusCode::OK);
+}
+
 // ---- statistics ------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -1404,4 +1437,44 @@ async fn a_firewall_answers_html_to_the_endpoints_it_matches_and_applies_nothing
         .await
         .unwrap();
     assert!(refused.status().is_client_error(), "not an HTTP status");
+}
+
+#[tokio::test]
+async fn a_long_rejection_answers_400_with_a_message_of_that_length_and_applies_nothing() {
+    let env = Env::start().await;
+    env.sim.set_faults(Faults {
+        long_rejection: Some(LongRejection {
+            chars: 300_000,
+            endpoints: vec!["POST /api/partner/createaccount".into()],
+        }),
+        ..Faults::default()
+    });
+    let body = env
+        .expect(
+            StatusCode::BAD_REQUEST,
+            Method::POST,
+            "/api/partner/createaccount",
+            Some(SEED_CREATE),
+        )
+        .await;
+    let message = body["Message"].as_str().expect("Cyclr's Message");
+    assert_eq!(message.chars().count(), 300_000);
+    assert!(message.starts_with("The request is invalid"), "{}", &message[..80]);
+    assert!(env.sim.accounts().is_empty(), "nothing created");
+    assert!(env.list().await.is_empty(), "other endpoints answer as usual");
+    let set: Value = env
+        .http
+        .put(env.url("/_sim/faults"))
+        .json(&json!({"long_rejection": {"chars": 10}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(set["long_rejection"], json!({"chars": 10, "endpoints": []}));
+    let body = env
+        .expect(StatusCode::BAD_REQUEST, Method::GET, "/api/partner/accounts", None)
+        .await;
+    assert_eq!(body["Message"], "The reques", "every endpoint when none is named");
 }

@@ -133,14 +133,18 @@ async fn run<K: Reconciler>(obj: &K, seen_at: DateTime<Utc>, kind: &Kind<K>) -> 
             status,
             event,
         } => {
-            let (base, intent) = match pending {
-                None => (previous.clone(), None),
+            let (base, intent, marked) = match pending {
+                None => (previous.clone(), None, None),
                 Some(intent) => match mark(obj, kind, &previous, status.clone(), &intent, facts.now).await? {
-                    Some(marked) => (marked, Some(intent)),
+                    Some((status, marked)) => (status, Some(intent), Some(marked)),
                     // Someone changed the object since it was read: decide again on the fresh object.
                     None => return Ok(Done::ok(Action::requeue(Duration::from_secs(1)))),
                 },
             };
+            // The rest is written from the marked object, so the versions a later reconcile
+            // must not decide from include the marker's ([`crate::OwnWrites`]): the watch may
+            // deliver it while the write runs, and a reconcile on it would write the marker back.
+            let obj = marked.as_ref().unwrap_or(obj);
             let result = obj.act(&kind.state, &observed, write).await;
             if let Some(intent) = intent {
                 remember(obj, kind, &intent.sent, &result);
@@ -259,8 +263,9 @@ async fn look<K: Reconciler>(
     Ok(None)
 }
 
-/// Records the pending marker (and the plan's status) with a resourceVersion precondition.
-/// `None` when the object changed since it was read (409): decide again.
+/// Records the pending marker (and the plan's status) with a resourceVersion precondition:
+/// the status in force and the object as marked (at the marker's resourceVersion). `None`
+/// when the object changed since it was read (409): decide again.
 async fn mark<K: Reconciler>(
     obj: &K,
     kind: &Kind<K>,
@@ -268,11 +273,17 @@ async fn mark<K: Reconciler>(
     mut status: K::Status,
     intent: &crate::Intent<K::Reason>,
     now: DateTime<Utc>,
-) -> Result<Option<K::Status>, Error> {
+) -> Result<Option<(K::Status, K)>, Error> {
     status.set_pending(Some(crate::pending::mark(intent, now)));
     let health = Health::reconciling(intent.reason, intent.message.clone());
     match write_status(obj, kind, previous, status, &health, true, true).await {
-        Ok(written) => Ok(Some(written)),
+        Ok((written, version)) => {
+            let mut marked = obj.clone();
+            if version.is_some() {
+                marked.meta_mut().resource_version = version;
+            }
+            Ok(Some((written, marked)))
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
         Err(e) => Err(Error::Mark(e)),
     }
@@ -387,7 +398,7 @@ async fn record<K: Reconciler>(
         message: driver.scrub(&health.message),
         ..health.clone()
     };
-    let written = write_status(obj, kind, previous, status, &health, how != How::Paused, false)
+    let (written, _) = write_status(obj, kind, previous, status, &health, how != How::Paused, false)
         .await
         .map_err(Error::Record)?;
     if let Some((key, id)) = K::identity(&written)
@@ -432,7 +443,8 @@ async fn record<K: Reconciler>(
 }
 
 /// Writes status when it differs from `previous` (server-side apply, one write), with a
-/// resourceVersion precondition when `precondition`. Returns the status now in force.
+/// resourceVersion precondition when `precondition`. Returns the status now in force and the
+/// resourceVersion the write left (`None`: nothing written).
 async fn write_status<K: Reconciler>(
     obj: &K,
     kind: &Kind<K>,
@@ -441,7 +453,7 @@ async fn write_status<K: Reconciler>(
     health: &Health<K::Reason>,
     observed_spec: bool,
     precondition: bool,
-) -> Result<K::Status, kube::Error> {
+) -> Result<(K::Status, Option<String>), kube::Error> {
     let driver = &kind.driver;
     // A spec that was not applied (paused) is not marked observed, so kstatus never reads
     // it as Current.
@@ -463,7 +475,7 @@ async fn write_status<K: Reconciler>(
     };
     let rest_changed = rest(previous) != rest(&next);
     if !rest_changed && same_conditions(previous.conditions(), next.conditions()) && !precondition {
-        return Ok(previous.clone());
+        return Ok((previous.clone(), None));
     }
     if rest_changed {
         next.set_last_sync_time(Some(Time(Timestamp::now())));
@@ -487,5 +499,5 @@ async fn write_status<K: Reconciler>(
         .await?;
     driver.own_writes.wrote(obj.meta(), patched.meta());
     driver.metrics.kubernetes_write(&K::kind(&()));
-    Ok(next)
+    Ok((next, patched.meta().resource_version.clone()))
 }

@@ -74,6 +74,8 @@ pub struct Services {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Partner names whose accounts should be reconciled now.
     wake_partner: mpsc::UnboundedSender<String>,
+    /// Partner names to check again now: Cyclr refused their credentials to a call.
+    check_partner: mpsc::UnboundedSender<String>,
 }
 
 impl Services {
@@ -192,6 +194,7 @@ pub async fn run(
             }
         });
     let (wake_partner, partner_wakes) = mpsc::unbounded();
+    let (check_partner, partner_checks) = mpsc::unbounded();
     let secrets = Secrets::new(secret_stores.clone(), client.clone());
     let scrubber = secrets.clone();
     let driver = Arc::new(Driver::new(
@@ -214,6 +217,7 @@ pub async fn run(
         install_claims: ClaimIndex::default(),
         namespaces: namespace_store.clone(),
         wake_partner,
+        check_partner,
     });
     // Claims come from every CyclrAccount in the cluster, not only those this operator
     // serves. When it serves them all, the account controller's watch keeps the index;
@@ -269,6 +273,7 @@ pub async fn run(
         driver.clone(),
         services.clone(),
         secret_changes_partners,
+        partner_checks,
         shutdown.clone(),
     );
     let (account_changes, account_changes_installs) = mpsc::unbounded();

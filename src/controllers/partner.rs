@@ -10,11 +10,10 @@ use driver::{Applied, Driver, Facts, Kind, Packed, Plan, Reconciler, jittered};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::Resource as _;
 use kube::api::ObjectMeta;
 use kube::core::{DeserializeGuard, Selector};
 use kube::runtime::reflector::Store;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use secrecy::SecretString;
 
 use super::partners::{PartnerRuntime, PartnerState};
@@ -23,7 +22,7 @@ use crate::reason::{Failure, Health, Reason};
 use crate::resources::{CyclrPartner, CyclrPartnerStatus, PartnerDetailsStatus, PricePlanStatus};
 use crate::secrets::CredentialsDigest;
 use cyclr::types::{PartnerDetails, PricePlan};
-use cyclr::{ClientConfig, CyclrClient, CyclrError};
+use cyclr::{CallObserver, CallRecord, ClientConfig, CyclrClient, CyclrError};
 
 /// The partner controller, and how the other kinds reach it: the watch's store (accounts
 /// tell "not checked yet" from "does not exist" by it) and [`Partners`].
@@ -31,6 +30,7 @@ pub fn controller(
     driver: Arc<Driver>,
     services: Arc<Services>,
     secret_changes: UnboundedReceiver<Secret>,
+    checks: UnboundedReceiver<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (impl Stream<Item = driver::ReconcileResult<CyclrPartner>>, Partners) {
     let api: Api<DeserializeGuard<CyclrPartner>> = Api::all(driver.client.clone());
@@ -45,9 +45,21 @@ pub fn controller(
         s.namespace().as_deref() == Some(operator_namespace.as_str())
             && p.spec.credentials_secret_ref.name == s.name_any()
     });
+    // Credentials Cyclr refused to any call of the partner (an account's, say) check the
+    // partner at once: its reason says so and its accounts stop calling. Through the resync
+    // queue, like every wake (a stream that never yields).
+    let store = controller.store();
+    let waker = kind.clone();
+    let rechecks = checks.filter_map(move |name| {
+        if let Some(partner) = store.get(&kube::runtime::reflector::ObjectRef::new(&name)) {
+            waker.wake(partner.meta());
+        }
+        futures::future::ready(None)
+    });
     let results = controller
         // A rotated or fixed credentials Secret takes effect at once.
         .watches_stream(secret_changes.map(Ok), users)
+        .reconcile_on(rechecks)
         .graceful_shutdown_on(shutdown)
         .run(driver::reconcile, driver::error_policy, kind);
     (results, partners)
@@ -340,7 +352,13 @@ async fn runtime_for(
     // A changed partner keeps its rate budget: the limiter, a 429's hold, the adapted rate.
     let built = match &existing {
         Some(old) => old.client.with_config(config),
-        None => CyclrClient::new(config).map(|c| c.with_observer(services.metrics.cyclr_observer(&name))),
+        None => CyclrClient::new(config).map(|c| {
+            c.with_observer(Arc::new(PartnerCalls {
+                metrics: services.metrics.cyclr_observer(&name),
+                partner: name.clone(),
+                check_partner: services.check_partner.clone(),
+            }))
+        }),
     };
     let client = match built {
         Ok(client) => client,
@@ -359,6 +377,25 @@ async fn runtime_for(
         runtime = runtime.succeed(old);
     }
     Ok(Ok(Arc::new(runtime)))
+}
+
+/// Watches a partner's Cyclr calls: each goes to the metrics, and a token request Cyclr
+/// refuses (the client secret was rotated in Cyclr before the Secret) checks the partner again.
+struct PartnerCalls {
+    metrics: Arc<dyn CallObserver>,
+    partner: String,
+    check_partner: futures::channel::mpsc::UnboundedSender<String>,
+}
+
+impl CallObserver for PartnerCalls {
+    fn observe(&self, call: &CallRecord) {
+        self.metrics.observe(call);
+        // OAuth refuses client credentials with 400 or 401 (RFC 6749 §5.2). Not 403: a
+        // firewall's page says nothing of the credentials.
+        if call.endpoint == "oauth_token" && matches!(call.status, Some(400 | 401)) {
+            let _ = self.check_partner.unbounded_send(self.partner.clone());
+        }
+    }
 }
 
 /// Partner Details, price plans and a fresh account list (a token when none is cached).

@@ -44,14 +44,12 @@ pub struct CyclrAccountSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1000))]
     pub description: Option<String>,
-    /// An IANA time zone name such as `Europe/London` or `UTC` (at most 64 characters).
-    /// The shape is checked at admission; the operator checks the name against the time
-    /// zone database before any Cyclr call (Stalled `InvalidSpec` otherwise).
+    /// An IANA time zone name such as `Europe/London`, `CET`, `Etc/GMT+5` or `UTC` (at most
+    /// 64 characters). Admission checks only the characters IANA names are made of (letters,
+    /// digits, `_`, `-`, `+`, parts separated by `/`); the operator checks the name against
+    /// the time zone database before any Cyclr call (Stalled `InvalidSpec` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 64),
-        regex(pattern = r"^(UTC|GMT|[A-Z][A-Za-z_]+(/[A-Za-z0-9_+\-]+){1,2})$")
-    )]
+    #[schemars(length(max = 64), regex(pattern = r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$"))]
     pub timezone: Option<String>,
     /// The Cyclr price plan, by `id` or by `name`; omitted: Cyclr's default plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]

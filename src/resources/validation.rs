@@ -66,6 +66,45 @@ mod tests {
         );
     }
 
+    /// The admission pattern of `spec.timezone`, as the generated CRD carries it.
+    fn admission_pattern() -> regex::Regex {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(crate::resources::CyclrAccount::crd()).unwrap();
+        let timezone =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["timezone"];
+        assert_eq!(timezone["maxLength"], 64);
+        regex::Regex::new(timezone["pattern"].as_str().expect("a pattern")).unwrap()
+    }
+
+    #[test]
+    fn every_name_in_the_bundled_database_passes_admission_and_the_operator() {
+        let pattern = admission_pattern();
+        let names: Vec<String> = jiff::tz::db().available().map(|name| name.to_string()).collect();
+        assert!(
+            names.len() > 500,
+            "the whole database is bundled: {} names",
+            names.len()
+        );
+        for zone in &names {
+            assert!(pattern.is_match(zone) && zone.len() <= 64, "admission refuses {zone}");
+            assert_eq!(validate_account_spec(&spec(Some(zone))), Ok(()), "{zone}");
+        }
+        for zone in [
+            "CET",
+            "UTC",
+            "Etc/GMT+5",
+            "America/Argentina/Buenos_Aires",
+            "EST5EDT",
+            "GMT0",
+        ] {
+            assert!(names.iter().any(|name| name == zone), "{zone} is in the database");
+        }
+        // What is no name at all is still refused at admission.
+        for junk in ["not a zone", "Europe/", "/UTC", "Europe//London", "+05:00", ""] {
+            assert!(!pattern.is_match(junk), "admission accepts {junk:?}");
+        }
+    }
+
     #[test]
     fn names_shaped_like_zones_but_unknown_are_refused_naming_the_field() {
         for zone in ["Europe/Atlantis", "Mars/Olympus_Mons", "America/Springfield"] {

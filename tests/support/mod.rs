@@ -45,6 +45,14 @@ impl Harness {
     /// A namespace, a simulator, the partner's credentials Secret and CyclrPartner, and a
     /// running operator. `resync` is the partner's resync and usage interval.
     pub async fn start(prefix: &str, resync: &str) -> Harness {
+        let mut h = Harness::without_operator(prefix, resync).await;
+        h.start_operator();
+        h
+    }
+
+    /// [`Harness::start`] without the operator: the test starts it, e.g. with
+    /// [`Harness::start_operator_as`].
+    pub async fn without_operator(prefix: &str, resync: &str) -> Harness {
         // `RUST_LOG=cyclr_operator=debug cargo test … -- --nocapture` shows the operator's logs.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -57,7 +65,7 @@ impl Harness {
         let sim = Simulator::start(SimConfig::new(CLIENT_ID, CLIENT_SECRET), "127.0.0.1:0".parse().unwrap())
             .await
             .expect("start cyclr-sim");
-        let mut h = Harness {
+        let h = Harness {
             client,
             partner: namespace.clone(),
             namespace,
@@ -81,23 +89,32 @@ impl Harness {
             }
         }))
         .await;
-        h.start_operator();
         h
     }
 
     /// Starts the operator on this test's namespace and label only.
     pub fn start_operator(&mut self) {
-        self.start_operator_with(OperatorConfig {
+        self.start_operator_as(self.client.clone());
+    }
+
+    /// [`Harness::start_operator`] with `client` as the operator's client (e.g. one that
+    /// impersonates a ServiceAccount).
+    pub fn start_operator_as(&mut self, client: Client) {
+        let config = OperatorConfig {
             namespace: self.namespace.clone(),
             watch_namespace: Some(self.namespace.clone()),
             label_selector: Some(format!("cyclr.com/test={}", self.namespace)),
             concurrency: 16,
-        });
+        };
+        self.run_operator(client, config);
     }
 
     /// Starts the operator with `config` (its own namespace is this test's).
     pub fn start_operator_with(&mut self, config: OperatorConfig) {
-        let client = self.client.clone();
+        self.run_operator(self.client.clone(), config);
+    }
+
+    fn run_operator(&mut self, client: Client, config: OperatorConfig) {
         let metrics = self.metrics.clone();
         let readiness = self.readiness.clone();
         self.operator = Some(tokio::spawn(async move {
