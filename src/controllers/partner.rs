@@ -236,8 +236,14 @@ impl Reconciler for CyclrPartner {
             Publish::Ready { runtime, plans, health } => {
                 install(services, &name, &runtime);
                 runtime.set_price_plans(plans);
+                let was_ready = matches!(runtime.state(), PartnerState::Ready);
                 runtime.set_state(PartnerState::Ready);
-                services.wake_partner(&name);
+                // Its accounts look at the new list once a resync interval (drift), and at
+                // once when the partner becomes usable; a check between (its account count
+                // after creates) leaves them alone.
+                if runtime.accounts_wake_due() || !was_ready {
+                    services.wake_partner(&name);
+                }
                 let Observed::Checked { check: Ok(check), .. } = observed else {
                     unreachable!("ready is decided for a checked partner")
                 };

@@ -159,6 +159,8 @@ pub struct PartnerRuntime {
     /// The last account a list left out although it exists (read back), and when: the
     /// partner's list looked wrong.
     list_missed: std::sync::Mutex<Option<(DateTime<Utc>, String)>>,
+    /// When a check last woke the partner's accounts.
+    accounts_woken: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for PartnerRuntime {
@@ -194,6 +196,7 @@ impl PartnerRuntime {
             onboarding: Arc::default(),
             snapshot_metrics: None,
             list_missed: Default::default(),
+            accounts_woken: Default::default(),
         }
     }
 
@@ -207,6 +210,7 @@ impl PartnerRuntime {
     /// readiness, price plans and account snapshot), so accounts see no NotReady window.
     pub fn succeed(self, old: &PartnerRuntime) -> Self {
         *self.state.write().expect("lock") = old.state();
+        *self.accounts_woken.lock().expect("lock") = *old.accounts_woken.lock().expect("lock");
         *self.price_plans.write().expect("lock") = old.price_plans();
         if let Ok(held) = old.snapshot.try_lock() {
             *self.snapshot.try_lock().expect("new runtime is not shared yet") = held.clone();
@@ -246,6 +250,18 @@ impl PartnerRuntime {
     /// Whether any account of this partner is being onboarded now.
     pub fn is_onboarding(&self) -> bool {
         self.onboarding.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether a check should wake the partner's accounts now: the first time, and then once
+    /// about a resync interval after the last (90% of it, as timers are jittered); records
+    /// the wake when it says yes.
+    pub fn accounts_wake_due(&self) -> bool {
+        let mut woken = self.accounts_woken.lock().expect("lock");
+        let due = woken.is_none_or(|at| at.elapsed() >= self.resync_interval.mul_f64(0.9));
+        if due {
+            *woken = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Records that a list left out account `id`, which a read showed to exist.
@@ -394,6 +410,23 @@ impl Partners {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_wakes_the_accounts_once_a_resync_interval() {
+        let config = cyclr::ClientConfig::new("http://127.0.0.1:9", "id", secrecy::SecretString::from("s"));
+        let runtime = PartnerRuntime::new(
+            CyclrClient::new(config).unwrap(),
+            0,
+            Duration::from_secs(600),
+            Duration::from_secs(600),
+            None,
+            CredentialsDigest::new("s"),
+        );
+        assert!(runtime.accounts_wake_due(), "the first check");
+        assert!(!runtime.accounts_wake_due(), "a check soon after (creates) does not");
+        *runtime.accounts_woken.lock().unwrap() = Some(std::time::Instant::now() - Duration::from_secs(560));
+        assert!(runtime.accounts_wake_due(), "the next resync does");
+    }
 
     fn account(id: &str, name: &str) -> Account {
         Account {
