@@ -271,6 +271,10 @@ async fn row6_every_page_is_read_for_the_name_check_and_the_count() {
         "{}",
         ready_message(&stalled)
     );
+    assert!(
+        h.cyclr_requests("GET /v1.0/accounts") >= 3,
+        "a list of 250 accounts at most 100 a page is three pages"
+    );
     // Named by spec.accountID, on the third page: adopted, not created.
     h.apply::<CyclrAccount>(account(
         &h,
