@@ -290,3 +290,67 @@ async fn row6_every_page_is_read_for_the_name_check_and_the_count() {
     .await;
     assert_eq!(h.sim.accounts().len(), 250);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row3_a_delete_whose_credentials_secret_is_gone_stalls_and_lets_go_with_orphan() {
+    let h = Harness::start_v1("v1-nosecret", "10m").await;
+    h.wait_partner_ready("True").await;
+    h.apply::<CyclrAccount>(account(&h, "acme", json!({"deletionPolicy": "Delete"})))
+        .await;
+    let id = ready_id(&h, "acme").await;
+    h.api::<k8s_openapi::api::core::v1::Secret>()
+        .delete("partner-credentials", &DeleteParams::default())
+        .await
+        .expect("delete the credentials Secret");
+    h.wait_partner_ready("False").await;
+    delete(&h, "acme").await;
+    let stalled = h
+        .wait_condition::<CyclrAccount>("acme", "Stalled", "True", Some("DeletionBlocked"))
+        .await;
+    let message = ready_message(&stalled);
+    assert!(message.contains("not ready") && message.contains("Orphan"), "{message}");
+    h.api::<CyclrAccount>()
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deletionPolicy": "Orphan"}})),
+        )
+        .await
+        .expect("let it go");
+    wait_gone(&h, "acme").await;
+    assert!(h.sim.account_v1(&id).is_some(), "Orphan: the account stays in Cyclr");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_a_delete_until_it_is_lifted() {
+    let h = Harness::start_v1("v1-pause", "10m").await;
+    h.wait_partner_ready("True").await;
+    h.apply::<CyclrAccount>(account(&h, "acme", json!({"deletionPolicy": "Delete"})))
+        .await;
+    let id = ready_id(&h, "acme").await;
+    let pause = |paused: bool| {
+        let value = if paused { json!("true") } else { json!(null) };
+        json!({"metadata": {"annotations": {"cyclr.com/paused": value}}})
+    };
+    h.api::<CyclrAccount>()
+        .patch("acme", &PatchParams::default(), &Patch::Merge(pause(true)))
+        .await
+        .expect("pause");
+    h.wait_condition::<CyclrAccount>("acme", READY, "True", Some("Paused"))
+        .await;
+    delete(&h, "acme").await;
+    h.wait_for("the deleting resource held", Duration::from_secs(30), || async {
+        let held = h.account("acme").await;
+        held.metadata.deletion_timestamp.map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(h.sim.account_v1(&id).is_some(), "paused: not deleted");
+    assert_eq!(h.cyclr_requests("DELETE /v1.0/accounts/{id}"), 0);
+    h.api::<CyclrAccount>()
+        .patch("acme", &PatchParams::default(), &Patch::Merge(pause(false)))
+        .await
+        .expect("unpause");
+    wait_gone(&h, "acme").await;
+    assert!(h.sim.account_v1(&id).is_none(), "deleted once unpaused");
+}
