@@ -44,6 +44,11 @@ reasons! {
     Updated,
     /// Drift made in Cyclr was corrected (Events only).
     DriftCorrected,
+    /// The Cyclr account was deleted with its resource (`deletionPolicy: Delete`; Events only).
+    Deleted,
+    /// A deleting resource's Cyclr account cannot be deleted (its partner is gone or not
+    /// ready); `deletionPolicy: Orphan` lets the resource go without it.
+    DeletionBlocked,
     /// `cyclr.com/paused: "true"`.
     Paused,
     /// The named CyclrPartner does not exist.
@@ -128,6 +133,7 @@ impl driver::ReasonCode for Reason {
                 | Reason::InstalledNameInUse
                 | Reason::AuthenticationFailed
                 | Reason::CredentialsNotApplied
+                | Reason::DeletionBlocked
         )
     }
 
@@ -138,6 +144,7 @@ impl driver::ReasonCode for Reason {
             Reason::Adopted => "Adopt",
             Reason::Updated | Reason::DriftCorrected => "Update",
             Reason::Connected => "Connect",
+            Reason::Deleted | Reason::DeletionBlocked => "Delete",
             Reason::Orphaned => "Create",
             _ => "Reconcile",
         }

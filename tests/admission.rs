@@ -261,12 +261,6 @@ fn bad_manifests() -> Vec<Bad> {
         bad(Account, json!({"accountID": long(65)}), "spec.accountID", TOO_LONG),
         bad(
             Account,
-            json!({"deletionPolicy": "Delete"}),
-            "spec.deletionPolicy",
-            "cannot delete accounts",
-        ),
-        bad(
-            Account,
             json!({"deletionPolicy": "Keep"}),
             "spec.deletionPolicy",
             "Unsupported value",
@@ -438,6 +432,12 @@ fn bad_manifests() -> Vec<Bad> {
         ),
         bad(
             Partner,
+            json!({"apiURL": "https://api.cyclr.com", "cyclrAPI": "V2"}),
+            "spec.cyclrAPI",
+            "Unsupported value",
+        ),
+        bad(
+            Partner,
             json!({"apiURL": "ftp://api.cyclr.com"}),
             "spec.apiURL",
             "must be an absolute http:// or https:// URL",
@@ -585,6 +585,8 @@ async fn good_manifests_and_the_examples_are_accepted() {
             Account,
             json!({"accountID": "a6912cb01f18629a0957c95e9147066b", "deletionPolicy": "Orphan", "usage": {"enabled": false}}),
         ),
+        // Delete needs a V1 partner: checked by the operator, which sees the partner.
+        (Account, json!({"deletionPolicy": "Delete"})),
         (
             Install,
             json!({"installedName": "Slack (sales)", "auth": {"apiKeySecretRef": {"name": "acme-slack", "key": "api_key.v2"}}}),
@@ -594,6 +596,11 @@ async fn good_manifests_and_the_examples_are_accepted() {
             json!({"auth": {"basicAuthSecretRef": {"name": "jira", "usernameKey": "user", "passwordKey": "pass"}}}),
         ),
         (Partner, json!({"apiURL": "http://127.0.0.1:8080"})),
+        (Partner, json!({"apiURL": "http://127.0.0.1:8080", "cyclrAPI": "V1"})),
+        (
+            Partner,
+            json!({"apiURL": "http://127.0.0.1:8080", "cyclrAPI": "Partner"}),
+        ),
         (
             Partner,
             json!({"apiURL": "https://cyclr.example.com/partner-api/", "rateLimit": {"requestsPerSecond": 10000, "burst": 1}}),

@@ -147,6 +147,7 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
             resync_interval: "10s".parse().unwrap(),
             usage_interval: "10m".parse().unwrap(),
             service_url: None,
+            cyclr_api: Default::default(),
         },
     );
     partner.metadata.labels = test_label();

@@ -84,6 +84,7 @@ impl Scene {
                 resync_interval: "10m".parse().unwrap(),
                 usage_interval: "10m".parse().unwrap(),
                 service_url: None,
+                cyclr_api: Default::default(),
             },
         );
         partner.metadata.labels = Some([("cyclr.com/test".to_owned(), namespace.clone())].into());

@@ -65,6 +65,7 @@ impl Fixture {
             resync_interval: "10m".parse().unwrap(),
             usage_interval: "15m".parse().unwrap(),
             service_url: None,
+            cyclr_api: Default::default(),
         };
         let partners: Api<CyclrPartner> = Api::all(client.clone());
         partners

@@ -198,6 +198,38 @@ pub trait Reconciler:
     /// Drops what the kind keeps about the object outside Kubernetes; called when the watch
     /// reports the object deleted.
     fn forget(_state: &Self::State, _meta: &ObjectMeta) {}
+
+    /// The finalizer of objects whose deletion needs an external call (`None`: the kind
+    /// never needs one, deletion is Orphan).
+    const FINALIZER: Option<&'static str> = None;
+
+    /// Whether this object needs [`Self::FINALIZER`], from what `observe` found (e.g. a
+    /// Delete policy on a partner that can delete). The driver adds it before the first
+    /// status or external write of a reconcile that says so; only such objects carry it.
+    fn needs_finalizer(&self, _observed: &Self::Observed) -> bool {
+        false
+    }
+
+    /// The object is being deleted and holds [`Self::FINALIZER`]: do what its deletion needs
+    /// (or decide that nothing is to be done). [`Cleanup::Done`] lets the object go (the
+    /// driver removes the finalizer); [`Cleanup::Blocked`] keeps it and reports why. Pause,
+    /// the backoff and Kubernetes writes are the driver's.
+    fn cleanup(
+        &self,
+        _state: &Self::State,
+    ) -> impl Future<Output = Result<Cleanup<Self::Reason>, Self::Failure>> + Send {
+        async { Ok(Cleanup::Done(None)) }
+    }
+}
+
+/// What [`Reconciler::cleanup`] gave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cleanup<R> {
+    /// Done, or nothing to do: the finalizer goes (an Event with it, if given).
+    Done(Option<Note<R>>),
+    /// Not possible now: this health is reported and the finalizer stays. A Stalled health
+    /// should say how to let the object go.
+    Blocked(Health<R>),
 }
 
 /// A Normal Event: its reason and note.

@@ -12,8 +12,11 @@
 //! Every promise the kinds share is kept here, once:
 //!
 //! 1. a malformed object is reported, never breaks the watch;
-//! 2. deletion needs no finalizer (Orphan); per-object state and metric series are dropped on
-//!    the watch's Delete event ([`Reconciler::forget`], [`Metrics::forget`]);
+//! 2. deletion needs no finalizer (Orphan) unless the kind says an object needs one
+//!    ([`Reconciler::needs_finalizer`]): the driver adds it before the first write, runs
+//!    [`Reconciler::cleanup`] on deletion (pause and backoff hold it too) and removes it once
+//!    the cleanup is done; per-object state and metric series are dropped on the watch's
+//!    Delete event ([`Reconciler::forget`], [`Metrics::forget`]);
 //! 3. the backoff gate: after a failure nothing reaches Cyclr before the backoff (or a 429's
 //!    hold) ends, unless the spec changed;
 //! 4. pause (`cyclr.com/paused: "true"`): no external call, the spec is not marked observed;
@@ -52,7 +55,7 @@ use rand::Rng;
 pub use backoff::Backoffs;
 pub use controller::{Driver, DriverConfig, Kind, Metrics, ReconcileResult, controller_for, error_policy, report};
 pub use health::{Health, State};
-pub use kind::{Applied, Facts, Fault, ManagedStatus, Note, Plan, ReasonCode, Reconciler};
+pub use kind::{Applied, Cleanup, Facts, Fault, ManagedStatus, Note, Plan, ReasonCode, Reconciler};
 pub use own_writes::OwnWrites;
 pub use packed::{Packed, pack_event};
 pub use pending::{Attempt, Intent, Pending, PendingWrite};

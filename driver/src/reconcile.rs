@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -16,8 +16,8 @@ use tracing::Instrument;
 use crate::conditions::{READY, condition, same_conditions, stalled_reason};
 use crate::pending::{Attempt, Pending};
 use crate::{
-    Applied, Facts, Fault, Health, Kind, ManagedStatus, Note, Packed, Plan, ReasonCode, Reconciler, State, annotation,
-    is_paused, jittered,
+    Applied, Cleanup, Facts, Fault, Health, Kind, ManagedStatus, Note, Packed, Plan, ReasonCode, Reconciler, State,
+    annotation, is_paused, jittered,
 };
 
 /// Observe → decide rounds in one reconcile (a fresher list may be asked for once or twice).
@@ -39,6 +39,9 @@ pub enum Error {
     /// Recording the external id in the object's annotation.
     #[error("recording the id annotation: {0}")]
     Annotate(#[source] kube::Error),
+    /// Adding or removing the kind's finalizer.
+    #[error("updating the finalizer: {0}")]
+    Finalize(#[source] kube::Error),
 }
 
 /// How a reconcile ended, for the requeue and the failure metric.
@@ -103,12 +106,19 @@ async fn run<K: Reconciler>(obj: &K, seen_at: DateTime<Utc>, kind: &Kind<K>) -> 
             .await?;
             return Ok(Done::ok(Action::await_change()));
         }
+        Gate::Delete => return delete(obj, kind, &previous).await,
     };
     let (observed, plan) = match look(obj, kind, &facts).await {
         Ok(Some(looked)) => looked,
         Ok(None) => return Ok(Done::ok(Action::requeue(Duration::from_secs(1)))),
         Err(failure) => return fail(obj, kind, &previous, previous.clone(), failure).await,
     };
+    if !matches!(plan, Plan::Wait(_)) && must_add(K::FINALIZER, obj.meta(), obj.needs_finalizer(&observed)) {
+        // On the object before anything is written for it; the decision is taken again from
+        // the object the watch shows with it (its resourceVersion moved).
+        finalize(obj, kind, true).await?;
+        return Ok(Done::ok(Action::requeue(Duration::from_secs(1))));
+    }
     match plan {
         Plan::Refresh(_) => unreachable!("`look` decides again until it is not a refresh"),
         Plan::Wait(after) => Ok(Done::ok(Action::requeue(after))),
@@ -198,14 +208,18 @@ enum Gate {
     Stop(Action),
     /// Paused: report it, nothing else.
     Pause,
+    /// Deleting, with the kind's finalizer: its cleanup.
+    Delete,
 }
 
 /// The checks before any look: deletion, our own writes, pause, backoff, stalled, and an
-/// object older than our own pending marker.
+/// object older than our own pending marker. A deleting object with the kind's finalizer
+/// passes our own writes, pause and backoff to its cleanup; without it, nothing is done.
 fn gate<K: Reconciler>(obj: &K, seen_at: DateTime<Utc>, kind: &Kind<K>, previous: &K::Status) -> Gate {
     let meta = obj.meta();
     let uid = meta.uid.as_deref().unwrap_or_default();
-    if meta.deletion_timestamp.is_some() {
+    let deleting = meta.deletion_timestamp.is_some();
+    if deleting && !holds_finalizer::<K>(meta) {
         // Orphan: no finalizer, nothing to do.
         return Gate::Stop(Action::await_change());
     }
@@ -219,6 +233,10 @@ fn gate<K: Reconciler>(obj: &K, seen_at: DateTime<Utc>, kind: &Kind<K>, previous
     }
     if let Some(wait) = kind.driver.backoffs.wait(uid, meta.generation) {
         return Gate::Stop(Action::requeue(wait));
+    }
+    if deleting {
+        // Before the stalled gate: a cleanup that stalled is tried again on every wake.
+        return Gate::Delete;
     }
     if previous.observed_generation() == meta.generation
         && stalled_reason(previous.conditions())
@@ -242,6 +260,81 @@ fn gate<K: Reconciler>(obj: &K, seen_at: DateTime<Utc>, kind: &Kind<K>, previous
         return Gate::Stop(Action::requeue(Duration::from_secs(1)));
     }
     Gate::Pass(facts)
+}
+
+/// Whether the object carries the kind's finalizer.
+fn holds_finalizer<K: Reconciler>(meta: &ObjectMeta) -> bool {
+    holds(meta, K::FINALIZER)
+}
+
+/// Whether `meta` carries `finalizer` (pure).
+fn holds(meta: &ObjectMeta, finalizer: Option<&str>) -> bool {
+    finalizer.is_some_and(|f| meta.finalizers.iter().flatten().any(|held| held == f))
+}
+
+/// Whether `finalizer` must be added: the kind has one, the object needs it (`needed`) and
+/// does not carry it yet (pure).
+fn must_add(finalizer: Option<&str>, meta: &ObjectMeta, needed: bool) -> bool {
+    needed && finalizer.is_some() && !holds(meta, finalizer)
+}
+
+/// Adds (`held`) or removes the kind's finalizer, with a resourceVersion precondition so no
+/// other finalizer's change is lost. A 409 is left to the next reconcile (requeued by the
+/// caller); a 404 on removal means the object went already.
+async fn finalize<K: Reconciler>(obj: &K, kind: &Kind<K>, held: bool) -> Result<(), Error> {
+    let Some(finalizer) = K::FINALIZER else {
+        return Ok(());
+    };
+    let mut finalizers: Vec<String> = obj
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    if held {
+        finalizers.push(finalizer.to_string());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}
+    });
+    let driver = &kind.driver;
+    match obj
+        .api(driver.client.clone())
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(patched) => {
+            driver.own_writes.wrote(obj.meta(), patched.meta());
+            driver.metrics.kubernetes_write(&K::kind(&()));
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 || (e.code == 404 && !held) => Ok(()),
+        Err(e) => Err(Error::Finalize(e)),
+    }
+}
+
+/// A deleting object with the kind's finalizer: the kind's cleanup, then the finalizer goes;
+/// or its report, and the finalizer stays.
+async fn delete<K: Reconciler>(obj: &K, kind: &Kind<K>, previous: &K::Status) -> Result<Done, Error> {
+    match obj.cleanup(&kind.state).await {
+        Ok(Cleanup::Done(event)) => {
+            if let Some((reason, note)) = event {
+                kind.driver
+                    .event(&obj.object_ref(&()), EventType::Normal, reason, reason.verb(), &note)
+                    .await;
+            }
+            finalize(obj, kind, false).await?;
+            // Requeued in case the removal met a change (409); a gone object is not looked at.
+            Ok(Done::ok(Action::requeue(Duration::from_secs(1))))
+        }
+        Ok(Cleanup::Blocked(health)) => {
+            record(obj, kind, previous, previous.clone(), &health, vec![], How::Decided).await?;
+            Ok(Done::ok(waiting(&health)))
+        }
+        Err(failure) => fail(obj, kind, previous, previous.clone(), failure).await,
+    }
 }
 
 /// Observe → decide, again while the kind asks for a fresher look (bounded: a kind that keeps
@@ -363,8 +456,15 @@ fn next<K: Reconciler>(obj: &K, kind: &Kind<K>, health: &Health<K::Reason>, obse
             }
             Action::await_change()
         }
+        _ => waiting(health),
+    }
+}
+
+/// The requeue of a resource that is not Ready.
+fn waiting<R: ReasonCode>(health: &Health<R>) -> Action {
+    match health.state {
         State::Stalled if !health.reason.waits_for_spec() => Action::requeue(jittered(RECHECK)),
-        State::Stalled | State::Paused => Action::await_change(),
+        State::Ready | State::Stalled | State::Paused => Action::await_change(),
         // Waiting on something that is watched; a slow safety net besides.
         State::Reconciling => Action::requeue(Duration::from_secs(60)),
     }
@@ -500,4 +600,29 @@ async fn write_status<K: Reconciler>(
     driver.own_writes.wrote(obj.meta(), patched.meta());
     driver.metrics.kubernetes_write(&K::kind(&()));
     Ok((next, patched.meta().resource_version.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(finalizers: &[&str]) -> ObjectMeta {
+        ObjectMeta {
+            finalizers: Some(finalizers.iter().map(|f| f.to_string()).collect()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_finalizer_is_added_only_to_an_object_that_needs_it_and_lacks_it() {
+        let ours = Some("cyclr.com/account");
+        assert!(must_add(ours, &meta(&[]), true));
+        assert!(must_add(ours, &meta(&["someone.else/keep"]), true));
+        assert!(!must_add(ours, &meta(&["cyclr.com/account"]), true), "held already");
+        assert!(!must_add(ours, &meta(&[]), false), "Orphan needs none");
+        assert!(!must_add(None, &meta(&[]), true), "a kind without a finalizer");
+        assert!(!must_add(ours, &ObjectMeta::default(), false));
+        assert!(holds(&meta(&["a", "cyclr.com/account"]), ours));
+        assert!(!holds(&meta(&["cyclr.com/account"]), None));
+    }
 }

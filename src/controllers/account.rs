@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use driver::{Applied, Driver, Facts, Intent, Kind, Note, Packed, Plan, Reconciler, jittered, stable_hash};
+use driver::{Applied, Cleanup, Driver, Facts, Intent, Kind, Note, Packed, Plan, Reconciler, jittered, stable_hash};
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -18,15 +18,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
-use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState, Wrote};
+use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState, Wrote, account_from_v1};
 use super::{Services, namespaced_api};
 use crate::index::Holder;
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
-    CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, CyclrPartner, ManagementPolicy, READY, UsageStatus, annotation,
-    annotations, same_conditions,
+    ACCOUNT_FINALIZER, CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, CyclrApi, CyclrPartner, DeletionPolicy,
+    ManagementPolicy, READY, UsageStatus, annotation, annotations, same_conditions,
 };
-use cyclr::types::{Account, AccountFields, AccountUsage, CyclrDate, PricePlan, PricePlanId};
+use cyclr::types::{Account, AccountFields, AccountFieldsV1, AccountUsage, CyclrDate, Deleted, PricePlan, PricePlanId};
 
 /// The account kind's own state.
 pub struct AccountState {
@@ -164,10 +164,58 @@ pub struct Observed {
     pub usage_due_in: Option<Duration>,
     /// The account read back, when a list left it out.
     pub read_back: Option<ReadBack>,
+    /// On a `V1` partner, the id a create would carry (`spec.accountID` or derived).
+    pub chosen: Option<ChosenId>,
     /// Held while no id is known: creates of one name in one partner are serialised.
     _name_guard: Option<NameGuard>,
     /// Held while this reconcile may create an account: the partner's usage reads wait.
     _onboarding: Option<Onboarding>,
+}
+
+/// The id a create carries on a `V1` partner, and why it is this resource's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChosenId {
+    /// The Cyclr account id.
+    pub id: String,
+    /// Where it comes from.
+    pub origin: IdOrigin,
+}
+
+/// Where a chosen id comes from: what makes an account that already has it this resource's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdOrigin {
+    /// `spec.accountID`: the user named the account (a tenant key the partner already uses).
+    Spec,
+    /// [`derived_account_id`]: no other resource derives it, so an account that has it was
+    /// made for this resource (an earlier create, or a resource of the same name deleted with
+    /// `Orphan`).
+    Derived,
+}
+
+impl IdOrigin {
+    /// How an existing account with this id came to be this resource's, for Events.
+    fn adoption(self) -> &'static str {
+        match self {
+            IdOrigin::Spec => "named by spec.accountID",
+            IdOrigin::Derived => "with the id derived from this resource's cluster, namespace and name",
+        }
+    }
+}
+
+/// The Cyclr account id of a resource on a `V1` partner without `spec.accountID`: `k8s-` and
+/// the first 128 bits of SHA-256 over `cluster/namespace/name`, in hex (36 characters, within
+/// the 64 of `spec.accountID`). `cluster` is the `kube-system` namespace's uid, so clusters
+/// sharing a partner never derive the same id; namespace and name make it the resource's,
+/// so the same manifest applied again (after a delete with `Orphan`, or a move between Argo
+/// CD apps) finds the same account.
+pub fn derived_account_id(cluster: &str, namespace: &str, name: &str) -> String {
+    // Neither a namespace nor a name can contain '/': the joined text is unambiguous.
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{cluster}/{namespace}/{name}").as_bytes(),
+    );
+    let hex: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("k8s-{hex}")
 }
 
 /// The Cyclr write an account needs.
@@ -177,6 +225,17 @@ pub enum Write {
     Create {
         /// The fields sent.
         fields: AccountFields,
+    },
+    /// v1.0 create with an id the operator chose (`V1` partners): idempotent, a repeat
+    /// answers `ID already in use`, so no pending marker is written before it.
+    CreateWithId {
+        /// The v1.0 fields sent, `Id` included.
+        fields: AccountFieldsV1,
+        /// What v1.0 does not take (price plan, next bill date): set right after through the
+        /// Partner API.
+        partner_fields: AccountFields,
+        /// Where the id comes from (how an account already holding it is judged).
+        origin: IdOrigin,
     },
     /// Update Account with only the fields that differ.
     Update {
@@ -198,6 +257,21 @@ impl CyclrAccount {
             .and_then(|s| s.account_id.as_deref())
             .or_else(|| annotation(&self.metadata, annotations::ACCOUNT_ID))
             .or(self.spec.account_id.as_deref())
+    }
+
+    /// The id a create carries on a `V1` partner: `spec.accountID`, else derived from the
+    /// cluster (`cluster`), the namespace and the name.
+    pub fn chosen_id(&self, cluster: &str) -> ChosenId {
+        match &self.spec.account_id {
+            Some(id) => ChosenId {
+                id: id.clone(),
+                origin: IdOrigin::Spec,
+            },
+            None => ChosenId {
+                id: derived_account_id(cluster, &self.namespace().unwrap_or_default(), &self.name_any()),
+                origin: IdOrigin::Derived,
+            },
+        }
     }
 }
 
@@ -230,6 +304,7 @@ impl Reconciler for CyclrAccount {
             usage_deferred: false,
             usage_due_in: None,
             read_back: None,
+            chosen: None,
             _name_guard: None,
             _onboarding: None,
         };
@@ -256,6 +331,7 @@ impl Reconciler for CyclrAccount {
             PartnerState::Ready => {}
         }
         let id = self.known_id().map(str::to_string);
+        let chosen = (runtime.dialect == CyclrApi::V1).then(|| self.chosen_id(&services.cluster_id));
         if id.is_none() && self.spec.management_policy == ManagementPolicy::Full {
             observed._onboarding = Some(runtime.onboarding());
             observed._name_guard = Some(runtime.lock_name(&self.cyclr_name()).await);
@@ -290,7 +366,8 @@ impl Reconciler for CyclrAccount {
             .flatten()
             .flat_map(|name| snapshot.iter().flat_map(move |s| s.named(&name)).collect::<Vec<_>>())
             .map(|a| a.id)
-            .chain(id.clone());
+            .chain(id.clone())
+            .chain(chosen.as_ref().map(|c| c.id.clone()));
         for candidate in relevant {
             if let Some(holder) = services.account_claims.held_by_other(&candidate, &uid) {
                 observed.claims.insert(candidate, holder);
@@ -298,7 +375,9 @@ impl Reconciler for CyclrAccount {
         }
         // Usage is read once a list has shown the account, so the bill dates Cyclr chose (which
         // only a list reports) are written with the first usage, in one write.
-        if let Some(id) = &id
+        // On a V1 partner, an account found under its chosen id is adopted with its usage.
+        let usage_id = id.clone().or_else(|| chosen.as_ref().map(|c| c.id.clone()));
+        if let Some(id) = &usage_id
             && self.spec.usage.enabled
             && snapshot.as_ref().is_some_and(|s| s.listed(id))
         {
@@ -321,6 +400,7 @@ impl Reconciler for CyclrAccount {
             }
             observed.usage_due_in = Some(due_in);
         }
+        observed.chosen = chosen;
         observed.partner = PartnerView::Ready {
             plans: runtime.price_plans(),
             runtime,
@@ -367,6 +447,86 @@ impl Reconciler for CyclrAccount {
                     status: with_account(previous, &created, Some(usage)),
                     // No Event: a rollout of thousands would write thousands; status says it.
                     event: None,
+                    made: Some(id),
+                })
+            }
+            Write::CreateWithId {
+                fields,
+                partner_fields,
+                origin,
+            } => {
+                let id = fields.id.clone().unwrap_or_default();
+                let (answer, adopted) = match runtime.client.create_account_v1(&fields).await {
+                    Ok(created) => (created, None),
+                    // A repeat of a create whose answer or status write was lost, or an account
+                    // made before: read it and judge it.
+                    Err(cyclr::CyclrError::IdInUse { .. }) => {
+                        let found = runtime
+                            .client
+                            .get_account_v1(&id)
+                            .await
+                            .map_err(Failure::cyclr("reading the account whose id is in use"))?;
+                        let holder = state
+                            .services
+                            .account_claims
+                            .held_by_other(&id, &self.uid().unwrap_or_default());
+                        let note = match id_in_use(&id, origin, holder.as_ref()) {
+                            Ok(note) => note,
+                            Err(health) => {
+                                return Ok(Applied {
+                                    health,
+                                    status: previous,
+                                    event: None,
+                                    made: None,
+                                });
+                            }
+                        };
+                        // Brought to the spec in the same reconcile (what the create would have set).
+                        let changes = fields.changes_to(&found);
+                        let found = if changes.is_empty() {
+                            found
+                        } else {
+                            runtime
+                                .client
+                                .update_account_v1(&id, &changes)
+                                .await
+                                .map_err(Failure::cyclr("the account update"))?
+                        };
+                        (found, Some(note))
+                    }
+                    Err(error) => return Err(Failure::cyclr("the account create")(error)),
+                };
+                let mut created = account_from_v1(answer);
+                // Claimed at once, before the watch reports the annotation.
+                let _ = state.services.account_claims.claim(&id, &Holder::of(&self.metadata));
+                runtime.remember_account(created.clone(), Wrote::Created).await;
+                if !partner_fields.is_empty() {
+                    runtime
+                        .client
+                        .update_account(&id, &partner_fields)
+                        .await
+                        .map_err(Failure::cyclr("setting the price plan and next bill date"))?;
+                    created = apply_changes(created, &partner_fields);
+                    runtime.remember_account(created.clone(), Wrote::Updated).await;
+                }
+                state.partners.created_account(&self.spec.partner_ref.name);
+                // Usage read now, with the dates Cyclr gives it, so the first resync finds
+                // nothing to write; a new account has used nothing if the read fails.
+                let usage = match self.spec.usage.enabled {
+                    false => None,
+                    true => Some(
+                        read_usage(self, state, runtime, &id)
+                            .await
+                            .unwrap_or_else(|_| UsageStatus {
+                                current_price_plan_id: created.price_plan_id.map(|p| p.0),
+                                ..UsageStatus::default()
+                            }),
+                    ),
+                };
+                Ok(Applied {
+                    health: Health::ready(Reason::Synced, SYNCED),
+                    status: with_account(previous, &created, usage),
+                    event: adopted,
                     made: Some(id),
                 })
             }
@@ -434,6 +594,47 @@ impl Reconciler for CyclrAccount {
         Some(partner_reference(&self.spec.partner_ref.name))
     }
 
+    const FINALIZER: Option<&'static str> = Some(ACCOUNT_FINALIZER);
+
+    /// Only a resource whose deletion deletes the account, on a partner that can.
+    fn needs_finalizer(&self, observed: &Observed) -> bool {
+        deletes(&self.spec)
+            && matches!(&observed.partner, PartnerView::Ready { runtime, .. } if runtime.dialect == CyclrApi::V1)
+    }
+
+    /// `DELETE /v1.0/accounts/{id}` (404 counts as done), unless the policy lets the account
+    /// be, another resource holds it, or the partner cannot ([`before_delete`]).
+    async fn cleanup(&self, state: &AccountState) -> Result<Cleanup<Reason>, Failure> {
+        let services = &state.services;
+        let partner = &self.spec.partner_ref.name;
+        let runtime = services.partners.get(partner);
+        // What was created for it even if the status write recording it was lost.
+        let id = status_or_annotation_id(self)
+            .map(str::to_string)
+            .unwrap_or_else(|| self.chosen_id(&services.cluster_id).id);
+        let holder = services
+            .account_claims
+            .held_by_other(&id, &self.uid().unwrap_or_default());
+        let view = runtime.as_ref().map(|r| (r.state(), r.dialect));
+        if let Some(done) = before_delete(self, view, state.partners.exists(partner), &id, holder.as_ref()) {
+            return Ok(done);
+        }
+        let Some(runtime) = runtime else {
+            unreachable!("before_delete lets a delete through only for a ready partner")
+        };
+        let note = match runtime
+            .client
+            .delete_account_v1(&id)
+            .await
+            .map_err(Failure::cyclr("the account delete"))?
+        {
+            Deleted::Deleted => format!("deleted Cyclr account {id} with its resource (deletionPolicy Delete)"),
+            Deleted::AlreadyGone => format!("Cyclr account {id} was already gone (deletionPolicy Delete)"),
+        };
+        runtime.forget_account(&id).await;
+        Ok(Cleanup::Done(Some((Reason::Deleted, note))))
+    }
+
     fn forget(state: &AccountState, meta: &ObjectMeta) {
         let uid = meta.uid.as_deref().unwrap_or_default();
         state.usage_polls.lock().expect("lock").remove(&stable_hash(uid));
@@ -442,6 +643,86 @@ impl Reconciler for CyclrAccount {
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),
         );
+    }
+}
+
+/// Whether deleting the resource deletes its Cyclr account: `deletionPolicy: Delete`, and
+/// the operator manages the account (ObserveOnly never deletes).
+fn deletes(spec: &CyclrAccountSpec) -> bool {
+    spec.deletion_policy == DeletionPolicy::Delete && spec.management_policy == ManagementPolicy::Full
+}
+
+/// What `ID already in use` means for a create that carried `id` (pure). The id was chosen
+/// for this resource (derived from it, or named by spec.accountID), so the account is this
+/// resource's: adopted, with an Event. Unless another resource holds it (it adopted the id
+/// first): Stalled, naming the holder.
+pub fn id_in_use(id: &str, origin: IdOrigin, holder: Option<&Holder>) -> Result<Note<Reason>, Health> {
+    match holder {
+        Some(holder) => Err(Health::stalled(
+            Reason::AccountClaimed,
+            format!(
+                "Cyclr account {id} already exists (ID already in use) and is held by CyclrAccount {}; one Cyclr account belongs to one resource",
+                holder.name
+            ),
+        )),
+        None => Ok((
+            Reason::Adopted,
+            format!(
+                "adopted Cyclr account {id} {} (the create answered ID already in use)",
+                origin.adoption()
+            ),
+        )),
+    }
+}
+
+/// Whether a deleting resource's account is to be left alone or cannot be deleted now
+/// (pure): `None` when the delete goes ahead. `partner` is the partner's runtime state and
+/// dialect when it is in service, `partner_exists` whether the CyclrPartner exists at all.
+pub fn before_delete(
+    account: &CyclrAccount,
+    partner: Option<(PartnerState, CyclrApi)>,
+    partner_exists: bool,
+    id: &str,
+    holder: Option<&Holder>,
+) -> Option<Cleanup<Reason>> {
+    if !deletes(&account.spec) {
+        // Orphan (perhaps set on the deleting resource to let it go), or ObserveOnly.
+        return Some(Cleanup::Done(None));
+    }
+    if let Some(holder) = holder {
+        return Some(Cleanup::Done(Some((
+            Reason::AccountClaimed,
+            format!(
+                "Cyclr account {id} was not deleted: CyclrAccount {} holds it",
+                holder.name
+            ),
+        ))));
+    }
+    let name = &account.spec.partner_ref.name;
+    let blocked = |why: String| {
+        Some(Cleanup::Blocked(Health::stalled(
+            Reason::DeletionBlocked,
+            format!(
+                "Cyclr account {id} could not be deleted: {why}. To let this resource go and leave the account in Cyclr, set spec.deletionPolicy to Orphan on it: kubectl patch cyclraccount {} --type merge -p '{{\"spec\":{{\"deletionPolicy\":\"Orphan\"}}}}'",
+                account.name_any()
+            ),
+        )))
+    };
+    let waiting = || {
+        Some(Cleanup::Blocked(Health::reconciling(
+            Reason::PartnerNotReady,
+            format!("CyclrPartner {name:?} has not been checked yet; Cyclr account {id} is deleted once it is"),
+        )))
+    };
+    match partner {
+        None if partner_exists => waiting(),
+        None => blocked(format!("CyclrPartner {name:?} does not exist")),
+        Some((PartnerState::Unchecked, _)) => waiting(),
+        Some((PartnerState::NotReady(why), _)) => blocked(format!("CyclrPartner {name:?} is not ready: {why}")),
+        Some((PartnerState::Ready, CyclrApi::Partner)) => blocked(format!(
+            "CyclrPartner {name:?} uses cyclrAPI Partner, which cannot delete accounts"
+        )),
+        Some((PartnerState::Ready, CyclrApi::V1)) => None,
     }
 }
 
@@ -512,7 +793,12 @@ pub fn changed_fields(desired: &AccountFields, observed: &Account, spec_changed:
             None if spec_changed => desired.timezone.clone(),
             None => None,
         },
-        price_plan_id: differs(&desired.price_plan_id, observed.price_plan_id.as_ref()),
+        // v1.0 lists report no price plan: unknown is not drift, sent on a spec change only.
+        price_plan_id: match observed.price_plan_id.as_ref() {
+            Some(have) => differs(&desired.price_plan_id, Some(have)),
+            None if spec_changed => desired.price_plan_id,
+            None => None,
+        },
         next_bill_date: on_spec_change(&desired.next_bill_date, observed.next_bill_date.as_ref()),
         audit_info: differs(&desired.audit_info, observed.audit_info.as_ref()),
     }
@@ -558,7 +844,7 @@ pub fn decide(account: &CyclrAccount, obs: &Observed, facts: &Facts) -> Plan<Cyc
         event: None,
     };
     let partner = &spec.partner_ref.name;
-    let (plans, snapshot) = match &obs.partner {
+    let (plans, snapshot, dialect) = match &obs.partner {
         // After a restart: keep the status as it is until the partner's check, which wakes
         // every account; a new account gets its first status at once.
         PartnerView::Unchecked if account.status.is_some() => return Plan::Wait(Duration::from_secs(5)),
@@ -589,11 +875,24 @@ pub fn decide(account: &CyclrAccount, obs: &Observed, facts: &Facts) -> Plan<Cyc
                 format!("CyclrPartner {partner:?} is not ready: {why}"),
             ));
         }
-        PartnerView::Ready { plans, snapshot, .. } => (plans, snapshot.as_deref()),
+        PartnerView::Ready {
+            plans,
+            snapshot,
+            runtime,
+        } => (plans, snapshot.as_deref(), runtime.dialect),
     };
     // What CEL cannot check (the IANA zone database), before any Cyclr call.
     if let Err(invalid) = crate::resources::validate_account_spec(spec) {
         return report(Health::stalled(Reason::InvalidSpec, invalid.to_string()));
+    }
+    // The dialect is the partner's: admission cannot see it.
+    if spec.deletion_policy == DeletionPolicy::Delete && dialect == CyclrApi::Partner {
+        return report(Health::stalled(
+            Reason::InvalidSpec,
+            format!(
+                "spec.deletionPolicy Delete needs a CyclrPartner with spec.cyclrAPI V1: CyclrPartner {partner:?} uses the Partner API, which cannot delete accounts. Set spec.deletionPolicy to Orphan, or the partner's spec.cyclrAPI to V1"
+            ),
+        ));
     }
     let desired = match desired_fields(spec, account.cyclr_name(), plans) {
         Ok(desired) => desired,
@@ -615,6 +914,13 @@ pub fn decide(account: &CyclrAccount, obs: &Observed, facts: &Facts) -> Plan<Cyc
     }
     // Created by this process, answered, and not yet in the object the watch shows.
     let created = facts.pending.made();
+    if let Some(chosen) = &obs.chosen
+        && spec.management_policy == ManagementPolicy::Full
+        && status_or_annotation_id(account).is_none()
+        && created.is_none()
+    {
+        return decide_chosen(account, obs, facts, snapshot, desired, previous, chosen);
+    }
     match account.known_id().or(created) {
         Some(id) => decide_known(account, obs, facts, snapshot, &desired, id, previous, None),
         None => decide_new(account, obs, facts, snapshot, desired, previous),
@@ -780,6 +1086,101 @@ fn settle(
     Plan::Report { health, status, event }
 }
 
+/// An account on a `V1` partner that holds no id yet: the account with its chosen id is
+/// adopted when it exists, else created with that id (no pending marker: a repeat answers
+/// `ID already in use`).
+fn decide_chosen(
+    account: &CyclrAccount,
+    obs: &Observed,
+    facts: &Facts,
+    snapshot: &AccountsSnapshot,
+    desired: AccountFields,
+    previous: CyclrAccountStatus,
+    chosen: &ChosenId,
+) -> Plan<CyclrAccount> {
+    let id = chosen.id.as_str();
+    if snapshot.get(id).is_some() || obs.claims.contains_key(id) {
+        // This resource's (or held by another resource: refused there).
+        return decide_known(
+            account,
+            obs,
+            facts,
+            snapshot,
+            &desired,
+            id,
+            previous,
+            Some(chosen.origin.adoption()),
+        );
+    }
+    // The same-name check still prevents a duplicate: an account of this name with another
+    // id that no resource holds (made by hand, or by the Partner API before the switch).
+    let not_before = made_by(account, facts);
+    if snapshot.taken_at < not_before {
+        return Plan::Refresh(Look::ListedAfter(not_before));
+    }
+    let name = desired.name.clone().unwrap_or_default();
+    let foreign: Vec<String> = snapshot
+        .named(&name)
+        .into_iter()
+        .filter(|a| !obs.claims.contains_key(&a.id))
+        .map(|a| a.id)
+        .collect();
+    if !foreign.is_empty() {
+        return Plan::Report {
+            health: Health::stalled(
+                Reason::AccountNameInUse,
+                format!(
+                    "Cyclr already has {} account(s) named {name:?} that no resource holds ({}); the operator will not create another. To adopt one, re-create this resource with spec.accountID set to its id; or choose another spec.name",
+                    foreign.len(),
+                    foreign.join(", ")
+                ),
+            ),
+            status: previous,
+            event: None,
+        };
+    }
+    Plan::Write {
+        write: Write::CreateWithId {
+            fields: v1_fields(&desired, id),
+            partner_fields: AccountFields {
+                price_plan_id: desired.price_plan_id,
+                next_bill_date: desired.next_bill_date,
+                ..AccountFields::default()
+            },
+            origin: chosen.origin,
+        },
+        pending: None,
+        status: previous,
+        event: None,
+    }
+}
+
+/// The v1.0 create of `desired` with id `id` (pure): price plan and next bill date are not
+/// v1.0 fields.
+pub fn v1_fields(desired: &AccountFields, id: &str) -> AccountFieldsV1 {
+    AccountFieldsV1 {
+        id: Some(id.to_string()),
+        name: desired.name.clone(),
+        description: desired.description.clone(),
+        timezone: desired.timezone.clone(),
+        audit_info: desired.audit_info.clone(),
+        ..AccountFieldsV1::default()
+    }
+}
+
+/// The time a list must be taken after to show everything made before the resource: it was
+/// made before the watch delivered it, and before its creationTimestamp's next whole second,
+/// whichever comes first (a list of a rollout's backlog is usually newer than both; a new
+/// resource waits for the partner's next list, not for the second).
+fn made_by(account: &CyclrAccount, facts: &Facts) -> DateTime<Utc> {
+    account
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|Time(t)| DateTime::from_timestamp(t.as_second() + 1, 0))
+        .map_or(facts.seen_at, |next_second| next_second.min(facts.seen_at))
+}
+
 /// An account without a Cyclr id: judge a lost create, or create it (once).
 fn decide_new(
     account: &CyclrAccount,
@@ -801,16 +1202,8 @@ fn decide_new(
         ));
     }
     // Look in a list taken after the resource was made (and after an open create ended), so
-    // an account made by hand or by a lost create is seen before creating. The resource was
-    // made before the watch delivered it, and before its creationTimestamp's next whole
-    // second: whichever comes first bounds the list (a list of a rollout's backlog is usually
-    // newer than both; a new resource waits for the partner's next list, not for the second).
-    let made_by = account
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .and_then(|Time(t)| DateTime::from_timestamp(t.as_second() + 1, 0))
-        .map_or(facts.seen_at, |next_second| next_second.min(facts.seen_at));
+    // an account made by hand or by a lost create is seen before creating.
+    let made_by = made_by(account, facts);
     // An open create shows in a list taken after it started; that it made nothing, only in
     // one taken after it surely ended.
     let not_before = facts.pending.since().map_or(made_by, |since| since.max(made_by));
@@ -1067,6 +1460,7 @@ mod tests {
             usage_deferred: false,
             usage_due_in: None,
             read_back: None,
+            chosen: None,
             _name_guard: None,
             _onboarding: None,
         };
@@ -1604,6 +1998,246 @@ mod tests {
         assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::PartnerNotAllowed));
         obs.partner = PartnerView::NotReady("401".into());
         assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::PartnerNotReady));
+    }
+
+    /// What a reconcile observed on a `V1` partner, the account's chosen id being `chosen`.
+    fn observed_v1(snapshot: Vec<Account>, claims: &[(&str, &str)], now: DateTime<Utc>, chosen: ChosenId) -> Given {
+        let mut given = observed(Some((now, snapshot)), claims, now);
+        let runtime = Arc::new(Arc::into_inner(runtime()).unwrap().with_dialect(CyclrApi::V1));
+        given.obs.partner = PartnerView::Ready {
+            runtime,
+            plans: plans(),
+            snapshot: match std::mem::replace(&mut given.obs.partner, PartnerView::NotFound) {
+                PartnerView::Ready { snapshot, .. } => snapshot,
+                _ => None,
+            },
+        };
+        given.obs.chosen = Some(chosen);
+        given
+    }
+
+    fn derived(id: &str) -> ChosenId {
+        ChosenId {
+            id: id.into(),
+            origin: IdOrigin::Derived,
+        }
+    }
+
+    #[test]
+    fn derived_ids_are_stable_short_and_tell_clusters_namespaces_and_names_apart() {
+        let id = derived_account_id("cluster-uid", "team-a", "acme");
+        assert_eq!(
+            id,
+            derived_account_id("cluster-uid", "team-a", "acme"),
+            "the same manifest, the same id"
+        );
+        assert!(id.starts_with("k8s-") && id.len() == 36, "{id}");
+        assert!(id[4..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(id, derived_account_id("other-cluster", "team-a", "acme"));
+        assert_ne!(id, derived_account_id("cluster-uid", "team-b", "acme"));
+        assert_ne!(id, derived_account_id("cluster-uid", "team-a", "acme2"));
+        assert_ne!(
+            derived_account_id("c", "a", "b-c"),
+            derived_account_id("c", "a-b", "c"),
+            "the parts cannot run into each other"
+        );
+        let mut named = pro();
+        assert_eq!(named.chosen_id("cluster-uid").origin, IdOrigin::Derived);
+        assert_eq!(
+            named.chosen_id("cluster-uid").id,
+            derived_account_id("cluster-uid", "t", "acme")
+        );
+        named.spec.account_id = Some("tenant-42".into());
+        assert_eq!(
+            named.chosen_id("cluster-uid"),
+            ChosenId {
+                id: "tenant-42".into(),
+                origin: IdOrigin::Spec
+            }
+        );
+    }
+
+    #[test]
+    fn on_v1_a_new_account_is_created_with_its_chosen_id_and_no_pending_marker() {
+        let now = Utc::now();
+        let obs = observed_v1(vec![], &[], now, derived("k8s-1"));
+        match decide(&pro(), &obs) {
+            Plan::Write {
+                write:
+                    Write::CreateWithId {
+                        fields,
+                        partner_fields,
+                        origin,
+                    },
+                pending: None,
+                ..
+            } => {
+                assert_eq!(fields.id.as_deref(), Some("k8s-1"));
+                assert_eq!(fields.name.as_deref(), Some("acme"));
+                assert_eq!(
+                    partner_fields.price_plan_id,
+                    Some(PricePlanId(3)),
+                    "through the Partner API"
+                );
+                assert_eq!(origin, IdOrigin::Derived);
+            }
+            _ => panic!("expected a create with the chosen id"),
+        }
+    }
+
+    #[test]
+    fn on_v1_an_account_with_the_chosen_id_is_adopted_and_one_held_elsewhere_is_refused() {
+        let now = Utc::now();
+        let obs = observed_v1(vec![cyclr_account("k8s-1", "acme", 3)], &[], now, derived("k8s-1"));
+        match decide(&pro(), &obs) {
+            Plan::Report { status, event, health } => {
+                assert_eq!(status.account_id.as_deref(), Some("k8s-1"));
+                assert_eq!(health.reason, Reason::Synced);
+                let (reason, note) = event.expect("an Adopted event");
+                assert_eq!(reason, Reason::Adopted);
+                assert!(note.contains("derived"), "{note}");
+            }
+            _ => panic!("expected the account applied again to be adopted"),
+        }
+        let obs = observed_v1(
+            vec![cyclr_account("k8s-1", "acme", 3)],
+            &[("k8s-1", "b/acme")],
+            now,
+            derived("k8s-1"),
+        );
+        assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::AccountClaimed));
+    }
+
+    #[test]
+    fn on_v1_an_unheld_account_of_the_same_name_with_another_id_still_stops_the_create() {
+        let now = Utc::now();
+        let obs = observed_v1(vec![cyclr_account("handmade", "acme", 3)], &[], now, derived("k8s-1"));
+        assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::AccountNameInUse));
+        let held = observed_v1(
+            vec![cyclr_account("handmade", "acme", 3)],
+            &[("handmade", "b/acme")],
+            now,
+            derived("k8s-1"),
+        );
+        assert!(
+            matches!(decide(&pro(), &held), Plan::Write { .. }),
+            "a held twin is another tenant's"
+        );
+    }
+
+    #[test]
+    fn delete_policy_needs_a_v1_partner() {
+        let now = Utc::now();
+        let account = resource(serde_json::json!({"deletionPolicy": "Delete"}));
+        match decide(&account, &observed(Some((now, vec![])), &[], now)) {
+            Plan::Report { health, .. } => {
+                assert_eq!((health.state, health.reason), (State::Stalled, Reason::InvalidSpec));
+                assert!(health.message.contains("spec.deletionPolicy"), "{}", health.message);
+            }
+            _ => panic!("expected a stall before any Cyclr call"),
+        }
+        let obs = observed_v1(vec![], &[], now, derived("k8s-1"));
+        assert!(matches!(decide(&account, &obs), Plan::Write { .. }));
+        assert!(account.needs_finalizer(&obs));
+        assert!(!pro().needs_finalizer(&obs), "Orphan needs no finalizer");
+        assert!(!account.needs_finalizer(&observed(Some((now, vec![])), &[], now)));
+    }
+
+    #[test]
+    fn id_in_use_is_this_resources_account_unless_another_holds_it() {
+        let (reason, note) = id_in_use("tenant-42", IdOrigin::Spec, None).unwrap();
+        assert_eq!(reason, Reason::Adopted);
+        assert!(
+            note.contains("spec.accountID") && note.contains("ID already in use"),
+            "{note}"
+        );
+        let holder = Holder {
+            created: String::new(),
+            uid: "other".into(),
+            name: "b/acme".into(),
+        };
+        let stalled = id_in_use("k8s-1", IdOrigin::Derived, Some(&holder)).unwrap_err();
+        assert_eq!(
+            (stalled.state, stalled.reason),
+            (State::Stalled, Reason::AccountClaimed)
+        );
+        assert!(stalled.message.contains("b/acme"));
+    }
+
+    #[test]
+    fn a_delete_goes_ahead_only_on_a_ready_v1_partner_and_says_how_to_let_go() {
+        let account = resource(serde_json::json!({"deletionPolicy": "Delete"}));
+        let ready_v1 = Some((PartnerState::Ready, CyclrApi::V1));
+        assert_eq!(before_delete(&account, ready_v1.clone(), true, "a1", None), None);
+        assert_eq!(
+            before_delete(&pro(), ready_v1.clone(), true, "a1", None),
+            Some(Cleanup::Done(None)),
+            "Orphan lets go without a call"
+        );
+        let mut observe_only = account.clone();
+        observe_only.spec.management_policy = ManagementPolicy::ObserveOnly;
+        assert_eq!(
+            before_delete(&observe_only, ready_v1.clone(), true, "a1", None),
+            Some(Cleanup::Done(None))
+        );
+        for (partner, exists) in [
+            (None, false),
+            (
+                Some((PartnerState::NotReady("the Secret is gone".into()), CyclrApi::V1)),
+                true,
+            ),
+            (Some((PartnerState::Ready, CyclrApi::Partner)), true),
+        ] {
+            match before_delete(&account, partner, exists, "a1", None) {
+                Some(Cleanup::Blocked(health)) => {
+                    assert_eq!((health.state, health.reason), (State::Stalled, Reason::DeletionBlocked));
+                    assert!(
+                        health.message.contains("could not be deleted") && health.message.contains("Orphan"),
+                        "{}",
+                        health.message
+                    );
+                }
+                other => panic!("expected a blocked delete, got {other:?}"),
+            }
+        }
+        assert!(
+            matches!(
+                before_delete(&account, None, true, "a1", None),
+                Some(Cleanup::Blocked(Health {
+                    state: State::Reconciling,
+                    ..
+                }))
+            ),
+            "a partner not checked yet: wait"
+        );
+        let holder = Holder {
+            created: String::new(),
+            uid: "other".into(),
+            name: "b/acme".into(),
+        };
+        assert!(
+            matches!(
+                before_delete(&account, ready_v1, true, "a1", Some(&holder)),
+                Some(Cleanup::Done(Some((Reason::AccountClaimed, _))))
+            ),
+            "never another resource's account"
+        );
+    }
+
+    #[test]
+    fn an_unknown_price_plan_is_not_drift() {
+        let mut listed = cyclr_account("a1", "acme", 3);
+        listed.price_plan_id = None;
+        let desired = AccountFields {
+            name: Some("acme".into()),
+            price_plan_id: Some(PricePlanId(3)),
+            ..Default::default()
+        };
+        assert!(changed_fields(&desired, &listed, false).is_empty());
+        assert_eq!(
+            changed_fields(&desired, &listed, true).price_plan_id,
+            Some(PricePlanId(3))
+        );
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct Services {
     pub account_claims: ClaimIndex,
     /// Installed names per account held by CyclrConnectorInstalls (`namespace/account/name`).
     pub install_claims: ClaimIndex,
+    /// The cluster's identity (the `kube-system` namespace's uid, read once at start): part
+    /// of the account ids the operator derives on `V1` partners, so two clusters sharing a
+    /// partner never derive the same id.
+    pub cluster_id: String,
     /// Namespace labels, for the partners' namespaceSelector.
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Partner names whose accounts should be reconciled now.
@@ -193,6 +197,7 @@ pub async fn run(
                 tracing::warn!(%error, "Namespace watch failed; retrying");
             }
         });
+    let cluster_id = cluster_identity(client.clone()).await;
     let (wake_partner, partner_wakes) = mpsc::unbounded();
     let (check_partner, partner_checks) = mpsc::unbounded();
     let secrets = Secrets::new(secret_stores.clone(), client.clone());
@@ -218,6 +223,7 @@ pub async fn run(
         namespaces: namespace_store.clone(),
         wake_partner,
         check_partner,
+        cluster_id,
     });
     // Claims come from every CyclrAccount in the cluster, not only those this operator
     // serves. When it serves them all, the account controller's watch keeps the index;
@@ -300,6 +306,29 @@ pub async fn run(
     );
     background.abort();
     Ok(())
+}
+
+/// The uid of the `kube-system` namespace, read once: it lives as long as the cluster.
+/// Asked again until the API server answers (an id derived without it would differ from the
+/// one derived before a restart). Empty, with a warning, where there is no such namespace:
+/// derived ids then depend on the namespace and name alone.
+async fn cluster_identity(client: Client) -> String {
+    let api = Api::<Namespace>::all(client);
+    loop {
+        match api.get_metadata_opt("kube-system").await {
+            Ok(Some(ns)) => return ns.metadata.uid.unwrap_or_default(),
+            Ok(None) => {
+                tracing::warn!(
+                    "no kube-system namespace: account ids derived on V1 partners will not tell this cluster from another"
+                );
+                return String::new();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading the cluster's identity (the kube-system namespace); retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Maps a changed Secret to the objects in `store` that use it (for `.watches_stream`).

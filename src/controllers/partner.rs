@@ -343,6 +343,7 @@ async fn runtime_for(
             spec.resync_interval.to_string(),
             spec.usage_interval.to_string(),
             serde_json::to_string(&spec.namespace_selector).unwrap_or_default(),
+            spec.cyclr_api,
         )
             .hash(&mut h);
         h.finish()
@@ -378,6 +379,7 @@ async fn runtime_for(
         selector,
         credentials_digest,
     )
+    .with_dialect(spec.cyclr_api)
     .with_snapshot_metrics(&name, services.metrics.clone());
     if let Some(old) = &existing {
         runtime = runtime.succeed(old);

@@ -12,9 +12,10 @@ use kube::core::{Selector, SelectorExt};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::metrics::Metrics;
+use crate::resources::CyclrApi;
 use crate::secrets::CredentialsDigest;
 
-use cyclr::types::{Account, PricePlan};
+use cyclr::types::{Account, AccountV1, PricePlan};
 use cyclr::{CyclrClient, Result as CyclrResult};
 
 /// All accounts of one partner as one List Accounts returned them, plus the accounts the
@@ -30,8 +31,9 @@ pub struct AccountsSnapshot {
     listed: Vec<Account>,
     /// Positions in `listed`, sorted by account name: the check before a create.
     by_name: Vec<u32>,
-    /// Accounts created or updated by the operator after the list, by id.
-    written: RwLock<HashMap<String, Account>>,
+    /// Accounts created, updated (`Some`) or deleted (`None`) by the operator after the
+    /// list, by id.
+    written: RwLock<HashMap<String, Option<Account>>>,
 }
 
 impl AccountsSnapshot {
@@ -70,7 +72,7 @@ impl AccountsSnapshot {
     /// The account with Cyclr id `id`, as last listed or written.
     pub fn get(&self, id: &str) -> Option<Account> {
         if let Some(written) = self.written.read().expect("lock").get(id) {
-            return Some(written.clone());
+            return written.clone();
         }
         self.listed_account(id).cloned()
     }
@@ -85,7 +87,7 @@ impl AccountsSnapshot {
         let written = self.written.read().expect("lock");
         self.listed_named(name)
             .filter(|a| !written.contains_key(&a.id))
-            .chain(written.values().filter(|a| a.name == name))
+            .chain(written.values().flatten().filter(|a| a.name == name))
             .cloned()
             .collect()
     }
@@ -93,7 +95,9 @@ impl AccountsSnapshot {
     /// How many accounts the partner has (listed, or created since).
     pub fn count(&self) -> usize {
         let written = self.written.read().expect("lock");
-        self.listed.len() + written.keys().filter(|id| !self.listed(id)).count()
+        let added = written.iter().filter(|(id, a)| a.is_some() && !self.listed(id)).count();
+        let deleted = written.iter().filter(|(id, a)| a.is_none() && self.listed(id)).count();
+        self.listed.len() + added - deleted
     }
 
     /// Records an account as the operator just wrote it. A created account the list already
@@ -103,7 +107,15 @@ impl AccountsSnapshot {
         if how == Wrote::Created && self.listed(&account.id) {
             return;
         }
-        self.written.write().expect("lock").insert(account.id.clone(), account);
+        self.written
+            .write()
+            .expect("lock")
+            .insert(account.id.clone(), Some(account));
+    }
+
+    /// Records that the operator deleted account `id`: the list's older view of it is gone.
+    fn forget(&self, id: &str) {
+        self.written.write().expect("lock").insert(id.to_string(), None);
     }
 }
 
@@ -143,6 +155,8 @@ pub struct PartnerRuntime {
     pub namespace_selector: Option<Selector>,
     /// Digests of connector credentials, keyed from this partner's client secret.
     pub credentials_digest: CredentialsDigest,
+    /// The API its accounts are managed with (`spec.cyclrAPI`).
+    pub dialect: CyclrApi,
     state: RwLock<PartnerState>,
     price_plans: RwLock<Vec<PricePlan>>,
     /// Held while a list is in flight, so concurrent callers share one List Accounts.
@@ -189,6 +203,7 @@ impl PartnerRuntime {
             usage_interval,
             namespace_selector,
             credentials_digest,
+            dialect: CyclrApi::Partner,
             state: RwLock::new(PartnerState::Unchecked),
             price_plans: RwLock::new(Vec::new()),
             snapshot: Mutex::new(None),
@@ -198,6 +213,12 @@ impl PartnerRuntime {
             list_missed: Default::default(),
             accounts_woken: Default::default(),
         }
+    }
+
+    /// Manages the partner's accounts with `dialect`.
+    pub fn with_dialect(mut self, dialect: CyclrApi) -> Self {
+        self.dialect = dialect;
+        self
     }
 
     /// Reports each new account snapshot of partner `name` to `metrics`.
@@ -319,7 +340,17 @@ impl PartnerRuntime {
                 continue;
             }
             let taken_at = Utc::now();
-            let accounts = self.client.list_accounts().await?;
+            let accounts = match self.dialect {
+                CyclrApi::Partner => self.client.list_accounts().await?,
+                // Every page: the name and claim checks must see every account.
+                CyclrApi::V1 => self
+                    .client
+                    .list_accounts_v1()
+                    .await?
+                    .into_iter()
+                    .map(account_from_v1)
+                    .collect(),
+            };
             let snapshot = Arc::new(AccountsSnapshot::new(taken_at, accounts));
             *held = Some(snapshot.clone());
             if let Some((name, metrics)) = &self.snapshot_metrics {
@@ -340,6 +371,30 @@ impl PartnerRuntime {
         if let Some(current) = self.snapshot.lock().await.as_ref() {
             current.remember(account, how);
         }
+    }
+
+    /// Records that the operator deleted account `id`, so a resource applied again before
+    /// the next list does not adopt what is gone.
+    pub async fn forget_account(&self, id: &str) {
+        if let Some(current) = self.snapshot.lock().await.as_ref() {
+            current.forget(id);
+        }
+    }
+}
+
+/// A v1.0 account as the snapshot keeps it: what the comparisons read. v1.0 has no price
+/// plan nor last bill date (both stay on the Partner API): they are left unknown, and an
+/// unknown price plan is never taken for drift.
+pub fn account_from_v1(account: AccountV1) -> Account {
+    Account {
+        id: account.id,
+        name: account.name,
+        description: account.description,
+        timezone: account.timezone,
+        price_plan_id: None,
+        last_bill_date: None,
+        next_bill_date: account.next_bill_date_utc,
+        audit_info: account.audit_info,
     }
 }
 
@@ -474,6 +529,11 @@ mod tests {
             "created since: not listed"
         );
         assert!(snapshot.listed("2"));
+        snapshot.forget("1");
+        snapshot.forget("3");
+        assert_eq!(snapshot.get("1"), None, "deleted by the operator");
+        assert_eq!(snapshot.named("acme").len(), 1);
+        assert_eq!(snapshot.count(), 1);
     }
 
     #[test]

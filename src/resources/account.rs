@@ -12,7 +12,7 @@ use super::{NameRef, PendingWrite};
     group = "cyclr.com",
     version = "v1alpha1",
     kind = "CyclrAccount",
-    doc = "A Cyclr account of a CyclrPartner, created through the Cyclr Partner API (or adopted with spec.accountID) and kept as the spec says. Status holds its Cyclr id, price plan, usage and the kstatus conditions Ready, Reconciling and Stalled. Deleting the resource leaves the Cyclr account as it is.",
+    doc = "A Cyclr account of a CyclrPartner, created through the Cyclr Partner API (or adopted with spec.accountID) and kept as the spec says. Status holds its Cyclr id, price plan, usage and the kstatus conditions Ready, Reconciling and Stalled. Deleting the resource leaves the Cyclr account as it is, unless spec.deletionPolicy is Delete (on a CyclrPartner with cyclrAPI V1).",
     namespaced,
     shortname = "cya",
     category = "cyclr",
@@ -26,7 +26,6 @@ use super::{NameRef, PendingWrite};
 )]
 #[x_kube(validation = Rule::new("has(self.accountID) == has(oldSelf.accountID) && (!has(self.accountID) || self.accountID == oldSelf.accountID)").field_path(".accountID").message("accountID can only be set when the resource is created: it cannot be added, changed or removed later (create a new resource to adopt another account)"))]
 #[x_kube(validation = Rule::new("self.managementPolicy != 'ObserveOnly' || has(self.accountID)").field_path(".managementPolicy").message("managementPolicy ObserveOnly needs spec.accountID: the operator never creates an account it only observes"))]
-#[x_kube(validation = Rule::new("self.deletionPolicy != 'Delete'").field_path(".deletionPolicy").message("deletionPolicy Delete is not supported: the Cyclr Partner API cannot delete accounts; use Orphan"))]
 #[serde(rename_all = "camelCase")]
 pub struct CyclrAccountSpec {
     /// The cluster-scoped CyclrPartner this account belongs to; `default` when omitted.
@@ -72,8 +71,9 @@ pub struct CyclrAccountSpec {
     #[schemars(length(max = 1000))]
     pub audit_info: Option<String>,
     /// Adopt this existing Cyclr account (its id, an opaque string of at most 64
-    /// characters) instead of creating one. Only when the resource is created: it cannot
-    /// be added, changed or removed later.
+    /// characters) instead of creating one; on a `V1` partner, an account that does not
+    /// exist yet is created with this id. Only when the resource is created: it cannot be
+    /// added, changed or removed later.
     #[serde(default, rename = "accountID", skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = super::trimmed())]
@@ -82,8 +82,10 @@ pub struct CyclrAccountSpec {
     /// `ObserveOnly`: read and report only, never write to Cyclr (needs `accountID`).
     #[serde(default)]
     pub management_policy: ManagementPolicy,
-    /// What deleting this resource does to the Cyclr account. Only `Orphan` (default,
-    /// the account is left as it is) is accepted: the Partner API cannot delete accounts.
+    /// What deleting this resource does to the Cyclr account: `Orphan` (default) leaves it
+    /// as it is; `Delete` deletes it first (a finalizer holds the resource until it is gone),
+    /// on a partner with `cyclrAPI: V1` only: on a `Partner` one the account is Stalled
+    /// `InvalidSpec`. Set `Orphan` on a deleting resource to let it go without the delete.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
     /// Whether the operator reads the account's usage into `status.usage`.
@@ -139,7 +141,7 @@ pub enum DeletionPolicy {
     /// Deleting the resource leaves the Cyclr account as it is.
     #[default]
     Orphan,
-    /// Delete the Cyclr account too. Refused at admission: the Partner API cannot delete accounts.
+    /// Delete the Cyclr account too (v1.0 `DELETE /v1.0/accounts/{id}`): a `V1` partner only.
     Delete,
 }
 

@@ -35,6 +35,10 @@ pub mod annotations {
     pub const INSTALLED_IN_ACCOUNT: &str = "cyclr.com/installed-in-account";
 }
 
+/// The finalizer on a CyclrAccount whose deletion deletes its Cyclr account
+/// (`deletionPolicy: Delete` on a `V1` partner); no other object carries one.
+pub const ACCOUNT_FINALIZER: &str = "cyclr.com/account";
+
 /// The operator's field manager for server-side apply and its Event reporter name.
 pub const MANAGER: &str = "cyclr-operator";
 

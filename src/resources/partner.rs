@@ -56,6 +56,25 @@ pub struct CyclrPartnerSpec {
     #[serde(default, rename = "serviceURL", skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
     pub service_url: Option<String>,
+    /// Which Cyclr API the partner's accounts are managed with: `Partner` (default, the
+    /// Partner API `/api/partner`) or `V1` (recommended: v1.0 `/v1.0`, same URL and
+    /// credentials; ids chosen by the operator, idempotent creates, paged lists,
+    /// `deletionPolicy: Delete`). Price plans, Partner Details, bill dates and usage use the
+    /// Partner API calls in both. See docs/operator.md for what each can do.
+    #[serde(default, rename = "cyclrAPI")]
+    pub cyclr_api: CyclrApi,
+}
+
+/// The Cyclr API a partner's accounts are managed with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum CyclrApi {
+    /// The Partner API (`/api/partner`): creates are guarded by a pending marker and a list,
+    /// accounts are never deleted.
+    #[default]
+    Partner,
+    /// Cyclr's current v1.0 API (`/v1.0`): creates carry an id the operator chooses (so a
+    /// repeat is harmless), lists are paged, accounts can be deleted.
+    V1,
 }
 
 // The rules of a Cyclr base URL, for every URL field of the partner.

@@ -45,7 +45,18 @@ impl Harness {
     /// A namespace, a simulator, the partner's credentials Secret and CyclrPartner, and a
     /// running operator. `resync` is the partner's resync and usage interval.
     pub async fn start(prefix: &str, resync: &str) -> Harness {
-        let mut h = Harness::without_operator(prefix, resync).await;
+        Harness::start_with(prefix, resync, None).await
+    }
+
+    /// [`Harness::start`] with a partner that manages its accounts with Cyclr's v1.0 API
+    /// (`spec.cyclrAPI: V1`).
+    pub async fn start_v1(prefix: &str, resync: &str) -> Harness {
+        Harness::start_with(prefix, resync, Some("V1")).await
+    }
+
+    /// [`Harness::start`] with the partner's `spec.cyclrAPI`, when given.
+    pub async fn start_with(prefix: &str, resync: &str, cyclr_api: Option<&str>) -> Harness {
+        let mut h = Harness::without_operator_with(prefix, resync, cyclr_api).await;
         h.start_operator();
         h
     }
@@ -53,6 +64,11 @@ impl Harness {
     /// [`Harness::start`] without the operator: the test starts it, e.g. with
     /// [`Harness::start_operator_as`].
     pub async fn without_operator(prefix: &str, resync: &str) -> Harness {
+        Harness::without_operator_with(prefix, resync, None).await
+    }
+
+    /// [`Harness::without_operator`] with the partner's `spec.cyclrAPI`, when given.
+    async fn without_operator_with(prefix: &str, resync: &str, cyclr_api: Option<&str>) -> Harness {
         // `RUST_LOG=cyclr_operator=debug cargo test … -- --nocapture` shows the operator's logs.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -79,7 +95,7 @@ impl Harness {
             &[("client_id", CLIENT_ID), ("client_secret", CLIENT_SECRET)],
         )
         .await;
-        h.apply::<CyclrPartner>(json!({
+        let mut partner = json!({
             "metadata": {"name": h.partner},
             "spec": {
                 "apiURL": h.sim.base_url(),
@@ -87,8 +103,11 @@ impl Harness {
                 "resyncInterval": resync,
                 "usageInterval": resync,
             }
-        }))
-        .await;
+        });
+        if let Some(api) = cyclr_api {
+            partner["spec"]["cyclrAPI"] = json!(api);
+        }
+        h.apply::<CyclrPartner>(partner).await;
         h
     }
 
