@@ -4,6 +4,7 @@
 #   docs/api.md                                     <- `cyclr-operator crd --reference` (the same)
 #   the chart's appVersion, the krew manifest's version  <- the root Cargo.toml's version
 #   the chart's files/grafana-dashboard.json        <- deploy/grafana/cyclr-operator.json
+#   the chart's files/alerts.yaml                   <- deploy/prometheus/alerts.yaml
 #   deploy/operator.yaml                            <- `helm template` of the chart's defaults
 # tests/deploy.rs fails when any of them differs from what this script would write.
 set -euo pipefail
@@ -14,6 +15,7 @@ cp crds/cyclr.com_crds.yaml charts/cyclr-operator/files/crds.yaml
 cp crds/cyclr.com_crds.yaml deploy/crds.yaml
 cargo run -q --bin cyclr-operator -- crd --reference > docs/api.md
 cp deploy/grafana/cyclr-operator.json charts/cyclr-operator/files/grafana-dashboard.json
+cp deploy/prometheus/alerts.yaml charts/cyclr-operator/files/alerts.yaml
 
 # One version for the operator, its image, the chart's appVersion and the plugin.
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd, helm and kustomize from their official Go modules into bin/,
+# Builds kube-apiserver, etcd, helm, kustomize and promtool from their official Go modules into bin/,
 # and bin/kstatus (hack/kstatus/main.go) on the kstatus library of sigs.k8s.io/cli-utils.
 # Each binary is rebuilt only when its pinned version changes (a stamp file per binary).
 # `hack/testbin.sh kubectl` builds kubectl (only `make demo` asks for it, when none is on PATH).
@@ -14,6 +14,8 @@ CLI_UTILS_VERSION="${CLI_UTILS_VERSION:-v0.37.2}"
 # kustomize renders deploy/ for the `kubectl apply -k` test; it is much cheaper to build
 # than kubectl, and the test applies what it renders server-side from Rust.
 KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.8.1}"
+# promtool, for the alert rules' tests (deploy/prometheus/alerts_test.yaml).
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 # The newest provider-http release the Go module proxy serves (several older tags are refused).
 PROVIDER_HTTP_VERSION="${PROVIDER_HTTP_VERSION:-v1.0.14}"
 
@@ -128,7 +130,7 @@ build_provider_http() {
 }
 
 targets=("$@")
-[ $# -gt 0 ] || targets=(etcd kube-apiserver helm kustomize kstatus)
+[ $# -gt 0 ] || targets=(etcd kube-apiserver helm kustomize kstatus promtool)
 for t in "${targets[@]}"; do
   case "$t" in
     kube-apiserver | kubectl) build_kubernetes_cmd "$t" ;;
@@ -137,10 +139,11 @@ for t in "${targets[@]}"; do
     kstatus) build_kstatus ;;
     provider-http) build_provider_http ;;
     kustomize) build_go_main kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 sigs.k8s.io/kustomize/kustomize/v5 ;;
+    promtool) build_go_main promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/promtool ;;
     *) echo "testbin: unknown target $t" >&2; exit 2 ;;
   esac
 done
 peer=""
 [[ " ${targets[*]} " == *" kubectl "* ]] && peer=", kubectl $KUBERNETES_VERSION"
 [[ " ${targets[*]} " == *" provider-http "* ]] && peer="$peer, provider-http $PROVIDER_HTTP_VERSION"
-echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION$peer)"
+echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION, promtool $PROMETHEUS_VERSION$peer)"

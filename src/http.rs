@@ -32,6 +32,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, readiness: Arc<Readi
 }
 
 async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
+    shared.metrics.set_watches(&shared.readiness.watches_failing());
     (
         [(
             header::CONTENT_TYPE,

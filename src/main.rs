@@ -129,7 +129,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         label_selector: args.label_selector,
         concurrency: args.concurrency,
     };
-    let result = run_controllers(client, config, metrics, readiness, shutdown).await;
+    metrics.set_leader(true);
+    let result = run_controllers(client, config, metrics.clone(), readiness, shutdown).await;
+    metrics.set_leader(false);
     // Only now, with the controllers stopped, may another replica lead.
     if let Some(leadership) = leadership {
         leadership.release().await;

@@ -50,6 +50,11 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    watch: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -161,6 +166,8 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_failures: Family<FailureLabels, Counter>,
     orphaned: Family<KindLabels, Counter>,
+    leader: Gauge,
+    watch_failing: Family<WatchLabels, Gauge>,
     reconcile_duration: Family<KindLabels, Histogram>,
     kubernetes_writes: Family<KindLabels, Counter>,
     account_usage: Arc<AccountUsage>,
@@ -205,6 +212,18 @@ impl Default for Metrics {
             "operator_reconcile_failures",
             "Failed reconciles by kind and category (cyclr_transient, cyclr_terminal, kubernetes)",
             reconcile_failures.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "operator_leader",
+            "1 while this replica reconciles (it holds the Lease, or runs without leader election)",
+            leader.clone(),
+        );
+        let watch_failing = Family::<WatchLabels, Gauge>::default();
+        registry.register(
+            "operator_watch_failing",
+            "1 while a watch has been failing for longer than its grace (/readyz says why)",
+            watch_failing.clone(),
         );
         let orphaned = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -292,6 +311,8 @@ impl Default for Metrics {
             reconciles,
             reconcile_failures,
             orphaned,
+            leader,
+            watch_failing,
             reconcile_duration,
             kubernetes_writes,
             account_usage,
@@ -311,6 +332,20 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         self.last_scrape.store(out.len(), Ordering::Relaxed);
         out
+    }
+
+    /// Whether this replica reconciles now (leads, or runs without leader election).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Each watch, and whether it has been failing past its grace (from the readiness).
+    pub fn set_watches(&self, watches: &[(String, bool)]) {
+        for (watch, failing) in watches {
+            self.watch_failing
+                .get_or_create(&WatchLabels { watch: watch.clone() })
+                .set(i64::from(*failing));
+        }
     }
 
     /// Usage gauges of one account, labelled by its resource only (bounded cardinality).

@@ -1,6 +1,7 @@
-//! The Grafana dashboard (`deploy/grafana/cyclr-operator.json`) queries only series that
-//! `/metrics` serves: every recording method is called once, and every `cyclr_*` name in
-//! the dashboard's queries must then appear as a sample in the exposition.
+//! The Grafana dashboard (`deploy/grafana/cyclr-operator.json`) and the alerts
+//! (`deploy/prometheus/alerts.yaml`) query only series that `/metrics` serves: every recording
+//! method is called once, and every `cyclr_*` name in their queries must then appear as a
+//! sample in the exposition.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use driver::Metrics as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 
 const DASHBOARD: &str = include_str!("../deploy/grafana/cyclr-operator.json");
+const ALERTS: &str = include_str!("../deploy/prometheus/alerts.yaml");
 
 /// Every `expr` in the dashboard (panel targets and template variables).
 fn queries(value: &serde_json::Value, out: &mut Vec<String>) {
@@ -68,6 +70,8 @@ fn exercised_metrics() -> String {
     };
     metrics.status_computed("CyclrAccount", &meta("acme"), &[], &[ready]);
     metrics.account_snapshot("default", 1, chrono::Utc::now());
+    metrics.set_leader(true);
+    metrics.set_watches(&[("CyclrAccount".into(), false)]);
     let observer = metrics.cyclr_observer("default");
     for (endpoint, status) in [("oauth_token", 200), ("list_accounts", 429)] {
         observer.observe(&CallRecord {
@@ -88,6 +92,25 @@ fn every_metric_the_dashboard_queries_is_served() {
     let mut all = Vec::new();
     queries(&dashboard, &mut all);
     assert!(all.len() >= 10, "the dashboard has its queries: {all:?}");
+    assert_served(&all);
+}
+
+#[test]
+fn every_metric_the_alerts_query_is_served() {
+    let alerts: serde_yaml::Value = serde_yaml::from_str(ALERTS).expect("the alerts are YAML");
+    let exprs: Vec<String> = alerts["groups"][0]["rules"]
+        .as_sequence()
+        .expect("rules")
+        .iter()
+        .filter_map(|rule| rule["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 6, "the alerts have their expressions: {exprs:?}");
+    assert_served(&exprs);
+}
+
+/// Every `cyclr_*` series named in `queries` is a sample of the exercised metrics.
+fn assert_served(queries: &[String]) {
+    let all = queries;
     let wanted: BTreeSet<String> = all.iter().flat_map(|q| metric_names(q)).collect();
     let served = exercised_metrics();
     let samples: BTreeSet<&str> = served

@@ -223,6 +223,10 @@ fn generated_manifests_match_their_sources() {
         read("charts/cyclr-operator/files/grafana-dashboard.json") == read("deploy/grafana/cyclr-operator.json"),
         "the chart's dashboard differs from deploy/grafana/cyclr-operator.json: run `make manifests`"
     );
+    assert!(
+        read("charts/cyclr-operator/files/alerts.yaml") == read("deploy/prometheus/alerts.yaml"),
+        "the chart's alerts differ from deploy/prometheus/alerts.yaml: run `make manifests`"
+    );
     let rendered = run(&mut Command::new(repo("hack/render-deploy.sh")));
     let committed = std::fs::read_to_string(repo("deploy/operator.yaml")).expect("deploy/operator.yaml");
     assert!(

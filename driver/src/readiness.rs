@@ -98,6 +98,21 @@ impl Readiness {
         stream.inspect(move |item| readiness.observe(&watch, item))
     }
 
+    /// Each registered watch, and whether it has been failing for longer than
+    /// [`WATCH_FAILURE_GRACE`] (for the `cyclr_operator_watch_failing` series).
+    pub fn watches_failing(&self) -> Vec<(String, bool)> {
+        self.watches
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(name, state)| {
+                let failing =
+                    matches!(state, WatchState::Failing { since, .. } if since.elapsed() >= WATCH_FAILURE_GRACE);
+                (name.clone(), failing)
+            })
+            .collect()
+    }
+
     /// `Ok` when ready, else every reason why not, for the `/readyz` body.
     pub fn check(&self) -> Result<(), String> {
         let mut problems = Vec::new();
