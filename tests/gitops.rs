@@ -30,15 +30,11 @@ async fn a_dropped_id_annotation_comes_back_and_a_lifted_pause_is_reported() {
     let mut replaced = h.account("acme").await;
     replaced.annotations_mut().remove(annotations::ACCOUNT_ID);
     replaced.metadata.managed_fields = None;
-    api.replace("acme", &PostParams::default(), &replaced)
+    let after_replace = api
+        .replace("acme", &PostParams::default(), &replaced)
         .await
         .expect("replace");
-    assert!(
-        !h.account("acme")
-            .await
-            .annotations()
-            .contains_key(annotations::ACCOUNT_ID)
-    );
+    assert!(!after_replace.annotations().contains_key(annotations::ACCOUNT_ID));
     h.wait_for("the id annotation written back", Duration::from_secs(30), || async {
         (h.account("acme").await.annotations().get(annotations::ACCOUNT_ID) == Some(&id)).then_some(())
     })
@@ -63,10 +59,11 @@ async fn a_dropped_id_annotation_comes_back_and_a_lifted_pause_is_reported() {
         .await;
     // managedFields keep whole seconds: the next write must be in a later one.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    api.patch("acme", &flux, &Patch::Apply(from_git(json!({}))))
+    let applied = api
+        .patch("acme", &flux, &Patch::Apply(from_git(json!({}))))
         .await
         .expect("apply without the pause");
-    assert!(!h.account("acme").await.annotations().contains_key(annotations::PAUSED));
+    assert!(!applied.annotations().contains_key(annotations::PAUSED));
     let event = h.wait_event("acme", "PauseRemoved").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     let note = event.note.unwrap_or_default();
