@@ -322,25 +322,30 @@ impl Pauses {
     /// likely removed it: the field manager of a write newer than any while it was paused.
     fn lifted(&mut self, meta: &ObjectMeta) -> Option<String> {
         let uid = stable_hash(meta.uid.as_deref().unwrap_or_default());
-        // Writes by people and tools (not ours, not to status), newest last.
-        let mut writes: Vec<_> = meta
-            .managed_fields
-            .iter()
-            .flatten()
-            .filter(|e| e.subresource.is_none() && e.manager.as_deref() != Some(self.manager))
-            .filter_map(|e| Some((e.time.as_ref()?.0, e.manager.clone()?)))
-            .collect();
-        writes.sort();
-        if crate::is_paused(meta) {
-            self.paused.insert(uid, writes.last().map(|(at, _)| *at));
+        let paused = crate::is_paused(meta);
+        // Most events are of objects never paused: they read no managed fields.
+        if !paused && self.paused.is_empty() {
+            return None;
+        }
+        // Writes by people and tools (not ours, not to status).
+        let ours = self.manager;
+        let writes = || {
+            meta.managed_fields
+                .iter()
+                .flatten()
+                .filter(move |e| e.subresource.is_none() && e.manager.as_deref() != Some(ours))
+                .filter_map(|e| Some((e.time.as_ref()?.0, e.manager.as_deref()?)))
+        };
+        if paused {
+            let newest = writes().map(|(at, _)| at).max();
+            self.paused.insert(uid, newest);
             return None;
         }
         let newest_while_paused = self.paused.remove(&uid)?;
         Some(
-            writes
-                .into_iter()
-                .rev()
-                .find(|(at, _)| newest_while_paused.is_none_or(|before| *at > before))
+            writes()
+                .filter(|(at, _)| newest_while_paused.is_none_or(|before| *at > before))
+                .max()
                 .map(|(_, manager)| format!("field manager {manager:?}"))
                 // A replace that only removed fields leaves no entry of its own.
                 .unwrap_or_else(|| "a writer that left no managed fields (a replace without it?)".into()),
