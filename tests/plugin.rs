@@ -179,9 +179,10 @@ fn ready_status() -> CyclrAccountStatus {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signin_prints_a_url_with_a_fresh_token_on_stdout_only() {
-    let f = Fixture::start("plugin-signin").await;
+/// `kubectl cyclr signin` on a partner that speaks `cyclr_api`: one URL with a fresh token
+/// on stdout, the expiry on stderr; the simulator's stats after it.
+async fn signin_on(prefix: &str, cyclr_api: CyclrApi) -> cyclr_sim::SimStats {
+    let f = Fixture::start_with(prefix, cyclr_api).await;
     f.account("acme", Some("Acme"), ready_status()).await.unwrap();
     let out = f
         .plugin(None, &["signin", "acme", "--username", "alice@acme.example"])
@@ -200,31 +201,19 @@ async fn signin_prints_a_url_with_a_fresh_token_on_stdout_only() {
     assert_eq!(stdout.lines().count(), 1, "stdout is the URL alone: {stdout:?}");
     assert!(stderr.contains("expires at"), "the expiry on stderr: {stderr}");
     assert!(!stderr.contains(token), "the token never reaches stderr: {stderr}");
-    assert_eq!(f.sim.stats().requests_to(SIGNIN), 1, "one Get Account Signin Token");
+    f.sim.stats()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signin_prints_a_url_with_a_fresh_token_on_stdout_only() {
+    let stats = signin_on("plugin-signin", CyclrApi::Partner).await;
+    assert_eq!(stats.requests_to(SIGNIN), 1, "one Get Account Signin Token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signin_on_a_v1_partner_uses_the_v1_sign_in_token() {
-    let f = Fixture::start_with("plugin-signin-v1", CyclrApi::V1).await;
-    let id = f.account("acme", Some("Acme"), ready_status()).await.unwrap();
-    let out = f
-        .plugin(None, &["signin", "acme", "--username", "alice@acme.example"])
-        .await;
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "signin failed: {stderr}");
-    let prefix = format!("{}/account/signinwithtoken?token=", f.sim.base_url());
-    let token = stdout
-        .trim_end()
-        .strip_prefix(&prefix)
-        .unwrap_or_else(|| panic!("stdout is not one sign-in URL: {stdout:?}"));
-    assert!(!token.is_empty(), "a token: {stdout:?}");
-    assert!(stderr.contains("expires at"), "the expiry on stderr: {stderr}");
-    let stats = f.sim.stats();
-    assert_eq!(
-        stats.requests_to(SIGNIN_V1),
-        1,
-        "one v1.0 sign-in token for account {id}"
-    );
+    let stats = signin_on("plugin-signin-v1", CyclrApi::V1).await;
+    assert_eq!(stats.requests_to(SIGNIN_V1), 1, "one v1.0 sign-in token");
     assert_eq!(stats.requests_to(SIGNIN), 0, "the Partner API's call is not used on V1");
 }
 
