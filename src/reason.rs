@@ -44,10 +44,14 @@ reasons! {
     Updated,
     /// Drift made in Cyclr was corrected (Events only).
     DriftCorrected,
-    /// The Cyclr account was deleted with its resource (`deletionPolicy: Delete`; Events only).
+    /// The Cyclr account or account connector was deleted with its resource
+    /// (`deletionPolicy: Delete`; Events only).
     Deleted,
-    /// A deleting resource's Cyclr account cannot be deleted (its partner is gone or not
-    /// ready); `deletionPolicy: Orphan` lets the resource go without it.
+    /// An installed connector was re-authenticated with its changed credentials (v1.0 `PUT
+    /// /v1.0/account/connectors/{id}`; Events only).
+    Reauthenticated,
+    /// A deleting resource's Cyclr account or account connector cannot be deleted (its
+    /// partner is gone or not ready); `deletionPolicy: Orphan` lets the resource go without it.
     DeletionBlocked,
     /// `cyclr.com/paused: "true"`.
     Paused,
@@ -142,7 +146,7 @@ impl driver::ReasonCode for Reason {
             Reason::Synced | Reason::Creating => "Create",
             Reason::Installed | Reason::Installing => "Install",
             Reason::Adopted => "Adopt",
-            Reason::Updated | Reason::DriftCorrected => "Update",
+            Reason::Updated | Reason::DriftCorrected | Reason::Reauthenticated => "Update",
             Reason::Connected => "Connect",
             Reason::Deleted | Reason::DeletionBlocked => "Delete",
             Reason::Orphaned => "Create",

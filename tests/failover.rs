@@ -208,6 +208,9 @@ async fn leader_fails_over_without_duplicates_and_hands_over_on_sigterm() {
                 }),
                 basic_auth_secret_ref: None,
             }),
+            connector_id: None,
+            properties: vec![],
+            deletion_policy: Default::default(),
         },
         status: None,
     };

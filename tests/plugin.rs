@@ -8,7 +8,7 @@ use std::process::Output;
 
 use cyclr::types::{AccountFields, PricePlanId};
 use cyclr_operator::resources::{
-    CredentialsSecretRef, CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, CyclrPartner, CyclrPartnerSpec,
+    CredentialsSecretRef, CyclrAccount, CyclrAccountSpec, CyclrAccountStatus, CyclrApi, CyclrPartner, CyclrPartnerSpec,
     CyclrPartnerStatus, PricePlanStatus, READY, UsageStatus,
 };
 use cyclr_sim::{SimConfig, SimHandle, Simulator};
@@ -22,6 +22,7 @@ use serde_json::json;
 use support::{CLIENT_ID, CLIENT_SECRET, cyclr_client, install_crds};
 
 const SIGNIN: &str = "POST /api/partner/createaccountsignintoken";
+const SIGNIN_V1: &str = "POST /v1.0/accounts/{id}/signintoken";
 
 /// A namespace with accounts, an operator namespace with the partner's Secret, a partner
 /// pointing at a fresh simulator.
@@ -35,6 +36,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start(prefix: &str) -> Fixture {
+        Fixture::start_with(prefix, CyclrApi::Partner).await
+    }
+
+    /// The fixture with a partner that speaks `cyclr_api`.
+    async fn start_with(prefix: &str, cyclr_api: CyclrApi) -> Fixture {
         let env = TestEnv::get().await;
         let client = env.client();
         install_crds(&client).await;
@@ -65,7 +71,7 @@ impl Fixture {
             resync_interval: "10m".parse().unwrap(),
             usage_interval: "15m".parse().unwrap(),
             service_url: None,
-            cyclr_api: Default::default(),
+            cyclr_api,
         };
         let partners: Api<CyclrPartner> = Api::all(client.clone());
         partners
@@ -173,9 +179,10 @@ fn ready_status() -> CyclrAccountStatus {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signin_prints_a_url_with_a_fresh_token_on_stdout_only() {
-    let f = Fixture::start("plugin-signin").await;
+/// `kubectl cyclr signin` on a partner that speaks `cyclr_api`: one URL with a fresh token
+/// on stdout, the expiry on stderr; the simulator's stats after it.
+async fn signin_on(prefix: &str, cyclr_api: CyclrApi) -> cyclr_sim::SimStats {
+    let f = Fixture::start_with(prefix, cyclr_api).await;
     f.account("acme", Some("Acme"), ready_status()).await.unwrap();
     let out = f
         .plugin(None, &["signin", "acme", "--username", "alice@acme.example"])
@@ -194,7 +201,20 @@ async fn signin_prints_a_url_with_a_fresh_token_on_stdout_only() {
     assert_eq!(stdout.lines().count(), 1, "stdout is the URL alone: {stdout:?}");
     assert!(stderr.contains("expires at"), "the expiry on stderr: {stderr}");
     assert!(!stderr.contains(token), "the token never reaches stderr: {stderr}");
-    assert_eq!(f.sim.stats().requests_to(SIGNIN), 1, "one Get Account Signin Token");
+    f.sim.stats()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signin_prints_a_url_with_a_fresh_token_on_stdout_only() {
+    let stats = signin_on("plugin-signin", CyclrApi::Partner).await;
+    assert_eq!(stats.requests_to(SIGNIN), 1, "one Get Account Signin Token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signin_on_a_v1_partner_uses_the_v1_sign_in_token() {
+    let stats = signin_on("plugin-signin-v1", CyclrApi::V1).await;
+    assert_eq!(stats.requests_to(SIGNIN_V1), 1, "one v1.0 sign-in token");
+    assert_eq!(stats.requests_to(SIGNIN), 0, "the Partner API's call is not used on V1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

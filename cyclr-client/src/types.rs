@@ -702,6 +702,23 @@ pub struct AccountConnector {
     pub properties: Vec<ConnectorProperty>,
 }
 
+impl From<AccountConnector> for InstalledConnector {
+    /// The same account connector, less what only the v1.0 answers carry (properties, auth type).
+    fn from(connector: AccountConnector) -> Self {
+        InstalledConnector {
+            id: connector.id,
+            name: connector.name,
+            description: connector.description,
+            authenticated: connector.authenticated,
+            connector: ConnectorSummary {
+                id: connector.connector.id,
+                name: connector.connector.name,
+                version: connector.connector.version,
+            },
+        }
+    }
+}
+
 /// The catalogue connector of an account connector (`Connector`, the v1.0 docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

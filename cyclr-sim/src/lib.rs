@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Faults, HtmlAnswer, LongRejection, LostResponse, RetryAfterForm};
 
-use cyclr::types::{Account, AccountV1, Cycle, InstalledConnector};
+use cyclr::types::{Account, AccountConnector, AccountV1, Cycle, InstalledConnector};
 use faults::FaultState;
 use store::{Persister, Store};
 
@@ -280,6 +280,16 @@ impl SimHandle {
     /// The connectors installed into an account, as `GET /v1.0/account/connectors` lists them;
     /// empty for an unknown account.
     pub fn installed_connectors(&self, account_id: &str) -> Vec<InstalledConnector> {
+        self.connectors_as(account_id)
+    }
+
+    /// The account connectors of an account as v1.0 answers them, their properties included;
+    /// empty for an unknown account.
+    pub fn account_connectors(&self, account_id: &str) -> Vec<AccountConnector> {
+        self.connectors_as(account_id)
+    }
+
+    fn connectors_as<T: serde::de::DeserializeOwned>(&self, account_id: &str) -> Vec<T> {
         let store = self.shared.read_store();
         let Ok(record) = store.get(account_id) else {
             return Vec::new();

@@ -1,12 +1,14 @@
 //! CyclrConnectorInstall: installs a connector into its account at most once, across
 //! restarts, resyncs and lost responses, and never a second install of one installed name.
+//! On a `V1` partner also: by connector id, with properties, re-authenticated when its
+//! credentials change, deleted with its resource (`deletionPolicy: Delete`).
 //! Observe → decide (pure) → act; the driver does the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use driver::{Applied, Driver, Facts, Intent, Kind, Packed, Plan, Reconciler, State};
+use driver::{Applied, Cleanup, Driver, Facts, Intent, Kind, Packed, Plan, Reconciler, State};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
@@ -24,10 +26,13 @@ use super::{Services, namespaced_api, users_of_secret};
 use crate::index::Holder;
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
-    CyclrAccount, CyclrConnectorInstall, CyclrConnectorInstallStatus, READY, annotation, annotations, condition,
+    CyclrAccount, CyclrApi, CyclrConnectorInstall, CyclrConnectorInstallSpec, CyclrConnectorInstallStatus,
+    DeletionPolicy, INSTALL_FINALIZER, READY, annotation, annotations, condition,
 };
-use crate::secrets::CredentialsDigest;
-use cyclr::types::{ConnectorAuth, InstallConnectorRequest, InstalledConnector};
+use crate::secrets::{CredentialsDigest, Unusable};
+use cyclr::types::{
+    ConnectorAuth, ConnectorProperty, Deleted, InstallAccountConnector, InstallConnectorRequest, InstalledConnector,
+};
 
 /// The install kind's own state.
 pub struct InstallState {
@@ -150,6 +155,9 @@ pub struct Observed {
     pub credentials: CredentialsView,
     /// The credentials' digest under the account's partner key, when both can be read.
     pub credentials_digest: Option<String>,
+    /// The properties to send with the install (values read from their Secrets), or why
+    /// one cannot be had; empty once installed (they are sent only with the install).
+    pub properties: Result<Vec<ConnectorProperty>, Unusable>,
     /// An older install resource with the same installed name in the same account.
     pub claimed_by: Option<Holder>,
     /// The account's installed connectors, when listed.
@@ -165,7 +173,7 @@ impl Reconciler for CyclrConnectorInstall {
     type Failure = Failure;
     type Observed = Observed;
     type Refresh = ();
-    type Write = ConnectorAuth;
+    type Write = InstallWrite;
 
     fn status(&self) -> Option<&CyclrConnectorInstallStatus> {
         self.status.as_ref()
@@ -190,6 +198,7 @@ impl Reconciler for CyclrConnectorInstall {
             .and_then(|a| services.partners.get(&a.spec.partner_ref.name));
         let account = observe_account(self, state, cached.as_ref(), runtime.clone());
         let credentials = observe_credentials(self, services).await?;
+        let properties = observe_properties(self, services).await?;
         let credentials_digest = match (&credentials, runtime) {
             (CredentialsView::Ready(auth), Some(runtime)) => Some(runtime.credentials_digest.of(auth)),
             _ => None,
@@ -198,6 +207,7 @@ impl Reconciler for CyclrConnectorInstall {
             account,
             credentials,
             credentials_digest,
+            properties,
             claimed_by,
             installed: InstalledView::NotListed,
             _name_guard: None,
@@ -208,7 +218,13 @@ impl Reconciler for CyclrConnectorInstall {
                     .lock_name(&format!("install:{account_id}/{}", self.installed_name()))
                     .await,
             );
-            observed.installed = match runtime.client.installed_connectors(account_id).await {
+            let listed = match runtime.dialect {
+                CyclrApi::Partner => runtime.client.installed_connectors(account_id).await,
+                // Every page.
+                CyclrApi::V1 => (runtime.client.list_account_connectors_v1(account_id).await)
+                    .map(|list| list.into_iter().map(InstalledConnector::from).collect()),
+            };
+            observed.installed = match listed {
                 Ok(list) => InstalledView::Listed(list),
                 Err(cyclr::CyclrError::NotFound { message }) => InstalledView::Unavailable(message),
                 Err(error) => {
@@ -226,54 +242,53 @@ impl Reconciler for CyclrConnectorInstall {
         &self,
         state: &InstallState,
         observed: &Observed,
-        auth: ConnectorAuth,
+        write: InstallWrite,
     ) -> Result<Applied<Self>, Failure> {
         let AccountView::Ready { account_id, runtime } = &observed.account else {
             unreachable!("installs are decided only for a ready account")
         };
-        // Recorded at once, so a second resource of the same name in this process stops.
-        if let Err(holder) = state
-            .services
-            .install_claims
-            .claim(&install_key(self), &Holder::of(&self.metadata))
-        {
-            return Ok(Applied {
-                health: name_in_use(&holder.name),
-                status: self.status.clone().unwrap_or_default(),
-                event: None,
-                made: None,
-            });
+        match write {
+            InstallWrite::Install { auth, properties } => {
+                self.install(state, observed, account_id, runtime, auth, properties)
+                    .await
+            }
+            InstallWrite::Reauthenticate { account_id, id, auth } => {
+                let answer = runtime
+                    .client
+                    .reauthenticate_connector_v1(&account_id, &id, &auth)
+                    .await
+                    .map_err(Failure::cyclr("re-authenticating the installed connector"))?;
+                let previous = self.status.clone().unwrap_or_default();
+                if !answer.authenticated {
+                    return Ok(Applied {
+                        health: Health::stalled(
+                            Reason::CredentialsNotApplied,
+                            format!(
+                                "Cyclr did not accept the changed credentials for account connector {id} (Authenticated: false); correct the Secret's values"
+                            ),
+                        ),
+                        status: previous,
+                        event: None,
+                        made: None,
+                    });
+                }
+                Ok(Applied {
+                    health: Health::ready(Reason::Installed, "the connector is installed"),
+                    status: CyclrConnectorInstallStatus {
+                        installed_connector_id: Some(id.clone()),
+                        credentials_digest: observed.credentials_digest.clone(),
+                        ..previous
+                    },
+                    event: Some((
+                        Reason::Reauthenticated,
+                        format!(
+                            "re-authenticated account connector {id} in account {account_id} with the changed credentials"
+                        ),
+                    )),
+                    made: None,
+                })
+            }
         }
-        let request = InstallConnectorRequest {
-            account_id: account_id.clone(),
-            connector_name: self.spec.connector_name.clone(),
-            connector_version: self.spec.connector_version.clone(),
-            installed_name: self.installed_name(),
-            auth,
-        };
-        runtime
-            .client
-            .install_connector(&request)
-            .await
-            .map_err(Failure::cyclr("the connector install"))?;
-        Ok(Applied {
-            health: Health::ready(Reason::Installed, "the connector is installed"),
-            status: CyclrConnectorInstallStatus {
-                account_id: Some(account_id.clone()),
-                installed_at: Some(Time(Timestamp::now())),
-                credentials_digest: observed.credentials_digest.clone(),
-                ..self.status.clone().unwrap_or_default()
-            },
-            event: Some((
-                Reason::Installed,
-                format!(
-                    "installed connector {} {} into account {account_id}",
-                    request.connector_name, request.connector_version
-                ),
-            )),
-            // Where it was installed: what the watch may not show yet.
-            made: Some(account_id.clone()),
-        })
     }
 
     fn decide(&self, observed: &Observed, facts: &Facts) -> Plan<Self> {
@@ -303,6 +318,265 @@ impl Reconciler for CyclrConnectorInstall {
             .install_claims
             .remove(meta.uid.as_deref().unwrap_or_default());
     }
+
+    const FINALIZER: Option<&'static str> = Some(INSTALL_FINALIZER);
+
+    /// Only a resource whose deletion deletes the account connector, on a partner that can.
+    fn needs_finalizer(&self, observed: &Observed) -> bool {
+        self.spec.deletion_policy == DeletionPolicy::Delete
+            && matches!(&observed.account, AccountView::Ready { runtime, .. } if runtime.dialect == CyclrApi::V1)
+    }
+
+    /// `DELETE /v1.0/account/connectors/{id}` (404 counts as done), unless the policy lets
+    /// the connector be, nothing was installed, or the partner cannot ([`before_delete`]).
+    async fn cleanup(&self, state: &InstallState) -> Result<Cleanup<Reason>, Failure> {
+        let account = state.account(&self.namespace().unwrap_or_default(), &self.spec.account_ref.name);
+        let partner = account.as_ref().map(|a| a.spec.partner_ref.name.as_str());
+        let runtime = partner.and_then(|p| state.services.partners.get(p));
+        let view = runtime.as_ref().map(|r| (r.state(), r.dialect));
+        let partner_exists = partner.is_some_and(|p| state.partners.exists(p));
+        let account_id = installed_in(self);
+        if let Some(done) = before_delete(self, partner, view, partner_exists, account_id) {
+            return Ok(done);
+        }
+        let (Some(runtime), Some(account_id)) = (runtime, account_id) else {
+            unreachable!("before_delete lets a delete through only for a ready partner and an install")
+        };
+        let name = self.installed_name();
+        let status = self.status.clone().unwrap_or_default();
+        // Installed before its id was kept (on the Partner API): found by its unique name.
+        let id = match status.installed_connector_id {
+            Some(id) => Some(id),
+            None => (runtime.client.list_account_connectors_v1(account_id).await)
+                .map_err(Failure::cyclr("listing the account's installed connectors"))?
+                .into_iter()
+                .find(|c| c.name == name)
+                .map(|c| c.id),
+        };
+        let Some(id) = id else {
+            return Ok(Cleanup::Done(Some((
+                Reason::Deleted,
+                format!("account {account_id} has no installed connector named {name:?}: nothing to delete"),
+            ))));
+        };
+        let note = match runtime
+            .client
+            .delete_account_connector_v1(account_id, &id)
+            .await
+            .map_err(Failure::cyclr("the installed connector delete"))?
+        {
+            Deleted::Deleted => {
+                format!(
+                    "deleted account connector {id} ({name:?}) from account {account_id} with its resource (deletionPolicy Delete)"
+                )
+            }
+            Deleted::AlreadyGone => {
+                format!(
+                    "account connector {id} ({name:?}) in account {account_id} was already gone (deletionPolicy Delete)"
+                )
+            }
+        };
+        Ok(Cleanup::Done(Some((Reason::Deleted, note))))
+    }
+}
+
+/// One Cyclr write of an install.
+#[derive(Debug)]
+pub enum InstallWrite {
+    /// Install the connector with these credentials and (`V1`) properties.
+    Install {
+        /// The credentials.
+        auth: ConnectorAuth,
+        /// The account-connector properties.
+        properties: Vec<ConnectorProperty>,
+    },
+    /// Send changed credentials to an installed account connector (`V1`).
+    Reauthenticate {
+        /// The account it is installed in.
+        account_id: String,
+        /// The account connector's id.
+        id: String,
+        /// The credentials now in the Secret.
+        auth: ConnectorAuth,
+    },
+}
+
+impl CyclrConnectorInstall {
+    /// Claims the installed name, then installs: Install Connector on the Partner API, the
+    /// v1.0 install (by `connectorID` or name, with properties, answering the account
+    /// connector's id) on `V1`.
+    async fn install(
+        &self,
+        state: &InstallState,
+        observed: &Observed,
+        account_id: &str,
+        runtime: &PartnerRuntime,
+        auth: ConnectorAuth,
+        properties: Vec<ConnectorProperty>,
+    ) -> Result<Applied<Self>, Failure> {
+        // Recorded at once, so a second resource of the same name in this process stops.
+        if let Err(holder) = state
+            .services
+            .install_claims
+            .claim(&install_key(self), &Holder::of(&self.metadata))
+        {
+            return Ok(Applied {
+                health: name_in_use(&holder.name),
+                status: self.status.clone().unwrap_or_default(),
+                event: None,
+                made: None,
+            });
+        }
+        let spec = &self.spec;
+        let installed_connector_id = match runtime.dialect {
+            CyclrApi::Partner => {
+                let request = InstallConnectorRequest {
+                    account_id: account_id.to_string(),
+                    connector_name: spec.connector_name.clone(),
+                    connector_version: spec.connector_version.clone(),
+                    installed_name: self.installed_name(),
+                    auth,
+                };
+                runtime
+                    .client
+                    .install_connector(&request)
+                    .await
+                    .map_err(Failure::cyclr("the connector install"))?;
+                None
+            }
+            CyclrApi::V1 => {
+                let request = InstallAccountConnector {
+                    name: self.installed_name(),
+                    description: None,
+                    auth,
+                    properties,
+                };
+                let connector = spec.connector_id.as_deref().unwrap_or(&spec.connector_name);
+                let answer = runtime
+                    .client
+                    .install_connector_v1(account_id, connector, &request)
+                    .await
+                    .map_err(Failure::cyclr("the connector install"))?;
+                Some(answer.id)
+            }
+        };
+        let id_note = installed_connector_id
+            .as_ref()
+            .map_or(String::new(), |id| format!(" (account connector {id})"));
+        Ok(Applied {
+            health: Health::ready(Reason::Installed, "the connector is installed"),
+            status: CyclrConnectorInstallStatus {
+                account_id: Some(account_id.to_string()),
+                installed_at: Some(Time(Timestamp::now())),
+                installed_connector_id,
+                credentials_digest: observed.credentials_digest.clone(),
+                ..self.status.clone().unwrap_or_default()
+            },
+            event: Some((
+                Reason::Installed,
+                format!(
+                    "installed connector {} {} into account {account_id}{id_note}",
+                    spec.connector_name, spec.connector_version
+                ),
+            )),
+            // Where it was installed: what the watch may not show yet.
+            made: Some(account_id.to_string()),
+        })
+    }
+}
+
+/// The account the install went into, if it was made: status, else the annotation written
+/// after the install.
+fn installed_in(install: &CyclrConnectorInstall) -> Option<&str> {
+    let status = install.status.as_ref();
+    status
+        .filter(|s| s.installed_at.is_some())
+        .and_then(|s| s.account_id.as_deref())
+        .or_else(|| annotation(&install.metadata, annotations::INSTALLED_IN_ACCOUNT))
+}
+
+/// Whether a deleting install's account connector is to be left alone or cannot be deleted
+/// now (pure): `None` when the delete goes ahead. `partner` is the account's CyclrPartner
+/// (`None`: the CyclrAccount is gone), `runtime` its state and dialect when in service,
+/// `account_id` where the connector was installed (`None`: nothing was).
+pub fn before_delete(
+    install: &CyclrConnectorInstall,
+    partner: Option<&str>,
+    runtime: Option<(PartnerState, CyclrApi)>,
+    partner_exists: bool,
+    account_id: Option<&str>,
+) -> Option<Cleanup<Reason>> {
+    if install.spec.deletion_policy != DeletionPolicy::Delete {
+        return Some(Cleanup::Done(None));
+    }
+    let Some(account_id) = account_id else {
+        return Some(Cleanup::Done(None));
+    };
+    let name = install.installed_name();
+    // Never hang (a namespace deleted with its accounts): without its CyclrAccount the
+    // partner is unknown; the account's own Delete removes its connectors.
+    let Some(partner) = partner else {
+        return Some(Cleanup::Done(Some((
+            Reason::DeletionBlocked,
+            format!(
+                "installed connector {name:?} in account {account_id} was not deleted: CyclrAccount {:?} is gone, so its partner is unknown",
+                install.spec.account_ref.name
+            ),
+        ))));
+    };
+    let blocked = |why: String| {
+        Some(Cleanup::Blocked(Health::stalled(
+            Reason::DeletionBlocked,
+            format!(
+                "installed connector {name:?} in account {account_id} could not be deleted: {why}. To let this resource go and leave the connector in Cyclr, set spec.deletionPolicy to Orphan on it: kubectl patch cyclrconnectorinstall {} --type merge -p '{{\"spec\":{{\"deletionPolicy\":\"Orphan\"}}}}'",
+                install.name_any()
+            ),
+        )))
+    };
+    let waiting = || {
+        Some(Cleanup::Blocked(Health::reconciling(
+            Reason::PartnerNotReady,
+            format!("CyclrPartner {partner:?} has not been checked yet; the installed connector is deleted once it is"),
+        )))
+    };
+    match runtime {
+        None if partner_exists => waiting(),
+        None => blocked(format!("CyclrPartner {partner:?} does not exist")),
+        Some((PartnerState::Unchecked, _)) => waiting(),
+        Some((PartnerState::NotReady(why), _)) => blocked(format!("CyclrPartner {partner:?} is not ready: {why}")),
+        Some((PartnerState::Ready, CyclrApi::Partner)) => blocked(format!(
+            "CyclrPartner {partner:?} uses cyclrAPI Partner, which cannot delete installed connectors"
+        )),
+        Some((PartnerState::Ready, CyclrApi::V1)) => None,
+    }
+}
+
+/// What the spec asks that the partner's `dialect` cannot do (pure): the Partner API installs
+/// by connector name, without properties, and cannot delete an install.
+pub fn unsupported_by(spec: &CyclrConnectorInstallSpec, dialect: CyclrApi) -> Option<Health> {
+    if dialect == CyclrApi::V1 {
+        return None;
+    }
+    let fields: Vec<&str> = [
+        (spec.connector_id.is_some(), "spec.connectorID"),
+        (!spec.properties.is_empty(), "spec.properties"),
+        (
+            spec.deletion_policy == DeletionPolicy::Delete,
+            "spec.deletionPolicy: Delete",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(set, field)| set.then_some(field))
+    .collect();
+    (!fields.is_empty()).then(|| {
+        Health::stalled(
+            Reason::InvalidSpec,
+            format!(
+                "{} need a CyclrPartner with cyclrAPI V1: the Partner API installs by connector name only, without properties, and cannot delete an installed connector",
+                fields.join(", ")
+            ),
+        )
+    })
 }
 
 /// `at` as a Kubernetes timestamp.
@@ -327,6 +601,11 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed, facts: &Facts) ->
         status: previous.clone(),
         event: None,
     };
+    if let AccountView::Ready { runtime, .. } = &obs.account
+        && let Some(health) = unsupported_by(&install.spec, runtime.dialect)
+    {
+        return report(health);
+    }
     if previous.installed_at.is_some() {
         return installed(install, obs, previous);
     }
@@ -340,6 +619,10 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed, facts: &Facts) ->
     let auth = match &obs.credentials {
         CredentialsView::Missing(reason, message) => return report(Health::reconciling(*reason, message.clone())),
         CredentialsView::Ready(auth) => auth.clone(),
+    };
+    let properties = match &obs.properties {
+        Err((reason, message)) => return report(Health::reconciling(*reason, message.clone())),
+        Ok(properties) => properties.clone(),
     };
     let name = install.installed_name();
     let pending = &facts.pending;
@@ -452,7 +735,7 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed, facts: &Facts) ->
         unreachable!("decided only for a ready account")
     };
     Plan::Write {
-        write: auth,
+        write: InstallWrite::Install { auth, properties },
         pending: Some(Intent {
             sent: name,
             existing_ids: vec![],
@@ -466,8 +749,9 @@ pub fn decide(install: &CyclrConnectorInstall, obs: &Observed, facts: &Facts) ->
 }
 
 /// An installed connector: Ready while its credentials are the ones it was installed with.
-/// Changed ones cannot be sent (the Partner API has no update for an install), so that is
-/// said, and restoring the Secret's values makes it Ready again.
+/// Changed ones are sent on a `V1` partner (one re-authenticate); the Partner API has no
+/// update for an install, so there that is said, and restoring the Secret's values makes it
+/// Ready again.
 fn installed(
     install: &CyclrConnectorInstall,
     obs: &Observed,
@@ -477,15 +761,21 @@ fn installed(
     let not_applied = |message: String| Health::stalled(Reason::CredentialsNotApplied, message);
     let health = match (&previous.credentials_digest, &obs.credentials_digest) {
         (Some(applied), Some(current)) if CredentialsDigest::comparable(applied, current) && applied != current => {
-            let secrets = install.secret_names().join(", ");
+            let secrets = install.credentials_secret_names().join(", ");
             let secrets = if secrets.is_empty() {
                 "spec.auth".to_string()
             } else {
                 format!("Secret {secrets}")
             };
-            not_applied(format!(
-                "the credentials ({secrets}) changed after the connector was installed; the Partner API cannot change an installed connector's credentials, so Cyclr keeps the old ones. Restore the previous values, or install anew: a new CyclrConnectorInstall with another installedName (and remove this one in Cyclr)"
-            ))
+            match reauthenticate(install, obs, &previous) {
+                Ok(plan) => return plan,
+                Err(Some(why)) => not_applied(format!(
+                    "the credentials ({secrets}) changed after the connector was installed and cannot be sent: {why}"
+                )),
+                Err(None) => not_applied(format!(
+                    "the credentials ({secrets}) changed after the connector was installed; the Partner API cannot change an installed connector's credentials, so Cyclr keeps the old ones. Restore the previous values, install anew (a new CyclrConnectorInstall with another installedName, and remove this one in Cyclr), or use a CyclrPartner with cyclrAPI V1, which re-authenticates"
+                )),
+            }
         }
         // Nothing to compare with now (the Secret or the partner unreadable): what was said stands.
         (_, None) => match stalled_message(&previous, Reason::CredentialsNotApplied) {
@@ -508,6 +798,56 @@ fn installed(
         status,
         event: None,
     }
+}
+
+/// The re-authentication of an installed connector whose credentials changed (pure): the
+/// plan (a look at the list first when its id was never kept), or why it cannot be sent
+/// (`None`: the partner's dialect has no re-authentication).
+fn reauthenticate(
+    install: &CyclrConnectorInstall,
+    obs: &Observed,
+    previous: &CyclrConnectorInstallStatus,
+) -> Result<Plan<CyclrConnectorInstall>, Option<String>> {
+    let AccountView::Ready { account_id, runtime } = &obs.account else {
+        return Err(Some("its account or partner is not ready".into()));
+    };
+    if runtime.dialect != CyclrApi::V1 {
+        return Err(None);
+    }
+    let CredentialsView::Ready(auth) = &obs.credentials else {
+        return Err(Some("the credentials cannot be read".into()));
+    };
+    if matches!(auth, ConnectorAuth::None) {
+        return Err(Some("spec.auth was removed; Cyclr keeps the old credentials".into()));
+    }
+    let account_id = previous.account_id.clone().unwrap_or_else(|| account_id.clone());
+    let name = install.installed_name();
+    let id = match (&previous.installed_connector_id, &obs.installed) {
+        (Some(id), _) => id.clone(),
+        (None, InstalledView::NotListed) => return Ok(Plan::Refresh(())),
+        (None, InstalledView::Listed(list)) => match list.iter().find(|c| c.name == name) {
+            Some(found) => found.id.clone(),
+            None => {
+                return Err(Some(format!(
+                    "account {account_id} has no installed connector named {name:?} now"
+                )));
+            }
+        },
+        (None, InstalledView::Unavailable(why)) => return Err(Some(why.clone())),
+    };
+    Ok(Plan::Write {
+        write: InstallWrite::Reauthenticate {
+            account_id,
+            id: id.clone(),
+            auth: auth.clone(),
+        },
+        pending: None,
+        status: CyclrConnectorInstallStatus {
+            installed_connector_id: Some(id),
+            ..previous.clone()
+        },
+        event: None,
+    })
 }
 
 /// The message of the Stalled condition in `status`, if it has `reason`.
@@ -598,6 +938,39 @@ async fn observe_credentials(install: &CyclrConnectorInstall, services: &Service
     }))
 }
 
+/// The properties to send, their values read from labelled Secrets; nothing to read once
+/// installed (they are sent only with the install).
+async fn observe_properties(
+    install: &CyclrConnectorInstall,
+    services: &Services,
+) -> Result<Result<Vec<ConnectorProperty>, Unusable>, Failure> {
+    let installed = install.status.as_ref().is_some_and(|s| s.installed_at.is_some());
+    if installed {
+        return Ok(Ok(vec![]));
+    }
+    let namespace = install.namespace().unwrap_or_default();
+    let mut properties = Vec::with_capacity(install.spec.properties.len());
+    for property in &install.spec.properties {
+        let value = match (&property.value, &property.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(source)) => {
+                let key = &source.secret_key_ref;
+                match services.secrets.values(&namespace, &key.name, &[&key.key]).await? {
+                    Ok(values) => values.into_iter().next().unwrap_or_default(),
+                    Err(unusable) => return Ok(Err(unusable)),
+                }
+            }
+            // Admission requires one of the two.
+            (None, None) => String::new(),
+        };
+        properties.push(ConnectorProperty {
+            name: property.name.clone(),
+            value: Some(value),
+        });
+    }
+    Ok(Ok(properties))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,21 +1014,29 @@ mod tests {
     }
 
     fn ready(installed: InstalledView) -> Observed {
+        ready_on(CyclrApi::Partner, installed)
+    }
+
+    /// A ready account of a partner that speaks `dialect`.
+    fn ready_on(dialect: CyclrApi, installed: InstalledView) -> Observed {
         let config = ClientConfig::new("http://127.0.0.1:9", "id", SecretString::from("s"));
+        let runtime = PartnerRuntime::new(
+            CyclrClient::new(config).unwrap(),
+            0,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            None,
+            crate::secrets::CredentialsDigest::new("s"),
+        )
+        .with_dialect(dialect);
         Observed {
             account: AccountView::Ready {
                 account_id: "a1".into(),
-                runtime: Arc::new(PartnerRuntime::new(
-                    CyclrClient::new(config).unwrap(),
-                    0,
-                    Duration::from_secs(60),
-                    Duration::from_secs(60),
-                    None,
-                    crate::secrets::CredentialsDigest::new("s"),
-                )),
+                runtime: Arc::new(runtime),
             },
             credentials: CredentialsView::Ready(ConnectorAuth::ApiKey(SecretString::from("k"))),
             credentials_digest: Some(digest("s", "k")),
+            properties: Ok(vec![]),
             claimed_by: None,
             installed,
             _name_guard: None,
@@ -882,5 +1263,147 @@ mod tests {
         assert_eq!(reason(&decide(&i, &obs)), Some(Reason::CredentialsNotApplied));
         i.status.as_mut().unwrap().conditions = vec![];
         assert_eq!(reason(&decide(&i, &obs)), Some(Reason::Installed));
+    }
+
+    /// An install made (into `a1`) with an older API key, its account connector id `id`.
+    fn rotated(id: Option<&str>) -> CyclrConnectorInstall {
+        let mut i = install();
+        i.status = Some(CyclrConnectorInstallStatus {
+            account_id: Some("a1".into()),
+            installed_at: Some(Time(Timestamp::now())),
+            installed_connector_id: id.map(str::to_string),
+            credentials_digest: Some(digest("s", "old-key")),
+            ..Default::default()
+        });
+        i
+    }
+
+    fn reauthenticates(plan: &Plan<CyclrConnectorInstall>) -> Option<(String, String)> {
+        match plan {
+            Plan::Write {
+                write: InstallWrite::Reauthenticate { account_id, id, .. },
+                pending: None,
+                ..
+            } => Some((account_id.clone(), id.clone())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn on_v1_rotated_credentials_are_sent_to_the_installed_connector_once() {
+        let obs = ready_on(CyclrApi::V1, InstalledView::NotListed);
+        assert_eq!(
+            reauthenticates(&decide(&rotated(Some("7")), &obs)),
+            Some(("a1".into(), "7".into()))
+        );
+        // Its id never kept (installed through the Partner API): looked up by name first.
+        assert!(matches!(decide(&rotated(None), &obs), Plan::Refresh(())));
+        let listed = ready_on(CyclrApi::V1, InstalledView::Listed(vec![listed("slack", "9")]));
+        assert_eq!(
+            reauthenticates(&decide(&rotated(None), &listed)),
+            Some(("a1".into(), "9".into()))
+        );
+        let gone = ready_on(CyclrApi::V1, InstalledView::Listed(vec![]));
+        assert_eq!(
+            reason(&decide(&rotated(None), &gone)),
+            Some(Reason::CredentialsNotApplied)
+        );
+        // Unchanged credentials: nothing sent.
+        let mut same = rotated(Some("7"));
+        same.status.as_mut().unwrap().credentials_digest = Some(digest("s", "k"));
+        assert_eq!(reason(&decide(&same, &obs)), Some(Reason::Installed));
+        // The Partner API cannot: said, as before.
+        let partner = ready_on(CyclrApi::Partner, InstalledView::NotListed);
+        assert_eq!(
+            reason(&decide(&rotated(Some("7")), &partner)),
+            Some(Reason::CredentialsNotApplied)
+        );
+    }
+
+    #[test]
+    fn properties_wait_for_their_secret_and_go_with_the_install() {
+        let mut obs = ready_on(CyclrApi::V1, InstalledView::Listed(vec![]));
+        obs.properties = Err((Reason::SecretNotFound, "Secret t/settings not found".into()));
+        assert_eq!(reason(&decide(&install(), &obs)), Some(Reason::SecretNotFound));
+        let subdomain = ConnectorProperty {
+            name: "Subdomain".into(),
+            value: Some("acme".into()),
+        };
+        obs.properties = Ok(vec![subdomain.clone()]);
+        match decide(&install(), &obs) {
+            Plan::Write {
+                write: InstallWrite::Install { properties, .. },
+                pending: Some(_),
+                ..
+            } => assert_eq!(properties, [subdomain]),
+            _ => panic!("expected an install with its properties"),
+        }
+    }
+
+    #[test]
+    fn the_partner_api_refuses_what_only_v1_can_do() {
+        let mut i = install();
+        i.spec.connector_id = Some("1234".into());
+        i.spec.deletion_policy = DeletionPolicy::Delete;
+        let health = unsupported_by(&i.spec, CyclrApi::Partner).expect("refused");
+        assert_eq!(health.reason, Reason::InvalidSpec);
+        assert!(health.message.contains("spec.connectorID") && health.message.contains("spec.deletionPolicy"));
+        assert!(unsupported_by(&i.spec, CyclrApi::V1).is_none());
+        assert!(unsupported_by(&install().spec, CyclrApi::Partner).is_none());
+        assert_eq!(
+            reason(&decide(&i, &ready(InstalledView::NotListed))),
+            Some(Reason::InvalidSpec)
+        );
+        assert!(
+            !i.needs_finalizer(&ready(InstalledView::NotListed)),
+            "Partner: nothing to delete"
+        );
+        assert!(i.needs_finalizer(&ready_on(CyclrApi::V1, InstalledView::NotListed)));
+        assert!(
+            !install().needs_finalizer(&ready_on(CyclrApi::V1, InstalledView::NotListed)),
+            "Orphan"
+        );
+    }
+
+    #[test]
+    fn a_delete_goes_ahead_only_when_it_can_and_never_hangs() {
+        let mut i = rotated(Some("7"));
+        let v1 = Some((PartnerState::Ready, CyclrApi::V1));
+        assert_eq!(
+            before_delete(&i, Some("p"), v1.clone(), true, Some("a1")),
+            Some(Cleanup::Done(None)),
+            "Orphan"
+        );
+        i.spec.deletion_policy = DeletionPolicy::Delete;
+        assert_eq!(before_delete(&i, Some("p"), v1.clone(), true, Some("a1")), None);
+        assert_eq!(
+            before_delete(&i, Some("p"), v1, true, None),
+            Some(Cleanup::Done(None)),
+            "nothing was installed"
+        );
+        assert!(matches!(
+            before_delete(&i, None, None, false, Some("a1")),
+            Some(Cleanup::Done(Some((Reason::DeletionBlocked, _))))
+        ));
+        for (runtime, exists) in [
+            (None, false),
+            (Some((PartnerState::NotReady("no Secret".into()), CyclrApi::V1)), true),
+            (Some((PartnerState::Ready, CyclrApi::Partner)), true),
+        ] {
+            match before_delete(&i, Some("p"), runtime, exists, Some("a1")) {
+                Some(Cleanup::Blocked(health)) => {
+                    assert_eq!(health.reason, Reason::DeletionBlocked);
+                    assert!(health.message.contains("deletionPolicy") && health.message.contains("Orphan"));
+                }
+                other => panic!("expected a blocked delete, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            before_delete(&i, Some("p"), None, true, Some("a1")),
+            Some(Cleanup::Blocked(Health {
+                reason: Reason::PartnerNotReady,
+                ..
+            }))
+        ));
     }
 }

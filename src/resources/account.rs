@@ -135,13 +135,13 @@ pub enum ManagementPolicy {
     ObserveOnly,
 }
 
-/// What happens to the Cyclr account when its resource is deleted.
+/// What happens to the Cyclr object (account, account connector) when its resource is deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DeletionPolicy {
-    /// Deleting the resource leaves the Cyclr account as it is.
+    /// Deleting the resource leaves the Cyclr object as it is.
     #[default]
     Orphan,
-    /// Delete the Cyclr account too (v1.0 `DELETE /v1.0/accounts/{id}`): a `V1` partner only.
+    /// Delete the Cyclr object too (a v1.0 `DELETE`): a `V1` partner only.
     Delete,
 }
 

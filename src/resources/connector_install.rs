@@ -3,7 +3,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{NameRef, PendingWrite};
+use super::{DeletionPolicy, NameRef, PendingWrite};
 
 /// A connector installed into a CyclrAccount of the same namespace, exactly once.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,8 @@ use super::{NameRef, PendingWrite};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("has(self.installedName) == has(oldSelf.installedName) && (!has(self.installedName) || self.installedName == oldSelf.installedName)").field_path(".installedName").message("installedName is immutable: the Partner API cannot rename an install; create a new resource instead"))]
+#[x_kube(validation = Rule::new("has(self.connectorID) == has(oldSelf.connectorID) && (!has(self.connectorID) || self.connectorID == oldSelf.connectorID)").field_path(".connectorID").message("connectorID is immutable: an install cannot change its connector"))]
+#[x_kube(validation = Rule::new("has(self.properties) == has(oldSelf.properties) && (!has(self.properties) || self.properties == oldSelf.properties)").field_path(".properties").message("properties are immutable: they are sent once, with the install; create a new resource to change them"))]
 #[serde(rename_all = "camelCase")]
 pub struct CyclrConnectorInstallSpec {
     /// The CyclrAccount (same namespace) to install into. Immutable: the API cannot move an install.
@@ -53,6 +55,70 @@ pub struct CyclrConnectorInstallSpec {
     /// the Secret's values) is reported as Stalled `CredentialsNotApplied`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<ConnectorAuthSpec>,
+    /// The connector's id in the Cyclr connector library (digits, e.g. `1234`): on a `V1`
+    /// partner the install names the connector by this id rather than by `connectorName`,
+    /// which still labels the resource. A `Partner` partner installs by name only, so there
+    /// it is Stalled `InvalidSpec`. Immutable.
+    #[serde(default, rename = "connectorID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+$')").message("must be the connector's numeric id in the Cyclr connector library"))]
+    pub connector_id: Option<String>,
+    /// Account-connector properties the connector needs (e.g. a subdomain), sent with the
+    /// install (at most 32, each name once). `V1` partners only: the Partner API's install
+    /// takes none, so there it is Stalled `InvalidSpec`. Sent once: immutable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("each property name may appear only once"))]
+    pub properties: Vec<ConnectorPropertySpec>,
+    /// What deleting this resource does to the installed connector: `Orphan` (default)
+    /// leaves it in the account; `Delete` deletes it first (`DELETE
+    /// /v1.0/account/connectors/{id}`; a finalizer holds the resource until it is gone), on a
+    /// partner with `cyclrAPI: V1` only: on a `Partner` one the install is Stalled
+    /// `InvalidSpec`. Set `Orphan` on a deleting resource to let it go without the delete.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// One account-connector property: a name and either a literal value or a key of a Secret.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("a property takes exactly one of value and valueFrom"))]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorPropertySpec {
+    /// The property's name in the connector's definition, as Cyclr spells it (at most 255
+    /// characters); Cyclr refuses a name the connector does not define.
+    #[schemars(length(max = 255))]
+    #[x_kube(validation = super::trimmed())]
+    pub name: String,
+    /// The value, as is (at most 4096 characters). Not for secrets: Cyclr shows property
+    /// values in its answers, and this one is in the resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    /// Where to read the value instead: a key of a Secret in this namespace labelled
+    /// `cyclr.com/credentials: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<PropertyValueSource>,
+}
+
+/// The source of a property's value.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PropertyValueSource {
+    /// A key of a labelled Secret in the install's namespace.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the install's namespace.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretKeyRef {
+    /// The Secret's name, in the install's namespace.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = super::object_name())]
+    pub name: String,
+    /// The data key holding the value.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = super::secret_key())]
+    pub key: String,
 }
 
 /// The connector's credentials, from a Secret in the install's namespace labelled
@@ -132,7 +198,9 @@ pub struct CyclrConnectorInstallStatus {
     /// When the install was made (or found), RFC 3339; the operator never installs again after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_at: Option<Time>,
-    /// The installed connector's id, when the v1.0 installed-connector list shows it.
+    /// The account connector's id in Cyclr: from the v1.0 install's answer on a `V1`
+    /// partner (what re-authentication and delete address), else when the v1.0
+    /// installed-connector list shows it.
     #[serde(default, rename = "installedConnectorID", skip_serializing_if = "Option::is_none")]
     pub installed_connector_id: Option<String>,
     /// A keyed digest (HMAC-SHA256, keyed from the partner's client secret) of the
@@ -155,8 +223,18 @@ impl CyclrConnectorInstall {
             .unwrap_or_default()
     }
 
-    /// The Secret names this install reads, for the Secret watch.
+    /// The Secret names this install reads: its credentials', then its properties', for
+    /// the Secret watch.
     pub fn secret_names(&self) -> Vec<&str> {
+        let properties = self.spec.properties.iter().filter_map(|p| p.value_from.as_ref());
+        self.credentials_secret_names()
+            .into_iter()
+            .chain(properties.map(|p| p.secret_key_ref.name.as_str()))
+            .collect()
+    }
+
+    /// The Secret names of its credentials (`spec.auth`).
+    pub fn credentials_secret_names(&self) -> Vec<&str> {
         let Some(auth) = &self.spec.auth else { return vec![] };
         auth.api_key_secret_ref
             .iter()

@@ -36,8 +36,12 @@ pub mod annotations {
 }
 
 /// The finalizer on a CyclrAccount whose deletion deletes its Cyclr account
-/// (`deletionPolicy: Delete` on a `V1` partner); no other object carries one.
+/// (`deletionPolicy: Delete` on a `V1` partner).
 pub const ACCOUNT_FINALIZER: &str = "cyclr.com/account";
+
+/// The finalizer on a CyclrConnectorInstall whose deletion deletes its account connector
+/// (`deletionPolicy: Delete` on a `V1` partner). No other objects carry a finalizer.
+pub const INSTALL_FINALIZER: &str = "cyclr.com/connector-install";
 
 /// The operator's field manager for server-side apply and its Event reporter name.
 pub const MANAGER: &str = "cyclr-operator";

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use cyclr::{ClientConfig, CyclrClient};
 
 use super::{Ctx, PluginError, SigninArgs, UsageArgs, kube_error, ready_account_id};
-use cyclr_operator::resources::CyclrPartner;
+use cyclr_operator::resources::{CyclrApi, CyclrPartner};
 
 /// Where people sign in for this partner: `spec.serviceURL` when set, else derived from
 /// `spec.apiURL` by [`service_url_for`].
@@ -80,13 +80,18 @@ async fn partner_client(ctx: &Ctx, partner: &CyclrPartner) -> Result<CyclrClient
 }
 
 /// `kubectl cyclr signin`: the URL on `out` (stdout), its expiry on stderr so that
-/// `$(kubectl cyclr signin …)` captures the URL alone.
+/// `$(kubectl cyclr signin …)` captures the URL alone. The token comes from the partner's
+/// dialect: `POST /api/partner/createaccountsignintoken` on `Partner`,
+/// `POST /v1.0/accounts/{id}/signintoken` on `V1` (both single use, five minutes).
 pub(super) async fn signin(ctx: &Ctx, args: &SigninArgs, out: &mut dyn std::io::Write) -> Result<(), PluginError> {
     let account = ctx.account(&args.account).await?;
     let account_id = ready_account_id(&account)?;
     let partner = ctx.partner(&account.spec.partner_ref.name).await?;
     let client = partner_client(ctx, &partner).await?;
-    let token = client.create_signin_token(&account_id, &args.username).await?;
+    let token = match partner.spec.cyclr_api {
+        CyclrApi::Partner => client.create_signin_token(&account_id, &args.username).await?,
+        CyclrApi::V1 => client.create_signin_token_v1(&account_id, &args.username).await?,
+    };
     let url = SecretString::from(format!(
         "{}/account/signinwithtoken?token={}",
         partner_service_url(&partner),
