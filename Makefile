@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps test testbin cluster-up cluster-down lint fmt-check clippy manifests image demo bench chaos clean
+.PHONY: all build deps test testbin cluster-up cluster-down lint fmt-check clippy manifests image demo bench chaos clean release release-deps release-dry-run
 
 all: build
 
@@ -37,6 +37,22 @@ manifests:
 image: deps
 	bash hack/image.sh
 
+## what a release adds (the arm64 cross linker, the aarch64 musl target, jq); only release asks
+release-deps: deps
+	bash hack/install-deps.sh --release
+
+## everything a release publishes, into dist/: the image for amd64 and arm64 as one OCI image
+## index, the chart package, the krew archives and manifest, the SBOM and SHA256SUMS
+## (RELEASE_PROFILE=dev for debug binaries, RELEASE_URL for the krew download URL)
+release: release-deps
+	bash hack/testbin.sh helm
+	bash hack/release.sh
+
+## the release workflow's steps up to the push: `make release`, then tests/release.rs on
+## dist/ and on .github/workflows/release.yaml
+release-dry-run: release
+	$(CARGO) test --test release
+
 ## N CyclrAccounts onboarded by the release operator and by the floor, at 10 and 1000 req/s
 ## (N=1000 by default; N=300 make bench for a quicker run); PEER=1 adds Crossplane's
 ## provider-http doing the same job (built into bin/ only then). See docs/performance.md.
@@ -60,9 +76,12 @@ clippy:
 
 lint: fmt-check clippy
 
-## the image test inspects a debug-profile image: the same layout, built in minutes, not 18
-test: testbin lint
+## the image and release tests inspect debug-profile builds: the same layout, built in minutes, not 18
+## (tests/quickstart.rs runs docs/install.md's quick start with the kubectl on PATH, or one built into bin/)
+test: testbin lint release-deps
+	command -v kubectl >/dev/null || bash hack/testbin.sh kubectl
 	IMAGE_PROFILE=dev bash hack/image.sh
+	RELEASE_PROFILE=dev bash hack/release.sh
 	$(CARGO) test --workspace --no-fail-fast
 
 clean: cluster-down

@@ -5,6 +5,8 @@
 # `hack/testbin.sh kubectl` builds kubectl (only `make demo` asks for it, when none is on PATH).
 # `hack/testbin.sh provider-http` (only `PEER=1 make bench` asks for it) also builds Crossplane's
 # provider-http, with its CRDs from the same module version in bin/provider-http-crds/.
+# `hack/testbin.sh kube-apiserver-floor` builds bin/kube-apiserver-<minor> at the chart's
+# kubeVersion floor, for tests/admission.rs (docs/versioning.md).
 set -euo pipefail
 
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.35.4}"
@@ -129,8 +131,26 @@ build_provider_http() {
   stamp provider-http "$v"
 }
 
+# The oldest Kubernetes the chart supports (its `kubeVersion` floor, docs/versioning.md):
+# kube-apiserver at that version as bin/kube-apiserver-<minor>, built by the function above
+# in a subshell with its own bin/ and work folders, then moved beside the others.
+KUBERNETES_FLOOR_VERSION="${KUBERNETES_FLOOR_VERSION:-v1.30.14}"
+build_apiserver_floor() {
+  local v="$KUBERNETES_FLOOR_VERSION" name
+  name="kube-apiserver-$(echo "${v#v}" | cut -d. -f1-2)"
+  up_to_date "$name" "$v" && return
+  (
+    KUBERNETES_VERSION="$v" bin="$work/floor-bin" work="$work/floor"
+    mkdir -p "$bin" "$work"
+    build_kubernetes_cmd kube-apiserver
+  )
+  mv "$work/floor-bin/kube-apiserver" "$bin/$name"
+  stamp "$name" "$v"
+}
+
 targets=("$@")
 [ $# -gt 0 ] || targets=(etcd kube-apiserver helm kustomize kstatus promtool)
+[ $# -gt 0 ] || targets+=(kube-apiserver-floor)
 for t in "${targets[@]}"; do
   case "$t" in
     kube-apiserver | kubectl) build_kubernetes_cmd "$t" ;;
@@ -138,6 +158,7 @@ for t in "${targets[@]}"; do
     helm) build_go_main helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
     kstatus) build_kstatus ;;
     provider-http) build_provider_http ;;
+    kube-apiserver-floor) build_apiserver_floor ;;
     kustomize) build_go_main kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 sigs.k8s.io/kustomize/kustomize/v5 ;;
     promtool) build_go_main promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/promtool ;;
     *) echo "testbin: unknown target $t" >&2; exit 2 ;;
@@ -146,4 +167,5 @@ done
 peer=""
 [[ " ${targets[*]} " == *" kubectl "* ]] && peer=", kubectl $KUBERNETES_VERSION"
 [[ " ${targets[*]} " == *" provider-http "* ]] && peer="$peer, provider-http $PROVIDER_HTTP_VERSION"
+[[ " ${targets[*]} " == *" kube-apiserver-floor "* ]] && peer="$peer, floor kube-apiserver $KUBERNETES_FLOOR_VERSION"
 echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION, promtool $PROMETHEUS_VERSION$peer)"

@@ -2,6 +2,10 @@
 //! each with an error that names the field and says why, and what they keep accepting
 //! (including everything in `examples/`). No operator and no simulator are needed, except
 //! for what admission leaves to the operator (the time zone database, last test).
+//!
+//! The two table tests and the ratcheting test also run against the oldest kube-apiserver the
+//! chart admits (its `kubeVersion` floor, docs/versioning.md): `admission_holds_on_the_chart_floor`
+//! runs them again in a child process of this test binary on a control plane of that version.
 
 mod support;
 
@@ -9,6 +13,9 @@ use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, CyclrPartne
 use cyclr_testenv::TestEnv;
 use kube::Client;
 use serde_json::{Value, json};
+
+/// Set for the child run on the floor's control plane: the Kubernetes minor it must serve.
+const FLOOR_MINOR_ENV: &str = "CYCLR_ADMISSION_FLOOR_MINOR";
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -55,6 +62,15 @@ impl Cluster {
     async fn start(prefix: &str) -> Cluster {
         let env = TestEnv::get().await;
         let client = env.client();
+        if let Ok(minor) = std::env::var(FLOOR_MINOR_ENV) {
+            let version = client.apiserver_version().await.expect("GET /version");
+            assert_eq!(
+                (version.major.as_str(), version.minor.trim_end_matches('+')),
+                ("1", minor.as_str()),
+                "the floor's control plane serves {}",
+                version.git_version
+            );
+        }
         support::install_crds(&client).await;
         let namespace = env.new_namespace(prefix).await;
         Cluster { client, namespace }
@@ -723,4 +739,159 @@ async fn every_iana_zone_is_admitted_and_an_unknown_one_stalls_before_any_cyclr_
     );
     let stalled = h.account("unknown-zone").await;
     assert!(stalled.status.and_then(|s| s.account_id).is_none());
+}
+
+/// docs/versioning.md promises that a stricter rule never refuses an object already stored,
+/// only new values (CRD validation ratcheting, on by default from Kubernetes 1.30): a copy of
+/// the CyclrAccount CRD under a test group, first without the 1000-character limit of
+/// `spec.description`, stores an account over it; with the limit back, that account still takes
+/// a change to another field, while a new over-long value is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stricter_schema_spares_values_already_stored() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    use kube::{Api, CustomResourceExt};
+
+    let cluster = Cluster::start("admission-ratchet").await;
+    let (group, plural) = ("ratchet.cyclr.com", "ratchetaccounts");
+    let crd_name = format!("{plural}.{group}");
+    let mut strict = serde_json::to_value(CyclrAccount::crd()).unwrap();
+    strict["metadata"] = json!({"name": crd_name});
+    strict["spec"]["group"] = group.into();
+    strict["spec"]["names"] = json!({"plural": plural, "singular": "ratchetaccount", "kind": "RatchetAccount", "listKind": "RatchetAccountList"});
+    let description = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/description";
+    assert_eq!(strict.pointer(&format!("{description}/maxLength")), Some(&json!(1000)));
+    let mut loose = strict.clone();
+    loose
+        .pointer_mut(description)
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove("maxLength");
+
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    let apply_crd = |crd: Value| {
+        let (crds, crd_name) = (crds.clone(), crd_name.clone());
+        async move {
+            crds.patch(
+                &crd_name,
+                &PatchParams::apply("cyclr-tests").force(),
+                &Patch::Apply(crd),
+            )
+            .await
+            .expect("apply the test CRD")
+        }
+    };
+    apply_crd(loose).await;
+    let established = await_condition(crds.clone(), &crd_name, conditions::is_crd_established());
+    tokio::time::timeout(std::time::Duration::from_secs(30), established)
+        .await
+        .expect("the test CRD established in 30 s")
+        .unwrap();
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1alpha1", "RatchetAccount"), plural);
+    let accounts: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &resource);
+    let account = |name: &str, spec: Value| json!({"apiVersion": format!("{group}/v1alpha1"), "kind": "RatchetAccount", "metadata": {"name": name}, "spec": spec});
+    let apply = |name: &'static str, spec: Value| {
+        let (accounts, object) = (accounts.clone(), account(name, spec));
+        async move {
+            accounts
+                .patch(name, &PatchParams::apply("cyclr-tests"), &Patch::Apply(object))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let stored = long(1001);
+    apply("stored", json!({"description": stored}))
+        .await
+        .expect("stored before the limit");
+
+    apply_crd(strict).await;
+    // The new schema is in force once a new over-long value is refused (the API server
+    // rebuilds its validators when it sees the CRD change).
+    let mut refused = None;
+    for attempt in 0.. {
+        match apply("probe", json!({"description": long(1001)})).await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) if attempt < 100 => {
+                accounts
+                    .delete("probe", &Default::default())
+                    .await
+                    .expect("delete the probe");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(_) => break,
+        }
+    }
+    let refused = refused.expect("the limit is back in force");
+    assert!(refused.contains("spec.description"), "{refused}");
+
+    apply("stored", json!({"description": stored, "auditInfo": "changed later"}))
+        .await
+        .expect("an object stored before the limit takes a change to another field");
+    let changed = apply(
+        "stored",
+        json!({"description": long(1002), "auditInfo": "changed later"}),
+    )
+    .await;
+    assert!(
+        changed.as_ref().is_err_and(|e| e.contains("spec.description")),
+        "a new over-long value is refused: {changed:?}"
+    );
+}
+
+/// The Kubernetes minor of the chart's floor: `kubeVersion: ">=1.N.0-0"` in Chart.yaml.
+fn chart_floor_minor() -> String {
+    let path = format!("{}/charts/cyclr-operator/Chart.yaml", env!("CARGO_MANIFEST_DIR"));
+    let chart: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let floor = chart["kubeVersion"].as_str().expect("the chart's kubeVersion");
+    floor
+        .strip_prefix(">=1.")
+        .and_then(|rest| rest.strip_suffix(".0-0"))
+        .unwrap_or_else(|| panic!("kubeVersion {floor:?} is not >=1.N.0-0"))
+        .to_string()
+}
+
+/// Issue [L] row 13: the CRDs and their CEL rules hold on the oldest Kubernetes the chart
+/// admits, and so does the ratcheting docs/versioning.md promises. The two table tests and
+/// the ratcheting test above run again, in a child process of this test binary, on a
+/// control plane whose kube-apiserver is `bin/kube-apiserver-1.N` (built by `make testbin`
+/// at the floor's version), each checking the server's `/version` first.
+#[test]
+fn admission_holds_on_the_chart_floor() {
+    let minor = chart_floor_minor();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = std::env::var_os("CYCLR_TESTBIN").map_or_else(|| root.join("bin"), std::path::PathBuf::from);
+    let apiserver = bin.join(format!("kube-apiserver-1.{minor}"));
+    assert!(
+        apiserver.exists(),
+        "{} is missing: run `make testbin` (hack/testbin.sh kube-apiserver-floor)",
+        apiserver.display()
+    );
+    // A testbin folder whose kube-apiserver is the floor's.
+    let floor = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&apiserver, floor.path().join("kube-apiserver")).unwrap();
+    std::os::unix::fs::symlink(bin.join("etcd"), floor.path().join("etcd")).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "bad_manifests_are_refused_with_an_error_naming_the_field",
+            "good_manifests_and_the_examples_are_accepted",
+            "a_stricter_schema_spares_values_already_stored",
+        ])
+        .env("CYCLR_TESTBIN", floor.path())
+        .env(FLOOR_MINOR_ENV, &minor)
+        .env_remove("CYCLR_TEST_KUBECONFIG")
+        .output()
+        .expect("run this test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 3 passed"),
+        "on kube-apiserver 1.{minor}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
