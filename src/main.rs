@@ -16,7 +16,7 @@ use cyclr_operator::controllers::{self, OperatorConfig};
 use cyclr_operator::metrics::Metrics;
 use cyclr_operator::telemetry::{self, LogFormat};
 use cyclr_operator::{http, resources};
-use driver::readiness::Readiness;
+use driver::readiness::{NeededCrd, Readiness};
 use leader::{Leadership, LeaseSettings};
 
 /// Cyclr partner accounts and connector installs as Kubernetes resources.
@@ -100,11 +100,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
     let server = tokio::spawn(http::serve(args.http_addr, metrics.clone(), readiness.clone()));
-    let crd_names = resources::all_crds()
-        .into_iter()
-        .filter_map(|crd| crd.metadata.name)
-        .collect();
-    let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone(), crd_names));
+    let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone(), needed_crds()));
     tokio::spawn(allocator::trim_periodically());
     let shutdown = shutdown_signal()?;
 
@@ -139,6 +135,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     server.abort();
     crd_check.abort();
     result
+}
+
+/// The CRDs `/readyz` waits for, each with the version this binary's types speak (the one its
+/// own CRDs store), so a binary older than the cluster's CRDs says which version it misses.
+fn needed_crds() -> Vec<NeededCrd> {
+    resources::all_crds().iter().filter_map(NeededCrd::stored_in).collect()
 }
 
 /// Runs the controllers until `shutdown`; then they start no reconcile and finish those under
@@ -194,6 +196,24 @@ fn shutdown_signal() -> anyhow::Result<Shared<BoxFuture<'static, ()>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `/readyz` asks of each CRD the version the kinds' types read and write.
+    #[test]
+    fn readiness_needs_the_version_each_kind_speaks() {
+        use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, CyclrPartner};
+        use kube::{CustomResourceExt, Resource};
+        let speaks = [
+            (CyclrPartner::crd_name(), CyclrPartner::version(&())),
+            (CyclrAccount::crd_name(), CyclrAccount::version(&())),
+            (CyclrConnectorInstall::crd_name(), CyclrConnectorInstall::version(&())),
+        ];
+        let needed: Vec<(String, String)> = needed_crds().into_iter().map(|c| (c.name, c.version)).collect();
+        let speaks: Vec<(String, String)> = speaks
+            .into_iter()
+            .map(|(name, version)| (name.to_owned(), version.into_owned()))
+            .collect();
+        assert_eq!(needed, speaks);
+    }
 
     /// The kubelet kills a pod `terminationGracePeriodSeconds` after SIGTERM: killed during the
     /// grace, a leader drops its Cyclr write and leaves its Lease to expire.

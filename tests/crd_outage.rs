@@ -21,11 +21,11 @@ const INSTALLS: &str = "cyclrconnectorinstalls.cyclr.com";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_crd_is_named_in_readyz_and_recovered_from_without_a_restart() {
     let h = Harness::start("crd-outage", "10m").await;
-    let crd_names = resources::all_crds()
-        .into_iter()
-        .filter_map(|crd| crd.metadata.name)
+    let needed = resources::all_crds()
+        .iter()
+        .filter_map(driver::readiness::NeededCrd::stored_in)
         .collect();
-    tokio::spawn(h.readiness.clone().check_crds(h.client.clone(), crd_names));
+    tokio::spawn(h.readiness.clone().check_crds(h.client.clone(), needed));
     h.apply::<CyclrAccount>(json!({"metadata": {"name": "acme"}, "spec": {"partnerRef": {"name": h.partner}}}))
         .await;
     h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;

@@ -1,5 +1,7 @@
-//! What `/readyz` answers: ready once the operator's CRDs are established and every watch
-//! registered here has synced, and not ready while a CRD is missing or a watch keeps failing.
+//! What `/readyz` answers: ready once the operator's CRDs are established and serve the
+//! version this binary reads and writes, and every watch registered here has synced; not
+//! ready while a CRD is missing, no longer serves that version (the cluster moved on to a
+//! newer API version, docs/versioning.md) or a watch keeps failing.
 //! `/healthz` (liveness) does not look here: a missing CRD or a forbidden watch is not cured by
 //! a restart.
 //!
@@ -138,14 +140,20 @@ impl Readiness {
         }
     }
 
-    /// Checks that the CRDs named `crds` are established, every few seconds, for as long as
-    /// the process runs.
-    pub async fn check_crds(self: Arc<Self>, client: Client, crds: Vec<String>) {
+    /// Checks that the CRDs in `crds` are established and serve the version this binary
+    /// needs, every few seconds, for as long as the process runs. A change of the verdict is
+    /// logged (a warning naming each CRD and version while not ready), not every check.
+    pub async fn check_crds(self: Arc<Self>, client: Client, crds: Vec<NeededCrd>) {
         let api: Api<CustomResourceDefinition> = Api::all(client);
+        let mut previous = None;
         loop {
-            let state = crds_established(&api, &crds).await;
-            if let Err(why) = &state {
-                tracing::warn!(%why, "not ready");
+            let state = crds_ready(&api, &crds).await;
+            if previous.as_ref() != Some(&state) {
+                match &state {
+                    Err(why) => tracing::warn!(%why, "not ready"),
+                    Ok(()) => tracing::info!("the CRDs are established and serve the versions this operator needs"),
+                }
+                previous = Some(state.clone());
             }
             *self.crds.lock().expect("lock") = state;
             tokio::time::sleep(CRD_CHECK_INTERVAL).await;
@@ -153,22 +161,77 @@ impl Readiness {
     }
 }
 
-async fn crds_established(api: &Api<CustomResourceDefinition>, crds: &[String]) -> Result<(), String> {
-    for name in crds {
-        let found = api
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("cannot read CRD {name}: {e}"))?
-            .ok_or_else(|| format!("CRD {name} is not installed"))?;
-        let established = found
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if !established {
-            return Err(format!("CRD {name} is not established yet"));
-        }
+/// A CRD this binary needs, and the version of it that the binary reads and writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeededCrd {
+    /// The CRD's name, `<plural>.<group>`, e.g. `cyclraccounts.cyclr.com`.
+    pub name: String,
+    /// The API version the binary's types speak, e.g. `v1alpha1`: the cluster's CRD must
+    /// serve it.
+    pub version: String,
+}
+
+impl NeededCrd {
+    /// What a binary that ships `crd` needs of the cluster's copy: the version `crd` stores
+    /// (`storage: true`), which is the version the binary's own types speak (a release moves
+    /// its types and its CRDs' storage version together, docs/versioning.md). `None` for a
+    /// CRD without a name or a storage version.
+    pub fn stored_in(crd: &CustomResourceDefinition) -> Option<NeededCrd> {
+        let version = crd.spec.versions.iter().find(|v| v.storage)?;
+        Some(NeededCrd {
+            name: crd.metadata.name.clone()?,
+            version: version.name.clone(),
+        })
+    }
+}
+
+/// `Ok` when every CRD in `crds` is established and serves the needed version, else one line
+/// per CRD that is not.
+async fn crds_ready(api: &Api<CustomResourceDefinition>, crds: &[NeededCrd]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for needed in crds {
+        let verdict = match api.get_opt(&needed.name).await {
+            Err(e) => Err(format!("cannot read CRD {}: {e}", needed.name)),
+            Ok(None) => Err(format!("CRD {} is not installed", needed.name)),
+            Ok(Some(found)) => crd_ready(needed, &found),
+        };
+        problems.extend(verdict.err());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Whether the cluster's CRD `found` serves what `needed` asks and is established.
+fn crd_ready(needed: &NeededCrd, found: &CustomResourceDefinition) -> Result<(), String> {
+    let served: Vec<&str> = found
+        .spec
+        .versions
+        .iter()
+        .filter(|v| v.served)
+        .map(|v| v.name.as_str())
+        .collect();
+    if !served.contains(&needed.version.as_str()) {
+        let served = if served.is_empty() {
+            "none".to_owned()
+        } else {
+            served.join(", ")
+        };
+        return Err(format!(
+            "CRD {} does not serve {}, the version this operator reads and writes (it serves: {served}): \
+             run the operator release that speaks one of those (docs/versioning.md)",
+            needed.name, needed.version
+        ));
+    }
+    let established = found
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+    if !established {
+        return Err(format!("CRD {} is not established yet", needed.name));
     }
     Ok(())
 }
@@ -231,5 +294,66 @@ mod tests {
         assert!(readiness.check().is_err(), "registered before the first item");
         while stream.next().await.is_some() {}
         assert_eq!(readiness.check(), Ok(()));
+    }
+
+    /// A CRD named `name` with `(version, served, storage)` versions, established or not.
+    fn crd(name: &str, versions: &[(&str, bool, bool)], established: bool) -> CustomResourceDefinition {
+        let versions: Vec<_> = versions
+            .iter()
+            .map(|(name, served, storage)| serde_json::json!({"name": name, "served": served, "storage": storage}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"group": "example.com", "scope": "Namespaced", "versions": versions,
+                     "names": {"plural": "widgets", "kind": "Widget"}},
+            "status": {"conditions": [{"type": "Established", "status": if established { "True" } else { "False" }}]},
+        }))
+        .expect("a CRD")
+    }
+
+    #[test]
+    fn a_crd_must_serve_the_version_the_binary_stores() {
+        let ours = crd(
+            "widgets.example.com",
+            &[("v1beta1", true, false), ("v1alpha1", true, true)],
+            true,
+        );
+        let needed = NeededCrd::stored_in(&ours).expect("a storage version");
+        assert_eq!(
+            needed,
+            NeededCrd {
+                name: "widgets.example.com".into(),
+                version: "v1alpha1".into()
+            }
+        );
+        assert_eq!(crd_ready(&needed, &ours), Ok(()));
+
+        // The cluster moved on: v1beta1 stored, v1alpha1 still served, then no longer.
+        let moved = crd(
+            "widgets.example.com",
+            &[("v1beta1", true, true), ("v1alpha1", true, false)],
+            true,
+        );
+        assert_eq!(crd_ready(&needed, &moved), Ok(()), "served is enough, stored or not");
+        let dropped = crd(
+            "widgets.example.com",
+            &[("v1beta1", true, true), ("v1alpha1", false, false)],
+            true,
+        );
+        let why = crd_ready(&needed, &dropped).unwrap_err();
+        assert!(
+            why.contains("CRD widgets.example.com does not serve v1alpha1") && why.contains("it serves: v1beta1"),
+            "{why}"
+        );
+
+        let unestablished = crd("widgets.example.com", &[("v1alpha1", true, true)], false);
+        assert!(
+            crd_ready(&needed, &unestablished)
+                .unwrap_err()
+                .contains("not established")
+        );
+        let mut nameless = ours;
+        nameless.metadata.name = None;
+        assert_eq!(NeededCrd::stored_in(&nameless), None);
     }
 }

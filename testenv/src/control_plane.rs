@@ -199,6 +199,11 @@ impl ApiServer {
         }
     }
 
+    /// The client URL of the etcd it stores in (its `--etcd-servers`), plain HTTP on loopback.
+    pub fn etcd_url(&self) -> Option<&str> {
+        self.args.iter().find_map(|arg| arg.strip_prefix("--etcd-servers="))
+    }
+
     /// Starts it again with the same arguments and waits until `/readyz` answers (at most
     /// 120 s); its log goes to `kube-apiserver.<n>.log` beside the first one. Does nothing
     /// while it runs. A detached control plane's pid file is not updated: `control-plane

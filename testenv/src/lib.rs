@@ -94,6 +94,15 @@ impl TestEnv {
         self.own_apiserver()?.start(&self.config).await
     }
 
+    /// etcd's client URL (plain HTTP on loopback), for tests that read or compact etcd itself
+    /// through its JSON gateway (`POST /v3/kv/range`, `/v3/kv/compaction`). Not on a
+    /// `CYCLR_TEST_KUBECONFIG` cluster, whose etcd is not ours.
+    pub fn etcd_url(&self) -> Result<&str> {
+        self.own_apiserver()?
+            .etcd_url()
+            .context("kube-apiserver was started without --etcd-servers")
+    }
+
     fn own_apiserver(&self) -> Result<&control_plane::ApiServer> {
         self.apiserver
             .as_ref()
