@@ -53,7 +53,8 @@ release: release-deps
 release-dry-run: release
 	$(CARGO) test --test release
 
-## N CyclrAccounts onboarded by the release operator and by the floor, at 10 and 1000 req/s
+## N CyclrAccounts onboarded by the release operator and by the floor, at 10 and 1000 req/s,
+## on a Partner API and a v1.0 partner (DIALECTS=Partner,V1)
 ## (N=1000 by default; N=300 make bench for a quicker run); PEER=1 adds Crossplane's
 ## provider-http doing the same job (built into bin/ only then). See docs/performance.md.
 bench: testbin
@@ -63,7 +64,8 @@ bench: testbin
 
 ## the release operator killed, Cyclr failing, the leader killed, kube-apiserver restarted and
 ## status wiped while 300 accounts and 100 installs roll out; nothing may be lost
-## (SEED, ACCOUNTS, INSTALLS, SCENARIOS=1,2,3,4,5, KILLS). See docs/reliability.md.
+## (SEED, ACCOUNTS, INSTALLS, SCENARIOS=1,2,3,4,5, DIALECTS=Partner,V1, KILLS); on v1.0 one account
+## in ten is deleted too. See docs/reliability.md.
 chaos: testbin
 	$(CARGO) build --release -p cyclr-operator -p cyclr-bench --bin cyclr-operator --bin cyclr-chaos
 	"$${CARGO_TARGET_DIR:-target}/release/cyclr-chaos"

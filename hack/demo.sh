@@ -53,6 +53,8 @@ echo "demo: applying examples/"
 sed "s#https://api.cyclr.com#http://127.0.0.1:$sim_port#" examples/partner.yaml | kubectl apply -f - >/dev/null
 kubectl apply -f examples/accounts.yaml >/dev/null
 kubectl apply -f examples/connector-installs.yaml >/dev/null
+# The second partner, on Cyclr's v1.0 API, and its account (after accounts.yaml: its namespace).
+sed "s#https://api.cyclr.com#http://127.0.0.1:$sim_port#" examples/v1.yaml | kubectl apply -f - >/dev/null
 
 deadline=$((SECONDS + timeout_s))
 all_ready() {
@@ -83,6 +85,8 @@ echo "demo: everything is Ready. Try it yourself:"
 echo "  export KUBECONFIG=$KUBECONFIG"
 echo "  kubectl get cyclr -A            # all three kinds, by category"
 echo "  kubectl describe cya -n tenants acme"
+echo "  kubectl get cyp                  # two partners: the Partner API (default) and v1.0 (v1)"
+echo "  kubectl delete cya -n tenants hooli   # v1.0, deletionPolicy Delete: gone from Cyclr too"
 echo "  export PATH=$PWD/target/debug:\$PATH   # kubectl-cyclr, the kubectl plugin"
 echo "  kubectl cyclr status -A"
 echo "  kubectl cyclr signin acme -n tenants --username support@example.com"

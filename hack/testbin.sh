@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd, helm, kustomize and promtool from their official Go modules into bin/,
+# Builds kube-apiserver, kube-controller-manager, etcd, helm, kustomize and promtool from their
+# official Go modules into bin/,
 # and bin/kstatus (hack/kstatus/main.go) on the kstatus library of sigs.k8s.io/cli-utils.
 # Each binary is rebuilt only when its pinned version changes (a stamp file per binary).
 # `hack/testbin.sh kubectl` builds kubectl (only `make demo` asks for it, when none is on PATH).
@@ -33,7 +34,8 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 up_to_date() { [ -x "$bin/$1" ] && [ "$(cat "$bin/.$1.version" 2>/dev/null)" = "$2" ]; }
 stamp() { echo "$2" > "$bin/.$1.version"; }
 
-# A command of k8s.io/kubernetes (kube-apiserver; kubectl for `make demo` on a machine
+# A command of k8s.io/kubernetes (kube-apiserver; kube-controller-manager, for the tests that
+# need a namespace controller and garbage collector; kubectl for `make demo` on a machine
 # without one), at the pinned version.
 build_kubernetes_cmd() { # name
   local name="$1" v="$KUBERNETES_VERSION" minor
@@ -149,11 +151,11 @@ build_apiserver_floor() {
 }
 
 targets=("$@")
-[ $# -gt 0 ] || targets=(etcd kube-apiserver helm kustomize kstatus promtool)
+[ $# -gt 0 ] || targets=(etcd kube-apiserver kube-controller-manager helm kustomize kstatus promtool)
 [ $# -gt 0 ] || targets+=(kube-apiserver-floor)
 for t in "${targets[@]}"; do
   case "$t" in
-    kube-apiserver | kubectl) build_kubernetes_cmd "$t" ;;
+    kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_cmd "$t" ;;
     etcd) build_go_main etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ;;
     helm) build_go_main helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
     kstatus) build_kstatus ;;
@@ -168,4 +170,4 @@ peer=""
 [[ " ${targets[*]} " == *" kubectl "* ]] && peer=", kubectl $KUBERNETES_VERSION"
 [[ " ${targets[*]} " == *" provider-http "* ]] && peer="$peer, provider-http $PROVIDER_HTTP_VERSION"
 [[ " ${targets[*]} " == *" kube-apiserver-floor "* ]] && peer="$peer, floor kube-apiserver $KUBERNETES_FLOOR_VERSION"
-echo "testbin: bin/ is up to date (kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION, promtool $PROMETHEUS_VERSION$peer)"
+echo "testbin: bin/ is up to date (kube-apiserver and kube-controller-manager $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, kustomize $KUSTOMIZE_VERSION, kstatus on cli-utils $CLI_UTILS_VERSION, promtool $PROMETHEUS_VERSION$peer)"

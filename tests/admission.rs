@@ -667,7 +667,7 @@ async fn good_manifests_and_the_examples_are_accepted() {
     }
     // Every CyclrPartner, CyclrAccount and CyclrConnectorInstall in examples/.
     let mut examples = 0;
-    for file in ["partner.yaml", "accounts.yaml", "connector-installs.yaml"] {
+    for file in ["partner.yaml", "accounts.yaml", "connector-installs.yaml", "v1.yaml"] {
         let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         for document in serde_yaml::Deserializer::from_str(&text) {
@@ -686,8 +686,8 @@ async fn good_manifests_and_the_examples_are_accepted() {
         }
     }
     assert_eq!(
-        examples, 6,
-        "examples/ holds one partner, three accounts and two installs"
+        examples, 8,
+        "examples/ holds two partners (Partner API and v1.0), four accounts and two installs"
     );
     assert!(failures.is_empty(), "refused:\n{}", failures.join("\n"));
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cyclr_bench::chaos::{self, Scenario, Settings};
+use cyclr_bench::cluster::Dialect;
 use cyclr_testenv::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,6 +31,7 @@ async fn nothing_is_lost_when_the_operator_is_killed_cyclr_fails_and_the_api_ser
         operator,
         logs,
         ready_timeout: Duration::from_secs(150),
+        dialect: Dialect::Partner,
     };
     let env = TestEnv::get().await;
     cyclr_bench::cluster::install_crds(&env.client(), &settings.operator)

@@ -29,6 +29,50 @@ const FIELD_MANAGER: &str = "cyclr-bench";
 /// The partner's `rateLimit.burst` in every scenario (the CRD's default).
 pub const PARTNER_BURST: u32 = 20;
 
+/// The Cyclr API a scenario's partner uses (its `spec.cyclrAPI`); `DIALECTS=Partner,V1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "verbatim")]
+pub enum Dialect {
+    /// The Partner API, the CRD's default: a pending marker before each create.
+    Partner,
+    /// Cyclr's v1.0 API: ids the operator chooses, `deletionPolicy: Delete`, paged lists.
+    V1,
+}
+
+/// `DIALECTS`, the knob `make bench` and `make chaos` share.
+#[derive(clap::Args, Debug)]
+pub struct DialectsArg {
+    /// The partners' Cyclr APIs (`spec.cyclrAPI`), comma-separated: the bench runs at every
+    /// limit on each, chaos runs every scenario on each.
+    #[arg(
+        long,
+        env = "DIALECTS",
+        value_delimiter = ',',
+        default_value = "Partner,V1",
+        ignore_case = true
+    )]
+    pub dialects: Vec<Dialect>,
+}
+
+impl Dialect {
+    /// The value of `spec.cyclrAPI`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Partner => "Partner",
+            Dialect::V1 => "V1",
+        }
+    }
+
+    /// The partner's List Accounts, as the simulator's statistics name it: each resync
+    /// starts with one.
+    pub fn list_accounts(self) -> &'static str {
+        match self {
+            Dialect::Partner => "GET /api/partner/accounts",
+            Dialect::V1 => "GET /v1.0/accounts",
+        }
+    }
+}
+
 /// `cyclr.com/v1alpha1` CyclrAccount, for dynamic objects (the bench does not link the operator).
 pub fn account_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrAccount"))
@@ -111,11 +155,13 @@ pub async fn apply_crds(client: &Client, yaml: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The partner of a scenario: its credentials Secret (in `namespace`) and a CyclrPartner named
-/// after the namespace, at `requests_per_second` (burst [`PARTNER_BURST`], the default).
+/// after the namespace, on `dialect`, at `requests_per_second` (burst [`PARTNER_BURST`], the
+/// default).
 pub async fn create_partner(
     client: &Client,
     namespace: &str,
     api_url: &str,
+    dialect: Dialect,
     requests_per_second: u32,
     resync: &str,
 ) -> anyhow::Result<()> {
@@ -136,6 +182,7 @@ pub async fn create_partner(
         "metadata": {"name": namespace, "labels": {LABEL: namespace}},
         "spec": {
             "apiURL": api_url,
+            "cyclrAPI": dialect.name(),
             "credentialsSecretRef": {"name": "partner-credentials"},
             "rateLimit": {"requestsPerSecond": requests_per_second, "burst": PARTNER_BURST},
             "resyncInterval": resync,

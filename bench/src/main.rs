@@ -1,8 +1,10 @@
 //! `make bench`: onboards N CyclrAccounts with the real operator (release binary, a child
 //! process) on a real control plane (cyclr-testenv) against cyclr-sim with added latency, then
 //! does the same with the floor (no operator logic), at the default partner rate limit and at
-//! a raised one, and prints times, Cyclr calls, Kubernetes writes, memory and CPU. With
-//! `PEER=1`, also Crossplane's provider-http doing the same job (`peer.rs`).
+//! a raised one, and prints times, Cyclr calls, Kubernetes writes, memory and CPU. The same
+//! job runs on a partner of each dialect (`DIALECTS`: the Partner API, and v1.0, whose runs
+//! have no floor: the floor speaks the Partner API). With `PEER=1`, also Crossplane's
+//! provider-http doing the same job (`peer.rs`).
 //! See docs/performance.md.
 
 mod floor;
@@ -18,7 +20,7 @@ use cyclr_testenv::TestEnv;
 
 use cyclr_bench::{cluster, operator};
 
-use cluster::{CLIENT_ID, CLIENT_SECRET, ReadyWatch};
+use cluster::{CLIENT_ID, CLIENT_SECRET, Dialect, DialectsArg, ReadyWatch};
 use operator::{Operator, ProcUsage};
 
 /// Onboarding N CyclrAccounts: the operator against the floor.
@@ -37,6 +39,8 @@ struct Args {
     /// The partner rate limits to run at, requests per second (10 is the default limit).
     #[arg(long, env = "LIMITS", value_delimiter = ',', default_value = "10,1000")]
     limits: Vec<u32>,
+    #[command(flatten)]
+    dialects: DialectsArg,
     /// Latency the simulator adds to every request, in milliseconds.
     #[arg(long, env = "LATENCY_MS", default_value_t = 20)]
     latency_ms: u64,
@@ -61,6 +65,14 @@ struct Args {
     /// How long to watch provider-http once everything is Ready (its polls of each object).
     #[arg(long, env = "PEER_IDLE_SECONDS", default_value_t = 60)]
     peer_idle_seconds: u64,
+}
+
+/// The operator's rollout at one limit on one dialect, and the floor's (Partner only).
+struct Run {
+    dialect: Dialect,
+    limit: u32,
+    operator: OperatorRun,
+    floor: Option<Rollout>,
 }
 
 /// One rollout of N accounts, operator or floor.
@@ -104,12 +116,13 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
 
     println!(
-        "cyclr-bench: N={} accounts, cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, {} unrelated Secrets and ConfigMaps",
+        "cyclr-bench: N={} accounts, cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, dialects {:?}, {} unrelated Secrets and ConfigMaps",
         args.n,
         args.latency_ms,
         args.create_concurrency,
         args.operator_concurrency,
         args.limits,
+        args.dialects.dialects,
         args.unrelated.unwrap_or(args.n)
     );
     println!("machine: {}", cyclr_bench::machine());
@@ -125,22 +138,36 @@ async fn main() -> anyhow::Result<()> {
     cluster::create_unrelated(&client, &namespace, unrelated, args.create_concurrency).await?;
 
     let mut results = Vec::new();
-    for &limit in &args.limits {
-        println!("\n[{limit} req/s] operator: {} accounts…", args.n);
-        let log = logs.join(format!("operator-{limit}.log"));
-        let run = run_operator(env, &args, &operator_bin, limit, log).await?;
-        println!(
-            "[{limit} req/s] operator: all Ready in {:.1} s",
-            run.rollout.readiness.all_ready.as_secs_f64()
-        );
-        let per_account = floor_work(&run.writes, args.n);
-        println!("[{limit} req/s] floor: {} accounts ({per_account:?})…", args.n);
-        let floor = run_floor(env, &args, limit, per_account).await?;
-        println!(
-            "[{limit} req/s] floor: all Ready in {:.1} s",
-            floor.readiness.all_ready.as_secs_f64()
-        );
-        results.push((limit, run, floor));
+    for &dialect in &args.dialects.dialects {
+        for &limit in &args.limits {
+            let tag = format!("[{} {limit} req/s]", dialect.name());
+            println!("\n{tag} operator: {} accounts…", args.n);
+            let log = logs.join(format!("operator-{}-{limit}.log", dialect.name()));
+            let operator = run_operator(env, &args, &operator_bin, dialect, limit, log).await?;
+            println!(
+                "{tag} operator: all Ready in {:.1} s",
+                operator.rollout.readiness.all_ready.as_secs_f64()
+            );
+            let floor = match dialect {
+                Dialect::Partner => {
+                    let per_account = floor_work(&operator.writes, args.n);
+                    println!("{tag} floor: {} accounts ({per_account:?})…", args.n);
+                    let floor = run_floor(env, &args, limit, per_account).await?;
+                    println!(
+                        "{tag} floor: all Ready in {:.1} s",
+                        floor.readiness.all_ready.as_secs_f64()
+                    );
+                    Some(floor)
+                }
+                Dialect::V1 => None,
+            };
+            results.push(Run {
+                dialect,
+                limit,
+                operator,
+                floor,
+            });
+        }
     }
     let peer = if args.peer {
         println!("\n[provider-http] {} Requests…", args.n);
@@ -225,6 +252,7 @@ async fn run_operator(
     env: &TestEnv,
     args: &Args,
     binary: &std::path::Path,
+    dialect: Dialect,
     limit: u32,
     log: PathBuf,
 ) -> anyhow::Result<OperatorRun> {
@@ -232,7 +260,7 @@ async fn run_operator(
     let namespace = env.new_namespace("bench-operator").await;
     let sim = start_sim(args).await?;
     let resync = format!("{}s", args.resync_seconds);
-    cluster::create_partner(&client, &namespace, &sim.base_url(), limit, &resync).await?;
+    cluster::create_partner(&client, &namespace, &sim.base_url(), dialect, limit, &resync).await?;
     let mut op = Operator::start(
         binary,
         env.kubeconfig_path(),
@@ -282,10 +310,12 @@ async fn run_operator(
     // The first resync after the rollout does the accounts' first usage reads (an account's
     // usage is read once a List Accounts has shown it); the second has nothing to change.
     let usage_timeout = rollout_timeout(args.n, limit);
-    let first_resync = measure_resync(&op, &sim, args.resync_seconds, usage_timeout, &after).await?;
+    let list = dialect.list_accounts();
+    let first_resync = measure_resync(&op, &sim, list, args.resync_seconds, usage_timeout, &after).await?;
     let resync = measure_resync(
         &op,
         &sim,
+        list,
         args.resync_seconds,
         usage_timeout,
         &first_resync.writes_after,
@@ -309,8 +339,8 @@ async fn run_operator(
     })
 }
 
-/// What one resync cost: Cyclr calls and Kubernetes writes from the next List Accounts until
-/// quiet.
+/// What one resync cost: Cyclr calls and Kubernetes writes from the next List Accounts
+/// (`list`, the dialect's) until quiet.
 struct Resync {
     calls: BTreeMap<String, u64>,
     writes: BTreeMap<String, u64>,
@@ -321,6 +351,7 @@ struct Resync {
 async fn measure_resync(
     op: &Operator,
     sim: &SimHandle,
+    list: &str,
     resync_seconds: u64,
     timeout: Duration,
     before: &BTreeMap<String, u64>,
@@ -329,7 +360,7 @@ async fn measure_resync(
     cluster::wait_for(
         "a resync (List Accounts)",
         Duration::from_secs(resync_seconds + 30),
-        || async { (sim.stats().requests_to("GET /api/partner/accounts") > 0).then_some(()) },
+        || async { (sim.stats().requests_to(list) > 0).then_some(()) },
     )
     .await?;
     let after = settle(op, sim, timeout).await?;
@@ -437,22 +468,39 @@ fn counts(map: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
-fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
+/// A run's CyclrAccount writes per new account: (rollout, first resync). The first resync
+/// writes the usage and bill dates read after the rollout, so their sum is what a new account
+/// costs in Kubernetes writes.
+fn account_writes(run: &OperatorRun, n: usize) -> (f64, f64) {
+    let per = |writes: &BTreeMap<String, u64>| {
+        writes.get("kind=\"CyclrAccount\"").copied().unwrap_or(0) as f64 / n.max(1) as f64
+    };
+    (per(&run.writes), per(&run.first_resync.writes))
+}
+
+fn report(args: &Args, results: &[Run]) {
     let n = args.n;
     println!("\n## Results (N = {n})\n");
     println!(
-        "| limit | run | all Ready | accounts/s | time to Ready p50 | p99 | last Ready after the last create | operator/floor |"
+        "| dialect | limit | run | all Ready | accounts/s | time to Ready p50 | p99 | last Ready after the last create | operator/floor |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (limit, run, floor) in results {
-        let ratio = run.rollout.readiness.all_ready.as_secs_f64() / floor.readiness.all_ready.as_secs_f64().max(1e-9);
-        for (name, r, ratio) in [
-            ("operator", &run.rollout, format!("**{ratio:.2}×**")),
-            ("floor", floor, String::new()),
-        ] {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for run in results {
+        let rows = std::iter::once(("operator", &run.operator.rollout)).chain(run.floor.iter().map(|f| ("floor", f)));
+        for (name, r) in rows {
+            let ratio = match (&run.floor, name) {
+                (Some(floor), "operator") => format!(
+                    "**{:.2}×**",
+                    r.readiness.all_ready.as_secs_f64() / floor.readiness.all_ready.as_secs_f64().max(1e-9)
+                ),
+                (None, _) => "no floor (v1.0)".to_owned(),
+                _ => String::new(),
+            };
             let r = &r.readiness;
             println!(
-                "| {limit}/s | {name} | {} | {:.1} | {} | {} | {} | {ratio} |",
+                "| {} | {}/s | {name} | {} | {:.1} | {} | {} | {} | {ratio} |",
+                run.dialect.name(),
+                run.limit,
                 secs(r.all_ready),
                 n as f64 / r.all_ready.as_secs_f64().max(1e-9),
                 secs(cluster::quantile(&r.each, 0.5)),
@@ -461,10 +509,33 @@ fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
             );
         }
     }
-    for (limit, run, floor) in results {
+    println!(
+        "\n| dialect | limit | CyclrAccount writes per new account (rollout + first resync) | all Ready | p50 | operator peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for run in results {
+        let (rollout, first) = account_writes(&run.operator, n);
+        let r = &run.operator.rollout.readiness;
+        println!(
+            "| {} | {}/s | **{:.2}** ({rollout:.2} + {first:.2}) | {} | {} | {:.1} MiB |",
+            run.dialect.name(),
+            run.limit,
+            rollout + first,
+            secs(r.all_ready),
+            secs(cluster::quantile(&r.each, 0.5)),
+            mib(run.operator.usage.peak_rss_kib),
+        );
+    }
+    for Run {
+        dialect,
+        limit,
+        operator: run,
+        floor,
+    } in results
+    {
         let calls: u64 = run.rollout.calls.values().sum();
         let writes: u64 = run.writes.values().sum();
-        println!("\n### {limit} requests/s\n");
+        println!("\n### {}, {limit} requests/s\n", dialect.name());
         println!(
             "- budget floor N × calls per account / limit: {n} × {:.2} / {limit} = {:.1} s",
             calls as f64 / n as f64,
@@ -475,7 +546,9 @@ fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
             per_account(&run.rollout.calls, n)
         );
         println!("- operator Cyclr responses: {}", counts_u16(&run.rollout.responses));
-        println!("- floor Cyclr calls per account: {}", per_account(&floor.calls, n));
+        if let Some(floor) = floor {
+            println!("- floor Cyclr calls per account: {}", per_account(&floor.calls, n));
+        }
         println!(
             "- operator Kubernetes writes per account: {:.2} ({})",
             writes as f64 / n as f64,
@@ -495,7 +568,7 @@ fn report(args: &Args, results: &[(u32, OperatorRun, Rollout)]) {
         }
         println!(
             "- operator peak RSS {:.1} MiB, CPU {:.1} s (rollout and both resyncs)",
-            run.usage.peak_rss_kib as f64 / 1024.0,
+            mib(run.usage.peak_rss_kib),
             run.usage.cpu_seconds
         );
         println!(
@@ -519,7 +592,7 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn report_peer(args: &Args, results: &[(u32, OperatorRun, Rollout)], peer: &peer::PeerRun) {
+fn report_peer(args: &Args, results: &[Run], peer: &peer::PeerRun) {
     let n = args.n;
     println!("\n## provider-http (PEER=1), N = {n}\n");
     println!("- defaults (its --help): {}", peer.defaults.join(" "));
@@ -566,10 +639,17 @@ fn report_peer(args: &Args, results: &[(u32, OperatorRun, Rollout)], peer: &peer
         "\n| operator at | operator all Ready | provider-http all Ready | provider-http / operator time | operator peak RSS | provider-http peak RSS | memory operator / provider-http |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (limit, run, _) in results {
+    for Run {
+        dialect,
+        limit,
+        operator: run,
+        ..
+    } in results
+    {
         let bound = if peer.timed_out { "≥ " } else { "" };
         println!(
-            "| {limit} req/s | {} | {bound}{} | **{bound}{:.1}×** | {:.1} MiB | {:.1} MiB | **{:.2}** |",
+            "| {} {limit} req/s | {} | {bound}{} | **{bound}{:.1}×** | {:.1} MiB | {:.1} MiB | **{:.2}** |",
+            dialect.name(),
             secs(run.rollout.readiness.all_ready),
             secs(peer.all_ready),
             peer.all_ready.as_secs_f64() / run.rollout.readiness.all_ready.as_secs_f64().max(1e-9),

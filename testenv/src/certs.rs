@@ -1,5 +1,6 @@
-//! Certificates for one control plane: a CA that signs both the kube-apiserver's serving
-//! certificate and the admin's client certificate, plus the service-account signing keys.
+//! Certificates for one control plane: a CA that signs the kube-apiserver's serving
+//! certificate and the client certificates of the admin and of kube-controller-manager, plus
+//! the service-account signing keys.
 
 use anyhow::Result;
 use rcgen::{
@@ -14,6 +15,10 @@ pub(crate) struct Pki {
     pub serving_key: String,
     pub admin_cert: String,
     pub admin_key: String,
+    /// `CN=system:kube-controller-manager`, no group: the user the default RBAC policy binds
+    /// to the role `system:kube-controller-manager`, as on a real control plane.
+    pub controller_manager_cert: String,
+    pub controller_manager_key: String,
     pub service_account_key: String,
     pub service_account_pub: String,
 }
@@ -44,24 +49,34 @@ pub(crate) fn generate() -> Result<Pki> {
     let serving_cert = serving.signed_by(&serving_key, &ca)?;
 
     // Membership of system:masters is what makes this user an admin under RBAC.
-    let admin_key = KeyPair::generate()?;
-    let mut admin = CertificateParams::default();
-    admin.distinguished_name = name("cyclr-testenv-admin", Some("system:masters"));
-    admin.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    admin.use_authority_key_identifier_extension = true;
-    let admin_cert = admin.signed_by(&admin_key, &ca)?;
+    let (admin_cert, admin_key) = client_cert(&ca, name("cyclr-testenv-admin", Some("system:masters")))?;
+    let (controller_manager_cert, controller_manager_key) =
+        client_cert(&ca, name("system:kube-controller-manager", None))?;
 
     let service_account = KeyPair::generate()?;
     Ok(Pki {
         ca_cert: ca_cert.pem(),
         serving_cert: serving_cert.pem(),
         serving_key: serving_key.serialize_pem(),
-        admin_cert: admin_cert.pem(),
-        admin_key: admin_key.serialize_pem(),
+        admin_cert,
+        admin_key,
+        controller_manager_cert,
+        controller_manager_key,
         service_account_key: service_account.serialize_pem(),
         service_account_pub: service_account.public_key_pem(),
     })
+}
+
+/// A client certificate for `subject`, signed by `ca`: (certificate, key), PEM.
+fn client_cert(ca: &Issuer<'_, KeyPair>, subject: DistinguishedName) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {

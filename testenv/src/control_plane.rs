@@ -1,5 +1,6 @@
 //! Starting and stopping one etcd + kube-apiserver pair: the single implementation behind
-//! both the test harness and `make cluster-up`.
+//! both the test harness and `make cluster-up`; and, for the tests that ask for it, a
+//! kube-controller-manager running only the namespace controller and the garbage collector.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -16,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::certs::{self, Pki};
+use crate::certs;
 use crate::process::{self, Lifetime};
 
 /// Generous: on two busy cores kube-apiserver can take a while to finish its post-start hooks.
@@ -26,6 +27,12 @@ const START_ATTEMPTS: u32 = 3;
 
 const ETCD: &str = "etcd";
 const KUBE_APISERVER: &str = "kube-apiserver";
+const KUBE_CONTROLLER_MANAGER: &str = "kube-controller-manager";
+/// The controllers [`start_controller_manager`] runs, by their kube-controller-manager names.
+const CONTROLLERS: &str = "namespace-controller,garbage-collector-controller";
+/// The ServiceAccounts kube-controller-manager creates in kube-system for those controllers
+/// (`--use-service-account-credentials`): once both exist, it has authenticated and started them.
+const CONTROLLER_ACCOUNTS: [&str; 2] = ["namespace-controller", "generic-garbage-collector"];
 
 /// Where [`start`] writes the admin kubeconfig (certificates embedded).
 pub fn kubeconfig_in(dir: &Path) -> PathBuf {
@@ -100,7 +107,26 @@ async fn try_start(dir: &Path, etcd: &Path, apiserver: &Path, lifetime: Lifetime
     write_private(&cert_dir.join("apiserver.crt"), &pki.serving_cert)?;
     write_private(&cert_dir.join("apiserver.key"), &pki.serving_key)?;
     let kubeconfig = kubeconfig_in(dir);
-    write_private(&kubeconfig, &kubeconfig_yaml(&server, &pki))?;
+    write_private(
+        &kubeconfig,
+        &kubeconfig_yaml(
+            &server,
+            &pki.ca_cert,
+            "cyclr-testenv-admin",
+            &pki.admin_cert,
+            &pki.admin_key,
+        ),
+    )?;
+    write_private(
+        &controller_manager_kubeconfig(dir),
+        &kubeconfig_yaml(
+            &server,
+            &pki.ca_cert,
+            KUBE_CONTROLLER_MANAGER,
+            &pki.controller_manager_cert,
+            &pki.controller_manager_key,
+        ),
+    )?;
 
     let mut etcd_cmd = Command::new(etcd);
     etcd_cmd.args([
@@ -235,6 +261,76 @@ impl ApiServer {
     }
 }
 
+/// Starts kube-controller-manager (`bin/kube-controller-manager`) against the control plane
+/// [`start`] made in `dir`, with only the namespace controller and the garbage collector:
+/// a deleted namespace is emptied and goes away, dependents of a deleted owner are collected.
+/// It authenticates as `system:kube-controller-manager` and gives each controller its own
+/// ServiceAccount in kube-system (`--use-service-account-credentials`), as a real control
+/// plane does, so they act with the default RBAC roles of those controllers. No leader
+/// election, no serving port (several test processes may each run one). Returns once it has
+/// created both controllers' ServiceAccounts (at most 120 s); fails with its log's tail if it
+/// exits first. It lives as long as `lifetime` says.
+pub async fn start_controller_manager(dir: &Path, config: &kube::Config, lifetime: Lifetime) -> Result<()> {
+    let binary = testbin_dir().join(KUBE_CONTROLLER_MANAGER);
+    if !binary.is_file() {
+        bail!(
+            "{} is missing: run `make testbin` to build kube-controller-manager into bin/ \
+             (or point CYCLR_TESTBIN at a directory holding it)",
+            binary.display()
+        );
+    }
+    let kubeconfig = controller_manager_kubeconfig(dir);
+    let mut cmd = Command::new(binary);
+    cmd.args([
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--controllers={CONTROLLERS}"),
+        "--use-service-account-credentials=true".to_owned(),
+        "--leader-elect=false".to_owned(),
+        // No HTTPS endpoint: nothing scrapes it, and a fixed port would clash between processes.
+        "--secure-port=0".to_owned(),
+    ]);
+    let mut child = spawn_logged(cmd, dir, KUBE_CONTROLLER_MANAGER, lifetime)?;
+    let client = kube::Client::try_from(config.clone())?;
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> = kube::Api::namespaced(client, "kube-system");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let started = loop {
+        if let Some(status) = child.try_wait()? {
+            break Err(anyhow::anyhow!(
+                "kube-controller-manager exited during start-up ({status})"
+            ));
+        }
+        let mut missing = Vec::new();
+        for name in CONTROLLER_ACCOUNTS {
+            if accounts.get_opt(name).await?.is_none() {
+                missing.push(name);
+            }
+        }
+        if missing.is_empty() {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "kube-controller-manager created no ServiceAccount {missing:?} in kube-system within {READY_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if let Err(err) = started {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("{err}\n{}", log_tail(dir, KUBE_CONTROLLER_MANAGER));
+    }
+    if lifetime == Lifetime::Process {
+        process::kill_at_exit(vec![child]);
+    }
+    Ok(())
+}
+
+/// The kubeconfig kube-controller-manager uses (its own client certificate), beside the admin's.
+fn controller_manager_kubeconfig(dir: &Path) -> PathBuf {
+    dir.join("controller-manager.kubeconfig")
+}
+
 fn spawn_logged(mut cmd: Command, dir: &Path, name: &str, lifetime: Lifetime) -> Result<Child> {
     let log = File::create(log_file(dir, name))?;
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -342,16 +438,16 @@ fn port_clash(dir: &Path) -> bool {
 }
 
 fn log_tails(dir: &Path) -> String {
+    [ETCD, KUBE_APISERVER].iter().map(|name| log_tail(dir, name)).collect()
+}
+
+fn log_tail(dir: &Path, name: &str) -> String {
     const LINES: usize = 25;
-    let mut out = String::new();
-    for name in [ETCD, KUBE_APISERVER] {
-        let path = log_file(dir, name);
-        let log = fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(LINES)..].join("\n");
-        out += &format!("--- last {LINES} lines of {} ---\n{tail}\n", path.display());
-    }
-    out
+    let path = log_file(dir, name);
+    let log = fs::read_to_string(&path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LINES)..].join("\n");
+    format!("--- last {LINES} lines of {} ---\n{tail}\n", path.display())
 }
 
 /// Ports the kernel considers free right now; all listeners are held until the last one is
@@ -379,10 +475,11 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
-fn kubeconfig_yaml(server: &str, pki: &Pki) -> String {
-    let ca = BASE64.encode(&pki.ca_cert);
-    let cert = BASE64.encode(&pki.admin_cert);
-    let key = BASE64.encode(&pki.admin_key);
+/// A kubeconfig for `user`, authenticating with a client certificate, all PEM embedded.
+fn kubeconfig_yaml(server: &str, ca: &str, user: &str, cert: &str, key: &str) -> String {
+    let ca = BASE64.encode(ca);
+    let cert = BASE64.encode(cert);
+    let key = BASE64.encode(key);
     format!(
         "apiVersion: v1
 kind: Config
@@ -392,7 +489,7 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: cyclr-testenv-admin
+- name: {user}
   user:
     client-certificate-data: {cert}
     client-key-data: {key}
@@ -400,7 +497,7 @@ contexts:
 - name: cyclr-testenv
   context:
     cluster: cyclr-testenv
-    user: cyclr-testenv-admin
+    user: {user}
 current-context: cyclr-testenv
 "
     )

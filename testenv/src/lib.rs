@@ -11,7 +11,9 @@
 //!
 //! One control plane is started per test process, on first use, and killed when the process
 //! ends, however it ends. Set `CYCLR_TEST_KUBECONFIG` to run against an existing cluster
-//! instead (e.g. `.cluster/kubeconfig` from `make cluster-up`).
+//! instead (e.g. `.cluster/kubeconfig` from `make cluster-up`). A test that needs namespaces
+//! to go away or owner references followed asks for a kube-controller-manager with
+//! [`TestEnv::start_controller_manager`].
 
 mod certs;
 pub mod control_plane;
@@ -35,6 +37,8 @@ pub struct TestEnv {
     /// The kube-apiserver this process started; `None` on a cluster given by
     /// `CYCLR_TEST_KUBECONFIG`, which is not ours to restart.
     apiserver: Option<control_plane::ApiServer>,
+    /// The outcome of [`TestEnv::start_controller_manager`], once asked.
+    controller_manager: OnceCell<Result<(), String>>,
 }
 
 impl TestEnv {
@@ -62,6 +66,7 @@ impl TestEnv {
                 kubeconfig,
                 config,
                 apiserver: None,
+                controller_manager: OnceCell::new(),
             });
         }
         let dir = scratch_dir()?;
@@ -72,6 +77,7 @@ impl TestEnv {
             kubeconfig: control_plane::kubeconfig_in(&dir),
             config,
             apiserver: Some(apiserver),
+            controller_manager: OnceCell::new(),
         })
     }
 
@@ -109,14 +115,40 @@ impl TestEnv {
             .context("this control plane came from CYCLR_TEST_KUBECONFIG: its kube-apiserver is not ours to restart")
     }
 
+    /// Starts kube-controller-manager with the namespace controller and the garbage collector
+    /// against this control plane, once per process (later calls return the first outcome);
+    /// see [`control_plane::start_controller_manager`]. It runs until the process ends and
+    /// affects every test of the process: deleted namespaces go away, dependents of deleted
+    /// owners are collected. On a `CYCLR_TEST_KUBECONFIG` cluster nothing is started: a real
+    /// cluster runs its own (`make cluster-up`'s does not). Fails, with the tail of its log,
+    /// when `bin/kube-controller-manager` is missing or it cannot start.
+    pub async fn start_controller_manager(&self) -> Result<()> {
+        let started = self
+            .controller_manager
+            .get_or_init(|| async {
+                if self.apiserver.is_none() {
+                    return Ok(());
+                }
+                let dir = self.kubeconfig.parent().expect("the kubeconfig is in the scratch dir");
+                control_plane::start_controller_manager(dir, &self.config, Lifetime::Process)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .await;
+        started
+            .clone()
+            .map_err(|e| anyhow::anyhow!("cyclr-testenv: no kube-controller-manager: {e}"))
+    }
+
     /// The admin kubeconfig, e.g. for building an impersonating client or running kubectl.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
     }
 
     /// Creates a namespace named `<prefix>-<random suffix>` and returns its name. Nothing
-    /// deletes it: without a controller-manager a deleted namespace never finishes terminating,
-    /// and the whole cluster is thrown away at the end anyway.
+    /// deletes it: without a controller-manager ([`TestEnv::start_controller_manager`]) a
+    /// deleted namespace never finishes terminating, and the whole cluster is thrown away at
+    /// the end anyway.
     pub async fn new_namespace(&self, prefix: &str) -> String {
         let namespace = Namespace {
             metadata: ObjectMeta {

@@ -68,7 +68,7 @@ impl Harness {
     }
 
     /// [`Harness::without_operator`] with the partner's `spec.cyclrAPI`, when given.
-    async fn without_operator_with(prefix: &str, resync: &str, cyclr_api: Option<&str>) -> Harness {
+    pub async fn without_operator_with(prefix: &str, resync: &str, cyclr_api: Option<&str>) -> Harness {
         // `RUST_LOG=cyclr_operator=debug cargo test … -- --nocapture` shows the operator's logs.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

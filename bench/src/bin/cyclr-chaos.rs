@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use cyclr_bench::chaos::{self, Outcome, Scenario, Settings};
+use cyclr_bench::cluster::{Dialect, DialectsArg};
 use cyclr_testenv::TestEnv;
 
 /// Chaos scenarios against the operator; every knob is also an environment variable.
@@ -39,6 +40,8 @@ struct Args {
     /// The longest a scenario waits for Ready after its last fault, in seconds.
     #[arg(long, env = "READY_TIMEOUT", default_value_t = 600)]
     ready_timeout: u64,
+    #[command(flatten)]
+    dialects: DialectsArg,
     /// The operator binary; default: `cyclr-operator` next to this binary.
     #[arg(long, env = "CYCLR_OPERATOR")]
     operator: Option<PathBuf>,
@@ -79,14 +82,21 @@ async fn main() -> anyhow::Result<()> {
         operator,
         logs: logs.clone(),
         ready_timeout: Duration::from_secs(args.ready_timeout),
+        dialect: Dialect::Partner,
     };
     println!(
-        "cyclr-chaos: SEED={seed} ACCOUNTS={} INSTALLS={} SCENARIOS={} KILLS={} APISERVER_RESTARTS={} RATE={}",
+        "cyclr-chaos: SEED={seed} ACCOUNTS={} INSTALLS={} SCENARIOS={} DIALECTS={} KILLS={} APISERVER_RESTARTS={} RATE={}",
         args.accounts,
         args.installs,
         scenarios
             .iter()
             .map(|s| s.number().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        args.dialects
+            .dialects
+            .iter()
+            .map(|d| d.name())
             .collect::<Vec<_>>()
             .join(","),
         args.kills,
@@ -99,8 +109,14 @@ async fn main() -> anyhow::Result<()> {
     let env = TestEnv::get().await;
     cyclr_bench::cluster::install_crds(&env.client(), &settings.operator).await?;
     let mut outcomes = Vec::new();
-    for scenario in scenarios {
-        outcomes.push(chaos::run(env, &settings, scenario).await?);
+    for &dialect in &args.dialects.dialects {
+        let settings = Settings {
+            dialect,
+            ..settings.clone()
+        };
+        for &scenario in &scenarios {
+            outcomes.push(chaos::run(env, &settings, scenario).await?);
+        }
     }
     summary(&outcomes, seed, started.elapsed());
     if outcomes.iter().any(|o| !o.passed()) {
@@ -111,11 +127,12 @@ async fn main() -> anyhow::Result<()> {
 
 fn summary(outcomes: &[Outcome], seed: u64, took: Duration) {
     println!("\n## Summary (SEED={seed}, {:.0} s in all)\n", took.as_secs_f64());
-    println!("| scenario | result | faults tried | lost | duration |");
-    println!("|---|---|---|---|---|");
+    println!("| dialect | scenario | result | faults tried | lost | duration |");
+    println!("|---|---|---|---|---|---|");
     for o in outcomes {
         println!(
-            "| {} {} | {} | {} | {} | {:.0} s |",
+            "| {} | {} {} | {} | {} | {} | {:.0} s |",
+            o.dialect.name(),
             o.scenario.number(),
             o.scenario.title(),
             if o.passed() { "passed" } else { "FAILED" },

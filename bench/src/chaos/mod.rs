@@ -2,7 +2,9 @@
 //! wrong (the operator killed, Cyclr failing, the leader killed, the API server restarted,
 //! status lost), each scenario ending with the same check read from the simulator's state:
 //! exactly one Cyclr account per CyclrAccount, exactly one installed connector per
-//! CyclrConnectorInstall, all Ready. See docs/reliability.md.
+//! CyclrConnectorInstall, all Ready. On a v1.0 partner every account has `deletionPolicy:
+//! Delete` and one in ten is deleted (with its installs) as soon as the rollout starts: their
+//! Cyclr accounts, and only theirs, must be gone. See docs/reliability.md.
 //!
 //! A scenario's fault schedule comes from a seeded generator (seed + scenario number), so the
 //! same `SEED` tries the same faults at the same moments; the simulator's error dice are
@@ -16,6 +18,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cyclr_testenv::TestEnv;
+
+use crate::cluster::Dialect;
 
 pub use rate::{bucket_bound, max_in_window};
 
@@ -94,6 +98,8 @@ pub struct Settings {
     pub logs: PathBuf,
     /// The longest a scenario waits for everything to be Ready after its last fault.
     pub ready_timeout: Duration,
+    /// The partner's Cyclr API (`spec.cyclrAPI`).
+    pub dialect: Dialect,
 }
 
 /// What one scenario tried and what it lost.
@@ -101,6 +107,8 @@ pub struct Settings {
 pub struct Outcome {
     /// Which scenario ran.
     pub scenario: Scenario,
+    /// On which dialect.
+    pub dialect: Dialect,
     /// Each fault and each event seen, with its time since the scenario started.
     pub tried: Vec<String>,
     /// How many faults were injected.
@@ -124,10 +132,16 @@ impl Outcome {
 /// may use it meanwhile). An error means the scenario could not be run, not that it failed.
 pub async fn run(env: &'static TestEnv, settings: &Settings, scenario: Scenario) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    println!("\n== scenario {}: {} ==", scenario.number(), scenario.title());
+    println!(
+        "\n== scenario {} on {}: {} ==",
+        scenario.number(),
+        settings.dialect.name(),
+        scenario.title()
+    );
     let (world, lost, figures) = scenarios::run(env, settings, scenario).await?;
     let outcome = Outcome {
         scenario,
+        dialect: settings.dialect,
         tried: world.tried,
         faults: world.faults,
         lost,
@@ -142,8 +156,9 @@ pub async fn run(env: &'static TestEnv, settings: &Settings, scenario: Scenario)
         println!("[s{}] LOST: {lost}", scenario.number());
     }
     println!(
-        "== scenario {}: {} in {:.0} s ==",
+        "== scenario {} on {}: {} in {:.0} s ==",
         scenario.number(),
+        settings.dialect.name(),
         if outcome.passed() {
             "passed, nothing lost"
         } else {

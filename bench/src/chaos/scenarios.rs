@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use super::rate::{bucket_bound, max_in_window};
 use super::world::{self, World};
 use super::{Scenario, Settings};
-use crate::cluster::{self, PARTNER_BURST};
+use crate::cluster::{self, Dialect, PARTNER_BURST};
 use crate::operator::Operator;
 
 /// The operator's `--concurrency` (its default).
@@ -35,14 +35,15 @@ pub(super) async fn run(env: &'static TestEnv, settings: &Settings, scenario: Sc
     let mut rng = StdRng::seed_from_u64(settings.seed.wrapping_add(scenario.number()));
     let tag = format!("s{}", scenario.number());
     let (rate, faults) = match scenario {
-        Scenario::CyclrFaults => (DEFAULT_RATE, cyclr_faults(settings.seed)),
+        Scenario::CyclrFaults => (DEFAULT_RATE, cyclr_faults(settings.seed, settings.dialect)),
         _ => (settings.rate, Faults::default()),
     };
-    let mut world = World::start(env, tag, settings.accounts, settings.installs, rate, faults).await?;
+    let mut world = World::start(env, tag, settings, rate, faults).await?;
     world.note(format!(
-        "namespace {}, cyclr-sim at {}, partner rateLimit {rate}/s burst {PARTNER_BURST}",
+        "namespace {}, cyclr-sim at {}, partner on {} at rateLimit {rate}/s burst {PARTNER_BURST}",
         world.namespace,
-        world.sim.base_url()
+        world.sim.base_url(),
+        settings.dialect.name()
     ));
     let mut figures = Vec::new();
     let mut lost = Vec::new();
@@ -72,18 +73,29 @@ pub(super) async fn run(env: &'static TestEnv, settings: &Settings, scenario: Sc
 
 /// Scenario 2's Cyclr: a fifth of requests 5xx, 429 with `Retry-After: 2` above the partner's
 /// own rate (the simulator's bucket holds 10, the partner's burst is 20, so bursts meet 429s),
-/// tokens that last 30 s, and one write in ten applied with its response lost.
-fn cyclr_faults(seed: u64) -> Faults {
+/// tokens that last 30 s, and one write in ten applied with its response lost. On v1.0 also
+/// writes applied after their client left, and new accounts missing from List Accounts for
+/// 3 s ([`V1_LIST_LAG`]).
+fn cyclr_faults(seed: u64, dialect: Dialect) -> Faults {
     Faults {
         error_rate: 0.2,
         rate_limit_rps: Some(DEFAULT_RATE),
         retry_after_secs: 2,
         token_ttl: Some(Duration::from_secs(30)),
         commit_then_fail_rate: 0.1,
+        apply_after_disconnect: dialect == Dialect::V1,
+        list_lag: if dialect == Dialect::V1 {
+            V1_LIST_LAG
+        } else {
+            Duration::ZERO
+        },
         seed: Some(seed),
         ..Faults::default()
     }
 }
+
+/// How long a new account is missing from List Accounts in scenario 2 on v1.0.
+const V1_LIST_LAG: Duration = Duration::from_secs(3);
 
 /// `run` arguments of the scenarios with one operator at a time: without leader election, as
 /// before it became the default, so an operator restarted after `kill -9` does not wait out its
@@ -147,12 +159,14 @@ async fn operator_kills(settings: &Settings, world: &mut World, rng: &mut StdRng
 async fn cyclr_faults_run(settings: &Settings, world: &mut World, figures: &mut Vec<String>) -> anyhow::Result<()> {
     let faults = world.sim.faults();
     world.fault(format!(
-        "faults on: {:.0}% 5xx, 429 above {}/s with Retry-After {} s, tokens expire after {:?}, {:.0}% of writes applied then answered 500, seed {}",
+        "faults on: {:.0}% 5xx, 429 above {}/s with Retry-After {} s, tokens expire after {:?}, {:.0}% of writes applied then answered 500, writes applied after the client left: {}, list lag {:?}, seed {}",
         faults.error_rate * 100.0,
         faults.rate_limit_rps.unwrap_or(0),
         faults.retry_after_secs,
         faults.token_ttl.unwrap_or_default(),
         faults.commit_then_fail_rate * 100.0,
+        faults.apply_after_disconnect,
+        faults.list_lag,
         faults.seed.unwrap_or_default()
     ));
     let mut op = start_operator(settings, world, "operator", ALONE)?;
@@ -358,8 +372,9 @@ async fn status_wiped(
         .await?;
     world.settle(Duration::from_secs(3), Duration::from_secs(30)).await;
     let stats = world.sim.stats();
-    let creates = stats.requests_to("POST /api/partner/createaccount");
-    let installs = stats.requests_to("POST /api/partner/installconnector");
+    let creates = stats.requests_to("POST /api/partner/createaccount") + stats.requests_to("POST /v1.0/accounts");
+    let installs = stats.requests_to("POST /api/partner/installconnector")
+        + stats.requests_to("POST /v1.0/connectors/{connector}/install");
     figures.push(format!(
         "after the wipe: {creates} Create Account, {installs} Install Connector, {} writes applied",
         stats.writes

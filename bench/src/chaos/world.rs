@@ -1,7 +1,7 @@
 //! One scenario's world: its namespace, simulator and partner, the accounts and installs it
 //! rolls out, what was tried (with times), and the end check against the simulator's state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -9,16 +9,19 @@ use anyhow::Context as _;
 use cyclr_sim::{Faults, SimConfig, SimHandle, Simulator};
 use cyclr_testenv::TestEnv;
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::cluster::{self, CLIENT_ID, CLIENT_SECRET, LABEL};
+use super::Settings;
+use crate::cluster::{self, CLIENT_ID, CLIENT_SECRET, Dialect, LABEL};
 
 /// Resources created at once (a GitOps tool applying a directory).
 const CREATE_CONCURRENCY: usize = 32;
 /// The connector every install installs; its installed name is the resource's name.
 const CONNECTOR: &str = "Slack";
+/// On v1.0, account i is deleted (with its installs) when i mod this is this minus one.
+const DELETE_EVERY: usize = 10;
 
 /// A scenario's namespace, simulator and partner, and its record of what was tried.
 pub(crate) struct World {
@@ -29,6 +32,12 @@ pub(crate) struct World {
     pub sim: SimHandle,
     accounts: usize,
     installs: usize,
+    dialect: Dialect,
+    /// The accounts deleted, by name (v1.0 only), and how many installs went with them.
+    deleted: BTreeSet<String>,
+    deleted_installs: usize,
+    /// The task deleting them.
+    deleter: Option<AbortOnDrop>,
     started: Instant,
     /// What was tried and seen, each with its time since the scenario started.
     pub tried: Vec<String>,
@@ -43,14 +52,17 @@ pub(crate) struct World {
 pub(crate) struct Progress {
     pub accounts_ready: usize,
     pub installs_ready: usize,
+    /// How many of each should exist at the end (the deleted ones not counted).
     pub accounts: usize,
     pub installs: usize,
+    /// Resources deleted but not gone yet (waiting for their finalizer).
+    pub deleting: usize,
 }
 
 impl Progress {
-    /// Every resource is Ready.
+    /// Every resource that stays is Ready, and every deleted one is gone.
     pub fn done(&self) -> bool {
-        self.accounts_ready == self.accounts && self.installs_ready == self.installs
+        self.accounts_ready == self.accounts && self.installs_ready == self.installs && self.deleting == 0
     }
 }
 
@@ -60,18 +72,22 @@ impl fmt::Display for Progress {
             f,
             "{}/{} accounts and {}/{} installs Ready",
             self.accounts_ready, self.accounts, self.installs_ready, self.installs
-        )
+        )?;
+        if self.deleting > 0 {
+            write!(f, ", {} deleting", self.deleting)?;
+        }
+        Ok(())
     }
 }
 
 impl World {
-    /// A fresh namespace, a simulator with `faults` and a CyclrPartner at `rate` requests/s;
-    /// no operator yet.
+    /// A fresh namespace, a simulator with `faults` and a CyclrPartner on the settings'
+    /// dialect at `rate` requests/s, for the settings' numbers of accounts and installs; no
+    /// operator yet.
     pub async fn start(
         env: &TestEnv,
         tag: String,
-        accounts: usize,
-        installs: usize,
+        settings: &Settings,
         rate: u32,
         faults: Faults,
     ) -> anyhow::Result<World> {
@@ -81,14 +97,18 @@ impl World {
         config.faults = faults;
         let sim = Simulator::start(config, "127.0.0.1:0".parse()?).await?;
         // resyncInterval 10m (the default): a rollout never waits for a resync.
-        cluster::create_partner(&client, &namespace, &sim.base_url(), rate, "10m").await?;
+        cluster::create_partner(&client, &namespace, &sim.base_url(), settings.dialect, rate, "10m").await?;
         Ok(World {
             client,
             kubeconfig: env.kubeconfig_path().to_path_buf(),
             namespace,
             sim,
-            accounts,
-            installs,
+            accounts: settings.accounts,
+            installs: settings.installs,
+            dialect: settings.dialect,
+            deleted: BTreeSet::new(),
+            deleted_installs: 0,
+            deleter: None,
             started: Instant::now(),
             tried: Vec::new(),
             faults: 0,
@@ -115,9 +135,14 @@ impl World {
     }
 
     /// Creates the accounts `acct-00000`… (Cyclr name = resource name) and the installs
-    /// `inst-00000`…, install i into account i mod accounts, all at once.
+    /// `inst-00000`…, install i into account i mod accounts, all at once; on v1.0 with
+    /// `deletionPolicy: Delete`, and then deletes one account in ten with its installs.
     pub async fn create_resources(&mut self) -> anyhow::Result<()> {
         let (namespace, accounts) = (self.namespace.clone(), self.accounts);
+        let deletion_policy = match self.dialect {
+            Dialect::Partner => "Orphan",
+            Dialect::V1 => "Delete",
+        };
         let account_api = cluster::accounts(&self.client, &namespace);
         let install_api = cluster::installs(&self.client, &namespace);
         let objects = (0..self.accounts)
@@ -128,7 +153,10 @@ impl World {
                     json!({
                         "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrAccount",
                         "metadata": {"name": name, "labels": {LABEL: namespace}},
-                        "spec": {"partnerRef": {"name": namespace}, "name": name, "description": "cyclr-chaos"},
+                        "spec": {
+                            "partnerRef": {"name": namespace}, "name": name, "description": "cyclr-chaos",
+                            "deletionPolicy": deletion_policy,
+                        },
                     }),
                 )
             })
@@ -161,18 +189,81 @@ impl World {
             "created {} CyclrAccounts and {} CyclrConnectorInstalls",
             self.accounts, self.installs
         ));
+        if self.dialect == Dialect::V1 {
+            self.delete_some();
+        }
         Ok(())
+    }
+
+    /// Deletes account i for each i mod [`DELETE_EVERY`] = [`DELETE_EVERY`] − 1, and the
+    /// installs into it, each once its Cyclr account exists (status.accountID), so the
+    /// deletes reach Cyclr while the scenario's faults go on: a task of its own, retrying
+    /// through API server restarts, not awaited ([`World::progress`] counts what is left) and
+    /// stopped when the world is dropped.
+    fn delete_some(&mut self) {
+        let doomed: Vec<usize> = (0..self.accounts)
+            .filter(|i| i % DELETE_EVERY == DELETE_EVERY - 1)
+            .collect();
+        let installs: Vec<usize> = (0..self.installs)
+            .filter(|i| doomed.contains(&(i % self.accounts.max(1))))
+            .collect();
+        self.deleted = doomed.iter().copied().map(account_name).collect();
+        self.deleted_installs = installs.len();
+        self.note(format!(
+            "deleting {} CyclrAccounts (deletionPolicy Delete) and the {} CyclrConnectorInstalls into them, each once its Cyclr account exists",
+            self.deleted.len(),
+            self.deleted_installs
+        ));
+        let account_api = cluster::accounts(&self.client, &self.namespace);
+        let install_api = cluster::installs(&self.client, &self.namespace);
+        let accounts = self.accounts.max(1);
+        let mut left: BTreeSet<usize> = doomed.into_iter().collect();
+        let deleter = tokio::spawn(async move {
+            while !left.is_empty() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for i in left.clone() {
+                    let created = account_api
+                        .get_opt(&account_name(i))
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|a| a.data["status"]["accountID"].is_string());
+                    if !created {
+                        continue;
+                    }
+                    let names = installs
+                        .iter()
+                        .filter(|&&n| n % accounts == i)
+                        .map(|&n| (&install_api, install_name(n)))
+                        .chain([(&account_api, account_name(i))]);
+                    let mut done = true;
+                    for (api, name) in names {
+                        match api.delete(&name, &DeleteParams::default()).await {
+                            Ok(_) => {}
+                            Err(kube::Error::Api(status)) if status.code == 404 => {}
+                            Err(_) => done = false,
+                        }
+                    }
+                    if done {
+                        left.remove(&i);
+                    }
+                }
+            }
+        });
+        self.deleter = Some(AbortOnDrop(deleter.abort_handle()));
     }
 
     /// Ready counts now; an error while the API server is away.
     pub async fn progress(&self) -> anyhow::Result<Progress> {
         let (accounts, installs) = self.list().await?;
-        let ready = |objects: &[DynamicObject]| objects.iter().filter(|o| cluster::is_ready(o)).count();
+        let deleting = |o: &&DynamicObject| o.metadata.deletion_timestamp.is_some();
+        let ready = |objects: &[DynamicObject]| objects.iter().filter(|o| !deleting(o) && cluster::is_ready(o)).count();
         Ok(Progress {
             accounts_ready: ready(&accounts),
             installs_ready: ready(&installs),
-            accounts: self.accounts,
-            installs: self.installs,
+            accounts: self.accounts - self.deleted.len(),
+            installs: self.installs - self.deleted_installs,
+            deleting: accounts.iter().chain(&installs).filter(deleting).count(),
         })
     }
 
@@ -247,24 +338,35 @@ impl World {
     }
 
     /// The end check, from the simulator's state and the resources: exactly one Cyclr account
-    /// per CyclrAccount (and none besides), exactly one installed connector per
-    /// CyclrConnectorInstall (and none besides), every resource Ready and its status naming
-    /// that account. Returns what is wrong: duplicates, losses, strays, stuck resources.
+    /// per CyclrAccount (and none besides), none left of a deleted one, exactly one installed
+    /// connector per CyclrConnectorInstall (and none besides), every resource Ready and its
+    /// status naming that account. Returns what is wrong: duplicates, losses, strays, stuck
+    /// resources, accounts a delete left behind.
     pub async fn check(&self) -> anyhow::Result<Vec<String>> {
         let (accounts, installs) = self.list().await.context("listing the resources for the check")?;
         let mut lost = Vec::new();
-        if accounts.len() != self.accounts || installs.len() != self.installs {
+        let (kept_accounts, kept_installs) = (
+            self.accounts - self.deleted.len(),
+            self.installs - self.deleted_installs,
+        );
+        if accounts.len() != kept_accounts || installs.len() != kept_installs {
             lost.push(format!(
-                "{} CyclrAccounts and {} CyclrConnectorInstalls exist, {} and {} were created",
+                "{} CyclrAccounts and {} CyclrConnectorInstalls exist, {kept_accounts} and {kept_installs} were created and not deleted",
                 accounts.len(),
                 installs.len(),
-                self.accounts,
-                self.installs
             ));
         }
         let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
         for account in self.sim.accounts() {
             by_name.entry(account.name).or_default().push(account.id);
+        }
+        for name in &self.deleted {
+            if let Some(ids) = by_name.remove(name) {
+                lost.push(format!(
+                    "CyclrAccount {name} was deleted with deletionPolicy Delete, but Cyclr still has {}",
+                    ids.join(", ")
+                ));
+            }
         }
         let mut account_ids = HashMap::new();
         for account in &accounts {
@@ -334,6 +436,15 @@ impl World {
             ));
         }
         Ok(lost)
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
