@@ -26,17 +26,18 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// The Cyclr account matches the spec.
+    /// The Cyclr object (account, cycle) matches the spec.
     Synced,
     /// ObserveOnly: read and reported, never corrected.
     Observed,
-    /// The connector is installed (never installed again).
+    /// The connector is installed (never installed again); for a cycle, the template was
+    /// installed (Events only).
     Installed,
     /// The partner's credentials work and Partner Details answers.
     Connected,
     /// A Create Account is in flight (status.pendingCreate).
     Creating,
-    /// An Install Connector is in flight (status.pendingInstall).
+    /// An Install Connector or a template install is in flight (status.pendingInstall).
     Installing,
     /// An existing Cyclr object was taken over.
     Adopted,
@@ -104,6 +105,19 @@ reasons! {
     ExternalInstallMissing,
     /// An installed connector's credentials changed; the Partner API cannot apply them.
     CredentialsNotApplied,
+    /// No template of the cycle's templateRef (or several of that name).
+    TemplateNotFound,
+    /// An account connector the cycle uses is not authenticated: it cannot be activated
+    /// until a person (or a CyclrConnectorInstall) authenticates it.
+    ConnectorNotAuthenticated,
+    /// Cyclr names other prerequisites of activation (missing mappings, reason codes 10–70).
+    PrerequisitesNotMet,
+    /// This resource's cycle is gone from Cyclr; never installed again.
+    ExternalCycleMissing,
+    /// A cycle's deactivation, variables or activation are under way.
+    Updating,
+    /// Cyclr is deleting the cycle (`DeleteScheduled`); the resource goes once it is gone.
+    Deleting,
     /// The CyclrPartner's client cannot be built (bad URL).
     InvalidConfiguration,
     /// A Cyclr object was made for a resource deleted while the write was in flight (a
@@ -138,6 +152,9 @@ impl driver::ReasonCode for Reason {
                 | Reason::AuthenticationFailed
                 | Reason::CredentialsNotApplied
                 | Reason::DeletionBlocked
+                | Reason::TemplateNotFound
+                | Reason::ConnectorNotAuthenticated
+                | Reason::PrerequisitesNotMet
         )
     }
 
@@ -146,9 +163,9 @@ impl driver::ReasonCode for Reason {
             Reason::Synced | Reason::Creating => "Create",
             Reason::Installed | Reason::Installing => "Install",
             Reason::Adopted => "Adopt",
-            Reason::Updated | Reason::DriftCorrected | Reason::Reauthenticated => "Update",
+            Reason::Updated | Reason::Updating | Reason::DriftCorrected | Reason::Reauthenticated => "Update",
             Reason::Connected => "Connect",
-            Reason::Deleted | Reason::DeletionBlocked => "Delete",
+            Reason::Deleted | Reason::DeletionBlocked | Reason::Deleting => "Delete",
             Reason::Orphaned => "Create",
             _ => "Reconcile",
         }

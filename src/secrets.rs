@@ -289,12 +289,18 @@ impl CredentialsDigest {
     pub fn of(&self, auth: &cyclr::types::ConnectorAuth) -> String {
         use cyclr::types::ConnectorAuth;
         use secrecy::ExposeSecret;
-        let mut ctx = ring::hmac::Context::with_key(&self.key);
         let fields: Vec<&str> = match auth {
             ConnectorAuth::None => vec!["none"],
             ConnectorAuth::ApiKey(key) => vec!["apiKey", key.expose_secret()],
             ConnectorAuth::Basic { username, password } => vec!["basic", username, password.expose_secret()],
         };
+        self.of_fields(&fields)
+    }
+
+    /// The digest of `fields` in order (each length-prefixed), e.g. a cycle's variable names
+    /// and values.
+    pub fn of_fields(&self, fields: &[&str]) -> String {
+        let mut ctx = ring::hmac::Context::with_key(&self.key);
         for field in fields {
             ctx.update(&(field.len() as u64).to_be_bytes());
             ctx.update(field.as_bytes());

@@ -662,7 +662,7 @@ fn argocd_health(object: &Value) -> (String, String) {
 fn argocd_files_carry_the_tested_health_script() {
     let script = std::fs::read_to_string(HEALTH_LUA).expect("deploy/argocd/health.lua");
     let patch = &documents(&std::fs::read_to_string(repo("deploy/argocd/argocd-cm.yaml")).unwrap())[0];
-    for kind in ["CyclrPartner", "CyclrAccount", "CyclrConnectorInstall"] {
+    for kind in ["CyclrPartner", "CyclrAccount", "CyclrConnectorInstall", "CyclrCycle"] {
         let key = format!("resource.customizations.health.cyclr.com_{kind}");
         assert_eq!(
             patch["data"][&key],

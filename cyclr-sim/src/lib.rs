@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Faults, HtmlAnswer, LongRejection, LostResponse, RetryAfterForm};
 
-use cyclr::types::{Account, AccountConnector, AccountV1, Cycle, InstalledConnector};
+use cyclr::types::{Account, AccountConnector, AccountV1, Cycle, InstalledConnector, Prerequisite};
 use faults::FaultState;
 use store::{Persister, Store};
 
@@ -113,6 +113,11 @@ pub struct TemplateSeed {
     /// The variables a cycle made from it has.
     #[serde(default)]
     pub variables: Vec<VariableSeed>,
+    /// What stops every cycle made from it from being activated besides unauthenticated
+    /// connectors, as `GET /v1.0/cycles/{id}/prerequisites` lists it (e.g. a missing field
+    /// mapping: `{"ReasonCode": 41, "Reason": "…"}`).
+    #[serde(default)]
+    pub prerequisites: Vec<Prerequisite>,
 }
 
 /// A connector a template needs.

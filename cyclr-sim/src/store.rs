@@ -104,7 +104,8 @@ impl AccountRecord {
     }
 
     /// What stops a cycle from being activated: each account connector it uses that is not
-    /// authenticated (or was deleted), reason code 20.
+    /// authenticated (or was deleted), reason code 20, then its template's other
+    /// prerequisites.
     pub fn prerequisites(&self, cycle: &CycleRecord) -> Vec<Prerequisite> {
         cycle
             .connectors
@@ -116,6 +117,7 @@ impl AccountRecord {
                 object_type: Some("AccountConnector".into()),
                 object_id: Some(c.account_connector_id.to_string()),
             })
+            .chain(cycle.prerequisites.iter().cloned())
             .collect()
     }
 
@@ -215,6 +217,9 @@ pub(crate) struct CycleRecord {
     pub active_from: Option<DateTime<Utc>>,
     /// The end of the last active spell that ran a task.
     pub last_run: Option<DateTime<Utc>>,
+    /// The template's other prerequisites (missing mappings), which no API call fixes.
+    #[serde(default)]
+    pub prerequisites: Vec<Prerequisite>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -821,6 +826,7 @@ impl Store {
             tasks_before: 0,
             active_from: None,
             last_run: None,
+            prerequisites: template.prerequisites.clone(),
         };
         self.get_mut(account_id)?.cycles.push(cycle);
         Ok(id)
@@ -849,9 +855,10 @@ impl Store {
         let failing = record.prerequisites(record.cycle(id)?);
         if let Some(first) = failing.first() {
             return Err(ApiError::bad_request(format!(
-                "The cycle cannot be activated: {} (AccountConnector {}).",
+                "The cycle cannot be activated: {} ({} {}).",
                 first.reason,
-                first.object_id.as_deref().unwrap_or_default()
+                first.object_type.as_deref().unwrap_or("Cycle"),
+                first.object_id.as_deref().unwrap_or(id)
             )));
         }
         let cycle = record.cycle_mut(id)?;

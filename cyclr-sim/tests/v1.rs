@@ -87,6 +87,7 @@ fn sync_template() -> TemplateSeed {
             display_name: Some("Region".into()),
             value: Some("eu".into()),
         }],
+        prerequisites: Vec::new(),
     }
 }
 

@@ -1,4 +1,5 @@
--- Argo CD health of the cyclr.com kinds (CyclrPartner, CyclrAccount, CyclrConnectorInstall),
+-- Argo CD health of the cyclr.com kinds (CyclrPartner, CyclrAccount, CyclrConnectorInstall,
+-- CyclrCycle),
 -- read from the kstatus conditions the operator writes: Ready, Reconciling, Stalled and
 -- status.observedGeneration. Argo CD runs it with Lua 5.1; `obj` is the resource.
 --   Suspended    Ready has reason Paused (annotation cyclr.com/paused: "true")

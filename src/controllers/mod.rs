@@ -1,9 +1,10 @@
-//! The three kinds, plugged into the driver (crate `driver`), and the watches that feed them.
+//! The four kinds, plugged into the driver (crate `driver`), and the watches that feed them.
 //! Each kind's file is its controller plus observe → decide (pure) → act; this module holds
 //! the services they share ([`Services`]) and starts everything ([`run`]).
 
 pub mod account;
 pub mod connector_install;
+pub mod cycle;
 pub mod partner;
 pub mod partners;
 
@@ -34,7 +35,7 @@ pub struct OperatorConfig {
     pub namespace: String,
     /// Watch accounts and installs in this namespace only (default: all namespaces).
     pub watch_namespace: Option<String>,
-    /// Reconcile only objects (of all three kinds) with these labels: for sharding, and for
+    /// Reconcile only objects (of all kinds) with these labels: for sharding, and for
     /// running several operators side by side in tests.
     pub label_selector: Option<String>,
     /// Reconciles running at once, per kind.
@@ -136,7 +137,7 @@ pub async fn wait_for_crds(client: Client) -> Result<(), kube::runtime::wait::Er
     Ok(())
 }
 
-/// Runs the three controllers until `shutdown` resolves.
+/// Runs the four controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
     config: OperatorConfig,
@@ -149,6 +150,7 @@ pub async fn run(
     // Only labelled Secrets, in the namespaces they are read from: one watch and store each.
     let (to_partners, secret_changes_partners) = mpsc::unbounded::<Secret>();
     let (to_installs, secret_changes_installs) = mpsc::unbounded::<Secret>();
+    let (to_cycles, secret_changes_cycles) = mpsc::unbounded::<Secret>();
     let (mut secret_stores, mut secret_runs) = (Vec::new(), Vec::new());
     for namespace in secret_namespaces(&config) {
         let (api, watch): (Api<Secret>, _) = match &namespace {
@@ -157,7 +159,7 @@ pub async fn run(
         };
         let (store, writer) = reflector::store();
         secret_stores.push(store);
-        let (to_partners, to_installs) = (to_partners.clone(), to_installs.clone());
+        let (to_partners, to_installs, to_cycles) = (to_partners.clone(), to_installs.clone(), to_cycles.clone());
         // Each watch of labelled Secrets feeds its store and wakes partners and installs.
         secret_runs.push(
             readiness
@@ -173,7 +175,8 @@ pub async fn run(
                     match secret {
                         Ok(secret) => {
                             let _ = to_partners.unbounded_send(secret.clone());
-                            let _ = to_installs.unbounded_send(secret);
+                            let _ = to_installs.unbounded_send(secret.clone());
+                            let _ = to_cycles.unbounded_send(secret);
                         }
                         Err(error) => tracing::warn!(%error, "Secret watch failed; retrying"),
                     }
@@ -283,6 +286,9 @@ pub async fn run(
         shutdown.clone(),
     );
     let (account_changes, account_changes_installs) = mpsc::unbounded();
+    // Accounts' changes and partner wakes go to the cycles too.
+    let (account_changes_installs, account_changes_cycles) = fan_out(account_changes_installs);
+    let (partner_wakes, partner_wakes_cycles) = fan_out(partner_wakes);
     let (accounts, account_store) = account::controller(
         driver.clone(),
         account::AccountState::new(services.clone(), partner_objects.clone()),
@@ -292,17 +298,26 @@ pub async fn run(
         shutdown.clone(),
     );
     let installs = connector_install::controller(
-        driver,
-        connector_install::InstallState::new(services, partner_objects, account_store),
+        driver.clone(),
+        connector_install::InstallState::new(services.clone(), partner_objects.clone(), account_store.clone()),
         secret_changes_installs,
         account_changes_installs,
+        shutdown.clone(),
+    );
+    let cycles = cycle::controller(
+        driver,
+        cycle::CycleKindState::new(services, partner_objects, account_store),
+        secret_changes_cycles,
+        account_changes_cycles,
+        partner_wakes_cycles,
         shutdown,
     );
     tracing::info!(namespace = %config.namespace, "controllers started");
     futures::join!(
         driver::report(partners),
         driver::report(accounts),
-        driver::report(installs)
+        driver::report(installs),
+        driver::report(cycles)
     );
     background.abort();
     Ok(())
@@ -329,6 +344,21 @@ async fn cluster_identity(client: Client) -> String {
             }
         }
     }
+}
+
+/// Copies each item of `items` to two receivers (a wake several kinds listen to). The copying
+/// task ends with `items`.
+fn fan_out<T: Clone + Send + 'static>(
+    items: mpsc::UnboundedReceiver<T>,
+) -> (mpsc::UnboundedReceiver<T>, mpsc::UnboundedReceiver<T>) {
+    let (first, first_rx) = mpsc::unbounded();
+    let (second, second_rx) = mpsc::unbounded();
+    tokio::spawn(items.for_each(move |item| {
+        let _ = first.unbounded_send(item.clone());
+        let _ = second.unbounded_send(item);
+        futures::future::ready(())
+    }));
+    (first_rx, second_rx)
 }
 
 /// Maps a changed Secret to the objects in `store` that use it (for `.watches_stream`).

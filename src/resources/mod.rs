@@ -2,12 +2,14 @@
 
 mod account;
 mod connector_install;
+mod cycle;
 mod partner;
 mod reference;
 mod validation;
 
 pub use account::*;
 pub use connector_install::*;
+pub use cycle::*;
 pub use driver::PendingWrite;
 pub use driver::conditions::*;
 pub use driver::{annotation, is_paused};
@@ -33,6 +35,10 @@ pub mod annotations {
     /// reason: after a restore without status the install is found again, not refused as a
     /// name in use nor installed twice.
     pub const INSTALLED_IN_ACCOUNT: &str = "cyclr.com/installed-in-account";
+    /// The Cyclr cycle id a CyclrCycle's template install made, kept in metadata for the
+    /// same reason: after a restore without status the cycle is found again, never
+    /// installed twice.
+    pub const CYCLE_ID: &str = "cyclr.com/cycle-id";
 }
 
 /// The finalizer on a CyclrAccount whose deletion deletes its Cyclr account
@@ -40,15 +46,24 @@ pub mod annotations {
 pub const ACCOUNT_FINALIZER: &str = "cyclr.com/account";
 
 /// The finalizer on a CyclrConnectorInstall whose deletion deletes its account connector
-/// (`deletionPolicy: Delete` on a `V1` partner). No other objects carry a finalizer.
+/// (`deletionPolicy: Delete` on a `V1` partner).
 pub const INSTALL_FINALIZER: &str = "cyclr.com/connector-install";
+
+/// The finalizer on a CyclrCycle whose deletion deletes its Cyclr cycle
+/// (`deletionPolicy: Delete`).
+pub const CYCLE_FINALIZER: &str = "cyclr.com/cycle";
 
 /// The operator's field manager for server-side apply and its Event reporter name.
 pub const MANAGER: &str = "cyclr-operator";
 
 /// All CRDs, in the order `cyclr-operator crd` prints them.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![CyclrPartner::crd(), CyclrAccount::crd(), CyclrConnectorInstall::crd()]
+    vec![
+        CyclrPartner::crd(),
+        CyclrAccount::crd(),
+        CyclrConnectorInstall::crd(),
+        CyclrCycle::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream.

@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use cyclr::{ClientConfig, CyclrClient};
 
-use super::{Ctx, PluginError, SigninArgs, UsageArgs, kube_error, ready_account_id};
+use super::{AuthArgs, Ctx, PluginError, SigninArgs, UsageArgs, kube_error, ready_account_id};
 use cyclr_operator::resources::{CyclrApi, CyclrPartner};
 
 /// Where people sign in for this partner: `spec.serviceURL` when set, else derived from
@@ -109,6 +109,73 @@ pub(super) async fn signin(ctx: &Ctx, args: &SigninArgs, out: &mut dyn std::io::
     Ok(())
 }
 
+/// `kubectl cyclr auth`: Cyclr's connector-auth page for the account connector with a fresh
+/// sign-in token (single use, minutes), on `out` (stdout) only: a person opens it and signs
+/// in to the OAuth provider. v1.0 calls, so a `V1` partner only.
+pub(super) async fn auth(ctx: &Ctx, args: &AuthArgs, out: &mut dyn std::io::Write) -> Result<(), PluginError> {
+    let account = ctx.account(&args.account).await?;
+    let account_id = ready_account_id(&account)?;
+    let partner = ctx.partner(&account.spec.partner_ref.name).await?;
+    if partner.spec.cyclr_api != CyclrApi::V1 {
+        return Err(PluginError::Refused(format!(
+            "CyclrPartner {} uses the Partner API, which has no account connectors to authenticate; cycles and their connectors need spec.cyclrAPI: V1",
+            account.spec.partner_ref.name
+        )));
+    }
+    let client = partner_client(ctx, &partner).await?;
+    let connectors = client.list_account_connectors_v1(&account_id).await?;
+    let wanted = &args.connector;
+    let found: Vec<_> = connectors
+        .iter()
+        .filter(|c| &c.id == wanted || &c.name == wanted || &c.connector.name == wanted)
+        .collect();
+    let connector = match found.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(PluginError::Refused(format!(
+                "account {account_id} has no account connector {wanted:?} (id, name or connector name); it has: {}",
+                connectors
+                    .iter()
+                    .map(|c| format!("{} ({}, id {})", c.name, c.connector.name, c.id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        several => {
+            return Err(PluginError::Refused(format!(
+                "{} account connectors match {wanted:?} (ids {}); name one by its id",
+                several.len(),
+                several.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    };
+    let service = partner_service_url(&partner);
+    let token = client.create_signin_token_v1(&account_id, &args.username).await?;
+    let url = SecretString::from(format!(
+        "{service}/connectorauth/updateaccountconnectoroauth?id={}&token={}&targetOrigin={}",
+        query_value(&connector.id),
+        query_value(token.token.expose_secret()),
+        query_value(args.target_origin.as_deref().unwrap_or(&service)),
+    ));
+    writeln!(out, "{}", url.expose_secret()).map_err(io_error)?;
+    eprintln!(
+        "Open it to authenticate {} ({}) in account {account_id}; single use, valid for minutes.",
+        connector.name, connector.connector.name
+    );
+    Ok(())
+}
+
+/// `value` percent-encoded for a URL's query: everything but RFC 3986's unreserved characters.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn open_in_browser(url: &SecretString) -> Result<(), PluginError> {
     let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
     std::process::Command::new(opener)
@@ -173,7 +240,14 @@ fn io_error(e: std::io::Error) -> PluginError {
 
 #[cfg(test)]
 mod tests {
-    use super::service_url_for;
+    use super::{query_value, service_url_for};
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("https://my.cyclr.com"), "https%3A%2F%2Fmy.cyclr.com");
+        assert_eq!(query_value("a b&c=d"), "a%20b%26c%3Dd");
+        assert_eq!(query_value("Az09-._~"), "Az09-._~");
+    }
 
     #[test]
     fn service_url_follows_the_api_host_or_the_override() {

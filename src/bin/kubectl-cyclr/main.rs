@@ -1,6 +1,7 @@
 //! `kubectl cyclr`, the kubectl plugin for support and on-call engineers: sign-in URLs for
-//! customers' Cyclr accounts, one status table of partners, accounts and installs, a
-//! partner's price plans and an account's usage.
+//! customers' Cyclr accounts, links that authenticate OAuth account connectors, one status
+//! table of partners, accounts, installs and cycles, a partner's price plans and an
+//! account's usage.
 //!
 //! It acts with the caller's own Kubernetes permissions (kubeconfig, context, impersonation as
 //! kubectl picks them) and talks to Cyclr with the partner's credentials, read from the
@@ -61,7 +62,10 @@ pub struct KubeArgs {
 pub enum Command {
     /// Print a single-use sign-in URL (valid for minutes) for a Ready CyclrAccount.
     Signin(SigninArgs),
-    /// Partners, accounts and connector installs in one table, with why anything is not Ready.
+    /// Print the one-time link a person opens to authenticate an OAuth account connector
+    /// (one a cycle's template installed) of a Ready CyclrAccount on a `V1` partner.
+    Auth(AuthArgs),
+    /// Partners, accounts, connector installs and cycles in one table, with why anything is not Ready.
     Status(StatusArgs),
     /// A partner's price plans, as Cyclr lists them now.
     PricePlans(PricePlansArgs),
@@ -79,6 +83,22 @@ pub struct SigninArgs {
     /// Also open the URL in the default browser (`xdg-open`, or `open` on macOS).
     #[arg(long)]
     pub open: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthArgs {
+    /// The CyclrAccount's name.
+    pub account: String,
+    /// The account connector: its id (as a CyclrCycle's `status.connectors` or its
+    /// `ConnectorNotAuthenticated` message names it), or its connector's or installed name.
+    pub connector: String,
+    /// The Cyclr user the link signs in as (Cyclr's `Username`, made if missing).
+    #[arg(long, default_value = "kubectl-cyclr")]
+    pub username: String,
+    /// The page Cyclr returns to once authenticated (`targetOrigin`); default: the sign-in
+    /// host.
+    #[arg(long)]
+    pub target_origin: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +175,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), PluginErr
     };
     match cli.command {
         Command::Signin(args) => cyclr_calls::signin(&ctx, &args, out).await,
+        Command::Auth(args) => cyclr_calls::auth(&ctx, &args, out).await,
         Command::Status(args) => status::print(&ctx, &args, out).await,
         Command::PricePlans(args) => cyclr_calls::price_plans(&ctx, &args.partner, out).await,
         Command::Usage(args) => cyclr_calls::usage(&ctx, &args, out).await,

@@ -1,4 +1,4 @@
-//! `kubectl cyclr status`: partners, accounts and installs in one sorted table.
+//! `kubectl cyclr status`: partners, accounts, installs and cycles in one sorted table.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
@@ -6,7 +6,7 @@ use kube::api::ListParams;
 use serde::Serialize;
 
 use super::{Ctx, PluginError, StatusArgs, kube_error};
-use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, CyclrPartner, READY, condition};
+use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, CyclrCycle, CyclrPartner, READY, condition};
 
 /// `-o` of `kubectl cyclr status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -19,7 +19,7 @@ pub enum Output {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Row {
-    /// `CyclrPartner`, `CyclrAccount` or `CyclrConnectorInstall`.
+    /// `CyclrPartner`, `CyclrAccount`, `CyclrConnectorInstall` or `CyclrCycle`.
     kind: &'static str,
     namespace: String,
     name: String,
@@ -28,10 +28,12 @@ pub struct Row {
     /// The Ready reason, for anything not Ready.
     reason: String,
     message: String,
-    /// Accounts: their Cyclr id; installs: their account's; partners: the API URL.
+    /// Accounts: their Cyclr id; installs: their account's; cycles: their own; partners: the
+    /// API URL.
     #[serde(rename = "accountID")]
     account_id: String,
-    /// Accounts: the price plan's name (or id when the partner does not list it).
+    /// Accounts: the price plan's name (or id when the partner does not list it); installs:
+    /// the connector; cycles: the account, the template and Cyclr's status.
     plan: String,
     tasks: Option<u64>,
     cycles: Option<u64>,
@@ -48,6 +50,11 @@ pub(super) async fn print(ctx: &Ctx, args: &StatusArgs, out: &mut dyn std::io::W
         .items;
     let accounts = list::<CyclrAccount>(ctx, scope, "cyclraccounts.cyclr.com").await?;
     let installs = list::<CyclrConnectorInstall>(ctx, scope, "cyclrconnectorinstalls.cyclr.com").await?;
+    // Roles written before cycles existed may not grant them: the rest is shown all the same.
+    let cycles = match list::<CyclrCycle>(ctx, scope, "cyclrcycles.cyclr.com").await {
+        Err(PluginError::Forbidden { .. }) => Vec::new(),
+        listed => listed?,
+    };
 
     let mut rows = Vec::new();
     for p in &partners {
@@ -84,9 +91,24 @@ pub(super) async fn print(ctx: &Ctx, args: &StatusArgs, out: &mut dyn std::io::W
             ..row("CyclrConnectorInstall", &i.metadata, &status.conditions)
         });
     }
-    // Partners first, then accounts, then installs; each by namespace and name.
+    for c in &cycles {
+        let status = c.status.clone().unwrap_or_default();
+        let template = c.spec.template_ref.name.as_ref().or(c.spec.template_ref.id.as_ref());
+        rows.push(Row {
+            account_id: status.cycle_id.clone().unwrap_or_else(|| "-".into()),
+            plan: format!(
+                "{}/{} {}",
+                c.spec.account_ref.name,
+                template.map_or("-", String::as_str),
+                status.cyclr_status.as_deref().unwrap_or("-")
+            ),
+            tasks: status.tasks_used,
+            ..row("CyclrCycle", &c.metadata, &status.conditions)
+        });
+    }
+    // Partners first, then accounts, installs and cycles; each by namespace and name.
     let rank = |kind: &str| {
-        ["CyclrPartner", "CyclrAccount", "CyclrConnectorInstall"]
+        ["CyclrPartner", "CyclrAccount", "CyclrConnectorInstall", "CyclrCycle"]
             .iter()
             .position(|k| *k == kind)
     };

@@ -1,0 +1,569 @@
+//! Issue #20 ([K]), `CyclrCycle` on a CyclrPartner with `spec.cyclrAPI: V1`, one test per
+//! row on the real control plane with the simulator as Cyclr: a template installed once and
+//! activated (row 1), an unauthenticated connector (row 2), other prerequisites (row 3), a
+//! variable changed while Active (row 4), Paused and back (row 5), drift made in Cyclr
+//! (row 6), a cycle deleted in Cyclr or with its resource (row 7), `kubectl cyclr auth` and
+//! `status` (row 8) and bad input (row 10); Flux's kstatus reads a Ready cycle as Current and
+//! one waiting for a person as Failed.
+
+mod support;
+
+use std::time::Duration;
+
+use cyclr::types::{CycleStatus, Prerequisite};
+use cyclr_operator::resources::{CYCLE_FINALIZER, CyclrAccount, CyclrCycle, READY, annotations};
+use cyclr_sim::{TemplateConnectorSeed, TemplateSeed, VariableSeed};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, ValidationDirective};
+use serde_json::json;
+use support::kstatus::kstatus;
+use support::{Harness, HasConditions, cyclr_client, ready_message};
+
+impl HasConditions for CyclrCycle {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+const INSTALL: &str = "POST /v1.0/templates/{id}/install";
+const ACTIVATE: &str = "PUT /v1.0/cycles/{id}/activate";
+const DEACTIVATE: &str = "PUT /v1.0/cycles/{id}/deactivate";
+
+/// A template `id` named `name` needing `connectors` (name, auth type), with a variable
+/// `region` (`eu`).
+fn template(id: &str, name: &str, connectors: &[(&str, &str)]) -> TemplateSeed {
+    TemplateSeed {
+        id: Some(id.into()),
+        name: name.into(),
+        description: None,
+        connectors: connectors
+            .iter()
+            .map(|(name, auth)| TemplateConnectorSeed {
+                name: (*name).into(),
+                version: None,
+                auth_type: Some((*auth).into()),
+            })
+            .collect(),
+        variables: vec![VariableSeed {
+            system_name: "region".into(),
+            display_name: Some("Region".into()),
+            value: Some("eu".into()),
+        }],
+        prerequisites: Vec::new(),
+    }
+}
+
+/// A harness on a V1 partner (resync every 10 s) with Ready CyclrAccount `acme`: its id.
+async fn with_account(prefix: &str) -> (Harness, String) {
+    let h = Harness::start_v1(prefix, "10s").await;
+    h.wait_partner_ready("True").await;
+    h.apply::<CyclrAccount>(json!({"metadata": {"name": "acme"}, "spec": {"partnerRef": {"name": h.partner}}}))
+        .await;
+    let ready = h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
+    let id = ready.status.and_then(|s| s.account_id).expect("an id when Ready");
+    (h, id)
+}
+
+async fn apply_cycle(h: &Harness, name: &str, spec: serde_json::Value) -> CyclrCycle {
+    let mut spec = spec;
+    spec["accountRef"] = json!({"name": "acme"});
+    h.apply::<CyclrCycle>(json!({"metadata": {"name": name}, "spec": spec}))
+        .await
+}
+
+async fn cycle(h: &Harness, name: &str) -> CyclrCycle {
+    h.api::<CyclrCycle>().get(name).await.expect("get CyclrCycle")
+}
+
+/// Waits until the cycle is Ready for its current generation.
+async fn ready(h: &Harness, name: &str) -> CyclrCycle {
+    h.wait_for(
+        &format!("CyclrCycle {name} Ready for its generation"),
+        Duration::from_secs(60),
+        || async {
+            let c = cycle(h, name).await;
+            let status = c.status.as_ref()?;
+            let ready = cyclr_operator::resources::condition(&status.conditions, READY)?;
+            (ready.status == "True" && status.observed_generation == c.metadata.generation).then_some(c)
+        },
+    )
+    .await
+}
+
+/// The simulator's status of the account's cycle `id`.
+fn sim_status(h: &Harness, account: &str, id: &str) -> Option<CycleStatus> {
+    h.sim.cycles(account).into_iter().find(|c| c.id == id).map(|c| c.status)
+}
+
+async fn variable(h: &Harness, account: &str, cycle: &str, name: &str) -> Option<String> {
+    cyclr_client(&h.sim)
+        .cycle_variables_v1(account, cycle)
+        .await
+        .expect("read the variables")
+        .into_iter()
+        .find(|v| v.system_name == name)
+        .and_then(|v| v.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row1_a_template_is_installed_once_and_activated_with_its_schedule() {
+    let (h, account) = with_account("cyc-install").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
+    h.sim
+        .add_template(template("digest", "Daily digest", &[("Clock", "None")]));
+    apply_cycle(
+        &h,
+        "by-name",
+        json!({"templateRef": {"name": "Tickets sync"}, "schedule": {"interval": 15, "startTime": "2026-01-01T00:00:00Z"},
+               "variables": [{"name": "region", "value": "us"}]}),
+    )
+    .await;
+    apply_cycle(&h, "by-id", json!({"templateRef": {"id": "digest"}, "state": "Active"})).await;
+
+    let by_name = ready(&h, "by-name").await;
+    assert_eq!(
+        kstatus(&serde_json::to_value(&by_name).unwrap()).0,
+        "Current",
+        "Flux's kstatus"
+    );
+    let status = by_name.status.clone().expect("status");
+    let id = status.cycle_id.clone().expect("the cycle id");
+    assert_eq!(status.cyclr_status.as_deref(), Some("Active"));
+    assert_eq!(status.account_id.as_deref(), Some(account.as_str()));
+    assert_eq!(status.template_id.as_deref(), Some("sync"));
+    assert_eq!(status.connectors.len(), 1, "{status:?}");
+    assert!(status.connectors[0].authenticated && status.connectors[0].account_connector_id.is_some());
+    assert!(status.tasks_used.is_some() && status.error_count == Some(0));
+    assert!(status.pending_install.is_none());
+    assert_eq!(by_name.annotations().get(annotations::CYCLE_ID), Some(&id));
+    assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Active));
+    assert_eq!(variable(&h, &account, &id, "region").await.as_deref(), Some("us"));
+    let by_id = ready(&h, "by-id").await;
+    assert_eq!(by_id.status.and_then(|s| s.template_id).as_deref(), Some("digest"));
+
+    // One install per resource, though both reused the account's one Clock connector.
+    assert_eq!(h.sim.cycles(&account).len(), 2);
+    assert_eq!(h.cyclr_requests(INSTALL), 2);
+    assert_eq!(h.sim.installed_connectors(&account).len(), 1);
+    let installed = h.wait_event("by-name", "Installed").await;
+    assert!(installed.note.unwrap_or_default().contains(&id));
+    // A resync (every 10 s) looks again and installs nothing.
+    let lists = h.cyclr_requests("GET /v1.0/cycles");
+    h.wait_for("a resync's cycle list", Duration::from_secs(40), || async {
+        (h.cyclr_requests("GET /v1.0/cycles") > lists).then_some(())
+    })
+    .await;
+    assert_eq!(h.cyclr_requests(INSTALL), 2);
+    assert_eq!(h.sim.cycles(&account).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row2_an_unauthenticated_connector_is_named_and_never_activated_until_authenticated() {
+    let (h, account) = with_account("cyc-auth").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Tickets", "ApiKey")]));
+    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}})).await;
+    let stalled = h
+        .wait_condition::<CyclrCycle>("sync", "Stalled", "True", Some("ConnectorNotAuthenticated"))
+        .await;
+    assert_eq!(
+        kstatus(&serde_json::to_value(&stalled).unwrap()).0,
+        "Failed",
+        "a person must act"
+    );
+    let status = stalled.status.clone().expect("status");
+    let connector = status.connectors[0].account_connector_id.clone().expect("its id");
+    let message = ready_message(&stalled);
+    assert!(
+        message.contains("Tickets")
+            && message.contains(&format!("account connector {connector}"))
+            && message.contains("CyclrConnectorInstall")
+            && message.contains("kubectl cyclr auth"),
+        "{message}"
+    );
+    assert!(!status.connectors[0].authenticated);
+    // Rechecked at the partner's resync, without an activation that must fail.
+    let checks = h.cyclr_requests("GET /v1.0/cycles/{id}/prerequisites");
+    h.wait_for("a recheck", Duration::from_secs(40), || async {
+        (h.cyclr_requests("GET /v1.0/cycles/{id}/prerequisites") > checks).then_some(())
+    })
+    .await;
+    assert_eq!(h.cyclr_requests(ACTIVATE), 0);
+
+    // A person authenticates it (the OAuth link of `kubectl cyclr auth`): Active at the next look.
+    assert!(h.sim.set_connector_authenticated(&account, &connector, true));
+    let active = ready(&h, "sync").await;
+    assert_eq!(active.status.and_then(|s| s.cyclr_status).as_deref(), Some("Active"));
+    assert_eq!(h.cyclr_requests(ACTIVATE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row3_other_prerequisites_stall_with_cyclrs_reasons_and_no_activate_storm() {
+    let (h, _) = with_account("cyc-prereq").await;
+    let mut seed = template("sync", "Tickets sync", &[("Clock", "None")]);
+    seed.prerequisites = vec![Prerequisite {
+        reason_code: 41,
+        reason: "Field 'Email' is not mapped.".into(),
+        object_type: Some("Step".into()),
+        object_id: Some("7".into()),
+    }];
+    h.sim.add_template(seed);
+    apply_cycle(&h, "sync", json!({"templateRef": {"name": "Tickets sync"}})).await;
+    let stalled = h
+        .wait_condition::<CyclrCycle>("sync", "Stalled", "True", Some("PrerequisitesNotMet"))
+        .await;
+    let message = ready_message(&stalled);
+    assert!(
+        message.contains("Field 'Email' is not mapped.") && message.contains("41"),
+        "{message}"
+    );
+    let checks = h.cyclr_requests("GET /v1.0/cycles/{id}/prerequisites");
+    h.wait_for("a recheck", Duration::from_secs(40), || async {
+        (h.cyclr_requests("GET /v1.0/cycles/{id}/prerequisites") > checks).then_some(())
+    })
+    .await;
+    assert_eq!(h.cyclr_requests(ACTIVATE), 0, "never an activation that must fail");
+    assert_eq!(h.cyclr_requests(INSTALL), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row4_a_variable_changed_while_active_is_set_between_a_deactivate_and_an_activate() {
+    let (h, account) = with_account("cyc-vars").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
+    apply_cycle(
+        &h,
+        "sync",
+        json!({"templateRef": {"id": "sync"}, "variables": [{"name": "region", "value": "us"}]}),
+    )
+    .await;
+    let id = ready(&h, "sync").await.status.and_then(|s| s.cycle_id).expect("id");
+    assert_eq!(h.cyclr_requests(DEACTIVATE), 0, "set before the first activation");
+    assert!(
+        h.events("sync", "Updated").await.is_empty(),
+        "a new cycle's first variables and activation are said by status alone"
+    );
+    let secret_value = "token-from-a-secret-7f3a";
+    h.put_secret("region", &[("value", secret_value)]).await;
+    apply_cycle(
+        &h,
+        "sync",
+        json!({"templateRef": {"id": "sync"}, "finishQueuedTransactions": false,
+               "variables": [{"name": "region", "valueFrom": {"secretKeyRef": {"name": "region", "key": "value"}}}]}),
+    )
+    .await;
+    let updated = ready(&h, "sync").await;
+    assert_eq!(
+        variable(&h, &account, &id, "region").await.as_deref(),
+        Some(secret_value)
+    );
+    assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Active));
+    assert_eq!(h.cyclr_requests(DEACTIVATE), 1);
+    assert_eq!(h.cyclr_requests(ACTIVATE), 2);
+    let events = h.events("sync", "Updated").await;
+    assert_eq!(events.len(), 1, "one Event: {events:?}");
+    assert!(events[0].series.is_none(), "published once: {events:?}");
+    let note = events[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("deactivated") && note.contains("region") && note.contains("activated it"),
+        "{note}"
+    );
+    // Never shown: not in status, Events or conditions.
+    let shown = serde_json::to_string(&updated.status).unwrap() + &serde_json::to_string(&events).unwrap();
+    assert!(!shown.contains(secret_value));
+    assert!(h.events("sync", "CyclrRejected").await.is_empty(), "no 409 surfaced");
+
+    // The Secret's value changes: the same again.
+    h.put_secret("region", &[("value", "another-value-0b1c")]).await;
+    h.wait_for("the new value in Cyclr", Duration::from_secs(60), || async {
+        (variable(&h, &account, &id, "region").await.as_deref() == Some("another-value-0b1c")).then_some(())
+    })
+    .await;
+    ready(&h, "sync").await;
+    h.wait_for("the cycle Active again", Duration::from_secs(60), || async {
+        (sim_status(&h, &account, &id) == Some(CycleStatus::Active)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row5_paused_then_active_again_moves_observed_generation_with_cyclr() {
+    let (h, account) = with_account("cyc-pause").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
+    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}})).await;
+    let id = ready(&h, "sync").await.status.and_then(|s| s.cycle_id).expect("id");
+
+    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}, "state": "Paused"})).await;
+    let paused = ready(&h, "sync").await;
+    assert_eq!(paused.metadata.generation, Some(2));
+    assert_eq!(paused.status.and_then(|s| s.cyclr_status).as_deref(), Some("Paused"));
+    assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Paused));
+    assert_eq!(h.cyclr_requests(DEACTIVATE), 1);
+
+    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}, "state": "Active"})).await;
+    let active = ready(&h, "sync").await;
+    assert_eq!(active.metadata.generation, Some(3));
+    assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Active));
+    assert_eq!(h.cyclr_requests(ACTIVATE), 2);
+    assert_eq!(h.cyclr_requests(INSTALL), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row6_a_cycle_paused_in_cyclr_is_activated_again_at_the_next_resync() {
+    let (h, account) = with_account("cyc-drift").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
+    apply_cycle(
+        &h,
+        "sync",
+        json!({"templateRef": {"id": "sync"}, "schedule": {"interval": 60}}),
+    )
+    .await;
+    let id = ready(&h, "sync").await.status.and_then(|s| s.cycle_id).expect("id");
+    // Someone pauses it in Cyclr's console.
+    cyclr_client(&h.sim)
+        .deactivate_cycle_v1(&account, &id, true)
+        .await
+        .expect("pause it in Cyclr");
+    let corrected = h.wait_event("sync", "DriftCorrected").await;
+    assert!(corrected.note.unwrap_or_default().contains("every 60 minutes"));
+    assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Active));
+    assert_eq!(h.cyclr_requests(INSTALL), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row7_a_cycle_deleted_in_cyclr_is_reported_never_reinstalled_and_delete_deletes_it() {
+    let (h, account) = with_account("cyc-delete").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
+    apply_cycle(&h, "gone", json!({"templateRef": {"id": "sync"}})).await;
+    apply_cycle(
+        &h,
+        "deleted",
+        json!({"templateRef": {"id": "sync"}, "deletionPolicy": "Delete"}),
+    )
+    .await;
+    apply_cycle(&h, "kept", json!({"templateRef": {"id": "sync"}})).await;
+    let gone = ready(&h, "gone").await.status.and_then(|s| s.cycle_id).expect("id");
+    let deleted = ready(&h, "deleted").await;
+    let kept = ready(&h, "kept").await.status.and_then(|s| s.cycle_id).expect("id");
+    assert!(deleted.finalizers().contains(&CYCLE_FINALIZER.to_string()));
+    let deleted = deleted.status.and_then(|s| s.cycle_id).expect("id");
+
+    // Deleted in Cyclr: said, never installed again.
+    cyclr_client(&h.sim)
+        .delete_cycle_v1(&account, &gone)
+        .await
+        .expect("delete it in Cyclr");
+    let missing = h
+        .wait_condition::<CyclrCycle>("gone", "Stalled", "True", Some("ExternalCycleMissing"))
+        .await;
+    assert!(ready_message(&missing).contains(&gone), "{}", ready_message(&missing));
+    assert_eq!(h.cyclr_requests(INSTALL), 3);
+
+    // Deleted with its resource (Delete), or left in Cyclr (Orphan, the default).
+    for name in ["deleted", "kept"] {
+        h.api::<CyclrCycle>()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete the CyclrCycle");
+    }
+    for name in ["deleted", "kept"] {
+        h.wait_for(&format!("CyclrCycle {name} gone"), Duration::from_secs(60), || async {
+            h.api::<CyclrCycle>()
+                .get_opt(name)
+                .await
+                .ok()
+                .and_then(|found| found.is_none().then_some(()))
+        })
+        .await;
+    }
+    assert_eq!(sim_status(&h, &account, &deleted), None, "deleted in Cyclr");
+    assert_eq!(sim_status(&h, &account, &kept), Some(CycleStatus::Active), "Orphan");
+    assert_eq!(
+        h.cyclr_requests("DELETE /v1.0/cycles/{id}"),
+        2,
+        "the test's own and Delete's"
+    );
+    let event = h.wait_event("deleted", "Deleted").await;
+    assert!(event.note.unwrap_or_default().contains(&deleted));
+}
+
+/// Applies `spec` as CyclrCycle `name` with strict field validation: the API server's answer.
+async fn try_cycle(h: &Harness, name: &str, spec: serde_json::Value) -> Result<(), String> {
+    let object = json!({
+        "apiVersion": "cyclr.com/v1alpha1", "kind": "CyclrCycle",
+        "metadata": {"name": name, "labels": {"cyclr.com/test": h.namespace}},
+        "spec": spec,
+    });
+    let api: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(h.client.clone(), &h.namespace, &ApiResource::erase::<CyclrCycle>(&()));
+    let params = PatchParams {
+        field_validation: Some(ValidationDirective::Strict),
+        ..PatchParams::apply("cyclr-tests").force()
+    };
+    api.patch(name, &params, &Patch::Apply(&object))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row10_bad_input_is_refused_at_admission_or_stalled_before_any_install() {
+    let (h, _) = with_account("cyc-admission").await;
+    let acme = json!({"name": "acme"});
+    let refused = [
+        (
+            json!({"accountRef": acme, "templateRef": {"id": "sync"}, "schedule": {"interval": 7}}),
+            "spec.schedule.interval",
+            "Cyclr's intervals",
+        ),
+        (
+            json!({"accountRef": acme, "templateRef": {"id": "sync"}, "schedule": {"interval": 15, "runOnce": true}}),
+            "spec.schedule",
+            "runOnce",
+        ),
+        (
+            json!({"accountRef": acme, "templateRef": {"id": "sync"}, "variables": [{"name": "region"}]}),
+            "spec.variables[0]",
+            "exactly one of value or valueFrom",
+        ),
+        (
+            json!({"accountRef": acme, "templateRef": {"id": "sync", "name": "Tickets sync"}}),
+            "spec.templateRef",
+            "exactly one of id or name",
+        ),
+        (
+            json!({"accountRef": {"name": "acme", "namespace": "elsewhere"}, "templateRef": {"id": "sync"}}),
+            "spec.accountRef.namespace",
+            "not declared in schema",
+        ),
+        (
+            json!({"accountRef": acme, "templateRef": {"id": "sync"}, "schedule": {"startTime": "tomorrow"}}),
+            "spec.schedule.startTime",
+            "RFC 3339",
+        ),
+    ];
+    for (spec, field, why) in refused {
+        let error = try_cycle(&h, "bad", spec.clone())
+            .await
+            .expect_err(&format!("{spec} refused"));
+        assert!(error.contains(field) && error.contains(why), "{spec}: {error}");
+    }
+    try_cycle(
+        &h,
+        "good",
+        json!({"accountRef": acme, "templateRef": {"name": "No such template"}}),
+    )
+    .await
+    .expect("a well-formed cycle is admitted");
+    for (spec, field) in [
+        (
+            json!({"accountRef": acme, "templateRef": {"name": "Other"}}),
+            "spec.templateRef",
+        ),
+        (
+            json!({"accountRef": {"name": "other"}, "templateRef": {"name": "No such template"}}),
+            "spec.accountRef",
+        ),
+    ] {
+        let error = try_cycle(&h, "good", spec).await.expect_err("immutable");
+        assert!(error.contains(field) && error.contains("immutable"), "{error}");
+    }
+    // examples/cycles.yaml is admitted as it is.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cycles.yaml")).unwrap();
+    let mut examples = 0;
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let object: serde_json::Value = serde::Deserialize::deserialize(document).expect("YAML");
+        if object["kind"] == "CyclrCycle" {
+            examples += 1;
+            let name = object["metadata"]["name"].as_str().unwrap();
+            try_cycle(&h, name, object["spec"].clone())
+                .await
+                .unwrap_or_else(|e| panic!("examples/cycles.yaml {name}: {e}"));
+        }
+    }
+    assert_eq!(examples, 1);
+    // Unknown to Cyclr: said with the field, nothing installed.
+    let stalled = h
+        .wait_condition::<CyclrCycle>("good", "Stalled", "True", Some("TemplateNotFound"))
+        .await;
+    assert!(
+        ready_message(&stalled).contains("spec.templateRef.name"),
+        "{}",
+        ready_message(&stalled)
+    );
+    assert_eq!(h.cyclr_requests(INSTALL), 0);
+}
+
+/// Runs the built `kubectl-cyclr` against this test's namespace (where the harness keeps the
+/// partner's credentials Secret too).
+async fn plugin(h: &Harness, args: &[&str]) -> std::process::Output {
+    let env = cyclr_testenv::TestEnv::get().await;
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-cyclr"))
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig_path())
+        .args(["-n", &h.namespace, "--operator-namespace", &h.namespace])
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("CYCLR_OPERATOR_NAMESPACE")
+        .output()
+        .await
+        .expect("run kubectl-cyclr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row8_kubectl_cyclr_auth_prints_the_connector_auth_link_and_status_lists_the_cycle() {
+    let (h, _) = with_account("cyc-plugin").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Tickets", "OAuth2")]));
+    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}})).await;
+    let stalled = h
+        .wait_condition::<CyclrCycle>("sync", "Stalled", "True", Some("ConnectorNotAuthenticated"))
+        .await;
+    let connector = stalled
+        .status
+        .and_then(|s| s.connectors[0].account_connector_id.clone())
+        .expect("its id");
+
+    let out = plugin(&h, &["auth", "acme", "Tickets"]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "auth failed: {stderr}");
+    let base = h.sim.base_url();
+    let prefix = format!("{base}/connectorauth/updateaccountconnectoroauth?id={connector}&token=");
+    let rest = stdout
+        .trim_end()
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("stdout is not one connector-auth link: {stdout:?}"));
+    let (token, origin) = rest.split_once("&targetOrigin=").expect("a targetOrigin");
+    assert!(
+        !token.is_empty() && !stderr.contains(token),
+        "the token on stdout only: {stderr}"
+    );
+    assert!(origin.starts_with("http%3A%2F%2F127.0.0.1"), "{origin}");
+    assert_eq!(stdout.lines().count(), 1);
+    assert_eq!(h.cyclr_requests("POST /v1.0/accounts/{id}/signintoken"), 1);
+    // The same by the account connector's id; an unknown one is named with what exists.
+    assert!(plugin(&h, &["auth", "acme", &connector]).await.status.success());
+    let unknown = plugin(&h, &["auth", "acme", "Nothing"]).await;
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains(&format!("id {connector}")));
+
+    // `kubectl cyclr status` shows the cycle under its account, with why it is not Ready.
+    let out = plugin(&h, &["status"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("CyclrCycle"))
+        .unwrap_or_else(|| panic!("a cycle row: {stdout}"));
+    assert!(
+        row.contains("acme/sync") && row.contains("ConnectorNotAuthenticated"),
+        "{row}"
+    );
+}
