@@ -12,7 +12,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 
+use secrecy::SecretString;
+
 use crate::reason::Reason;
+use crate::resources::NamedValue;
 
 /// The label a Secret must carry for the operator to read it.
 pub const CREDENTIALS_LABEL: &str = "cyclr.com/credentials";
@@ -210,6 +213,41 @@ fn base64(text: &str) -> [String; 2] {
 pub type Unusable = (Reason, String);
 
 impl Secrets {
+    /// The value of each of `values` (a resource's properties or variables, in `namespace`),
+    /// in order, as (name, value): the literal one, or the key of its labelled Secret.
+    ///
+    /// Errors: `Ok(Err(..))` when a Secret or key is missing or unlabelled (or a value has
+    /// no source, which admission refuses), its message naming `field` and the value's name;
+    /// `Err` when the API server cannot be asked.
+    pub async fn resolve(
+        &self,
+        namespace: &str,
+        field: &str,
+        values: &[NamedValue],
+    ) -> Result<Result<Vec<(String, SecretString)>, Unusable>, kube::Error> {
+        let mut resolved = Vec::with_capacity(values.len());
+        for named in values {
+            let value = match (&named.value, &named.value_from) {
+                (Some(value), _) => value.clone(),
+                (None, Some(source)) => {
+                    let key = &source.secret_key_ref;
+                    match self.values(namespace, &key.name, &[&key.key]).await? {
+                        Ok(mut found) => found.remove(0),
+                        Err((reason, message)) => {
+                            return Ok(Err((reason, format!("{field} {:?}: {message}", named.name))));
+                        }
+                    }
+                }
+                (None, None) => {
+                    let message = format!("{field} {:?} has neither value nor valueFrom", named.name);
+                    return Ok(Err((Reason::InvalidSpec, message)));
+                }
+            };
+            resolved.push((named.name.clone(), SecretString::from(value)));
+        }
+        Ok(Ok(resolved))
+    }
+
     /// The values of `keys` in the labelled Secret `namespace/name`, in order, or why they
     /// cannot be had (missing, not labelled, a key missing), with the fix in the message.
     pub async fn values(

@@ -429,7 +429,7 @@ async fn row10_bad_input_is_refused_at_admission_or_stalled_before_any_install()
         (
             json!({"accountRef": acme, "templateRef": {"id": "sync"}, "variables": [{"name": "region"}]}),
             "spec.variables[0]",
-            "exactly one of value or valueFrom",
+            "exactly one of value and valueFrom",
         ),
         (
             json!({"accountRef": acme, "templateRef": {"id": "sync", "name": "Tickets sync"}}),

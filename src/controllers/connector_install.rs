@@ -19,7 +19,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{ResourceExt, api::Api};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::partners::{NameGuard, PartnerRuntime, PartnerState};
 use super::{Services, namespaced_api, users_of_secret};
@@ -949,26 +949,19 @@ async fn observe_properties(
         return Ok(Ok(vec![]));
     }
     let namespace = install.namespace().unwrap_or_default();
-    let mut properties = Vec::with_capacity(install.spec.properties.len());
-    for property in &install.spec.properties {
-        let value = match (&property.value, &property.value_from) {
-            (Some(value), _) => value.clone(),
-            (None, Some(source)) => {
-                let key = &source.secret_key_ref;
-                match services.secrets.values(&namespace, &key.name, &[&key.key]).await? {
-                    Ok(values) => values.into_iter().next().unwrap_or_default(),
-                    Err(unusable) => return Ok(Err(unusable)),
-                }
-            }
-            // Admission requires one of the two.
-            (None, None) => String::new(),
-        };
-        properties.push(ConnectorProperty {
-            name: property.name.clone(),
-            value: Some(value),
-        });
-    }
-    Ok(Ok(properties))
+    let resolved = services
+        .secrets
+        .resolve(&namespace, "spec.properties", &install.spec.properties)
+        .await?;
+    Ok(resolved.map(|values| {
+        values
+            .into_iter()
+            .map(|(name, value)| ConnectorProperty {
+                name,
+                value: Some(value.expose_secret().to_owned()),
+            })
+            .collect()
+    }))
 }
 
 #[cfg(test)]

@@ -913,31 +913,15 @@ async fn observe_variables(
     account: &AccountView,
 ) -> Result<VariablesView, Failure> {
     let namespace = cycle.namespace().unwrap_or_default();
-    let mut values = Vec::with_capacity(cycle.spec.variables.len());
-    for variable in &cycle.spec.variables {
-        let value = match (&variable.value, &variable.value_from) {
-            (Some(value), _) => value.clone(),
-            (None, Some(from)) => {
-                let r = &from.secret_key_ref;
-                match state.services.secrets.values(&namespace, &r.name, &[&r.key]).await? {
-                    Ok(mut found) => found.remove(0),
-                    Err((reason, message)) => {
-                        return Ok(VariablesView::Missing(
-                            reason,
-                            format!("spec.variables {:?}: {message}", variable.name),
-                        ));
-                    }
-                }
-            }
-            (None, None) => {
-                return Ok(VariablesView::Missing(
-                    Reason::InvalidSpec,
-                    format!("spec.variables {:?} has neither value nor valueFrom", variable.name),
-                ));
-            }
-        };
-        values.push((variable.name.clone(), SecretString::from(value)));
-    }
+    let values = match state
+        .services
+        .secrets
+        .resolve(&namespace, "spec.variables", &cycle.spec.variables)
+        .await?
+    {
+        Ok(values) => values,
+        Err((reason, message)) => return Ok(VariablesView::Missing(reason, message)),
+    };
     let digest = match account {
         AccountView::Ready { runtime, .. } => {
             let fields: Vec<&str> = values

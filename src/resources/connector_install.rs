@@ -3,7 +3,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DeletionPolicy, NameRef, PendingWrite};
+use super::{DeletionPolicy, NameRef, NamedValue, PendingWrite};
 
 /// A connector installed into a CyclrAccount of the same namespace, exactly once.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,13 +63,14 @@ pub struct CyclrConnectorInstallSpec {
     #[schemars(length(max = 20))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+$')").message("must be the connector's numeric id in the Cyclr connector library"))]
     pub connector_id: Option<String>,
-    /// Account-connector properties the connector needs (e.g. a subdomain), sent with the
-    /// install (at most 32, each name once). `V1` partners only: the Partner API's install
+    /// Account-connector properties the connector needs (e.g. a subdomain), by the names
+    /// in the connector's definition (Cyclr refuses others), sent with the install (at most
+    /// 32, each name once). Cyclr shows property values in its answers. `V1` partners only: the Partner API's install
     /// takes none, so there it is Stalled `InvalidSpec`. Sent once: immutable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("each property name may appear only once"))]
-    pub properties: Vec<ConnectorPropertySpec>,
+    pub properties: Vec<NamedValue>,
     /// What deleting this resource does to the installed connector: `Orphan` (default)
     /// leaves it in the account; `Delete` deletes it first (`DELETE
     /// /v1.0/account/connectors/{id}`; a finalizer holds the resource until it is gone), on a
@@ -77,48 +78,6 @@ pub struct CyclrConnectorInstallSpec {
     /// `InvalidSpec`. Set `Orphan` on a deleting resource to let it go without the delete.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
-}
-
-/// One account-connector property: a name and either a literal value or a key of a Secret.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("a property takes exactly one of value and valueFrom"))]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectorPropertySpec {
-    /// The property's name in the connector's definition, as Cyclr spells it (at most 255
-    /// characters); Cyclr refuses a name the connector does not define.
-    #[schemars(length(max = 255))]
-    #[x_kube(validation = super::trimmed())]
-    pub name: String,
-    /// The value, as is (at most 4096 characters). Not for secrets: Cyclr shows property
-    /// values in its answers, and this one is in the resource.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
-    pub value: Option<String>,
-    /// Where to read the value instead: a key of a Secret in this namespace labelled
-    /// `cyclr.com/credentials: "true"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_from: Option<PropertyValueSource>,
-}
-
-/// The source of a property's value.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PropertyValueSource {
-    /// A key of a labelled Secret in the install's namespace.
-    pub secret_key_ref: SecretKeyRef,
-}
-
-/// A key of a Secret in the install's namespace.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretKeyRef {
-    /// The Secret's name, in the install's namespace.
-    #[schemars(length(max = 253))]
-    #[x_kube(validation = super::object_name())]
-    pub name: String,
-    /// The data key holding the value.
-    #[schemars(length(max = 253))]
-    #[x_kube(validation = super::secret_key())]
-    pub key: String,
 }
 
 /// The connector's credentials, from a Secret in the install's namespace labelled

@@ -3,7 +3,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DeletionPolicy, NameRef, PendingWrite};
+use super::{DeletionPolicy, NameRef, NamedValue, PendingWrite};
 
 /// A partner's template installed into a CyclrAccount as a cycle, kept in the state the spec
 /// says.
@@ -45,12 +45,12 @@ pub struct CyclrCycleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<CycleSchedule>,
     /// The cycle's variables to set (by their system name), each with a value or a value
-    /// read from a Secret. Setting one on an Active cycle deactivates it, sets it and
+    /// read from a Secret (never shown: status keeps only a keyed digest). Setting one on an Active cycle deactivates it, sets it and
     /// activates it again, as Cyclr refuses edits to a running cycle. At most 100.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w.name == v.name))").message("each variable name may appear once"))]
-    pub variables: Vec<CycleVariableSpec>,
+    pub variables: Vec<NamedValue>,
     /// Whether a deactivation lets the transactions already queued finish (`true`, default)
     /// or stops them at once (`false`): Cyclr's `finishQueuedTransactions`.
     #[serde(default = "default_true")]
@@ -117,46 +117,6 @@ pub struct CycleSchedule {
     /// cycle shows Paused and is not activated again until the spec changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_once: Option<bool>,
-}
-
-/// A cycle variable to set.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("a variable needs exactly one of value or valueFrom"))]
-#[serde(rename_all = "camelCase")]
-pub struct CycleVariableSpec {
-    /// The variable's system name in the cycle (at most 255 characters).
-    #[schemars(length(max = 255))]
-    #[x_kube(validation = super::trimmed())]
-    pub name: String,
-    /// The value to set (at most 4096 characters).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
-    pub value: Option<String>,
-    /// Where to read the value from instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_from: Option<VariableSource>,
-}
-
-/// Where a variable's value is read from.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VariableSource {
-    /// A key of a Secret in the cycle's namespace labelled `cyclr.com/credentials: "true"`.
-    /// Its value is sent to Cyclr and never shown: status keeps only a keyed digest.
-    pub secret_key_ref: SecretKeySelector,
-}
-
-/// A key of a Secret in the resource's namespace.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretKeySelector {
-    /// The Secret's name.
-    #[schemars(length(max = 253))]
-    #[x_kube(validation = super::object_name())]
-    pub name: String,
-    /// The data key holding the value.
-    #[schemars(length(max = 253))]
-    #[x_kube(validation = super::secret_key())]
-    pub key: String,
 }
 
 /// What the operator last observed of the cycle and did about it.

@@ -84,6 +84,48 @@ pub struct NameRef {
     pub name: String,
 }
 
+/// A value Cyclr takes by name (an account connector's property, a cycle's variable): the
+/// value itself, or a key of a labelled Secret to read it from; exactly one of the two.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("takes exactly one of value and valueFrom"))]
+#[serde(rename_all = "camelCase")]
+pub struct NamedValue {
+    /// The name, as Cyclr spells it (at most 255 characters).
+    #[schemars(length(max = 255))]
+    #[x_kube(validation = trimmed())]
+    pub name: String,
+    /// The value, as is (at most 4096 characters). Anyone who can read the resource reads
+    /// it: a secret belongs in `valueFrom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    /// Where to read the value instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ValueSource>,
+}
+
+/// Where a [`NamedValue`]'s value is read from.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueSource {
+    /// A key of a Secret in the resource's namespace labelled `cyclr.com/credentials:
+    /// "true"`.
+    pub secret_key_ref: SecretKeySelector,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretKeySelector {
+    /// The Secret's name.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = object_name())]
+    pub name: String,
+    /// The data key holding the value.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = secret_key())]
+    pub key: String,
+}
+
 // Admission rules shared by several fields. The apiserver prefixes each message with the
 // field's path (`spec.partnerRef.name: Invalid value: ...`), so the messages say only why.
 // Every string also has a maxLength, which keeps the CEL cost estimate low.
