@@ -200,12 +200,13 @@ mod tests {
     /// `/readyz` asks of each CRD the version the kinds' types read and write.
     #[test]
     fn readiness_needs_the_version_each_kind_speaks() {
-        use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, CyclrPartner};
+        use cyclr_operator::resources::{CyclrAccount, CyclrConnectorInstall, CyclrCycle, CyclrPartner};
         use kube::{CustomResourceExt, Resource};
         let speaks = [
             (CyclrPartner::crd_name(), CyclrPartner::version(&())),
             (CyclrAccount::crd_name(), CyclrAccount::version(&())),
             (CyclrConnectorInstall::crd_name(), CyclrConnectorInstall::version(&())),
+            (CyclrCycle::crd_name(), CyclrCycle::version(&())),
         ];
         let needed: Vec<(String, String)> = needed_crds().into_iter().map(|c| (c.name, c.version)).collect();
         let speaks: Vec<(String, String)> = speaks
