@@ -43,6 +43,8 @@ pids+=($!)
 
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+# The operator's own namespace, as the chart makes it: its leader Lease and Events go there.
+kubectl create namespace cyclr-system --save-config >/dev/null
 
 echo "demo: starting the operator (log: $demo/operator.log, metrics: http://127.0.0.1:$metrics_port/metrics)"
 ./target/debug/cyclr-operator run --namespace cyclr-system --http-addr "127.0.0.1:$metrics_port" \
@@ -63,6 +65,15 @@ all_ready() {
     kubectl get "$kind" -A -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' \
       | grep -qv '^True$' && return 1
     [ -n "$(kubectl get "$kind" -A -o name)" ] || return 1
+  done
+  # Each partner's account count (what Cyclr lists for it; one simulator serves both demo
+  # partners), refreshed a few seconds after its last create (one write per burst), counts at
+  # least the accounts that name it.
+  local partner want have
+  for partner in $(kubectl get cyclrpartners -o jsonpath='{.items[*].metadata.name}'); do
+    want=$(kubectl get cyclraccounts -A -o jsonpath="{range .items[?(@.spec.partnerRef.name==\"$partner\")]}x{end}" | wc -c)
+    have=$(kubectl get cyclrpartner "$partner" -o jsonpath='{.status.accountCount}')
+    [ "${have:-0}" -ge "$want" ] || return 1
   done
   return 0
 }
