@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 ///   "retry_after_form":"seconds","commit_then_fail":0,"commit_then_fail_mode":"server_error",
 ///   "commit_then_fail_rate":0.0,"token_ttl_secs":null,"write_response_delay_ms":0,"outage_ms":0,
 ///   "outage_endpoints":[],"install_error_echoes_credentials":false,"apply_after_disconnect":false,
-///   "list_lag_ms":0,"empty_lists_ms":0,"html_answer":null,"max_page_size":null,"long_rejection":null,"seed":null}`
+///   "list_lag_ms":0,"empty_lists_ms":0,"html_answer":null,"max_page_size":null,"long_rejection":null,
+///   "hold_cycle_changes":false,"seed":null}`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -87,6 +88,11 @@ pub struct Faults {
     /// (nothing is applied): a client must bound what it copies into status, Events and logs.
     /// `None`: no such answer.
     pub long_rejection: Option<LongRejection>,
+    /// Cycle activations and deactivations are answered 200 and applied, but each cycle keeps
+    /// showing the `Status` it had before the first of them (in lists, `GET` and the 409 of a
+    /// variable edit) until the faults are set without this: Cyclr still starting the cycle,
+    /// or finishing its queued work.
+    pub hold_cycle_changes: bool,
     /// Seeds the dice of `error_rate` and `commit_then_fail_rate`, so a run sees the same
     /// sequence of decisions (the n-th request meets the same fate); `None` seeds from the OS.
     pub seed: Option<u64>,
@@ -115,6 +121,7 @@ impl Default for Faults {
             html_answer: None,
             max_page_size: None,
             long_rejection: None,
+            hold_cycle_changes: false,
             seed: None,
         }
     }
@@ -268,6 +275,10 @@ impl FaultState {
 
     pub(crate) fn apply_after_disconnect(&self) -> bool {
         self.faults.apply_after_disconnect
+    }
+
+    pub(crate) fn hold_cycle_changes(&self) -> bool {
+        self.faults.hold_cycle_changes
     }
 
     pub(crate) fn list_lag(&self) -> Duration {

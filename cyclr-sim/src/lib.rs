@@ -478,7 +478,16 @@ impl Shared {
 
     fn set_faults(&self, faults: Faults) {
         tracing::info!(?faults, "faults changed");
-        *lock(&self.faults) = FaultState::new(faults);
+        let release = !faults.hold_cycle_changes;
+        let held = std::mem::replace(&mut *lock(&self.faults), FaultState::new(faults))
+            .faults()
+            .hold_cycle_changes;
+        if held && release {
+            let Ok(()) = self.mutate(|store| {
+                store.show_cycle_changes();
+                Ok::<_, Infallible>(())
+            });
+        }
     }
 
     fn stats(&self) -> SimStats {

@@ -141,7 +141,7 @@ impl AccountRecord {
             "Name": cycle.name,
             "Description": cycle.description,
             "TemplateId": cycle.template_id,
-            "Status": cycle.status,
+            "Status": cycle.shown(),
             "Connectors": connectors,
             "TasksUsed": cycle.tasks(now),
             "ErrorCount": 0,
@@ -220,6 +220,10 @@ pub(crate) struct CycleRecord {
     /// The template's other prerequisites (missing mappings), which no API call fixes.
     #[serde(default)]
     pub prerequisites: Vec<Prerequisite>,
+    /// The `Status` shown instead of `status` while the fault `hold_cycle_changes` holds a
+    /// change back.
+    #[serde(default)]
+    pub shown: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -248,6 +252,16 @@ impl VariableRecord {
 }
 
 impl CycleRecord {
+    /// The `Status` Cyclr shows: a change held back by `hold_cycle_changes` is not shown yet.
+    pub fn shown(&self) -> &str {
+        self.shown.as_deref().unwrap_or(&self.status)
+    }
+
+    /// Keeps showing the status from before this change (and any held before it).
+    fn hold(&mut self, before: String) {
+        self.shown.get_or_insert(before);
+    }
+
     fn active_seconds(&self, now: DateTime<Utc>) -> u64 {
         self.active_from
             .map_or(0, |from| (now - from).num_seconds().max(0).unsigned_abs())
@@ -827,6 +841,7 @@ impl Store {
             active_from: None,
             last_run: None,
             prerequisites: template.prerequisites.clone(),
+            shown: None,
         };
         self.get_mut(account_id)?.cycles.push(cycle);
         Ok(id)
@@ -834,12 +849,14 @@ impl Store {
 
     /// Activates a cycle (an Active one stays as it is): 400 while a prerequisite fails or for
     /// an interval Cyclr does not offer. The interval is checked, not kept: tasks accrue per
-    /// second whatever it is. `RunOnce` runs one task and stays Paused.
+    /// second whatever it is. `RunOnce` runs one task and stays Paused. With `hold`, the cycle
+    /// keeps showing its old status ([`CycleRecord::shown`]).
     pub fn activate_cycle(
         &mut self,
         account_id: &str,
         id: &str,
         schedule: Schedule,
+        hold: bool,
         now: DateTime<Utc>,
     ) -> Result<(), ApiError> {
         if let Some(interval) = schedule.interval
@@ -862,6 +879,9 @@ impl Store {
             )));
         }
         let cycle = record.cycle_mut(id)?;
+        if hold {
+            cycle.hold(cycle.status.clone());
+        }
         if schedule.run_once {
             cycle.stop("Paused", now);
             cycle.tasks_before += 1;
@@ -876,10 +896,29 @@ impl Store {
         Ok(())
     }
 
-    pub fn deactivate_cycle(&mut self, account_id: &str, id: &str, now: DateTime<Utc>) -> Result<(), ApiError> {
+    /// Deactivates a cycle; with `hold`, it keeps showing its old status.
+    pub fn deactivate_cycle(
+        &mut self,
+        account_id: &str,
+        id: &str,
+        hold: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
         let cycle = self.get_mut(account_id)?.cycle_mut(id)?;
+        if hold {
+            cycle.hold(cycle.status.clone());
+        }
         cycle.stop("Paused", now);
         Ok(())
+    }
+
+    /// Shows every change `hold_cycle_changes` held back.
+    pub fn show_cycle_changes(&mut self) {
+        for record in self.accounts.iter_mut() {
+            for cycle in &mut record.cycles {
+                cycle.shown = None;
+            }
+        }
     }
 
     /// Sets a variable of the template's; 409 while the cycle is Active, as Cyclr refuses
@@ -892,7 +931,7 @@ impl Store {
         value: Option<String>,
     ) -> Result<VariableRecord, ApiError> {
         let cycle = self.get_mut(account_id)?.cycle_mut(id)?;
-        if cycle.status == "Active" {
+        if cycle.shown() == "Active" {
             return Err(ApiError::conflict(
                 "The cycle is active: deactivate it before changing its variables.",
             ));

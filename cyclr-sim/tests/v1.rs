@@ -617,6 +617,16 @@ async fn account_with_template(sim: &SimHandle, cyclr: &CyclrClient) -> String {
     tickets.id
 }
 
+/// A Paused cycle of the sync template in `acme`, its Tickets connector authenticated: its id.
+async fn installed_cycle(sim: &SimHandle, cyclr: &CyclrClient) -> String {
+    let tickets = account_with_template(sim, cyclr).await;
+    cyclr
+        .reauthenticate_connector_v1("acme", &tickets, &api_key("k"))
+        .await
+        .unwrap();
+    cyclr.install_template_v1("acme", "sync", None).await.unwrap().id
+}
+
 #[tokio::test]
 async fn a_template_installs_as_a_paused_cycle_that_activates_once_its_connectors_are_authenticated() {
     let sim = sim().await;
@@ -717,12 +727,7 @@ async fn a_template_installs_as_a_paused_cycle_that_activates_once_its_connector
 async fn variables_are_refused_while_active_then_set_between_deactivate_and_activate() {
     let sim = sim().await;
     let cyclr = client(&sim);
-    let tickets = account_with_template(&sim, &cyclr).await;
-    cyclr
-        .reauthenticate_connector_v1("acme", &tickets, &api_key("k"))
-        .await
-        .unwrap();
-    let cycle = cyclr.install_template_v1("acme", "sync", None).await.unwrap().id;
+    let cycle = installed_cycle(&sim, &cyclr).await;
     let variables = cyclr.cycle_variables_v1("acme", &cycle).await.unwrap();
     assert_eq!(
         (variables[0].system_name.as_str(), variables[0].value.as_deref()),
@@ -776,6 +781,55 @@ async fn variables_are_refused_while_active_then_set_between_deactivate_and_acti
         1,
         "one deactivate"
     );
+}
+
+#[tokio::test]
+async fn held_cycle_changes_are_answered_but_shown_only_once_the_fault_is_lifted() {
+    let sim = sim().await;
+    let cyclr = client(&sim);
+    let cycle = installed_cycle(&sim, &cyclr).await;
+    let shown = || async { cyclr.get_cycle_v1("acme", &cycle).await.unwrap().status };
+    sim.set_faults(Faults {
+        hold_cycle_changes: true,
+        ..Faults::default()
+    });
+    cyclr
+        .activate_cycle_v1("acme", &cycle, &ActivateCycle::default())
+        .await
+        .unwrap();
+    assert_eq!(shown().await, CycleStatus::Paused, "answered, not shown");
+    assert_eq!(
+        cyclr.list_cycles_v1("acme").await.unwrap()[0].status,
+        CycleStatus::Paused
+    );
+    // A deactivation while held still shows the status from before both.
+    cyclr.deactivate_cycle_v1("acme", &cycle, true).await.unwrap();
+    cyclr
+        .activate_cycle_v1("acme", &cycle, &ActivateCycle::default())
+        .await
+        .unwrap();
+    assert_eq!(shown().await, CycleStatus::Paused);
+    sim.set_faults(Faults::default());
+    assert_eq!(shown().await, CycleStatus::Active, "shown once lifted");
+
+    // A deactivation held back: still Active, so variables are refused as for an Active cycle.
+    sim.set_faults(Faults {
+        hold_cycle_changes: true,
+        ..Faults::default()
+    });
+    cyclr.deactivate_cycle_v1("acme", &cycle, true).await.unwrap();
+    assert_eq!(shown().await, CycleStatus::Active);
+    let error = cyclr
+        .set_cycle_variable_v1("acme", &cycle, "region", "us")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CyclrError::Conflict { .. }), "{error:?}");
+    sim.set_faults(Faults::default());
+    assert_eq!(shown().await, CycleStatus::Paused);
+    cyclr
+        .set_cycle_variable_v1("acme", &cycle, "region", "us")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

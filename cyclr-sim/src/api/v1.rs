@@ -347,10 +347,11 @@ async fn activate_cycle(
         interval: field(&fields, "Interval"),
         run_once: field(&fields, "RunOnce").unwrap_or(false),
     };
+    let hold = lock(&sim.faults).hold_cycle_changes();
     Ok(sim
         .write(|store| {
             let now = Utc::now();
-            store.activate_cycle(&account_id, &id, schedule, now)?;
+            store.activate_cycle(&account_id, &id, schedule, hold, now)?;
             let record = store.get(&account_id)?;
             Ok(Json(record.cycle_wire(record.cycle(&id)?, now)))
         })
@@ -368,10 +369,11 @@ async fn deactivate_cycle(
     let finish = query_param(&query, "finishQueuedTransactions")
         .unwrap_or("true")
         .to_owned();
+    let hold = lock(&sim.faults).hold_cycle_changes();
     Ok(sim
         .write(|store| {
             let now = Utc::now();
-            store.deactivate_cycle(&account_id, &id, now)?;
+            store.deactivate_cycle(&account_id, &id, hold, now)?;
             tracing::info!(%account_id, cycle_id = %id, %finish, "cycle deactivated");
             let record = store.get(&account_id)?;
             Ok(Json(record.cycle_wire(record.cycle(&id)?, now)))
