@@ -177,6 +177,17 @@ pub trait Reconciler:
     /// How long until the next look when Ready (the resync interval, jittered).
     fn resync(&self, state: &Self::State, observed: &Self::Observed) -> Option<Duration>;
 
+    /// Whether `health`, about to be written, shows this generation's spec applied in the
+    /// external system. `false` keeps `observedGeneration` (top level and in the conditions)
+    /// where it was, as a pause does, so kstatus, `kubectl wait` and GitOps tools never take a
+    /// generation for observed before the external system shows it (an activation Cyclr
+    /// answered but does not show yet). A Stalled health moves it whatever this says: the
+    /// stall is this generation's outcome (the stalled gate and kstatus's `Failed` read it
+    /// there). Default: every health the kind decides applies its generation.
+    fn spec_applied(&self, _health: &Health<Self::Reason>) -> bool {
+        true
+    }
+
     /// The annotation that keeps the external id in metadata, once status holds one.
     fn identity(_status: &Self::Status) -> Option<(&'static str, String)> {
         None

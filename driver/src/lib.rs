@@ -20,6 +20,8 @@
 //! 3. the backoff gate: after a failure nothing reaches Cyclr before the backoff (or a 429's
 //!    hold) ends, unless the spec changed;
 //! 4. pause (`cyclr.com/paused: "true"`): no external call, the spec is not marked observed;
+//!    nor is it while the kind says the external system does not show it yet
+//!    ([`Reconciler::spec_applied`]);
 //! 5. the stalled gate: a terminal failure waits for a new generation;
 //! 6. the pending-write protocol ([`pending`]): a non-idempotent write is recorded in status
 //!    first, with a resourceVersion precondition and what it sends, remembered in memory

@@ -555,9 +555,9 @@ async fn write_status<K: Reconciler>(
     precondition: bool,
 ) -> Result<(K::Status, Option<String>), kube::Error> {
     let driver = &kind.driver;
-    // A spec that was not applied (paused) is not marked observed, so kstatus never reads
-    // it as Current.
-    let generation = if observed_spec {
+    // A spec that was not applied (paused, or not shown by the external system yet) is not
+    // marked observed, so kstatus never reads it as Current.
+    let generation = if observed_spec && (health.is_stalled() || obj.spec_applied(health)) {
         obj.meta().generation
     } else {
         previous.observed_generation()
