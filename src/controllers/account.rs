@@ -698,32 +698,13 @@ pub fn before_delete(
             ),
         ))));
     }
-    let name = &account.spec.partner_ref.name;
-    let blocked = |why: String| {
-        Some(Cleanup::Blocked(Health::stalled(
-            Reason::DeletionBlocked,
-            format!(
-                "Cyclr account {id} could not be deleted: {why}. To let this resource go and leave the account in Cyclr, set spec.deletionPolicy to Orphan on it: kubectl patch cyclraccount {} --type merge -p '{{\"spec\":{{\"deletionPolicy\":\"Orphan\"}}}}'",
-                account.name_any()
-            ),
-        )))
+    let deleting = super::Deleting {
+        what: format!("Cyclr account {id}"),
+        kept: "the account",
+        objects: "accounts",
+        resource: format!("cyclraccount {}", account.name_any()),
     };
-    let waiting = || {
-        Some(Cleanup::Blocked(Health::reconciling(
-            Reason::PartnerNotReady,
-            format!("CyclrPartner {name:?} has not been checked yet; Cyclr account {id} is deleted once it is"),
-        )))
-    };
-    match partner {
-        None if partner_exists => waiting(),
-        None => blocked(format!("CyclrPartner {name:?} does not exist")),
-        Some((PartnerState::Unchecked, _)) => waiting(),
-        Some((PartnerState::NotReady(why), _)) => blocked(format!("CyclrPartner {name:?} is not ready: {why}")),
-        Some((PartnerState::Ready, CyclrApi::Partner)) => blocked(format!(
-            "CyclrPartner {name:?} uses cyclrAPI Partner, which cannot delete accounts"
-        )),
-        Some((PartnerState::Ready, CyclrApi::V1)) => None,
-    }
+    deleting.through(&account.spec.partner_ref.name, partner, partner_exists)
 }
 
 /// A reference to the CyclrPartner `name`, for Events about it.
@@ -1352,7 +1333,7 @@ async fn read_usage(
 mod tests {
     use super::*;
     use crate::resources::{PendingWrite, PricePlanRef, READY, condition};
-    use cyclr::{ClientConfig, CyclrClient};
+    use cyclr::ClientConfig;
     use driver::{Attempt, State};
     use std::collections::BTreeMap;
 
@@ -1398,15 +1379,7 @@ mod tests {
 
     fn runtime() -> Arc<PartnerRuntime> {
         let config = ClientConfig::new("http://127.0.0.1:9", "id", secrecy::SecretString::from("s"));
-        let client = CyclrClient::new(config).unwrap();
-        Arc::new(PartnerRuntime::new(
-            client,
-            0,
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-            None,
-            crate::secrets::CredentialsDigest::new("s"),
-        ))
+        Arc::new(PartnerRuntime::for_tests(config))
     }
 
     /// What a reconcile observed, and the driver's facts.

@@ -196,7 +196,7 @@ impl Reconciler for CyclrConnectorInstall {
         let runtime = cached
             .as_ref()
             .and_then(|a| services.partners.get(&a.spec.partner_ref.name));
-        let account = observe_account(self, state, cached.as_ref(), runtime.clone());
+        let account = observe_account(self, state, cached.as_ref());
         let credentials = observe_credentials(self, services).await?;
         let properties = observe_properties(self, services).await?;
         let credentials_digest = match (&credentials, runtime) {
@@ -524,31 +524,13 @@ pub fn before_delete(
             ),
         ))));
     };
-    let blocked = |why: String| {
-        Some(Cleanup::Blocked(Health::stalled(
-            Reason::DeletionBlocked,
-            format!(
-                "installed connector {name:?} in account {account_id} could not be deleted: {why}. To let this resource go and leave the connector in Cyclr, set spec.deletionPolicy to Orphan on it: kubectl patch cyclrconnectorinstall {} --type merge -p '{{\"spec\":{{\"deletionPolicy\":\"Orphan\"}}}}'",
-                install.name_any()
-            ),
-        )))
+    let deleting = super::Deleting {
+        what: format!("installed connector {name:?} in account {account_id}"),
+        kept: "the connector",
+        objects: "installed connectors",
+        resource: format!("cyclrconnectorinstall {}", install.name_any()),
     };
-    let waiting = || {
-        Some(Cleanup::Blocked(Health::reconciling(
-            Reason::PartnerNotReady,
-            format!("CyclrPartner {partner:?} has not been checked yet; the installed connector is deleted once it is"),
-        )))
-    };
-    match runtime {
-        None if partner_exists => waiting(),
-        None => blocked(format!("CyclrPartner {partner:?} does not exist")),
-        Some((PartnerState::Unchecked, _)) => waiting(),
-        Some((PartnerState::NotReady(why), _)) => blocked(format!("CyclrPartner {partner:?} is not ready: {why}")),
-        Some((PartnerState::Ready, CyclrApi::Partner)) => blocked(format!(
-            "CyclrPartner {partner:?} uses cyclrAPI Partner, which cannot delete installed connectors"
-        )),
-        Some((PartnerState::Ready, CyclrApi::V1)) => None,
-    }
+    deleting.through(partner, runtime, partner_exists)
 }
 
 /// What the spec asks that the partner's `dialect` cannot do (pure): the Partner API installs
@@ -857,60 +839,23 @@ fn stalled_message(status: &CyclrConnectorInstallStatus, reason: Reason) -> Opti
         .map(|c| c.message.clone())
 }
 
-/// What the install's account (`account`, from the watch) and its partner's `runtime` allow.
+/// What the install's account (`account`, from the watch) and its partner allow.
 fn observe_account(
     install: &CyclrConnectorInstall,
     state: &InstallState,
     account: Option<&CyclrAccount>,
-    runtime: Option<Arc<PartnerRuntime>>,
 ) -> AccountView {
     let namespace = install.namespace().unwrap_or_default();
-    let name = &install.spec.account_ref.name;
-    let Some(account) = account else {
-        return AccountView::Waiting(Reason::AccountNotReady, format!("CyclrAccount {name:?} not found"));
-    };
-    let Some(account_id) = account.status.as_ref().and_then(|s| s.account_id.clone()) else {
-        return AccountView::Waiting(
-            Reason::AccountNotReady,
-            format!("CyclrAccount {name:?} has no Cyclr account id yet"),
-        );
-    };
-    let partner = &account.spec.partner_ref.name;
-    let Some(runtime) = runtime else {
-        return if state.partners.exists(partner) {
-            AccountView::Waiting(
-                Reason::PartnerNotReady,
-                format!("CyclrPartner {partner:?} has not been checked yet"),
-            )
-        } else {
-            AccountView::Waiting(
-                Reason::PartnerNotFound,
-                format!("CyclrPartner {partner:?} does not exist"),
-            )
-        };
-    };
-    if !runtime.admits(&state.services.namespace_labels(&namespace).unwrap_or_default()) {
-        return AccountView::Waiting(
-            Reason::PartnerNotAllowed,
-            format!("CyclrPartner {partner:?} does not admit namespace {namespace:?}"),
-        );
+    match super::usable_account(
+        &state.services,
+        &state.partners,
+        &namespace,
+        &install.spec.account_ref.name,
+        account,
+    ) {
+        Ok((account_id, runtime)) => AccountView::Ready { account_id, runtime },
+        Err((reason, message)) => AccountView::Waiting(reason, message),
     }
-    match runtime.state() {
-        PartnerState::Unchecked => {
-            return AccountView::Waiting(
-                Reason::PartnerNotReady,
-                format!("CyclrPartner {partner:?} has not been checked yet"),
-            );
-        }
-        PartnerState::NotReady(why) => {
-            return AccountView::Waiting(
-                Reason::PartnerNotReady,
-                format!("the account's partner is not ready: {why}"),
-            );
-        }
-        PartnerState::Ready => {}
-    }
-    AccountView::Ready { account_id, runtime }
 }
 
 /// The credentials from the labelled Secret in the install's namespace.
@@ -968,8 +913,8 @@ async fn observe_properties(
 mod tests {
     use super::*;
     use crate::resources::PendingWrite;
+    use cyclr::ClientConfig;
     use cyclr::types::ConnectorSummary;
-    use cyclr::{ClientConfig, CyclrClient};
     use driver::{Attempt, Pending};
 
     fn install() -> CyclrConnectorInstall {
@@ -1013,15 +958,7 @@ mod tests {
     /// A ready account of a partner that speaks `dialect`.
     fn ready_on(dialect: CyclrApi, installed: InstalledView) -> Observed {
         let config = ClientConfig::new("http://127.0.0.1:9", "id", SecretString::from("s"));
-        let runtime = PartnerRuntime::new(
-            CyclrClient::new(config).unwrap(),
-            0,
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-            None,
-            crate::secrets::CredentialsDigest::new("s"),
-        )
-        .with_dialect(dialect);
+        let runtime = PartnerRuntime::for_tests(config).with_dialect(dialect);
         Observed {
             account: AccountView::Ready {
                 account_id: "a1".into(),

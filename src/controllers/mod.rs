@@ -11,7 +11,7 @@ pub mod partners;
 use std::sync::Arc;
 
 use driver::readiness::Readiness;
-use driver::{Driver, DriverConfig, Packed, Reconciler};
+use driver::{Cleanup, Driver, DriverConfig, Packed, Reconciler};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -24,9 +24,10 @@ use kube::{Api, Client, Resource};
 
 use crate::index::{ClaimIndex, Holder};
 use crate::metrics::Metrics;
-use crate::resources::{self, CyclrAccount, MANAGER, annotations};
+use crate::reason::{Health, Reason};
+use crate::resources::{self, CyclrAccount, CyclrApi, MANAGER, annotations};
 use crate::secrets::{self, Secrets};
-use partners::Partners;
+use partners::{PartnerRuntime, PartnerState, Partners};
 
 /// Where and what the operator watches.
 #[derive(Clone, Debug)]
@@ -112,6 +113,120 @@ where
     match &config.watch_namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
+    }
+}
+
+/// The CyclrAccount a namespaced kind refers to (`account`, from the account watch: `name` in
+/// `namespace`) and its partner's runtime, when both can be used: the account has a Cyclr id,
+/// and its partner is in service, Ready and admits the namespace. Else the reason and message
+/// to report; the kind says how (a cycle stalls on `PartnerNotAllowed`).
+pub fn usable_account(
+    services: &Services,
+    partners: &partner::Partners,
+    namespace: &str,
+    name: &str,
+    account: Option<&CyclrAccount>,
+) -> Result<(String, Arc<PartnerRuntime>), (Reason, String)> {
+    let Some(account) = account else {
+        return Err((Reason::AccountNotReady, format!("CyclrAccount {name:?} not found")));
+    };
+    let Some(account_id) = account.status.as_ref().and_then(|s| s.account_id.clone()) else {
+        return Err((
+            Reason::AccountNotReady,
+            format!("CyclrAccount {name:?} has no Cyclr account id yet"),
+        ));
+    };
+    let partner = &account.spec.partner_ref.name;
+    let unchecked = || {
+        (
+            Reason::PartnerNotReady,
+            format!("CyclrPartner {partner:?} has not been checked yet"),
+        )
+    };
+    let Some(runtime) = services.partners.get(partner) else {
+        return Err(if partners.exists(partner) {
+            unchecked()
+        } else {
+            (
+                Reason::PartnerNotFound,
+                format!("CyclrPartner {partner:?} does not exist"),
+            )
+        });
+    };
+    if !runtime.admits(&services.namespace_labels(namespace).unwrap_or_default()) {
+        return Err((
+            Reason::PartnerNotAllowed,
+            format!("CyclrPartner {partner:?} does not admit namespace {namespace:?}"),
+        ));
+    }
+    match runtime.state() {
+        PartnerState::Ready => Ok((account_id, runtime)),
+        PartnerState::Unchecked => Err(unchecked()),
+        PartnerState::NotReady(why) => Err((
+            Reason::PartnerNotReady,
+            format!("the account's partner is not ready: {why}"),
+        )),
+    }
+}
+
+/// A Cyclr object that deleting its resource deletes through the resource's partner, named
+/// as the kind's messages name it.
+pub struct Deleting<'a> {
+    /// What is deleted: `Cyclr account a1`.
+    pub what: String,
+    /// The same, shorter, as left in Cyclr: `the account`.
+    pub kept: &'a str,
+    /// What the Partner API cannot delete: `accounts`.
+    pub objects: &'a str,
+    /// The resource as kubectl names it: `cyclraccount acme`.
+    pub resource: String,
+}
+
+impl Deleting<'_> {
+    /// `DeletionBlocked`: the object could not be deleted because `why`; the message says how
+    /// to let the resource go (`deletionPolicy: Orphan`).
+    pub fn blocked(&self, why: &str) -> Cleanup<Reason> {
+        Cleanup::Blocked(Health::stalled(
+            Reason::DeletionBlocked,
+            format!(
+                "{} could not be deleted: {why}. To let this resource go and leave {} in Cyclr, set spec.deletionPolicy to Orphan on it: kubectl patch {} --type merge -p '{{\"spec\":{{\"deletionPolicy\":\"Orphan\"}}}}'",
+                self.what, self.kept, self.resource
+            ),
+        ))
+    }
+
+    /// Whether the partner lets the delete go ahead now (pure): `None` for a ready `V1`
+    /// partner; else the cleanup to report: wait for the partner's first check, or blocked
+    /// (no such partner, not ready, or on the Partner API, which deletes nothing).
+    /// `partner` is the runtime's state and dialect when it is in service.
+    pub fn through(
+        &self,
+        name: &str,
+        partner: Option<(PartnerState, CyclrApi)>,
+        exists: bool,
+    ) -> Option<Cleanup<Reason>> {
+        let waiting = || {
+            Some(Cleanup::Blocked(Health::reconciling(
+                Reason::PartnerNotReady,
+                format!(
+                    "CyclrPartner {name:?} has not been checked yet; {} is deleted once it is",
+                    self.what
+                ),
+            )))
+        };
+        match partner {
+            None if exists => waiting(),
+            None => Some(self.blocked(&format!("CyclrPartner {name:?} does not exist"))),
+            Some((PartnerState::Unchecked, _)) => waiting(),
+            Some((PartnerState::NotReady(why), _)) => {
+                Some(self.blocked(&format!("CyclrPartner {name:?} is not ready: {why}")))
+            }
+            Some((PartnerState::Ready, CyclrApi::Partner)) => Some(self.blocked(&format!(
+                "CyclrPartner {name:?} uses cyclrAPI Partner, which cannot delete {}",
+                self.objects
+            ))),
+            Some((PartnerState::Ready, CyclrApi::V1)) => None,
+        }
     }
 }
 

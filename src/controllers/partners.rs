@@ -186,6 +186,17 @@ impl std::fmt::Debug for PartnerRuntime {
     }
 }
 
+#[cfg(test)]
+impl PartnerRuntime {
+    /// A runtime on `config`'s client for unit tests: resync and usage every minute, no
+    /// namespace selector, digests keyed with `s`.
+    pub(crate) fn for_tests(config: cyclr::ClientConfig) -> Self {
+        let client = CyclrClient::new(config).expect("a client");
+        let minute = Duration::from_secs(60);
+        PartnerRuntime::new(client, 0, minute, minute, None, CredentialsDigest::new("s"))
+    }
+}
+
 impl PartnerRuntime {
     /// A runtime for `client`, not checked yet.
     pub fn new(
@@ -580,14 +591,7 @@ mod tests {
         .unwrap();
         let mut config = cyclr::ClientConfig::new(sim.base_url(), "id", secrecy::SecretString::from("secret"));
         config.requests_per_second = 1000;
-        let runtime = PartnerRuntime::new(
-            CyclrClient::new(config).unwrap(),
-            0,
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-            None,
-            crate::secrets::CredentialsDigest::new("s"),
-        );
+        let runtime = PartnerRuntime::for_tests(config);
         let lists = || sim.stats().requests_to("GET /api/partner/accounts");
         let asked = Utc::now();
         let together = futures::future::join_all((0..5).map(|_| runtime.snapshot_since(asked))).await;
