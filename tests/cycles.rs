@@ -1,8 +1,9 @@
 //! Issue #20 ([K]), `CyclrCycle` on a CyclrPartner with `spec.cyclrAPI: V1`, one test per
 //! row on the real control plane with the simulator as Cyclr: a template installed once and
 //! activated (row 1), an unauthenticated connector (row 2), other prerequisites (row 3), a
-//! variable changed while Active (row 4), Paused and back (row 5), drift made in Cyclr
-//! (row 6), a cycle deleted in Cyclr or with its resource (row 7), `kubectl cyclr auth` and
+//! variable changed while Active (row 4), Paused and back, `observedGeneration` moving only
+//! once Cyclr shows it (row 5), drift made in Cyclr, corrected or under `ObserveOnly` only
+//! reported (row 6), a cycle deleted in Cyclr or with its resource (row 7), `kubectl cyclr auth` and
 //! `status` (row 8) and bad input (row 10); Flux's kstatus reads a Ready cycle as Current and
 //! one waiting for a person as Failed.
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use cyclr::types::{CycleStatus, Prerequisite};
 use cyclr_operator::resources::{CYCLE_FINALIZER, CyclrAccount, CyclrCycle, READY, annotations};
-use cyclr_sim::{TemplateConnectorSeed, TemplateSeed, VariableSeed};
+use cyclr_sim::{Faults, TemplateConnectorSeed, TemplateSeed, VariableSeed};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, ValidationDirective};
@@ -65,6 +66,20 @@ async fn with_account(prefix: &str) -> (Harness, String) {
     (h, id)
 }
 
+/// A harness with Ready account `acme` and cycle `sync` of the template `sync`, which needs
+/// only the Clock connector (no credentials), Ready with `spec` (templateRef added): the
+/// account's id and the cycle's.
+async fn with_ready_cycle(prefix: &str, spec: serde_json::Value) -> (Harness, String, String) {
+    let (h, account) = with_account(prefix).await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
+    let mut spec = spec;
+    spec["templateRef"] = json!({"id": "sync"});
+    apply_cycle(&h, "sync", spec).await;
+    let id = ready(&h, "sync").await.status.and_then(|s| s.cycle_id).expect("id");
+    (h, account, id)
+}
+
 async fn apply_cycle(h: &Harness, name: &str, spec: serde_json::Value) -> CyclrCycle {
     let mut spec = spec;
     spec["accountRef"] = json!({"name": "acme"});
@@ -89,6 +104,16 @@ async fn ready(h: &Harness, name: &str) -> CyclrCycle {
         },
     )
     .await
+}
+
+/// Waits until the cycle is Stalled for `reason`, with Ready's message naming `names`.
+async fn stalled(h: &Harness, name: &str, reason: &str, names: &str) -> CyclrCycle {
+    let stalled = h
+        .wait_condition::<CyclrCycle>(name, "Stalled", "True", Some(reason))
+        .await;
+    let message = ready_message(&stalled);
+    assert!(message.contains(names), "{message}");
+    stalled
 }
 
 /// The simulator's status of the account's cycle `id`.
@@ -211,14 +236,13 @@ async fn row3_other_prerequisites_stall_with_cyclrs_reasons_and_no_activate_stor
     }];
     h.sim.add_template(seed);
     apply_cycle(&h, "sync", json!({"templateRef": {"name": "Tickets sync"}})).await;
-    let stalled = h
-        .wait_condition::<CyclrCycle>("sync", "Stalled", "True", Some("PrerequisitesNotMet"))
-        .await;
-    let message = ready_message(&stalled);
-    assert!(
-        message.contains("Field 'Email' is not mapped.") && message.contains("41"),
-        "{message}"
-    );
+    stalled(
+        &h,
+        "sync",
+        "PrerequisitesNotMet",
+        "Field 'Email' is not mapped. (reason code 41)",
+    )
+    .await;
     let checks = h.cyclr_requests("GET /v1.0/cycles/{id}/prerequisites");
     h.wait_for("a recheck", Duration::from_secs(40), || async {
         (h.cyclr_requests("GET /v1.0/cycles/{id}/prerequisites") > checks).then_some(())
@@ -230,16 +254,8 @@ async fn row3_other_prerequisites_stall_with_cyclrs_reasons_and_no_activate_stor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row4_a_variable_changed_while_active_is_set_between_a_deactivate_and_an_activate() {
-    let (h, account) = with_account("cyc-vars").await;
-    h.sim
-        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
-    apply_cycle(
-        &h,
-        "sync",
-        json!({"templateRef": {"id": "sync"}, "variables": [{"name": "region", "value": "us"}]}),
-    )
-    .await;
-    let id = ready(&h, "sync").await.status.and_then(|s| s.cycle_id).expect("id");
+    let (h, account, id) =
+        with_ready_cycle("cyc-vars", json!({"variables": [{"name": "region", "value": "us"}]})).await;
     assert_eq!(h.cyclr_requests(DEACTIVATE), 0, "set before the first activation");
     assert!(
         h.events("sync", "Updated").await.is_empty(),
@@ -288,22 +304,72 @@ async fn row4_a_variable_changed_while_active_is_set_between_a_deactivate_and_an
     .await;
 }
 
+/// Waits until the cycle says Cyclr answered a change to `to` that it does not show yet.
+async fn answered_not_shown(h: &Harness, name: &str, to: &str) -> CyclrCycle {
+    h.wait_for(
+        &format!("CyclrCycle {name} looking for Cyclr to show it {to}"),
+        Duration::from_secs(60),
+        || async {
+            let c = cycle(h, name).await;
+            let ready = cyclr_operator::resources::condition(&c.status.as_ref()?.conditions, READY)?;
+            ready.message.contains(&format!("show the cycle {to}")).then_some(c)
+        },
+    )
+    .await
+}
+
+/// The cycle's generation is not observed while Cyclr holds back a change it answered (the
+/// fault `hold_cycle_changes`), and the change is looked for, not sent again: `endpoint` stays
+/// at `sent` calls.
+async fn held_back(h: &Harness, name: &str, to: &str, observed: i64, (endpoint, sent): (&str, u64)) {
+    let waiting = answered_not_shown(h, name, to).await;
+    let status = waiting.status.clone().expect("status");
+    assert_eq!(waiting.metadata.generation, Some(observed + 1));
+    assert_eq!(status.observed_generation, Some(observed), "Cyclr does not show it yet");
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(observed)),
+        "{:?}",
+        status.conditions
+    );
+    assert_eq!(kstatus(&serde_json::to_value(&waiting).unwrap()).0, "InProgress");
+    let lists = h.cyclr_requests("GET /v1.0/cycles");
+    h.wait_for("two more looks at the cycle list", Duration::from_secs(60), || async {
+        (h.cyclr_requests("GET /v1.0/cycles") >= lists + 2).then_some(())
+    })
+    .await;
+    assert_eq!(h.cyclr_requests(endpoint), sent, "{endpoint} not sent again");
+    let still = cycle(h, name).await.status.and_then(|s| s.observed_generation);
+    assert_eq!(still, Some(observed));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row5_paused_then_active_again_moves_observed_generation_with_cyclr() {
-    let (h, account) = with_account("cyc-pause").await;
-    h.sim
-        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
-    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}})).await;
-    let id = ready(&h, "sync").await.status.and_then(|s| s.cycle_id).expect("id");
+    let (h, account, id) = with_ready_cycle("cyc-pause", json!({})).await;
+    let hold = Faults {
+        hold_cycle_changes: true,
+        ..Faults::default()
+    };
 
+    // Cyclr answers the deactivation but still shows the cycle Active (finishing its queue).
+    h.sim.set_faults(hold.clone());
     apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}, "state": "Paused"})).await;
+    held_back(&h, "sync", "Paused", 1, (DEACTIVATE, 1)).await;
+    assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Active));
+    h.sim.set_faults(Faults::default());
     let paused = ready(&h, "sync").await;
     assert_eq!(paused.metadata.generation, Some(2));
     assert_eq!(paused.status.and_then(|s| s.cyclr_status).as_deref(), Some("Paused"));
     assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Paused));
     assert_eq!(h.cyclr_requests(DEACTIVATE), 1);
 
+    // And the activation back.
+    h.sim.set_faults(hold);
     apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}, "state": "Active"})).await;
+    held_back(&h, "sync", "Active", 2, (ACTIVATE, 2)).await;
+    h.sim.set_faults(Faults::default());
     let active = ready(&h, "sync").await;
     assert_eq!(active.metadata.generation, Some(3));
     assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Active));
@@ -313,16 +379,7 @@ async fn row5_paused_then_active_again_moves_observed_generation_with_cyclr() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row6_a_cycle_paused_in_cyclr_is_activated_again_at_the_next_resync() {
-    let (h, account) = with_account("cyc-drift").await;
-    h.sim
-        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
-    apply_cycle(
-        &h,
-        "sync",
-        json!({"templateRef": {"id": "sync"}, "schedule": {"interval": 60}}),
-    )
-    .await;
-    let id = ready(&h, "sync").await.status.and_then(|s| s.cycle_id).expect("id");
+    let (h, account, id) = with_ready_cycle("cyc-drift", json!({"schedule": {"interval": 60}})).await;
     // Someone pauses it in Cyclr's console.
     cyclr_client(&h.sim)
         .deactivate_cycle_v1(&account, &id, true)
@@ -331,6 +388,55 @@ async fn row6_a_cycle_paused_in_cyclr_is_activated_again_at_the_next_resync() {
     let corrected = h.wait_event("sync", "DriftCorrected").await;
     assert!(corrected.note.unwrap_or_default().contains("every 60 minutes"));
     assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Active));
+    assert_eq!(h.cyclr_requests(INSTALL), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row6_under_observe_only_a_cycle_paused_in_cyclr_is_only_reported() {
+    let (h, account, id) = with_ready_cycle("cyc-observe", json!({})).await;
+    // Handed over to people working in Cyclr's console: the operator only watches.
+    apply_cycle(
+        &h,
+        "sync",
+        json!({"templateRef": {"id": "sync"}, "managementPolicy": "ObserveOnly"}),
+    )
+    .await;
+    let observed = h
+        .wait_condition::<CyclrCycle>("sync", READY, "True", Some("Observed"))
+        .await;
+    assert_eq!(observed.status.and_then(|s| s.observed_generation), Some(2));
+    cyclr_client(&h.sim)
+        .deactivate_cycle_v1(&account, &id, true)
+        .await
+        .expect("pause it in Cyclr");
+    let note = h.wait_event("sync", "Observed").await.note.unwrap_or_default();
+    assert!(note.contains("Paused") && note.contains("not corrected"), "{note}");
+    let reported = h
+        .wait_for("the difference in Ready's message", Duration::from_secs(60), || async {
+            let c = cycle(&h, "sync").await;
+            ready_message(&c).contains("not corrected").then_some(c)
+        })
+        .await;
+    assert_eq!(kstatus(&serde_json::to_value(&reported).unwrap()).0, "Current");
+    assert_eq!(reported.status.and_then(|s| s.cyclr_status).as_deref(), Some("Paused"));
+    // Later resyncs look again and write nothing.
+    let lists = h.cyclr_requests("GET /v1.0/cycles");
+    h.wait_for("a resync's cycle list", Duration::from_secs(40), || async {
+        (h.cyclr_requests("GET /v1.0/cycles") > lists).then_some(())
+    })
+    .await;
+    assert_eq!(h.cyclr_requests(ACTIVATE), 1, "only the first activation");
+    assert_eq!(sim_status(&h, &account, &id), Some(CycleStatus::Paused));
+    assert!(h.events("sync", "DriftCorrected").await.is_empty());
+
+    // A resource that holds no cycle has nothing to observe: said, nothing installed.
+    apply_cycle(
+        &h,
+        "unheld",
+        json!({"templateRef": {"id": "sync"}, "managementPolicy": "ObserveOnly"}),
+    )
+    .await;
+    stalled(&h, "unheld", "InvalidSpec", "spec.managementPolicy").await;
     assert_eq!(h.cyclr_requests(INSTALL), 1);
 }
 
@@ -358,10 +464,7 @@ async fn row7_a_cycle_deleted_in_cyclr_is_reported_never_reinstalled_and_delete_
         .delete_cycle_v1(&account, &gone)
         .await
         .expect("delete it in Cyclr");
-    let missing = h
-        .wait_condition::<CyclrCycle>("gone", "Stalled", "True", Some("ExternalCycleMissing"))
-        .await;
-    assert!(ready_message(&missing).contains(&gone), "{}", ready_message(&missing));
+    stalled(&h, "gone", "ExternalCycleMissing", &gone).await;
     assert_eq!(h.cyclr_requests(INSTALL), 3);
 
     // Deleted with its resource (Delete), or left in Cyclr (Orphan, the default).
@@ -488,14 +591,7 @@ async fn row10_bad_input_is_refused_at_admission_or_stalled_before_any_install()
     }
     assert_eq!(examples, 1);
     // Unknown to Cyclr: said with the field, nothing installed.
-    let stalled = h
-        .wait_condition::<CyclrCycle>("good", "Stalled", "True", Some("TemplateNotFound"))
-        .await;
-    assert!(
-        ready_message(&stalled).contains("spec.templateRef.name"),
-        "{}",
-        ready_message(&stalled)
-    );
+    stalled(&h, "good", "TemplateNotFound", "spec.templateRef.name").await;
     assert_eq!(h.cyclr_requests(INSTALL), 0);
 }
 

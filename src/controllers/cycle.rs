@@ -13,18 +13,18 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::partners::{PartnerRuntime, PartnerState};
+use super::partners::PartnerRuntime;
 use super::{Services, namespaced_api, users_of_secret};
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
     CYCLE_FINALIZER, CycleConnectorStatus, CycleState, CyclrAccount, CyclrApi, CyclrCycle, CyclrCycleStatus,
-    DeletionPolicy, READY, annotations, condition,
+    DeletionPolicy, ManagementPolicy, READY, annotations, condition,
 };
 use cyclr::CyclrError;
 use cyclr::types::{ActivateCycle, Cycle, CycleStatus, CyclrDate, Deleted, Prerequisite, Template};
@@ -32,6 +32,11 @@ use cyclr::types::{ActivateCycle, Cycle, CycleStatus, CyclrDate, Deleted, Prereq
 /// How long a cycle list of an account is shared by the reconciles of its cycles: those woken
 /// together (a partner's resync, a rollout) make one list call.
 const SHARED_LIST: TimeDelta = TimeDelta::seconds(10);
+
+/// How long an activation or deactivation Cyclr answered is waited for (not sent again) while
+/// Cyclr does not show it yet, and how often it is looked for meanwhile.
+const CONFIRM: TimeDelta = TimeDelta::minutes(2);
+const CONFIRM_RECHECK: Duration = Duration::from_secs(5);
 
 /// The cycle kind's own state.
 pub struct CycleKindState {
@@ -42,6 +47,8 @@ pub struct CycleKindState {
     accounts: Store<Packed<CyclrAccount>>,
     /// Each account's cycle list, shared by its cycles.
     lists: CycleLists,
+    /// The state changes Cyclr answered and does not show yet, by the resource's uid.
+    sent: Mutex<HashMap<String, Sent>>,
     /// The kind itself, to look at a cycle again at once after a write that leaves more to do
     /// (an install is followed by its activation).
     kind: OnceLock<Weak<Kind<CyclrCycle>>>,
@@ -59,6 +66,7 @@ impl CycleKindState {
             partners,
             accounts,
             lists: CycleLists::default(),
+            sent: Mutex::default(),
             kind: OnceLock::new(),
         }
     }
@@ -67,6 +75,25 @@ impl CycleKindState {
     fn account(&self, namespace: &str, name: &str) -> Option<CyclrAccount> {
         let packed = self.accounts.get(&ObjectRef::new(name).within(namespace))?;
         packed.unpack().ok()
+    }
+
+    /// Remembers that Cyclr answered a change of `cycle` to `to` now.
+    fn sent(&self, cycle: &CyclrCycle, to: CycleState) {
+        let sent = Sent { to, at: Utc::now() };
+        self.sent.lock().expect("lock").insert(uid(cycle), sent);
+    }
+
+    /// The change of `cycle` Cyclr answered and `found` does not show yet; one it shows is
+    /// forgotten.
+    fn unconfirmed(&self, cycle: &CyclrCycle, found: Option<&Cycle>) -> Option<Sent> {
+        let mut sent = self.sent.lock().expect("lock");
+        let uid = uid(cycle);
+        let pending = *sent.get(&uid)?;
+        if found.is_none_or(|c| shows(c, pending.to)) {
+            sent.remove(&uid);
+            return None;
+        }
+        Some(pending)
     }
 
     /// Reconciles `cycle` again soon.
@@ -124,6 +151,25 @@ impl CycleLists {
     fn forget(&self, account_id: &str) {
         self.lists.lock().expect("lock").remove(account_id);
     }
+}
+
+fn uid(cycle: &CyclrCycle) -> String {
+    cycle.metadata.uid.clone().unwrap_or_default()
+}
+
+/// Whether Cyclr's `cycle` shows the state `to`: `Active`, or any other status for `Paused`
+/// (`Stopped` is not running either).
+fn shows(cycle: &Cycle, to: CycleState) -> bool {
+    (cycle.status == CycleStatus::Active) == (to == CycleState::Active)
+}
+
+/// An activation (`to: Active`) or deactivation Cyclr answered at `at`, not shown yet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sent {
+    /// The state asked for.
+    pub to: CycleState,
+    /// When Cyclr answered.
+    pub at: DateTime<Utc>,
 }
 
 /// The cycle controller. Woken by its own watch, by its account's changes, by its partner's
@@ -224,6 +270,8 @@ pub struct Observed {
     pub cycles: Option<Arc<Vec<Cycle>>>,
     /// What stops the cycle from being activated, when asked (before an activation).
     pub prerequisites: Option<Vec<Prerequisite>>,
+    /// The state change Cyclr answered and its list does not show yet (this process's memory).
+    pub sent: Option<Sent>,
 }
 
 /// One external write of a cycle.
@@ -276,6 +324,7 @@ impl Reconciler for CyclrCycle {
             template: TemplateView::NotLooked,
             cycles: None,
             prerequisites: None,
+            sent: None,
         };
         let AccountView::Ready { account_id, runtime } = &observed.account else {
             return Ok(observed);
@@ -289,7 +338,11 @@ impl Reconciler for CyclrCycle {
                 .await
                 .map_err(Failure::cyclr("listing the account's cycles"))?,
         );
+        if let (Some(id), Some(cycles)) = (self.cycle_id(), &observed.cycles) {
+            observed.sent = state.unconfirmed(self, cycles.iter().find(|c| c.id == id));
+        }
         match self.cycle_id() {
+            None if self.observes_only() => {}
             None => observed.template = observe_template(self, runtime).await?,
             Some(id) if prerequisites.is_some() => {
                 observed.prerequisites = Some(
@@ -327,7 +380,9 @@ impl Reconciler for CyclrCycle {
                     activate,
                     drift,
                 };
-                apply(self, runtime, account_id, change).await
+                let mut listed = observed.cycles.iter().flat_map(|c| c.iter());
+                let found = listed.find(|c| Some(c.id.as_str()) == self.cycle_id());
+                apply(self, state, runtime, (account_id.as_str(), found), change).await
             }
         };
         state.lists.forget(account_id);
@@ -336,6 +391,20 @@ impl Reconciler for CyclrCycle {
             state.wake(self);
         }
         Ok(applied)
+    }
+
+    /// Only once Cyclr shows the spec's state (Ready): an activation it answered is not yet
+    /// an Active cycle.
+    fn spec_applied(&self, health: &Health) -> bool {
+        health.state == driver::State::Ready
+    }
+
+    fn forget(state: &CycleKindState, meta: &ObjectMeta) {
+        state
+            .sent
+            .lock()
+            .expect("lock")
+            .remove(meta.uid.as_deref().unwrap_or_default());
     }
 
     fn resync(&self, _: &CycleKindState, observed: &Observed) -> Option<Duration> {
@@ -357,26 +426,25 @@ impl Reconciler for CyclrCycle {
 
     /// Only a resource whose deletion deletes the cycle, once its account can be used.
     fn needs_finalizer(&self, observed: &Observed) -> bool {
-        self.spec.deletion_policy == DeletionPolicy::Delete && matches!(observed.account, AccountView::Ready { .. })
+        self.deletes() && matches!(observed.account, AccountView::Ready { .. })
     }
 
     /// `DELETE /v1.0/cycles/{id}` (404 counts as done), then waits while Cyclr shows the
-    /// cycle `DeleteScheduled`; nothing under `deletionPolicy: Orphan`.
+    /// cycle `DeleteScheduled`; nothing under `deletionPolicy: Orphan` or `ObserveOnly`.
     async fn cleanup(&self, state: &CycleKindState) -> Result<Cleanup<Reason>, Failure> {
-        let (DeletionPolicy::Delete, Some(id)) = (self.spec.deletion_policy, self.cycle_id()) else {
+        let (true, Some(id)) = (self.deletes(), self.cycle_id()) else {
             return Ok(Cleanup::Done(None));
         };
         let (account_id, runtime) = match observe_account(self, state) {
             AccountView::Ready { account_id, runtime } => (account_id, runtime),
             AccountView::Waiting(health) => {
-                return Ok(Cleanup::Blocked(Health::stalled(
-                    Reason::DeletionBlocked,
-                    format!(
-                        "Cyclr cycle {id} could not be deleted: {}. To let this resource go and leave the cycle in Cyclr, set spec.deletionPolicy to Orphan on it: kubectl patch cyclrcycle {} --type merge -p '{{\"spec\":{{\"deletionPolicy\":\"Orphan\"}}}}'",
-                        health.message,
-                        self.name_any()
-                    ),
-                )));
+                let deleting = super::Deleting {
+                    what: format!("Cyclr cycle {id}"),
+                    kept: "the cycle",
+                    objects: "cycles",
+                    resource: format!("cyclrcycle {}", self.name_any()),
+                };
+                return Ok(deleting.blocked(&health.message));
             }
         };
         let client = &runtime.client;
@@ -414,6 +482,19 @@ impl Reconciler for CyclrCycle {
             ))),
             (_, Err(error)) => Err(Failure::cyclr("reading the cycle after its delete")(error)),
         }
+    }
+}
+
+impl CyclrCycle {
+    /// Whether the operator only reads and reports this cycle (`ObserveOnly`).
+    fn observes_only(&self) -> bool {
+        self.spec.management_policy == ManagementPolicy::ObserveOnly
+    }
+
+    /// Whether deleting the resource deletes the cycle: `deletionPolicy: Delete`, and the
+    /// operator manages it (ObserveOnly never deletes).
+    fn deletes(&self) -> bool {
+        self.spec.deletion_policy == DeletionPolicy::Delete && !self.observes_only()
     }
 }
 
@@ -472,16 +553,25 @@ async fn install(
 }
 
 /// Deactivates, sets variables and activates, in that order, as `change` says: one Event.
+/// Cyclr's status is recorded as listed, not as asked: the next look (at once) confirms a
+/// state change, and a change Cyclr answered is remembered, not sent again while it waits.
 async fn apply(
     cycle: &CyclrCycle,
+    state: &CycleKindState,
     runtime: &PartnerRuntime,
-    account_id: &str,
+    (account_id, listed): (&str, Option<&Cycle>),
     change: Change,
 ) -> Result<Applied<CyclrCycle>, Failure> {
-    let mut status = cycle.status.clone().unwrap_or_default();
+    let previous = cycle.status.clone().unwrap_or_default();
+    let mut status = match listed {
+        Some(found) => recorded(previous, account_id, found),
+        None => previous,
+    };
     let id = cycle.cycle_id().unwrap_or_default().to_string();
     let client = &runtime.client;
     let mut done = Vec::new();
+    // The state Cyclr was last asked for, to look for.
+    let mut asked = None;
     let missing = |message: String| Applied {
         health: external_missing(&id, account_id, &message),
         status: CyclrCycleStatus {
@@ -499,7 +589,8 @@ async fn apply(
             Err(CyclrError::NotFound { message }) => return Ok(missing(message)),
             other => other.map_err(Failure::cyclr("the cycle deactivation"))?,
         }
-        status.cyclr_status = Some(CycleStatus::Paused.to_string());
+        state.sent(cycle, CycleState::Paused);
+        asked = Some(CycleState::Paused);
         done.push("deactivated".to_string());
     }
     if let Some((variables, digest)) = change.variables {
@@ -509,17 +600,15 @@ async fn apply(
                 .await
             {
                 Err(CyclrError::NotFound { message }) => return Ok(missing(message)),
-                // Activated in Cyclr meanwhile: not the user's error; looked at again at once.
+                // Still Active in Cyclr (the deactivation not shown yet, or an activation
+                // there meanwhile): not the user's error; looked at again.
                 Err(CyclrError::Conflict { .. }) => {
                     return Ok(Applied {
                         health: Health::reconciling(
                             Reason::Updating,
-                            "the cycle was activated in Cyclr while its variables were set; deactivating it again",
+                            "Cyclr still shows the cycle Active, so its variables cannot be set yet; they are set once it shows it Paused",
                         ),
-                        status: CyclrCycleStatus {
-                            cyclr_status: Some(CycleStatus::Active.to_string()),
-                            ..status
-                        },
+                        status,
                         event: None,
                         made: None,
                     });
@@ -544,15 +633,26 @@ async fn apply(
             status.cyclr_status = Some(CycleStatus::Paused.to_string());
             done.push("ran it once".to_string());
         } else {
-            status.cyclr_status = Some(CycleStatus::Active.to_string());
+            state.sent(cycle, CycleState::Active);
+            asked = Some(CycleState::Active);
             done.push(match schedule.interval {
                 Some(interval) => format!("activated it (every {interval} minutes)"),
                 None => "activated it".to_string(),
             });
         }
     }
-    let health = in_sync(cycle, &status)
-        .unwrap_or_else(|| Health::reconciling(Reason::Updating, "the cycle's variables are set; activating it next"));
+    let health = match asked {
+        Some(to) => Health::reconciling(
+            Reason::Updating,
+            format!(
+                "Cyclr answered ({}); looking for it to show the cycle {to:?}",
+                done.join(", ")
+            ),
+        ),
+        None => in_sync(cycle, &status).unwrap_or_else(|| {
+            Health::reconciling(Reason::Updating, "the cycle's variables are set; activating it next")
+        }),
+    };
     // Bringing a new cycle up (its first variables and activation) is said by status alone,
     // as an account's create is: Events are for changes to a cycle that was in place.
     let was_ready = condition(&status.conditions, READY).is_some_and(|c| c.status == "True");
@@ -654,12 +754,15 @@ pub fn decide(cycle: &CyclrCycle, obs: &Observed, facts: &Facts) -> Plan<CyclrCy
         AccountView::Waiting(health) => return report(health.clone()),
         AccountView::Ready { account_id, runtime } => (account_id.clone(), runtime),
     };
+    let Some(cycles) = &obs.cycles else {
+        unreachable!("the cycles of a ready account are listed")
+    };
+    if cycle.observes_only() {
+        return decide_observed(cycle, &account_id, cycles);
+    }
     let (values, digest) = match &obs.variables {
         VariablesView::Missing(reason, message) => return report(Health::reconciling(*reason, message.clone())),
         VariablesView::Ready(values, digest) => (values, digest),
-    };
-    let Some(cycles) = &obs.cycles else {
-        unreachable!("the cycles of a ready account are listed")
     };
     let Some(id) = cycle.cycle_id() else {
         return decide_install(cycle, obs, facts, &account_id, runtime, cycles);
@@ -692,14 +795,23 @@ pub fn decide(cycle: &CyclrCycle, obs: &Observed, facts: &Facts) -> Plan<CyclrCy
             status: status.clone(),
             event: None,
         };
+    // A change Cyclr answered and does not show yet is looked for, not sent again (for a while).
+    let awaited = |to: CycleState| obs.sent.is_some_and(|s| s.to == to && facts.now - s.at < CONFIRM);
     let variables_changed = !values.is_empty() && previous.variables_digest.as_deref() != Some(digest.as_str());
     if variables_changed {
+        if active && awaited(CycleState::Paused) {
+            return Plan::Wait(jittered(CONFIRM_RECHECK));
+        }
         // Cyclr refuses edits to an Active cycle (409): deactivate, set, activate again.
         let values = values.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         return write(active, Some((values, digest.clone())), active && wants_active);
     }
     match (wants_active, active) {
+        (false, true) if awaited(CycleState::Paused) => return Plan::Wait(jittered(CONFIRM_RECHECK)),
         (false, true) => return write(true, None, false),
+        (true, false) if awaited(CycleState::Active) && !ran_once(cycle, &status) => {
+            return Plan::Wait(jittered(CONFIRM_RECHECK));
+        }
         (true, false) if !ran_once(cycle, &status) => {
             let Some(prerequisites) = &obs.prerequisites else {
                 return Plan::Refresh(());
@@ -718,6 +830,46 @@ pub fn decide(cycle: &CyclrCycle, obs: &Observed, facts: &Facts) -> Plan<CyclrCy
             Reason::Updating,
             format!("Cyclr shows the cycle {}", found.status),
         )),
+    }
+}
+
+/// `ObserveOnly` (pure): what Cyclr shows is reported, a state other than the spec's is said
+/// (in the Ready message, and in an `Observed` Event when Cyclr's status changes to it), and
+/// nothing is written to Cyclr.
+fn decide_observed(cycle: &CyclrCycle, account_id: &str, cycles: &[Cycle]) -> Plan<CyclrCycle> {
+    let previous = cycle.status.clone().unwrap_or_default();
+    let report = |health: Health| Plan::Report {
+        health,
+        status: previous.clone(),
+        event: None,
+    };
+    let Some(id) = cycle.cycle_id() else {
+        return report(Health::stalled(
+            Reason::InvalidSpec,
+            "spec.managementPolicy: ObserveOnly needs a cycle this resource installed (status.cycleID or the cyclr.com/cycle-id annotation), and it has none; the operator installs nothing it only observes. Set managementPolicy Full to install the template",
+        ));
+    };
+    let found = match cycles.iter().find(|c| c.id == id) {
+        Some(found) if found.status != CycleStatus::DeleteScheduled => found,
+        Some(_) => return report(external_missing(id, account_id, "Cyclr shows it DeleteScheduled")),
+        None => return report(external_missing(id, account_id, "not in its cycle list")),
+    };
+    let status = recorded(previous.clone(), account_id, found);
+    let (message, event) = if shows(found, cycle.spec.state) {
+        (format!("observed; Cyclr shows the cycle {}", found.status), None)
+    } else {
+        let differs = format!(
+            "observed; Cyclr shows the cycle {}, the spec says {:?} (ObserveOnly: not corrected)",
+            found.status, cycle.spec.state
+        );
+        let changed = previous.cyclr_status != status.cyclr_status;
+        let event = changed.then(|| (Reason::Observed, format!("cycle {id}: {differs}")));
+        (differs, event)
+    };
+    Plan::Report {
+        health: Health::ready(Reason::Observed, message),
+        status,
+        event,
     }
 }
 
@@ -852,33 +1004,19 @@ fn time(at: DateTime<Utc>) -> Time {
 /// The cycle's account from the watch, and its partner: usable only on a ready `V1` partner
 /// that admits the namespace.
 fn observe_account(cycle: &CyclrCycle, state: &CycleKindState) -> AccountView {
-    let waiting = |reason: Reason, message: String| AccountView::Waiting(Health::reconciling(reason, message));
     let namespace = cycle.namespace().unwrap_or_default();
     let name = &cycle.spec.account_ref.name;
-    let Some(account) = state.account(&namespace, name) else {
-        return waiting(Reason::AccountNotReady, format!("CyclrAccount {name:?} not found"));
-    };
-    let Some(account_id) = account.status.as_ref().and_then(|s| s.account_id.clone()) else {
-        return waiting(
-            Reason::AccountNotReady,
-            format!("CyclrAccount {name:?} has no Cyclr account id yet"),
-        );
-    };
-    let partner = &account.spec.partner_ref.name;
-    let Some(runtime) = state.services.partners.get(partner) else {
-        return if state.partners.exists(partner) {
-            waiting(
-                Reason::PartnerNotReady,
-                format!("CyclrPartner {partner:?} has not been checked yet"),
-            )
-        } else {
-            waiting(
-                Reason::PartnerNotFound,
-                format!("CyclrPartner {partner:?} does not exist"),
-            )
+    let account = state.account(&namespace, name);
+    let (account_id, runtime) =
+        match super::usable_account(&state.services, &state.partners, &namespace, name, account.as_ref()) {
+            Ok(usable) => usable,
+            Err((Reason::PartnerNotAllowed, message)) => {
+                return AccountView::Waiting(Health::stalled(Reason::PartnerNotAllowed, message));
+            }
+            Err((reason, message)) => return AccountView::Waiting(Health::reconciling(reason, message)),
         };
-    };
     if runtime.dialect != CyclrApi::V1 {
+        let partner = account.map(|a| a.spec.partner_ref.name).unwrap_or_default();
         return AccountView::Waiting(Health::stalled(
             Reason::InvalidSpec,
             format!(
@@ -886,23 +1024,7 @@ fn observe_account(cycle: &CyclrCycle, state: &CycleKindState) -> AccountView {
             ),
         ));
     }
-    if !runtime.admits(&state.services.namespace_labels(&namespace).unwrap_or_default()) {
-        return AccountView::Waiting(Health::stalled(
-            Reason::PartnerNotAllowed,
-            format!("CyclrPartner {partner:?} does not admit namespace {namespace:?}"),
-        ));
-    }
-    match runtime.state() {
-        PartnerState::Ready => AccountView::Ready { account_id, runtime },
-        PartnerState::Unchecked => waiting(
-            Reason::PartnerNotReady,
-            format!("CyclrPartner {partner:?} has not been checked yet"),
-        ),
-        PartnerState::NotReady(why) => waiting(
-            Reason::PartnerNotReady,
-            format!("the account's partner is not ready: {why}"),
-        ),
-    }
+    AccountView::Ready { account_id, runtime }
 }
 
 /// The spec's variables with their values (from labelled Secrets where asked), and their
@@ -972,8 +1094,8 @@ async fn observe_template(cycle: &CyclrCycle, runtime: &PartnerRuntime) -> Resul
 mod tests {
     use super::*;
     use crate::resources::PendingWrite;
+    use cyclr::ClientConfig;
     use cyclr::types::CycleConnector;
-    use cyclr::{ClientConfig, CyclrClient};
     use driver::{Pending, State};
 
     fn cycle(spec: serde_json::Value) -> CyclrCycle {
@@ -1031,14 +1153,7 @@ mod tests {
         Observed {
             account: AccountView::Ready {
                 account_id: "a1".into(),
-                runtime: Arc::new(PartnerRuntime::new(
-                    CyclrClient::new(config).unwrap(),
-                    0,
-                    Duration::from_secs(60),
-                    Duration::from_secs(60),
-                    None,
-                    crate::secrets::CredentialsDigest::new("s"),
-                )),
+                runtime: Arc::new(PartnerRuntime::for_tests(config)),
             },
             variables: VariablesView::Ready(
                 values
@@ -1056,6 +1171,7 @@ mod tests {
             }),
             cycles: Some(Arc::new(cycles)),
             prerequisites: None,
+            sent: None,
         }
     }
 
@@ -1269,6 +1385,69 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_state_change_cyclr_answered_is_looked_for_not_sent_again() {
+        let now = Utc::now();
+        let paused = installed(cycle(serde_json::json!({"state": "Paused"})), "Active", 1);
+        let mut obs = observed(vec![listed("Active", true)], &[]);
+        obs.sent = Some(Sent {
+            to: CycleState::Paused,
+            at: now - TimeDelta::seconds(30),
+        });
+        assert!(matches!(decide_at(&paused, &obs, now), Plan::Wait(_)));
+        // Still not shown long after: asked again.
+        assert!(matches!(
+            decide_at(&paused, &obs, now + CONFIRM),
+            Plan::Write {
+                write: Write::Apply { deactivate: true, .. },
+                ..
+            }
+        ));
+        let active = installed(cycle(serde_json::json!({})), "Paused", 1);
+        let mut obs = observed(vec![listed("Paused", true)], &[]);
+        obs.sent = Some(Sent {
+            to: CycleState::Active,
+            at: now,
+        });
+        assert!(matches!(decide_at(&active, &obs, now), Plan::Wait(_)));
+        // Ready, and its generation observed, only once Cyclr shows it.
+        let ready = health(&decide_at(&active, &observed(vec![listed("Active", true)], &[]), now));
+        assert_eq!(ready.state, State::Ready);
+        assert!(active.spec_applied(&ready));
+        assert!(!active.spec_applied(&Health::reconciling(Reason::Updating, "answered")));
+    }
+
+    #[test]
+    fn observe_only_reports_a_cycle_paused_in_cyclr_and_never_writes() {
+        let mut c = installed(
+            cycle(serde_json::json!({"managementPolicy": "ObserveOnly", "deletionPolicy": "Delete"})),
+            "Active",
+            1,
+        );
+        let obs = observed(vec![listed("Paused", true)], &[]);
+        match decide(&c, &obs) {
+            Plan::Report { health, status, event } => {
+                assert_eq!((health.state, health.reason), (State::Ready, Reason::Observed));
+                assert!(
+                    health.message.contains("Paused") && health.message.contains("not corrected"),
+                    "{}",
+                    health.message
+                );
+                assert_eq!(status.cyclr_status.as_deref(), Some("Paused"));
+                assert_eq!(event.map(|e| e.0), Some(Reason::Observed));
+            }
+            _ => panic!("expected a report, no write"),
+        }
+        // Said once: the status shows it already.
+        c.status.as_mut().unwrap().cyclr_status = Some("Paused".into());
+        assert!(matches!(decide(&c, &obs), Plan::Report { event: None, .. }));
+        assert!(!c.deletes() && !c.needs_finalizer(&obs), "ObserveOnly never deletes");
+        // Nothing to observe: said, nothing installed.
+        let new = cycle(serde_json::json!({"managementPolicy": "ObserveOnly"}));
+        let stalled = health(&decide(&new, &obs));
+        assert_eq!((stalled.state, stalled.reason), (State::Stalled, Reason::InvalidSpec));
     }
 
     #[test]

@@ -125,10 +125,10 @@ pub struct PricePlanRef {
     pub name: Option<String>,
 }
 
-/// Which Cyclr writes the operator may make for an account.
+/// Which Cyclr writes the operator may make for an account or a cycle.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ManagementPolicy {
-    /// Create, adopt and update the account.
+    /// Create (or install), adopt and update the Cyclr object as the spec says.
     #[default]
     Full,
     /// Read and report only; never write to Cyclr.

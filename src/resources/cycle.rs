@@ -3,7 +3,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DeletionPolicy, NameRef, NamedValue, PendingWrite};
+use super::{DeletionPolicy, ManagementPolicy, NameRef, NamedValue, PendingWrite};
 
 /// A partner's template installed into a CyclrAccount as a cycle, kept in the state the spec
 /// says.
@@ -55,6 +55,15 @@ pub struct CyclrCycleSpec {
     /// or stops them at once (`false`): Cyclr's `finishQueuedTransactions`.
     #[serde(default = "default_true")]
     pub finish_queued_transactions: bool,
+    /// `Full` (default): install the template and keep the cycle as the spec says.
+    /// `ObserveOnly`: read and report only, never write to Cyclr: Cyclr's status, connectors
+    /// and counts are reported, and a cycle that differs from `state` (paused in Cyclr's
+    /// console, say) is said in the Ready message and an `Observed` Event, never corrected;
+    /// no install, no variables, no delete. It needs a cycle this resource installed (its
+    /// `status.cycleID` or `cyclr.com/cycle-id` annotation), which admission cannot see: a
+    /// resource without one is Stalled `InvalidSpec` before any Cyclr call.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
     /// What deleting this resource does to the cycle: `Orphan` (default) leaves it in Cyclr
     /// as it is; `Delete` deletes it first (`DELETE /v1.0/cycles/{id}`, waiting while Cyclr
     /// shows it `DeleteScheduled`; a finalizer holds the resource until it is gone). Set
