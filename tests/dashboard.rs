@@ -1,7 +1,7 @@
 //! The Grafana dashboard (`deploy/grafana/cyclr-operator.json`) and the alerts
 //! (`deploy/prometheus/alerts.yaml`) query only series that `/metrics` serves: every recording
-//! method is called once, and every `cyclr_*` name in their queries must then appear as a
-//! sample in the exposition.
+//! method is called once, for every kind, and every `cyclr_*` name in their queries must then
+//! appear as a sample in the exposition, as must every `kind="…"` they select.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -68,7 +68,9 @@ fn exercised_metrics() -> String {
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
         observed_generation: None,
     };
-    metrics.status_computed("CyclrAccount", &meta("acme"), &[], &[ready]);
+    for kind in ["CyclrPartner", "CyclrAccount", "CyclrConnectorInstall", "CyclrCycle"] {
+        metrics.status_computed(kind, &meta("acme"), &[], std::slice::from_ref(&ready));
+    }
     metrics.account_snapshot("default", 1, chrono::Utc::now());
     metrics.set_leader(true);
     metrics.set_watches(&[("CyclrAccount".into(), false)]);
@@ -120,6 +122,36 @@ fn assert_served(queries: &[String]) {
         .collect();
     let missing: Vec<&String> = wanted.iter().filter(|name| !samples.contains(name.as_str())).collect();
     assert!(missing.is_empty(), "queried but not served: {missing:?}\n{served}");
+    let kinds: Vec<&str> = all
+        .iter()
+        .flat_map(|q| q.split(r#"kind=""#).skip(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    for kind in kinds {
+        assert!(
+            served.contains(&format!(r#"kind="{kind}""#)),
+            "a query selects kind {kind:?}, which no series carries\n{served}"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_shows_cycles_by_state() {
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
+    let panel = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .find(|p| p["title"] == "Cycles by state")
+        .expect("a panel of cycles");
+    let mut exprs = Vec::new();
+    queries(panel, &mut exprs);
+    assert!(
+        exprs
+            .iter()
+            .any(|q| q.contains(r#"kind="CyclrCycle""#) && q.contains("by (condition)")),
+        "{exprs:?}"
+    );
 }
 
 #[test]
