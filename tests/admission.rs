@@ -686,8 +686,8 @@ async fn good_manifests_and_the_examples_are_accepted() {
         }
     }
     assert_eq!(
-        examples, 8,
-        "examples/ holds two partners (Partner API and v1.0), four accounts and two installs"
+        examples, 9,
+        "examples/ holds two partners (Partner API and v1.0), four accounts and three installs"
     );
     assert!(failures.is_empty(), "refused:\n{}", failures.join("\n"));
 }
