@@ -47,6 +47,7 @@ pub mod pending;
 pub mod readiness;
 mod reconcile;
 mod resync;
+mod watched;
 
 use std::time::Duration;
 
@@ -61,6 +62,7 @@ pub use packed::{Packed, pack_event};
 pub use pending::{Attempt, Intent, Pending, PendingWrite};
 pub use reconcile::{Error, reconcile};
 pub use resync::Resyncs;
+pub use watched::Watched;
 
 /// The annotations the driver reads and writes on every kind.
 pub mod annotations {
