@@ -78,13 +78,12 @@ clippy:
 
 lint: fmt-check clippy
 
-## the image and release tests inspect debug-profile builds: the same layout, built in minutes, not 18
-## (tests/quickstart.rs runs docs/install.md's quick start with the kubectl on PATH, or one built into bin/)
-test: testbin lint release-deps
-	command -v kubectl >/dev/null || bash hack/testbin.sh kubectl
-	IMAGE_PROFILE=dev bash hack/image.sh
-	RELEASE_PROFILE=dev bash hack/release.sh
-	$(CARGO) test --workspace --no-fail-fast
+## lint, the image, a dev-profile release and every test (hack/test.sh: bin/ builds while Rust
+## builds, test binaries run TEST_JOBS at a time, default the number of cores; output and
+## durations in target/test-logs/; tests/quickstart.rs uses the kubectl on PATH, or one built
+## into bin/)
+test: deps release-deps
+	bash hack/test.sh
 
 clean: cluster-down
 	$(CARGO) clean

@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
-use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -17,7 +16,9 @@ use kube::{Api, Client, Resource};
 
 use crate::pending::Attempts;
 use crate::readiness::Readiness;
-use crate::{Backoffs, MESSAGE_MAX, OwnWrites, Packed, ReasonCode, Reconciler, Resyncs, capped, jittered, stable_hash};
+use crate::{
+    Backoffs, MESSAGE_MAX, OwnWrites, Packed, ReasonCode, Reconciler, Resyncs, Watched, capped, jittered, stable_hash,
+};
 
 /// The series the driver keeps up to date; the operator's metrics registry implements it.
 pub trait Metrics: Send + Sync {
@@ -247,8 +248,8 @@ pub fn error_policy<K: Reconciler>(_obj: Arc<Packed<K>>, error: &crate::Error, _
 /// `.run(driver::reconcile, driver::error_policy, kind)`.
 pub fn controller_for<K: Reconciler>(
     kind: &Arc<Kind<K>>,
-    api: Api<DeserializeGuard<K>>,
-    on_event: impl Fn(&watcher::Event<DeserializeGuard<K>>) + Send + 'static,
+    api: Api<Watched<K>>,
+    on_event: impl Fn(&watcher::Event<Watched<K>>) + Send + 'static,
 ) -> Controller<Packed<K>> {
     let (reader, writer) = reflector::store();
     let forget = kind.clone();
@@ -267,12 +268,11 @@ pub fn controller_for<K: Reconciler>(
         .backoff(crate::watch_backoff())
         .map_ok(move |event| {
             match &event {
-                watcher::Event::Delete(DeserializeGuard(Ok(obj))) => {
+                watcher::Event::Delete(Watched(Ok(obj))) => {
                     pauses.forget(obj.meta());
                     forget_object(&forget, obj.meta());
                 }
-                watcher::Event::Apply(DeserializeGuard(Ok(obj)))
-                | watcher::Event::InitApply(DeserializeGuard(Ok(obj))) => {
+                watcher::Event::Apply(Watched(Ok(obj))) | watcher::Event::InitApply(Watched(Ok(obj))) => {
                     if let Some(by) = pauses.lifted(obj.meta()) {
                         report_pause_removed(&forget, obj, by);
                     }

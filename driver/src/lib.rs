@@ -49,6 +49,7 @@ pub mod pending;
 pub mod readiness;
 mod reconcile;
 mod resync;
+mod watched;
 
 use std::time::Duration;
 
@@ -63,6 +64,7 @@ pub use packed::{Packed, pack_event};
 pub use pending::{Attempt, Intent, Pending, PendingWrite};
 pub use reconcile::{Error, reconcile};
 pub use resync::Resyncs;
+pub use watched::Watched;
 
 /// The annotations the driver reads and writes on every kind.
 pub mod annotations {

@@ -9,12 +9,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use kube::Resource;
 use kube::api::ObjectMeta;
-use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::watcher;
 use serde::{Deserialize, Deserializer};
 
-use crate::{Reconciler, annotations, is_paused, stable_hash};
+use crate::{Reconciler, Watched, annotations, is_paused, stable_hash};
 
 /// A watched object as the cache holds it: its name, namespace, uid, resourceVersion,
 /// generation and deletionTimestamp (what kube's controller, the wake filter and
@@ -45,7 +44,7 @@ pub struct Packed<K> {
 
 impl<K: Reconciler> Packed<K> {
     /// Packs an object from the watch (or why it could not be read).
-    pub fn pack(guard: DeserializeGuard<K>) -> Self {
+    pub fn pack(guard: Watched<K>) -> Self {
         let seen_at = Utc::now();
         match guard.0 {
             Ok(mut obj) => {
@@ -141,7 +140,7 @@ fn lean(meta: &ObjectMeta) -> ObjectMeta {
 }
 
 /// A watch event with its object packed.
-pub fn pack_event<K: Reconciler>(event: watcher::Event<DeserializeGuard<K>>) -> watcher::Event<Packed<K>> {
+pub fn pack_event<K: Reconciler>(event: watcher::Event<Watched<K>>) -> watcher::Event<Packed<K>> {
     match event {
         watcher::Event::Apply(obj) => watcher::Event::Apply(Packed::pack(obj)),
         watcher::Event::InitApply(obj) => watcher::Event::InitApply(Packed::pack(obj)),
@@ -183,7 +182,7 @@ impl<K: Reconciler> Resource for Packed<K> {
 /// kube's controller asks for it; the operator's watch packs after deserializing instead.
 impl<'de, K: Reconciler> Deserialize<'de> for Packed<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        DeserializeGuard::<K>::deserialize(deserializer).map(Packed::pack)
+        Watched::<K>::deserialize(deserializer).map(Packed::pack)
     }
 }
 

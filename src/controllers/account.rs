@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use driver::{Applied, Cleanup, Driver, Facts, Intent, Kind, Note, Packed, Plan, Reconciler, jittered, stable_hash};
+use driver::{
+    Applied, Cleanup, Driver, Facts, Intent, Kind, Note, Packed, Plan, Reconciler, Watched, jittered, stable_hash,
+};
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -66,13 +67,11 @@ pub fn controller(
     impl Stream<Item = driver::ReconcileResult<CyclrAccount>>,
     Store<Packed<CyclrAccount>>,
 ) {
-    let api = namespaced_api::<DeserializeGuard<CyclrAccount>>(driver.client.clone(), &state.services.config);
+    let api = namespaced_api::<Watched<CyclrAccount>>(driver.client.clone(), &state.services.config);
     let claims = state.services.clone();
     let kind = Kind::<CyclrAccount>::new(driver, state);
     let controller = driver::controller_for(&kind, api, move |event| {
-        if let watcher::Event::Apply(DeserializeGuard(Ok(a))) | watcher::Event::InitApply(DeserializeGuard(Ok(a))) =
-            event
-        {
+        if let watcher::Event::Apply(Watched(Ok(a))) | watcher::Event::InitApply(Watched(Ok(a))) = event {
             if feeds_claims {
                 claims.claim_annotated(&a.metadata);
             }

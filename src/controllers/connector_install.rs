@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use driver::{Applied, Cleanup, Driver, Facts, Intent, Kind, Packed, Plan, Reconciler, State};
+use driver::{Applied, Cleanup, Driver, Facts, Intent, Kind, Packed, Plan, Reconciler, State, Watched};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{ResourceExt, api::Api};
@@ -72,12 +71,12 @@ pub fn controller(
     account_changes: UnboundedReceiver<ObjectRef<CyclrAccount>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = driver::ReconcileResult<CyclrConnectorInstall>> {
-    let api = namespaced_api::<DeserializeGuard<CyclrConnectorInstall>>(driver.client.clone(), &state.services.config);
+    let api = namespaced_api::<Watched<CyclrConnectorInstall>>(driver.client.clone(), &state.services.config);
     // The installed-name index is fed by the installs' own watch.
     let index = state.services.clone();
     let kind = Kind::<CyclrConnectorInstall>::new(driver, state);
     let controller = driver::controller_for(&kind, api, move |event| match event {
-        watcher::Event::Apply(DeserializeGuard(Ok(i))) | watcher::Event::InitApply(DeserializeGuard(Ok(i))) => {
+        watcher::Event::Apply(Watched(Ok(i))) | watcher::Event::InitApply(Watched(Ok(i))) => {
             index.install_claims.set(Holder::of(&i.metadata), vec![install_key(i)]);
         }
         _ => {}

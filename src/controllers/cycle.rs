@@ -7,14 +7,13 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use driver::{Applied, Cleanup, Driver, Facts, Intent, Kind, Packed, Plan, Reconciler, jittered};
+use driver::{Applied, Cleanup, Driver, Facts, Intent, Kind, Packed, Plan, Reconciler, Watched, jittered};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta};
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
@@ -182,7 +181,7 @@ pub fn controller(
     partner_wakes: UnboundedReceiver<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = driver::ReconcileResult<CyclrCycle>> {
-    let api = namespaced_api::<DeserializeGuard<CyclrCycle>>(driver.client.clone(), &state.services.config);
+    let api = namespaced_api::<Watched<CyclrCycle>>(driver.client.clone(), &state.services.config);
     let kind = Kind::<CyclrCycle>::new(driver, state);
     let _ = kind.state.kind.set(Arc::downgrade(&kind));
     let controller = driver::controller_for(&kind, api, |_| {});

@@ -6,12 +6,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use driver::{Applied, Driver, Facts, Kind, Packed, Plan, Reconciler, jittered};
+use driver::{Applied, Driver, Facts, Kind, Packed, Plan, Reconciler, Watched, jittered};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
-use kube::core::{DeserializeGuard, Selector};
+use kube::core::Selector;
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use secrecy::SecretString;
@@ -33,7 +33,7 @@ pub fn controller(
     checks: UnboundedReceiver<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (impl Stream<Item = driver::ReconcileResult<CyclrPartner>>, Partners) {
-    let api: Api<DeserializeGuard<CyclrPartner>> = Api::all(driver.client.clone());
+    let api: Api<Watched<CyclrPartner>> = Api::all(driver.client.clone());
     let operator_namespace = services.config.namespace.clone();
     let kind = Kind::<CyclrPartner>::new(driver, services);
     let controller = driver::controller_for(&kind, api, |_| {});
