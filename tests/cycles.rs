@@ -182,6 +182,27 @@ async fn row1_a_template_is_installed_once_and_activated_with_its_schedule() {
     .await;
     assert_eq!(h.cyclr_requests(INSTALL), 2);
     assert_eq!(h.sim.cycles(&account).len(), 2);
+
+    // A new schedule (Cyclr shows none): deactivated and activated again with it.
+    let (deactivations, activations) = (h.cyclr_requests(DEACTIVATE), h.cyclr_requests(ACTIVATE));
+    apply_cycle(
+        &h,
+        "by-name",
+        json!({"templateRef": {"name": "Tickets sync"}, "schedule": {"interval": 60, "startTime": "2026-01-01T00:00:00Z"},
+               "variables": [{"name": "region", "value": "us"}]}),
+    )
+    .await;
+    let rescheduled = ready(&h, "by-name").await;
+    assert_eq!(rescheduled.metadata.generation, Some(2));
+    let sent = rescheduled
+        .status
+        .and_then(|s| s.activated_schedule)
+        .and_then(|s| s.interval);
+    assert_eq!(sent, Some(60));
+    assert_eq!(h.cyclr_requests(DEACTIVATE), deactivations + 1);
+    assert_eq!(h.cyclr_requests(ACTIVATE), activations + 1);
+    let updated = h.wait_event("by-name", "Updated").await.note.unwrap_or_default();
+    assert!(updated.contains("every 60 minutes"), "{updated}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

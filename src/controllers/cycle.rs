@@ -634,6 +634,7 @@ async fn apply(
         } else {
             state.sent(cycle, CycleState::Active);
             asked = Some(CycleState::Active);
+            status.activated_schedule = Some(cycle.spec.schedule.clone().unwrap_or_default());
             done.push(match schedule.interval {
                 Some(interval) => format!("activated it (every {interval} minutes)"),
                 None => "activated it".to_string(),
@@ -805,7 +806,12 @@ pub fn decide(cycle: &CyclrCycle, obs: &Observed, facts: &Facts) -> Plan<CyclrCy
         let values = values.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         return write(active, Some((values, digest.clone())), active && wants_active);
     }
+    // Cyclr does not show a cycle's schedule: one changed since the last activation is sent
+    // by deactivating and activating again.
+    let rescheduled =
+        !run_once(cycle) && status.activated_schedule != Some(cycle.spec.schedule.clone().unwrap_or_default());
     match (wants_active, active) {
+        (true, true) if rescheduled && !awaited(CycleState::Active) => return write(true, None, true),
         (false, true) if awaited(CycleState::Paused) => return Plan::Wait(jittered(CONFIRM_RECHECK)),
         (false, true) => return write(true, None, false),
         (true, false) if awaited(CycleState::Active) && !ran_once(cycle, &status) => {
@@ -1116,6 +1122,7 @@ mod tests {
             ..Default::default()
         };
         status.variables_digest = Some(digest(&[]));
+        status.activated_schedule = Some(c.spec.schedule.clone().unwrap_or_default());
         c.status = Some(status);
         c
     }
@@ -1447,6 +1454,28 @@ mod tests {
         let new = cycle(serde_json::json!({"managementPolicy": "ObserveOnly"}));
         let stalled = health(&decide(&new, &obs));
         assert_eq!((stalled.state, stalled.reason), (State::Stalled, Reason::InvalidSpec));
+    }
+
+    #[test]
+    fn a_new_schedule_on_an_active_cycle_is_sent_by_deactivating_and_activating_again() {
+        let mut c = installed(cycle(serde_json::json!({"schedule": {"interval": 15}})), "Active", 1);
+        let obs = observed(vec![listed("Active", true)], &[]);
+        assert_eq!(health(&decide(&c, &obs)).state, State::Ready);
+        c.spec.schedule.as_mut().unwrap().interval = Some(60);
+        c.metadata.generation = Some(2);
+        match decide(&c, &obs) {
+            Plan::Write {
+                write:
+                    Write::Apply {
+                        deactivate: true,
+                        variables: None,
+                        activate: Some(schedule),
+                        drift: false,
+                    },
+                ..
+            } => assert_eq!(schedule.interval, Some(60)),
+            _ => panic!("expected deactivate and activate with the new schedule"),
+        }
     }
 
     #[test]

@@ -174,6 +174,11 @@ pub struct CyclrCycleStatus {
     /// When the cycle was installed (or found after a lost answer), RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_at: Option<Time>,
+    /// The schedule sent with the last activation Cyclr answered (Cyclr does not show a
+    /// cycle's schedule): an Active cycle whose `spec.schedule` differs is deactivated and
+    /// activated again with the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_schedule: Option<CycleSchedule>,
     /// The `metadata.generation` whose run-once activation was sent: a cycle that ran once
     /// is not activated again until the spec changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
