@@ -138,13 +138,11 @@ async fn row1_a_template_is_installed_once_and_activated_with_its_schedule() {
         .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
     h.sim
         .add_template(template("digest", "Daily digest", &[("Clock", "None")]));
-    apply_cycle(
-        &h,
-        "by-name",
-        json!({"templateRef": {"name": "Tickets sync"}, "schedule": {"interval": 15, "startTime": "2026-01-01T00:00:00Z"},
-               "variables": [{"name": "region", "value": "us"}]}),
-    )
-    .await;
+    let by_name_every = |minutes: u32| {
+        json!({"templateRef": {"name": "Tickets sync"}, "schedule": {"interval": minutes, "startTime": "2026-01-01T00:00:00Z"},
+               "variables": [{"name": "region", "value": "us"}]})
+    };
+    apply_cycle(&h, "by-name", by_name_every(15)).await;
     apply_cycle(&h, "by-id", json!({"templateRef": {"id": "digest"}, "state": "Active"})).await;
 
     let by_name = ready(&h, "by-name").await;
@@ -185,13 +183,7 @@ async fn row1_a_template_is_installed_once_and_activated_with_its_schedule() {
 
     // A new schedule (Cyclr shows none): deactivated and activated again with it.
     let (deactivations, activations) = (h.cyclr_requests(DEACTIVATE), h.cyclr_requests(ACTIVATE));
-    apply_cycle(
-        &h,
-        "by-name",
-        json!({"templateRef": {"name": "Tickets sync"}, "schedule": {"interval": 60, "startTime": "2026-01-01T00:00:00Z"},
-               "variables": [{"name": "region", "value": "us"}]}),
-    )
-    .await;
+    apply_cycle(&h, "by-name", by_name_every(60)).await;
     let rescheduled = ready(&h, "by-name").await;
     assert_eq!(rescheduled.metadata.generation, Some(2));
     let sent = rescheduled
