@@ -221,8 +221,9 @@ pub(crate) struct CycleRecord {
     #[serde(default)]
     pub prerequisites: Vec<Prerequisite>,
     /// The `Status` shown instead of `status` while the fault `hold_cycle_changes` holds a
-    /// change back.
-    #[serde(default)]
+    /// change back. Not kept in the state file: faults do not survive a restart, so neither
+    /// does what they hold back.
+    #[serde(skip)]
     pub shown: Option<String>,
 }
 
