@@ -110,6 +110,10 @@ reasons! {
     /// An account connector the cycle uses is not authenticated: it cannot be activated
     /// until a person (or a CyclrConnectorInstall) authenticates it.
     ConnectorNotAuthenticated,
+    /// A CyclrConnectorInstall of the cycle's account, of a connector its template uses, is
+    /// under way: the template is installed after it, so the cycle uses its authenticated
+    /// account connector.
+    ConnectorInstallPending,
     /// Cyclr names other prerequisites of activation (missing mappings, reason codes 10–70).
     PrerequisitesNotMet,
     /// This resource's cycle is gone from Cyclr; never installed again.

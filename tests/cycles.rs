@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use cyclr::types::{CycleStatus, Prerequisite};
-use cyclr_operator::resources::{CYCLE_FINALIZER, CyclrAccount, CyclrCycle, READY, annotations};
+use cyclr_operator::resources::{CYCLE_FINALIZER, CyclrAccount, CyclrConnectorInstall, CyclrCycle, READY, annotations};
 use cyclr_sim::{Faults, TemplateConnectorSeed, TemplateSeed, VariableSeed};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
@@ -30,6 +30,7 @@ impl HasConditions for CyclrCycle {
 const INSTALL: &str = "POST /v1.0/templates/{id}/install";
 const ACTIVATE: &str = "PUT /v1.0/cycles/{id}/activate";
 const DEACTIVATE: &str = "PUT /v1.0/cycles/{id}/deactivate";
+const INSTALL_CONNECTOR: &str = "POST /v1.0/connectors/{connector}/install";
 
 /// A template `id` named `name` needing `connectors` (name, auth type), with a variable
 /// `region` (`eu`).
@@ -235,6 +236,52 @@ async fn row2_an_unauthenticated_connector_is_named_and_never_activated_until_au
     let active = ready(&h, "sync").await;
     assert_eq!(active.status.and_then(|s| s.cyclr_status).as_deref(), Some("Active"));
     assert_eq!(h.cyclr_requests(ACTIVATE), 1);
+}
+
+/// Row 2, as GitOps applies a directory: a cycle applied together with the
+/// CyclrConnectorInstall of its template's connector waits for that install (here slowed by a
+/// Cyclr outage of the install endpoint) and then uses its authenticated account connector,
+/// Active with no person and one account connector. Installed first, the template would make
+/// an unauthenticated connector of its own and wait for a person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row2_a_cycle_applied_with_its_connectors_install_waits_for_it_and_uses_it() {
+    let (h, account) = with_account("cyc-order").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Tickets", "ApiKey")]));
+    h.sim.set_faults(Faults {
+        outage: Duration::from_secs(8),
+        outage_endpoints: vec![INSTALL_CONNECTOR.into()],
+        ..Default::default()
+    });
+    h.put_secret("tickets-key", &[("apiKey", "tickets-api-key-value")])
+        .await;
+    h.apply::<CyclrConnectorInstall>(json!({"metadata": {"name": "tickets"}, "spec": {
+        "accountRef": {"name": "acme"}, "connectorName": "Tickets", "connectorVersion": "v1",
+        "auth": {"apiKeySecretRef": {"name": "tickets-key"}}}}))
+        .await;
+    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}})).await;
+    let waiting = h
+        .wait_condition::<CyclrCycle>("sync", READY, "False", Some("ConnectorInstallPending"))
+        .await;
+    assert!(
+        ready_message(&waiting).contains("tickets (Tickets)"),
+        "{}",
+        ready_message(&waiting)
+    );
+    assert_eq!(
+        h.cyclr_requests(INSTALL),
+        0,
+        "no template install before its connector's"
+    );
+    let active = ready(&h, "sync").await;
+    assert_eq!(active.status.and_then(|s| s.cyclr_status).as_deref(), Some("Active"));
+    assert_eq!(h.cyclr_requests(INSTALL), 1);
+    let connectors = h.sim.account_connectors(&account);
+    assert_eq!(
+        connectors.len(),
+        1,
+        "the template used the installed account connector: {connectors:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

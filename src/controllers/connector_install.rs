@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use driver::{Applied, Cleanup, Driver, Facts, Intent, Kind, Packed, Plan, Reconciler, State, Watched};
-use futures::channel::mpsc::UnboundedReceiver;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -63,14 +63,19 @@ impl InstallState {
     }
 }
 
-/// The install controller.
+/// The install controller, and its watch's store. An installed connector's account goes to
+/// `installed` (the cycles of that account that wait for it look again).
 pub fn controller(
     driver: Arc<Driver>,
     state: InstallState,
     secret_changes: UnboundedReceiver<Secret>,
     account_changes: UnboundedReceiver<ObjectRef<CyclrAccount>>,
+    installed: UnboundedSender<ObjectRef<CyclrAccount>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Stream<Item = driver::ReconcileResult<CyclrConnectorInstall>> {
+) -> (
+    impl Stream<Item = driver::ReconcileResult<CyclrConnectorInstall>>,
+    Store<Packed<CyclrConnectorInstall>>,
+) {
     let api = namespaced_api::<Watched<CyclrConnectorInstall>>(driver.client.clone(), &state.services.config);
     // The installed-name index is fed by the installs' own watch.
     let index = state.services.clone();
@@ -78,14 +83,19 @@ pub fn controller(
     let controller = driver::controller_for(&kind, api, move |event| match event {
         watcher::Event::Apply(Watched(Ok(i))) | watcher::Event::InitApply(Watched(Ok(i))) => {
             index.install_claims.set(Holder::of(&i.metadata), vec![install_key(i)]);
+            if i.status.as_ref().is_some_and(|s| s.installed_at.is_some()) {
+                let account = ObjectRef::new(&i.spec.account_ref.name).within(&i.namespace().unwrap_or_default());
+                let _ = installed.unbounded_send(account);
+            }
         }
         _ => {}
     });
+    let store = controller.store();
     let by_account = controller.store();
     let users = users_of_secret(controller.store(), |i: &CyclrConnectorInstall, s: &Secret| {
         i.namespace() == s.namespace() && i.secret_names().contains(&s.name_any().as_str())
     });
-    controller
+    let controller = controller
         // An account getting its id (or becoming ready) wakes the installs waiting on it
         // (from the account controller's watch: one watch per kind).
         .reconcile_on(account_changes.flat_map(move |account| {
@@ -100,7 +110,8 @@ pub fn controller(
         // A credentials Secret appearing wakes the installs that wait for it.
         .watches_stream(secret_changes.map(Ok), users)
         .graceful_shutdown_on(shutdown)
-        .run(driver::reconcile, driver::error_policy, kind)
+        .run(driver::reconcile, driver::error_policy, kind);
+    (controller, store)
 }
 
 /// The claim key of an install: one installed name per account.

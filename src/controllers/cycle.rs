@@ -22,8 +22,8 @@ use super::partners::PartnerRuntime;
 use super::{Services, namespaced_api, users_of_secret};
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
-    CYCLE_FINALIZER, CycleConnectorStatus, CycleState, CyclrAccount, CyclrApi, CyclrCycle, CyclrCycleStatus,
-    DeletionPolicy, ManagementPolicy, READY, annotations, condition,
+    CYCLE_FINALIZER, CycleConnectorStatus, CycleState, CyclrAccount, CyclrApi, CyclrConnectorInstall, CyclrCycle,
+    CyclrCycleStatus, DeletionPolicy, ManagementPolicy, READY, annotations, condition,
 };
 use cyclr::CyclrError;
 use cyclr::types::{ActivateCycle, Cycle, CycleStatus, CyclrDate, Deleted, Prerequisite, Template};
@@ -44,6 +44,8 @@ pub struct CycleKindState {
     partners: super::partner::Partners,
     /// The watched accounts: a cycle reads its account from here (no GET).
     accounts: Store<Packed<CyclrAccount>>,
+    /// The watched connector installs: a template is installed after those of its account.
+    installs: Store<Packed<CyclrConnectorInstall>>,
     /// Each account's cycle list, shared by its cycles.
     lists: CycleLists,
     /// The state changes Cyclr answered and does not show yet, by the resource's uid.
@@ -54,16 +56,18 @@ pub struct CycleKindState {
 }
 
 impl CycleKindState {
-    /// The state of the cycle kind, reading partners and accounts from their watches.
+    /// The state of the cycle kind, reading partners, accounts and installs from their watches.
     pub fn new(
         services: Arc<Services>,
         partners: super::partner::Partners,
         accounts: Store<Packed<CyclrAccount>>,
+        installs: Store<Packed<CyclrConnectorInstall>>,
     ) -> Self {
         CycleKindState {
             services,
             partners,
             accounts,
+            installs,
             lists: CycleLists::default(),
             sent: Mutex::default(),
             kind: OnceLock::new(),
@@ -177,7 +181,7 @@ pub fn controller(
     driver: Arc<Driver>,
     state: CycleKindState,
     secret_changes: UnboundedReceiver<Secret>,
-    account_changes: UnboundedReceiver<ObjectRef<CyclrAccount>>,
+    account_changes: impl Stream<Item = ObjectRef<CyclrAccount>> + Send + 'static,
     partner_wakes: UnboundedReceiver<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = driver::ReconcileResult<CyclrCycle>> {
@@ -265,6 +269,9 @@ pub struct Observed {
     pub variables: VariablesView,
     /// The template, before the install.
     pub template: TemplateView,
+    /// The account's CyclrConnectorInstalls of a connector the template uses that are under
+    /// way (not installed, not stalled), as `name (connector)`, before the install.
+    pub installs_under_way: Vec<String>,
     /// The account's cycles (a shared list), when the account is ready.
     pub cycles: Option<Arc<Vec<Cycle>>>,
     /// What stops the cycle from being activated, when asked (before an activation).
@@ -321,6 +328,7 @@ impl Reconciler for CyclrCycle {
             account,
             variables,
             template: TemplateView::NotLooked,
+            installs_under_way: Vec::new(),
             cycles: None,
             prerequisites: None,
             sent: None,
@@ -342,7 +350,12 @@ impl Reconciler for CyclrCycle {
         }
         match self.cycle_id() {
             None if self.observes_only() => {}
-            None => observed.template = observe_template(self, runtime).await?,
+            None => {
+                observed.template = observe_template(self, runtime).await?;
+                if let TemplateView::Found(template) = &observed.template {
+                    observed.installs_under_way = installs_under_way(self, state, template);
+                }
+            }
             Some(id) if prerequisites.is_some() => {
                 observed.prerequisites = Some(
                     runtime
@@ -922,6 +935,36 @@ fn unmet(cycle: &Cycle, prerequisites: &[Prerequisite]) -> Option<Health> {
     ))
 }
 
+/// The CyclrConnectorInstalls of the cycle's account, of a connector `template` uses (by
+/// name, and version when the template names one), that are under way: not installed yet and
+/// not stalled. Installed after them, the template reuses their authenticated account
+/// connectors; installed first, it would make unauthenticated ones of its own, and the cycle
+/// would wait for a person (`ConnectorNotAuthenticated`).
+fn installs_under_way(cycle: &CyclrCycle, state: &CycleKindState, template: &Template) -> Vec<String> {
+    let namespace = cycle.namespace();
+    let account = &cycle.spec.account_ref.name;
+    state
+        .installs
+        .state()
+        .iter()
+        .filter(|packed| packed.depends_on(namespace.as_deref(), account))
+        .filter_map(|packed| packed.unpack().ok())
+        .filter(|install| {
+            let status = install.status.as_ref();
+            status.is_none_or(|s| s.installed_at.is_none())
+                && status.is_none_or(|s| driver::conditions::stalled_reason(&s.conditions).is_none())
+                && install.metadata.deletion_timestamp.is_none()
+        })
+        .filter(|install| {
+            template.connectors.iter().any(|c| {
+                c.name == install.spec.connector_name
+                    && c.version.as_ref().is_none_or(|v| *v == install.spec.connector_version)
+            })
+        })
+        .map(|install| format!("{} ({})", install.name_any(), install.spec.connector_name))
+        .collect()
+}
+
 /// No cycle id yet: look for what an open install made, else install.
 fn decide_install(
     cycle: &CyclrCycle,
@@ -986,6 +1029,16 @@ fn decide_install(
                 }
             }
         }
+    }
+    if !obs.installs_under_way.is_empty() {
+        return report(Health::reconciling(
+            Reason::ConnectorInstallPending,
+            format!(
+                "installing template {} once these CyclrConnectorInstalls of the account are installed, so its cycle uses their authenticated account connectors: {}",
+                template.id,
+                obs.installs_under_way.join(", ")
+            ),
+        ));
     }
     Plan::Write {
         write: Write::Install(template.id.clone()),
@@ -1175,6 +1228,7 @@ mod tests {
                 connectors: vec![],
                 tags: vec![],
             }),
+            installs_under_way: vec![],
             cycles: Some(Arc::new(cycles)),
             prerequisites: None,
             sent: None,
@@ -1211,6 +1265,16 @@ mod tests {
             object_type: Some("AccountConnector".into()),
             object_id: Some(id.into()),
         }
+    }
+
+    #[test]
+    fn a_template_waits_for_the_accounts_installs_of_its_connectors() {
+        let mut obs = observed(vec![], &[]);
+        obs.installs_under_way = vec!["tickets (Tickets)".into()];
+        let waiting = health(&decide(&cycle(serde_json::json!({})), &obs));
+        assert_eq!(waiting.state, driver::State::Reconciling);
+        assert_eq!(waiting.reason, Reason::ConnectorInstallPending);
+        assert!(waiting.message.contains("tickets (Tickets)"), "{}", waiting.message);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use driver::readiness::Readiness;
 use driver::{Cleanup, Driver, DriverConfig, Packed, Reconciler};
-use futures::StreamExt;
 use futures::channel::mpsc;
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::PartialObjectMeta;
@@ -412,18 +412,21 @@ pub async fn run(
         whole_cluster,
         shutdown.clone(),
     );
-    let installs = connector_install::controller(
+    // Installs that are done wake their account's cycles, as the account's changes do.
+    let (installed, installed_cycles) = mpsc::unbounded();
+    let (installs, install_store) = connector_install::controller(
         driver.clone(),
         connector_install::InstallState::new(services.clone(), partner_objects.clone(), account_store.clone()),
         secret_changes_installs,
         account_changes_installs,
+        installed,
         shutdown.clone(),
     );
     let cycles = cycle::controller(
         driver,
-        cycle::CycleKindState::new(services, partner_objects, account_store),
+        cycle::CycleKindState::new(services, partner_objects, account_store, install_store),
         secret_changes_cycles,
-        account_changes_cycles,
+        stream::select(account_changes_cycles, installed_cycles),
         partner_wakes_cycles,
         shutdown,
     );
