@@ -73,6 +73,9 @@ impl Dialect {
     }
 }
 
+/// Get Account Usage as the simulator's statistics name it (both dialects read usage there).
+pub const ACCOUNT_USAGE: &str = "GET /api/partner/accounts/{id}/billing";
+
 /// `cyclr.com/v1alpha1` CyclrAccount, for dynamic objects (the bench does not link the operator).
 pub fn account_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrAccount"))

@@ -308,14 +308,18 @@ async fn run_operator(
     let reconciles = delta(&reconciles_before, &op.reconciles().await?);
 
     // The first resync after the rollout does the accounts' first usage reads (an account's
-    // usage is read once a List Accounts has shown it); the second has nothing to change.
+    // usage is read once a List Accounts has shown it, at the account's own resync, not
+    // during onboarding): it lasts until every account not read in the rollout is. The second
+    // has nothing to change.
     let usage_timeout = rollout_timeout(args.n, limit);
     let list = dialect.list_accounts();
-    let first_resync = measure_resync(&op, &sim, list, args.resync_seconds, usage_timeout, &after).await?;
+    let unread = (args.n as u64).saturating_sub(sim.stats().requests_to(cluster::ACCOUNT_USAGE));
+    let first_resync = measure_resync(&op, &sim, list, unread, args.resync_seconds, usage_timeout, &after).await?;
     let resync = measure_resync(
         &op,
         &sim,
         list,
+        0,
         args.resync_seconds,
         usage_timeout,
         &first_resync.writes_after,
@@ -348,10 +352,13 @@ struct Resync {
     writes_after: BTreeMap<String, u64>,
 }
 
+/// One resync: from a List Accounts and `usage_reads` Get Account Usage (waited for up to
+/// the resync interval and `timeout`) until the operator and the simulator are quiet.
 async fn measure_resync(
     op: &Operator,
     sim: &SimHandle,
     list: &str,
+    usage_reads: u64,
     resync_seconds: u64,
     timeout: Duration,
     before: &BTreeMap<String, u64>,
@@ -363,6 +370,14 @@ async fn measure_resync(
         || async { (sim.stats().requests_to(list) > 0).then_some(()) },
     )
     .await?;
+    // At most that long: a read that fell between the rollout's count and this resync's
+    // start is counted in neither, and the figures below say what came.
+    let _ = cluster::wait_for(
+        &format!("{usage_reads} usage reads"),
+        Duration::from_secs(resync_seconds) + timeout,
+        || async { (sim.stats().requests_to(cluster::ACCOUNT_USAGE) >= usage_reads).then_some(()) },
+    )
+    .await;
     let after = settle(op, sim, timeout).await?;
     Ok(Resync {
         calls: sim.stats().requests,
