@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cyclr::types::{CycleStatus, Prerequisite};
 use cyclr_operator::resources::{CYCLE_FINALIZER, CyclrAccount, CyclrCycle, READY, annotations};
-use cyclr_sim::{TemplateConnectorSeed, TemplateSeed, VariableSeed};
+use cyclr_sim::{Faults, TemplateConnectorSeed, TemplateSeed, VariableSeed};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, ValidationDirective};
@@ -157,6 +157,29 @@ async fn row1_a_template_is_installed_once_and_activated_with_its_schedule() {
     .await;
     assert_eq!(h.cyclr_requests(INSTALL), 2);
     assert_eq!(h.sim.cycles(&account).len(), 2);
+}
+
+/// Row 1's pending-write protocol: the install applied in Cyclr and its answer lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row1_an_install_whose_answer_was_lost_is_found_never_installed_twice() {
+    let (h, account) = with_account("cyc-lost").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
+    // The next write, the install, is applied and then answered 500.
+    h.sim.set_faults(Faults {
+        commit_then_fail: 1,
+        ..Faults::default()
+    });
+    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}})).await;
+    let active = ready(&h, "sync").await;
+    let in_cyclr = h.sim.cycles(&account);
+    assert_eq!(in_cyclr.len(), 1, "installed once: {in_cyclr:?}");
+    assert_eq!(h.cyclr_requests(INSTALL), 1, "the install was never sent again");
+    assert_eq!(h.sim.stats().lost_responses, 1, "the fault was used");
+    let status = active.status.expect("status");
+    assert_eq!(status.cycle_id.as_deref(), Some(in_cyclr[0].id.as_str()));
+    assert_eq!(sim_status(&h, &account, &in_cyclr[0].id), Some(CycleStatus::Active));
+    h.wait_event("sync", "Adopted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
