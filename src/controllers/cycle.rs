@@ -33,6 +33,10 @@ use cyclr::types::{ActivateCycle, Cycle, CycleStatus, CyclrDate, Deleted, Prereq
 /// together (a partner's resync, a rollout) make one list call.
 const SHARED_LIST: TimeDelta = TimeDelta::seconds(10);
 
+/// A Ready cycle's own resync, in `resyncInterval`s (less up to 10 %): later than its
+/// partner's wake (about one interval apart), so it fires only when that wake did not come.
+const OWN_RESYNC: f64 = 1.2;
+
 /// The cycle kind's own state.
 pub struct CycleKindState {
     services: Arc<Services>,
@@ -366,9 +370,11 @@ impl Reconciler for CyclrCycle {
         Ok(applied)
     }
 
+    /// A safety net behind the partner's resync, which wakes every cycle about once an
+    /// interval: firing after that wake, a cycle's own timer finds the list it took.
     fn resync(&self, _: &CycleKindState, observed: &Observed) -> Option<Duration> {
         match &observed.account {
-            AccountView::Ready { runtime, .. } => Some(jittered(runtime.resync_interval)),
+            AccountView::Ready { runtime, .. } => Some(jittered(runtime.resync_interval.mul_f64(OWN_RESYNC))),
             AccountView::Waiting(_) => None,
         }
     }
