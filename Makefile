@@ -56,16 +56,17 @@ release-dry-run: release
 ## N CyclrAccounts onboarded by the release operator and by the floor, at 10 and 1000 req/s,
 ## on a Partner API and a v1.0 partner (DIALECTS=Partner,V1)
 ## (N=1000 by default; N=300 make bench for a quicker run); PEER=1 adds Crossplane's
-## provider-http doing the same job (built into bin/ only then). See docs/performance.md.
+## provider-http doing the same job (built into bin/ only then); CYCLES=3 adds three
+## CyclrCycles per account on the V1 runs. See docs/performance.md.
 bench: testbin
 	case "$${PEER:-0}" in 0|n|no|f|false|off) ;; *) bash hack/testbin.sh provider-http ;; esac
 	$(CARGO) build --release -p cyclr-operator -p cyclr-bench --bin cyclr-operator --bin cyclr-bench
 	"$${CARGO_TARGET_DIR:-target}/release/cyclr-bench"
 
 ## the release operator killed, Cyclr failing, the leader killed, kube-apiserver restarted and
-## status wiped while 300 accounts and 100 installs roll out; nothing may be lost
-## (SEED, ACCOUNTS, INSTALLS, SCENARIOS=1,2,3,4,5, DIALECTS=Partner,V1, KILLS); on v1.0 one account
-## in ten is deleted too. See docs/reliability.md.
+## status wiped while 300 accounts and 100 installs (and on v1.0 100 cycles) roll out; nothing
+## may be lost (SEED, ACCOUNTS, INSTALLS, CYCLES, SCENARIOS=1,2,3,4,5, DIALECTS=Partner,V1, KILLS);
+## on v1.0 one account in ten is deleted too. See docs/reliability.md.
 chaos: testbin
 	$(CARGO) build --release -p cyclr-operator -p cyclr-bench --bin cyclr-operator --bin cyclr-chaos
 	"$${CARGO_TARGET_DIR:-target}/release/cyclr-chaos"

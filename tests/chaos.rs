@@ -24,6 +24,7 @@ async fn nothing_is_lost_when_the_operator_is_killed_cyclr_fails_and_the_api_ser
         seed: 7,
         accounts: 20,
         installs: 6,
+        cycles: 6,
         kills: 2,
         apiserver_restarts: 1,
         // Slow enough that the kills (1–5 s apart) land in the rollout.

@@ -198,6 +198,29 @@ async fn row1_a_template_is_installed_once_and_activated_with_its_schedule() {
     assert!(updated.contains("every 60 minutes"), "{updated}");
 }
 
+/// Row 1's pending-write protocol: the install applied in Cyclr and its answer lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row1_an_install_whose_answer_was_lost_is_found_never_installed_twice() {
+    let (h, account) = with_account("cyc-lost").await;
+    h.sim
+        .add_template(template("sync", "Tickets sync", &[("Clock", "None")]));
+    // The next write, the install, is applied and then answered 500.
+    h.sim.set_faults(Faults {
+        commit_then_fail: 1,
+        ..Faults::default()
+    });
+    apply_cycle(&h, "sync", json!({"templateRef": {"id": "sync"}})).await;
+    let active = ready(&h, "sync").await;
+    let in_cyclr = h.sim.cycles(&account);
+    assert_eq!(in_cyclr.len(), 1, "installed once: {in_cyclr:?}");
+    assert_eq!(h.cyclr_requests(INSTALL), 1, "the install was never sent again");
+    assert_eq!(h.sim.stats().lost_responses, 1, "the fault was used");
+    let status = active.status.expect("status");
+    assert_eq!(status.cycle_id.as_deref(), Some(in_cyclr[0].id.as_str()));
+    assert_eq!(sim_status(&h, &account, &in_cyclr[0].id), Some(CycleStatus::Active));
+    h.wait_event("sync", "Adopted").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row2_an_unauthenticated_connector_is_named_and_never_activated_until_authenticated() {
     let (h, account) = with_account("cyc-auth").await;

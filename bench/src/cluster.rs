@@ -91,6 +91,16 @@ pub fn installs(client: &Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &install_resource())
 }
 
+/// `cyclr.com/v1alpha1` CyclrCycle, for dynamic objects.
+pub fn cycle_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrCycle"))
+}
+
+/// The CyclrCycles of `namespace`.
+pub fn cycles(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &cycle_resource())
+}
+
 fn partner_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("cyclr.com", "v1alpha1", "CyclrPartner"))
 }
@@ -209,11 +219,15 @@ pub async fn wait_partner_ready(client: &Client, name: &str) -> anyhow::Result<(
     .await
 }
 
-/// Deletes a run's CyclrAccounts in `namespace` and its CyclrPartner (named after the
-/// namespace, if any), and waits until the accounts are gone: the next run's operator serves
-/// the whole cluster and must find nothing of this one. (No finalizers: the operator's
-/// deletion policy is Orphan.)
+/// Deletes a run's CyclrCycles and CyclrAccounts in `namespace` and its CyclrPartner (named
+/// after the namespace, if any), and waits until the accounts are gone: the next run's
+/// operator serves the whole cluster and must find nothing of this one. (No finalizers: the
+/// operator's deletion policy is Orphan.)
 pub async fn delete_run(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    cycles(client, namespace)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .with_context(|| format!("deleting the CyclrCycles in {namespace}"))?;
     let api = accounts(client, namespace);
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
@@ -286,8 +300,69 @@ pub async fn create_accounts(
 }
 
 /// The name of the `i`th account of a run, the same in every run.
-fn account_name(i: usize) -> String {
+pub fn account_name(i: usize) -> String {
     format!("acct-{i:05}")
+}
+
+/// The name of cycle `j` of account `i`; also its Cyclr cycle's name.
+pub fn cycle_name(i: usize, j: usize) -> String {
+    format!("cyc-{i:05}-{j}")
+}
+
+/// The id of template `j` of [`seed_templates`].
+pub fn template_id(j: usize) -> String {
+    format!("bench-template-{j}")
+}
+
+/// Adds `count` templates to the simulator, ids from [`template_id`]: no connectors and no
+/// variables, so nothing stands between an install and its activation but the operator.
+pub fn seed_templates(sim: &cyclr_sim::SimHandle, count: usize) {
+    for j in 0..count {
+        sim.add_template(cyclr_sim::TemplateSeed {
+            id: Some(template_id(j)),
+            name: format!("Bench template {j}"),
+            description: None,
+            connectors: Vec::new(),
+            variables: Vec::new(),
+            prerequisites: Vec::new(),
+        });
+    }
+}
+
+/// A CyclrCycle `name` of account `account` installing template `j` ([`template_id`]),
+/// `state: Active`, every 15 minutes, labelled for `namespace`'s run.
+pub fn cycle_object(namespace: &str, name: &str, account: &str, j: usize) -> serde_json::Value {
+    json!({
+        "apiVersion": "cyclr.com/v1alpha1",
+        "kind": "CyclrCycle",
+        "metadata": {"name": name, "labels": {LABEL: namespace}},
+        "spec": {
+            "accountRef": {"name": account},
+            "templateRef": {"id": template_id(j)},
+            "state": "Active",
+            "schedule": {"interval": 15},
+        },
+    })
+}
+
+/// Creates `per_account` CyclrCycles ([`cycle_object`]) in each of the `accounts` accounts,
+/// `concurrency` creates in flight, and returns when each create was sent.
+pub async fn create_cycles(
+    client: &Client,
+    namespace: &str,
+    accounts: usize,
+    per_account: usize,
+    concurrency: usize,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let names = (0..accounts).flat_map(|i| (0..per_account).map(move |j| (i, j)));
+    let api = cycles(client, namespace);
+    create_named(&api, names, concurrency, None, |&(i, j)| {
+        (
+            cycle_name(i, j),
+            cycle_object(namespace, &cycle_name(i, j), &account_name(i), j),
+        )
+    })
+    .await
 }
 
 /// Creates `n` objects, each `object(name)` for the names [`account_name`] gives, with
@@ -300,10 +375,27 @@ pub async fn create_objects(
     created: Option<mpsc::UnboundedSender<String>>,
     object: impl Fn(&str) -> serde_json::Value,
 ) -> anyhow::Result<HashMap<String, Instant>> {
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let name = account_name(i);
-            let body = serde_json::from_value::<DynamicObject>(object(&name));
+    create_named(api, 0..n, concurrency, created, |&i| {
+        let name = account_name(i);
+        let body = object(&name);
+        (name, body)
+    })
+    .await
+}
+
+/// Creates one object per key, `object(key)` giving its name and body, with `concurrency`
+/// creates in flight, and returns when each create was sent, by name.
+async fn create_named<T>(
+    api: &Api<DynamicObject>,
+    keys: impl Iterator<Item = T>,
+    concurrency: usize,
+    created: Option<mpsc::UnboundedSender<String>>,
+    object: impl Fn(&T) -> (String, serde_json::Value),
+) -> anyhow::Result<HashMap<String, Instant>> {
+    futures::stream::iter(keys)
+        .map(|key| {
+            let (name, body) = object(&key);
+            let body = serde_json::from_value::<DynamicObject>(body);
             let created = created.clone();
             async move {
                 let body = body.with_context(|| format!("building {name}"))?;

@@ -20,7 +20,8 @@ use cyclr_testenv::TestEnv;
 
 use cyclr_bench::{cluster, operator};
 
-use cluster::{CLIENT_ID, CLIENT_SECRET, Dialect, DialectsArg, ReadyWatch};
+use cluster::{CLIENT_ID, CLIENT_SECRET, Dialect, DialectsArg, PARTNER_BURST, ReadyWatch};
+use cyclr::types::CycleStatus;
 use operator::{Operator, ProcUsage};
 
 /// Onboarding N CyclrAccounts: the operator against the floor.
@@ -44,6 +45,10 @@ struct Args {
     /// Latency the simulator adds to every request, in milliseconds.
     #[arg(long, env = "LATENCY_MS", default_value_t = 20)]
     latency_ms: u64,
+    /// CyclrCycles per account on V1 runs, created with the accounts (cycle j of every
+    /// account installs template j of the simulator's); 0: none.
+    #[arg(long, env = "CYCLES", default_value_t = 0)]
+    cycles: usize,
     /// The partner's resyncInterval, in seconds (the resync measured after the rollout).
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 30)]
     resync_seconds: u64,
@@ -97,6 +102,22 @@ struct OperatorRun {
     first_resync: Resync,
     /// The next one, with nothing to change.
     resync: Resync,
+    /// Its cycles, on a V1 run with `CYCLES`.
+    cycles: Option<CycleRun>,
+}
+
+/// The cycles of a V1 run, rolled out with its accounts.
+struct CycleRun {
+    /// How many: `CYCLES` per account.
+    count: usize,
+    /// When each was first Ready (Active in Cyclr), from its create.
+    readiness: cluster::Readiness,
+    /// The most Cyclr requests in any 1 s and 10 s of the rollout, with the window.
+    busiest: Vec<(Duration, usize)>,
+    /// The most writes one CyclrCycle took (its watch events), rollout and both resyncs.
+    most_writes: Option<cluster::MostWrites>,
+    /// The cycles Cyclr holds after the rollout, and how many of them are Active.
+    in_cyclr: (usize, usize),
 }
 
 #[tokio::main]
@@ -116,8 +137,9 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
 
     println!(
-        "cyclr-bench: N={} accounts, cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, dialects {:?}, {} unrelated Secrets and ConfigMaps",
+        "cyclr-bench: N={} accounts ({} CyclrCycles each on V1), cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, dialects {:?}, {} unrelated Secrets and ConfigMaps",
         args.n,
+        args.cycles,
         args.latency_ms,
         args.create_concurrency,
         args.operator_concurrency,
@@ -242,8 +264,8 @@ async fn start_sim(args: &Args) -> anyhow::Result<SimHandle> {
     Simulator::start(config, "127.0.0.1:0".parse()?).await
 }
 
-/// How long a rollout may take before the bench gives up: four Cyclr calls per account at the
-/// limit, 10 accounts/s of API server work, plus two minutes.
+/// How long a rollout of `n` objects may take before the bench gives up: four Cyclr calls per
+/// object at the limit, 10 objects/s of API server work, plus two minutes.
 fn rollout_timeout(n: usize, limit: u32) -> Duration {
     Duration::from_secs(120 + 4 * n as u64 / u64::from(limit.max(1)) + n as u64 / 10)
 }
@@ -259,6 +281,8 @@ async fn run_operator(
     let client = env.client();
     let namespace = env.new_namespace("bench-operator").await;
     let sim = start_sim(args).await?;
+    let per_account = if dialect == Dialect::V1 { args.cycles } else { 0 };
+    cluster::seed_templates(&sim, per_account);
     let resync = format!("{}s", args.resync_seconds);
     cluster::create_partner(&client, &namespace, &sim.base_url(), dialect, limit, &resync).await?;
     let mut op = Operator::start(
@@ -281,16 +305,24 @@ async fn run_operator(
     sim.reset_stats();
 
     let (watch, watch_task) = ReadyWatch::start(&client, &namespace).await?;
-    let sent = cluster::create_accounts(&client, &namespace, args.n, args.create_concurrency, None).await?;
-    let deadline = Instant::now() + rollout_timeout(args.n, limit);
-    while watch.count() < args.n {
+    let cycle_count = args.n * per_account;
+    let (cycle_watch, cycle_watch_task) =
+        ReadyWatch::start_with(cluster::cycles(&client, &namespace), cluster::is_ready).await?;
+    // Accounts and their cycles applied at once, as a GitOps tool applies a directory.
+    let (sent, cycles_sent) = tokio::try_join!(
+        cluster::create_accounts(&client, &namespace, args.n, args.create_concurrency, None),
+        cluster::create_cycles(&client, &namespace, args.n, per_account, args.create_concurrency),
+    )?;
+    let timeout = rollout_timeout(args.n + cycle_count, limit);
+    let deadline = Instant::now() + timeout;
+    while watch.count() < args.n || cycle_watch.count() < cycle_count {
         op.check_running()?;
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {} of {} accounts Ready after {:?}; operator log: {}",
+            "only {} of {} accounts and {} of {cycle_count} cycles Ready after {timeout:?}; operator log: {}",
             watch.count(),
             args.n,
-            rollout_timeout(args.n, limit),
+            cycle_watch.count(),
             op.log.display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -298,6 +330,22 @@ async fn run_operator(
     let readiness = cluster::readiness_times(&sent, &watch.snapshot())?;
     // Writes that trail the last Ready (Events, annotations) belong to the rollout.
     let after = settle(&op, &sim, Duration::from_secs(60)).await?;
+    let cycles_rollout = if cycle_count > 0 {
+        let requests = sim.request_log();
+        let busiest = [1, 10]
+            .map(Duration::from_secs)
+            .map(|width| (width, cyclr_bench::chaos::max_in_window(&requests, width)))
+            .to_vec();
+        let in_cyclr: Vec<_> = sim.accounts().iter().flat_map(|a| sim.cycles(&a.id)).collect();
+        let active = in_cyclr.iter().filter(|c| c.status == CycleStatus::Active).count();
+        Some((
+            cluster::readiness_times(&cycles_sent, &cycle_watch.snapshot())?,
+            busiest,
+            (in_cyclr.len(), active),
+        ))
+    } else {
+        None
+    };
     let stats = sim.stats();
     let rollout = Rollout {
         readiness,
@@ -311,7 +359,7 @@ async fn run_operator(
     // usage is read once a List Accounts has shown it, at the account's own resync, not
     // during onboarding): it lasts until every account not read in the rollout is. The second
     // has nothing to change.
-    let usage_timeout = rollout_timeout(args.n, limit);
+    let usage_timeout = rollout_timeout(args.n + cycle_count, limit);
     let list = dialect.list_accounts();
     let unread = (args.n as u64).saturating_sub(sim.stats().requests_to(cluster::ACCOUNT_USAGE));
     let first_resync = measure_resync(&op, &sim, list, unread, args.resync_seconds, usage_timeout, &after).await?;
@@ -328,6 +376,14 @@ async fn run_operator(
 
     let most_writes = watch.most_writes();
     watch_task.abort();
+    let cycles = cycles_rollout.map(|(readiness, busiest, in_cyclr)| CycleRun {
+        count: cycle_count,
+        readiness,
+        busiest,
+        most_writes: cycle_watch.most_writes(),
+        in_cyclr,
+    });
+    cycle_watch_task.abort();
     let usage = op.usage()?;
     op.stop().await?;
     sim.shutdown().await;
@@ -340,6 +396,7 @@ async fn run_operator(
         usage,
         first_resync,
         resync,
+        cycles,
     })
 }
 
@@ -596,7 +653,71 @@ fn report(args: &Args, results: &[Run]) {
             counts(&run.resync.calls),
             counts(&run.resync.writes)
         );
+        if let Some(cycles) = &run.cycles {
+            report_cycles(n, *limit, run, cycles);
+        }
     }
+}
+
+/// The cycles of a V1 run (issue #20 row 9): time to Active, Cyclr calls per cycle, the
+/// busiest seconds against the partner's budget, writes, and the lists of a quiet resync.
+fn report_cycles(n: usize, limit: u32, run: &OperatorRun, cycles: &CycleRun) {
+    let count = cycles.count;
+    let r = &cycles.readiness;
+    println!(
+        "- **cycles**: {count} ({} per account), all Ready (Active in Cyclr) {} after the first create; time to Ready p50 {}, p99 {}; the last {} after the last create; Cyclr holds {} cycles, {} Active",
+        count / n.max(1),
+        secs(r.all_ready),
+        secs(cluster::quantile(&r.each, 0.5)),
+        secs(cluster::quantile(&r.each, 0.99)),
+        secs(r.after_last_create),
+        cycles.in_cyclr.0,
+        cycles.in_cyclr.1,
+    );
+    let of_cycles = |calls: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+        calls
+            .iter()
+            .filter(|(endpoint, _)| endpoint.contains("/v1.0/cycles") || endpoint.contains("/v1.0/templates"))
+            .map(|(endpoint, n)| (endpoint.clone(), *n))
+            .collect()
+    };
+    println!(
+        "- Cyclr calls per cycle (rollout): {}",
+        per_account(&of_cycles(&run.rollout.calls), count)
+    );
+    for (width, most) in &cycles.busiest {
+        let bound = cyclr_bench::chaos::bucket_bound(limit, PARTNER_BURST, *width);
+        println!(
+            "- busiest {} s of the rollout: {most} Cyclr requests, all kinds (the partner's bucket allows {bound}: burst {PARTNER_BURST} + {limit}/s × {} s){}",
+            width.as_secs(),
+            width.as_secs(),
+            if *most > bound { " **above the limit**" } else { "" }
+        );
+    }
+    let cycle_writes = |writes: &BTreeMap<String, u64>| writes.get("kind=\"CyclrCycle\"").copied().unwrap_or(0);
+    println!(
+        "- CyclrCycle writes per cycle: {:.2} in the rollout ({}), {} in the first resync, {} in the quiet one",
+        cycle_writes(&run.writes) as f64 / count as f64,
+        cycle_writes(&run.writes),
+        cycle_writes(&run.first_resync.writes),
+        cycle_writes(&run.resync.writes)
+    );
+    if let Some(most) = cycles.most_writes {
+        println!(
+            "- most writes to one CyclrCycle, rollout and both resyncs (its watch events): {}{} ({} of {count})",
+            if most.lower_bound { "at least " } else { "" },
+            most.writes,
+            most.objects,
+        );
+    }
+    let quiet = of_cycles(&run.resync.calls);
+    let lists = quiet.get("GET /v1.0/cycles").copied().unwrap_or(0);
+    println!(
+        "- the resync with nothing to change: {lists} cycle lists for {n} accounts with cycles ({:.2} per account, {:.2} per cycle); its cycle calls: {}",
+        lists as f64 / n as f64,
+        lists as f64 / count as f64,
+        counts(&quiet)
+    );
 }
 
 fn counts_u16(map: &BTreeMap<u16, u64>) -> String {

@@ -452,7 +452,7 @@ fn next<K: Reconciler>(obj: &K, kind: &Kind<K>, health: &Health<K::Reason>, obse
         State::Ready => {
             kind.driver.backoffs.succeeded(uid);
             if let Some(after) = obj.resync(&kind.state, observed) {
-                kind.resyncs.schedule(obj.meta(), after);
+                kind.resyncs.resync(obj.meta(), after);
             }
             Action::await_change()
         }

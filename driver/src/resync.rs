@@ -57,6 +57,17 @@ struct Timers {
 impl Resyncs {
     /// Reconciles the object again `after` from now, replacing its earlier timer.
     pub fn schedule(&self, meta: &ObjectMeta, after: Duration) {
+        self.set(meta, after, false);
+    }
+
+    /// The next resync of an object whose reconcile just ended, `after` from now, unless a
+    /// sooner timer is set: a wake that came while it ran (its deletion, a spec change, a
+    /// dependency) and is still waiting here must not be put off by a whole resync interval.
+    pub fn resync(&self, meta: &ObjectMeta, after: Duration) {
+        self.set(meta, after, true);
+    }
+
+    fn set(&self, meta: &ObjectMeta, after: Duration, keep_sooner: bool) {
         let deadline = Instant::now() + after;
         let uid = stable_hash(meta.uid.as_deref().unwrap_or_default());
         let name = match (&meta.namespace, &meta.name) {
@@ -65,6 +76,9 @@ impl Resyncs {
             (_, None) => return,
         };
         let mut timers = self.timers.lock().expect("lock");
+        if keep_sooner && timers.by_uid.get(&uid).is_some_and(|(at, _)| *at <= deadline) {
+            return;
+        }
         let soonest = timers.queue.peek().map(|Reverse((at, _))| *at);
         timers.by_uid.insert(uid, (deadline, name.into_boxed_str()));
         timers.queue.push(Reverse((deadline, uid)));
@@ -182,6 +196,25 @@ mod tests {
         resyncs.take(&meta("d"));
         let timers = resyncs.timers.lock().unwrap();
         assert!(timers.by_uid.is_empty() && timers.handed.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_while_the_object_is_reconciled_is_not_put_off_by_its_resync() {
+        let resyncs = Arc::new(Resyncs::default());
+        resyncs.take(&meta("a")); // its reconcile starts
+        resyncs.schedule(&meta("a"), Duration::ZERO); // the watch shows its deletion meanwhile
+        resyncs.resync(&meta("a"), Duration::from_secs(600)); // the reconcile ends Ready
+        let started = Instant::now();
+        let mut due = Box::pin(resyncs.clone().due::<ConfigMap>());
+        assert_eq!(due.next().await.unwrap().name, "a");
+        assert_eq!(started.elapsed(), Duration::ZERO, "the wake, not the resync");
+        resyncs.take(&meta("a"));
+
+        // A later timer is replaced by the sooner resync.
+        resyncs.schedule(&meta("b"), Duration::from_secs(900));
+        resyncs.resync(&meta("b"), Duration::from_secs(600));
+        assert_eq!(due.next().await.unwrap().name, "b");
+        assert_eq!(started.elapsed(), Duration::from_secs(600));
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,6 +37,10 @@ const SHARED_LIST: TimeDelta = TimeDelta::seconds(10);
 const CONFIRM: TimeDelta = TimeDelta::minutes(2);
 const CONFIRM_RECHECK: Duration = Duration::from_secs(5);
 
+/// A Ready cycle's own resync, in `resyncInterval`s (less up to 10 %): later than its
+/// partner's wake (about one interval apart), so it fires only when that wake did not come.
+const OWN_RESYNC: f64 = 1.2;
+
 /// The cycle kind's own state.
 pub struct CycleKindState {
     services: Arc<Services>,
@@ -112,6 +116,8 @@ impl CycleKindState {
 #[derive(Default)]
 struct CycleLists {
     lists: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Listed>>>>>,
+    /// When the partner's resync last woke each account's cycles, by account id.
+    resynced: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 /// One account's cycles, and when the list was asked for.
@@ -153,6 +159,21 @@ impl CycleLists {
     /// Drops the account's list: a write changed what it shows.
     fn forget(&self, account_id: &str) {
         self.lists.lock().expect("lock").remove(account_id);
+    }
+
+    /// Notes that the partner's resync woke the account's cycles at `at`.
+    fn resynced(&self, account_id: &str, at: DateTime<Utc>) {
+        self.resynced.lock().expect("lock").insert(account_id.to_string(), at);
+    }
+
+    /// The oldest list a Ready cycle of the account decides from: one taken since the
+    /// partner's resync last woke it, and within `interval`. Its siblings' timers and that
+    /// wake, each reconciling it at its own moment (a wake of many accounts takes a while at
+    /// a low rate limit), then share one list per account per resync.
+    fn settled_after(&self, account_id: &str, now: DateTime<Utc>, interval: Duration) -> DateTime<Utc> {
+        let floor = now - TimeDelta::from_std(interval).unwrap_or(SHARED_LIST);
+        let woken = self.resynced.lock().expect("lock").get(account_id).copied();
+        woken.map_or(floor, |at| at.max(floor))
     }
 }
 
@@ -207,14 +228,17 @@ pub fn controller(
     });
     let waker = kind.clone();
     let partners = partner_wakes.filter_map(move |partner| {
+        let now = Utc::now();
         for cycle in cycles.state() {
             let Ok(c) = cycle.unpack() else { continue };
             let namespace = c.namespace().unwrap_or_default();
-            if waker
-                .state
-                .account(&namespace, &c.spec.account_ref.name)
-                .is_some_and(|a| a.spec.partner_ref.name == partner)
-            {
+            let Some(account) = waker.state.account(&namespace, &c.spec.account_ref.name) else {
+                continue;
+            };
+            if account.spec.partner_ref.name == partner {
+                if let Some(id) = account.status.as_ref().and_then(|s| s.account_id.as_deref()) {
+                    waker.state.lists.resynced(id, now);
+                }
                 waker.wake(cycle.meta());
             }
         }
@@ -336,8 +360,16 @@ impl Reconciler for CyclrCycle {
         let AccountView::Ready { account_id, runtime } = &observed.account else {
             return Ok(observed);
         };
-        // A list asked for after any install this resource may have made ended.
-        let after = (facts.now - SHARED_LIST).max(facts.pending.judge_after().unwrap_or(facts.now - SHARED_LIST));
+        // A list asked for after any install this resource may have made ended; a cycle with
+        // nothing to do looks at its account's list of this resync, one with work at a recent one.
+        let recent = if settled(self) {
+            state
+                .lists
+                .settled_after(account_id, facts.now, runtime.resync_interval)
+        } else {
+            facts.now - SHARED_LIST
+        };
+        let after = recent.max(facts.pending.judge_after().unwrap_or(recent));
         observed.cycles = Some(
             state
                 .lists
@@ -419,9 +451,11 @@ impl Reconciler for CyclrCycle {
             .remove(meta.uid.as_deref().unwrap_or_default());
     }
 
+    /// A safety net behind the partner's resync, which wakes every cycle about once an
+    /// interval: firing after that wake, a cycle's own timer finds the list it took.
     fn resync(&self, _: &CycleKindState, observed: &Observed) -> Option<Duration> {
         match &observed.account {
-            AccountView::Ready { runtime, .. } => Some(jittered(runtime.resync_interval)),
+            AccountView::Ready { runtime, .. } => Some(jittered(runtime.resync_interval.mul_f64(OWN_RESYNC))),
             AccountView::Waiting(_) => None,
         }
     }
@@ -697,6 +731,16 @@ fn in_sync(cycle: &CyclrCycle, status: &CyclrCycleStatus) -> Option<Health> {
         (CycleState::Paused, Some(CycleStatus::Paused)) => Some(Health::ready(Reason::Synced, "the cycle is Paused")),
         _ => None,
     }
+}
+
+/// Whether the cycle is installed and Ready for its current generation, no install open:
+/// a reconcile of it only looks.
+fn settled(cycle: &CyclrCycle) -> bool {
+    let Some(status) = &cycle.status else { return false };
+    status.cycle_id.is_some()
+        && status.pending_install.is_none()
+        && status.observed_generation == cycle.metadata.generation
+        && condition(&status.conditions, READY).is_some_and(|c| c.status == "True")
 }
 
 /// Whether a run-once activation was sent for this generation.
@@ -1553,5 +1597,39 @@ mod tests {
             decide(&c, &observed(vec![listed("Paused", true)], &[])),
             Plan::Refresh(())
         ));
+    }
+
+    #[test]
+    fn a_ready_cycle_looks_at_its_accounts_list_of_the_partners_last_resync() {
+        let lists = CycleLists::default();
+        let now = Utc::now();
+        let interval = Duration::from_secs(600);
+        let ago = |s: i64| now - TimeDelta::seconds(s);
+        assert_eq!(lists.settled_after("a1", now, interval), ago(600), "no resync seen yet");
+        lists.resynced("a1", ago(30));
+        assert_eq!(lists.settled_after("a1", now, interval), ago(30));
+        assert_eq!(lists.settled_after("a2", now, interval), ago(600), "another account's");
+        lists.resynced("a2", ago(900));
+        assert_eq!(
+            lists.settled_after("a2", now, interval),
+            ago(600),
+            "at most an interval old"
+        );
+
+        // Only a cycle installed and Ready for its generation looks at that list.
+        let mut c = installed(cycle(serde_json::json!({})), "Active", 1);
+        assert!(!settled(&c), "no Ready condition yet");
+        let status = c.status.as_mut().unwrap();
+        status.conditions = vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: READY.into(),
+            status: "True".into(),
+            reason: "Synced".into(),
+            message: String::new(),
+            last_transition_time: time(now),
+            observed_generation: Some(1),
+        }];
+        assert!(settled(&c));
+        c.metadata.generation = Some(2);
+        assert!(!settled(&c), "a new spec to apply");
     }
 }

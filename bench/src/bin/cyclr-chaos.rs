@@ -1,7 +1,8 @@
-//! `make chaos`: the release operator rolling out CyclrAccounts and CyclrConnectorInstalls on
-//! a real control plane and cyclr-sim while it is killed, Cyclr fails, the leader is killed,
-//! the API server restarts and status is lost; prints what was tried and what was lost
-//! (nothing, when the operator is right) and exits 1 if anything was. See docs/reliability.md.
+//! `make chaos`: the release operator rolling out CyclrAccounts, CyclrConnectorInstalls and
+//! (on v1.0) CyclrCycles on a real control plane and cyclr-sim while it is killed, Cyclr
+//! fails, the leader is killed, the API server restarts and status is lost; prints what was
+//! tried and what was lost (nothing, when the operator is right) and exits 1 if anything was.
+//! See docs/reliability.md.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,6 +25,9 @@ struct Args {
     /// CyclrConnectorInstalls per scenario (install i goes into account i mod ACCOUNTS).
     #[arg(long, env = "INSTALLS", default_value_t = 100)]
     installs: usize,
+    /// CyclrCycles per scenario on a V1 partner (cycle i goes into account i mod ACCOUNTS).
+    #[arg(long, env = "CYCLES", default_value_t = 100)]
+    cycles: usize,
     /// Which scenarios, comma-separated: 1 operator kills, 2 Cyclr faults, 3 leader kills,
     /// 4 API server restarts, 5 status wiped.
     #[arg(long, env = "SCENARIOS", value_delimiter = ',', default_value = "1,2,3,4,5")]
@@ -76,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         seed,
         accounts: args.accounts,
         installs: args.installs,
+        cycles: args.cycles,
         kills: args.kills,
         apiserver_restarts: args.apiserver_restarts,
         rate: args.rate,
@@ -85,9 +90,10 @@ async fn main() -> anyhow::Result<()> {
         dialect: Dialect::Partner,
     };
     println!(
-        "cyclr-chaos: SEED={seed} ACCOUNTS={} INSTALLS={} SCENARIOS={} DIALECTS={} KILLS={} APISERVER_RESTARTS={} RATE={}",
+        "cyclr-chaos: SEED={seed} ACCOUNTS={} INSTALLS={} CYCLES={} SCENARIOS={} DIALECTS={} KILLS={} APISERVER_RESTARTS={} RATE={}",
         args.accounts,
         args.installs,
+        args.cycles,
         scenarios
             .iter()
             .map(|s| s.number().to_string())

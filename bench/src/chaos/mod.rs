@@ -1,10 +1,11 @@
-//! `make chaos`: the operator rolling out accounts and connector installs while things go
-//! wrong (the operator killed, Cyclr failing, the leader killed, the API server restarted,
-//! status lost), each scenario ending with the same check read from the simulator's state:
-//! exactly one Cyclr account per CyclrAccount, exactly one installed connector per
-//! CyclrConnectorInstall, all Ready. On a v1.0 partner every account has `deletionPolicy:
-//! Delete` and one in ten is deleted (with its installs) as soon as the rollout starts: their
-//! Cyclr accounts, and only theirs, must be gone. See docs/reliability.md.
+//! `make chaos`: the operator rolling out accounts, connector installs and (on v1.0) cycles
+//! while things go wrong (the operator killed, Cyclr failing, the leader killed, the API
+//! server restarted, status lost), each scenario ending with the same check read from the
+//! simulator's state: exactly one Cyclr account per CyclrAccount, exactly one installed
+//! connector per CyclrConnectorInstall, exactly one Active cycle per CyclrCycle, all Ready. On
+//! a v1.0 partner every account has `deletionPolicy: Delete` and one in ten is deleted (with
+//! its installs and cycles) once its Cyclr account exists: their Cyclr accounts, and only
+//! theirs, must be gone. See docs/reliability.md.
 //!
 //! A scenario's fault schedule comes from a seeded generator (seed + scenario number), so the
 //! same `SEED` tries the same faults at the same moments; the simulator's error dice are
@@ -85,6 +86,9 @@ pub struct Settings {
     pub accounts: usize,
     /// CyclrConnectorInstalls per scenario.
     pub installs: usize,
+    /// CyclrCycles per scenario on v1.0 (cycle i into account i mod accounts, installing one
+    /// of three templates); none on the Partner API, which has no cycles.
+    pub cycles: usize,
     /// Operator kills (scenario 1) and leader kills (scenario 3).
     pub kills: usize,
     /// API server restarts (scenario 4).

@@ -59,6 +59,13 @@ pub(super) async fn run(env: &'static TestEnv, settings: &Settings, scenario: Sc
     if scenario == Scenario::CyclrFaults {
         lost.extend(rate_check(&world, rate, &mut figures));
     }
+    if let Some(cycles) = world.cycles_in_cyclr() {
+        figures.push(format!(
+            "{} template installs sent for {} CyclrCycles; Cyclr holds {cycles} cycles in the kept accounts",
+            world.sim.stats().requests_to(TEMPLATE_INSTALL),
+            world.cycle_count()
+        ));
+    }
     let stats = world.sim.stats();
     figures.push(format!(
         "Cyclr requests {} ({}), responses {}, writes applied {}, responses lost after the write {}",
@@ -93,6 +100,9 @@ fn cyclr_faults(seed: u64, dialect: Dialect) -> Faults {
         ..Faults::default()
     }
 }
+
+/// A template's install, as the simulator's statistics name it.
+const TEMPLATE_INSTALL: &str = "POST /v1.0/templates/{id}/install";
 
 /// How long a new account is missing from List Accounts in scenario 2 on v1.0.
 const V1_LIST_LAG: Duration = Duration::from_secs(3);
@@ -360,9 +370,9 @@ async fn status_wiped(
     world.settle(Duration::from_secs(3), Duration::from_secs(30)).await;
     op.stop().await?;
     world.note("operator stopped (SIGTERM)");
-    let (accounts, installs) = world::wipe_statuses(&world.client, &world.namespace).await?;
+    let [accounts, installs, cycles] = world::wipe_statuses(&world.client, &world.namespace).await?;
     world.fault(format!(
-        "status wiped through the status subresource: {accounts} accounts, {installs} installs"
+        "status wiped through the status subresource: {accounts} accounts, {installs} installs, {cycles} cycles"
     ));
     world.sim.reset_stats();
     let mut op = start_operator(settings, world, "operator-restored", ALONE)?;
@@ -375,15 +385,16 @@ async fn status_wiped(
     let creates = stats.requests_to("POST /api/partner/createaccount") + stats.requests_to("POST /v1.0/accounts");
     let installs = stats.requests_to("POST /api/partner/installconnector")
         + stats.requests_to("POST /v1.0/connectors/{connector}/install");
+    let template_installs = stats.requests_to(TEMPLATE_INSTALL);
     figures.push(format!(
-        "after the wipe: {creates} Create Account, {installs} Install Connector, {} writes applied",
+        "after the wipe: {creates} Create Account, {installs} Install Connector, {template_installs} template installs, {} writes applied",
         stats.writes
     ));
     op.stop().await?;
     let mut lost = Vec::new();
-    if creates + installs + stats.writes > 0 {
+    if creates + installs + template_installs + stats.writes > 0 {
         lost.push(format!(
-            "after the status wipe the operator wrote to Cyclr: {creates} Create Account, {installs} Install Connector, {} writes applied",
+            "after the status wipe the operator wrote to Cyclr: {creates} Create Account, {installs} Install Connector, {template_installs} template installs, {} writes applied",
             stats.writes
         ));
     }

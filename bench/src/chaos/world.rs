@@ -15,13 +15,17 @@ use serde_json::json;
 
 use super::Settings;
 use crate::cluster::{self, CLIENT_ID, CLIENT_SECRET, Dialect, LABEL};
+use cyclr::types::{Cycle, CycleStatus};
 
 /// Resources created at once (a GitOps tool applying a directory).
 const CREATE_CONCURRENCY: usize = 32;
 /// The connector every install installs; its installed name is the resource's name.
 const CONNECTOR: &str = "Slack";
-/// On v1.0, account i is deleted (with its installs) when i mod this is this minus one.
+/// On v1.0, account i is deleted (with its installs and cycles) when i mod this is this minus
+/// one.
 const DELETE_EVERY: usize = 10;
+/// On v1.0, cycle i installs template i mod this of the simulator's.
+const TEMPLATES: usize = 3;
 
 /// A scenario's namespace, simulator and partner, and its record of what was tried.
 pub(crate) struct World {
@@ -32,10 +36,14 @@ pub(crate) struct World {
     pub sim: SimHandle,
     accounts: usize,
     installs: usize,
+    /// CyclrCycles (v1.0 only: cycles exist only there).
+    cycles: usize,
     dialect: Dialect,
-    /// The accounts deleted, by name (v1.0 only), and how many installs went with them.
+    /// The accounts deleted, by name (v1.0 only), and how many installs and cycles went with
+    /// them.
     deleted: BTreeSet<String>,
     deleted_installs: usize,
+    deleted_cycles: usize,
     /// The task deleting them.
     deleter: Option<AbortOnDrop>,
     started: Instant,
@@ -52,9 +60,11 @@ pub(crate) struct World {
 pub(crate) struct Progress {
     pub accounts_ready: usize,
     pub installs_ready: usize,
+    pub cycles_ready: usize,
     /// How many of each should exist at the end (the deleted ones not counted).
     pub accounts: usize,
     pub installs: usize,
+    pub cycles: usize,
     /// Resources deleted but not gone yet (waiting for their finalizer).
     pub deleting: usize,
 }
@@ -62,7 +72,10 @@ pub(crate) struct Progress {
 impl Progress {
     /// Every resource that stays is Ready, and every deleted one is gone.
     pub fn done(&self) -> bool {
-        self.accounts_ready == self.accounts && self.installs_ready == self.installs && self.deleting == 0
+        self.accounts_ready == self.accounts
+            && self.installs_ready == self.installs
+            && self.cycles_ready == self.cycles
+            && self.deleting == 0
     }
 }
 
@@ -73,6 +86,9 @@ impl fmt::Display for Progress {
             "{}/{} accounts and {}/{} installs Ready",
             self.accounts_ready, self.accounts, self.installs_ready, self.installs
         )?;
+        if self.cycles > 0 {
+            write!(f, ", {}/{} cycles", self.cycles_ready, self.cycles)?;
+        }
         if self.deleting > 0 {
             write!(f, ", {} deleting", self.deleting)?;
         }
@@ -96,6 +112,11 @@ impl World {
         let mut config = SimConfig::new(CLIENT_ID, CLIENT_SECRET);
         config.faults = faults;
         let sim = Simulator::start(config, "127.0.0.1:0".parse()?).await?;
+        let cycles = match settings.dialect {
+            Dialect::Partner => 0,
+            Dialect::V1 => settings.cycles,
+        };
+        cluster::seed_templates(&sim, TEMPLATES);
         // resyncInterval 10m (the default): a rollout never waits for a resync.
         cluster::create_partner(&client, &namespace, &sim.base_url(), settings.dialect, rate, "10m").await?;
         Ok(World {
@@ -105,9 +126,11 @@ impl World {
             sim,
             accounts: settings.accounts,
             installs: settings.installs,
+            cycles,
             dialect: settings.dialect,
             deleted: BTreeSet::new(),
             deleted_installs: 0,
+            deleted_cycles: 0,
             deleter: None,
             started: Instant::now(),
             tried: Vec::new(),
@@ -134,9 +157,10 @@ impl World {
         self.note(what);
     }
 
-    /// Creates the accounts `acct-00000`… (Cyclr name = resource name) and the installs
-    /// `inst-00000`…, install i into account i mod accounts, all at once; on v1.0 with
-    /// `deletionPolicy: Delete`, and then deletes one account in ten with its installs.
+    /// Creates the accounts `acct-00000`… (Cyclr name = resource name), the installs
+    /// `inst-00000`…, install i into account i mod accounts, and on v1.0 the cycles
+    /// `cyc-00000`… the same way, all at once; on v1.0 with `deletionPolicy: Delete`, and then
+    /// deletes one account in ten with its installs and cycles.
     pub async fn create_resources(&mut self) -> anyhow::Result<()> {
         let (namespace, accounts) = (self.namespace.clone(), self.accounts);
         let deletion_policy = match self.dialect {
@@ -145,6 +169,7 @@ impl World {
         };
         let account_api = cluster::accounts(&self.client, &namespace);
         let install_api = cluster::installs(&self.client, &namespace);
+        let cycle_api = cluster::cycles(&self.client, &namespace);
         let objects = (0..self.accounts)
             .map(|i| {
                 let name = account_name(i);
@@ -173,6 +198,14 @@ impl World {
                         },
                     }),
                 )
+            }))
+            .chain((0..self.cycles).map(|i| {
+                let name = cycle_name(i);
+                let account = account_name(i % accounts.max(1));
+                (
+                    cycle_api.clone(),
+                    cluster::cycle_object(&namespace, &name, &account, i % TEMPLATES),
+                )
             }));
         futures::stream::iter(objects)
             .map(|(api, object)| async move {
@@ -186,8 +219,8 @@ impl World {
             .try_collect::<Vec<()>>()
             .await?;
         self.note(format!(
-            "created {} CyclrAccounts and {} CyclrConnectorInstalls",
-            self.accounts, self.installs
+            "created {} CyclrAccounts, {} CyclrConnectorInstalls and {} CyclrCycles",
+            self.accounts, self.installs, self.cycles
         ));
         if self.dialect == Dialect::V1 {
             self.delete_some();
@@ -196,7 +229,7 @@ impl World {
     }
 
     /// Deletes account i for each i mod [`DELETE_EVERY`] = [`DELETE_EVERY`] − 1, and the
-    /// installs into it, each once its Cyclr account exists (status.accountID), so the
+    /// installs and cycles into it, each once its Cyclr account exists (status.accountID), so the
     /// deletes reach Cyclr while the scenario's faults go on: a task of its own, retrying
     /// through API server restarts, not awaited ([`World::progress`] counts what is left) and
     /// stopped when the world is dropped.
@@ -204,18 +237,24 @@ impl World {
         let doomed: Vec<usize> = (0..self.accounts)
             .filter(|i| i % DELETE_EVERY == DELETE_EVERY - 1)
             .collect();
-        let installs: Vec<usize> = (0..self.installs)
-            .filter(|i| doomed.contains(&(i % self.accounts.max(1))))
-            .collect();
+        let into_doomed = |count: usize| -> Vec<usize> {
+            (0..count)
+                .filter(|i| doomed.contains(&(i % self.accounts.max(1))))
+                .collect()
+        };
+        let (installs, cycles) = (into_doomed(self.installs), into_doomed(self.cycles));
         self.deleted = doomed.iter().copied().map(account_name).collect();
         self.deleted_installs = installs.len();
+        self.deleted_cycles = cycles.len();
         self.note(format!(
-            "deleting {} CyclrAccounts (deletionPolicy Delete) and the {} CyclrConnectorInstalls into them, each once its Cyclr account exists",
+            "deleting {} CyclrAccounts (deletionPolicy Delete) and the {} CyclrConnectorInstalls and {} CyclrCycles into them, each once its Cyclr account exists",
             self.deleted.len(),
-            self.deleted_installs
+            self.deleted_installs,
+            self.deleted_cycles
         ));
         let account_api = cluster::accounts(&self.client, &self.namespace);
         let install_api = cluster::installs(&self.client, &self.namespace);
+        let cycle_api = cluster::cycles(&self.client, &self.namespace);
         let accounts = self.accounts.max(1);
         let mut left: BTreeSet<usize> = doomed.into_iter().collect();
         let deleter = tokio::spawn(async move {
@@ -235,6 +274,12 @@ impl World {
                         .iter()
                         .filter(|&&n| n % accounts == i)
                         .map(|&n| (&install_api, install_name(n)))
+                        .chain(
+                            cycles
+                                .iter()
+                                .filter(|&&n| n % accounts == i)
+                                .map(|&n| (&cycle_api, cycle_name(n))),
+                        )
                         .chain([(&account_api, account_name(i))]);
                     let mut done = true;
                     for (api, name) in names {
@@ -253,17 +298,36 @@ impl World {
         self.deleter = Some(AbortOnDrop(deleter.abort_handle()));
     }
 
+    /// How many CyclrCycles the scenario created.
+    pub fn cycle_count(&self) -> usize {
+        self.cycles
+    }
+
+    /// The cycles Cyclr holds in the accounts not deleted, when the scenario has cycles.
+    pub fn cycles_in_cyclr(&self) -> Option<usize> {
+        (self.cycles > 0).then(|| {
+            self.sim
+                .accounts()
+                .iter()
+                .filter(|a| !self.deleted.contains(&a.name))
+                .map(|a| self.sim.cycles(&a.id).len())
+                .sum()
+        })
+    }
+
     /// Ready counts now; an error while the API server is away.
     pub async fn progress(&self) -> anyhow::Result<Progress> {
-        let (accounts, installs) = self.list().await?;
+        let (accounts, installs, cycles) = self.list().await?;
         let deleting = |o: &&DynamicObject| o.metadata.deletion_timestamp.is_some();
         let ready = |objects: &[DynamicObject]| objects.iter().filter(|o| !deleting(o) && cluster::is_ready(o)).count();
         Ok(Progress {
             accounts_ready: ready(&accounts),
             installs_ready: ready(&installs),
+            cycles_ready: ready(&cycles),
             accounts: self.accounts - self.deleted.len(),
             installs: self.installs - self.deleted_installs,
-            deleting: accounts.iter().chain(&installs).filter(deleting).count(),
+            cycles: self.cycles - self.deleted_cycles,
+            deleting: accounts.iter().chain(&installs).chain(&cycles).filter(deleting).count(),
         })
     }
 
@@ -281,11 +345,12 @@ impl World {
         Ok(Some(progress))
     }
 
-    async fn list(&self) -> anyhow::Result<(Vec<DynamicObject>, Vec<DynamicObject>)> {
+    async fn list(&self) -> anyhow::Result<(Vec<DynamicObject>, Vec<DynamicObject>, Vec<DynamicObject>)> {
         let params = ListParams::default().labels(&format!("{LABEL}={}", self.namespace));
         let accounts = cluster::accounts(&self.client, &self.namespace).list(&params).await?;
         let installs = cluster::installs(&self.client, &self.namespace).list(&params).await?;
-        Ok((accounts.items, installs.items))
+        let cycles = cluster::cycles(&self.client, &self.namespace).list(&params).await?;
+        Ok((accounts.items, installs.items, cycles.items))
     }
 
     /// Waits until every resource is Ready, giving up after `timeout` or when nothing became
@@ -339,21 +404,24 @@ impl World {
 
     /// The end check, from the simulator's state and the resources: exactly one Cyclr account
     /// per CyclrAccount (and none besides), none left of a deleted one, exactly one installed
-    /// connector per CyclrConnectorInstall (and none besides), every resource Ready and its
-    /// status naming that account. Returns what is wrong: duplicates, losses, strays, stuck
+    /// connector per CyclrConnectorInstall and exactly one Active cycle per CyclrCycle (its
+    /// template installed once; none besides), every resource Ready and its status naming
+    /// what it stands for. Returns what is wrong: duplicates, losses, strays, stuck
     /// resources, accounts a delete left behind.
     pub async fn check(&self) -> anyhow::Result<Vec<String>> {
-        let (accounts, installs) = self.list().await.context("listing the resources for the check")?;
+        let (accounts, installs, cycles) = self.list().await.context("listing the resources for the check")?;
         let mut lost = Vec::new();
-        let (kept_accounts, kept_installs) = (
+        let (kept_accounts, kept_installs, kept_cycles) = (
             self.accounts - self.deleted.len(),
             self.installs - self.deleted_installs,
+            self.cycles - self.deleted_cycles,
         );
-        if accounts.len() != kept_accounts || installs.len() != kept_installs {
+        if accounts.len() != kept_accounts || installs.len() != kept_installs || cycles.len() != kept_cycles {
             lost.push(format!(
-                "{} CyclrAccounts and {} CyclrConnectorInstalls exist, {kept_accounts} and {kept_installs} were created and not deleted",
+                "{} CyclrAccounts, {} CyclrConnectorInstalls and {} CyclrCycles exist, {kept_accounts}, {kept_installs} and {kept_cycles} were created and not deleted",
                 accounts.len(),
                 installs.len(),
+                cycles.len(),
             ));
         }
         let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
@@ -435,7 +503,69 @@ impl World {
                 "{n} installed connector(s) {name:?} in {id} that no resource holds"
             ));
         }
+        lost.extend(self.check_cycles(&cycles, &account_ids));
         Ok(lost)
+    }
+
+    /// The cycles' part of [`World::check`]: each CyclrCycle's template installed exactly once
+    /// into its account's Cyclr account (one Cyclr cycle with its name: the operator names a
+    /// cycle after its resource), that cycle Active and in `status.cycleID`; no other cycle
+    /// in those accounts.
+    fn check_cycles(&self, cycles: &[DynamicObject], account_ids: &HashMap<String, String>) -> Vec<String> {
+        let mut lost = Vec::new();
+        let mut in_cyclr: BTreeMap<(String, String), Vec<Cycle>> = BTreeMap::new();
+        for id in account_ids.values() {
+            for cycle in self.sim.cycles(id) {
+                in_cyclr
+                    .entry((id.clone(), cycle.name.clone()))
+                    .or_default()
+                    .push(cycle);
+            }
+        }
+        for resource in cycles {
+            let name = resource.metadata.name.clone().unwrap_or_default();
+            let account = resource.data["spec"]["accountRef"]["name"].as_str().unwrap_or_default();
+            let Some(id) = account_ids.get(account) else {
+                lost.push(format!("CyclrCycle {name}: its account {account} has no Cyclr account"));
+                continue;
+            };
+            match in_cyclr
+                .remove(&(id.clone(), name.clone()))
+                .unwrap_or_default()
+                .as_slice()
+            {
+                [one] => {
+                    if resource.data["status"]["cycleID"].as_str() != Some(one.id.as_str()) {
+                        lost.push(format!(
+                            "CyclrCycle {name}: status.cycleID {} is not its Cyclr cycle {}",
+                            resource.data["status"]["cycleID"], one.id
+                        ));
+                    }
+                    if one.status != CycleStatus::Active {
+                        lost.push(format!(
+                            "CyclrCycle {name}: Cyclr shows cycle {} {}",
+                            one.id, one.status
+                        ));
+                    }
+                }
+                [] => lost.push(format!("CyclrCycle {name}: no cycle named so in {id}")),
+                many => lost.push(format!(
+                    "CyclrCycle {name}: its template installed {} times into {id} (cycles {})",
+                    many.len(),
+                    many.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+            }
+            if !cluster::is_ready(resource) {
+                lost.push(format!("CyclrCycle {name}: not Ready ({})", ready_condition(resource)));
+            }
+        }
+        for ((id, name), strays) in in_cyclr {
+            lost.push(format!(
+                "{} cycle(s) {name:?} in {id} that no resource holds",
+                strays.len()
+            ));
+        }
+        lost
     }
 }
 
@@ -456,6 +586,10 @@ fn install_name(i: usize) -> String {
     format!("inst-{i:05}")
 }
 
+fn cycle_name(i: usize) -> String {
+    format!("cyc-{i:05}")
+}
+
 /// `Ready=False Reason: message`, for saying why a resource is stuck.
 fn ready_condition(object: &DynamicObject) -> String {
     object.data["status"]["conditions"]
@@ -474,20 +608,24 @@ fn ready_condition(object: &DynamicObject) -> String {
         )
 }
 
-/// Every account and install of a namespace with its status emptied through the status
-/// subresource, as a restore from an etcd backup without status (or a careless status edit)
-/// leaves them. Returns how many of each.
-pub(crate) async fn wipe_statuses(client: &Client, namespace: &str) -> anyhow::Result<(usize, usize)> {
-    let mut counts = Vec::new();
-    for api in [
+/// Every account, install and cycle of a namespace with its status emptied through the
+/// status subresource, as a restore from an etcd backup without status (or a careless status
+/// edit) leaves them. Returns how many of each.
+pub(crate) async fn wipe_statuses(client: &Client, namespace: &str) -> anyhow::Result<[usize; 3]> {
+    let mut counts = [0; 3];
+    for (api, count) in [
         cluster::accounts(client, namespace),
         cluster::installs(client, namespace),
-    ] {
+        cluster::cycles(client, namespace),
+    ]
+    .iter()
+    .zip(&mut counts)
+    {
         let objects = api.list(&ListParams::default()).await?.items;
-        wipe(&api, &objects).await?;
-        counts.push(objects.len());
+        wipe(api, &objects).await?;
+        *count = objects.len();
     }
-    Ok((counts[0], counts[1]))
+    Ok(counts)
 }
 
 async fn wipe(api: &Api<DynamicObject>, objects: &[DynamicObject]) -> anyhow::Result<()> {
