@@ -30,6 +30,7 @@ impl HasConditions for CyclrCycle {
 const INSTALL: &str = "POST /v1.0/templates/{id}/install";
 const ACTIVATE: &str = "PUT /v1.0/cycles/{id}/activate";
 const DEACTIVATE: &str = "PUT /v1.0/cycles/{id}/deactivate";
+const LIST_CYCLES: &str = "GET /v1.0/cycles";
 const INSTALL_CONNECTOR: &str = "POST /v1.0/connectors/{connector}/install";
 
 /// A template `id` named `name` needing `connectors` (name, auth type), with a variable
@@ -595,6 +596,46 @@ async fn try_cycle(h: &Harness, name: &str, spec: serde_json::Value) -> Result<(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Waits for the partner's next resync (its account list, every 10 s here), then a moment for
+/// the reconciles it wakes.
+async fn after_next_resync(h: &Harness) {
+    let lists = h.cyclr_requests("GET /v1.0/accounts");
+    h.wait_for("the partner's next resync", Duration::from_secs(40), || async {
+        (h.cyclr_requests("GET /v1.0/accounts") > lists).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+/// Row 9 in small (`CYCLES=3 make bench` runs 500 accounts of 3): the three Ready cycles of
+/// an account share its cycle list, one `GET /v1.0/cycles` per partner resync (never a read
+/// per cycle), and resyncs with nothing to change send Cyclr no cycle write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row9_the_cycles_of_an_account_share_one_list_per_resync() {
+    let (h, account, _) = with_ready_cycle("cyc-share", json!({})).await;
+    for name in ["sync-2", "sync-3"] {
+        apply_cycle(&h, name, json!({"templateRef": {"id": "sync"}})).await;
+        ready(&h, name).await;
+    }
+    assert_eq!(h.sim.cycles(&account).len(), 3);
+    after_next_resync(&h).await;
+    let counts = || {
+        [LIST_CYCLES, "GET /v1.0/cycles/{id}", INSTALL, ACTIVATE, DEACTIVATE].map(|endpoint| h.cyclr_requests(endpoint))
+    };
+    let before = counts();
+    for _ in 0..3 {
+        after_next_resync(&h).await;
+    }
+    let [lists, reads, installs, activations, deactivations] = std::array::from_fn(|i| counts()[i] - before[i]);
+    // Three resyncs, and at most one more list for a resync that straddled the window's ends.
+    assert!(
+        (3..=4).contains(&lists),
+        "{lists} cycle lists over 3 resyncs of 3 cycles"
+    );
+    assert_eq!(reads, 0, "no cycle is read on its own");
+    assert_eq!((installs, activations, deactivations), (0, 0, 0), "nothing to change");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
