@@ -58,10 +58,13 @@ run_one() {
 export -f run_one
 export LOGS=$logs
 rm -f "$logs/durations.new"
-# Longest first (by the last run), so the slowest binary does not start last.
+# Longest first (by the last run, or on a clean clone by hack/test-durations.txt), so the
+# slowest binary does not start last.
+durations=$logs/durations
+[ -f "$durations" ] || durations=hack/test-durations.txt
 while IFS=$'\t' read -r dir exe; do
   base=$(basename "$exe" | sed 's/-[0-9a-f]*$//')
-  last=$(awk -v b="$base" '$2 == b {print $1; exit}' "$logs/durations" 2>/dev/null || true)
+  last=$(awk -v b="$base" '$2 == b {print $1; exit}' "$durations" 2>/dev/null || true)
   printf '%s\t%s\t%s\n' "${last:-0}" "$dir" "$exe"
 done <"$logs/binaries" | sort -rn | cut -f2- | xargs -d '\n' -P "$jobs" -I{} bash -c 'run_one "$1"' _ {}
 mv "$logs/durations.new" "$logs/durations"
