@@ -83,7 +83,9 @@ pub fn controller(
     let controller = driver::controller_for(&kind, api, move |event| match event {
         watcher::Event::Apply(Watched(Ok(i))) | watcher::Event::InitApply(Watched(Ok(i))) => {
             index.install_claims.set(Holder::of(&i.metadata), vec![install_key(i)]);
-            if i.status.as_ref().is_some_and(|s| s.installed_at.is_some()) {
+            // Not at the initial list: every cycle looks at start anyway.
+            let changed = matches!(event, watcher::Event::Apply(_));
+            if changed && i.status.as_ref().is_some_and(|s| s.installed_at.is_some()) {
                 let account = ObjectRef::new(&i.spec.account_ref.name).within(&i.namespace().unwrap_or_default());
                 let _ = installed.unbounded_send(account);
             }
