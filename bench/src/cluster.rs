@@ -40,7 +40,7 @@ pub enum Dialect {
 }
 
 /// `DIALECTS`, the knob `make bench` and `make chaos` share.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct DialectsArg {
     /// The partners' Cyclr APIs (`spec.cyclrAPI`), comma-separated: the bench runs at every
     /// limit on each, chaos runs every scenario on each.
@@ -544,6 +544,14 @@ impl ReadyWatch {
     /// many (`None` before any object was seen).
     pub fn most_writes(&self) -> Option<MostWrites> {
         self.versions.lock().expect("versions").most_writes()
+    }
+
+    /// Every version the watch delivered so far, of every object (a write shows as one more),
+    /// and whether it had to list again (then versions may have been missed).
+    pub fn versions_seen(&self) -> (u64, bool) {
+        let versions = self.versions.lock().expect("versions");
+        let seen = versions.by_name.values().map(|(_, count)| u64::from(*count)).sum();
+        (seen, versions.relists > 0)
     }
 
     /// Waits until `n` accounts are Ready, or fails after `timeout` saying how many were.

@@ -7,6 +7,7 @@
 //! provider-http doing the same job (`peer.rs`).
 //! See docs/performance.md.
 
+mod curve;
 mod floor;
 mod peer;
 
@@ -25,11 +26,15 @@ use cyclr::types::CycleStatus;
 use operator::{Operator, ProcUsage};
 
 /// Onboarding N CyclrAccounts: the operator against the floor.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about)]
 struct Args {
-    /// Accounts per run.
-    #[arg(long, env = "N", default_value_t = 1000)]
+    /// Accounts per run. Several sizes (comma-separated, e.g. `1000,10000,30000`) run the
+    /// whole bench at each and draw the curve of time and memory against N (`CURVE_SVG`).
+    #[arg(long = "n", env = "N", value_delimiter = ',', default_value = "1000")]
+    sizes: Vec<usize>,
+    /// The size being run (one of `sizes`).
+    #[arg(skip)]
     n: usize,
     /// Account creates in flight at once (the clients of the API server, e.g. a GitOps tool).
     #[arg(long, env = "CREATE_CONCURRENCY", default_value_t = 32)]
@@ -52,9 +57,18 @@ struct Args {
     /// The partner's resyncInterval, in seconds (the resync measured after the rollout).
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 30)]
     resync_seconds: u64,
-    /// Unrelated Secrets and ConfigMaps (each) in the cluster before the runs; default N.
+    /// Unrelated Secrets and ConfigMaps (each) in the cluster before the runs; default the
+    /// largest N.
     #[arg(long, env = "UNRELATED")]
     unrelated: Option<usize>,
+    /// After the resyncs, also restart the operator with the N accounts Ready (issue #23
+    /// row 3): time to `/readyz`, its Kubernetes writes and Cyclr calls until quiet.
+    #[arg(long, env = "RESTART", value_parser = clap::builder::FalseyValueParser::new())]
+    restart: bool,
+    /// Where to draw the curve when several sizes run; default `curve.svg` in the run's log
+    /// directory.
+    #[arg(long, env = "CURVE_SVG")]
+    curve_svg: Option<PathBuf>,
     /// The operator binary; default: `cyclr-operator` next to this binary.
     #[arg(long, env = "CYCLR_OPERATOR")]
     operator: Option<PathBuf>,
@@ -104,6 +118,22 @@ struct OperatorRun {
     resync: Resync,
     /// Its cycles, on a V1 run with `CYCLES`.
     cycles: Option<CycleRun>,
+    /// The restart with every account Ready, with `RESTART`.
+    restart: Option<Restart>,
+}
+
+/// The operator stopped and started again with N Ready accounts (issue #23 row 3).
+struct Restart {
+    /// From the new process's start to its `/readyz` answering 200.
+    ready_after: Duration,
+    /// Its Kubernetes writes until quiet (its own counter), and the account versions the
+    /// bench's watch saw meanwhile ("at least" when the watch listed again).
+    writes: BTreeMap<String, u64>,
+    versions: (u64, bool),
+    /// Cyclr calls until quiet, by endpoint.
+    calls: BTreeMap<String, u64>,
+    /// Its peak RSS and CPU until quiet.
+    usage: ProcUsage,
 }
 
 /// The cycles of a V1 run, rolled out with its accounts.
@@ -136,16 +166,17 @@ async fn main() -> anyhow::Result<()> {
     let logs = std::env::temp_dir().join(format!("cyclr-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
 
+    let largest = args.sizes.iter().copied().max().unwrap_or(0);
+    let unrelated = args.unrelated.unwrap_or(largest);
     println!(
-        "cyclr-bench: N={} accounts ({} CyclrCycles each on V1), cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, dialects {:?}, {} unrelated Secrets and ConfigMaps",
-        args.n,
+        "cyclr-bench: N={:?} accounts ({} CyclrCycles each on V1), cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, dialects {:?}, {unrelated} unrelated Secrets and ConfigMaps",
+        args.sizes,
         args.cycles,
         args.latency_ms,
         args.create_concurrency,
         args.operator_concurrency,
         args.limits,
         args.dialects.dialects,
-        args.unrelated.unwrap_or(args.n)
     );
     println!("machine: {}", cyclr_bench::machine());
     println!(
@@ -154,18 +185,63 @@ async fn main() -> anyhow::Result<()> {
     let env = TestEnv::get().await;
     let client = env.client();
     cluster::install_crds(&client, &operator_bin).await?;
-    let unrelated = args.unrelated.unwrap_or(args.n);
     println!("creating {unrelated} unrelated Secrets and {unrelated} ConfigMaps…");
     let namespace = env.new_namespace("bench-unrelated").await;
     cluster::create_unrelated(&client, &namespace, unrelated, args.create_concurrency).await?;
 
+    let mut curve: Vec<curve::Series> = Vec::new();
+    for &n in &args.sizes {
+        let args = Args { n, ..args.clone() };
+        let results = run_size(env, &args, &operator_bin, &logs).await?;
+        for run in &results {
+            let label = format!("{} {}/s", run.dialect.name(), run.limit);
+            let point = curve::Point {
+                n,
+                operator: run.operator.rollout.readiness.all_ready,
+                floor: run.floor.as_ref().map(|f| f.readiness.all_ready),
+                peak_rss_mib: mib(run.operator.usage.peak_rss_kib),
+                cpu_seconds: run.operator.usage.cpu_seconds,
+            };
+            match curve.iter_mut().find(|s| s.label == label) {
+                Some(series) => series.points.push(point),
+                None => curve.push(curve::Series {
+                    label,
+                    points: vec![point],
+                }),
+            }
+        }
+    }
+    if args.sizes.len() > 1 {
+        let path = args.curve_svg.clone().unwrap_or_else(|| logs.join("curve.svg"));
+        curve::draw(&curve, MEMORY_GOAL_MIB, &path)?;
+        println!(
+            "\n## The curve (N = {:?})\n\n{}\ndrawn into {}",
+            args.sizes,
+            curve::table(&curve),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Peak RSS the operator should stay under at N = 100,000 (issue #23 row 1), drawn on the curve.
+const MEMORY_GOAL_MIB: f64 = 256.0;
+
+/// The whole bench at one size (`args.n`): the operator and the floor at every dialect and
+/// limit, then provider-http with `PEER`; prints the report and returns the runs.
+async fn run_size(
+    env: &TestEnv,
+    args: &Args,
+    operator_bin: &std::path::Path,
+    logs: &std::path::Path,
+) -> anyhow::Result<Vec<Run>> {
     let mut results = Vec::new();
     for &dialect in &args.dialects.dialects {
         for &limit in &args.limits {
-            let tag = format!("[{} {limit} req/s]", dialect.name());
+            let tag = format!("[N={} {} {limit} req/s]", args.n, dialect.name());
             println!("\n{tag} operator: {} accounts…", args.n);
-            let log = logs.join(format!("operator-{}-{limit}.log", dialect.name()));
-            let operator = run_operator(env, &args, &operator_bin, dialect, limit, log).await?;
+            let log = logs.join(format!("operator-{}-{}-{limit}.log", args.n, dialect.name()));
+            let operator = run_operator(env, args, operator_bin, dialect, limit, log).await?;
             println!(
                 "{tag} operator: all Ready in {:.1} s",
                 operator.rollout.readiness.all_ready.as_secs_f64()
@@ -174,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
                 Dialect::Partner => {
                     let per_account = floor_work(&operator.writes, args.n);
                     println!("{tag} floor: {} accounts ({per_account:?})…", args.n);
-                    let floor = run_floor(env, &args, limit, per_account).await?;
+                    let floor = run_floor(env, args, limit, per_account).await?;
                     println!(
                         "{tag} floor: all Ready in {:.1} s",
                         floor.readiness.all_ready.as_secs_f64()
@@ -193,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let peer = if args.peer {
         println!("\n[provider-http] {} Requests…", args.n);
-        let run = run_peer(env, &args, logs.join("provider-http.log")).await?;
+        let run = run_peer(env, args, logs.join(format!("provider-http-{}.log", args.n))).await?;
         println!(
             "[provider-http] {} of {} Ready and Synced in {:.1} s{}",
             run.ready,
@@ -205,11 +281,11 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    report(&args, &results);
+    report(args, &results);
     if let Some(peer) = &peer {
-        report_peer(&args, &results, peer);
+        report_peer(args, &results, peer);
     }
-    Ok(())
+    Ok(results)
 }
 
 /// provider-http on the same control plane: its CRDs (from `bin/provider-http-crds/`, copied
@@ -374,6 +450,16 @@ async fn run_operator(
     )
     .await?;
 
+    let usage = op.usage()?;
+    let restart = if args.restart {
+        let log = op.log.with_extension("restart.log");
+        op.stop().await?;
+        let (restarted, restart) = measure_restart(args, binary, env, &namespace, &sim, &watch, log).await?;
+        op = restarted;
+        Some(restart)
+    } else {
+        None
+    };
     let most_writes = watch.most_writes();
     watch_task.abort();
     let cycles = cycles_rollout.map(|(readiness, busiest, in_cyclr)| CycleRun {
@@ -384,7 +470,6 @@ async fn run_operator(
         in_cyclr,
     });
     cycle_watch_task.abort();
-    let usage = op.usage()?;
     op.stop().await?;
     sim.shutdown().await;
     cluster::delete_run(&client, &namespace).await?;
@@ -397,7 +482,40 @@ async fn run_operator(
         first_resync,
         resync,
         cycles,
+        restart,
     })
+}
+
+/// Starts the operator again (it was stopped with every account Ready) and measures how long
+/// until `/readyz`, and what it writes and calls until quiet.
+async fn measure_restart(
+    args: &Args,
+    binary: &std::path::Path,
+    env: &TestEnv,
+    namespace: &str,
+    sim: &SimHandle,
+    watch: &ReadyWatch,
+    log: PathBuf,
+) -> anyhow::Result<(Operator, Restart)> {
+    sim.reset_stats();
+    let versions_before = watch.versions_seen().0;
+    let started = Instant::now();
+    let op = Operator::start(binary, env.kubeconfig_path(), namespace, args.operator_concurrency, log)?;
+    op.wait_ready(Duration::from_secs(600)).await?;
+    let ready_after = started.elapsed();
+    // Quiet for 3 s, but at least one resync interval: what a restart costs includes the
+    // partner's first resync.
+    tokio::time::sleep(Duration::from_secs(args.resync_seconds)).await;
+    let writes = settle(&op, sim, Duration::from_secs(120)).await?;
+    let (seen, relisted) = watch.versions_seen();
+    let restart = Restart {
+        ready_after,
+        writes,
+        versions: (seen - versions_before, relisted),
+        calls: sim.stats().requests,
+        usage: op.usage()?,
+    };
+    Ok((op, restart))
 }
 
 /// What one resync cost: Cyclr calls and Kubernetes writes from the next List Accounts
@@ -653,6 +771,18 @@ fn report(args: &Args, results: &[Run]) {
             counts(&run.resync.calls),
             counts(&run.resync.writes)
         );
+        if let Some(restart) = &run.restart {
+            let (versions, relisted) = restart.versions;
+            println!(
+                "- **restart** with {n} accounts Ready: `/readyz` {} after the start; Kubernetes writes {} (the accounts' watch saw {}{versions} new versions); Cyclr calls {}; peak RSS {:.1} MiB, CPU {:.1} s until quiet",
+                secs(restart.ready_after),
+                counts(&restart.writes),
+                if relisted { "at least " } else { "" },
+                counts(&restart.calls),
+                mib(restart.usage.peak_rss_kib),
+                restart.usage.cpu_seconds,
+            );
+        }
         if let Some(cycles) = &run.cycles {
             report_cycles(n, *limit, run, cycles);
         }
