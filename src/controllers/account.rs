@@ -69,7 +69,8 @@ pub fn controller(
 ) {
     let api = namespaced_api::<Watched<CyclrAccount>>(driver.client.clone(), &state.services.config);
     let claims = state.services.clone();
-    let kind = Kind::<CyclrAccount>::new(driver, state);
+    let watch = state.services.config.served();
+    let kind = Kind::<CyclrAccount>::new(driver, state, watch);
     let controller = driver::controller_for(&kind, api, move |event| {
         if let watcher::Event::Apply(Watched(Ok(a))) | watcher::Event::InitApply(Watched(Ok(a))) = event {
             if feeds_claims {
