@@ -1146,7 +1146,7 @@ fn every_run_flag_is_reachable_through_values() {
     let args: Vec<String> = docs
         .iter()
         .filter(|d| d["kind"] == "Deployment")
-        .flat_map(|d| deployment_args(d))
+        .flat_map(deployment_args)
         .collect();
     let deployment = find(&docs, "Deployment").unwrap();
     let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
@@ -1382,10 +1382,14 @@ fn chart_deploys_one_deployment_per_shard() {
         .iter()
         .map(|d| d["metadata"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["t-cyclr-operator-a", "t-cyclr-operator-b", "t-cyclr-operator-c"]);
-    for (deployment, (shard, selector)) in deployments
-        .iter()
-        .zip([("a", "shard=a"), ("b", "shard=b"), ("c", "shard in (c,d)")])
+    assert_eq!(
+        names,
+        ["t-cyclr-operator-a", "t-cyclr-operator-b", "t-cyclr-operator-c"]
+    );
+    for (deployment, (shard, selector)) in
+        deployments
+            .iter()
+            .zip([("a", "shard=a"), ("b", "shard=b"), ("c", "shard in (c,d)")])
     {
         assert_eq!(deployment["spec"]["replicas"], 2, "replicaCount per shard");
         let matched = &deployment["spec"]["selector"]["matchLabels"];
@@ -1415,9 +1419,9 @@ fn chart_deploys_one_deployment_per_shard() {
     assert_eq!(single.iter().filter(|d| d["kind"] == "Deployment").count(), 1);
     let args = container_args(&single);
     assert!(
-        !args
-            .iter()
-            .any(|a| a.starts_with("--shard") || a.starts_with("--partner-status") || a.starts_with("--label-selector")),
+        !args.iter().any(|a| a.starts_with("--shard")
+            || a.starts_with("--partner-status")
+            || a.starts_with("--label-selector")),
         "{args:?}"
     );
     let schema = run_failing(
@@ -1425,7 +1429,10 @@ fn chart_deploys_one_deployment_per_shard() {
             .args(["template", "t", CHART, "--kube-version", "1.33.0"])
             .args(["--set", "shards[0].name=a"]),
     );
-    assert!(schema.contains("selector"), "a shard without a selector is refused: {schema}");
+    assert!(
+        schema.contains("selector"),
+        "a shard without a selector is refused: {schema}"
+    );
 }
 
 /// `grafanaDashboard.enabled` ships deploy/grafana's dashboard in a ConfigMap that Grafana's

@@ -132,7 +132,12 @@ impl RateBudget {
         let fresh = RateBudget::new(requests_per_second, burst, shares)?;
         let mut state = self.lock().clone();
         state.rate = state.rate.min(fresh.configured_rate());
-        Ok(Self::with_state(fresh.requests_per_second, fresh.burst, fresh.shares, state))
+        Ok(Self::with_state(
+            fresh.requests_per_second,
+            fresh.burst,
+            fresh.shares,
+            state,
+        ))
     }
 
     /// The configured rate of this budget (its share of the quota), requests per second.

@@ -638,7 +638,12 @@ impl Reconciler for CyclrAccount {
     fn forget(state: &AccountState, meta: &ObjectMeta) {
         let uid = meta.uid.as_deref().unwrap_or_default();
         state.usage_polls.lock().expect("lock").remove(&stable_hash(uid));
-        state.services.account_claims.remove(uid);
+        // Only where this watch keeps the claims. Otherwise a watch of every CyclrAccount
+        // does and says when one is gone: one that only left this shard (relabelled) still
+        // holds its account.
+        if state.services.config.serves_whole_cluster() {
+            state.services.account_claims.remove(uid);
+        }
         state.services.metrics.forget_account(
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),

@@ -67,6 +67,12 @@ impl OperatorConfig {
         }
     }
 
+    /// Whether this process serves every CyclrAccount in the cluster (no namespace, no
+    /// selector): then its account watch alone keeps the claims.
+    pub fn serves_whole_cluster(&self) -> bool {
+        self.watch_namespace.is_none() && self.label_selector.is_none()
+    }
+
     /// How the kinds this process serves (accounts, installs, cycles) are watched.
     pub fn served(&self) -> KindConfig {
         KindConfig {
@@ -374,7 +380,7 @@ pub async fn run(
     // Claims come from every CyclrAccount in the cluster, not only those this operator
     // serves. When it serves them all, the account controller's watch keeps the index;
     // otherwise (a namespace, a shard) a metadata-only watch of the rest is added.
-    let whole_cluster = config.watch_namespace.is_none() && config.label_selector.is_none();
+    let whole_cluster = config.serves_whole_cluster();
     let claims_run = (!whole_cluster).then(|| {
         let claims = services.clone();
         readiness
