@@ -145,6 +145,13 @@ async fn partner_writes(process: &OperatorProcess) -> f64 {
         .await
 }
 
+/// Partner Details requests a process sent: one per check of the partner.
+async fn partner_checks(process: &OperatorProcess) -> f64 {
+    process
+        .counter("cyclr_api_requests_total", r#"endpoint="partner_details""#)
+        .await
+}
+
 /// Waits until the shard's Lease is held by `pid`.
 async fn wait_leader(h: &Harness, shard: &str, pid: u32, timeout: Duration) {
     let lease = format!("{LEASE}-{shard}");
@@ -205,6 +212,25 @@ async fn three_shards_keep_to_one_partners_rate_limit_together() {
         } else {
             assert_eq!(partner_writes, 0.0, "shard {shard} wrote to the partner");
         }
+        // Each shard lists for its own accounts, one list for many.
+        let lists = process
+            .counter("cyclr_api_requests_total", r#"endpoint="list_accounts""#)
+            .await;
+        eprintln!("shard {shard}: {lists} List Accounts for {PER_SHARD} accounts");
+        assert!(lists < (PER_SHARD / 2) as f64, "shard {shard}: {lists} lists");
+    }
+    // Only the writer checks the partner again after its creates (for the count in its
+    // status); the other shards checked it once, at start.
+    h.wait_for("shard a's check after its creates", Duration::from_secs(30), || async {
+        (partner_checks(&shards[0]).await >= 2.0).then_some(())
+    })
+    .await;
+    for (process, shard) in shards.iter().zip(["a", "b", "c"]).skip(1) {
+        assert_eq!(
+            partner_checks(process).await,
+            1.0,
+            "shard {shard} checked the partner again"
+        );
     }
     // Claims are cluster-wide: shard b sees that an account of shard a holds this id.
     let (held_by, id) = ready.iter().find(|(name, _)| name.starts_with("a-")).unwrap();
