@@ -120,6 +120,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone(), needed_crds()));
     tokio::spawn(allocator::trim_periodically());
     let shutdown = shutdown_signal()?;
+    let shard = args.shard.clone();
+    metrics.set_leader(shard.as_deref(), false);
 
     let leadership = if args.leader_election {
         let lease = LeaseSettings {
@@ -148,9 +150,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shards: args.shards,
         concurrency: args.concurrency,
     };
-    metrics.set_leader(true);
+    metrics.set_leader(shard.as_deref(), true);
     let result = run_controllers(client, config, metrics.clone(), readiness, shutdown).await;
-    metrics.set_leader(false);
+    metrics.set_leader(shard.as_deref(), false);
     // Only now, with the controllers stopped, may another replica lead.
     if let Some(leadership) = leadership {
         leadership.release().await;

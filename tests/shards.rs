@@ -340,6 +340,8 @@ async fn a_shards_standby_takes_over_that_shard_only() {
     one_cyclr_account_each(&h, &ready, total);
 
     // The standby took shard a only; shard b kept its leader throughout.
+    assert_eq!(standby.counter("cyclr_operator_leader", r#"shard="a""#).await, 1.0);
+    assert_eq!(b.counter("cyclr_operator_leader", r#"shard="b""#).await, 1.0);
     assert_eq!(served_ready(&standby).await, (PER_SHARD + 2) as f64);
     assert_eq!(served_ready(&b).await, (PER_SHARD + 2) as f64);
     assert_eq!(
