@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd {
         /// Print the API reference (docs/api.md) written from them instead, as Markdown.
@@ -47,9 +47,26 @@ struct RunArgs {
     /// Watch accounts and installs in this namespace only (default: all).
     #[arg(long)]
     watch_namespace: Option<String>,
-    /// Reconcile only objects with these labels (e.g. `shard=a`).
+    /// Serve only accounts, installs and cycles with these labels (e.g. `shard=a`).
+    /// CyclrPartners are not filtered by it: every shard uses them (see
+    /// `--partner-label-selector`).
     #[arg(long)]
     label_selector: Option<String>,
+    /// Use only CyclrPartners with these labels (default: all).
+    #[arg(long)]
+    partner_label_selector: Option<String>,
+    /// The name of the shard this process serves (its `--label-selector`): its Lease is
+    /// `<lease-name>-<shard>`, so each shard has a leader of its own.
+    #[arg(long, requires = "label_selector")]
+    shard: Option<String>,
+    /// How many shards are deployed: each keeps to this share of every partner's
+    /// `rateLimit` (rate and burst divided, at least 1 each), so that together they keep to it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    shards: u32,
+    /// Write the CyclrPartners' status. In a sharded install exactly one shard does (the
+    /// chart's first); the others check each partner for their own use only.
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    partner_status: bool,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -85,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(run(args))?
+                .block_on(run(*args))?
         }
     }
     Ok(())
@@ -103,12 +120,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let crd_check = tokio::spawn(readiness.clone().check_crds(client.clone(), needed_crds()));
     tokio::spawn(allocator::trim_periodically());
     let shutdown = shutdown_signal()?;
+    let shard = args.shard.clone();
+    metrics.set_leader(shard.as_deref(), false);
 
     let leadership = if args.leader_election {
         let lease = LeaseSettings {
             client: client.clone(),
             namespace: args.namespace.clone(),
-            name: args.lease_name.clone(),
+            name: match &args.shard {
+                Some(shard) => format!("{}-{shard}", args.lease_name),
+                None => args.lease_name.clone(),
+            },
             duration: args.lease_duration,
         };
         match Leadership::acquire(lease, shutdown.clone()).await? {
@@ -123,11 +145,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         watch_namespace: args.watch_namespace,
         label_selector: args.label_selector,
+        partner_label_selector: args.partner_label_selector,
+        partner_status: args.partner_status,
+        shards: args.shards,
         concurrency: args.concurrency,
     };
-    metrics.set_leader(true);
+    metrics.set_leader(shard.as_deref(), true);
     let result = run_controllers(client, config, metrics.clone(), readiness, shutdown).await;
-    metrics.set_leader(false);
+    metrics.set_leader(shard.as_deref(), false);
     // Only now, with the controllers stopped, may another replica lead.
     if let Some(leadership) = leadership {
         leadership.release().await;

@@ -64,6 +64,12 @@ struct PartnerLabels {
     partner: String,
 }
 
+/// The shard a replica serves (`--shard`; empty when the operator is not sharded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConditionLabels {
     kind: String,
@@ -166,7 +172,7 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_failures: Family<FailureLabels, Counter>,
     orphaned: Family<KindLabels, Counter>,
-    leader: Gauge,
+    leader: Family<ShardLabels, Gauge>,
     watch_failing: Family<WatchLabels, Gauge>,
     reconcile_duration: Family<KindLabels, Histogram>,
     kubernetes_writes: Family<KindLabels, Counter>,
@@ -213,10 +219,10 @@ impl Default for Metrics {
             "Failed reconciles by kind and category (cyclr_transient, cyclr_terminal, kubernetes)",
             reconcile_failures.clone(),
         );
-        let leader = Gauge::default();
+        let leader = Family::<ShardLabels, Gauge>::default();
         registry.register(
             "operator_leader",
-            "1 while this replica reconciles (it holds the Lease, or runs without leader election)",
+            "1 while this replica reconciles its shard (it holds the shard's Lease, or runs without leader election)",
             leader.clone(),
         );
         let watch_failing = Family::<WatchLabels, Gauge>::default();
@@ -334,9 +340,13 @@ impl Metrics {
         out
     }
 
-    /// Whether this replica reconciles now (leads, or runs without leader election).
-    pub fn set_leader(&self, leading: bool) {
-        self.leader.set(i64::from(leading));
+    /// Whether this replica reconciles `shard` (`--shard`; `None`: not sharded) now: it
+    /// leads, or runs without leader election. Set at start too, so a standby reports 0.
+    pub fn set_leader(&self, shard: Option<&str>, leading: bool) {
+        let labels = ShardLabels {
+            shard: shard.unwrap_or_default().to_string(),
+        };
+        self.leader.get_or_create(&labels).set(i64::from(leading));
     }
 
     /// Each watch, and whether it has been failing past its grace (from the readiness).

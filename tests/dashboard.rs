@@ -72,7 +72,7 @@ fn exercised_metrics() -> String {
         metrics.status_computed(kind, &meta("acme"), &[], std::slice::from_ref(&ready));
     }
     metrics.account_snapshot("default", 1, chrono::Utc::now());
-    metrics.set_leader(true);
+    metrics.set_leader(None, true);
     metrics.set_watches(&[("CyclrAccount".into(), false)]);
     let observer = metrics.cyclr_observer("default");
     for (endpoint, status) in [("oauth_token", 200), ("list_accounts", 429)] {

@@ -82,7 +82,10 @@ fn kinds(docs: &[Value]) -> BTreeSet<String> {
 }
 
 fn container_args(docs: &[Value]) -> Vec<String> {
-    let deployment = find(docs, "Deployment").expect("a Deployment");
+    deployment_args(find(docs, "Deployment").expect("a Deployment"))
+}
+
+fn deployment_args(deployment: &Value) -> Vec<String> {
     serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone()).expect("args")
 }
 
@@ -1128,13 +1131,23 @@ fn every_run_flag_is_reachable_through_values() {
     let docs = template(&[
         "replicaCount=2",
         "watchNamespace=tenants",
-        "labelSelector=shard=a",
+        "labelSelector=team=payments",
+        "partnerLabelSelector=region=eu",
+        "shards[0].name=a",
+        "shards[0].selector=shard=a",
+        "shards[1].name=b",
+        "shards[1].selector=shard=b",
         "logFormat=text",
         "logLevel=debug",
         "concurrency=4",
         "leaderElection.leaseDuration=30",
     ]);
-    let args = container_args(&docs);
+    // Every shard's flags: `--partner-status=false` is the second shard's.
+    let args: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment")
+        .flat_map(deployment_args)
+        .collect();
     let deployment = find(&docs, "Deployment").unwrap();
     let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
     for (flag, env_var, _) in &flags {
@@ -1145,7 +1158,8 @@ fn every_run_flag_is_reachable_through_values() {
         assert!(in_args || in_env, "{flag} is not reachable through values: {args:?}");
     }
     for expected in [
-        "--label-selector=shard=a",
+        "--label-selector=team=payments,shard=a",
+        "--partner-label-selector=region=eu",
         "--log-format=text",
         "--log-level=debug",
         "--concurrency=4",
@@ -1328,6 +1342,7 @@ async fn watch_namespace_install_reads_secrets_in_two_namespaces_only() {
     let _operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_cyclr-operator"))
         .args(["run", "--namespace", &own, "--watch-namespace", &watched])
         .args(["--label-selector", &format!("cyclr.com/test={own}")])
+        .args(["--partner-label-selector", &format!("cyclr.com/test={own}")])
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("POD_NAMESPACE")
@@ -1345,6 +1360,79 @@ async fn watch_namespace_install_reads_secrets_in_two_namespaces_only() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// `shards`: one Deployment per shard, each with its own pods (selector), its shard's label
+/// selector and Lease, the whole number of shards (each keeps to its share of a partner's
+/// budget), and one writer of the partners' status; without `shards`, the one Deployment
+/// carries none of that.
+#[test]
+fn chart_deploys_one_deployment_per_shard() {
+    let docs = template(&[
+        "replicaCount=2",
+        "shards[0].name=a",
+        "shards[0].selector=shard=a",
+        "shards[1].name=b",
+        "shards[1].selector=shard=b",
+        "shards[2].name=c",
+        "shards[2].selector=shard in (c\\,d)",
+    ]);
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    let names: Vec<&str> = deployments
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["t-cyclr-operator-a", "t-cyclr-operator-b", "t-cyclr-operator-c"]
+    );
+    for (deployment, (shard, selector)) in
+        deployments
+            .iter()
+            .zip([("a", "shard=a"), ("b", "shard=b"), ("c", "shard in (c,d)")])
+    {
+        assert_eq!(deployment["spec"]["replicas"], 2, "replicaCount per shard");
+        let matched = &deployment["spec"]["selector"]["matchLabels"];
+        assert_eq!(matched["cyclr.com/shard"], shard, "each shard's own pods");
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["labels"]["cyclr.com/shard"],
+            shard
+        );
+        let args = deployment_args(deployment);
+        for expected in [
+            format!("--label-selector={selector}"),
+            format!("--shard={shard}"),
+            "--shards=3".to_string(),
+            format!("--partner-status={}", shard == "a"),
+            "--lease-name=t-cyclr-operator".to_string(),
+        ] {
+            assert!(args.contains(&expected), "{expected} not in shard {shard}'s {args:?}");
+        }
+    }
+    assert_eq!(
+        docs.iter().filter(|d| d["kind"] == "ServiceAccount").count(),
+        1,
+        "the shards share the ServiceAccount and its RBAC"
+    );
+
+    let single = template(&[]);
+    assert_eq!(single.iter().filter(|d| d["kind"] == "Deployment").count(), 1);
+    let args = container_args(&single);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--shard")
+            || a.starts_with("--partner-status")
+            || a.starts_with("--label-selector")),
+        "{args:?}"
+    );
+    let schema = run_failing(
+        testbin("helm")
+            .args(["template", "t", CHART, "--kube-version", "1.33.0"])
+            .args(["--set", "shards[0].name=a"]),
+    );
+    assert!(
+        schema.contains("selector"),
+        "a shard without a selector is refused: {schema}"
+    );
 }
 
 /// `grafanaDashboard.enabled` ships deploy/grafana's dashboard in a ConfigMap that Grafana's

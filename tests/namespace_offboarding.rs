@@ -32,8 +32,10 @@ async fn offboarding_harness(prefix: &str) -> Harness {
         .await
         .expect("kube-controller-manager (the namespace controller and the garbage collector)");
     let mut h = Harness::without_operator_with(prefix, "10m", Some("V1")).await;
+    let label = format!("cyclr.com/test={}", h.namespace);
     h.start_operator_with(OperatorConfig {
-        label_selector: Some(format!("cyclr.com/test={}", h.namespace)),
+        label_selector: Some(label.clone()),
+        partner_label_selector: Some(label),
         ..OperatorConfig::new(h.namespace.clone())
     });
     h.wait_partner_ready("True").await;

@@ -11,15 +11,18 @@ use anyhow::{Context as _, bail};
 
 use crate::cluster::LABEL;
 
-/// `run` arguments that make the operator serve only the objects of `namespace` labelled for
-/// it (a sharded install, which adds a metadata-only watch of every CyclrAccount for the
-/// claims): several operators then share one control plane.
-pub fn scoped_to(namespace: &str) -> [String; 4] {
+/// `run` arguments that make the operator serve only the objects and partners of `namespace`
+/// labelled for it (as a sharded install does, which adds a metadata-only watch of every
+/// CyclrAccount for the claims): several operators then share one control plane.
+pub fn scoped_to(namespace: &str) -> [String; 6] {
+    let label = format!("{LABEL}={namespace}");
     [
         "--watch-namespace".to_owned(),
         namespace.to_owned(),
         "--label-selector".to_owned(),
-        format!("{LABEL}={namespace}"),
+        label.clone(),
+        "--partner-label-selector".to_owned(),
+        label,
     ]
 }
 

@@ -38,6 +38,12 @@ pub const INCREASE_SHARE: f64 = 0.1;
 /// for the configured limiter (`requests_per_second` with a `burst`), then, while 429s have
 /// lowered the rate below the configured one, for its slot at the adapted rate.
 ///
+/// A budget may be one of `shares` equal shares of the partner's quota, each held by another
+/// process (a sharded operator): it then lets through `requests_per_second / shares` per
+/// second with bursts of `burst / shares` (rounded down, at least 1), so that the shares
+/// together never exceed the quota, whenever each sends. The configured rate below is the
+/// share's.
+///
 /// The adapted rate follows AIMD: each 429 episode halves it (at least [`MIN_RATE`] req/s);
 /// each [`INCREASE_INTERVAL`] without a 429 adds [`INCREASE_SHARE`] of the configured rate,
 /// never above it. A 429 answering a request sent before the current episode began belongs to
@@ -45,6 +51,7 @@ pub const INCREASE_SHARE: f64 = 0.1;
 pub struct RateBudget {
     requests_per_second: NonZeroU32,
     burst: NonZeroU32,
+    shares: NonZeroU32,
     limiter: DefaultDirectRateLimiter,
     state: Mutex<State>,
 }
@@ -70,6 +77,7 @@ impl fmt::Debug for RateBudget {
         f.debug_struct("RateBudget")
             .field("requests_per_second", &self.requests_per_second)
             .field("burst", &self.burst)
+            .field("shares", &self.shares)
             .field("current_rate", &self.current_rate())
             .field("hold_remaining", &self.hold_remaining())
             .finish()
@@ -77,53 +85,70 @@ impl fmt::Debug for RateBudget {
 }
 
 impl RateBudget {
-    /// A budget allowing `requests_per_second` with bursts of `burst`, no hold, the adapted
-    /// rate at the configured one. Both must be at least 1 (else [`CyclrError::Config`]).
-    pub fn new(requests_per_second: u32, burst: u32) -> Result<Self> {
-        let rate = NonZeroU32::new(requests_per_second)
-            .ok_or_else(|| CyclrError::Config("requests_per_second must be at least 1".into()))?;
-        let burst = NonZeroU32::new(burst).ok_or_else(|| CyclrError::Config("burst must be at least 1".into()))?;
+    /// A budget allowing one of `shares` equal shares of `requests_per_second` with bursts of
+    /// `burst` (`shares` 1: all of it), no hold, the adapted rate at the share's. All three
+    /// must be at least 1 (else [`CyclrError::Config`]).
+    pub fn new(requests_per_second: u32, burst: u32, shares: u32) -> Result<Self> {
+        let at_least_one = |value: u32, what: &str| {
+            NonZeroU32::new(value).ok_or_else(|| CyclrError::Config(format!("{what} must be at least 1")))
+        };
+        let rate = at_least_one(requests_per_second, "requests_per_second")?;
+        let burst = at_least_one(burst, "burst")?;
+        let shares = at_least_one(shares, "shares")?;
         let now = Instant::now();
         Ok(Self::with_state(
             rate,
             burst,
+            shares,
             State {
                 held_until: now,
                 streak: 0,
                 episode_started: None,
-                rate: f64::from(rate.get()),
+                rate: f64::from(rate.get()) / f64::from(shares.get()),
                 quiet_since: now,
                 next_slot: now,
             },
         ))
     }
 
-    fn with_state(requests_per_second: NonZeroU32, burst: NonZeroU32, state: State) -> Self {
+    fn with_state(requests_per_second: NonZeroU32, burst: NonZeroU32, shares: NonZeroU32, state: State) -> Self {
+        // One request per `shares / requests_per_second` seconds: a share's rate need not be
+        // a whole number (10/s in 3 shares: one every 300 ms).
+        let period = Duration::from_secs_f64(f64::from(shares.get()) / f64::from(requests_per_second.get()));
+        let quota = Quota::with_period(period).expect("a period of at least 1/u32::MAX s is not zero");
+        let burst_share = NonZeroU32::new(burst.get() / shares.get()).unwrap_or(NonZeroU32::MIN);
         RateBudget {
             requests_per_second,
             burst,
-            limiter: RateLimiter::direct(Quota::per_second(requests_per_second).allow_burst(burst)),
+            shares,
+            limiter: RateLimiter::direct(quota.allow_burst(burst_share)),
             state: Mutex::new(state),
         }
     }
 
     /// The same budget under a new quota: the hold, the 429 streak and the adapted rate
     /// (lowered to the new configured rate if above it) carry over.
-    pub fn resized(&self, requests_per_second: u32, burst: u32) -> Result<Self> {
-        let fresh = RateBudget::new(requests_per_second, burst)?;
+    pub fn resized(&self, requests_per_second: u32, burst: u32, shares: u32) -> Result<Self> {
+        let fresh = RateBudget::new(requests_per_second, burst, shares)?;
         let mut state = self.lock().clone();
         state.rate = state.rate.min(fresh.configured_rate());
-        Ok(Self::with_state(fresh.requests_per_second, fresh.burst, state))
+        Ok(Self::with_state(
+            fresh.requests_per_second,
+            fresh.burst,
+            fresh.shares,
+            state,
+        ))
     }
 
-    /// The configured rate, requests per second.
+    /// The configured rate of this budget (its share of the quota), requests per second.
     pub fn configured_rate(&self) -> f64 {
-        f64::from(self.requests_per_second.get())
+        f64::from(self.requests_per_second.get()) / f64::from(self.shares.get())
     }
 
-    /// The configured rate and burst this budget was built for.
-    pub fn quota(&self) -> (u32, u32) {
-        (self.requests_per_second.get(), self.burst.get())
+    /// The quota's rate and burst, and the number of shares it is split into, as this budget
+    /// was built.
+    pub fn quota(&self) -> (u32, u32, u32) {
+        (self.requests_per_second.get(), self.burst.get(), self.shares.get())
     }
 
     /// The rate requests may go out at now, requests per second: the configured rate unless
@@ -260,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_429_episode_halves_the_rate_once_and_successes_reset_the_floor() {
-        let budget = RateBudget::new(10, 20).unwrap();
+        let budget = RateBudget::new(10, 20, 1).unwrap();
         let sent = Instant::now();
         let first = budget.rate_limited_with_jitter(sent, Some(Duration::ZERO), 0.0);
         assert!(first > Duration::from_millis(900) && first <= MIN_HOLD, "{first:?}");
@@ -285,7 +310,7 @@ mod tests {
 
     #[test]
     fn quiet_time_raises_the_rate_a_tenth_per_interval_up_to_the_configured_rate() {
-        let budget = RateBudget::new(10, 20).unwrap();
+        let budget = RateBudget::new(10, 20, 1).unwrap();
         budget.rate_limited_with_jitter(Instant::now(), None, 0.0);
         let mut state = budget.lock();
         assert_eq!(state.rate, 5.0);
@@ -302,13 +327,32 @@ mod tests {
 
     #[test]
     fn resizing_keeps_the_hold_and_caps_the_adapted_rate() {
-        let budget = RateBudget::new(10, 20).unwrap();
+        let budget = RateBudget::new(10, 20, 1).unwrap();
         budget.rate_limited_with_jitter(Instant::now(), Some(Duration::from_secs(30)), 0.0);
-        let smaller = budget.resized(2, 2).unwrap();
+        let smaller = budget.resized(2, 2, 1).unwrap();
         assert!(smaller.hold_remaining() > Duration::from_secs(29));
         assert_eq!(smaller.current_rate(), 2.0);
-        assert_eq!(smaller.quota(), (2, 2));
-        assert!(matches!(budget.resized(0, 1), Err(CyclrError::Config(_))));
-        assert!(matches!(RateBudget::new(1, 0), Err(CyclrError::Config(_))));
+        assert_eq!(smaller.quota(), (2, 2, 1));
+        assert!(matches!(budget.resized(0, 1, 1), Err(CyclrError::Config(_))));
+        assert!(matches!(RateBudget::new(1, 0, 1), Err(CyclrError::Config(_))));
+        assert!(matches!(RateBudget::new(1, 1, 0), Err(CyclrError::Config(_))));
+    }
+
+    #[test]
+    fn a_share_lets_through_its_part_of_the_rate_and_of_the_burst() {
+        let third = RateBudget::new(10, 6, 3).unwrap();
+        assert!((third.configured_rate() - 10.0 / 3.0).abs() < 1e-9);
+        assert!((third.current_rate() - 10.0 / 3.0).abs() < 1e-9);
+        assert_eq!(third.quota(), (10, 6, 3));
+        // A burst of 6 in 3 shares: 2 at once, then one each 300 ms.
+        assert!(third.limiter.check().is_ok() && third.limiter.check().is_ok());
+        assert!(third.limiter.check().is_err(), "the share's burst is spent");
+        // A burst smaller than the shares still lets one request through.
+        let tiny = RateBudget::new(10, 2, 3).unwrap();
+        assert!(tiny.limiter.check().is_ok());
+        assert!(tiny.limiter.check().is_err());
+        // 429s lower a share's rate from the share's, not from the whole quota's.
+        third.rate_limited_with_jitter(Instant::now(), None, 0.0);
+        assert!((third.current_rate() - 5.0 / 3.0).abs() < 1e-9);
     }
 }

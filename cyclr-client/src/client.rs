@@ -39,6 +39,9 @@ pub struct ClientConfig {
     pub requests_per_second: u32,
     /// How many requests may go out at once above the rate (at least 1).
     pub burst: u32,
+    /// How many clients, each in a process of its own, split `requests_per_second` and
+    /// `burst` evenly (at least 1): this one keeps to its share (see [`RateBudget`]).
+    pub shares: u32,
     /// Per HTTP request, from connecting until the whole body is read.
     pub request_timeout: Duration,
     /// How failed calls are retried.
@@ -50,8 +53,8 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// The defaults: 10 requests per second with bursts of 20, a 30 s request timeout,
-    /// [`RetryPolicy::default`] and pages of 100.
+    /// The defaults: 10 requests per second with bursts of 20, all of it (one share), a 30 s
+    /// request timeout, [`RetryPolicy::default`] and pages of 100.
     pub fn new(api_url: impl Into<String>, client_id: impl Into<String>, client_secret: SecretString) -> Self {
         ClientConfig {
             api_url: api_url.into(),
@@ -59,6 +62,7 @@ impl ClientConfig {
             client_secret,
             requests_per_second: 10,
             burst: 20,
+            shares: 1,
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             page_size: 100,
@@ -75,6 +79,7 @@ impl fmt::Debug for ClientConfig {
             .field("client_secret", &format_args!("[redacted]"))
             .field("requests_per_second", &self.requests_per_second)
             .field("burst", &self.burst)
+            .field("shares", &self.shares)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
             .field("page_size", &self.page_size)
@@ -309,22 +314,23 @@ impl Failure {
 
 impl CyclrClient {
     /// A client with a budget of its own. [`CyclrError::Config`] for a URL that is not an
-    /// absolute http(s) base URL, or a zero rate or burst.
+    /// absolute http(s) base URL, or a zero rate, burst or number of shares.
     pub fn new(config: ClientConfig) -> Result<Self> {
-        let budget = RateBudget::new(config.requests_per_second, config.burst)?;
+        let budget = RateBudget::new(config.requests_per_second, config.burst, config.shares)?;
         Self::build(config, Arc::new(budget), None)
     }
 
     /// A client for a changed configuration (API URL, credentials, timeout, retry policy)
     /// that keeps this client's request budget and observer: the 429 hold, the adapted rate
-    /// and the limiter's state carry over. A changed `requests_per_second` or `burst` gives a
-    /// budget with the new quota that still carries the hold and the adapted rate
-    /// ([`RateBudget::resized`]). The token is not kept: it belongs to the old credentials.
+    /// and the limiter's state carry over. A changed `requests_per_second`, `burst` or
+    /// `shares` gives a budget with the new quota that still carries the hold and the
+    /// adapted rate ([`RateBudget::resized`]). The token is not kept: it belongs to the old credentials.
     pub fn with_config(&self, config: ClientConfig) -> Result<Self> {
-        let budget = if self.inner.budget.quota() == (config.requests_per_second, config.burst) {
+        let quota = (config.requests_per_second, config.burst, config.shares);
+        let budget = if self.inner.budget.quota() == quota {
             self.inner.budget.clone()
         } else {
-            Arc::new(self.inner.budget.resized(config.requests_per_second, config.burst)?)
+            Arc::new(self.inner.budget.resized(quota.0, quota.1, quota.2)?)
         };
         Self::build(config, budget, self.observer.clone())
     }

@@ -35,15 +35,35 @@ pub trait Metrics: Send + Sync {
     fn orphaned(&self, kind: &str);
 }
 
-/// Where and how the controllers watch.
+/// How the controllers write and how many reconciles they run.
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
     /// The field manager of status writes and the Events' reporting controller.
     pub manager: &'static str,
-    /// Reconcile only objects with these labels (sharding, side-by-side tests).
-    pub label_selector: Option<String>,
     /// Reconciles running at once, per kind.
     pub concurrency: u16,
+}
+
+/// Which objects of one kind this process watches, and whether it writes to them.
+#[derive(Clone, Debug)]
+pub struct KindConfig {
+    /// Watch only objects with these labels (a shard's, or a test's); `None`: all.
+    pub label_selector: Option<String>,
+    /// Whether this process writes the objects' status, identity annotation and Events.
+    /// `false` where another process writes them and this one only reads the objects and
+    /// acts on what its reconciles find (a shard that uses the partners another shard
+    /// reports on); for kinds without a finalizer and without pending writes only.
+    pub writes_status: bool,
+}
+
+impl Default for KindConfig {
+    /// Every object, written to.
+    fn default() -> Self {
+        KindConfig {
+            label_selector: None,
+            writes_status: true,
+        }
+    }
 }
 
 /// What every kind's reconciles share: the Kubernetes client, Events, metrics, the backoff
@@ -191,23 +211,26 @@ fn event_name(name: &str, nanos: i128) -> String {
     format!("{prefix}.{:x}", nanos as u64)
 }
 
-/// One kind's part of the driver: the shared [`Driver`], the kind's own state, its resync
-/// timers and its pending-write attempts.
+/// One kind's part of the driver: the shared [`Driver`], the kind's own state and watch
+/// configuration, its resync timers and its pending-write attempts.
 pub struct Kind<K: Reconciler> {
     /// What every kind shares.
     pub driver: Arc<Driver>,
     /// The kind's own state, handed to its steps.
     pub state: K::State,
+    /// Which objects are watched, and whether this process writes to them.
+    pub config: KindConfig,
     pub(crate) resyncs: Arc<Resyncs>,
     pub(crate) attempts: Attempts,
 }
 
 impl<K: Reconciler> Kind<K> {
-    /// The kind `K` on `driver`, with its own `state`.
-    pub fn new(driver: Arc<Driver>, state: K::State) -> Arc<Self> {
+    /// The kind `K` on `driver`, with its own `state`, watched and written as `config` says.
+    pub fn new(driver: Arc<Driver>, state: K::State, config: KindConfig) -> Arc<Self> {
         Arc::new(Kind {
             driver,
             state,
+            config,
             resyncs: Arc::default(),
             attempts: Attempts::default(),
         })
@@ -258,7 +281,7 @@ pub fn controller_for<K: Reconciler>(
     let mut wakes = Wakes::default();
     let wake_on = kind.resyncs.clone();
     let mut config = watcher::Config::default().any_semantic();
-    if let Some(selector) = &kind.driver.config.label_selector {
+    if let Some(selector) = &kind.config.label_selector {
         config = config.labels(selector);
     }
     let stream = kind

@@ -56,7 +56,9 @@ use std::time::Duration;
 use rand::Rng;
 
 pub use backoff::Backoffs;
-pub use controller::{Driver, DriverConfig, Kind, Metrics, ReconcileResult, controller_for, error_policy, report};
+pub use controller::{
+    Driver, DriverConfig, Kind, KindConfig, Metrics, ReconcileResult, controller_for, error_policy, report,
+};
 pub use health::{Health, State};
 pub use kind::{Applied, Cleanup, Facts, Fault, ManagedStatus, Note, Plan, ReasonCode, Reconciler};
 pub use own_writes::OwnWrites;

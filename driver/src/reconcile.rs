@@ -483,7 +483,8 @@ enum How {
 
 /// The end of every reconcile: one status comparison, at most one status write, the
 /// identity annotation, and Events (Normal for what was done, Warning when a failure or a
-/// stall first appears).
+/// stall first appears); none of these writes for a kind this process does not write
+/// ([`crate::KindConfig::writes_status`]).
 async fn record<K: Reconciler>(
     obj: &K,
     kind: &Kind<K>,
@@ -501,6 +502,9 @@ async fn record<K: Reconciler>(
     let (written, _) = write_status(obj, kind, previous, status, &health, how != How::Paused, false)
         .await
         .map_err(Error::Record)?;
+    if !kind.config.writes_status {
+        return Ok(());
+    }
     if let Some((key, id)) = K::identity(&written)
         && annotation(obj.meta(), key) != Some(id.as_str())
     {
@@ -543,8 +547,9 @@ async fn record<K: Reconciler>(
 }
 
 /// Writes status when it differs from `previous` (server-side apply, one write), with a
-/// resourceVersion precondition when `precondition`. Returns the status now in force and the
-/// resourceVersion the write left (`None`: nothing written).
+/// resourceVersion precondition when `precondition`; never for a kind this process does not
+/// write. Returns the status now in force and the resourceVersion the write left (`None`:
+/// nothing written).
 async fn write_status<K: Reconciler>(
     obj: &K,
     kind: &Kind<K>,
@@ -567,6 +572,10 @@ async fn write_status<K: Reconciler>(
     driver
         .metrics
         .status_computed(&K::kind(&()), obj.meta(), previous.conditions(), next.conditions());
+    if !kind.config.writes_status {
+        // Another process writes it: computed (for the metrics), not written.
+        return Ok((next, None));
+    }
     let rest = |s: &K::Status| {
         let mut s = s.clone();
         s.set_conditions(vec![]);

@@ -69,7 +69,8 @@ pub fn controller(
 ) {
     let api = namespaced_api::<Watched<CyclrAccount>>(driver.client.clone(), &state.services.config);
     let claims = state.services.clone();
-    let kind = Kind::<CyclrAccount>::new(driver, state);
+    let watch = state.services.config.served();
+    let kind = Kind::<CyclrAccount>::new(driver, state, watch);
     let controller = driver::controller_for(&kind, api, move |event| {
         if let watcher::Event::Apply(Watched(Ok(a))) | watcher::Event::InitApply(Watched(Ok(a))) = event {
             if feeds_claims {
@@ -637,7 +638,12 @@ impl Reconciler for CyclrAccount {
     fn forget(state: &AccountState, meta: &ObjectMeta) {
         let uid = meta.uid.as_deref().unwrap_or_default();
         state.usage_polls.lock().expect("lock").remove(&stable_hash(uid));
-        state.services.account_claims.remove(uid);
+        // Only where this watch keeps the claims. Otherwise a watch of every CyclrAccount
+        // does and says when one is gone: one that only left this shard (relabelled) still
+        // holds its account.
+        if state.services.config.serves_whole_cluster() {
+            state.services.account_claims.remove(uid);
+        }
         state.services.metrics.forget_account(
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),

@@ -79,7 +79,8 @@ pub fn controller(
     let api = namespaced_api::<Watched<CyclrConnectorInstall>>(driver.client.clone(), &state.services.config);
     // The installed-name index is fed by the installs' own watch.
     let index = state.services.clone();
-    let kind = Kind::<CyclrConnectorInstall>::new(driver, state);
+    let watch = state.services.config.served();
+    let kind = Kind::<CyclrConnectorInstall>::new(driver, state, watch);
     let controller = driver::controller_for(&kind, api, move |event| match event {
         watcher::Event::Apply(Watched(Ok(i))) | watcher::Event::InitApply(Watched(Ok(i))) => {
             index.install_claims.set(Holder::of(&i.metadata), vec![install_key(i)]);

@@ -207,7 +207,8 @@ pub fn controller(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = driver::ReconcileResult<CyclrCycle>> {
     let api = namespaced_api::<Watched<CyclrCycle>>(driver.client.clone(), &state.services.config);
-    let kind = Kind::<CyclrCycle>::new(driver, state);
+    let watch = state.services.config.served();
+    let kind = Kind::<CyclrCycle>::new(driver, state, watch);
     let _ = kind.state.kind.set(Arc::downgrade(&kind));
     let controller = driver::controller_for(&kind, api, |_| {});
     let cycles = controller.store();

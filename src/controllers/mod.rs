@@ -11,7 +11,7 @@ pub mod partners;
 use std::sync::Arc;
 
 use driver::readiness::Readiness;
-use driver::{Cleanup, Driver, DriverConfig, Packed, Reconciler};
+use driver::{Cleanup, Driver, DriverConfig, KindConfig, Packed, Reconciler};
 use futures::channel::mpsc;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -36,21 +36,56 @@ pub struct OperatorConfig {
     pub namespace: String,
     /// Watch accounts and installs in this namespace only (default: all namespaces).
     pub watch_namespace: Option<String>,
-    /// Reconcile only objects (of all kinds) with these labels: for sharding, and for
-    /// running several operators side by side in tests.
+    /// Serve only accounts, installs and cycles with these labels: a shard's (e.g.
+    /// `shard=a`), or a test's. Partners are not filtered by it: every shard uses them.
     pub label_selector: Option<String>,
+    /// Use only CyclrPartners with these labels (several operators, each with its own
+    /// partners, e.g. side by side in tests); `None`: all.
+    pub partner_label_selector: Option<String>,
+    /// Whether this process writes the CyclrPartners' status. In a sharded install one shard
+    /// does; the others check each partner for their own use and write nothing to it.
+    pub partner_status: bool,
+    /// How many shards (processes serving disjoint label selectors) share each partner's
+    /// `rateLimit`: each keeps to `1/shards` of it (at least 1).
+    pub shards: u32,
     /// Reconciles running at once, per kind.
     pub concurrency: u16,
 }
 
 impl OperatorConfig {
-    /// Watches every namespace, all objects, 16 reconciles at once per kind.
+    /// Watches every namespace, all objects, writes the partners' status, holds each
+    /// partner's whole budget, 16 reconciles at once per kind.
     pub fn new(namespace: impl Into<String>) -> Self {
         OperatorConfig {
             namespace: namespace.into(),
             watch_namespace: None,
             label_selector: None,
+            partner_label_selector: None,
+            partner_status: true,
+            shards: 1,
             concurrency: 16,
+        }
+    }
+
+    /// Whether this process serves every CyclrAccount in the cluster (no namespace, no
+    /// selector): then its account watch alone keeps the claims.
+    pub fn serves_whole_cluster(&self) -> bool {
+        self.watch_namespace.is_none() && self.label_selector.is_none()
+    }
+
+    /// How the kinds this process serves (accounts, installs, cycles) are watched.
+    pub fn served(&self) -> KindConfig {
+        KindConfig {
+            label_selector: self.label_selector.clone(),
+            writes_status: true,
+        }
+    }
+
+    /// How the partners are watched, and whether their status is written here.
+    pub fn partners(&self) -> KindConfig {
+        KindConfig {
+            label_selector: self.partner_label_selector.clone(),
+            writes_status: self.partner_status,
         }
     }
 }
@@ -324,7 +359,6 @@ pub async fn run(
         client.clone(),
         DriverConfig {
             manager: MANAGER,
-            label_selector: config.label_selector.clone(),
             concurrency: config.concurrency,
         },
         metrics.clone(),
@@ -346,7 +380,7 @@ pub async fn run(
     // Claims come from every CyclrAccount in the cluster, not only those this operator
     // serves. When it serves them all, the account controller's watch keeps the index;
     // otherwise (a namespace, a shard) a metadata-only watch of the rest is added.
-    let whole_cluster = config.watch_namespace.is_none() && config.label_selector.is_none();
+    let whole_cluster = config.serves_whole_cluster();
     let claims_run = (!whole_cluster).then(|| {
         let claims = services.clone();
         readiness
@@ -430,7 +464,13 @@ pub async fn run(
         partner_wakes_cycles,
         shutdown,
     );
-    tracing::info!(namespace = %config.namespace, "controllers started");
+    tracing::info!(
+        namespace = %config.namespace,
+        selector = config.label_selector.as_deref().unwrap_or(""),
+        shards = config.shards,
+        partner_status = config.partner_status,
+        "controllers started"
+    );
     futures::join!(
         driver::report(partners),
         driver::report(accounts),

@@ -35,7 +35,8 @@ pub fn controller(
 ) -> (impl Stream<Item = driver::ReconcileResult<CyclrPartner>>, Partners) {
     let api: Api<Watched<CyclrPartner>> = Api::all(driver.client.clone());
     let operator_namespace = services.config.namespace.clone();
-    let kind = Kind::<CyclrPartner>::new(driver, services);
+    let watch = services.config.partners();
+    let kind = Kind::<CyclrPartner>::new(driver, services, watch);
     let controller = driver::controller_for(&kind, api, |_| {});
     let partners = Partners {
         store: controller.store(),
@@ -90,8 +91,12 @@ impl Partners {
                 .is_some()
     }
 
-    /// The partner `name` made an account: checked again shortly (once after many).
+    /// The partner `name` made an account: checked again shortly (once after many), so its
+    /// status counts it; not where another process writes the partner's status.
     pub fn created_account(&self, name: &str) {
+        if !self.kind.config.writes_status {
+            return;
+        }
         if let Some(partner) = self.store.get(&kube::runtime::reflector::ObjectRef::new(name)) {
             self.kind.wake_after(partner.meta(), AFTER_CREATES);
         }
@@ -356,6 +361,8 @@ async fn runtime_for(
     let mut config = ClientConfig::new(spec.api_url.clone(), client_id, SecretString::from(client_secret));
     config.requests_per_second = spec.rate_limit.requests_per_second;
     config.burst = spec.rate_limit.burst;
+    // The other shards hold the rest of the partner's budget.
+    config.shares = services.config.shards;
     // A changed partner keeps its rate budget: the limiter, a 429's hold, the adapted rate.
     let built = match &existing {
         Some(old) => old.client.with_config(config),

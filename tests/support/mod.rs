@@ -119,11 +119,12 @@ impl Harness {
     /// [`Harness::start_operator`] with `client` as the operator's client (e.g. one that
     /// impersonates a ServiceAccount).
     pub fn start_operator_as(&mut self, client: Client) {
+        let label = format!("cyclr.com/test={}", self.namespace);
         let config = OperatorConfig {
-            namespace: self.namespace.clone(),
             watch_namespace: Some(self.namespace.clone()),
-            label_selector: Some(format!("cyclr.com/test={}", self.namespace)),
-            concurrency: 16,
+            label_selector: Some(label.clone()),
+            partner_label_selector: Some(label),
+            ..OperatorConfig::new(self.namespace.clone())
         };
         self.run_operator(client, config);
     }

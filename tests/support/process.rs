@@ -22,6 +22,21 @@ impl OperatorProcess {
     /// `RUST_LOG` filter `log_filter` to a file named after the namespace and `name`; `args`
     /// are added to the command line.
     pub fn start(kubeconfig: &Path, namespace: &str, name: &str, log_filter: &str, args: &[&str]) -> OperatorProcess {
+        let selector = format!("cyclr.com/test={namespace}");
+        OperatorProcess::start_serving(kubeconfig, namespace, &selector, name, log_filter, args)
+    }
+
+    /// [`OperatorProcess::start`] serving only the accounts, installs and cycles `selector`
+    /// selects (a shard of the test's objects, e.g. `cyclr.com/test=<namespace>,shard=a`);
+    /// the partners it uses are the test's.
+    pub fn start_serving(
+        kubeconfig: &Path,
+        namespace: &str,
+        selector: &str,
+        name: &str,
+        log_filter: &str,
+        args: &[&str],
+    ) -> OperatorProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -29,7 +44,8 @@ impl OperatorProcess {
         let log = std::env::temp_dir().join(format!("cyclr-operator-{namespace}-{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_cyclr-operator"))
             .args(["run", "--namespace", namespace, "--watch-namespace", namespace])
-            .args(["--label-selector", &format!("cyclr.com/test={namespace}")])
+            .args(["--label-selector", selector])
+            .args(["--partner-label-selector", &format!("cyclr.com/test={namespace}")])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--log-format", "json"])
             .args(args)
