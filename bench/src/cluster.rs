@@ -286,15 +286,20 @@ pub async fn create_accounts(
     n: usize,
     concurrency: usize,
     created: Option<mpsc::UnboundedSender<String>>,
+    shards: usize,
 ) -> anyhow::Result<HashMap<String, Instant>> {
     let api = accounts(client, namespace);
-    create_objects(&api, n, concurrency, created, |name| {
-        json!({
+    create_named(&api, 0..n, concurrency, created, |&i| {
+        let name = account_name(i);
+        // Round robin over the shards, when the operator runs as several (`SHARDS`).
+        let shard = format!("s{}", i % shards.max(1));
+        let body = json!({
             "apiVersion": "cyclr.com/v1alpha1",
             "kind": "CyclrAccount",
-            "metadata": {"name": name, "labels": {LABEL: namespace}},
+            "metadata": {"name": name, "labels": {LABEL: namespace, crate::operator::SHARD_LABEL: shard}},
             "spec": {"partnerRef": {"name": namespace}, "description": "cyclr-bench"},
-        })
+        });
+        (name, body)
     })
     .await
 }

@@ -23,7 +23,7 @@ use cyclr_bench::{cluster, operator};
 
 use cluster::{CLIENT_ID, CLIENT_SECRET, Dialect, DialectsArg, PARTNER_BURST, ReadyWatch};
 use cyclr::types::CycleStatus;
-use operator::{Operator, ProcUsage};
+use operator::{Fleet, ProcUsage};
 
 /// Onboarding N CyclrAccounts: the operator against the floor.
 #[derive(Parser, Debug, Clone)]
@@ -65,6 +65,11 @@ struct Args {
     /// row 3): time to `/readyz`, its Kubernetes writes and Cyclr calls until quiet.
     #[arg(long, env = "RESTART", value_parser = clap::builder::FalseyValueParser::new())]
     restart: bool,
+    /// Operator processes, each serving a shard of the accounts (`--shard sJ --shards SHARDS
+    /// --label-selector`, accounts spread round robin) with its share of the partner's budget;
+    /// 1: one process serving the whole cluster, as installed by default (issue #23 row 4).
+    #[arg(long, env = "SHARDS", default_value_t = 1)]
+    shards: usize,
     /// Where to draw the curve when several sizes run; default `curve.svg` in the run's log
     /// directory.
     #[arg(long, env = "CURVE_SVG")]
@@ -120,6 +125,8 @@ struct OperatorRun {
     cycles: Option<CycleRun>,
     /// The restart with every account Ready, with `RESTART`.
     restart: Option<Restart>,
+    /// The most Cyclr requests in any 1 s, 10 s and 60 s of the rollout, with the window.
+    busiest: Vec<(Duration, usize)>,
 }
 
 /// The operator stopped and started again with N Ready accounts (issue #23 row 3).
@@ -142,8 +149,6 @@ struct CycleRun {
     count: usize,
     /// When each was first Ready (Active in Cyclr), from its create.
     readiness: cluster::Readiness,
-    /// The most Cyclr requests in any 1 s and 10 s of the rollout, with the window.
-    busiest: Vec<(Duration, usize)>,
     /// The most writes one CyclrCycle took (its watch events), rollout and both resyncs.
     most_writes: Option<cluster::MostWrites>,
     /// The cycles Cyclr holds after the rollout, and how many of them are Active.
@@ -169,8 +174,9 @@ async fn main() -> anyhow::Result<()> {
     let largest = args.sizes.iter().copied().max().unwrap_or(0);
     let unrelated = args.unrelated.unwrap_or(largest);
     println!(
-        "cyclr-bench: N={:?} accounts ({} CyclrCycles each on V1), cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, dialects {:?}, {unrelated} unrelated Secrets and ConfigMaps",
+        "cyclr-bench: N={:?} accounts ({} CyclrCycles each on V1), {} operator process(es), cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, dialects {:?}, {unrelated} unrelated Secrets and ConfigMaps",
         args.sizes,
+        args.shards,
         args.cycles,
         args.latency_ms,
         args.create_concurrency,
@@ -361,12 +367,13 @@ async fn run_operator(
     cluster::seed_templates(&sim, per_account);
     let resync = format!("{}s", args.resync_seconds);
     cluster::create_partner(&client, &namespace, &sim.base_url(), dialect, limit, &resync).await?;
-    let mut op = Operator::start(
+    let mut op = Fleet::start(
         binary,
         env.kubeconfig_path(),
         &namespace,
         args.operator_concurrency,
         log,
+        args.shards,
     )?;
     let ready = async {
         cluster::wait_partner_ready(&client, &namespace).await?;
@@ -374,7 +381,7 @@ async fn run_operator(
     };
     if let Err(e) = ready.await {
         op.check_running()?;
-        return Err(e.context(format!("operator log: {}", op.log.display())));
+        return Err(e.context(format!("operator log: {}", op.log().display())));
     }
     let before = op.kubernetes_writes().await?;
     let reconciles_before = op.reconciles().await?;
@@ -386,7 +393,7 @@ async fn run_operator(
         ReadyWatch::start_with(cluster::cycles(&client, &namespace), cluster::is_ready).await?;
     // Accounts and their cycles applied at once, as a GitOps tool applies a directory.
     let (sent, cycles_sent) = tokio::try_join!(
-        cluster::create_accounts(&client, &namespace, args.n, args.create_concurrency, None),
+        cluster::create_accounts(&client, &namespace, args.n, args.create_concurrency, None, args.shards),
         cluster::create_cycles(&client, &namespace, args.n, per_account, args.create_concurrency),
     )?;
     let timeout = rollout_timeout(args.n + cycle_count, limit);
@@ -399,24 +406,23 @@ async fn run_operator(
             watch.count(),
             args.n,
             cycle_watch.count(),
-            op.log.display()
+            op.log().display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let readiness = cluster::readiness_times(&sent, &watch.snapshot())?;
     // Writes that trail the last Ready (Events, annotations) belong to the rollout.
     let after = settle(&op, &sim, Duration::from_secs(60)).await?;
+    let requests = sim.request_log();
+    let busiest = [1, 10, 60]
+        .map(Duration::from_secs)
+        .map(|width| (width, cyclr_bench::chaos::max_in_window(&requests, width)))
+        .to_vec();
     let cycles_rollout = if cycle_count > 0 {
-        let requests = sim.request_log();
-        let busiest = [1, 10]
-            .map(Duration::from_secs)
-            .map(|width| (width, cyclr_bench::chaos::max_in_window(&requests, width)))
-            .to_vec();
         let in_cyclr: Vec<_> = sim.accounts().iter().flat_map(|a| sim.cycles(&a.id)).collect();
         let active = in_cyclr.iter().filter(|c| c.status == CycleStatus::Active).count();
         Some((
             cluster::readiness_times(&cycles_sent, &cycle_watch.snapshot())?,
-            busiest,
             (in_cyclr.len(), active),
         ))
     } else {
@@ -452,7 +458,7 @@ async fn run_operator(
 
     let usage = op.usage()?;
     let restart = if args.restart {
-        let log = op.log.with_extension("restart.log");
+        let log = op.log().with_extension("restart.log");
         op.stop().await?;
         let (restarted, restart) = measure_restart(args, binary, env, &namespace, &sim, &watch, log).await?;
         op = restarted;
@@ -462,10 +468,9 @@ async fn run_operator(
     };
     let most_writes = watch.most_writes();
     watch_task.abort();
-    let cycles = cycles_rollout.map(|(readiness, busiest, in_cyclr)| CycleRun {
+    let cycles = cycles_rollout.map(|(readiness, in_cyclr)| CycleRun {
         count: cycle_count,
         readiness,
-        busiest,
         most_writes: cycle_watch.most_writes(),
         in_cyclr,
     });
@@ -483,6 +488,7 @@ async fn run_operator(
         resync,
         cycles,
         restart,
+        busiest,
     })
 }
 
@@ -496,11 +502,18 @@ async fn measure_restart(
     sim: &SimHandle,
     watch: &ReadyWatch,
     log: PathBuf,
-) -> anyhow::Result<(Operator, Restart)> {
+) -> anyhow::Result<(Fleet, Restart)> {
     sim.reset_stats();
     let versions_before = watch.versions_seen().0;
     let started = Instant::now();
-    let op = Operator::start(binary, env.kubeconfig_path(), namespace, args.operator_concurrency, log)?;
+    let op = Fleet::start(
+        binary,
+        env.kubeconfig_path(),
+        namespace,
+        args.operator_concurrency,
+        log,
+        args.shards,
+    )?;
     op.wait_ready(Duration::from_secs(600)).await?;
     let ready_after = started.elapsed();
     // Quiet for 3 s, but at least one resync interval: what a restart costs includes the
@@ -530,7 +543,7 @@ struct Resync {
 /// One resync: from a List Accounts and `usage_reads` Get Account Usage (waited for up to
 /// the resync interval and `timeout`) until the operator and the simulator are quiet.
 async fn measure_resync(
-    op: &Operator,
+    op: &Fleet,
     sim: &SimHandle,
     list: &str,
     usage_reads: u64,
@@ -563,7 +576,7 @@ async fn measure_resync(
 
 /// Waits until neither the operator's Kubernetes writes nor the simulator's requests have
 /// changed for 3 s (at most `max`), and returns the writes then.
-async fn settle(op: &Operator, sim: &SimHandle, max: Duration) -> anyhow::Result<BTreeMap<String, u64>> {
+async fn settle(op: &Fleet, sim: &SimHandle, max: Duration) -> anyhow::Result<BTreeMap<String, u64>> {
     let deadline = Instant::now() + max;
     let mut last = (op.kubernetes_writes().await?, sim.stats().total_requests());
     let mut quiet_since = Instant::now();
@@ -609,7 +622,7 @@ async fn run_floor(env: &TestEnv, args: &Args, limit: u32, per_account: floor::P
     let (created, to_handle) = futures::channel::mpsc::unbounded();
     let api_url = sim.base_url();
     let (sent, ()) = tokio::try_join!(
-        cluster::create_accounts(&client, &namespace, args.n, args.create_concurrency, Some(created)),
+        cluster::create_accounts(&client, &namespace, args.n, args.create_concurrency, Some(created), 1),
         floor::run(
             &client,
             &namespace,
@@ -771,6 +784,17 @@ fn report(args: &Args, results: &[Run]) {
             counts(&run.resync.calls),
             counts(&run.resync.writes)
         );
+        for (width, most) in &run.busiest {
+            let bound = cyclr_bench::chaos::bucket_bound(*limit, PARTNER_BURST, *width);
+            println!(
+                "- busiest {} s of the rollout: {most} Cyclr requests, all kinds, {} operator process{} together (the partner's bucket allows {bound}: burst {PARTNER_BURST} + {limit}/s × {} s){}",
+                width.as_secs(),
+                args.shards,
+                if args.shards == 1 { "" } else { "es" },
+                width.as_secs(),
+                if *most > bound { " **above the limit**" } else { "" }
+            );
+        }
         if let Some(restart) = &run.restart {
             let (versions, relisted) = restart.versions;
             println!(
@@ -784,14 +808,14 @@ fn report(args: &Args, results: &[Run]) {
             );
         }
         if let Some(cycles) = &run.cycles {
-            report_cycles(n, *limit, run, cycles);
+            report_cycles(n, run, cycles);
         }
     }
 }
 
-/// The cycles of a V1 run (issue #20 row 9): time to Active, Cyclr calls per cycle, the
-/// busiest seconds against the partner's budget, writes, and the lists of a quiet resync.
-fn report_cycles(n: usize, limit: u32, run: &OperatorRun, cycles: &CycleRun) {
+/// The cycles of a V1 run (issue #20 row 9): time to Active, Cyclr calls per cycle, writes,
+/// and the lists of a quiet resync (the busiest seconds are the run's, above).
+fn report_cycles(n: usize, run: &OperatorRun, cycles: &CycleRun) {
     let count = cycles.count;
     let r = &cycles.readiness;
     println!(
@@ -815,15 +839,6 @@ fn report_cycles(n: usize, limit: u32, run: &OperatorRun, cycles: &CycleRun) {
         "- Cyclr calls per cycle (rollout): {}",
         per_account(&of_cycles(&run.rollout.calls), count)
     );
-    for (width, most) in &cycles.busiest {
-        let bound = cyclr_bench::chaos::bucket_bound(limit, PARTNER_BURST, *width);
-        println!(
-            "- busiest {} s of the rollout: {most} Cyclr requests, all kinds (the partner's bucket allows {bound}: burst {PARTNER_BURST} + {limit}/s × {} s){}",
-            width.as_secs(),
-            width.as_secs(),
-            if *most > bound { " **above the limit**" } else { "" }
-        );
-    }
     let cycle_writes = |writes: &BTreeMap<String, u64>| writes.get("kind=\"CyclrCycle\"").copied().unwrap_or(0);
     println!(
         "- CyclrCycle writes per cycle: {:.2} in the rollout ({}), {} in the first resync, {} in the quiet one",

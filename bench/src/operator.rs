@@ -210,6 +210,132 @@ impl Operator {
     }
 }
 
+/// The label that places a bench account in shard `s0`, `s1`, … when the operator runs as
+/// several shards (`SHARDS`).
+pub const SHARD_LABEL: &str = "cyclr.com/bench-shard";
+
+/// The operator as the bench runs it: one process serving the whole cluster, or `SHARDS`
+/// processes, shard `sJ` serving the accounts labelled [`SHARD_LABEL`]`=sJ` with `1/SHARDS` of
+/// the partner's budget (`--shards`), the first also writing the partner's status. Counters are
+/// summed over the processes.
+pub struct Fleet {
+    shards: Vec<Operator>,
+}
+
+impl Fleet {
+    /// Starts `shards` operators (1: as installed by default), logs at `log` (with `.sJ`
+    /// before the extension when sharded).
+    pub fn start(
+        binary: &Path,
+        kubeconfig: &Path,
+        namespace: &str,
+        concurrency: u16,
+        log: PathBuf,
+        shards: usize,
+    ) -> anyhow::Result<Fleet> {
+        if shards <= 1 {
+            let one = Operator::start(binary, kubeconfig, namespace, concurrency, log)?;
+            return Ok(Fleet { shards: vec![one] });
+        }
+        let count = shards.to_string();
+        let shards = (0..shards)
+            .map(|j| {
+                let (shard, selector) = (format!("s{j}"), format!("{SHARD_LABEL}=s{j}"));
+                let status_writer = if j == 0 {
+                    "--partner-status=true"
+                } else {
+                    "--partner-status=false"
+                };
+                let args = [
+                    "--shard",
+                    &shard,
+                    "--shards",
+                    &count,
+                    "--label-selector",
+                    &selector,
+                    status_writer,
+                ];
+                let log = log.with_extension(format!("{shard}.log"));
+                Operator::start_with(binary, kubeconfig, namespace, concurrency, log, &args)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Fleet { shards })
+    }
+
+    /// How many processes.
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Whether there is none (never: [`Fleet::start`] starts at least one).
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// The first process's log (the status writer's).
+    pub fn log(&self) -> &Path {
+        &self.shards[0].log
+    }
+
+    /// Fails if any process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.shards.iter_mut().try_for_each(Operator::check_running)
+    }
+
+    /// Waits until every process's `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        for shard in &self.shards {
+            shard.wait_ready(timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// `cyclr_operator_kubernetes_writes_total` by label set, summed over the processes.
+    pub async fn kubernetes_writes(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let mut sum = BTreeMap::new();
+        for shard in &self.shards {
+            add(&mut sum, shard.kubernetes_writes().await?);
+        }
+        Ok(sum)
+    }
+
+    /// `cyclr_operator_reconciles_total` by label set, summed over the processes.
+    pub async fn reconciles(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let mut sum = BTreeMap::new();
+        for shard in &self.shards {
+            add(&mut sum, shard.reconciles().await?);
+        }
+        Ok(sum)
+    }
+
+    /// The largest peak RSS of the processes and their CPU time together.
+    pub fn usage(&self) -> anyhow::Result<ProcUsage> {
+        let each = self
+            .shards
+            .iter()
+            .map(Operator::usage)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ProcUsage {
+            peak_rss_kib: each.iter().map(|u| u.peak_rss_kib).max().unwrap_or(0),
+            cpu_seconds: each.iter().map(|u| u.cpu_seconds).sum(),
+        })
+    }
+
+    /// SIGTERM to every process, and waits for them.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for shard in self.shards {
+            shard.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+fn add(sum: &mut BTreeMap<String, u64>, counts: BTreeMap<String, u64>) {
+    for (labels, count) in counts {
+        *sum.entry(labels).or_default() += count;
+    }
+}
+
 /// A local address nobody listens on right now.
 fn free_local_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
