@@ -65,7 +65,7 @@ bench: testbin
 
 ## the release operator killed, Cyclr failing, the leader killed, kube-apiserver restarted and
 ## status wiped while 300 accounts and 100 installs (and on v1.0 100 cycles) roll out; nothing
-## may be lost (SEED, ACCOUNTS, INSTALLS, CYCLES, SCENARIOS=1,2,3,4,5, DIALECTS=Partner,V1, KILLS);
+## may be lost (SEED, ACCOUNTS, INSTALLS, CYCLES, SCENARIOS=1,2,3,4,5, DIALECTS=Partner,V1, KILLS, PAGE_SIZE, RESYNC_INTERVAL);
 ## on v1.0 one account in ten is deleted too. See docs/reliability.md.
 chaos: testbin
 	$(CARGO) build --release -p cyclr-operator -p cyclr-bench --bin cyclr-operator --bin cyclr-chaos

@@ -63,6 +63,10 @@ struct RunArgs {
     /// `rateLimit` (rate and burst divided, at least 1 each), so that together they keep to it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     shards: u32,
+    /// Accounts asked for per page of a v1.0 list (`pageSize`). Cyclr documents no largest
+    /// page size and its own tests use 100; a list ends at the first shorter page.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    v1_page_size: u32,
     /// Write the CyclrPartners' status. In a sharded install exactly one shard does (the
     /// chart's first); the others check each partner for their own use only.
     #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
@@ -148,6 +152,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         partner_label_selector: args.partner_label_selector,
         partner_status: args.partner_status,
         shards: args.shards,
+        v1_page_size: args.v1_page_size,
         concurrency: args.concurrency,
     };
     metrics.set_leader(shard.as_deref(), true);

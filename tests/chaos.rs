@@ -33,6 +33,8 @@ async fn nothing_is_lost_when_the_operator_is_killed_cyclr_fails_and_the_api_ser
         logs,
         ready_timeout: Duration::from_secs(150),
         dialect: Dialect::Partner,
+        page_size: None,
+        resync_interval: "10m".into(),
     };
     let env = TestEnv::get().await;
     cyclr_bench::cluster::install_crds(&env.client(), &settings.operator)

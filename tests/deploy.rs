@@ -1140,6 +1140,7 @@ fn every_run_flag_is_reachable_through_values() {
         "logFormat=text",
         "logLevel=debug",
         "concurrency=4",
+        "v1PageSize=50",
         "leaderElection.leaseDuration=30",
     ]);
     // Every shard's flags: `--partner-status=false` is the second shard's.
@@ -1163,6 +1164,7 @@ fn every_run_flag_is_reachable_through_values() {
         "--log-format=text",
         "--log-level=debug",
         "--concurrency=4",
+        "--v1-page-size=50",
         "--lease-duration=30",
     ] {
         assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");

@@ -828,7 +828,20 @@ pub fn decide(cycle: &CyclrCycle, obs: &Observed, facts: &Facts) -> Plan<CyclrCy
     let Some(found) = cycles.iter().find(|c| c.id == id) else {
         return report(external_missing(id, &account_id, "not in its cycle list"));
     };
-    let status = recorded(previous.clone(), &account_id, found);
+    let mut status = recorded(previous.clone(), &account_id, found);
+    // Cyclr shows neither a cycle's schedule nor its variables. An Active cycle whose status
+    // does not say what was sent (written back by a restore, or by an operator before it
+    // recorded them) is taken to run the spec's: recorded, not sent again, so that a restore
+    // never pauses and restarts running cycles. A later spec change is sent as usual.
+    if found.status == CycleStatus::Active {
+        if status.activated_schedule.is_none() && !run_once(cycle) {
+            status.activated_schedule = Some(cycle.spec.schedule.clone().unwrap_or_default());
+        }
+        if status.variables_digest.is_none() && !values.is_empty() {
+            status.variables_digest = Some(digest.clone());
+        }
+    }
+    let status = status;
     let with = |health: Health| Plan::Report {
         health,
         status: status.clone(),
@@ -855,7 +868,7 @@ pub fn decide(cycle: &CyclrCycle, obs: &Observed, facts: &Facts) -> Plan<CyclrCy
         };
     // A change Cyclr answered and does not show yet is looked for, not sent again (for a while).
     let awaited = |to: CycleState| obs.sent.is_some_and(|s| s.to == to && facts.now - s.at < CONFIRM);
-    let variables_changed = !values.is_empty() && previous.variables_digest.as_deref() != Some(digest.as_str());
+    let variables_changed = !values.is_empty() && status.variables_digest.as_deref() != Some(digest.as_str());
     if variables_changed {
         if active && awaited(CycleState::Paused) {
             return Plan::Wait(jittered(CONFIRM_RECHECK));
@@ -1585,6 +1598,32 @@ mod tests {
             } => assert_eq!(schedule.interval, Some(60)),
             _ => panic!("expected deactivate and activate with the new schedule"),
         }
+    }
+
+    #[test]
+    fn an_active_cycle_whose_status_was_restored_without_what_was_sent_is_adopted_not_restarted() {
+        let mut c = installed(cycle(serde_json::json!({"schedule": {"interval": 15}})), "Active", 1);
+        let status = c.status.as_mut().unwrap();
+        (status.activated_schedule, status.variables_digest) = (None, None);
+        let obs = observed(vec![listed("Active", true)], &[("region", "us")]);
+        match decide(&c, &obs) {
+            Plan::Report { health, status, .. } => {
+                assert_eq!(health.state, State::Ready);
+                assert_eq!(status.activated_schedule.and_then(|s| s.interval), Some(15));
+                assert_eq!(status.variables_digest, Some(digest(&[("region", "us")])));
+            }
+            _ => panic!("expected the Active cycle adopted as it runs, with no write"),
+        }
+        // Paused with nothing recorded: the variables are set before it is activated.
+        let mut paused = c.clone();
+        paused.status.as_mut().unwrap().cyclr_status = Some("Paused".into());
+        assert!(matches!(
+            decide(&paused, &observed(vec![listed("Paused", true)], &[("region", "us")])),
+            Plan::Write {
+                write: Write::Apply { variables: Some(_), .. },
+                ..
+            }
+        ));
     }
 
     #[test]

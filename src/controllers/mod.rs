@@ -48,6 +48,9 @@ pub struct OperatorConfig {
     /// How many shards (processes serving disjoint label selectors) share each partner's
     /// `rateLimit`: each keeps to `1/shards` of it (at least 1).
     pub shards: u32,
+    /// Accounts asked for per page of a v1.0 list (`pageSize`; 100, what Cyclr's own tests
+    /// use: Cyclr documents no largest page size).
+    pub v1_page_size: u32,
     /// Reconciles running at once, per kind.
     pub concurrency: u16,
 }
@@ -63,6 +66,7 @@ impl OperatorConfig {
             partner_label_selector: None,
             partner_status: true,
             shards: 1,
+            v1_page_size: 100,
             concurrency: 16,
         }
     }

@@ -363,6 +363,7 @@ async fn runtime_for(
     config.burst = spec.rate_limit.burst;
     // The other shards hold the rest of the partner's budget.
     config.shares = services.config.shards;
+    config.page_size = services.config.v1_page_size;
     // A changed partner keeps its rate budget: the limiter, a 429's hold, the adapted rate.
     let built = match &existing {
         Some(old) => old.client.with_config(config),

@@ -44,6 +44,14 @@ struct Args {
     /// The longest a scenario waits for Ready after its last fault, in seconds.
     #[arg(long, env = "READY_TIMEOUT", default_value_t = 600)]
     ready_timeout: u64,
+    /// The operator's `--v1-page-size` (default: its own, 100): small pages make every list
+    /// of a few accounts as many pages as one of 100,000.
+    #[arg(long, env = "PAGE_SIZE")]
+    page_size: Option<u32>,
+    /// The partners' `resyncInterval`: the default, 10m, never resyncs during a rollout;
+    /// shorter, lists run all through it, as at 100,000 accounts.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m")]
+    resync_interval: String,
     #[command(flatten)]
     dialects: DialectsArg,
     /// The operator binary; default: `cyclr-operator` next to this binary.
@@ -88,9 +96,11 @@ async fn main() -> anyhow::Result<()> {
         logs: logs.clone(),
         ready_timeout: Duration::from_secs(args.ready_timeout),
         dialect: Dialect::Partner,
+        page_size: args.page_size,
+        resync_interval: args.resync_interval.clone(),
     };
     println!(
-        "cyclr-chaos: SEED={seed} ACCOUNTS={} INSTALLS={} CYCLES={} SCENARIOS={} DIALECTS={} KILLS={} APISERVER_RESTARTS={} RATE={}",
+        "cyclr-chaos: SEED={seed} ACCOUNTS={} INSTALLS={} CYCLES={} SCENARIOS={} DIALECTS={} KILLS={} APISERVER_RESTARTS={} RATE={} PAGE_SIZE={} RESYNC_INTERVAL={}",
         args.accounts,
         args.installs,
         args.cycles,
@@ -107,7 +117,9 @@ async fn main() -> anyhow::Result<()> {
             .join(","),
         args.kills,
         args.apiserver_restarts,
-        args.rate
+        args.rate,
+        args.page_size.map_or("100".to_owned(), |p| p.to_string()),
+        args.resync_interval
     );
     println!("operator: {}; logs: {}", settings.operator.display(), logs.display());
     println!("machine: {}", cyclr_bench::machine());

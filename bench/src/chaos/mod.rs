@@ -104,6 +104,13 @@ pub struct Settings {
     pub ready_timeout: Duration,
     /// The partner's Cyclr API (`spec.cyclrAPI`).
     pub dialect: Dialect,
+    /// The operator's `--v1-page-size` (`None`: its default, 100): a few accounts in small
+    /// pages list like very many in pages of 100 (issue #23 row 5).
+    pub page_size: Option<u32>,
+    /// The partner's `resyncInterval` (`10m`, the default, in `make chaos`: a rollout never
+    /// waits for a resync); shorter, lists run all through the rollout, as at 100,000
+    /// accounts, where a paged list is always under way.
+    pub resync_interval: String,
 }
 
 /// What one scenario tried and what it lost.
@@ -123,6 +130,9 @@ pub struct Outcome {
     pub figures: Vec<String>,
     /// How long it took, set-up and check included.
     pub duration: Duration,
+    /// List Accounts calls the simulator answered (pages, on v1.0), since its statistics were
+    /// last reset.
+    pub list_calls: u64,
 }
 
 impl Outcome {
@@ -151,6 +161,7 @@ pub async fn run(env: &'static TestEnv, settings: &Settings, scenario: Scenario)
         lost,
         figures,
         duration: started.elapsed(),
+        list_calls: world.sim.stats().requests_to(settings.dialect.list_accounts()),
     };
     world.sim.shutdown().await;
     for figure in &outcome.figures {

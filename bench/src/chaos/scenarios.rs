@@ -118,7 +118,13 @@ fn start_operator(settings: &Settings, world: &World, name: &str, extra: &[&str]
     let log = settings.logs.join(format!("{}-{name}.log", world.namespace));
     // Scoped: every scenario's world shares the control plane.
     let scope = crate::operator::scoped_to(&world.namespace);
-    let args: Vec<&str> = scope.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+    let page_size = settings.page_size.map(|size| format!("--v1-page-size={size}"));
+    let args: Vec<&str> = scope
+        .iter()
+        .chain(&page_size)
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+        .collect();
     Operator::start_with(
         &settings.operator,
         &world.kubeconfig,

@@ -117,8 +117,15 @@ impl World {
             Dialect::V1 => settings.cycles,
         };
         cluster::seed_templates(&sim, TEMPLATES);
-        // resyncInterval 10m (the default): a rollout never waits for a resync.
-        cluster::create_partner(&client, &namespace, &sim.base_url(), settings.dialect, rate, "10m").await?;
+        cluster::create_partner(
+            &client,
+            &namespace,
+            &sim.base_url(),
+            settings.dialect,
+            rate,
+            &settings.resync_interval,
+        )
+        .await?;
         Ok(World {
             client,
             kubeconfig: env.kubeconfig_path().to_path_buf(),
