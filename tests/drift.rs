@@ -279,3 +279,47 @@ async fn row3_a_restart_with_ready_partner_api_accounts_reads_one_list_and_write
     h.start_operator();
     restart_with_ready_accounts(h, 30, "GET /api/partner/accounts", 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row2_a_change_made_in_cyclr_is_corrected_after_a_paced_drift_check() {
+    let mut h = Harness::without_operator_with("drift-found", "10s", Some("V1")).await;
+    set_intervals(&h, "10s", "1h").await;
+    // Three pages, read one a second after the first list.
+    seed_cyclr_accounts(&h, 250).await;
+    h.start_operator();
+    let mut manifest = account(&h, "acme");
+    manifest["spec"]["description"] = json!("tenant");
+    h.apply::<CyclrAccount>(manifest).await;
+    wait_ready(&h, 1, false, Duration::from_secs(60)).await;
+    let id = h
+        .account("acme")
+        .await
+        .status
+        .and_then(|s| s.account_id)
+        .expect("an id");
+
+    let pages = h.cyclr_requests("GET /v1.0/accounts");
+    seeding_client(&h)
+        .update_account_v1(
+            &id,
+            &cyclr::types::AccountFieldsV1 {
+                description: Some("changed by hand".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("change the account in Cyclr");
+    let event = h.wait_event("acme", "DriftCorrected").await;
+    let note = event.note.unwrap_or_default();
+    assert!(note.contains("Description"), "{note}");
+    assert_eq!(
+        h.sim.account_v1(&id).and_then(|a| a.description).as_deref(),
+        Some("tenant"),
+        "put back"
+    );
+    assert!(
+        h.cyclr_requests("GET /v1.0/accounts") >= pages + 3,
+        "found by a drift check: every page read"
+    );
+    h.kill_operator();
+}
