@@ -2,7 +2,7 @@
 //! resource (row 1), a delete that cannot happen never hangs (row 3), the same manifest
 //! applied again finds the same account (row 4), a create whose status write was lost is
 //! found by its id, in at most two Kubernetes writes per new account (row 5), and paged lists
-//! (row 6).
+//! (row 6). The pacing of those lists and restarts are in `drift.rs`.
 
 mod support;
 
@@ -260,6 +260,12 @@ async fn row6_every_page_is_read_for_the_name_check_and_the_count() {
             .await
             .expect("seed an account");
     }
+    // The name check reads the partner's last list (a drift check, not a list of its own):
+    // one that shows the seeded accounts, counted on every page.
+    h.wait_for("the partner counting 250 accounts", Duration::from_secs(60), || async {
+        (h.partner().await.status.and_then(|s| s.account_count) == Some(250)).then_some(())
+    })
+    .await;
     // On the third page: a create would make a second "tenant 249".
     h.apply::<CyclrAccount>(account(&h, "twin", json!({"name": "tenant 249"})))
         .await;
@@ -284,10 +290,6 @@ async fn row6_every_page_is_read_for_the_name_check_and_the_count() {
     .await;
     assert_eq!(ready_id(&h, "named").await, "tenant-240");
     h.wait_event("named", "Adopted").await;
-    h.wait_for("the partner counting 250 accounts", Duration::from_secs(60), || async {
-        (h.partner().await.status.and_then(|s| s.account_count) == Some(250)).then_some(())
-    })
-    .await;
     assert_eq!(h.sim.accounts().len(), 250);
 }
 

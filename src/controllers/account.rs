@@ -352,9 +352,9 @@ impl Reconciler for CyclrAccount {
                     Err(cyclr::CyclrError::NotFound { .. }) => ReadBack::Gone,
                     Err(error) => return Err(Failure::cyclr("reading the account back")(error)),
                 });
-                runtime.snapshot().await
+                runtime.snapshot()
             }
-            None => runtime.snapshot().await,
+            None => runtime.snapshot(),
         };
         // Under the name in the spec, and under the name a pending create sent.
         let sent = self
@@ -433,7 +433,7 @@ impl Reconciler for CyclrAccount {
                     },
                     &fields,
                 );
-                runtime.remember_account(created.clone(), Wrote::Created).await;
+                runtime.remember_account(created.clone(), Wrote::Created);
                 // Claimed at once, before the watch reports the annotation.
                 let _ = state.services.account_claims.claim(&id, &Holder::of(&self.metadata));
                 state.partners.created_account(&self.spec.partner_ref.name);
@@ -499,7 +499,7 @@ impl Reconciler for CyclrAccount {
                 let mut created = account_from_v1(answer);
                 // Claimed at once, before the watch reports the annotation.
                 let _ = state.services.account_claims.claim(&id, &Holder::of(&self.metadata));
-                runtime.remember_account(created.clone(), Wrote::Created).await;
+                runtime.remember_account(created.clone(), Wrote::Created);
                 if !partner_fields.is_empty() {
                     runtime
                         .client
@@ -507,7 +507,7 @@ impl Reconciler for CyclrAccount {
                         .await
                         .map_err(Failure::cyclr("setting the price plan and next bill date"))?;
                     created = apply_changes(created, &partner_fields);
-                    runtime.remember_account(created.clone(), Wrote::Updated).await;
+                    runtime.remember_account(created.clone(), Wrote::Updated);
                 }
                 state.partners.created_account(&self.spec.partner_ref.name);
                 // Usage read now, with the dates Cyclr gives it, so the first resync finds
@@ -541,7 +541,7 @@ impl Reconciler for CyclrAccount {
                     .await
                     .map_err(Failure::cyclr("the account update"))?;
                 let updated = apply_changes(account, &changes);
-                runtime.remember_account(updated.clone(), Wrote::Updated).await;
+                runtime.remember_account(updated.clone(), Wrote::Updated);
                 let note = if drift {
                     (
                         Reason::DriftCorrected,
@@ -631,7 +631,7 @@ impl Reconciler for CyclrAccount {
             Deleted::Deleted => format!("deleted Cyclr account {id} with its resource (deletionPolicy Delete)"),
             Deleted::AlreadyGone => format!("Cyclr account {id} was already gone (deletionPolicy Delete)"),
         };
-        runtime.forget_account(&id).await;
+        runtime.forget_account(&id);
         Ok(Cleanup::Done(Some((Reason::Deleted, note))))
     }
 
@@ -1099,11 +1099,11 @@ fn decide_chosen(
         );
     }
     // The same-name check still prevents a duplicate: an account of this name with another
-    // id that no resource holds (made by hand, or by the Partner API before the switch).
-    let not_before = made_by(account, facts);
-    if snapshot.taken_at < not_before {
-        return Plan::Refresh(Look::ListedAfter(not_before));
-    }
+    // id that no resource holds (made by hand, or by the Partner API before the switch). It
+    // reads the partner's last list, however old, and waits for no newer one: a v1.0 list is
+    // paced over many pages at large N (a drift check), and the chosen id already makes a
+    // repeat answer `ID already in use` (an account made since with this id is judged then).
+    // A twin made in Cyclr since that list started is not seen.
     let name = desired.name.clone().unwrap_or_default();
     let foreign: Vec<String> = snapshot
         .named(&name)
@@ -1303,14 +1303,20 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
 }
 
 /// How long until the account's usage is due (`usageInterval` since the last read, less
-/// 10%); zero when it is.
+/// 10%); zero when it is. An account whose status already holds a usage this process did not
+/// read (a restart, a new leader) counts as read now: a restart reads no usage at once, and
+/// each account's is read again one interval later.
 fn usage_due_in(account: &CyclrAccount, state: &AccountState, runtime: &PartnerRuntime) -> Duration {
-    let polls = state.usage_polls.lock().expect("lock");
-    polls
-        .get(&stable_hash(account.metadata.uid.as_deref().unwrap_or_default()))
-        .map_or(Duration::ZERO, |last| {
-            runtime.usage_interval.mul_f64(0.9).saturating_sub(last.elapsed())
-        })
+    let mut polls = state.usage_polls.lock().expect("lock");
+    let key = stable_hash(account.metadata.uid.as_deref().unwrap_or_default());
+    let last = match polls.get(&key) {
+        Some(last) => *last,
+        None if account.status.as_ref().is_some_and(|s| s.usage.is_some()) => {
+            *polls.entry(key).or_insert(Instant::now())
+        }
+        None => return Duration::ZERO,
+    };
+    runtime.usage_interval.mul_f64(0.9).saturating_sub(last.elapsed())
 }
 
 /// Get Account Usage, recorded in the metrics and as the account's last usage read.
@@ -2084,6 +2090,26 @@ mod tests {
             derived("k8s-1"),
         );
         assert_eq!(reason(&decide(&pro(), &obs)), Some(Reason::AccountClaimed));
+    }
+
+    #[test]
+    fn on_v1_a_create_waits_for_no_list_newer_than_the_resource() {
+        let listed = Utc::now() - chrono::Duration::minutes(20);
+        let mut account = pro();
+        account.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let mut obs = observed_v1(vec![], &[], listed, derived("k8s-1"));
+        obs.facts.now = Utc::now();
+        obs.facts.seen_at = obs.facts.now;
+        assert!(
+            matches!(
+                decide(&account, &obs),
+                Plan::Write {
+                    write: Write::CreateWithId { .. },
+                    ..
+                }
+            ),
+            "created at once from a list 20 minutes old"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use secrecy::SecretString;
 use super::partners::{PartnerRuntime, PartnerState};
 use super::{Services, users_of_secret};
 use crate::reason::{Failure, Health, Reason};
-use crate::resources::{CyclrPartner, CyclrPartnerStatus, PartnerDetailsStatus, PricePlanStatus};
+use crate::resources::{CyclrApi, CyclrPartner, CyclrPartnerStatus, PartnerDetailsStatus, PricePlanStatus};
 use crate::secrets::CredentialsDigest;
 use cyclr::types::{PartnerDetails, PricePlan};
 use cyclr::{CallObserver, CallRecord, ClientConfig, CyclrClient, CyclrError};
@@ -127,6 +127,8 @@ pub struct Check {
     pub plans: Vec<PricePlan>,
     /// How many accounts the partner has.
     pub account_count: usize,
+    /// When the account list counted was taken.
+    pub listed_at: DateTime<Utc>,
     /// The last account a list left out although it answered when read, and when.
     pub list_missed: Option<(DateTime<Utc>, String)>,
 }
@@ -180,7 +182,7 @@ impl Reconciler for CyclrPartner {
             Ok(runtime) => runtime,
             Err(health) => return Ok(Observed::Unusable(health)),
         };
-        let check = check(&runtime).await;
+        let check = check(&runtime, services, &self.name_any()).await;
         Ok(Observed::Checked { runtime, check })
     }
 
@@ -246,12 +248,12 @@ impl Reconciler for CyclrPartner {
                 // Its accounts look at the new list once a resync interval (drift), and at
                 // once when the partner becomes usable; a check between (its account count
                 // after creates) leaves them alone.
-                if runtime.accounts_wake_due() || !was_ready {
-                    services.wake_partner(&name);
-                }
                 let Observed::Checked { check: Ok(check), .. } = observed else {
                     unreachable!("ready is decided for a checked partner")
                 };
+                if runtime.accounts_wake_due(check.listed_at) || !was_ready {
+                    services.wake_partner(&name);
+                }
                 Ok(applied(health, checked_status(status, check)))
             }
             Publish::Failed { runtime, error, stop } => {
@@ -414,17 +416,36 @@ impl CallObserver for PartnerCalls {
     }
 }
 
-/// Partner Details, price plans and a fresh account list (a token when none is cached).
-async fn check(runtime: &PartnerRuntime) -> cyclr::Result<Check> {
+/// Partner Details, price plans and a fresh account list (a token when none is cached). On a
+/// `V1` partner that holds a list, the fresh list is a drift check started in the background
+/// when due (its pages are paced over minutes at large N), which wakes partner `name` when it
+/// ends; the check counts the last complete list.
+async fn check(runtime: &Arc<PartnerRuntime>, services: &Arc<Services>, name: &str) -> cyclr::Result<Check> {
     // No forced token fetch: Partner Details obtains one when none is cached, and a token
     // Cyclr refuses is renewed once by the client, so refused credentials still show.
     let details = runtime.client.partner_details().await?;
     let plans = runtime.client.price_plans().await?;
-    let snapshot = runtime.snapshot_since(Utc::now()).await?;
+    let snapshot = match runtime.snapshot() {
+        Some(held) if runtime.dialect == CyclrApi::V1 => {
+            if runtime.drift_check_due(&held) {
+                let (services, name) = (services.clone(), name.to_string());
+                runtime.start_drift_check(move |listed| match listed {
+                    Ok(()) => services.wake_partner(&name),
+                    Err(error) => {
+                        let error = services.secrets.scrub(&error.to_string());
+                        tracing::warn!(%error, "a drift check (List Accounts) failed; the next resync tries again");
+                    }
+                });
+            }
+            held
+        }
+        _ => runtime.snapshot_since(Utc::now()).await?,
+    };
     Ok(Check {
         details,
         plans,
         account_count: snapshot.count(),
+        listed_at: snapshot.taken_at,
         list_missed: runtime.list_missed(),
     })
 }
@@ -491,6 +512,7 @@ mod tests {
             details: details(),
             plans,
             account_count: 3,
+            listed_at: Utc::now(),
             list_missed: None,
         };
         let status = checked_status(Default::default(), &check);

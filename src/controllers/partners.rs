@@ -25,15 +25,26 @@ use cyclr::{CyclrClient, Result as CyclrResult};
 /// accounts cost one `Vec` of them and 40 KB of positions.
 #[derive(Debug, Default)]
 pub struct AccountsSnapshot {
-    /// When the list request was sent: anything written before is in it.
+    /// When the list's first request was sent: anything written before is in it (a paced
+    /// v1.0 list reads its last page up to `pages × 10 / rate` seconds later).
     pub taken_at: DateTime<Utc>,
     /// The listed accounts, sorted by id.
     listed: Vec<Account>,
     /// Positions in `listed`, sorted by account name: the check before a create.
     by_name: Vec<u32>,
-    /// Accounts created, updated (`Some`) or deleted (`None`) by the operator after the
-    /// list, by id.
-    written: RwLock<HashMap<String, Option<Account>>>,
+    /// Accounts created, updated or deleted by the operator after the list, by id.
+    written: RwLock<HashMap<String, Written>>,
+}
+
+/// An account the operator wrote after a list was taken.
+#[derive(Clone, Debug)]
+struct Written {
+    /// When it was recorded: a later list that started before keeps it.
+    at: DateTime<Utc>,
+    /// The account as written; `None`: deleted.
+    account: Option<Account>,
+    /// Whether the write was its create (a list showing it knows what Cyclr chose).
+    created: bool,
 }
 
 impl AccountsSnapshot {
@@ -72,7 +83,7 @@ impl AccountsSnapshot {
     /// The account with Cyclr id `id`, as last listed or written.
     pub fn get(&self, id: &str) -> Option<Account> {
         if let Some(written) = self.written.read().expect("lock").get(id) {
-            return written.clone();
+            return written.account.clone();
         }
         self.listed_account(id).cloned()
     }
@@ -87,7 +98,12 @@ impl AccountsSnapshot {
         let written = self.written.read().expect("lock");
         self.listed_named(name)
             .filter(|a| !written.contains_key(&a.id))
-            .chain(written.values().flatten().filter(|a| a.name == name))
+            .chain(
+                written
+                    .values()
+                    .filter_map(|w| w.account.as_ref())
+                    .filter(|a| a.name == name),
+            )
             .cloned()
             .collect()
     }
@@ -95,8 +111,14 @@ impl AccountsSnapshot {
     /// How many accounts the partner has (listed, or created since).
     pub fn count(&self) -> usize {
         let written = self.written.read().expect("lock");
-        let added = written.iter().filter(|(id, a)| a.is_some() && !self.listed(id)).count();
-        let deleted = written.iter().filter(|(id, a)| a.is_none() && self.listed(id)).count();
+        let added = written
+            .iter()
+            .filter(|(id, w)| w.account.is_some() && !self.listed(id))
+            .count();
+        let deleted = written
+            .iter()
+            .filter(|(id, w)| w.account.is_none() && self.listed(id))
+            .count();
         self.listed.len() + added - deleted
     }
 
@@ -107,15 +129,35 @@ impl AccountsSnapshot {
         if how == Wrote::Created && self.listed(&account.id) {
             return;
         }
-        self.written
-            .write()
-            .expect("lock")
-            .insert(account.id.clone(), Some(account));
+        let id = account.id.clone();
+        self.record(id, Some(account), how == Wrote::Created);
     }
 
     /// Records that the operator deleted account `id`: the list's older view of it is gone.
     fn forget(&self, id: &str) {
-        self.written.write().expect("lock").insert(id.to_string(), None);
+        self.record(id.to_string(), None, false);
+    }
+
+    /// Records a write of account `id` (`None`: deleted), now.
+    fn record(&self, id: String, account: Option<Account>, created: bool) {
+        let written = Written {
+            at: Utc::now(),
+            account,
+            created,
+        };
+        self.written.write().expect("lock").insert(id, written);
+    }
+
+    /// Keeps the writes `older` recorded since this list started, which the list may not show
+    /// (a paced list reads its pages over minutes); a create the list shows is left to the
+    /// list, which holds what Cyclr chose.
+    fn keep_writes_since_taken(&self, older: &AccountsSnapshot) {
+        let mut written = self.written.write().expect("lock");
+        for (id, write) in older.written.read().expect("lock").iter() {
+            if write.at >= self.taken_at && !(write.created && self.listed(id)) {
+                written.insert(id.clone(), write.clone());
+            }
+        }
     }
 }
 
@@ -159,8 +201,15 @@ pub struct PartnerRuntime {
     pub dialect: CyclrApi,
     state: RwLock<PartnerState>,
     price_plans: RwLock<Vec<PricePlan>>,
-    /// Held while a list is in flight, so concurrent callers share one List Accounts.
-    snapshot: Mutex<Option<Arc<AccountsSnapshot>>>,
+    /// The latest snapshot: read without waiting, also while the next list is read.
+    snapshot: RwLock<Option<Arc<AccountsSnapshot>>>,
+    /// Held while a list is read, so concurrent callers share one List Accounts.
+    listing: Arc<Mutex<()>>,
+    /// When the next page of a paced v1.0 list may be requested.
+    next_page: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Set when the runtime is taken out of service (the partner deleted or reconfigured):
+    /// a drift check under way stops.
+    retired: tokio::sync::watch::Sender<bool>,
     /// One lock per account name while any reconcile holds or awaits it: creates of the
     /// same name are serialised, so the second sees the first's account and never creates a
     /// twin.
@@ -173,8 +222,9 @@ pub struct PartnerRuntime {
     /// The last account a list left out although it exists (read back), and when: the
     /// partner's list looked wrong.
     list_missed: std::sync::Mutex<Option<(DateTime<Utc>, String)>>,
-    /// When a check last woke the partner's accounts.
-    accounts_woken: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When a check last woke the partner's accounts, and when the list they were woken for
+    /// was taken.
+    accounts_woken: std::sync::Mutex<Option<(std::time::Instant, DateTime<Utc>)>>,
 }
 
 impl std::fmt::Debug for PartnerRuntime {
@@ -217,7 +267,10 @@ impl PartnerRuntime {
             dialect: CyclrApi::Partner,
             state: RwLock::new(PartnerState::Unchecked),
             price_plans: RwLock::new(Vec::new()),
-            snapshot: Mutex::new(None),
+            snapshot: RwLock::new(None),
+            listing: Arc::default(),
+            next_page: Default::default(),
+            retired: tokio::sync::watch::Sender::new(false),
             names: Default::default(),
             onboarding: Arc::default(),
             snapshot_metrics: None,
@@ -244,9 +297,7 @@ impl PartnerRuntime {
         *self.state.write().expect("lock") = old.state();
         *self.accounts_woken.lock().expect("lock") = *old.accounts_woken.lock().expect("lock");
         *self.price_plans.write().expect("lock") = old.price_plans();
-        if let Ok(held) = old.snapshot.try_lock() {
-            *self.snapshot.try_lock().expect("new runtime is not shared yet") = held.clone();
-        }
+        *self.snapshot.write().expect("lock") = old.snapshot();
         self
     }
 
@@ -284,16 +335,26 @@ impl PartnerRuntime {
         self.onboarding.load(Ordering::SeqCst) > 0
     }
 
-    /// Whether a check should wake the partner's accounts now: the first time, and then once
-    /// about a resync interval after the last (90% of it, as timers are jittered); records
-    /// the wake when it says yes.
-    pub fn accounts_wake_due(&self) -> bool {
+    /// Whether a check whose account list was taken at `listed_at` should wake the partner's
+    /// accounts now: the first time, and then once about a resync interval after the last
+    /// (90% of it, as timers are jittered) if the list is newer than the one they were last
+    /// woken for (a `V1` check reports the last complete drift check until the next ends);
+    /// records the wake when it says yes.
+    pub fn accounts_wake_due(&self, listed_at: DateTime<Utc>) -> bool {
         let mut woken = self.accounts_woken.lock().expect("lock");
-        let due = woken.is_none_or(|at| at.elapsed() >= self.resync_interval.mul_f64(0.9));
+        let due =
+            woken.is_none_or(|(at, listed)| at.elapsed() >= self.resync_interval.mul_f64(0.9) && listed_at > listed);
         if due {
-            *woken = Some(std::time::Instant::now());
+            *woken = Some((std::time::Instant::now(), listed_at));
         }
         due
+    }
+
+    /// Whether a drift check should start: none has for about a resync interval (90% of it)
+    /// since the held snapshot was taken.
+    pub fn drift_check_due(&self, held: &AccountsSnapshot) -> bool {
+        let age = (Utc::now() - held.taken_at).to_std().unwrap_or_default();
+        age >= self.resync_interval.mul_f64(0.9)
     }
 
     /// Records that a list left out account `id`, which a read showed to exist.
@@ -329,65 +390,126 @@ impl PartnerRuntime {
     /// A snapshot taken at or after `after`, listing accounts only when the one held is
     /// older. Callers waiting at the same time share a single List Accounts, and a list starts
     /// at least [`list_interval`] after the one before it: resources arriving one by one are
-    /// checked in batches, whatever their number. The snapshot's lock is held only while
-    /// listing.
+    /// checked in batches, whatever their number. The held snapshot stays readable
+    /// ([`snapshot`](Self::snapshot)) while the next list is read.
+    ///
+    /// On `V1` a list is paged, and every list but the first is a drift check whose pages are
+    /// paced ([`page_interval`]): it takes at most a tenth of the partner's rate (a twentieth
+    /// while accounts are onboarded), however many pages it has. The first list (nothing held:
+    /// a start, a restart, a new partner) is read at once, as every account waits for it.
     ///
     /// Errors: the List Accounts failure (the held snapshot stays).
     pub async fn snapshot_since(&self, after: DateTime<Utc>) -> CyclrResult<Arc<AccountsSnapshot>> {
         let interval = list_interval(self.client.current_rate());
         loop {
-            let mut held = self.snapshot.lock().await;
+            if let Some(snapshot) = self.snapshot().filter(|s| s.taken_at >= after) {
+                return Ok(snapshot);
+            }
+            let listing = self.listing.lock().await;
+            let held = self.snapshot();
             if let Some(snapshot) = held.as_ref().filter(|s| s.taken_at >= after) {
                 return Ok(snapshot.clone());
             }
-            // Wait without the lock: reconciles read the held snapshot meanwhile, and the
-            // first waiter awake lists for all of them.
+            // Wait without the lock: the first waiter awake lists for all of them.
             if let Some(wait) = held
                 .as_ref()
                 .and_then(|s| (s.taken_at + interval - Utc::now()).to_std().ok())
             {
-                drop(held);
+                drop(listing);
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let taken_at = Utc::now();
-            let accounts = match self.dialect {
-                CyclrApi::Partner => self.client.list_accounts().await?,
-                // Every page: the name and claim checks must see every account.
-                CyclrApi::V1 => self
-                    .client
-                    .list_accounts_v1()
-                    .await?
-                    .into_iter()
-                    .map(account_from_v1)
-                    .collect(),
-            };
-            let snapshot = Arc::new(AccountsSnapshot::new(taken_at, accounts));
-            *held = Some(snapshot.clone());
-            if let Some((name, metrics)) = &self.snapshot_metrics {
-                metrics.account_snapshot(name, snapshot.count(), snapshot.taken_at);
-            }
-            return Ok(snapshot);
+            return self.list(held.is_some()).await;
         }
     }
 
-    /// The latest snapshot, if any was taken.
-    pub async fn snapshot(&self) -> Option<Arc<AccountsSnapshot>> {
-        self.snapshot.lock().await.clone()
+    /// Starts a drift check of a `V1` partner that holds a snapshot: a paced list
+    /// ([`snapshot_since`](Self::snapshot_since)) read in the background, so the partner's
+    /// check does not wait the minutes its pages take at large N; nothing when a list is under
+    /// way. The snapshot is replaced when it ends; then `ended` is called with the outcome
+    /// (after a failure the partner's next resync starts another).
+    pub fn start_drift_check(self: &Arc<Self>, ended: impl FnOnce(CyclrResult<()>) + Send + 'static) {
+        let Ok(listing) = self.listing.clone().try_lock_owned() else {
+            return;
+        };
+        let runtime = self.clone();
+        let mut retired = self.retired.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                listed = runtime.list(true) => {
+                    drop(listing);
+                    ended(listed.map(drop));
+                }
+                // Out of service: no more calls with its client.
+                _ = retired.wait_for(|retired| *retired) => {}
+            }
+        });
+    }
+
+    /// Lists every account now (the caller holds `listing`), pages paced when `paced` on `V1`,
+    /// and makes it the held snapshot, with the writes recorded since it started.
+    ///
+    /// Errors: the List Accounts failure (the held snapshot stays).
+    async fn list(&self, paced: bool) -> CyclrResult<Arc<AccountsSnapshot>> {
+        let taken_at = Utc::now();
+        let accounts = match self.dialect {
+            CyclrApi::Partner => self.client.list_accounts().await?,
+            // Every page: the name and claim checks must see every account.
+            CyclrApi::V1 => self
+                .client
+                .list_accounts_v1_paced(|| async move {
+                    if paced {
+                        self.page_turn().await;
+                    }
+                })
+                .await?
+                .into_iter()
+                .map(account_from_v1)
+                .collect(),
+        };
+        let snapshot = Arc::new(AccountsSnapshot::new(taken_at, accounts));
+        {
+            let mut current = self.snapshot.write().expect("lock");
+            if let Some(older) = current.as_ref() {
+                snapshot.keep_writes_since_taken(older);
+            }
+            *current = Some(snapshot.clone());
+        }
+        if let Some((name, metrics)) = &self.snapshot_metrics {
+            metrics.account_snapshot(name, snapshot.count(), snapshot.taken_at);
+        }
+        Ok(snapshot)
+    }
+
+    /// Waits for the turn of the next page of a paced list.
+    async fn page_turn(&self) {
+        let every = page_interval(self.client.current_rate(), self.is_onboarding());
+        let at = {
+            let mut next = self.next_page.lock().expect("lock");
+            let (at, following) = page_slot(*next, tokio::time::Instant::now(), every);
+            *next = Some(following);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// The latest snapshot, if any was taken; never waits for a list being read.
+    pub fn snapshot(&self) -> Option<Arc<AccountsSnapshot>> {
+        self.snapshot.read().expect("lock").clone()
     }
 
     /// Records an account as the operator just wrote it, so the next reconcile does not
     /// mistake the snapshot's older view for drift or a missing account.
-    pub async fn remember_account(&self, account: Account, how: Wrote) {
-        if let Some(current) = self.snapshot.lock().await.as_ref() {
+    pub fn remember_account(&self, account: Account, how: Wrote) {
+        if let Some(current) = self.snapshot.read().expect("lock").as_ref() {
             current.remember(account, how);
         }
     }
 
     /// Records that the operator deleted account `id`, so a resource applied again before
     /// the next list does not adopt what is gone.
-    pub async fn forget_account(&self, id: &str) {
-        if let Some(current) = self.snapshot.lock().await.as_ref() {
+    pub fn forget_account(&self, id: &str) {
+        if let Some(current) = self.snapshot.read().expect("lock").as_ref() {
             current.forget(id);
         }
     }
@@ -417,6 +539,27 @@ pub fn account_from_v1(account: AccountV1) -> Account {
 pub fn list_interval(rate: f64) -> Duration {
     const FLOOR: Duration = Duration::from_millis(250);
     FLOOR.max(Duration::from_secs_f64(10.0 / rate.max(0.1)))
+}
+
+/// The least time between two pages of a paced v1.0 list (a drift check) of a partner
+/// sending `rate` requests per second: [`list_interval`], so pages take at most a tenth of the
+/// budget whatever the number of pages; twice that while its accounts are onboarded, so
+/// creates keep at least 95% of it. At 100,000 accounts (1,000 pages of 100) and 10 req/s a
+/// drift check takes 1,000 s, about 17 minutes.
+pub fn page_interval(rate: f64, onboarding: bool) -> Duration {
+    let interval = list_interval(rate);
+    if onboarding { interval * 2 } else { interval }
+}
+
+/// When a page may be requested (`next`: the earliest the previous page allowed; `now`), and
+/// the earliest the page after it may: `every` later.
+fn page_slot(
+    next: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+    every: Duration,
+) -> (tokio::time::Instant, tokio::time::Instant) {
+    let at = next.map_or(now, |next| next.max(now));
+    (at, at + every)
 }
 
 type NameLocks = std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>;
@@ -462,14 +605,24 @@ impl Partners {
         self.by_name.read().expect("lock").get(name).cloned()
     }
 
-    /// Puts `runtime` in service for the partner `name`.
+    /// Puts `runtime` in service for the partner `name`, in place of the one before.
     pub fn insert(&self, name: &str, runtime: Arc<PartnerRuntime>) {
-        self.by_name.write().expect("lock").insert(name.to_string(), runtime);
+        let replaced = self
+            .by_name
+            .write()
+            .expect("lock")
+            .insert(name.to_string(), runtime.clone());
+        if let Some(old) = replaced.filter(|old| !Arc::ptr_eq(old, &runtime)) {
+            old.retired.send_replace(true);
+        }
     }
 
-    /// Drops the partner's client, token and snapshot at once (the CyclrPartner is gone).
+    /// Drops the partner's client, token and snapshot at once (the CyclrPartner is gone), and
+    /// stops its drift check.
     pub fn remove(&self, name: &str) {
-        self.by_name.write().expect("lock").remove(name);
+        if let Some(old) = self.by_name.write().expect("lock").remove(name) {
+            old.retired.send_replace(true);
+        }
     }
 }
 
@@ -488,10 +641,23 @@ mod tests {
             None,
             CredentialsDigest::new("s"),
         );
-        assert!(runtime.accounts_wake_due(), "the first check");
-        assert!(!runtime.accounts_wake_due(), "a check soon after (creates) does not");
-        *runtime.accounts_woken.lock().unwrap() = Some(std::time::Instant::now() - Duration::from_secs(560));
-        assert!(runtime.accounts_wake_due(), "the next resync does");
+        let listed = Utc::now();
+        assert!(runtime.accounts_wake_due(listed), "the first check");
+        let later = listed + chrono::Duration::seconds(1);
+        assert!(
+            !runtime.accounts_wake_due(later),
+            "a check soon after (creates) does not"
+        );
+        let long_ago = std::time::Instant::now() - Duration::from_secs(560);
+        *runtime.accounts_woken.lock().unwrap() = Some((long_ago, listed));
+        assert!(
+            !runtime.accounts_wake_due(listed),
+            "nor the next resync with the same list (a drift check under way)"
+        );
+        assert!(
+            runtime.accounts_wake_due(later),
+            "the next resync with a newer list does"
+        );
     }
 
     fn account(id: &str, name: &str) -> Account {
@@ -580,9 +746,56 @@ mod tests {
         );
     }
 
+    #[test]
+    fn paced_pages_take_a_tenth_of_the_budget_and_a_twentieth_while_onboarding() {
+        assert_eq!(page_interval(10.0, false), Duration::from_secs(1));
+        assert_eq!(page_interval(10.0, true), Duration::from_secs(2));
+        assert_eq!(page_interval(1000.0, false), Duration::from_millis(250));
+        let now = tokio::time::Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            page_slot(None, now, second),
+            (now, now + second),
+            "the first page goes at once"
+        );
+        let (at, next) = page_slot(Some(now + second), now, second);
+        assert_eq!((at, next), (now + second, now + 2 * second), "the next waits its turn");
+        assert_eq!(
+            page_slot(Some(now), now + 5 * second, second),
+            (now + 5 * second, now + 6 * second),
+            "a page long after the last goes at once: no credit saved up"
+        );
+    }
+
+    #[test]
+    fn a_new_list_keeps_the_writes_recorded_since_it_started() {
+        let old = AccountsSnapshot::new(Utc::now(), vec![account("1", "acme"), account("2", "beta")]);
+        old.remember(account("3", "before"), Wrote::Created);
+        let started = Utc::now();
+        let mut renamed = account("1", "acme-2");
+        renamed.description = Some("renamed".into());
+        old.remember(renamed.clone(), Wrote::Updated);
+        old.forget("2");
+        old.remember(account("4", "listed"), Wrote::Created);
+        // Read while the writes above happened: it shows the create of 4 (and of 3), not the
+        // rename nor the delete.
+        let new = AccountsSnapshot::new(
+            started,
+            vec![account("1", "acme"), account("2", "beta"), account("4", "listed")],
+        );
+        new.keep_writes_since_taken(&old);
+        assert_eq!(new.get("1"), Some(renamed), "the rename is newer than the list");
+        assert_eq!(new.get("2"), None, "the delete too");
+        assert_eq!(
+            new.get("3"),
+            None,
+            "a write before the list started is the list's to show"
+        );
+        assert!(new.listed("4") && new.written.read().unwrap().get("4").is_none());
+    }
+
     #[tokio::test]
     async fn callers_asking_together_share_one_list_and_the_next_list_waits_its_interval() {
-        use futures::FutureExt as _;
         let sim = cyclr_sim::Simulator::start(
             cyclr_sim::SimConfig::new("id", "secret"),
             "127.0.0.1:0".parse().unwrap(),
@@ -603,10 +816,7 @@ mod tests {
         // While the next list waits its turn, reconciles still read the held snapshot.
         let reader = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let held = runtime.snapshot().now_or_never();
-            held.expect("the snapshot is not locked while a list waits")
-                .unwrap()
-                .taken_at
+            runtime.snapshot().expect("the held snapshot").taken_at
         };
         let (again, read) = tokio::join!(runtime.snapshot_since(Utc::now()), reader);
         let again = again.unwrap();

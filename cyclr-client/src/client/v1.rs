@@ -16,7 +16,18 @@ use crate::types::{
 impl CyclrClient {
     /// `GET /v1.0/accounts`, every page: all the partner's accounts, in Cyclr's order.
     pub async fn list_accounts_v1(&self) -> Result<Vec<AccountV1>> {
-        self.list_all("list_accounts_v1", &["v1.0", "accounts"], None).await
+        self.list_accounts_v1_paced(|| std::future::ready(())).await
+    }
+
+    /// [`list_accounts_v1`](Self::list_accounts_v1), awaiting `before_page` before each
+    /// page is requested: the caller spaces the pages of a long list (1,000 pages at 100,000
+    /// accounts) so it takes only a share of the partner's rate budget.
+    pub async fn list_accounts_v1_paced<F: Future<Output = ()>>(
+        &self,
+        before_page: impl FnMut() -> F,
+    ) -> Result<Vec<AccountV1>> {
+        self.list_all("list_accounts_v1", &["v1.0", "accounts"], None, before_page)
+            .await
     }
 
     /// `GET /v1.0/accounts/{id}`: [`CyclrError::NotFound`] for an unknown id.
@@ -103,6 +114,7 @@ impl CyclrClient {
             "list_account_connectors_v1",
             &["v1.0", "account", "connectors"],
             Some(account_id),
+            || std::future::ready(()),
         )
         .await
     }
@@ -145,7 +157,10 @@ impl CyclrClient {
 
     /// `GET /v1.0/templates`, every page: the partner's templates.
     pub async fn list_templates_v1(&self) -> Result<Vec<Template>> {
-        self.list_all("list_templates_v1", &["v1.0", "templates"], None).await
+        self.list_all("list_templates_v1", &["v1.0", "templates"], None, || {
+            std::future::ready(())
+        })
+        .await
     }
 
     /// `GET /v1.0/templates/{id}`: [`CyclrError::NotFound`] for an unknown id.
@@ -174,8 +189,10 @@ impl CyclrClient {
 
     /// `GET /v1.0/cycles`, every page: the account's cycles.
     pub async fn list_cycles_v1(&self, account_id: &str) -> Result<Vec<Cycle>> {
-        self.list_all("list_cycles_v1", &["v1.0", "cycles"], Some(account_id))
-            .await
+        self.list_all("list_cycles_v1", &["v1.0", "cycles"], Some(account_id), || {
+            std::future::ready(())
+        })
+        .await
     }
 
     /// `GET /v1.0/cycles/{id}`: [`CyclrError::NotFound`] for an unknown id.
@@ -253,16 +270,18 @@ impl CyclrClient {
     }
 
     /// Every page of a v1.0 list (`?page=N&pageSize=S`, bare arrays), until one is shorter
-    /// than `S`. A page longer than `S` means the server ignored the paging and sent it all,
-    /// so it is the last too; a page the same as the one before means it ignored `page`
-    /// ([`CyclrError::Decode`], rather than reading forever). An element deleted between two
+    /// than `S`; `before_page` is awaited before each request. A page longer than `S` means
+    /// the server ignored the paging and sent it all, so it is the last too; a page the same
+    /// as the one before means it ignored `page` ([`CyclrError::Decode`], rather than reading
+    /// forever). An element deleted between two
     /// pages can move one not read yet onto a page already read: a list is a snapshot that
     /// may miss what changed while it was read.
-    async fn list_all<T: DeserializeOwned>(
+    async fn list_all<T: DeserializeOwned, F: Future<Output = ()>>(
         &self,
         endpoint: &'static str,
         segments: &[&str],
         account_id: Option<&str>,
+        mut before_page: impl FnMut() -> F,
     ) -> Result<Vec<T>> {
         let size = self.inner.config.page_size as usize;
         let mut all = Vec::new();
@@ -277,6 +296,7 @@ impl CyclrClient {
             if let Some(account_id) = account_id {
                 call = call.account(account_id);
             }
+            before_page().await;
             let answer = self.send(&call).await?;
             if page > 1 && answer.body == previous {
                 return Err(CyclrError::Decode(format!(
