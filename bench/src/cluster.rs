@@ -229,9 +229,18 @@ pub async fn delete_run(client: &Client, namespace: &str) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("deleting the CyclrCycles in {namespace}"))?;
     let api = accounts(client, namespace);
-    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+    // With tens of thousands of accounts one delete-collection can outlast the connection;
+    // each try deletes what it reached, so a few tries finish the job.
+    let mut tries = 0;
+    while let Err(error) = api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
-        .with_context(|| format!("deleting the CyclrAccounts in {namespace}"))?;
+    {
+        tries += 1;
+        if tries == 5 {
+            return Err(error).with_context(|| format!("deleting the CyclrAccounts in {namespace}, 5 tries"));
+        }
+    }
     match partners(client).delete(namespace, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -239,7 +248,7 @@ pub async fn delete_run(client: &Client, namespace: &str) -> anyhow::Result<()> 
     }
     wait_for(
         "the run's CyclrAccounts to be deleted",
-        Duration::from_secs(120),
+        Duration::from_secs(600),
         || async {
             let left = api.list_metadata(&ListParams::default().limit(1)).await.ok()?;
             left.items.is_empty().then_some(())
