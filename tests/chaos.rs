@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cyclr_bench::chaos::{self, Scenario, Settings};
+use cyclr_bench::chaos::{self, Settings};
 use cyclr_bench::cluster::Dialect;
 use cyclr_testenv::TestEnv;
 
@@ -36,28 +36,6 @@ async fn nothing_is_lost_when_the_operator_is_killed_cyclr_fails_and_the_api_ser
         page_size: None,
         resync_interval: "10m".into(),
     };
-    let env = TestEnv::get().await;
-    cyclr_bench::cluster::install_crds(&env.client(), &settings.operator)
-        .await
-        .expect("install the CRDs");
-    let mut failed = Vec::new();
-    for scenario in Scenario::ALL {
-        let outcome = chaos::run(env, &settings, scenario)
-            .await
-            .unwrap_or_else(|e| panic!("scenario {} could not run: {e:#}", scenario.number()));
-        assert!(
-            outcome.faults > 0,
-            "scenario {}: no fault was injected",
-            scenario.number()
-        );
-        if !outcome.passed() {
-            failed.push(format!(
-                "scenario {} ({}): {:#?}",
-                scenario.number(),
-                scenario.title(),
-                outcome.lost
-            ));
-        }
-    }
+    let (failed, _) = chaos::run_every_scenario(TestEnv::get().await, &settings).await;
     assert!(failed.is_empty(), "lost:\n{}", failed.join("\n"));
 }

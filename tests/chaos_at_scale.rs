@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cyclr_bench::chaos::{self, Scenario, Settings};
+use cyclr_bench::chaos::{self, Settings};
 use cyclr_bench::cluster::Dialect;
 use cyclr_testenv::TestEnv;
 
@@ -40,34 +40,10 @@ async fn nothing_is_lost_on_v1_when_every_list_is_many_pages() {
         // Lists all through the rollout, as at 100,000 accounts.
         resync_interval: "15s".into(),
     };
-    let env = TestEnv::get().await;
-    cyclr_bench::cluster::install_crds(&env.client(), &settings.operator)
-        .await
-        .expect("install the CRDs");
-    let mut failed = Vec::new();
-    let mut pages = 0;
-    for scenario in Scenario::ALL {
-        let outcome = chaos::run(env, &settings, scenario)
-            .await
-            .unwrap_or_else(|e| panic!("scenario {} could not run: {e:#}", scenario.number()));
-        assert!(
-            outcome.faults > 0,
-            "scenario {}: no fault was injected",
-            scenario.number()
-        );
-        pages += outcome.list_calls;
-        if !outcome.passed() {
-            failed.push(format!(
-                "scenario {} ({}): {:#?}\n{}",
-                scenario.number(),
-                scenario.title(),
-                outcome.lost,
-                outcome.tried.join("\n")
-            ));
-        }
-    }
+    let (failed, outcomes) = chaos::run_every_scenario(TestEnv::get().await, &settings).await;
     assert!(failed.is_empty(), "lost:\n{}", failed.join("\n"));
     // The simulator's counts restart in scenario 2 (its rate check); at least three whole
     // lists of 8 pages in all shows that paged lists ran while the faults did.
+    let pages: u64 = outcomes.iter().map(|o| o.list_calls).sum();
     assert!(pages >= 24, "{pages} v1.0 list pages in the five scenarios");
 }

@@ -176,8 +176,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "cyclr-bench: N={:?} accounts ({} CyclrCycles each on V1), {} operator process(es), cyclr-sim +{} ms per request, {} creates in flight, operator concurrency {}, limits {:?} req/s, dialects {:?}, {unrelated} unrelated Secrets and ConfigMaps",
         args.sizes,
-        args.shards,
         args.cycles,
+        args.shards,
         args.latency_ms,
         args.create_concurrency,
         args.operator_concurrency,

@@ -142,6 +142,39 @@ impl Outcome {
     }
 }
 
+/// Every scenario, one after the other, on the control plane of `env` (the CRDs installed
+/// first), as `make test` runs them small: panics when one cannot run or injects no fault;
+/// returns what each scenario lost, `scenario N (title): …` with its log, for those that lost
+/// something, and every outcome.
+pub async fn run_every_scenario(env: &'static TestEnv, settings: &Settings) -> (Vec<String>, Vec<Outcome>) {
+    crate::cluster::install_crds(&env.client(), &settings.operator)
+        .await
+        .expect("install the CRDs");
+    let mut failed = Vec::new();
+    let mut outcomes = Vec::new();
+    for scenario in Scenario::ALL {
+        let outcome = run(env, settings, scenario)
+            .await
+            .unwrap_or_else(|e| panic!("scenario {} could not run: {e:#}", scenario.number()));
+        assert!(
+            outcome.faults > 0,
+            "scenario {}: no fault was injected",
+            scenario.number()
+        );
+        if !outcome.passed() {
+            failed.push(format!(
+                "scenario {} ({}): {:#?}\n{}",
+                scenario.number(),
+                scenario.title(),
+                outcome.lost,
+                outcome.tried.join("\n")
+            ));
+        }
+        outcomes.push(outcome);
+    }
+    (failed, outcomes)
+}
+
 /// Runs one scenario on the control plane of `env` (which scenario 4 restarts: nothing else
 /// may use it meanwhile). An error means the scenario could not be run, not that it failed.
 pub async fn run(env: &'static TestEnv, settings: &Settings, scenario: Scenario) -> anyhow::Result<Outcome> {
