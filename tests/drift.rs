@@ -21,38 +21,6 @@ use tokio::time::Instant;
 /// v1.0 list pages (`GET /v1.0/accounts`) per second at most: a tenth of 10 req/s.
 const PAGES_PER_SECOND: f64 = 1.0;
 
-/// A client of the test's simulator fast enough to seed thousands of accounts.
-fn seeding_client(h: &Harness) -> cyclr::CyclrClient {
-    let mut config = cyclr::ClientConfig::new(
-        h.sim.base_url(),
-        support::CLIENT_ID,
-        secrecy::SecretString::from(support::CLIENT_SECRET),
-    );
-    config.requests_per_second = 1000;
-    config.burst = 1000;
-    cyclr::CyclrClient::new(config).expect("client")
-}
-
-/// `count` accounts made in Cyclr without the operator (no resource holds them): the pages a
-/// list must read.
-async fn seed_cyclr_accounts(h: &Harness, count: usize) {
-    let cyclr = seeding_client(h);
-    let seeds = (0..count).map(|n| {
-        let cyclr = &cyclr;
-        async move {
-            cyclr
-                .create_account_v1(&cyclr::types::AccountFieldsV1 {
-                    id: Some(format!("seed-{n:05}")),
-                    name: Some(format!("seed {n:05}")),
-                    ..Default::default()
-                })
-                .await
-                .expect("seed an account");
-        }
-    });
-    futures::future::join_all(seeds).await;
-}
-
 /// The partner's resync and usage intervals.
 async fn set_intervals(h: &Harness, resync: &str, usage: &str) {
     Api::<CyclrPartner>::all(h.client.clone())
@@ -107,7 +75,7 @@ async fn row2_drift_checks_take_a_tenth_of_the_budget_and_onboarding_keeps_ninet
     set_intervals(&h, "10s", "1h").await;
     // 2,000 accounts: a list is 20 pages of 100, longer (paced at 1 s a page) than the 10 s
     // resync interval, so drift checks run back to back.
-    seed_cyclr_accounts(&h, 2000).await;
+    support::seed_v1_accounts(&h.sim, "seed", 2000).await;
     h.start_operator();
     h.wait_partner_ready("True").await;
     let pages = || h.cyclr_requests("GET /v1.0/accounts");
@@ -268,7 +236,7 @@ async fn restart_with_ready_accounts(mut h: Harness, n: usize, list_endpoint: &s
 async fn row3_a_restart_with_ready_v1_accounts_reads_one_list_and_writes_nothing() {
     let mut h = Harness::without_operator_with("drift-restart-v1", "10s", Some("V1")).await;
     // With the 30 accounts, 280: three pages of 100.
-    seed_cyclr_accounts(&h, 250).await;
+    support::seed_v1_accounts(&h.sim, "seed", 250).await;
     h.start_operator();
     restart_with_ready_accounts(h, 30, "GET /v1.0/accounts", 3).await;
 }
@@ -285,7 +253,7 @@ async fn row2_a_change_made_in_cyclr_is_corrected_after_a_paced_drift_check() {
     let mut h = Harness::without_operator_with("drift-found", "10s", Some("V1")).await;
     set_intervals(&h, "10s", "1h").await;
     // Three pages, read one a second after the first list.
-    seed_cyclr_accounts(&h, 250).await;
+    support::seed_v1_accounts(&h.sim, "seed", 250).await;
     h.start_operator();
     let mut manifest = account(&h, "acme");
     manifest["spec"]["description"] = json!("tenant");
@@ -299,7 +267,7 @@ async fn row2_a_change_made_in_cyclr_is_corrected_after_a_paced_drift_check() {
         .expect("an id");
 
     let pages = h.cyclr_requests("GET /v1.0/accounts");
-    seeding_client(&h)
+    support::cyclr_client(&h.sim)
         .update_account_v1(
             &id,
             &cyclr::types::AccountFieldsV1 {

@@ -242,38 +242,21 @@ async fn row6_every_page_is_read_for_the_name_check_and_the_count() {
         max_page_size: Some(100),
         ..Faults::default()
     });
-    let mut config = cyclr::ClientConfig::new(
-        h.sim.base_url(),
-        support::CLIENT_ID,
-        secrecy::SecretString::from(support::CLIENT_SECRET),
-    );
-    config.requests_per_second = 1000;
-    config.burst = 1000;
-    let cyclr = cyclr::CyclrClient::new(config).expect("client");
-    for n in 0..250 {
-        cyclr
-            .create_account_v1(&cyclr::types::AccountFieldsV1 {
-                id: Some(format!("tenant-{n:03}")),
-                name: Some(format!("tenant {n:03}")),
-                ..Default::default()
-            })
-            .await
-            .expect("seed an account");
-    }
+    support::seed_v1_accounts(&h.sim, "tenant", 250).await;
     // The name check reads the partner's last list (a drift check, not a list of its own):
     // one that shows the seeded accounts, counted on every page.
     h.wait_for("the partner counting 250 accounts", Duration::from_secs(60), || async {
         (h.partner().await.status.and_then(|s| s.account_count) == Some(250)).then_some(())
     })
     .await;
-    // On the third page: a create would make a second "tenant 249".
-    h.apply::<CyclrAccount>(account(&h, "twin", json!({"name": "tenant 249"})))
+    // On the third page: a create would make a second "tenant 00249".
+    h.apply::<CyclrAccount>(account(&h, "twin", json!({"name": "tenant 00249"})))
         .await;
     let stalled = h
         .wait_condition::<CyclrAccount>("twin", "Stalled", "True", Some("AccountNameInUse"))
         .await;
     assert!(
-        ready_message(&stalled).contains("tenant-249"),
+        ready_message(&stalled).contains("tenant-00249"),
         "{}",
         ready_message(&stalled)
     );
@@ -285,10 +268,10 @@ async fn row6_every_page_is_read_for_the_name_check_and_the_count() {
     h.apply::<CyclrAccount>(account(
         &h,
         "named",
-        json!({"accountID": "tenant-240", "name": "tenant 240"}),
+        json!({"accountID": "tenant-00240", "name": "tenant 00240"}),
     ))
     .await;
-    assert_eq!(ready_id(&h, "named").await, "tenant-240");
+    assert_eq!(ready_id(&h, "named").await, "tenant-00240");
     h.wait_event("named", "Adopted").await;
     assert_eq!(h.sim.accounts().len(), 250);
 }

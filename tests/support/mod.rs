@@ -418,9 +418,33 @@ pub async fn install_crds(client: &Client) {
     .await;
 }
 
-/// Creates an account directly in Cyclr (through the Cyclr API), as someone outside the
-/// operator would.
+/// A client of the test's simulator, to act in Cyclr as someone outside the operator would;
+/// not held to a partner's budget (1000 requests/s), so it seeds thousands of accounts quickly.
 pub fn cyclr_client(sim: &SimHandle) -> cyclr::CyclrClient {
-    let config = cyclr::ClientConfig::new(sim.base_url(), CLIENT_ID, secrecy::SecretString::from(CLIENT_SECRET));
+    let mut config = cyclr::ClientConfig::new(sim.base_url(), CLIENT_ID, secrecy::SecretString::from(CLIENT_SECRET));
+    config.requests_per_second = 1000;
+    config.burst = 1000;
     cyclr::CyclrClient::new(config).expect("client")
+}
+
+/// `count` v1.0 accounts made in Cyclr without the operator (no resource holds them): ids
+/// `{prefix}-{n:05}`, names `{prefix} {n:05}`, 32 creates at a time.
+pub async fn seed_v1_accounts(sim: &SimHandle, prefix: &str, count: usize) {
+    use futures::StreamExt as _;
+    let cyclr = cyclr_client(sim);
+    futures::stream::iter(0..count)
+        .for_each_concurrent(32, |n| {
+            let cyclr = &cyclr;
+            async move {
+                cyclr
+                    .create_account_v1(&cyclr::types::AccountFieldsV1 {
+                        id: Some(format!("{prefix}-{n:05}")),
+                        name: Some(format!("{prefix} {n:05}")),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("seed an account");
+            }
+        })
+        .await;
 }
