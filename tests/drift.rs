@@ -21,18 +21,6 @@ use tokio::time::Instant;
 /// v1.0 list pages (`GET /v1.0/accounts`) per second at most: a tenth of 10 req/s.
 const PAGES_PER_SECOND: f64 = 1.0;
 
-/// The partner's resync and usage intervals.
-async fn set_intervals(h: &Harness, resync: &str, usage: &str) {
-    Api::<CyclrPartner>::all(h.client.clone())
-        .patch(
-            &h.partner,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"resyncInterval": resync, "usageInterval": usage}})),
-        )
-        .await
-        .expect("patch the partner");
-}
-
 fn account(h: &Harness, name: &str) -> serde_json::Value {
     json!({"metadata": {"name": name}, "spec": {"partnerRef": {"name": h.partner}}})
 }
@@ -72,7 +60,7 @@ async fn wait_ready(h: &Harness, n: usize, with_usage: bool, timeout: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row2_drift_checks_take_a_tenth_of_the_budget_and_onboarding_keeps_ninety_percent() {
     let mut h = Harness::without_operator_with("drift-pace", "10s", Some("V1")).await;
-    set_intervals(&h, "10s", "1h").await;
+    h.set_intervals("10s", "1h").await;
     // 2,000 accounts: a list is 20 pages of 100, longer (paced at 1 s a page) than the 10 s
     // resync interval, so drift checks run back to back.
     support::seed_v1_accounts(&h.sim, "seed", 2000).await;
@@ -167,7 +155,7 @@ async fn restart_with_ready_accounts(mut h: Harness, n: usize, list_endpoint: &s
     // Resyncs every 10 s until each account's first usage is read, then every 10 minutes:
     // none falls in the restart's window.
     wait_ready(&h, n, true, Duration::from_secs(90)).await;
-    set_intervals(&h, "10m", "1h").await;
+    h.set_intervals("10m", "1h").await;
     h.wait_for(
         "the partner's new intervals applied",
         Duration::from_secs(30),
@@ -251,7 +239,7 @@ async fn row3_a_restart_with_ready_partner_api_accounts_reads_one_list_and_write
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row2_a_change_made_in_cyclr_is_corrected_after_a_paced_drift_check() {
     let mut h = Harness::without_operator_with("drift-found", "10s", Some("V1")).await;
-    set_intervals(&h, "10s", "1h").await;
+    h.set_intervals("10s", "1h").await;
     // Three pages, read one a second after the first list.
     support::seed_v1_accounts(&h.sim, "seed", 250).await;
     h.start_operator();

@@ -30,6 +30,9 @@ fn ready_reason(account: &CyclrAccount) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_gives_ready_account_with_id_and_exactly_one_cyclr_account() {
     let h = Harness::start("create", "10s").await;
+    // Usage is read once an hour: the first read still comes at the first resync after a list
+    // shows the account, not an hour after the create.
+    h.set_intervals("10s", "1h").await;
     h.apply::<CyclrAccount>(account("acme", json!({"partnerRef": {"name": h.partner}, "pricePlan": {"name": "Pro"}, "description": "Acme Ltd", "timezone": "Europe/London"}))).await;
     let ready = h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
     let status = ready.status.unwrap();

@@ -1303,15 +1303,22 @@ fn usage_status(usage: &AccountUsage) -> UsageStatus {
 }
 
 /// How long until the account's usage is due (`usageInterval` since the last read, less
-/// 10%); zero when it is. An account whose status already holds a usage this process did not
-/// read (a restart, a new leader) counts as read now: a restart reads no usage at once, and
-/// each account's is read again one interval later.
+/// 10%); zero when it is. An account whose status already holds a usage read from Cyclr (it
+/// carries Cyclr's period) that this process did not read (a restart, a new leader) counts as
+/// read now: a restart reads no usage at once, and each account's is read again one interval
+/// later. The usage a create writes (nothing used, no period) is not a read: the first read
+/// comes once a list shows the new account, with its bill dates.
 fn usage_due_in(account: &CyclrAccount, state: &AccountState, runtime: &PartnerRuntime) -> Duration {
     let mut polls = state.usage_polls.lock().expect("lock");
     let key = stable_hash(account.metadata.uid.as_deref().unwrap_or_default());
     let last = match polls.get(&key) {
         Some(last) => *last,
-        None if account.status.as_ref().is_some_and(|s| s.usage.is_some()) => {
+        None if account
+            .status
+            .as_ref()
+            .and_then(|s| s.usage.as_ref())
+            .is_some_and(|u| u.from_date.is_some()) =>
+        {
             *polls.entry(key).or_insert(Instant::now())
         }
         None => return Duration::ZERO,

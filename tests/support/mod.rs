@@ -269,6 +269,18 @@ impl Harness {
         .await
     }
 
+    /// Sets the partner's `resyncInterval` and `usageInterval` (e.g. `10s`, `1h`).
+    pub async fn set_intervals(&self, resync: &str, usage: &str) {
+        Api::<CyclrPartner>::all(self.client.clone())
+            .patch(
+                &self.partner,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"resyncInterval": resync, "usageInterval": usage}})),
+            )
+            .await
+            .expect("patch the partner");
+    }
+
     pub async fn wait_partner_ready(&self, status: &str) -> CyclrPartner {
         self.wait_for(
             &format!("CyclrPartner Ready={status}"),
