@@ -9,11 +9,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cyclr_operator::resources::{self, CyclrAccount, CyclrPartner, READY, condition};
+use cyclr_operator::resources::{self, CyclrAccount, READY, condition};
 use driver::readiness::NeededCrd;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
+use kube::api::ListParams;
 use serde_json::json;
 use support::{Harness, HasConditions};
 use tokio::time::Instant;
