@@ -955,8 +955,9 @@ fn decide_known(
     }
     let Some(found) = snapshot.get(id) else {
         // Not in a list taken during this reconcile either, and Cyclr says so when asked by
-        // id: it is gone.
-        if snapshot.taken_at < facts.now {
+        // id: it is gone. A v1.0 list is paced over its pages (a drift check takes minutes at
+        // large N), so there Cyclr is asked by id at once, not after a newer list.
+        if snapshot.taken_at < facts.now && !paced_lists(obs) {
             return Plan::Refresh(Look::ListedAfter(facts.now));
         }
         match &obs.read_back {
@@ -1070,6 +1071,12 @@ fn settle(
         return Plan::Wait(jittered(USAGE_DEFERRED_WAIT));
     }
     Plan::Report { health, status, event }
+}
+
+/// Whether the partner's account lists are v1.0's: paged, and paced to a tenth of its budget
+/// (`partners::PartnerRuntime::snapshot_since`), so waiting for a newer one can take minutes.
+fn paced_lists(obs: &Observed) -> bool {
+    matches!(&obs.partner, PartnerView::Ready { runtime, .. } if runtime.dialect == CyclrApi::V1)
 }
 
 /// An account on a `V1` partner that holds no id yet: the account with its chosen id is
@@ -1794,6 +1801,13 @@ mod tests {
         );
         fresh.read_back = Some(ReadBack::Gone);
         assert_eq!(reason(&decide(&account, &fresh)), Some(Reason::ExternalAccountMissing));
+        // On v1.0 a list is paced over many pages: Cyclr is asked by id at once, with no wait
+        // for a newer list (which would hold a worker for a whole drift check).
+        let old_v1 = on_v1(
+            observed(Some((now - chrono::Duration::seconds(60), vec![])), &[], now),
+            derived("gone"),
+        );
+        assert!(matches!(decide(&account, &old_v1), Plan::Refresh(Look::ReadBack(id)) if id == "gone"));
     }
 
     #[test]
@@ -1993,7 +2007,11 @@ mod tests {
 
     /// What a reconcile observed on a `V1` partner, the account's chosen id being `chosen`.
     fn observed_v1(snapshot: Vec<Account>, claims: &[(&str, &str)], now: DateTime<Utc>, chosen: ChosenId) -> Given {
-        let mut given = observed(Some((now, snapshot)), claims, now);
+        on_v1(observed(Some((now, snapshot)), claims, now), chosen)
+    }
+
+    /// `given` on a `V1` partner, the account's chosen id being `chosen`.
+    fn on_v1(mut given: Given, chosen: ChosenId) -> Given {
         let runtime = Arc::new(Arc::into_inner(runtime()).unwrap().with_dialect(CyclrApi::V1));
         given.obs.partner = PartnerView::Ready {
             runtime,
