@@ -262,16 +262,6 @@ impl Fleet {
         Ok(Fleet { shards })
     }
 
-    /// How many processes.
-    pub fn len(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// Whether there is none (never: [`Fleet::start`] starts at least one).
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
-
     /// The first process's log (the status writer's).
     pub fn log(&self) -> &Path {
         &self.shards[0].log
