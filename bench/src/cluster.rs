@@ -246,9 +246,12 @@ pub async fn delete_run(client: &Client, namespace: &str) -> anyhow::Result<()> 
         Err(kube::Error::Api(status)) if status.code == 404 => {}
         Err(e) => return Err(e).with_context(|| format!("deleting the CyclrPartner {namespace}")),
     }
+    // The API server deletes a few hundred a second here.
+    let left = api.list_metadata(&ListParams::default().limit(1)).await?;
+    let count = left.metadata.remaining_item_count.unwrap_or(0).max(0) as u64 + left.items.len() as u64;
     wait_for(
         "the run's CyclrAccounts to be deleted",
-        Duration::from_secs(600),
+        Duration::from_secs(600 + count / 50),
         || async {
             let left = api.list_metadata(&ListParams::default().limit(1)).await.ok()?;
             left.items.is_empty().then_some(())

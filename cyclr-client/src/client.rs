@@ -419,12 +419,17 @@ impl CyclrClient {
 
     /// List Accounts (`GET /api/partner/accounts`): every account of the partner.
     pub async fn list_accounts(&self) -> Result<Vec<Account>> {
-        self.send_list(Call::new(
-            "list_accounts",
-            Verb::Get,
-            self.url(&["api", "partner", "accounts"]),
-        ))
-        .await
+        self.list_accounts_with(|account| account).await
+    }
+
+    /// [`list_accounts`](Self::list_accounts), each account handed to `keep` as soon as it is
+    /// decoded: a caller that keeps a smaller form never holds the decoded list as well
+    /// (about 30 MB at 100,000 accounts).
+    pub async fn list_accounts_with<T>(&self, keep: impl FnMut(Account) -> T) -> Result<Vec<T>> {
+        let call = Call::new("list_accounts", Verb::Get, self.url(&["api", "partner", "accounts"]));
+        self.send(&call)
+            .await?
+            .decode(call.endpoint, |body| decode_list(body, keep))
     }
 
     /// Partner Details (`GET /api/partner/details`).
@@ -530,7 +535,9 @@ impl CyclrClient {
 
     /// [`send_json`](Self::send_json) for an endpoint answering a JSON array ([`decode_list`]).
     async fn send_list<T: DeserializeOwned>(&self, call: Call) -> Result<Vec<T>> {
-        self.send(&call).await?.decode(call.endpoint, decode_list)
+        self.send(&call)
+            .await?
+            .decode(call.endpoint, |body| decode_list(body, |t| t))
     }
 
     /// The one path every operation takes: attempts, the single token renewal on a 401, and
@@ -727,14 +734,15 @@ async fn read_body(mut response: reqwest::Response) -> reqwest::Result<Vec<u8>> 
     Ok(body)
 }
 
-/// A JSON array decoded into a `Vec` of exactly its length. The elements are found first
-/// (borrowed from the body, 16 bytes each), so a list of 10,000 accounts is not grown by
-/// doubling, which held the old and the new buffer at once (up to 2.5 times the list).
-fn decode_list<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<Vec<T>> {
+/// A JSON array decoded into a `Vec` of exactly its length, each element passed through
+/// `keep`. The elements are found first (borrowed from the body, 16 bytes each), so a list of
+/// 10,000 accounts is not grown by doubling, which held the old and the new buffer at once
+/// (up to 2.5 times the list).
+fn decode_list<T: DeserializeOwned, U>(body: &[u8], mut keep: impl FnMut(T) -> U) -> serde_json::Result<Vec<U>> {
     let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body)?;
     let mut list = Vec::with_capacity(elements.len());
     for element in elements {
-        list.push(serde_json::from_str(element.get())?);
+        list.push(keep(serde_json::from_str(element.get())?));
     }
     Ok(list)
 }
@@ -875,11 +883,16 @@ mod tests {
     fn a_list_is_decoded_into_exactly_its_length() {
         let body = br#"[{"Id":"a1","Name":"Acme","Description":"say \"[{\"","NextBillDate":"2027-01-06T00:00:00Z"},
                         {"Id":"b2","Name":"Beta"},{"Id":"c3","Name":"Gamma","PricePlanId":2}]"#;
-        let list: Vec<Account> = decode_list(body).unwrap();
+        let list: Vec<Account> = decode_list(body, |a| a).unwrap();
         assert_eq!(list, serde_json::from_slice::<Vec<Account>>(body).unwrap());
         assert_eq!((list.len(), list.capacity()), (3, 3));
-        assert!(decode_list::<Account>(br#"[{"Id":"a1"}]"#).is_err(), "Name is required");
-        assert!(decode_list::<Account>(b"{}").is_err(), "not a list");
+        let ids: Vec<String> = decode_list(body, |a: Account| a.id).unwrap();
+        assert_eq!(ids, ["a1", "b2", "c3"], "each element kept as the caller keeps it");
+        assert!(
+            decode_list(br#"[{"Id":"a1"}]"#, |a: Account| a).is_err(),
+            "Name is required"
+        );
+        assert!(decode_list(b"{}", |a: Account| a).is_err(), "not a list");
     }
 
     #[test]
@@ -964,7 +977,7 @@ mod tests {
             content_type: Some("text/html; charset=utf-8".into()),
             body: body.as_bytes().to_vec(),
         };
-        let read = |body: &str| answer(body).decode("list_accounts", decode_list::<Account>);
+        let read = |body: &str| answer(body).decode("list_accounts", |body| decode_list(body, |a: Account| a));
         assert!(
             matches!(read(PAGE), Err(CyclrError::NotJson { status: 200, excerpt, .. }) if excerpt.starts_with("<!DOCTYPE html> <html>"))
         );

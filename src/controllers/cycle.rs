@@ -41,6 +41,12 @@ const CONFIRM_RECHECK: Duration = Duration::from_secs(5);
 /// partner's wake (about one interval apart), so it fires only when that wake did not come.
 const OWN_RESYNC: f64 = 1.2;
 
+/// The oldest list a Ready cycle shares, in `resyncInterval`s: older than its own resync, so
+/// that timer (or any wake between two of the partner's) takes the list of the partner's last
+/// wake, which may come late (its drift check runs before it); the next own resync lists
+/// when no wake came at all.
+const SHARED_LIST_AGE: f64 = 1.5;
+
 /// The cycle kind's own state.
 pub struct CycleKindState {
     services: Arc<Services>,
@@ -167,11 +173,11 @@ impl CycleLists {
     }
 
     /// The oldest list a Ready cycle of the account decides from: one taken since the
-    /// partner's resync last woke it, and within `interval`. Its siblings' timers and that
-    /// wake, each reconciling it at its own moment (a wake of many accounts takes a while at
-    /// a low rate limit), then share one list per account per resync.
+    /// partner's resync last woke it, and within [`SHARED_LIST_AGE`] `interval`s. Its
+    /// siblings' timers and that wake, each reconciling it at its own moment (a wake of many
+    /// accounts takes a while at a low rate limit), then share one list per account per resync.
     fn settled_after(&self, account_id: &str, now: DateTime<Utc>, interval: Duration) -> DateTime<Utc> {
-        let floor = now - TimeDelta::from_std(interval).unwrap_or(SHARED_LIST);
+        let floor = now - TimeDelta::from_std(interval.mul_f64(SHARED_LIST_AGE)).unwrap_or(SHARED_LIST);
         let woken = self.resynced.lock().expect("lock").get(account_id).copied();
         woken.map_or(floor, |at| at.max(floor))
     }
@@ -1645,15 +1651,21 @@ mod tests {
         let now = Utc::now();
         let interval = Duration::from_secs(600);
         let ago = |s: i64| now - TimeDelta::seconds(s);
-        assert_eq!(lists.settled_after("a1", now, interval), ago(600), "no resync seen yet");
+        assert_eq!(lists.settled_after("a1", now, interval), ago(900), "no resync seen yet");
         lists.resynced("a1", ago(30));
         assert_eq!(lists.settled_after("a1", now, interval), ago(30));
-        assert_eq!(lists.settled_after("a2", now, interval), ago(600), "another account's");
-        lists.resynced("a2", ago(900));
+        assert_eq!(lists.settled_after("a2", now, interval), ago(900), "another account's");
+        lists.resynced("a2", ago(700));
         assert_eq!(
             lists.settled_after("a2", now, interval),
-            ago(600),
-            "at most an interval old"
+            ago(700),
+            "a wake later than one interval: the own resync shares its list"
+        );
+        lists.resynced("a2", ago(1000));
+        assert_eq!(
+            lists.settled_after("a2", now, interval),
+            ago(900),
+            "at most 1.5 intervals old"
         );
 
         // Only a cycle installed and Ready for its generation looks at that list.

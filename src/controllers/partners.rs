@@ -15,21 +15,21 @@ use crate::metrics::Metrics;
 use crate::resources::CyclrApi;
 use crate::secrets::CredentialsDigest;
 
-use cyclr::types::{Account, AccountV1, PricePlan};
+use cyclr::types::{Account, AccountV1, CyclrDate, PricePlan, PricePlanId};
 use cyclr::{CyclrClient, Result as CyclrResult};
 
 /// All accounts of one partner as one List Accounts returned them, plus the accounts the
 /// operator wrote since, which win (the list is older). Shared, never copied: a write is
-/// recorded in place, so holding 10,000 accounts costs one copy however many reconciles run.
-/// The list is kept as it came, sorted, with no second copy of any id or name: 10,000
-/// accounts cost one `Vec` of them and 40 KB of positions.
+/// recorded in place, so holding 100,000 accounts costs one copy however many reconciles run.
+/// The list is kept sorted, each account in one allocation ([`KeptAccount`]), with no second
+/// copy of any id or name: 100,000 accounts cost about 15 MB and 400 KB of positions.
 #[derive(Debug, Default)]
 pub struct AccountsSnapshot {
     /// When the list's first request was sent: anything written before is in it (a paced
     /// v1.0 list reads its last page up to `pages × 10 / rate` seconds later).
     pub taken_at: DateTime<Utc>,
     /// The listed accounts, sorted by id.
-    listed: Vec<Account>,
+    listed: Vec<KeptAccount>,
     /// Positions in `listed`, sorted by account name: the check before a create.
     by_name: Vec<u32>,
     /// Accounts created, updated or deleted by the operator after the list, by id.
@@ -47,14 +47,91 @@ struct Written {
     created: bool,
 }
 
+/// An account as a snapshot keeps it: its five texts in one allocation, where an
+/// [`Account`] takes five (about 110 bytes in all for a listed account against about 300).
+#[derive(Clone, Debug)]
+pub struct KeptAccount {
+    /// Id, name, description, time zone and audit info, one after the other.
+    text: Box<str>,
+    /// Where each text ends in `text`.
+    ends: [u32; 5],
+    /// Which texts are set (bit `i` for text `i`).
+    set: u8,
+    price_plan_id: Option<PricePlanId>,
+    last_bill_date: Option<CyclrDate>,
+    next_bill_date: Option<CyclrDate>,
+}
+
+impl From<Account> for KeptAccount {
+    fn from(account: Account) -> Self {
+        let texts = [
+            Some(account.id),
+            Some(account.name),
+            account.description,
+            account.timezone,
+            account.audit_info,
+        ];
+        let mut text = String::with_capacity(texts.iter().flatten().map(String::len).sum());
+        let mut ends = [0; 5];
+        let mut set = 0;
+        for (i, field) in texts.iter().enumerate() {
+            if let Some(field) = field {
+                text.push_str(field);
+                set |= 1 << i;
+            }
+            ends[i] = text.len() as u32;
+        }
+        KeptAccount {
+            text: text.into_boxed_str(),
+            ends,
+            set,
+            price_plan_id: account.price_plan_id,
+            last_bill_date: account.last_bill_date,
+            next_bill_date: account.next_bill_date,
+        }
+    }
+}
+
+impl KeptAccount {
+    /// Text `i` (0: id, 1: name, 2: description, 3: time zone, 4: audit info), if set.
+    fn text(&self, i: usize) -> Option<&str> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        (self.set & (1 << i) != 0).then(|| &self.text[start..self.ends[i] as usize])
+    }
+
+    fn id(&self) -> &str {
+        self.text(0).unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.text(1).unwrap_or_default()
+    }
+
+    /// The account as Cyclr listed it.
+    fn account(&self) -> Account {
+        let owned = |i| self.text(i).map(str::to_owned);
+        Account {
+            id: self.id().to_owned(),
+            name: self.name().to_owned(),
+            description: owned(2),
+            timezone: owned(3),
+            price_plan_id: self.price_plan_id,
+            last_bill_date: self.last_bill_date,
+            next_bill_date: self.next_bill_date,
+            audit_info: owned(4),
+        }
+    }
+}
+
 impl AccountsSnapshot {
     /// A snapshot of `accounts`, listed by a request sent at `taken_at`.
-    pub fn new(taken_at: DateTime<Utc>, mut accounts: Vec<Account>) -> Self {
-        accounts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        accounts.dedup_by(|a, b| a.id == b.id);
+    pub fn new(taken_at: DateTime<Utc>, accounts: impl IntoIterator<Item = impl Into<KeptAccount>>) -> Self {
+        let mut accounts: Vec<KeptAccount> = accounts.into_iter().map(Into::into).collect();
+        accounts.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+        accounts.dedup_by(|a, b| a.id() == b.id());
         accounts.shrink_to_fit();
         let mut by_name: Vec<u32> = (0..accounts.len() as u32).collect();
-        by_name.sort_unstable_by(|&a, &b| accounts[a as usize].name.cmp(&accounts[b as usize].name));
+        by_name.sort_unstable_by(|&a, &b| accounts[a as usize].name().cmp(accounts[b as usize].name()));
         AccountsSnapshot {
             taken_at,
             listed: accounts,
@@ -64,20 +141,18 @@ impl AccountsSnapshot {
     }
 
     /// The listed account with Cyclr id `id`.
-    fn listed_account(&self, id: &str) -> Option<&Account> {
-        let at = self.listed.binary_search_by(|a| a.id.as_str().cmp(id)).ok()?;
+    fn listed_account(&self, id: &str) -> Option<&KeptAccount> {
+        let at = self.listed.binary_search_by(|a| a.id().cmp(id)).ok()?;
         Some(&self.listed[at])
     }
 
     /// The listed accounts named `name`.
-    fn listed_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Account> + 'a {
-        let start = self
-            .by_name
-            .partition_point(|&i| self.listed[i as usize].name.as_str() < name);
+    fn listed_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a KeptAccount> + 'a {
+        let start = self.by_name.partition_point(|&i| self.listed[i as usize].name() < name);
         self.by_name[start..]
             .iter()
             .map(|&i| &self.listed[i as usize])
-            .take_while(move |a| a.name == name)
+            .take_while(move |a| a.name() == name)
     }
 
     /// The account with Cyclr id `id`, as last listed or written.
@@ -85,7 +160,7 @@ impl AccountsSnapshot {
         if let Some(written) = self.written.read().expect("lock").get(id) {
             return written.account.clone();
         }
-        self.listed_account(id).cloned()
+        self.listed_account(id).map(KeptAccount::account)
     }
 
     /// Whether the list itself showed the account (not only a write recorded since).
@@ -97,14 +172,15 @@ impl AccountsSnapshot {
     pub fn named(&self, name: &str) -> Vec<Account> {
         let written = self.written.read().expect("lock");
         self.listed_named(name)
-            .filter(|a| !written.contains_key(&a.id))
+            .filter(|a| !written.contains_key(a.id()))
+            .map(KeptAccount::account)
             .chain(
                 written
                     .values()
                     .filter_map(|w| w.account.as_ref())
-                    .filter(|a| a.name == name),
+                    .filter(|a| a.name == name)
+                    .cloned(),
             )
-            .cloned()
             .collect()
     }
 
@@ -453,7 +529,7 @@ impl PartnerRuntime {
     async fn list(&self, paced: bool) -> CyclrResult<Arc<AccountsSnapshot>> {
         let taken_at = Utc::now();
         let accounts = match self.dialect {
-            CyclrApi::Partner => self.client.list_accounts().await?,
+            CyclrApi::Partner => self.client.list_accounts_with(KeptAccount::from).await?,
             // Every page: the name and claim checks must see every account.
             CyclrApi::V1 => self
                 .client
@@ -464,7 +540,7 @@ impl PartnerRuntime {
                 })
                 .await?
                 .into_iter()
-                .map(account_from_v1)
+                .map(|account| KeptAccount::from(account_from_v1(account)))
                 .collect(),
         };
         let snapshot = Arc::new(AccountsSnapshot::new(taken_at, accounts));
@@ -629,6 +705,39 @@ impl Partners {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_account_gives_back_the_account_listed() {
+        let full = Account {
+            id: "0f3c".into(),
+            name: "Acmé".into(),
+            description: Some(String::new()),
+            timezone: Some("Europe/London".into()),
+            price_plan_id: Some(PricePlanId(2)),
+            last_bill_date: Some(CyclrDate(Utc::now())),
+            next_bill_date: None,
+            audit_info: Some("made by ops".into()),
+        };
+        let sparse = Account {
+            id: "a1".into(),
+            name: "Beta".into(),
+            description: None,
+            timezone: None,
+            price_plan_id: None,
+            last_bill_date: None,
+            next_bill_date: None,
+            audit_info: None,
+        };
+        for account in [full, sparse] {
+            let kept = KeptAccount::from(account.clone());
+            assert_eq!((kept.id(), kept.name()), (account.id.as_str(), account.name.as_str()));
+            assert_eq!(
+                kept.account(),
+                account,
+                "an empty text stays set, a missing one missing"
+            );
+        }
+    }
 
     #[test]
     fn a_check_wakes_the_accounts_once_a_resync_interval() {

@@ -305,7 +305,7 @@ impl CyclrClient {
                 )));
             }
             let body = answer.body.clone();
-            let items: Vec<T> = answer.decode(endpoint, decode_list)?;
+            let items: Vec<T> = answer.decode(endpoint, |body| decode_list(body, |t| t))?;
             let read = items.len();
             all.extend(items);
             if read != size {
