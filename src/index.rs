@@ -61,7 +61,7 @@ struct Inner {
     keys: HashMap<u64, (Arc<Kept>, Box<[u64]>)>,
 }
 
-/// A holder as the index keeps it: its three texts in one allocation (about 130 bytes with
+/// A holder as the index keeps it: its three texts in one allocation (about 140 bytes with
 /// the `Arc`, where a [`Holder`] takes four allocations and about 220).
 struct Kept {
     /// created, uid and name, one after the other.

@@ -48,7 +48,7 @@ struct Written {
 }
 
 /// An account as a snapshot keeps it: its five texts in one allocation, where an
-/// [`Account`] takes five (about 110 bytes in all for a listed account against about 300).
+/// [`Account`] takes up to six (about 150 bytes in all for a listed account against about 280).
 #[derive(Clone, Debug)]
 pub struct KeptAccount {
     /// Id, name, description, time zone and audit info, one after the other.
