@@ -11,6 +11,8 @@ use kube::api::ObjectMeta;
 
 use driver::stable_hash;
 
+use crate::texts::Texts;
+
 /// A resource holding a claim. Ordered oldest first, so when two claim the same thing
 /// (across operators), every observer agrees the oldest keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,48 +63,35 @@ struct Inner {
     keys: HashMap<u64, (Arc<Kept>, Box<[u64]>)>,
 }
 
-/// A holder as the index keeps it: its three texts in one allocation (about 140 bytes with
-/// the `Arc`, where a [`Holder`] takes four allocations and about 220).
-struct Kept {
-    /// created, uid and name, one after the other.
-    text: Box<str>,
-    /// Where created and uid end in `text`.
-    ends: [u32; 2],
-}
+/// A holder as the index keeps it: its three texts in one allocation ([`Texts`]; about 140
+/// bytes with the `Arc`, where a [`Holder`] takes four allocations and about 220).
+struct Kept(Texts<3>);
 
 impl Kept {
     fn new(holder: &Holder) -> Kept {
-        let text = [holder.created.as_str(), &holder.uid, &holder.name].concat();
-        let created = holder.created.len() as u32;
-        Kept {
-            text: text.into_boxed_str(),
-            ends: [created, created + holder.uid.len() as u32],
-        }
-    }
-
-    fn created(&self) -> &str {
-        &self.text[..self.ends[0] as usize]
+        Kept(Texts::new([
+            Some(&holder.created),
+            Some(&holder.uid),
+            Some(&holder.name),
+        ]))
     }
 
     fn uid(&self) -> &str {
-        &self.text[self.ends[0] as usize..self.ends[1] as usize]
-    }
-
-    fn name(&self) -> &str {
-        &self.text[self.ends[1] as usize..]
+        self.0.str(1)
     }
 
     fn holder(&self) -> Holder {
+        let [created, uid, name] = self.order();
         Holder {
-            created: self.created().to_owned(),
-            uid: self.uid().to_owned(),
-            name: self.name().to_owned(),
+            created: created.to_owned(),
+            uid: uid.to_owned(),
+            name: name.to_owned(),
         }
     }
 
-    /// `Holder`'s order: oldest first.
-    fn order(&self) -> (&str, &str, &str) {
-        (self.created(), self.uid(), self.name())
+    /// `Holder`'s order: oldest first (created, uid, name).
+    fn order(&self) -> [&str; 3] {
+        [self.0.str(0), self.0.str(1), self.0.str(2)]
     }
 }
 
@@ -145,7 +134,7 @@ impl ClaimIndex {
         let mut inner = self.inner.lock().expect("lock");
         if let Some(first) = inner.holders.get(&key).and_then(|h| h.first())
             && first.uid() != holder.uid
-            && first.order() < (holder.created.as_str(), &holder.uid, &holder.name)
+            && first.order() < [holder.created.as_str(), &holder.uid, &holder.name]
         {
             return Err(first.holder());
         }

@@ -17,3 +17,4 @@ pub mod reason;
 pub mod resources;
 pub mod secrets;
 pub mod telemetry;
+pub mod texts;

@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::metrics::Metrics;
 use crate::resources::CyclrApi;
 use crate::secrets::CredentialsDigest;
+use crate::texts::Texts;
 
 use cyclr::types::{Account, AccountV1, CyclrDate, PricePlan, PricePlanId};
 use cyclr::{CyclrClient, Result as CyclrResult};
@@ -47,16 +48,12 @@ struct Written {
     created: bool,
 }
 
-/// An account as a snapshot keeps it: its five texts in one allocation, where an
+/// An account as a snapshot keeps it: its five texts in one allocation ([`Texts`]), where an
 /// [`Account`] takes up to six (about 150 bytes in all for a listed account against about 280).
 #[derive(Clone, Debug)]
 pub struct KeptAccount {
-    /// Id, name, description, time zone and audit info, one after the other.
-    text: Box<str>,
-    /// Where each text ends in `text`.
-    ends: [u32; 5],
-    /// Which texts are set (bit `i` for text `i`).
-    set: u8,
+    /// Id, name, description, time zone and audit info.
+    texts: Texts<5>,
     price_plan_id: Option<PricePlanId>,
     last_bill_date: Option<CyclrDate>,
     next_bill_date: Option<CyclrDate>,
@@ -64,27 +61,14 @@ pub struct KeptAccount {
 
 impl From<Account> for KeptAccount {
     fn from(account: Account) -> Self {
-        let texts = [
-            Some(account.id),
-            Some(account.name),
-            account.description,
-            account.timezone,
-            account.audit_info,
-        ];
-        let mut text = String::with_capacity(texts.iter().flatten().map(String::len).sum());
-        let mut ends = [0; 5];
-        let mut set = 0;
-        for (i, field) in texts.iter().enumerate() {
-            if let Some(field) = field {
-                text.push_str(field);
-                set |= 1 << i;
-            }
-            ends[i] = text.len() as u32;
-        }
         KeptAccount {
-            text: text.into_boxed_str(),
-            ends,
-            set,
+            texts: Texts::new([
+                Some(&account.id),
+                Some(&account.name),
+                account.description.as_deref(),
+                account.timezone.as_deref(),
+                account.audit_info.as_deref(),
+            ]),
             price_plan_id: account.price_plan_id,
             last_bill_date: account.last_bill_date,
             next_bill_date: account.next_bill_date,
@@ -93,23 +77,17 @@ impl From<Account> for KeptAccount {
 }
 
 impl KeptAccount {
-    /// Text `i` (0: id, 1: name, 2: description, 3: time zone, 4: audit info), if set.
-    fn text(&self, i: usize) -> Option<&str> {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        (self.set & (1 << i) != 0).then(|| &self.text[start..self.ends[i] as usize])
-    }
-
     fn id(&self) -> &str {
-        self.text(0).unwrap_or_default()
+        self.texts.str(0)
     }
 
     fn name(&self) -> &str {
-        self.text(1).unwrap_or_default()
+        self.texts.str(1)
     }
 
     /// The account as Cyclr listed it.
     fn account(&self) -> Account {
-        let owned = |i| self.text(i).map(str::to_owned);
+        let owned = |i| self.texts.get(i).map(str::to_owned);
         Account {
             id: self.id().to_owned(),
             name: self.name().to_owned(),
