@@ -388,6 +388,9 @@ pub(crate) mod tests {
         fn depends_on(&self) -> Option<(Option<&str>, &str)> {
             self.spec.owner_ref.as_ref().map(|o| (None, o.name.as_str()))
         }
+        fn identity(status: &WidgetStatus) -> Option<(&'static str, String)> {
+            status.widget_id.clone().map(|id| ("cyclr.com/account-id", id))
+        }
     }
 
     /// A small reason table for the driver's own tests.

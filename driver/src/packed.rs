@@ -13,7 +13,7 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::watcher;
 use serde::{Deserialize, Deserializer};
 
-use crate::{Reconciler, Watched, annotations, is_paused, stable_hash};
+use crate::{ManagedStatus, Reconciler, Watched, annotations, is_paused, stable_hash};
 
 /// A watched object as the cache holds it: its name, namespace, uid, resourceVersion,
 /// generation and deletionTimestamp (what kube's controller, the wake filter and
@@ -39,6 +39,10 @@ pub struct Packed<K> {
     /// Whether the identity annotation shows the external id status holds (`None`: status
     /// holds none): a dropped annotation (a `kubectl replace`, say) is written back.
     identity_recorded: Option<bool>,
+    /// A hash of the external id ([`stable_hash`]) when the object is settled: not being
+    /// deleted, Ready for its generation, no pending write, the id recorded in its annotation;
+    /// 0 otherwise.
+    settled: u64,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -53,6 +57,7 @@ impl<K: Reconciler> Packed<K> {
                     .status()
                     .and_then(K::identity)
                     .map(|(key, id)| crate::annotation(obj.meta(), key) == Some(id.as_str()));
+                let settled = settled_identity(&obj, identity_recorded);
                 let meta = obj.meta_mut();
                 meta.managed_fields = None;
                 meta.labels = None;
@@ -71,6 +76,7 @@ impl<K: Reconciler> Packed<K> {
                     depends_on,
                     seen_at,
                     identity_recorded,
+                    settled,
                     kind: PhantomData,
                 }
             }
@@ -80,6 +86,7 @@ impl<K: Reconciler> Packed<K> {
                 depends_on: 0,
                 seen_at,
                 identity_recorded: None,
+                settled: 0,
                 kind: PhantomData,
             },
         }
@@ -116,6 +123,13 @@ impl<K: Reconciler> Packed<K> {
     /// holds none).
     pub fn identity_recorded(&self) -> Option<bool> {
         self.identity_recorded
+    }
+
+    /// Whether a change of the external objects whose ids hash to `changed` ([`stable_hash`]
+    /// of each id) can pass this object over: it is settled (see [`Packed`]'s fields) and its
+    /// own id is not among them. Reads no body.
+    pub fn settled_apart_from(&self, changed: &std::collections::HashSet<u64>) -> bool {
+        self.settled != 0 && !changed.contains(&self.settled)
     }
 
     /// Whether this object depends on the object `name` (in `namespace`, for a namespaced
@@ -183,6 +197,23 @@ impl Body {
 }
 
 /// The metadata the cache keeps in the clear.
+/// The hash of `obj`'s external id when it is settled (0 otherwise): see [`Packed`].
+fn settled_identity<K: Reconciler>(obj: &K, identity_recorded: Option<bool>) -> u64 {
+    let meta = obj.meta();
+    let Some(status) = obj.status() else { return 0 };
+    let Some((_, id)) = K::identity(status) else { return 0 };
+    let ready = status
+        .conditions()
+        .iter()
+        .any(|c| c.type_ == crate::conditions::READY && c.status == "True");
+    let settled = ready
+        && identity_recorded == Some(true)
+        && meta.deletion_timestamp.is_none()
+        && status.observed_generation() == meta.generation
+        && status.pending().is_none();
+    if settled { stable_hash(id.as_str()) } else { 0 }
+}
+
 fn lean(meta: &ObjectMeta) -> ObjectMeta {
     ObjectMeta {
         name: meta.name.clone(),
@@ -363,6 +394,39 @@ mod tests {
         let invalid = packed.unpack().unwrap_err();
         assert_eq!(invalid.metadata.name.as_deref(), Some("acme"));
         assert!(invalid.error.contains("OwnerRef"), "{}", invalid.error);
+    }
+
+    #[test]
+    fn a_settled_object_is_passed_over_by_changes_of_other_external_objects() {
+        let settled = packed(&account(serde_json::json!({"cyclr.com/account-id": "c-1"})));
+        let others = [stable_hash("c-2")].into();
+        assert!(settled.settled_apart_from(&others));
+        assert!(
+            !settled.settled_apart_from(&[stable_hash("c-1")].into()),
+            "its own changed"
+        );
+        let unsettled = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut json = account(serde_json::json!({"cyclr.com/account-id": "c-1"}));
+            change(&mut json);
+            !packed(&json).settled_apart_from(&others)
+        };
+        assert!(
+            unsettled(&|j| j["metadata"]["annotations"] = serde_json::json!({})),
+            "id not recorded"
+        );
+        assert!(unsettled(&|j| j["metadata"]["generation"] = 4.into()), "a newer spec");
+        assert!(
+            unsettled(&|j| j["status"]["conditions"][0]["status"] = "False".into()),
+            "not Ready"
+        );
+        assert!(
+            unsettled(&|j| j["status"]["widgetID"] = serde_json::Value::Null),
+            "no id"
+        );
+        assert!(
+            unsettled(&|j| j["metadata"]["deletionTimestamp"] = "2026-12-07T12:00:00Z".into()),
+            "being deleted"
+        );
     }
 
     #[test]

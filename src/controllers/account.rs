@@ -19,8 +19,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
-use super::partners::{AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState, Wrote, account_from_v1};
-use super::{Services, namespaced_api};
+use super::partners::{
+    AccountsSnapshot, NameGuard, Onboarding, PartnerRuntime, PartnerState, Woken, Wrote, account_from_v1,
+};
+use super::{PartnerWake, Services, namespaced_api};
 use crate::index::Holder;
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
@@ -59,7 +61,7 @@ impl AccountState {
 pub fn controller(
     driver: Arc<Driver>,
     state: AccountState,
-    partner_wakes: UnboundedReceiver<String>,
+    partner_wakes: UnboundedReceiver<PartnerWake>,
     account_changes: UnboundedSender<ObjectRef<CyclrAccount>>,
     feeds_claims: bool,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -80,14 +82,19 @@ pub fn controller(
         }
     });
     let store = controller.store();
-    // A new snapshot, a change in the partner's readiness or its deletion wakes its accounts:
-    // due at once on the resync queue, which hands them to kube a few at a time. (A stream
-    // that never yields, polled by the controller for as long as it runs.)
+    // A new snapshot wakes the accounts it shows changed and those not settled; a change in
+    // the partner's readiness, client or plans, or its deletion, all its accounts: due at
+    // once on the resync queue, which hands them to kube a few at a time. (A stream that
+    // never yields, polled by the controller for as long as it runs.)
     let accounts = store.clone();
     let waker = kind.clone();
-    let partner_accounts = partner_wakes.filter_map(move |partner| {
+    let partner_accounts = partner_wakes.filter_map(move |wake| {
         for account in accounts.state() {
-            if account.depends_on(None, &partner) {
+            let passed_over = match &wake.woken {
+                Woken::All => false,
+                Woken::Changed(changed) => account.settled_apart_from(changed),
+            };
+            if account.depends_on(None, &wake.partner) && !passed_over {
                 waker.wake(account.meta());
             }
         }
@@ -571,9 +578,9 @@ impl Reconciler for CyclrAccount {
         match &observed.partner {
             PartnerView::Ready { runtime, .. } => {
                 let resync = jittered(runtime.resync_interval.min(runtime.usage_interval));
-                // The partner's resync wakes every account too, and a look moves the
-                // account's timer on: the next usage read is timed to fall due, not left to
-                // the first look after it is due.
+                // The partner's resync wakes an account only when its list shows it changed
+                // (or it is not settled), and a look moves the account's timer on: the next
+                // usage read is timed to fall due, not left to the first look after it is due.
                 let due = observed.usage_due_in.filter(|due| !due.is_zero());
                 Some(due.map_or(resync, |due| resync.min(due)))
             }

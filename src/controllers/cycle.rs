@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::partners::PartnerRuntime;
-use super::{Services, namespaced_api, users_of_secret};
+use super::{PartnerWake, Services, namespaced_api, users_of_secret};
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
     CYCLE_FINALIZER, CycleConnectorStatus, CycleState, CyclrAccount, CyclrApi, CyclrConnectorInstall, CyclrCycle,
@@ -209,7 +209,7 @@ pub fn controller(
     state: CycleKindState,
     secret_changes: UnboundedReceiver<Secret>,
     account_changes: impl Stream<Item = ObjectRef<CyclrAccount>> + Send + 'static,
-    partner_wakes: UnboundedReceiver<String>,
+    partner_wakes: UnboundedReceiver<PartnerWake>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = driver::ReconcileResult<CyclrCycle>> {
     let api = namespaced_api::<Watched<CyclrCycle>>(driver.client.clone(), &state.services.config);
@@ -234,7 +234,7 @@ pub fn controller(
         futures::future::ready(None)
     });
     let waker = kind.clone();
-    let partners = partner_wakes.filter_map(move |partner| {
+    let partners = partner_wakes.filter_map(move |PartnerWake { partner, .. }| {
         let now = Utc::now();
         for cycle in cycles.state() {
             let Ok(c) = cycle.unpack() else { continue };

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::reason::{Health, Reason};
 use crate::resources::{self, CyclrAccount, CyclrApi, MANAGER, annotations};
 use crate::secrets::{self, Secrets};
-use partners::{PartnerRuntime, PartnerState, Partners};
+use partners::{PartnerRuntime, PartnerState, Partners, Woken};
 
 /// Where and what the operator watches.
 #[derive(Clone, Debug)]
@@ -117,16 +117,20 @@ pub struct Services {
     pub cluster_id: String,
     /// Namespace labels, for the partners' namespaceSelector.
     namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// Partner names whose accounts should be reconciled now.
-    wake_partner: mpsc::UnboundedSender<String>,
+    /// Partners whose accounts (those a wake is for) and cycles should be reconciled now.
+    wake_partner: mpsc::UnboundedSender<PartnerWake>,
     /// Partner names to check again now: Cyclr refused their credentials to a call.
     check_partner: mpsc::UnboundedSender<String>,
 }
 
 impl Services {
-    /// Wakes every account of the partner (new snapshot, readiness change, deletion).
-    pub fn wake_partner(&self, partner: &str) {
-        let _ = self.wake_partner.unbounded_send(partner.to_string());
+    /// Wakes the partner's accounts `woken` is for (a new snapshot: those it shows changed
+    /// and those not settled; a readiness change or deletion: all), and all its cycles.
+    pub fn wake_partner(&self, partner: &str, woken: Woken) {
+        let _ = self.wake_partner.unbounded_send(PartnerWake {
+            partner: partner.to_string(),
+            woken,
+        });
     }
 
     /// The labels of a namespace, from the watch.
@@ -521,6 +525,15 @@ fn fan_out<T: Clone + Send + 'static>(
         futures::future::ready(())
     }));
     (first_rx, second_rx)
+}
+
+/// A partner's wake of its dependants.
+#[derive(Clone, Debug)]
+pub struct PartnerWake {
+    /// The CyclrPartner's name.
+    pub partner: String,
+    /// Which of its accounts to wake (its cycles wake at each).
+    pub woken: Woken,
 }
 
 /// Maps a changed Secret to the objects in `store` that use it (for `.watches_stream`).

@@ -1,6 +1,7 @@
 //! CyclrPartner: builds the partner's Cyclr client from its labelled credentials Secret,
 //! checks it (token, Partner Details, price plans) and takes the one List Accounts per resync
-//! interval that every account of the partner reads.
+//! interval that every account of the partner reads; it wakes the accounts a new list shows
+//! changed.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use secrecy::SecretString;
 
-use super::partners::{PartnerRuntime, PartnerState};
+use super::partners::{PartnerRuntime, PartnerState, Woken};
 use super::{Services, users_of_secret};
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{CyclrApi, CyclrPartner, CyclrPartnerStatus, PartnerDetailsStatus, PricePlanStatus};
@@ -234,25 +235,31 @@ impl Reconciler for CyclrPartner {
                 if let Some(old) = services.partners.get(&name) {
                     old.set_state(PartnerState::NotReady(why));
                 }
-                services.wake_partner(&name);
+                services.wake_partner(&name, Woken::All);
                 let Observed::Unusable(health) = observed else {
                     unreachable!("a stop is decided for an unusable partner")
                 };
                 Ok(applied(health.clone(), status))
             }
             Publish::Ready { runtime, plans, health } => {
-                install(services, &name, &runtime);
+                let installed = install(services, &name, &runtime);
+                let plans_changed = runtime.price_plans() != plans;
                 runtime.set_price_plans(plans);
                 let was_ready = matches!(runtime.state(), PartnerState::Ready);
                 runtime.set_state(PartnerState::Ready);
-                // Its accounts look at the new list once a resync interval (drift), and at
-                // once when the partner becomes usable; a check between (its account count
-                // after creates) leaves them alone.
+                // Every account looks when the partner becomes usable, gets a new client or
+                // new price plans; those a new list shows changed (and those not settled)
+                // once a resync interval (drift). A check between (its account count after
+                // creates) leaves them alone.
                 let Observed::Checked { check: Ok(check), .. } = observed else {
                     unreachable!("ready is decided for a checked partner")
                 };
-                if runtime.accounts_wake_due(check.listed_at) || !was_ready {
-                    services.wake_partner(&name);
+                let due = runtime.accounts_wake_due(check.listed_at);
+                if installed || plans_changed || !was_ready {
+                    runtime.take_changed();
+                    services.wake_partner(&name, Woken::All);
+                } else if due {
+                    services.wake_partner(&name, runtime.take_changed());
                 }
                 Ok(applied(health, checked_status(status, check)))
             }
@@ -260,7 +267,7 @@ impl Reconciler for CyclrPartner {
                 install(services, &name, &runtime);
                 if stop {
                     runtime.set_state(PartnerState::NotReady(services.secrets.scrub(&error.to_string())));
-                    services.wake_partner(&name);
+                    services.wake_partner(&name, Woken::All);
                 }
                 Err(Failure::Cyclr {
                     action: "checking the partner",
@@ -281,7 +288,7 @@ impl Reconciler for CyclrPartner {
         let name = meta.name.clone().unwrap_or_default();
         services.partners.remove(&name);
         services.metrics.forget_partner(&name);
-        services.wake_partner(&name);
+        services.wake_partner(&name, Woken::All);
     }
 }
 
@@ -301,12 +308,14 @@ fn connected(check: &Check, resync: std::time::Duration, now: DateTime<Utc>) -> 
     }
 }
 
-/// Puts `runtime` in service for the partner `name`, unless it already is.
-fn install(services: &Services, name: &str, runtime: &Arc<PartnerRuntime>) {
-    if !services.partners.get(name).is_some_and(|r| Arc::ptr_eq(&r, runtime)) {
+/// Puts `runtime` in service for the partner `name`, unless it already is; whether it was not.
+fn install(services: &Services, name: &str, runtime: &Arc<PartnerRuntime>) -> bool {
+    let new = !services.partners.get(name).is_some_and(|r| Arc::ptr_eq(&r, runtime));
+    if new {
         services.partners.insert(name, runtime.clone());
         tracing::info!(partner = %name, "partner client configured");
     }
+    new
 }
 
 /// The partner's runtime, rebuilt only when the values it is made of change; or why it
@@ -430,7 +439,7 @@ async fn check(runtime: &Arc<PartnerRuntime>, services: &Arc<Services>, name: &s
             if runtime.drift_check_due(&held) {
                 let (services, name) = (services.clone(), name.to_string());
                 runtime.start_drift_check(move |listed| match listed {
-                    Ok(()) => services.wake_partner(&name),
+                    Ok(woken) => services.wake_partner(&name, woken),
                     Err(error) => {
                         let error = services.secrets.scrub(&error.to_string());
                         tracing::warn!(%error, "a drift check (List Accounts) failed; the next resync tries again");

@@ -2,7 +2,7 @@
 //! limiter and one token per partner, shared by every reconcile), its price plans, and the
 //! shared snapshot of its accounts that drift detection reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -50,7 +50,7 @@ struct Written {
 
 /// An account as a snapshot keeps it: its five texts in one allocation ([`Texts`]), where an
 /// [`Account`] takes up to six (about 150 bytes in all for a listed account against about 280).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KeptAccount {
     /// Id, name, description, time zone and audit info.
     texts: Texts<5>,
@@ -139,6 +139,51 @@ impl AccountsSnapshot {
             return written.account.clone();
         }
         self.listed_account(id).map(KeptAccount::account)
+    }
+
+    /// Adds to `changed` the hashes ([`driver::stable_hash`]) of the ids of the accounts
+    /// `newer` shows differently from this snapshot: listed or written, added, removed or
+    /// changed, or listed for the first time. One walk of both sorted lists.
+    fn changes(&self, newer: &AccountsSnapshot, changed: &mut HashSet<u64>) {
+        let (old, new) = (&self.listed, &newer.listed);
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            let step = match (old.get(i), new.get(j)) {
+                (Some(a), Some(b)) => a.id().cmp(b.id()),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match step {
+                std::cmp::Ordering::Equal => {
+                    if old[i] != new[j] {
+                        changed.insert(driver::stable_hash(old[i].id()));
+                    }
+                    (i, j) = (i + 1, j + 1);
+                }
+                std::cmp::Ordering::Less => {
+                    changed.insert(driver::stable_hash(old[i].id()));
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    changed.insert(driver::stable_hash(new[j].id()));
+                    j += 1;
+                }
+            }
+        }
+        // What the operator wrote since either list: judged by the view each snapshot gives,
+        // and whether the list itself shows it (a new account's bill dates, then its usage).
+        let written: Vec<String> = [self, newer]
+            .iter()
+            .flat_map(|s| s.written.read().expect("lock").keys().cloned().collect::<Vec<_>>())
+            .collect();
+        for id in written {
+            let hash = driver::stable_hash(id.as_str());
+            if self.get(&id) == newer.get(&id) && self.listed(&id) == newer.listed(&id) {
+                changed.remove(&hash);
+            } else {
+                changed.insert(hash);
+            }
+        }
     }
 
     /// Whether the list itself showed the account (not only a write recorded since).
@@ -279,6 +324,21 @@ pub struct PartnerRuntime {
     /// When a check last woke the partner's accounts, and when the list they were woken for
     /// was taken.
     accounts_woken: std::sync::Mutex<Option<(std::time::Instant, DateTime<Utc>)>>,
+    /// The accounts the lists taken since that wake showed differently from the list before
+    /// each ([`driver::stable_hash`] of their ids): the next wake is for them.
+    changed: std::sync::Mutex<HashSet<u64>>,
+}
+
+/// Which of a partner's accounts a wake is for.
+#[derive(Clone, Debug)]
+pub enum Woken {
+    /// Every one: the partner's readiness, client or price plans changed, or it is gone.
+    All,
+    /// Those not settled, and those holding one of these Cyclr accounts
+    /// ([`driver::stable_hash`] of each id): what a new list shows differently. A settled
+    /// account whose Cyclr account did not change has nothing new to see (its own resync
+    /// still looks, once a `resyncInterval`).
+    Changed(Arc<HashSet<u64>>),
 }
 
 impl std::fmt::Debug for PartnerRuntime {
@@ -330,6 +390,7 @@ impl PartnerRuntime {
             snapshot_metrics: None,
             list_missed: Default::default(),
             accounts_woken: Default::default(),
+            changed: Default::default(),
         }
     }
 
@@ -402,6 +463,19 @@ impl PartnerRuntime {
             *woken = Some((std::time::Instant::now(), listed_at));
         }
         due
+    }
+
+    /// The accounts to wake for the lists taken since the last wake: [`Woken::Changed`], and
+    /// no change is kept for the next.
+    pub fn take_changed(&self) -> Woken {
+        Woken::Changed(Arc::new(std::mem::take(&mut *self.changed.lock().expect("lock"))))
+    }
+
+    /// Records that the partner's accounts are woken now for the list taken at `listed_at`
+    /// (a drift check's end wakes them), so the partner's next check, which reports that list
+    /// until the next drift check ends, does not wake them for it again.
+    fn accounts_woken_for(&self, listed_at: DateTime<Utc>) {
+        *self.accounts_woken.lock().expect("lock") = Some((std::time::Instant::now(), listed_at));
     }
 
     /// Whether a drift check should start: none has for about a resync interval (90% of it)
@@ -481,8 +555,10 @@ impl PartnerRuntime {
     /// ([`snapshot_since`](Self::snapshot_since)) read in the background, so the partner's
     /// check does not wait the minutes its pages take at large N; nothing when a list is under
     /// way. The snapshot is replaced when it ends; then `ended` is called with the outcome
-    /// (after a failure the partner's next resync starts another).
-    pub fn start_drift_check(self: &Arc<Self>, ended: impl FnOnce(CyclrResult<()>) + Send + 'static) {
+    /// (after a failure the partner's next resync starts another). A successful end counts as
+    /// the accounts' wake for the new list ([`accounts_wake_due`](Self::accounts_wake_due)):
+    /// `ended` is given the accounts to wake.
+    pub fn start_drift_check(self: &Arc<Self>, ended: impl FnOnce(CyclrResult<Woken>) + Send + 'static) {
         let Ok(listing) = self.listing.clone().try_lock_owned() else {
             return;
         };
@@ -492,7 +568,10 @@ impl PartnerRuntime {
             tokio::select! {
                 listed = runtime.list(true) => {
                     drop(listing);
-                    ended(listed.map(drop));
+                    ended(listed.map(|snapshot| {
+                        runtime.accounts_woken_for(snapshot.taken_at);
+                        runtime.take_changed()
+                    }));
                 }
                 // Out of service: no more calls with its client.
                 _ = retired.wait_for(|retired| *retired) => {}
@@ -526,6 +605,7 @@ impl PartnerRuntime {
             let mut current = self.snapshot.write().expect("lock");
             if let Some(older) = current.as_ref() {
                 snapshot.keep_writes_since_taken(older);
+                older.changes(&snapshot, &mut self.changed.lock().expect("lock"));
             }
             *current = Some(snapshot.clone());
         }
@@ -881,6 +961,41 @@ mod tests {
         assert!(new.listed("4") && new.written.read().unwrap().get("4").is_none());
     }
 
+    #[test]
+    fn a_new_list_names_the_accounts_it_shows_differently() {
+        let started = Utc::now();
+        let old = AccountsSnapshot::new(
+            started,
+            vec![
+                account("1", "acme"),
+                account("2", "beta"),
+                account("3", "gone"),
+                account("7", "before"),
+            ],
+        );
+        old.remember(account("5", "created"), Wrote::Created);
+        old.remember(account("6", "written"), Wrote::Created);
+        old.remember(account("7", "updated"), Wrote::Updated);
+        let new = AccountsSnapshot::new(
+            started + chrono::Duration::seconds(60),
+            vec![
+                account("1", "acme"),
+                account("2", "renamed in Cyclr"),
+                account("4", "made in Cyclr"),
+                account("5", "created"),
+                account("6", "renamed since"),
+                account("7", "updated"),
+            ],
+        );
+        let mut changed = HashSet::new();
+        old.changes(&new, &mut changed);
+        let expected: HashSet<u64> = ["2", "3", "4", "5", "6"].map(driver::stable_hash).into();
+        assert_eq!(
+            changed, expected,
+            "5 listed for the first time; not 1 (the same), nor 7 (listed as it was written)"
+        );
+    }
+
     #[tokio::test]
     async fn callers_asking_together_share_one_list_and_the_next_list_waits_its_interval() {
         let sim = cyclr_sim::Simulator::start(
@@ -914,6 +1029,36 @@ mod tests {
             "the second list started {} after the first",
             again.taken_at - first
         );
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_drift_checks_end_is_the_accounts_wake_for_its_list() {
+        let sim = cyclr_sim::Simulator::start(
+            cyclr_sim::SimConfig::new("id", "secret"),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let mut config = cyclr::ClientConfig::new(sim.base_url(), "id", secrecy::SecretString::from("secret"));
+        config.requests_per_second = 1000;
+        let runtime = Arc::new(PartnerRuntime::for_tests(config).with_dialect(CyclrApi::V1));
+        let first = runtime.snapshot_since(Utc::now()).await.unwrap().taken_at;
+        assert!(runtime.accounts_wake_due(first), "the first check");
+        let (ended, outcome) = tokio::sync::oneshot::channel();
+        runtime.start_drift_check(move |listed| {
+            let _ = ended.send(listed.is_ok());
+        });
+        assert!(outcome.await.unwrap(), "the drift check lists");
+        let drifted = runtime.snapshot().unwrap().taken_at;
+        assert!(drifted > first);
+        // The partner's next resync, about an interval later, still reports that list (the
+        // next drift check is under way): its accounts were woken for it when it ended.
+        let recorded = runtime.accounts_woken.lock().unwrap().map(|(_, listed)| listed);
+        assert_eq!(recorded, Some(drifted));
+        let long_ago = std::time::Instant::now() - Duration::from_secs(120);
+        *runtime.accounts_woken.lock().unwrap() = Some((long_ago, drifted));
+        assert!(!runtime.accounts_wake_due(drifted), "one wake per list");
         sim.shutdown().await;
     }
 
