@@ -518,6 +518,29 @@ async fn a_partner_serves_only_the_namespaces_it_selects_and_honours_pause() {
         .await
         .unwrap();
     h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
+    // Settled, the account sleeps until its usage read (an hour now); the namespace losing
+    // the label wakes it at once, and it stops using the partner.
+    h.set_intervals("10s", "1h").await;
+    h.wait_for(
+        "the partner's new intervals applied",
+        Duration::from_secs(30),
+        || async {
+            let partner = h.partner().await;
+            (partner.status?.observed_generation == partner.metadata.generation).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone())
+        .patch(
+            &h.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "silver"}}})),
+        )
+        .await
+        .unwrap();
+    h.wait_condition::<CyclrAccount>("acme", STALLED, "True", Some("PartnerNotAllowed"))
+        .await;
 
     // Paused: the partner's check stops, and so do its calls.
     partners

@@ -79,6 +79,22 @@ pub fn annotation<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a 
     meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
+/// Whether `obj`'s status says its spec is applied with nothing under way: Ready for its
+/// generation, no pending write, not being deleted. Such an object has nothing to do until
+/// something it looks at changes, or its own resync comes.
+pub fn is_settled<K: Reconciler>(obj: &K) -> bool {
+    let meta = obj.meta();
+    obj.status().is_some_and(|status| {
+        meta.deletion_timestamp.is_none()
+            && status.observed_generation() == meta.generation
+            && status.pending().is_none()
+            && status
+                .conditions()
+                .iter()
+                .any(|c| c.type_ == conditions::READY && c.status == "True")
+    })
+}
+
 /// Whether the object is paused by `cyclr.com/paused: "true"` (any case).
 pub fn is_paused(meta: &kube::api::ObjectMeta) -> bool {
     annotation(meta, annotations::PAUSED).is_some_and(|v| v.eq_ignore_ascii_case("true"))

@@ -13,7 +13,7 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::watcher;
 use serde::{Deserialize, Deserializer};
 
-use crate::{ManagedStatus, Reconciler, Watched, annotations, is_paused, stable_hash};
+use crate::{Reconciler, Watched, annotations, is_paused, stable_hash};
 
 /// A watched object as the cache holds it: its name, namespace, uid, resourceVersion,
 /// generation and deletionTimestamp (what kube's controller, the wake filter and
@@ -39,9 +39,8 @@ pub struct Packed<K> {
     /// Whether the identity annotation shows the external id status holds (`None`: status
     /// holds none): a dropped annotation (a `kubectl replace`, say) is written back.
     identity_recorded: Option<bool>,
-    /// A hash of the external id ([`stable_hash`]) when the object is settled: not being
-    /// deleted, Ready for its generation, no pending write, the id recorded in its annotation;
-    /// 0 otherwise.
+    /// A hash of the external id ([`stable_hash`]) when the object is settled
+    /// ([`is_settled`](crate::is_settled)) and the id recorded in its annotation; 0 otherwise.
     settled: u64,
     kind: PhantomData<fn() -> K>,
 }
@@ -199,19 +198,10 @@ impl Body {
 /// The metadata the cache keeps in the clear.
 /// The hash of `obj`'s external id when it is settled (0 otherwise): see [`Packed`].
 fn settled_identity<K: Reconciler>(obj: &K, identity_recorded: Option<bool>) -> u64 {
-    let meta = obj.meta();
-    let Some(status) = obj.status() else { return 0 };
-    let Some((_, id)) = K::identity(status) else { return 0 };
-    let ready = status
-        .conditions()
-        .iter()
-        .any(|c| c.type_ == crate::conditions::READY && c.status == "True");
-    let settled = ready
-        && identity_recorded == Some(true)
-        && meta.deletion_timestamp.is_none()
-        && status.observed_generation() == meta.generation
-        && status.pending().is_none();
-    if settled { stable_hash(id.as_str()) } else { 0 }
+    match obj.status().and_then(K::identity) {
+        Some((_, id)) if identity_recorded == Some(true) && crate::is_settled(obj) => stable_hash(id.as_str()),
+        _ => 0,
+    }
 }
 
 fn lean(meta: &ObjectMeta) -> ObjectMeta {

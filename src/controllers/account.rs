@@ -62,6 +62,7 @@ pub fn controller(
     driver: Arc<Driver>,
     state: AccountState,
     partner_wakes: UnboundedReceiver<PartnerWake>,
+    namespace_changes: UnboundedReceiver<String>,
     account_changes: UnboundedSender<ObjectRef<CyclrAccount>>,
     feeds_claims: bool,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -100,8 +101,21 @@ pub fn controller(
         }
         futures::future::ready(None)
     });
+    // A namespace changed (a partner's namespaceSelector may now take or leave it) wakes its
+    // accounts: a settled one would otherwise not look until its usage read.
+    let accounts = store.clone();
+    let waker = kind.clone();
+    let relabelled = namespace_changes.filter_map(move |namespace| {
+        for account in accounts.state() {
+            if account.meta().namespace.as_deref() == Some(namespace.as_str()) {
+                waker.wake(account.meta());
+            }
+        }
+        futures::future::ready(None)
+    });
     let results = controller
         .reconcile_on(partner_accounts)
+        .reconcile_on(relabelled)
         .graceful_shutdown_on(shutdown)
         .run(driver::reconcile, driver::error_policy, kind);
     (results, store)
@@ -576,14 +590,7 @@ impl Reconciler for CyclrAccount {
 
     fn resync(&self, _: &AccountState, observed: &Observed) -> Option<Duration> {
         match &observed.partner {
-            PartnerView::Ready { runtime, .. } => {
-                let resync = jittered(runtime.resync_interval.min(runtime.usage_interval));
-                // The partner's resync wakes an account only when its list shows it changed
-                // (or it is not settled), and a look moves the account's timer on: the next
-                // usage read is timed to fall due, not left to the first look after it is due.
-                let due = observed.usage_due_in.filter(|due| !due.is_zero());
-                Some(due.map_or(resync, |due| resync.min(due)))
-            }
+            PartnerView::Ready { runtime, .. } => Some(next_look(self, runtime, observed.usage_due_in)),
             _ => None,
         }
     }
@@ -1340,6 +1347,22 @@ fn usage_due_in(account: &CyclrAccount, state: &AccountState, runtime: &PartnerR
     runtime.usage_interval.mul_f64(0.9).saturating_sub(last.elapsed())
 }
 
+/// When an account on a Ready partner looks again, its usage read due in `usage_due_in`
+/// (`None`: not read, or not listed yet). The partner's list wakes an account when it shows
+/// it changed, and every account when the partner changes, so a settled account
+/// ([`driver::is_settled`]) has only its usage to read: it sleeps until that is due. Others
+/// look again within a resync interval (less up to 10%), or when their usage is due if
+/// sooner. A look moves the timer on: a read is timed to fall due, not left to the first look
+/// after it.
+fn next_look(account: &CyclrAccount, runtime: &PartnerRuntime, usage_due_in: Option<Duration>) -> Duration {
+    let due = usage_due_in.filter(|due| !due.is_zero());
+    let resync = jittered(runtime.resync_interval.min(runtime.usage_interval));
+    match due {
+        Some(due) if driver::is_settled(account) => due,
+        _ => due.map_or(resync, |due| resync.min(due)),
+    }
+}
+
 /// Get Account Usage, recorded in the metrics and as the account's last usage read.
 ///
 /// Errors: Cyclr's (404: the account is gone).
@@ -1486,6 +1509,32 @@ mod tests {
             ..Default::default()
         });
         account
+    }
+
+    #[test]
+    fn a_settled_account_sleeps_until_its_usage_is_due_and_others_look_within_a_resync() {
+        let runtime = runtime();
+        let (minute, hour) = (Duration::from_secs(60), Duration::from_secs(3600));
+        let settled = held(pro(), "a1");
+        assert!(driver::is_settled(&settled));
+        assert_eq!(
+            next_look(&settled, &runtime, Some(hour)),
+            hour,
+            "only its usage to read"
+        );
+        assert!(next_look(&settled, &runtime, None) <= minute, "usage not read yet");
+        assert!(
+            next_look(&settled, &runtime, Some(Duration::ZERO)) <= minute,
+            "a read deferred"
+        );
+        let mut changed = settled.clone();
+        changed.metadata.generation = Some(2);
+        assert!(next_look(&changed, &runtime, Some(hour)) <= minute, "a spec to apply");
+        assert!(next_look(&pro(), &runtime, Some(hour)) <= minute, "not created yet");
+        assert_eq!(
+            next_look(&pro(), &runtime, Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
     }
 
     fn annotate(mut account: CyclrAccount, key: &str, value: &str) -> CyclrAccount {

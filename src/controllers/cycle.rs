@@ -743,11 +743,7 @@ fn in_sync(cycle: &CyclrCycle, status: &CyclrCycleStatus) -> Option<Health> {
 /// Whether the cycle is installed and Ready for its current generation, no install open:
 /// a reconcile of it only looks.
 fn settled(cycle: &CyclrCycle) -> bool {
-    let Some(status) = &cycle.status else { return false };
-    status.cycle_id.is_some()
-        && status.pending_install.is_none()
-        && status.observed_generation == cycle.metadata.generation
-        && condition(&status.conditions, READY).is_some_and(|c| c.status == "True")
+    cycle.cycle_id().is_some() && driver::is_settled(cycle)
 }
 
 /// Whether a run-once activation was sent for this generation.

@@ -343,6 +343,8 @@ pub async fn run(
         );
     }
     let (namespace_store, namespace_writer) = reflector::store();
+    // A namespace changed (its labels, for a partner's namespaceSelector) wakes its accounts.
+    let (namespace_changed, namespace_changes) = mpsc::unbounded();
     let namespace_run = readiness
         .watched(
             "Namespace",
@@ -353,10 +355,15 @@ pub async fn run(
         )
         .backoff(driver::watch_backoff())
         .reflect(namespace_writer)
-        .for_each(|event| async move {
-            if let Err(error) = event {
-                tracing::warn!(%error, "Namespace watch failed; retrying");
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Apply(namespace)) => {
+                    let _ = namespace_changed.unbounded_send(namespace.metadata.name.unwrap_or_default());
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "Namespace watch failed; retrying"),
             }
+            futures::future::ready(())
         });
     let cluster_id = cluster_identity(client.clone()).await;
     let (wake_partner, partner_wakes) = mpsc::unbounded();
@@ -450,6 +457,7 @@ pub async fn run(
         driver.clone(),
         account::AccountState::new(services.clone(), partner_objects.clone()),
         partner_wakes,
+        namespace_changes,
         account_changes,
         whole_cluster,
         shutdown.clone(),
