@@ -156,16 +156,7 @@ async fn restart_with_ready_accounts(mut h: Harness, n: usize, list_endpoint: &s
     // none falls in the restart's window.
     wait_ready(&h, n, true, Duration::from_secs(90)).await;
     h.set_intervals("10m", "1h").await;
-    h.wait_for(
-        "the partner's new intervals applied",
-        Duration::from_secs(30),
-        || async {
-            let partner = h.partner().await;
-            let status = partner.status?;
-            (status.observed_generation == partner.metadata.generation).then_some(())
-        },
-    )
-    .await;
+    h.wait_partner_applied().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     h.kill_operator();
 

@@ -508,37 +508,30 @@ async fn a_partner_serves_only_the_namespaces_it_selects_and_honours_pause() {
         .await;
     assert!(ready_message(&refused).contains("namespaceSelector"));
     assert_eq!(h.cyclr_requests(CREATE), 0);
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone());
+    let tier = |tier: &'static str| {
+        let namespaces = namespaces.clone();
+        let namespace = h.namespace.clone();
+        async move {
+            namespaces
+                .patch(
+                    &namespace,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"tier": tier}}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
     // Selecting the namespace lets it through, with no spec change.
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone())
-        .patch(
-            &h.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"tier": "gold"}}})),
-        )
-        .await
-        .unwrap();
+    tier("gold").await;
     h.wait_condition::<CyclrAccount>("acme", READY, "True", None).await;
     // Settled, the account sleeps until its usage read (an hour now); the namespace losing
     // the label wakes it at once, and it stops using the partner.
     h.set_intervals("10s", "1h").await;
-    h.wait_for(
-        "the partner's new intervals applied",
-        Duration::from_secs(30),
-        || async {
-            let partner = h.partner().await;
-            (partner.status?.observed_generation == partner.metadata.generation).then_some(())
-        },
-    )
-    .await;
+    h.wait_partner_applied().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone())
-        .patch(
-            &h.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"tier": "silver"}}})),
-        )
-        .await
-        .unwrap();
+    tier("silver").await;
     h.wait_condition::<CyclrAccount>("acme", STALLED, "True", Some("PartnerNotAllowed"))
         .await;
 

@@ -996,8 +996,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn callers_asking_together_share_one_list_and_the_next_list_waits_its_interval() {
+    /// A simulator, and a client configuration for it at 1000 requests/s.
+    async fn simulated() -> (cyclr_sim::SimHandle, cyclr::ClientConfig) {
         let sim = cyclr_sim::Simulator::start(
             cyclr_sim::SimConfig::new("id", "secret"),
             "127.0.0.1:0".parse().unwrap(),
@@ -1006,6 +1006,12 @@ mod tests {
         .unwrap();
         let mut config = cyclr::ClientConfig::new(sim.base_url(), "id", secrecy::SecretString::from("secret"));
         config.requests_per_second = 1000;
+        (sim, config)
+    }
+
+    #[tokio::test]
+    async fn callers_asking_together_share_one_list_and_the_next_list_waits_its_interval() {
+        let (sim, config) = simulated().await;
         let runtime = PartnerRuntime::for_tests(config);
         let lists = || sim.stats().requests_to("GET /api/partner/accounts");
         let asked = Utc::now();
@@ -1034,14 +1040,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_drift_checks_end_is_the_accounts_wake_for_its_list() {
-        let sim = cyclr_sim::Simulator::start(
-            cyclr_sim::SimConfig::new("id", "secret"),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
-        let mut config = cyclr::ClientConfig::new(sim.base_url(), "id", secrecy::SecretString::from("secret"));
-        config.requests_per_second = 1000;
+        let (sim, config) = simulated().await;
         let runtime = Arc::new(PartnerRuntime::for_tests(config).with_dialect(CyclrApi::V1));
         let first = runtime.snapshot_since(Utc::now()).await.unwrap().taken_at;
         assert!(runtime.accounts_wake_due(first), "the first check");

@@ -281,6 +281,15 @@ impl Harness {
             .expect("patch the partner");
     }
 
+    /// Waits until the partner's status shows its current generation (a spec change applied).
+    pub async fn wait_partner_applied(&self) {
+        self.wait_for("the partner's spec applied", Duration::from_secs(30), || async {
+            let partner = self.partner().await;
+            (partner.status?.observed_generation == partner.metadata.generation).then_some(())
+        })
+        .await;
+    }
+
     pub async fn wait_partner_ready(&self, status: &str) -> CyclrPartner {
         self.wait_for(
             &format!("CyclrPartner Ready={status}"),
