@@ -65,6 +65,10 @@ struct Args {
     /// row 3): time to `/readyz`, its Kubernetes writes and Cyclr calls until quiet.
     #[arg(long, env = "RESTART", value_parser = clap::builder::FalseyValueParser::new())]
     restart: bool,
+    /// Run the floor after the operator on Partner runs (default); `FLOOR=0` skips it, for a
+    /// look at the operator alone at a size where the floor takes most of an hour.
+    #[arg(long, env = "FLOOR", default_value = "true", value_parser = clap::builder::FalseyValueParser::new())]
+    floor: bool,
     /// Operator processes, each serving a shard of the accounts (`--shard sJ --shards SHARDS
     /// --label-selector`, accounts spread round robin) with its share of the partner's budget;
     /// 1: one process serving the whole cluster, as installed by default (issue #23 row 4).
@@ -253,7 +257,7 @@ async fn run_size(
                 operator.rollout.readiness.all_ready.as_secs_f64()
             );
             let floor = match dialect {
-                Dialect::Partner => {
+                Dialect::Partner if args.floor => {
                     let per_account = floor_work(&operator.writes, args.n);
                     println!("{tag} floor: {} accounts ({per_account:?})…", args.n);
                     let floor = run_floor(env, args, limit, per_account).await?;
@@ -263,7 +267,7 @@ async fn run_size(
                     );
                     Some(floor)
                 }
-                Dialect::V1 => None,
+                _ => None,
             };
             results.push(Run {
                 dialect,
@@ -696,7 +700,7 @@ fn report(args: &Args, results: &[Run]) {
                     "**{:.2}×**",
                     r.readiness.all_ready.as_secs_f64() / floor.readiness.all_ready.as_secs_f64().max(1e-9)
                 ),
-                (None, _) => "no floor (v1.0)".to_owned(),
+                (None, _) => "no floor (v1.0, or `FLOOR=0`)".to_owned(),
                 _ => String::new(),
             };
             let r = &r.readiness;
