@@ -69,6 +69,12 @@ struct Args {
     /// look at the operator alone at a size where the floor takes most of an hour.
     #[arg(long, env = "FLOOR", default_value = "true", value_parser = clap::builder::FalseyValueParser::new())]
     floor: bool,
+    /// Run the floor alone, with this many CyclrAccount writes per account (what an operator
+    /// run at the same N made in its rollout, e.g. `3` for its 3.15), and no operator: the
+    /// floor at a size where the whole bench outlasts the time at hand. Prints the floor's
+    /// time and calls; draws no curve.
+    #[arg(long, env = "FLOOR_ONLY")]
+    floor_only: Option<u64>,
     /// Operator processes, each serving a shard of the accounts (`--shard sJ --shards SHARDS
     /// --label-selector`, accounts spread round robin) with its share of the partner's budget;
     /// 1: one process serving the whole cluster, as installed by default (issue #23 row 4).
@@ -202,6 +208,10 @@ async fn main() -> anyhow::Result<()> {
     let mut curve: Vec<curve::Series> = Vec::new();
     for &n in &args.sizes {
         let args = Args { n, ..args.clone() };
+        if let Some(writes) = args.floor_only {
+            run_floor_alone(env, &args, writes).await?;
+            continue;
+        }
         let results = run_size(env, &args, &operator_bin, &logs).await?;
         for run in &results {
             let label = format!("{} {}/s", run.dialect.name(), run.limit);
@@ -616,6 +626,28 @@ fn floor_work(writes: &BTreeMap<String, u64>, n: usize) -> floor::PerAccount {
         patches,
         events: per("Event"),
     }
+}
+
+/// `FLOOR_ONLY`: the floor at each limit with `writes` CyclrAccount writes per account,
+/// printed as it ends.
+async fn run_floor_alone(env: &TestEnv, args: &Args, writes: u64) -> anyhow::Result<()> {
+    let operator_writes = BTreeMap::from([("kind=\"CyclrAccount\"".to_string(), writes * args.n as u64)]);
+    let work = floor_work(&operator_writes, args.n);
+    for &limit in &args.limits {
+        let tag = format!("[N={} Partner {limit} req/s]", args.n);
+        println!("\n{tag} floor alone: {} accounts ({work:?})…", args.n);
+        let floor = run_floor(env, args, limit, work).await?;
+        let readiness = &floor.readiness;
+        println!(
+            "{tag} floor: all Ready in {}, p50 {}, p99 {}, last Ready after the last create {}; Cyclr calls per account: {}",
+            secs(readiness.all_ready),
+            secs(cluster::quantile(&readiness.each, 0.50)),
+            secs(cluster::quantile(&readiness.each, 0.99)),
+            secs(readiness.after_last_create),
+            per_account(&floor.calls, args.n)
+        );
+    }
+    Ok(())
 }
 
 async fn run_floor(env: &TestEnv, args: &Args, limit: u32, per_account: floor::PerAccount) -> anyhow::Result<Rollout> {

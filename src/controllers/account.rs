@@ -408,6 +408,7 @@ impl Reconciler for CyclrAccount {
                 // created (a later reconcile reads it), so creates get the whole request budget.
                 if runtime.is_onboarding() {
                     observed.usage_deferred = true;
+                    runtime.defer_usage(id);
                 } else {
                     observed.usage = read_usage(self, state, &runtime, id)
                         .await
@@ -589,10 +590,7 @@ impl Reconciler for CyclrAccount {
     }
 
     fn resync(&self, _: &AccountState, observed: &Observed) -> Option<Duration> {
-        match &observed.partner {
-            PartnerView::Ready { runtime, .. } => Some(next_look(self, runtime, observed.usage_due_in)),
-            _ => None,
-        }
+        look_again(self, observed)
     }
 
     fn identity(status: &CyclrAccountStatus) -> Option<(&'static str, String)> {
@@ -1059,12 +1057,11 @@ fn listed_wrongly(account: &CyclrAccount, previous: CyclrAccountStatus, usage: &
     }
 }
 
-/// How long an account in sync waits for a usage read held back by onboarding.
-const USAGE_DEFERRED_WAIT: Duration = Duration::from_secs(20);
-
 /// Reports an account in sync, except when a usage read is held back by the partner's
 /// onboarding and nothing but Cyclr's fields would change: then the status stays as it is
-/// until the read, so the bill dates and the first usage take one write, not two.
+/// until the read, so the bill dates and the first usage take one write, not two. The
+/// onboarding's end wakes the account for that read
+/// ([`PartnerRuntime::wake_after_onboarding`]), its own timer only as a fallback.
 fn settle(
     account: &CyclrAccount,
     obs: &Observed,
@@ -1073,6 +1070,7 @@ fn settle(
     event: Option<Note<Reason>>,
 ) -> Plan<CyclrAccount> {
     if let Some(previous) = &account.status
+        && let Some(fallback) = look_again(account, obs)
         && obs.usage_deferred
         && event.is_none()
         && status != *previous
@@ -1082,7 +1080,7 @@ fn settle(
             &previous.conditions,
         )
     {
-        return Plan::Wait(jittered(USAGE_DEFERRED_WAIT));
+        return Plan::Wait(fallback);
     }
     Plan::Report { health, status, event }
 }
@@ -1345,6 +1343,15 @@ fn usage_due_in(account: &CyclrAccount, state: &AccountState, runtime: &PartnerR
         None => return Duration::ZERO,
     };
     runtime.usage_interval.mul_f64(0.9).saturating_sub(last.elapsed())
+}
+
+/// When the account looks again on its own: [`next_look`] on a Ready partner, else never (the
+/// partner's change wakes it).
+fn look_again(account: &CyclrAccount, obs: &Observed) -> Option<Duration> {
+    match &obs.partner {
+        PartnerView::Ready { runtime, .. } => Some(next_look(account, runtime, obs.usage_due_in)),
+        _ => None,
+    }
 }
 
 /// When an account on a Ready partner looks again, its usage read due in `usage_due_in`

@@ -127,10 +127,18 @@ impl Services {
     /// Wakes the partner's accounts `woken` is for (a new snapshot: those it shows changed
     /// and those not settled; a readiness change or deletion: all), and all its cycles.
     pub fn wake_partner(&self, partner: &str, woken: Woken) {
-        let _ = self.wake_partner.unbounded_send(PartnerWake {
-            partner: partner.to_string(),
-            woken,
-        });
+        self.partner_waker(partner)(woken);
+    }
+
+    /// [`wake_partner`](Self::wake_partner) for `partner`, for a task that outlives the caller.
+    pub fn partner_waker(&self, partner: &str) -> impl Fn(Woken) + Send + 'static {
+        let (wakes, partner) = (self.wake_partner.clone(), partner.to_string());
+        move |woken| {
+            let _ = wakes.unbounded_send(PartnerWake {
+                partner: partner.clone(),
+                woken,
+            });
+        }
     }
 
     /// The labels of a namespace, from the watch.

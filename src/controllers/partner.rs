@@ -313,6 +313,8 @@ fn install(services: &Services, name: &str, runtime: &Arc<PartnerRuntime>) -> bo
     let new = !services.partners.get(name).is_some_and(|r| Arc::ptr_eq(&r, runtime));
     if new {
         services.partners.insert(name, runtime.clone());
+        let wake = services.partner_waker(name);
+        runtime.wake_after_onboarding(wake);
         tracing::info!(partner = %name, "partner client configured");
     }
     new

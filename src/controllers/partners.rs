@@ -23,14 +23,16 @@ use cyclr::{CyclrClient, Result as CyclrResult};
 /// operator wrote since, which win (the list is older). Shared, never copied: a write is
 /// recorded in place, so holding 100,000 accounts costs one copy however many reconciles run.
 /// The list is kept sorted, each account in one allocation ([`KeptAccount`]), with no second
-/// copy of any id or name: 100,000 accounts cost about 15 MB and 400 KB of positions.
+/// copy of any id or name: 100,000 accounts cost about 15 MB and 400 KB of positions. An
+/// account a new list shows as before is the older list's own allocation, so while a steady
+/// list is read the older one costs its pointers more, not a second copy.
 #[derive(Debug, Default)]
 pub struct AccountsSnapshot {
     /// When the list's first request was sent: anything written before is in it (a paced
     /// v1.0 list reads its last page up to `pages × 10 / rate` seconds later).
     pub taken_at: DateTime<Utc>,
     /// The listed accounts, sorted by id.
-    listed: Vec<KeptAccount>,
+    listed: Vec<Arc<KeptAccount>>,
     /// Positions in `listed`, sorted by account name: the check before a create.
     by_name: Vec<u32>,
     /// Accounts created, updated or deleted by the operator after the list, by id.
@@ -104,7 +106,19 @@ impl KeptAccount {
 impl AccountsSnapshot {
     /// A snapshot of `accounts`, listed by a request sent at `taken_at`.
     pub fn new(taken_at: DateTime<Utc>, accounts: impl IntoIterator<Item = impl Into<KeptAccount>>) -> Self {
-        let mut accounts: Vec<KeptAccount> = accounts.into_iter().map(Into::into).collect();
+        Self::of_entries(taken_at, accounts.into_iter().map(|a| Arc::new(a.into())).collect())
+    }
+
+    /// `kept` as an entry of a list newer than `older`: `older`'s own entry when it is the same.
+    fn entry(older: Option<&AccountsSnapshot>, kept: KeptAccount) -> Arc<KeptAccount> {
+        match older.and_then(|older| older.listed_account(kept.id())) {
+            Some(same) if **same == kept => same.clone(),
+            _ => Arc::new(kept),
+        }
+    }
+
+    /// A snapshot of the entries a list made ([`entry`](Self::entry)).
+    fn of_entries(taken_at: DateTime<Utc>, mut accounts: Vec<Arc<KeptAccount>>) -> Self {
         accounts.sort_unstable_by(|a, b| a.id().cmp(b.id()));
         accounts.dedup_by(|a, b| a.id() == b.id());
         accounts.shrink_to_fit();
@@ -119,7 +133,7 @@ impl AccountsSnapshot {
     }
 
     /// The listed account with Cyclr id `id`.
-    fn listed_account(&self, id: &str) -> Option<&KeptAccount> {
+    fn listed_account(&self, id: &str) -> Option<&Arc<KeptAccount>> {
         let at = self.listed.binary_search_by(|a| a.id().cmp(id)).ok()?;
         Some(&self.listed[at])
     }
@@ -129,7 +143,7 @@ impl AccountsSnapshot {
         let start = self.by_name.partition_point(|&i| self.listed[i as usize].name() < name);
         self.by_name[start..]
             .iter()
-            .map(|&i| &self.listed[i as usize])
+            .map(|&i| &*self.listed[i as usize])
             .take_while(move |a| a.name() == name)
     }
 
@@ -138,7 +152,7 @@ impl AccountsSnapshot {
         if let Some(written) = self.written.read().expect("lock").get(id) {
             return written.account.clone();
         }
-        self.listed_account(id).map(KeptAccount::account)
+        self.listed_account(id).map(|a| a.account())
     }
 
     /// Adds to `changed` the hashes ([`driver::stable_hash`]) of the ids of the accounts
@@ -315,7 +329,10 @@ pub struct PartnerRuntime {
     names: Arc<NameLocks>,
     /// Reconciles of this partner's accounts that may create one, now: while any run,
     /// usage reads wait, so onboarding has the partner's whole request budget.
-    onboarding: Arc<AtomicUsize>,
+    onboarding: Arc<Onboarders>,
+    /// The accounts whose usage read waits for the onboarding to end
+    /// ([`driver::stable_hash`] of their ids): woken when it does.
+    deferred: std::sync::Mutex<HashSet<u64>>,
     /// Where each new snapshot's size and time are reported (partner name, metrics).
     snapshot_metrics: Option<(String, Arc<Metrics>)>,
     /// The last account a list left out although it exists (read back), and when: the
@@ -387,6 +404,7 @@ impl PartnerRuntime {
             retired: tokio::sync::watch::Sender::new(false),
             names: Default::default(),
             onboarding: Arc::default(),
+            deferred: Default::default(),
             snapshot_metrics: None,
             list_missed: Default::default(),
             accounts_woken: Default::default(),
@@ -441,13 +459,47 @@ impl PartnerRuntime {
 
     /// Counts an account reconcile that may create an account, until the guard is dropped.
     pub fn onboarding(&self) -> Onboarding {
-        self.onboarding.fetch_add(1, Ordering::SeqCst);
+        self.onboarding.running.fetch_add(1, Ordering::SeqCst);
         Onboarding(self.onboarding.clone())
     }
 
     /// Whether any account of this partner is being onboarded now.
     pub fn is_onboarding(&self) -> bool {
-        self.onboarding.load(Ordering::SeqCst) > 0
+        self.onboarding.running.load(Ordering::SeqCst) > 0
+    }
+
+    /// Records that the usage read of account `id` (Cyclr's id) waits for the onboarding to
+    /// end ([`wake_after_onboarding`](Self::wake_after_onboarding)).
+    pub fn defer_usage(&self, id: &str) {
+        self.deferred.lock().expect("lock").insert(driver::stable_hash(id));
+    }
+
+    /// Hands `wake` the accounts whose usage reads waited ([`defer_usage`](Self::defer_usage))
+    /// each time no account has been onboarded for [`ONBOARDING_QUIET`]: one wake each, where
+    /// a timer would look again every few seconds for as long as a rollout lasts (at 100,000
+    /// accounts, most of an hour). Runs until the runtime is retired.
+    pub fn wake_after_onboarding(self: &Arc<Self>, wake: impl Fn(Woken) + Send + 'static) {
+        let runtime = self.clone();
+        let mut retired = self.retired.subscribe();
+        tokio::spawn(async move {
+            let waking = async move {
+                loop {
+                    runtime.onboarding.ended.notified().await;
+                    tokio::time::sleep(ONBOARDING_QUIET).await;
+                    if runtime.is_onboarding() {
+                        continue;
+                    }
+                    let deferred = std::mem::take(&mut *runtime.deferred.lock().expect("lock"));
+                    if !deferred.is_empty() {
+                        wake(Woken::Changed(Arc::new(deferred)));
+                    }
+                }
+            };
+            tokio::select! {
+                () = waking => {}
+                _ = retired.wait_for(|retired| *retired) => {}
+            }
+        });
     }
 
     /// Whether a check whose account list was taken at `listed_at` should wake the partner's
@@ -585,8 +637,10 @@ impl PartnerRuntime {
     /// Errors: the List Accounts failure (the held snapshot stays).
     async fn list(&self, paced: bool) -> CyclrResult<Arc<AccountsSnapshot>> {
         let taken_at = Utc::now();
+        let older = self.snapshot();
+        let entry = move |account: Account| AccountsSnapshot::entry(older.as_deref(), account.into());
         let accounts = match self.dialect {
-            CyclrApi::Partner => self.client.list_accounts_with(KeptAccount::from).await?,
+            CyclrApi::Partner => self.client.list_accounts_with(entry).await?,
             // Every page: the name and claim checks must see every account.
             CyclrApi::V1 => self
                 .client
@@ -597,10 +651,10 @@ impl PartnerRuntime {
                 })
                 .await?
                 .into_iter()
-                .map(|account| KeptAccount::from(account_from_v1(account)))
+                .map(|account| entry(account_from_v1(account)))
                 .collect(),
         };
-        let snapshot = Arc::new(AccountsSnapshot::new(taken_at, accounts));
+        let snapshot = Arc::new(AccountsSnapshot::of_entries(taken_at, accounts));
         {
             let mut current = self.snapshot.write().expect("lock");
             if let Some(older) = current.as_ref() {
@@ -718,12 +772,28 @@ impl Drop for NameGuard {
     }
 }
 
+/// How long no account must have been onboarded before the usage reads that waited are woken
+/// ([`PartnerRuntime::wake_after_onboarding`]): creates that come a few at a time keep the
+/// budget between them.
+pub const ONBOARDING_QUIET: Duration = Duration::from_secs(5);
+
+/// A partner's account reconciles that may create an account: how many run now, and the
+/// signal that the last one ended.
+#[derive(Default)]
+struct Onboarders {
+    running: AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
 /// One account reconcile that may create an account ([`PartnerRuntime::onboarding`]).
-pub struct Onboarding(Arc<AtomicUsize>);
+pub struct Onboarding(Arc<Onboarders>);
 
 impl Drop for Onboarding {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // One stored permit however many ends come before the waiter looks.
+            self.0.ended.notify_one();
+        }
     }
 }
 
@@ -833,6 +903,28 @@ mod tests {
             name: name.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_new_list_shares_the_entries_it_shows_as_before() {
+        let older = AccountsSnapshot::new(Utc::now(), vec![account("1", "acme"), account("2", "beta")]);
+        let entry = |a| AccountsSnapshot::entry(Some(&older), KeptAccount::from(a));
+        let (same, renamed, added) = (
+            entry(account("1", "acme")),
+            entry(account("2", "gamma")),
+            entry(account("3", "delta")),
+        );
+        assert!(Arc::ptr_eq(&same, &older.listed[0]), "the older list's own allocation");
+        assert!(!Arc::ptr_eq(&renamed, &older.listed[1]));
+        assert_eq!(renamed.name(), "gamma");
+        assert_eq!(added.id(), "3");
+        let newer = AccountsSnapshot::of_entries(Utc::now(), vec![added, renamed, same]);
+        let mut changed = HashSet::new();
+        older.changes(&newer, &mut changed);
+        assert_eq!(
+            changed,
+            HashSet::from([driver::stable_hash("2"), driver::stable_hash("3")])
+        );
     }
 
     #[test]
@@ -1059,6 +1151,51 @@ mod tests {
         *runtime.accounts_woken.lock().unwrap() = Some((long_ago, drifted));
         assert!(!runtime.accounts_wake_due(drifted), "one wake per list");
         sim.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_reads_held_back_by_onboarding_are_woken_once_it_has_ended() {
+        let client = cyclr::ClientConfig::new("http://127.0.0.1:9", "id", "secret".to_string().into());
+        let runtime = Arc::new(PartnerRuntime::for_tests(client));
+        let (wakes, mut woken) = tokio::sync::mpsc::unbounded_channel();
+        runtime.wake_after_onboarding(move |w| wakes.send(w).unwrap());
+        let quiet = || tokio::time::sleep(ONBOARDING_QUIET + Duration::from_millis(100));
+        let (first, second) = (runtime.onboarding(), runtime.onboarding());
+        runtime.defer_usage("a1");
+        drop(first);
+        quiet().await;
+        assert!(woken.try_recv().is_err(), "nothing while an account is still onboarded");
+        drop(second);
+        // Onboarding again before the quiet time is over: still nothing.
+        tokio::time::sleep(ONBOARDING_QUIET / 2).await;
+        let third = runtime.onboarding();
+        runtime.defer_usage("b2");
+        quiet().await;
+        assert!(woken.try_recv().is_err(), "onboarding went on");
+        drop(third);
+        quiet().await;
+        match woken.try_recv() {
+            Ok(Woken::Changed(ids)) => {
+                assert_eq!(
+                    *ids,
+                    HashSet::from([driver::stable_hash("a1"), driver::stable_hash("b2")])
+                )
+            }
+            other => panic!("one wake for the accounts that waited, not {other:?}"),
+        }
+        let fourth = runtime.onboarding();
+        drop(fourth);
+        quiet().await;
+        assert!(woken.try_recv().is_err(), "no account waits: no wake");
+        runtime.retired.send_replace(true);
+        tokio::task::yield_now().await;
+        assert!(
+            matches!(
+                woken.try_recv(),
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+            ),
+            "retired: the waker is gone"
+        );
     }
 
     #[tokio::test]

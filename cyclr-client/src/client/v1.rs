@@ -6,7 +6,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Call, CyclrClient, Verb, decode_list};
+use super::{Call, CyclrClient, Verb};
 use crate::error::{CyclrError, Result};
 use crate::types::{
     AccountConnector, AccountFieldsV1, AccountUsageV1, AccountV1, ActivateCycle, ConnectorAuth, Cycle, CycleVariable,
@@ -305,7 +305,7 @@ impl CyclrClient {
                 )));
             }
             let body = answer.body.clone();
-            let items: Vec<T> = answer.decode(endpoint, |body| decode_list(body, |t| t))?;
+            let items: Vec<T> = answer.decode(endpoint, |body| serde_json::from_slice(body))?;
             let read = items.len();
             all.extend(items);
             if read != size {
