@@ -55,7 +55,8 @@ release-dry-run: release
 
 ## N CyclrAccounts onboarded by the release operator and by the floor, at 10 and 1000 req/s,
 ## on a Partner API and a v1.0 partner (DIALECTS=Partner,V1)
-## (N=1000 by default; N=300 make bench for a quicker run; FLOOR=0 skips the floor); PEER=1 adds Crossplane's
+## (N=1000 by default; N=300 make bench for a quicker run; FLOOR=0 skips the floor, FLOOR_ONLY=W runs
+## it alone with W writes per account); PEER=1 adds Crossplane's
 ## provider-http doing the same job (built into bin/ only then); CYCLES=3 adds three
 ## CyclrCycles per account on the V1 runs. See docs/performance.md.
 bench: testbin
