@@ -93,7 +93,7 @@ pub fn controller(
         for account in accounts.state() {
             let passed_over = match &wake.woken {
                 Woken::All => false,
-                Woken::Changed(changed) => account.settled_apart_from(changed),
+                Woken::Changed(ids) | Woken::UsageReads(ids) => account.settled_apart_from(ids),
             };
             if account.depends_on(None, &wake.partner) && !passed_over {
                 waker.wake(account.meta());

@@ -18,7 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::partners::PartnerRuntime;
+use super::partners::{PartnerRuntime, Woken};
 use super::{PartnerWake, Services, namespaced_api, users_of_secret};
 use crate::reason::{Failure, Health, Reason};
 use crate::resources::{
@@ -234,7 +234,10 @@ pub fn controller(
         futures::future::ready(None)
     });
     let waker = kind.clone();
-    let partners = partner_wakes.filter_map(move |PartnerWake { partner, .. }| {
+    let partners = partner_wakes.filter_map(move |PartnerWake { partner, woken }| {
+        if matches!(woken, Woken::UsageReads(_)) {
+            return futures::future::ready(None);
+        }
         let now = Utc::now();
         for cycle in cycles.state() {
             let Ok(c) = cycle.unpack() else { continue };

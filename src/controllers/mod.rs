@@ -125,7 +125,8 @@ pub struct Services {
 
 impl Services {
     /// Wakes the partner's accounts `woken` is for (a new snapshot: those it shows changed
-    /// and those not settled; a readiness change or deletion: all), and all its cycles.
+    /// and those not settled; a readiness change or deletion: all), and all its cycles but
+    /// for [`Woken::UsageReads`].
     pub fn wake_partner(&self, partner: &str, woken: Woken) {
         self.partner_waker(partner)(woken);
     }

@@ -356,6 +356,10 @@ pub enum Woken {
     /// account whose Cyclr account did not change has nothing new to see (its own resync
     /// still looks, once a `resyncInterval`).
     Changed(Arc<HashSet<u64>>),
+    /// Those not settled, and those whose usage read waited for the partner's onboarding
+    /// (hashes as for `Changed`); not the partner's cycles, which read no usage and would
+    /// list again for nothing at the end of every burst of creates.
+    UsageReads(Arc<HashSet<u64>>),
 }
 
 impl std::fmt::Debug for PartnerRuntime {
@@ -491,7 +495,7 @@ impl PartnerRuntime {
                     }
                     let deferred = std::mem::take(&mut *runtime.deferred.lock().expect("lock"));
                     if !deferred.is_empty() {
-                        wake(Woken::Changed(Arc::new(deferred)));
+                        wake(Woken::UsageReads(Arc::new(deferred)));
                     }
                 }
             };
@@ -1175,7 +1179,7 @@ mod tests {
         drop(third);
         quiet().await;
         match woken.try_recv() {
-            Ok(Woken::Changed(ids)) => {
+            Ok(Woken::UsageReads(ids)) => {
                 assert_eq!(
                     *ids,
                     HashSet::from([driver::stable_hash("a1"), driver::stable_hash("b2")])
