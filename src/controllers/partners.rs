@@ -35,8 +35,45 @@ pub struct AccountsSnapshot {
     listed: Vec<Arc<KeptAccount>>,
     /// Positions in `listed`, sorted by account name: the check before a create.
     by_name: Vec<u32>,
-    /// Accounts created, updated or deleted by the operator after the list, by id.
-    written: RwLock<HashMap<String, Written>>,
+    /// Accounts created, updated or deleted by the operator after the list.
+    written: RwLock<Writes>,
+}
+
+/// The accounts the operator wrote after a list, by id, with their ids by name: the check
+/// before a create finds a name without a walk of every write (thousands while a large
+/// rollout outpaces the lists).
+#[derive(Debug, Default)]
+struct Writes {
+    by_id: HashMap<String, Written>,
+    /// The ids of the written (not deleted) accounts, by the name they were written with.
+    by_name: HashMap<String, Vec<String>>,
+}
+
+impl Writes {
+    /// Records `write` of account `id`, replacing an earlier one.
+    fn insert(&mut self, id: String, write: Written) {
+        if let Some(name) = write.account.as_ref().map(|a| a.name.clone()) {
+            self.by_name.entry(name).or_default().push(id.clone());
+        }
+        if let Some(earlier) = self.by_id.insert(id, write)
+            && let Some(account) = earlier.account
+            && let Some(ids) = self.by_name.get_mut(&account.name)
+        {
+            // Pushed above for the new name, so under an unchanged name the earlier is the first.
+            if let Some(at) = ids.iter().position(|held| *held == account.id) {
+                ids.remove(at);
+            }
+            if ids.is_empty() {
+                self.by_name.remove(&account.name);
+            }
+        }
+    }
+
+    /// The written accounts named `name`.
+    fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Account> + 'a {
+        let ids = self.by_name.get(name).map(Vec::as_slice).unwrap_or_default();
+        ids.iter().filter_map(|id| self.by_id.get(id)?.account.as_ref())
+    }
 }
 
 /// An account the operator wrote after a list was taken.
@@ -149,7 +186,7 @@ impl AccountsSnapshot {
 
     /// The account with Cyclr id `id`, as last listed or written.
     pub fn get(&self, id: &str) -> Option<Account> {
-        if let Some(written) = self.written.read().expect("lock").get(id) {
+        if let Some(written) = self.written.read().expect("lock").by_id.get(id) {
             return written.account.clone();
         }
         self.listed_account(id).map(|a| a.account())
@@ -188,7 +225,15 @@ impl AccountsSnapshot {
         // and whether the list itself shows it (a new account's bill dates, then its usage).
         let written: Vec<String> = [self, newer]
             .iter()
-            .flat_map(|s| s.written.read().expect("lock").keys().cloned().collect::<Vec<_>>())
+            .flat_map(|s| {
+                s.written
+                    .read()
+                    .expect("lock")
+                    .by_id
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
             .collect();
         for id in written {
             let hash = driver::stable_hash(id.as_str());
@@ -209,15 +254,9 @@ impl AccountsSnapshot {
     pub fn named(&self, name: &str) -> Vec<Account> {
         let written = self.written.read().expect("lock");
         self.listed_named(name)
-            .filter(|a| !written.contains_key(a.id()))
+            .filter(|a| !written.by_id.contains_key(a.id()))
             .map(KeptAccount::account)
-            .chain(
-                written
-                    .values()
-                    .filter_map(|w| w.account.as_ref())
-                    .filter(|a| a.name == name)
-                    .cloned(),
-            )
+            .chain(written.named(name).cloned())
             .collect()
     }
 
@@ -225,10 +264,12 @@ impl AccountsSnapshot {
     pub fn count(&self) -> usize {
         let written = self.written.read().expect("lock");
         let added = written
+            .by_id
             .iter()
             .filter(|(id, w)| w.account.is_some() && !self.listed(id))
             .count();
         let deleted = written
+            .by_id
             .iter()
             .filter(|(id, w)| w.account.is_none() && self.listed(id))
             .count();
@@ -266,7 +307,7 @@ impl AccountsSnapshot {
     /// list, which holds what Cyclr chose.
     fn keep_writes_since_taken(&self, older: &AccountsSnapshot) {
         let mut written = self.written.write().expect("lock");
-        for (id, write) in older.written.read().expect("lock").iter() {
+        for (id, write) in older.written.read().expect("lock").by_id.iter() {
             if write.at >= self.taken_at && !(write.created && self.listed(id)) {
                 written.insert(id.clone(), write.clone());
             }
@@ -977,6 +1018,25 @@ mod tests {
     }
 
     #[test]
+    fn a_name_finds_an_account_written_twice_once_and_a_renamed_one_under_its_new_name_only() {
+        let snapshot = AccountsSnapshot::new(Utc::now(), Vec::<Account>::new());
+        snapshot.remember(account("1", "acme"), Wrote::Created);
+        snapshot.remember(account("1", "acme"), Wrote::Updated);
+        snapshot.remember(account("2", "acme"), Wrote::Created);
+        snapshot.remember(account("2", "zeta"), Wrote::Updated);
+        let ids = |name| snapshot.named(name).into_iter().map(|a| a.id).collect::<Vec<_>>();
+        assert_eq!(ids("acme"), ["1"]);
+        assert_eq!(ids("zeta"), ["2"]);
+        snapshot.forget("2");
+        assert!(ids("zeta").is_empty(), "deleted since");
+        assert_eq!(
+            snapshot.written.read().unwrap().by_name.len(),
+            1,
+            "no empty name left behind"
+        );
+    }
+
+    #[test]
     fn a_listed_name_finds_every_account_of_that_name_and_no_other() {
         let snapshot = AccountsSnapshot::new(
             Utc::now(),
@@ -1054,7 +1114,7 @@ mod tests {
             None,
             "a write before the list started is the list's to show"
         );
-        assert!(new.listed("4") && new.written.read().unwrap().get("4").is_none());
+        assert!(new.listed("4") && !new.written.read().unwrap().by_id.contains_key("4"));
     }
 
     #[test]
