@@ -8,7 +8,7 @@
 //! A standby replica (leader election) runs no watches, so it is ready as soon as the CRDs are
 //! established: a rolling update can proceed and the standby can take over.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ pub struct Readiness {
     /// `Err(why)` until every CRD is established.
     crds: Mutex<Result<(), String>>,
     watches: Mutex<BTreeMap<String, WatchState>>,
+    /// Parts still setting up whose watches are not registered yet ([`Readiness::setting_up`]).
+    setting_up: Mutex<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,11 +52,25 @@ impl Default for Readiness {
         Readiness {
             crds: Mutex::new(Err("the CRDs have not been checked yet".into())),
             watches: Mutex::default(),
+            setting_up: Mutex::default(),
         }
     }
 }
 
 impl Readiness {
+    /// `/readyz` answers 503 from now until [`Readiness::set_up`] for `what` (e.g. the
+    /// controllers, whose watches are registered only once the stores they read have synced):
+    /// without it, a probe in between would find every registered watch synced and the
+    /// process ready before its main watches started.
+    pub fn setting_up(&self, what: &str) {
+        self.setting_up.lock().expect("lock").insert(what.to_owned());
+    }
+
+    /// `what` has registered its watches ([`Readiness::setting_up`]).
+    pub fn set_up(&self, what: &str) {
+        self.setting_up.lock().expect("lock").remove(what);
+    }
+
     /// Registers a watch before it starts, so `/readyz` waits for its initial list.
     /// `watch` names it in `/readyz` answers, e.g. `CyclrAccount` or `Secret`.
     pub fn watch_starting(&self, watch: &str) {
@@ -120,6 +136,9 @@ impl Readiness {
         let mut problems = Vec::new();
         if let Err(why) = &*self.crds.lock().expect("lock") {
             problems.push(why.clone());
+        }
+        for what in self.setting_up.lock().expect("lock").iter() {
+            problems.push(format!("{what} not started yet"));
         }
         for (name, state) in self.watches.lock().expect("lock").iter() {
             match state {
@@ -283,6 +302,30 @@ mod tests {
         assert!(readiness.check().unwrap_err().contains("watch Secret failing for 10s"));
         readiness.observe("Secret", &event(watcher::Event::Init));
         assert_eq!(readiness.check(), Ok(()), "a successful event ends the failure");
+    }
+
+    #[test]
+    fn not_ready_while_a_part_sets_up_even_with_every_registered_watch_synced() {
+        let readiness = Readiness::default();
+        crds_ok(&readiness);
+        readiness.setting_up("the controllers");
+        readiness.watch_starting("Secret");
+        readiness.observe("Secret", &event(watcher::Event::InitDone));
+        assert_eq!(
+            readiness.check(),
+            Err("the controllers not started yet".into()),
+            "the Secrets' watch alone is synced"
+        );
+        readiness.watch_starting("CyclrAccount");
+        readiness.set_up("the controllers");
+        assert!(
+            readiness
+                .check()
+                .unwrap_err()
+                .contains("watch CyclrAccount has not synced")
+        );
+        readiness.observe("CyclrAccount", &event(watcher::Event::InitDone));
+        assert_eq!(readiness.check(), Ok(()));
     }
 
     #[tokio::test]

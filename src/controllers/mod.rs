@@ -312,6 +312,9 @@ pub async fn run(
     readiness: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) -> Result<(), kube::runtime::wait::Error> {
+    // Before the first wait: the kinds' watches are registered only after the Secrets' and
+    // Namespaces' stores have synced, and `/readyz` must not answer ready in between.
+    readiness.setting_up(CONTROLLERS);
     wait_for_crds(client.clone()).await?;
 
     // Only labelled Secrets, in the namespaces they are read from: one watch and store each.
@@ -489,6 +492,8 @@ pub async fn run(
         partner_wakes_cycles,
         shutdown,
     );
+    // Every kind's watch is registered now (`driver::controller_for`).
+    readiness.set_up(CONTROLLERS);
     tracing::info!(
         namespace = %config.namespace,
         selector = config.label_selector.as_deref().unwrap_or(""),
@@ -505,6 +510,9 @@ pub async fn run(
     background.abort();
     Ok(())
 }
+
+/// What `/readyz` names while the controllers set up ([`Readiness::setting_up`]).
+const CONTROLLERS: &str = "the controllers";
 
 /// The uid of the `kube-system` namespace, read once: it lives as long as the cluster.
 /// Asked again until the API server answers (an id derived without it would differ from the
