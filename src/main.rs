@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn reconciles_run_on_one_thread_unless_asked() {
         let threads = |extra: &[&str]| {
-            let args = ["cyclr-operator", "run"].iter().chain(extra);
+            let args = ["cyclr-operator", "run", "--namespace", "ops"].iter().chain(extra);
             match Cli::try_parse_from(args).map(|cli| cli.command) {
                 Ok(Command::Run(run)) => Ok(run.worker_threads),
                 Ok(_) => unreachable!("parsed `run`"),

@@ -1122,7 +1122,7 @@ fn every_run_flag_is_reachable_through_values() {
 
     // The tuning flags' defaults are the binary's (logFormat is json on purpose).
     let defaults = container_args(&template(&["replicaCount=2"]));
-    for tuning in ["--concurrency", "--lease-duration"] {
+    for tuning in ["--concurrency", "--worker-threads", "--lease-duration"] {
         let default = flags.iter().find(|f| f.0 == tuning).and_then(|f| f.2.clone());
         let expected = format!("{tuning}={}", default.expect("a default in --help"));
         assert!(defaults.contains(&expected), "{expected} not in {defaults:?}");
@@ -1140,6 +1140,7 @@ fn every_run_flag_is_reachable_through_values() {
         "logFormat=text",
         "logLevel=debug",
         "concurrency=4",
+        "workerThreads=2",
         "v1PageSize=50",
         "leaderElection.leaseDuration=30",
     ]);
@@ -1164,6 +1165,7 @@ fn every_run_flag_is_reachable_through_values() {
         "--log-format=text",
         "--log-level=debug",
         "--concurrency=4",
+        "--worker-threads=2",
         "--v1-page-size=50",
         "--lease-duration=30",
     ] {
