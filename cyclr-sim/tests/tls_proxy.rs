@@ -142,10 +142,17 @@ fn a_private_ca_and_an_egress_proxy_are_honoured() {
             .await
             .expect("through the proxy, over TLS");
         assert!(details.domain.is_some());
-        assert_eq!(*proxied.lock().unwrap(), vec![format!("localhost:{tls_port}")]);
+        // The token and the details may share a tunnel or not: the pool returns a connection
+        // only once its answer is read, so a second CONNECT is timing, not a fault.
+        let tunnels = proxied.lock().unwrap().clone();
+        assert!(!tunnels.is_empty(), "HTTPS_PROXY is used");
+        assert!(
+            tunnels.iter().all(|t| *t == format!("localhost:{tls_port}")),
+            "every tunnel goes to the Cyclr host: {tunnels:?}"
+        );
         // A host in NO_PROXY is reached directly.
         client("127.0.0.1").partner_details().await.expect("directly, over TLS");
-        assert_eq!(proxied.lock().unwrap().len(), 1, "NO_PROXY skips the proxy");
+        assert_eq!(proxied.lock().unwrap().len(), tunnels.len(), "NO_PROXY skips the proxy");
         assert!(sim.stats().requests_to("GET /api/partner/details") >= 2);
     });
 }
