@@ -92,7 +92,9 @@ struct RunArgs {
     concurrency: u16,
     /// Threads that run the reconciles. The work waits on the API server and Cyclr, and one
     /// thread keeps up with either: a second costs wakeups between threads (a third less CPU
-    /// with one, and a faster rollout beside a busy API server; docs/performance.md).
+    /// with one, and a faster rollout beside a busy API server; docs/performance.md). With 1,
+    /// the watches, the reconciles and the HTTP server share the process's main thread
+    /// (tokio's current-thread runtime); with more, they run on that many workers.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     worker_threads: u16,
     /// Seconds a leader's Lease lasts without renewal: the longest a standby waits after the
@@ -108,14 +110,26 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             // Before the runtime starts its threads, so they share the arenas set here.
             allocator::tune();
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.worker_threads.into())
-                .enable_all()
-                .build()?
-                .block_on(run(*args))?
+            runtime(args.worker_threads)?.block_on(run(*args))?
         }
     }
     Ok(())
+}
+
+/// The async runtime for `threads` threads: with one, everything runs on the calling thread
+/// (a multi-thread runtime with one worker would still hand work between the caller, which
+/// polls the controllers, and its worker: an eighth of the operator's CPU went to those
+/// wakeups in a 30,000 rollout).
+fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads.into());
+            builder
+        }
+    };
+    builder.enable_all().build()
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -252,7 +266,8 @@ mod tests {
         assert_eq!(needed, speaks);
     }
 
-    /// One thread by default; none is refused with a message naming the flag.
+    /// One thread by default (the caller's: no worker to hand work to); none is refused with a
+    /// message naming the flag.
     #[test]
     fn reconciles_run_on_one_thread_unless_asked() {
         let threads = |extra: &[&str]| {
@@ -265,6 +280,10 @@ mod tests {
         };
         assert_eq!(threads(&[]), Ok(1));
         assert_eq!(threads(&["--worker-threads", "4"]), Ok(4));
+        use tokio::runtime::RuntimeFlavor;
+        let flavor = |threads| runtime(threads).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread, "one thread: the caller's");
+        assert_eq!(flavor(2), RuntimeFlavor::MultiThread);
         let refused = threads(&["--worker-threads", "0"]).unwrap_err();
         assert!(refused.contains("--worker-threads"), "{refused}");
     }
