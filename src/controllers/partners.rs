@@ -8,6 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use driver::stable_hash;
+use hashbrown::HashTable;
 use kube::core::{Selector, SelectorExt};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -39,40 +41,76 @@ pub struct AccountsSnapshot {
     written: RwLock<Writes>,
 }
 
-/// The accounts the operator wrote after a list, by id, with their ids by name: the check
-/// before a create finds a name without a walk of every write (thousands while a large
-/// rollout outpaces the lists).
+/// The accounts the operator wrote after a list, one entry per account (a later write
+/// replaces its entry in place), found by id and by name through two tables of positions.
+///
+/// Sized for a rollout that outpaces the lists: 100,000 creates may come between two lists.
+/// An entry is one [`KeptAccount`] (its texts in one allocation) in one `Vec`, and each table
+/// holds a 4-byte position hashed from the text ([`driver::stable_hash`]) and compared by the
+/// text itself, so nothing is kept twice and every lookup is exact. A `HashMap<String, _>` by
+/// id and another by name took about 300 bytes and five allocations a write, and when a list
+/// replaced them they left holes across the heap that the allocator could not give back
+/// (`docs/performance.md`).
 #[derive(Debug, Default)]
 struct Writes {
-    by_id: HashMap<String, Written>,
-    /// The ids of the written (not deleted) accounts, by the name they were written with.
-    by_name: HashMap<String, Vec<String>>,
+    entries: Vec<Written>,
+    /// Positions in `entries`, by id.
+    by_id: HashTable<u32>,
+    /// Positions in `entries` of the accounts not deleted, by the name written.
+    by_name: HashTable<u32>,
 }
 
 impl Writes {
-    /// Records `write` of account `id`, replacing an earlier one.
-    fn insert(&mut self, id: String, write: Written) {
-        if let Some(name) = write.account.as_ref().map(|a| a.name.clone()) {
-            self.by_name.entry(name).or_default().push(id.clone());
-        }
-        if let Some(earlier) = self.by_id.insert(id, write)
-            && let Some(account) = earlier.account
-            && let Some(ids) = self.by_name.get_mut(&account.name)
-        {
-            // Pushed above for the new name, so under an unchanged name the earlier is the first.
-            if let Some(at) = ids.iter().position(|held| *held == account.id) {
-                ids.remove(at);
+    /// Records `write`, replacing an earlier write of the same account.
+    fn insert(&mut self, write: Written) {
+        let Writes {
+            entries,
+            by_id,
+            by_name,
+        } = self;
+        let id = stable_hash(write.account.id());
+        let earlier = by_id
+            .find(id, |&at| entries[at as usize].account.id() == write.account.id())
+            .copied();
+        let at = match earlier {
+            Some(at) => {
+                let earlier = &entries[at as usize];
+                if !earlier.deleted
+                    && let Ok(entry) = by_name.find_entry(stable_hash(earlier.account.name()), |&held| held == at)
+                {
+                    entry.remove();
+                }
+                entries[at as usize] = write;
+                at
             }
-            if ids.is_empty() {
-                self.by_name.remove(&account.name);
+            None => {
+                let at = u32::try_from(entries.len()).expect("fewer than 2³² writes between two lists");
+                entries.push(write);
+                by_id.insert_unique(id, at, |&at| stable_hash(entries[at as usize].account.id()));
+                at
             }
+        };
+        let written = &entries[at as usize];
+        if !written.deleted {
+            let name = stable_hash(written.account.name());
+            by_name.insert_unique(name, at, |&at| stable_hash(entries[at as usize].account.name()));
         }
     }
 
-    /// The written accounts named `name`.
-    fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Account> + 'a {
-        let ids = self.by_name.get(name).map(Vec::as_slice).unwrap_or_default();
-        ids.iter().filter_map(|id| self.by_id.get(id)?.account.as_ref())
+    /// The write of account `id`, if any.
+    fn get(&self, id: &str) -> Option<&Written> {
+        let at = self
+            .by_id
+            .find(stable_hash(id), |&at| self.entries[at as usize].account.id() == id)?;
+        Some(&self.entries[*at as usize])
+    }
+
+    /// The written (not deleted) accounts named `name`.
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a KeptAccount> + 'a {
+        self.by_name
+            .iter_hash(stable_hash(name))
+            .map(|&at| &self.entries[at as usize].account)
+            .filter(move |account| account.name() == name)
     }
 }
 
@@ -81,10 +119,19 @@ impl Writes {
 struct Written {
     /// When it was recorded: a later list that started before keeps it.
     at: DateTime<Utc>,
-    /// The account as written; `None`: deleted.
-    account: Option<Account>,
+    /// The account as written; only its id when deleted.
+    account: KeptAccount,
+    /// Whether the write was its deletion.
+    deleted: bool,
     /// Whether the write was its create (a list showing it knows what Cyclr chose).
     created: bool,
+}
+
+impl Written {
+    /// The account as written; `None`: deleted.
+    fn account(&self) -> Option<Account> {
+        (!self.deleted).then(|| self.account.account())
+    }
 }
 
 /// An account as a snapshot keeps it: its five texts in one allocation ([`Texts`]), where an
@@ -116,6 +163,16 @@ impl From<Account> for KeptAccount {
 }
 
 impl KeptAccount {
+    /// Only an id: what a write keeps of a deleted account.
+    fn deleted(id: &str) -> Self {
+        KeptAccount {
+            texts: Texts::new([Some(id), None, None, None, None]),
+            price_plan_id: None,
+            last_bill_date: None,
+            next_bill_date: None,
+        }
+    }
+
     fn id(&self) -> &str {
         self.texts.str(0)
     }
@@ -186,8 +243,8 @@ impl AccountsSnapshot {
 
     /// The account with Cyclr id `id`, as last listed or written.
     pub fn get(&self, id: &str) -> Option<Account> {
-        if let Some(written) = self.written.read().expect("lock").by_id.get(id) {
-            return written.account.clone();
+        if let Some(written) = self.written.read().expect("lock").get(id) {
+            return written.account();
         }
         self.listed_account(id).map(|a| a.account())
     }
@@ -229,9 +286,9 @@ impl AccountsSnapshot {
                 s.written
                     .read()
                     .expect("lock")
-                    .by_id
-                    .keys()
-                    .cloned()
+                    .entries
+                    .iter()
+                    .map(|w| w.account.id().to_owned())
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -254,9 +311,9 @@ impl AccountsSnapshot {
     pub fn named(&self, name: &str) -> Vec<Account> {
         let written = self.written.read().expect("lock");
         self.listed_named(name)
-            .filter(|a| !written.by_id.contains_key(a.id()))
+            .filter(|a| written.get(a.id()).is_none())
+            .chain(written.named(name))
             .map(KeptAccount::account)
-            .chain(written.named(name).cloned())
             .collect()
     }
 
@@ -264,14 +321,14 @@ impl AccountsSnapshot {
     pub fn count(&self) -> usize {
         let written = self.written.read().expect("lock");
         let added = written
-            .by_id
+            .entries
             .iter()
-            .filter(|(id, w)| w.account.is_some() && !self.listed(id))
+            .filter(|w| !w.deleted && !self.listed(w.account.id()))
             .count();
         let deleted = written
-            .by_id
+            .entries
             .iter()
-            .filter(|(id, w)| w.account.is_none() && self.listed(id))
+            .filter(|w| w.deleted && self.listed(w.account.id()))
             .count();
         self.listed.len() + added - deleted
     }
@@ -283,23 +340,23 @@ impl AccountsSnapshot {
         if how == Wrote::Created && self.listed(&account.id) {
             return;
         }
-        let id = account.id.clone();
-        self.record(id, Some(account), how == Wrote::Created);
+        self.record(account.into(), false, how == Wrote::Created);
     }
 
     /// Records that the operator deleted account `id`: the list's older view of it is gone.
     fn forget(&self, id: &str) {
-        self.record(id.to_string(), None, false);
+        self.record(KeptAccount::deleted(id), true, false);
     }
 
-    /// Records a write of account `id` (`None`: deleted), now.
-    fn record(&self, id: String, account: Option<Account>, created: bool) {
+    /// Records a write of `account` (only its id when `deleted`), now.
+    fn record(&self, account: KeptAccount, deleted: bool, created: bool) {
         let written = Written {
             at: Utc::now(),
             account,
+            deleted,
             created,
         };
-        self.written.write().expect("lock").insert(id, written);
+        self.written.write().expect("lock").insert(written);
     }
 
     /// Keeps the writes `older` recorded since this list started, which the list may not show
@@ -307,9 +364,9 @@ impl AccountsSnapshot {
     /// list, which holds what Cyclr chose.
     fn keep_writes_since_taken(&self, older: &AccountsSnapshot) {
         let mut written = self.written.write().expect("lock");
-        for (id, write) in older.written.read().expect("lock").by_id.iter() {
-            if write.at >= self.taken_at && !(write.created && self.listed(id)) {
-                written.insert(id.clone(), write.clone());
+        for write in &older.written.read().expect("lock").entries {
+            if write.at >= self.taken_at && !(write.created && self.listed(write.account.id())) {
+                written.insert(write.clone());
             }
         }
     }
@@ -1114,7 +1171,7 @@ mod tests {
             None,
             "a write before the list started is the list's to show"
         );
-        assert!(new.listed("4") && !new.written.read().unwrap().by_id.contains_key("4"));
+        assert!(new.listed("4") && new.written.read().unwrap().get("4").is_none());
     }
 
     #[test]
