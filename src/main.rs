@@ -118,8 +118,8 @@ fn main() -> anyhow::Result<()> {
 
 /// The async runtime for `threads` threads: with one, everything runs on the calling thread
 /// (a multi-thread runtime with one worker would still hand work between the caller, which
-/// polls the controllers, and its worker: an eighth of the operator's CPU went to those
-/// wakeups in a 30,000 rollout).
+/// polls the controllers, and its worker: a 30,000 rollout took 23 % less CPU without those
+/// wakeups; docs/performance.md).
 fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),

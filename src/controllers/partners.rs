@@ -75,7 +75,7 @@ impl Writes {
         let at = match earlier {
             Some(at) => {
                 let earlier = &entries[at as usize];
-                if !earlier.deleted
+                if !earlier.deleted()
                     && let Ok(entry) = by_name.find_entry(stable_hash(earlier.account.name()), |&held| held == at)
                 {
                     entry.remove();
@@ -91,7 +91,7 @@ impl Writes {
             }
         };
         let written = &entries[at as usize];
-        if !written.deleted {
+        if !written.deleted() {
             let name = stable_hash(written.account.name());
             by_name.insert_unique(name, at, |&at| stable_hash(entries[at as usize].account.name()));
         }
@@ -119,18 +119,21 @@ impl Writes {
 struct Written {
     /// When it was recorded: a later list that started before keeps it.
     at: DateTime<Utc>,
-    /// The account as written; only its id when deleted.
+    /// The account as written; only its id when deleted ([`KeptAccount::deleted`]).
     account: KeptAccount,
-    /// Whether the write was its deletion.
-    deleted: bool,
     /// Whether the write was its create (a list showing it knows what Cyclr chose).
     created: bool,
 }
 
 impl Written {
+    /// Whether the write was the account's deletion.
+    fn deleted(&self) -> bool {
+        self.account.texts.get(1).is_none()
+    }
+
     /// The account as written; `None`: deleted.
     fn account(&self) -> Option<Account> {
-        (!self.deleted).then(|| self.account.account())
+        (!self.deleted()).then(|| self.account.account())
     }
 }
 
@@ -163,7 +166,7 @@ impl From<Account> for KeptAccount {
 }
 
 impl KeptAccount {
-    /// Only an id: what a write keeps of a deleted account.
+    /// Only an id, no name (every account has one): what a write keeps of a deleted account.
     fn deleted(id: &str) -> Self {
         KeptAccount {
             texts: Texts::new([Some(id), None, None, None, None]),
@@ -323,12 +326,12 @@ impl AccountsSnapshot {
         let added = written
             .entries
             .iter()
-            .filter(|w| !w.deleted && !self.listed(w.account.id()))
+            .filter(|w| !w.deleted() && !self.listed(w.account.id()))
             .count();
         let deleted = written
             .entries
             .iter()
-            .filter(|w| w.deleted && self.listed(w.account.id()))
+            .filter(|w| w.deleted() && self.listed(w.account.id()))
             .count();
         self.listed.len() + added - deleted
     }
@@ -340,20 +343,19 @@ impl AccountsSnapshot {
         if how == Wrote::Created && self.listed(&account.id) {
             return;
         }
-        self.record(account.into(), false, how == Wrote::Created);
+        self.record(account.into(), how == Wrote::Created);
     }
 
     /// Records that the operator deleted account `id`: the list's older view of it is gone.
     fn forget(&self, id: &str) {
-        self.record(KeptAccount::deleted(id), true, false);
+        self.record(KeptAccount::deleted(id), false);
     }
 
-    /// Records a write of `account` (only its id when `deleted`), now.
-    fn record(&self, account: KeptAccount, deleted: bool, created: bool) {
+    /// Records a write of `account` (only its id when deleted), now.
+    fn record(&self, account: KeptAccount, created: bool) {
         let written = Written {
             at: Utc::now(),
             account,
-            deleted,
             created,
         };
         self.written.write().expect("lock").insert(written);
